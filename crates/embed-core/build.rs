@@ -1,0 +1,33 @@
+use std::path::PathBuf;
+
+include!("../../build-support/link_libtorch.rs");
+
+fn main() {
+    // torch-sys (links = "tch") tells its direct dependents where libtorch lives.
+    let lib_dir = PathBuf::from(
+        std::env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report a libtorch lib dir; run `cargo xtask setup`"),
+    );
+    let include_dir = lib_dir.join("../include");
+
+    println!("cargo:rerun-if-changed=shim/accel.cpp");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .flag("-std=c++17")
+        .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        .include(&include_dir)
+        .include(include_dir.join("torch/csrc/api/include"))
+        .file("shim/accel.cpp")
+        .compile("embed_accel");
+    println!("cargo:rustc-link-search=native={}", lib_dir.display());
+    println!("cargo:rustc-link-lib=dylib=c10");
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+
+    // Dependents read this as DEP_EMBED_CORE_LIBTORCH_LIB.
+    println!("cargo:libtorch_lib={}", lib_dir.display());
+    // For the linking test.
+    println!("cargo:rustc-env=EMBED_LIBTORCH_LIB={}", lib_dir.display());
+    link_libtorch(&lib_dir);
+}

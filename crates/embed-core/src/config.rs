@@ -1,0 +1,312 @@
+//! Reading a Hugging Face / sentence-transformers model directory.
+//!
+//! Layout: `config.json` (architecture), `model.safetensors`, `tokenizer.json`, and optionally the
+//! sentence-transformers files `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`
+//! and `config_sentence_transformers.json` (prompts).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// Average of the token vectors under the attention mask.
+    Mean,
+    /// The first token (`[CLS]`).
+    Cls,
+    /// Element-wise maximum over the tokens under the mask.
+    Max,
+    /// The last non-padding token (decoder-style embedders).
+    LastToken,
+}
+
+impl FromStr for Pooling {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            "max" => Ok(Pooling::Max),
+            "last_token" | "lasttoken" | "last" => Ok(Pooling::LastToken),
+            other => Err(Error::InvalidOption {
+                name: "pooling",
+                reason: format!("{other:?} is not one of mean, cls, max, last_token"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Max => "max",
+            Pooling::LastToken => "last_token",
+        })
+    }
+}
+
+/// Hidden activation of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+/// The encoder hyper-parameters from `config.json`.
+#[derive(Debug, Clone)]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// Position embeddings available.
+    pub max_position_embeddings: usize,
+    /// Token type (segment) embeddings available.
+    pub type_vocab_size: usize,
+    /// Layer-norm epsilon.
+    pub layer_norm_eps: f64,
+    pub(crate) activation: Activation,
+}
+
+/// Everything read from a model directory, before any tensor is touched.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// `model_type` from `config.json`.
+    pub model_type: String,
+    /// Encoder configuration.
+    pub bert: BertConfig,
+    /// Pooling from `1_Pooling/config.json` (mean when absent, like sentence-transformers).
+    pub pooling: Pooling,
+    /// Whether pooling excludes instruction-prompt tokens (`include_prompt: false`).
+    pub exclude_prompt_from_pooling: bool,
+    /// Whether `modules.json` lists a `Normalize` module.
+    pub normalize: bool,
+    /// `max_seq_length` from `sentence_bert_config.json`, capped by the position embeddings.
+    pub max_seq_length: usize,
+    /// Named prompts from `config_sentence_transformers.json`.
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when the caller names none.
+    pub default_prompt_name: Option<String>,
+    /// Path of `model.safetensors`.
+    pub weights: PathBuf,
+    /// Path of `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(path, e.to_string()))
+}
+
+fn read_optional_json(path: &Path) -> Result<Option<Value>> {
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn field_usize(v: &Value, path: &Path, name: &str) -> Result<usize> {
+    match v.get(name) {
+        Some(x) => x
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| Error::config(path, format!("field {name:?} must be a non-negative integer, got {x}"))),
+        None => Err(Error::config(path, format!("missing field {name:?}"))),
+    }
+}
+
+fn opt_bool(v: &Value, name: &str) -> bool {
+    v.get(name).and_then(Value::as_bool).unwrap_or(false)
+}
+
+#[derive(Deserialize)]
+struct ModuleEntry {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    path: String,
+}
+
+fn require_file(path: PathBuf, hint: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingFile { path, hint: hint.to_string() })
+    }
+}
+
+impl ModelDir {
+    /// Reads and validates the configuration files of `dir`.
+    pub fn read(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::InvalidSource {
+                source_str: dir.display().to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        let config_path = require_file(dir.join("config.json"), "")?;
+        let weights = require_file(
+            dir.join("model.safetensors"),
+            " (only safetensors weights are supported; convert pytorch_model.bin first)",
+        )?;
+        let tokenizer = require_file(
+            dir.join("tokenizer.json"),
+            " (a fast-tokenizer tokenizer.json is required)",
+        )?;
+
+        let cfg = read_json(&config_path)?;
+        let model_type = cfg
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::config(&config_path, "missing field \"model_type\""))?
+            .to_string();
+        if model_type != "bert" {
+            return Err(Error::UnsupportedArchitecture { model_type, path: config_path });
+        }
+        if let Some(kind) = cfg.get("position_embedding_type").and_then(Value::as_str) {
+            if kind != "absolute" {
+                return Err(Error::config(
+                    &config_path,
+                    format!("position_embedding_type {kind:?} is not supported (only \"absolute\")"),
+                ));
+            }
+        }
+        let act = cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
+        let activation = match act {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(Error::config(&config_path, format!("hidden_act {other:?} is not supported")))
+            }
+        };
+        let bert = BertConfig {
+            vocab_size: field_usize(&cfg, &config_path, "vocab_size")?,
+            hidden_size: field_usize(&cfg, &config_path, "hidden_size")?,
+            num_hidden_layers: field_usize(&cfg, &config_path, "num_hidden_layers")?,
+            num_attention_heads: field_usize(&cfg, &config_path, "num_attention_heads")?,
+            intermediate_size: field_usize(&cfg, &config_path, "intermediate_size")?,
+            max_position_embeddings: field_usize(&cfg, &config_path, "max_position_embeddings")?,
+            type_vocab_size: cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize,
+            layer_norm_eps: cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
+            activation,
+        };
+        if bert.num_attention_heads == 0 || bert.hidden_size % bert.num_attention_heads != 0 {
+            return Err(Error::config(
+                &config_path,
+                format!(
+                    "hidden_size {} is not divisible by num_attention_heads {}",
+                    bert.hidden_size, bert.num_attention_heads
+                ),
+            ));
+        }
+
+        // sentence-transformers modules. Without modules.json, sentence-transformers builds
+        // Transformer + mean Pooling and does not normalize; so do we.
+        let mut pooling = Pooling::Mean;
+        let mut exclude_prompt_from_pooling = false;
+        let mut normalize = false;
+        let modules_path = dir.join("modules.json");
+        if let Some(modules) = read_optional_json(&modules_path)? {
+            let modules: Vec<ModuleEntry> = serde_json::from_value(modules)
+                .map_err(|e| Error::config(&modules_path, e.to_string()))?;
+            for m in modules {
+                let kind = m.kind.rsplit('.').next().unwrap_or(&m.kind);
+                match kind {
+                    "Transformer" => {}
+                    // Normalize has no parameters: sentence-transformers never reads its folder,
+                    // which is why published models (MiniLM among them) often lack it.
+                    "Normalize" => normalize = true,
+                    "Pooling" => {
+                        let p = dir.join(&m.path).join("config.json");
+                        let pc = read_json(&p)?;
+                        pooling = pooling_from_config(&pc, &p)?;
+                        exclude_prompt_from_pooling =
+                            pc.get("include_prompt").and_then(Value::as_bool) == Some(false);
+                    }
+                    other => {
+                        return Err(Error::config(
+                            &modules_path,
+                            format!("module type {other:?} is not supported (Transformer, Pooling, Normalize)"),
+                        ))
+                    }
+                }
+            }
+        }
+
+        let st_path = dir.join("sentence_bert_config.json");
+        let st_max = read_optional_json(&st_path)?
+            .and_then(|v| v.get("max_seq_length").and_then(Value::as_u64))
+            .map(|n| n as usize);
+        let max_seq_length = st_max
+            .unwrap_or(bert.max_position_embeddings)
+            .min(bert.max_position_embeddings);
+
+        let prompts_path = dir.join("config_sentence_transformers.json");
+        let mut prompts = BTreeMap::new();
+        let mut default_prompt_name = None;
+        if let Some(v) = read_optional_json(&prompts_path)? {
+            if let Some(map) = v.get("prompts").and_then(Value::as_object) {
+                for (k, p) in map {
+                    let p = p.as_str().ok_or_else(|| {
+                        Error::config(&prompts_path, format!("prompt {k:?} must be a string"))
+                    })?;
+                    prompts.insert(k.clone(), p.to_string());
+                }
+            }
+            default_prompt_name = v.get("default_prompt_name").and_then(Value::as_str).map(String::from);
+        }
+
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            model_type,
+            bert,
+            pooling,
+            exclude_prompt_from_pooling,
+            normalize,
+            max_seq_length,
+            prompts,
+            default_prompt_name,
+            weights,
+            tokenizer,
+        })
+    }
+}
+
+fn pooling_from_config(pc: &Value, path: &Path) -> Result<Pooling> {
+    let modes = [
+        ("pooling_mode_mean_tokens", Pooling::Mean),
+        ("pooling_mode_cls_token", Pooling::Cls),
+        ("pooling_mode_max_tokens", Pooling::Max),
+        ("pooling_mode_lasttoken", Pooling::LastToken),
+    ];
+    let on: Vec<Pooling> = modes.iter().filter(|(k, _)| opt_bool(pc, k)).map(|(_, p)| *p).collect();
+    if opt_bool(pc, "pooling_mode_mean_sqrt_len_tokens") || opt_bool(pc, "pooling_mode_weightedmean_tokens") {
+        return Err(Error::config(path, "pooling modes mean_sqrt_len and weightedmean are not supported"));
+    }
+    match on.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::config(path, "no pooling mode is enabled")),
+        _ => Err(Error::config(path, "several pooling modes at once (concatenated pooling) are not supported")),
+    }
+}

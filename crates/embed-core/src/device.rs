@@ -1,0 +1,226 @@
+//! Device and dtype selection.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::{Error, Result};
+
+/// Where a model should run, as the caller asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceSpec {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A CUDA device by index (`cuda` means `cuda:0`).
+    Cuda(usize),
+    /// CUDA device 0 when available, else the CPU (recorded in [`crate::ModelInfo::device_note`]).
+    Auto,
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" | "gpu" => Ok(DeviceSpec::Cuda(0)),
+            "auto" => Ok(DeviceSpec::Auto),
+            _ => t
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| Error::InvalidDevice(s.to_string())),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceSpec {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DeviceSpec> for String {
+    fn from(d: DeviceSpec) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+            DeviceSpec::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+/// The device a model actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ResolvedDevice {
+    /// The CPU.
+    Cpu,
+    /// A CUDA device.
+    Cuda(usize),
+}
+
+impl ResolvedDevice {
+    pub(crate) fn to_tch(self) -> tch::Device {
+        match self {
+            ResolvedDevice::Cpu => tch::Device::Cpu,
+            ResolvedDevice::Cuda(i) => tch::Device::Cuda(i),
+        }
+    }
+
+    /// True for CUDA devices.
+    pub fn is_cuda(self) -> bool {
+        matches!(self, ResolvedDevice::Cuda(_))
+    }
+}
+
+impl fmt::Display for ResolvedDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ResolvedDevice::Cpu => f.write_str("cpu"),
+            ResolvedDevice::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Resolves the request against the machine. Explicit CUDA without CUDA is an error;
+    /// `auto` falls back to the CPU and returns a note saying so.
+    pub fn resolve(self) -> Result<(ResolvedDevice, Option<String>)> {
+        match self {
+            DeviceSpec::Cpu => Ok((ResolvedDevice::Cpu, None)),
+            DeviceSpec::Cuda(i) => {
+                let count = cuda_device_count();
+                if count == 0 {
+                    Err(Error::DeviceUnavailable {
+                        requested: self.to_string(),
+                        reason: "libtorch sees no CUDA device (no GPU, no driver, or a CPU-only libtorch)"
+                            .into(),
+                    })
+                } else if i >= count {
+                    Err(Error::DeviceUnavailable {
+                        requested: self.to_string(),
+                        reason: format!("only {count} CUDA device(s) are visible"),
+                    })
+                } else {
+                    Ok((ResolvedDevice::Cuda(i), None))
+                }
+            }
+            DeviceSpec::Auto => {
+                if cuda_device_count() > 0 {
+                    Ok((ResolvedDevice::Cuda(0), Some("auto: selected cuda:0".into())))
+                } else {
+                    Ok((ResolvedDevice::Cpu, Some("auto: no CUDA device visible, using cpu".into())))
+                }
+            }
+        }
+    }
+}
+
+/// Number of CUDA devices libtorch can use (0 on CPU-only machines).
+pub fn cuda_device_count() -> usize {
+    if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as usize
+    } else {
+        0
+    }
+}
+
+/// Floating-point precision of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DType {
+    /// 32-bit float: the default, matches sentence-transformers.
+    #[default]
+    F32,
+    /// 16-bit float (CUDA).
+    F16,
+    /// bfloat16 (CUDA, and CPUs with AVX-512 BF16 / AMX).
+    Bf16,
+}
+
+impl DType {
+    pub(crate) fn kind(self) -> tch::Kind {
+        match self {
+            DType::F32 => tch::Kind::Float,
+            DType::F16 => tch::Kind::Half,
+            DType::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size_of(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::Bf16 => 2,
+        }
+    }
+}
+
+impl FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" | "float" => Ok(DType::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::Bf16),
+            _ => Err(Error::InvalidDtype(s.to_string())),
+        }
+    }
+}
+
+impl TryFrom<String> for DType {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<DType> for String {
+    fn from(d: DType) -> String {
+        d.to_string()
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::Bf16 => "bf16",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_devices() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        for bad in ["tpu", "cuda:", "cuda:-1", "cuda:x", ""] {
+            let err = bad.parse::<DeviceSpec>().unwrap_err();
+            assert!(matches!(err, Error::InvalidDevice(_)), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn parses_dtypes() {
+        assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
+        assert_eq!("float16".parse::<DType>().unwrap(), DType::F16);
+        assert!(matches!("int8".parse::<DType>(), Err(Error::InvalidDtype(_))));
+        assert_eq!(DType::Bf16.to_string().parse::<DType>().unwrap(), DType::Bf16);
+    }
+}

@@ -1,0 +1,226 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout `embed-core`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while loading a model or embedding text.
+///
+/// Messages name the file, model or field at fault so that an operator can act on them.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A model source string is neither an existing directory nor a valid hub id.
+    #[error("invalid model source {source_str:?}: {reason}")]
+    InvalidSource {
+        /// The string the caller gave.
+        source_str: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A hub id that is not in the local Hugging Face cache and cannot be downloaded.
+    #[error(
+        "model {id:?} is not in the local Hugging Face cache ({cache}) and could not be downloaded: {reason}. \
+         Download it on a connected machine (e.g. `huggingface-cli download {id}`) or pass a local model directory"
+    )]
+    ModelNotAvailable {
+        /// The hub id.
+        id: String,
+        /// The cache directory that was searched.
+        cache: PathBuf,
+        /// What the download attempt said (or that the hub is offline).
+        reason: String,
+    },
+    /// A file the model needs is missing.
+    #[error("model file {path} is missing{hint}")]
+    MissingFile {
+        /// The expected path.
+        path: PathBuf,
+        /// Extra guidance (may be empty).
+        hint: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON config file is malformed or has a field of the wrong type.
+    #[error("invalid config {path}: {reason}")]
+    InvalidConfig {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The config names an architecture this crate does not implement.
+    #[error("unsupported architecture {model_type:?} in {path} (supported: bert)")]
+    UnsupportedArchitecture {
+        /// The `model_type` found.
+        model_type: String,
+        /// The config file.
+        path: PathBuf,
+    },
+    /// The weights file is corrupt or unreadable.
+    #[error("invalid weights {path}: {reason}")]
+    InvalidWeights {
+        /// The safetensors file.
+        path: PathBuf,
+        /// What libtorch/safetensors said.
+        reason: String,
+    },
+    /// The weights do not fit the config (missing tensor or wrong shape).
+    #[error("weights {path} do not match the config: {reason}")]
+    WeightsMismatch {
+        /// The safetensors file.
+        path: PathBuf,
+        /// The tensor at fault.
+        reason: String,
+    },
+    /// The tokenizer file cannot be loaded or used.
+    #[error("tokenizer {path}: {reason}")]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What the tokenizers crate said.
+        reason: String,
+    },
+    /// A device string that does not parse.
+    #[error("invalid device {0:?} (expected cpu, cuda, cuda:N or auto)")]
+    InvalidDevice(String),
+    /// A dtype string that does not parse.
+    #[error("invalid dtype {0:?} (expected f32, f16 or bf16)")]
+    InvalidDtype(String),
+    /// CUDA was asked for explicitly but is not usable. Never silently replaced by CPU.
+    #[error("device {requested} was requested but {reason}")]
+    DeviceUnavailable {
+        /// The device asked for.
+        requested: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A dtype that the chosen device cannot run.
+    #[error("dtype {dtype} is not supported on {device}: {reason}")]
+    UnsupportedDtype {
+        /// The dtype.
+        dtype: String,
+        /// The device.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// An option value outside its range.
+    #[error("invalid option {name}: {reason}")]
+    InvalidOption {
+        /// The option.
+        name: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A prompt name that the model's config does not define.
+    #[error("model {model} has no prompt named {name:?} (known: {known})")]
+    UnknownPrompt {
+        /// The model.
+        model: String,
+        /// The prompt name asked for.
+        name: String,
+        /// The prompts the model defines.
+        known: String,
+    },
+    /// An input longer than the model's limit while truncation was disabled.
+    #[error("input {index} has {tokens} tokens, more than the limit of {limit} (truncation is off)")]
+    InputTooLong {
+        /// Index of the input in the request.
+        index: usize,
+        /// Its token count.
+        tokens: usize,
+        /// The model's limit.
+        limit: usize,
+    },
+    /// The model ran out of memory even for a single input.
+    #[error("out of memory on {device} while embedding {inputs} input(s) of up to {max_tokens} tokens: {detail}")]
+    OutOfMemory {
+        /// The device.
+        device: String,
+        /// How many inputs were in the smallest batch tried.
+        inputs: usize,
+        /// Longest input in tokens.
+        max_tokens: usize,
+        /// libtorch's message.
+        detail: String,
+    },
+    /// The service has no model loaded (never loaded, failed to load, or cleaned up).
+    #[error("embedding service is not ready: {state}")]
+    NotReady {
+        /// The lifecycle state it is in.
+        state: crate::ServiceState,
+    },
+    /// The service was shut down while this request was queued or running.
+    #[error("embedding service for {model} was shut down before the request completed")]
+    ShutDown {
+        /// The model.
+        model: String,
+    },
+    /// `load` was called on a service that already has a model or is loading one.
+    #[error("embedding service is {state}; call cleanup() before loading another model")]
+    AlreadyLoaded {
+        /// The state it is in.
+        state: crate::ServiceState,
+    },
+    /// The model's worker thread panicked while running the request.
+    #[error("model worker for {model} panicked: {message}")]
+    WorkerPanicked {
+        /// The model.
+        model: String,
+        /// The panic message.
+        message: String,
+    },
+    /// libtorch reported an error during the forward pass.
+    #[error("inference failed for {model}: {message}")]
+    Inference {
+        /// The model.
+        model: String,
+        /// libtorch's message.
+        message: String,
+    },
+    /// A memory probe failed (e.g. the accelerator shim reported an error).
+    #[error("memory probe failed: {0}")]
+    Memory(String),
+}
+
+impl Error {
+    /// True for [`Error::OutOfMemory`].
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::OutOfMemory { .. })
+    }
+
+    /// A copy for a second waiter of the same failed batch (`Error` itself is not `Clone`
+    /// because it carries `std::io::Error`).
+    pub(crate) fn clone_for_reply(&self) -> Self {
+        match self {
+            Error::OutOfMemory { device, inputs, max_tokens, detail } => Error::OutOfMemory {
+                device: device.clone(),
+                inputs: *inputs,
+                max_tokens: *max_tokens,
+                detail: detail.clone(),
+            },
+            Error::WorkerPanicked { model, message } => {
+                Error::WorkerPanicked { model: model.clone(), message: message.clone() }
+            }
+            Error::ShutDown { model } => Error::ShutDown { model: model.clone() },
+            other => Error::Inference { model: String::new(), message: other.to_string() },
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub(crate) fn config(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::InvalidConfig { path: path.into(), reason: reason.into() }
+    }
+}

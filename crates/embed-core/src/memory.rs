@@ -1,0 +1,191 @@
+//! Memory accounting: what the process, the CPU allocator and each CUDA device hold.
+//!
+//! CUDA figures come from libtorch's caching allocator through a small C++ shim
+//! (`shim/accel.cpp`), since tch exposes none of them.
+
+use std::os::raw::{c_char, c_int};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::{Error, Result};
+
+#[repr(C)]
+#[derive(Default)]
+struct RawStats {
+    allocated_current: i64,
+    allocated_peak: i64,
+    reserved_current: i64,
+    reserved_peak: i64,
+    active_current: i64,
+    num_ooms: i64,
+}
+
+extern "C" {
+    fn embed_accel_available() -> c_int;
+    fn embed_accel_device_stats(device: c_int, out: *mut RawStats, err: *mut c_char, len: usize) -> c_int;
+    fn embed_accel_memory_info(device: c_int, free: *mut u64, total: *mut u64, err: *mut c_char, len: usize)
+        -> c_int;
+    fn embed_accel_synchronize(device: c_int, err: *mut c_char, len: usize) -> c_int;
+    fn embed_accel_empty_cache(err: *mut c_char, len: usize) -> c_int;
+}
+
+fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
+    let mut buf = [0 as c_char; 512];
+    if f(buf.as_mut_ptr(), buf.len()) == 0 {
+        Ok(())
+    } else {
+        // SAFETY: the shim always NUL-terminates within the buffer.
+        let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        Err(Error::Memory(msg.to_string_lossy().into_owned()))
+    }
+}
+
+/// Caching-allocator statistics of one CUDA device, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CudaMemoryStats {
+    /// Bytes in live tensors.
+    pub allocated: u64,
+    /// Peak of `allocated` since process start.
+    pub allocated_peak: u64,
+    /// Bytes the caching allocator holds from the driver (allocated + cached).
+    pub reserved: u64,
+    /// Peak of `reserved`.
+    pub reserved_peak: u64,
+    /// Out-of-memory events the allocator has seen.
+    pub num_ooms: u64,
+    /// Free bytes on the device as the driver reports them.
+    pub device_free: u64,
+    /// Total bytes on the device.
+    pub device_total: u64,
+}
+
+/// True when libtorch has a usable accelerator (CUDA here).
+pub fn accelerator_available() -> bool {
+    // SAFETY: no arguments; the shim catches every C++ exception.
+    unsafe { embed_accel_available() == 1 }
+}
+
+/// Allocator and driver figures for CUDA device `index`.
+pub fn cuda_memory(index: usize) -> Result<CudaMemoryStats> {
+    if !accelerator_available() {
+        return Err(Error::Memory("no CUDA device is available".into()));
+    }
+    let dev = index as c_int;
+    let mut raw = RawStats::default();
+    // SAFETY: `raw` is a valid out-pointer of the layout the shim writes.
+    call(|e, n| unsafe { embed_accel_device_stats(dev, &mut raw, e, n) })?;
+    let (mut free, mut total) = (0u64, 0u64);
+    // SAFETY: valid out-pointers.
+    call(|e, n| unsafe { embed_accel_memory_info(dev, &mut free, &mut total, e, n) })?;
+    let u = |v: i64| v.max(0) as u64;
+    Ok(CudaMemoryStats {
+        allocated: u(raw.allocated_current),
+        allocated_peak: u(raw.allocated_peak),
+        reserved: u(raw.reserved_current),
+        reserved_peak: u(raw.reserved_peak),
+        num_ooms: u(raw.num_ooms),
+        device_free: free,
+        device_total: total,
+    })
+}
+
+/// Waits for all work on CUDA device `index` to finish.
+pub fn cuda_synchronize(index: usize) -> Result<()> {
+    // SAFETY: the shim catches every C++ exception.
+    call(|e, n| unsafe { embed_accel_synchronize(index as c_int, e, n) })
+}
+
+/// Returns the caching allocator's unused blocks to the driver. A no-op without an accelerator.
+pub fn empty_cache() -> Result<()> {
+    if !accelerator_available() {
+        return Ok(());
+    }
+    // SAFETY: the shim catches every C++ exception.
+    call(|e, n| unsafe { embed_accel_empty_cache(e, n) })
+}
+
+/// Resident set size of this process in bytes (from `/proc/self/statm`).
+pub fn process_resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    pages * page
+}
+
+/// Bytes in use in the C allocator (glibc `mallinfo2`: arena + mmapped in-use bytes).
+/// libtorch's CPU tensors are allocated there.
+pub fn cpu_allocator_in_use_bytes() -> u64 {
+    // SAFETY: mallinfo2 has no preconditions and returns a plain struct.
+    let mi = unsafe { libc::mallinfo2() };
+    (mi.uordblks + mi.hblkhd) as u64
+}
+
+/// Returns freed heap pages to the OS where glibc can (`malloc_trim(0)`), so that resident
+/// memory reflects what is really in use.
+pub fn trim_cpu_heap() {
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A point-in-time view of the process's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MemorySnapshot {
+    /// Resident set size.
+    pub resident: u64,
+    /// C allocator in-use bytes.
+    pub cpu_allocator: u64,
+    /// Weight bytes of all models currently loaded by this process (see [`live_weight_bytes`]).
+    pub model_weights: u64,
+    /// Models currently loaded (worker threads alive).
+    pub live_models: usize,
+    /// CUDA device 0 allocator figures, when CUDA is available.
+    pub cuda: Option<CudaMemoryStats>,
+}
+
+impl MemorySnapshot {
+    /// Takes a snapshot now.
+    pub fn now() -> Self {
+        MemorySnapshot {
+            resident: process_resident_bytes(),
+            cpu_allocator: cpu_allocator_in_use_bytes(),
+            model_weights: live_weight_bytes(),
+            live_models: live_models(),
+            cuda: accelerator_available().then(|| cuda_memory(0).ok()).flatten(),
+        }
+    }
+}
+
+static LIVE_MODELS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_WEIGHT_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Number of model worker threads that still own a loaded model (process-wide).
+pub fn live_models() -> usize {
+    LIVE_MODELS.load(Ordering::SeqCst)
+}
+
+/// Sum of the weight bytes of every model still loaded in this process.
+pub fn live_weight_bytes() -> u64 {
+    LIVE_WEIGHT_BYTES.load(Ordering::SeqCst)
+}
+
+/// Counts a loaded model until dropped; held by the worker thread next to the model itself.
+pub(crate) struct LiveModel {
+    bytes: u64,
+}
+
+impl LiveModel {
+    pub(crate) fn new(bytes: u64) -> Self {
+        LIVE_MODELS.fetch_add(1, Ordering::SeqCst);
+        LIVE_WEIGHT_BYTES.fetch_add(bytes, Ordering::SeqCst);
+        LiveModel { bytes }
+    }
+}
+
+impl Drop for LiveModel {
+    fn drop(&mut self) {
+        LIVE_WEIGHT_BYTES.fetch_sub(self.bytes, Ordering::SeqCst);
+        LIVE_MODELS.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,813 @@
+//! The embedding-service trait and its libtorch implementation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokenizers::Tokenizer;
+use tokio::sync::oneshot;
+
+use crate::bert::Bert;
+use crate::config::{ModelDir, Pooling};
+use crate::memory::{self, LiveModel};
+use crate::worker::{self, Command, Job, Seq, WorkerConfig, WorkerStats};
+use crate::{DType, DeviceSpec, Error, ModelSource, ResolvedDevice, Result};
+
+/// Test hooks that make real failures happen on demand. Off by default; cheap when off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultInjection {
+    /// Any forward pass whose padded batch exceeds this many tokens performs an impossible
+    /// allocation, so libtorch raises a genuine out-of-memory error (exercises batch splitting).
+    pub oom_above_batch_tokens: Option<usize>,
+    /// A forward pass containing exactly this input text panics inside the worker.
+    pub panic_on_text: Option<String>,
+}
+
+/// How a model is loaded and run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOptions {
+    /// Device to run on.
+    pub device: DeviceSpec,
+    /// Weight and activation precision.
+    pub dtype: DType,
+    /// Overrides the model's `max_seq_length` (tokens, including special tokens).
+    pub max_seq_length: Option<usize>,
+    /// Overrides the pooling configured by the model.
+    pub pooling: Option<Pooling>,
+    /// Overrides whether outputs are L2-normalised by default.
+    pub normalize: Option<bool>,
+    /// Prefix for [`InputMode::Query`] inputs (e.g. E5's `"query: "`); overrides the model's prompts.
+    pub query_prefix: Option<String>,
+    /// Prefix for [`InputMode::Document`] inputs (e.g. E5's `"passage: "`).
+    pub document_prefix: Option<String>,
+    /// Dynamic-batching budget: padded tokens per forward pass.
+    pub max_batch_tokens: usize,
+    /// Most inputs per forward pass.
+    pub max_batch_size: usize,
+    /// Failure injection for tests.
+    pub faults: FaultInjection,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            device: DeviceSpec::Cpu,
+            dtype: DType::F32,
+            max_seq_length: None,
+            pooling: None,
+            normalize: None,
+            query_prefix: None,
+            document_prefix: None,
+            max_batch_tokens: 16_384,
+            max_batch_size: 256,
+            faults: FaultInjection::default(),
+        }
+    }
+}
+
+/// A model to load: a display name, where it comes from, and how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    /// Name reported in [`ModelInfo`] and errors (a registry name, or the source itself).
+    pub name: String,
+    /// A local directory or a hub id (see [`ModelSource::parse`]).
+    pub source: String,
+    /// Options.
+    pub options: ModelOptions,
+}
+
+impl ModelSpec {
+    /// A spec named after its source, with default options.
+    pub fn new(source: impl Into<String>) -> Self {
+        let source = source.into();
+        ModelSpec { name: source.clone(), source, options: ModelOptions::default() }
+    }
+
+    /// Sets the display name.
+    pub fn named(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the options.
+    pub fn with_options(mut self, options: ModelOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// Whether an input is a search query or a document being indexed (asymmetric models such as
+/// E5 and BGE prefix them differently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    /// A search query.
+    Query,
+    /// A document / passage.
+    Document,
+}
+
+/// Per-call options of [`EmbeddingService::embed_texts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedOptions {
+    /// Query or document prefixing; `None` applies the model's default prompt, if any.
+    pub mode: Option<InputMode>,
+    /// A prompt defined by the model (`config_sentence_transformers.json`), by name.
+    pub prompt_name: Option<String>,
+    /// A literal instruction prefix; wins over `prompt_name` and `mode`.
+    pub instruction: Option<String>,
+    /// L2-normalise the outputs; `None` follows the model's configuration.
+    pub normalize: Option<bool>,
+    /// Truncate inputs longer than the model's limit (default); when false they are an error.
+    pub truncate: bool,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true }
+    }
+}
+
+impl EmbedOptions {
+    /// Options for queries.
+    pub fn query() -> Self {
+        EmbedOptions { mode: Some(InputMode::Query), ..Default::default() }
+    }
+
+    /// Options for documents.
+    pub fn document() -> Self {
+        EmbedOptions { mode: Some(InputMode::Document), ..Default::default() }
+    }
+}
+
+/// The result of [`EmbeddingService::embed_texts`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens per input after truncation, special tokens and prompt included.
+    pub token_counts: Vec<usize>,
+    /// Whether each input was truncated.
+    pub truncated: Vec<bool>,
+}
+
+impl Embeddings {
+    /// Sum of `token_counts`.
+    pub fn total_tokens(&self) -> usize {
+        self.token_counts.iter().sum()
+    }
+}
+
+/// One input after tokenization.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenizedText {
+    /// Token ids fed to the model.
+    pub ids: Vec<u32>,
+    /// Token strings.
+    pub tokens: Vec<String>,
+    /// Whether the input was truncated to the limit.
+    pub truncated: bool,
+}
+
+/// What is loaded, where, and how big it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelInfo {
+    /// Display name.
+    pub name: String,
+    /// The source string as given.
+    pub source: String,
+    /// The directory the files were read from.
+    pub dir: PathBuf,
+    /// `model_type` from config.json.
+    pub architecture: String,
+    /// Output dimension.
+    pub dimension: usize,
+    /// Token limit per input.
+    pub max_seq_length: usize,
+    /// Pooling used.
+    pub pooling: Pooling,
+    /// Whether outputs are normalised by default.
+    pub normalize: bool,
+    /// Device in use.
+    pub device: ResolvedDevice,
+    /// How the device was chosen, when `auto` was asked for.
+    pub device_note: Option<String>,
+    /// Precision in use.
+    pub dtype: DType,
+    /// Bytes held by the weights on `device`.
+    pub weight_bytes: u64,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Named prompts the model defines.
+    pub prompts: BTreeMap<String, String>,
+    /// Wall time of the load.
+    pub load_duration: Duration,
+}
+
+/// What a cleanup released.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct CleanupReport {
+    /// The model that was released (`None` if nothing was loaded).
+    pub model: Option<String>,
+    /// Weight bytes freed.
+    pub weight_bytes_freed: u64,
+    /// CUDA caching-allocator reserved bytes before / after emptying the cache (CUDA only).
+    pub cuda_reserved_before: Option<u64>,
+    /// See `cuda_reserved_before`.
+    pub cuda_reserved_after: Option<u64>,
+    /// Time from the cleanup request to the worker thread having exited.
+    pub duration: Duration,
+}
+
+/// Lifecycle of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    /// Nothing loaded yet (or the last load failed).
+    Unloaded,
+    /// A load is in progress.
+    Loading,
+    /// Serving requests.
+    Ready,
+    /// Cleanup in progress: intake stopped.
+    Closing,
+    /// Cleaned up; every tensor released. `load` may be called again.
+    Closed,
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceState::Unloaded => "no model is loaded",
+            ServiceState::Loading => "a model is loading",
+            ServiceState::Ready => "ready",
+            ServiceState::Closing => "cleanup is in progress",
+            ServiceState::Closed => "the service was cleaned up",
+        })
+    }
+}
+
+/// An embedding service: load a model, embed texts, release everything.
+///
+/// Implementations are shared behind `Arc` and used concurrently; every method takes `&self`.
+#[async_trait]
+pub trait EmbeddingService: Send + Sync {
+    /// Loads `spec`. Fails with [`Error::AlreadyLoaded`] unless the service is unloaded or closed.
+    /// A failed load leaves nothing allocated and the service unloaded.
+    async fn load(&self, spec: ModelSpec) -> Result<ModelInfo>;
+
+    /// Embeds `texts` (an empty slice gives an empty result).
+    async fn embed_texts(&self, texts: &[String], options: &EmbedOptions) -> Result<Embeddings>;
+
+    /// Tokenizes `texts` the way `embed_texts` would (prompt and truncation applied).
+    async fn tokenize(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<TokenizedText>>;
+
+    /// Information on the loaded model.
+    fn info(&self) -> Option<ModelInfo>;
+
+    /// Output dimension of the loaded model.
+    fn dimension(&self) -> Option<usize> {
+        self.info().map(|i| i.dimension)
+    }
+
+    /// The lifecycle state.
+    fn state(&self) -> ServiceState;
+
+    /// True when requests can be served.
+    fn is_ready(&self) -> bool {
+        self.state() == ServiceState::Ready
+    }
+
+    /// Stops intake, finishes queued work, joins the worker, frees every tensor (and on CUDA
+    /// synchronises and empties the caching allocator). Idempotent.
+    async fn cleanup(&self) -> Result<CleanupReport>;
+}
+
+/// State shared by a ready service's callers: the worker's intake and what tokenization needs.
+struct Running {
+    intake: Sender<Command>,
+    tokenizer: Arc<Tokenizer>,
+    dir: Arc<ModelDir>,
+    info: ModelInfo,
+    lowercase: bool,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+    faults: FaultInjection,
+    stats: Arc<WorkerStats>,
+    exit: Mutex<Option<(oneshot::Receiver<ExitReport>, std::thread::JoinHandle<()>)>>,
+}
+
+impl Drop for Running {
+    /// The last handle gone without `cleanup`: tell the worker to free the model. Never blocks.
+    fn drop(&mut self) {
+        let _ = self.intake.send(Command::Shutdown);
+    }
+}
+
+struct ExitReport {
+    weight_bytes: u64,
+    cuda_reserved_before: Option<u64>,
+    cuda_reserved_after: Option<u64>,
+}
+
+enum State {
+    Unloaded,
+    Loading,
+    Ready(Arc<Running>),
+    Closing,
+    Closed,
+}
+
+impl State {
+    fn public(&self) -> ServiceState {
+        match self {
+            State::Unloaded => ServiceState::Unloaded,
+            State::Loading => ServiceState::Loading,
+            State::Ready(_) => ServiceState::Ready,
+            State::Closing => ServiceState::Closing,
+            State::Closed => ServiceState::Closed,
+        }
+    }
+}
+
+/// Dense sentence embeddings from a BERT-family model on libtorch.
+///
+/// Each loaded model runs on its own worker thread; concurrent callers are merged into
+/// length-sorted batches under a token budget. Dropping the service without `cleanup` still
+/// frees the model (the worker is told to stop; nothing blocks).
+pub struct DenseEmbeddingService {
+    state: Mutex<State>,
+}
+
+impl Default for DenseEmbeddingService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for DenseEmbeddingService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DenseEmbeddingService").field("state", &self.state()).finish()
+    }
+}
+
+/// Resets a `Loading`/`Closing` state if the future driving it is dropped half-way.
+struct StateGuard<'a> {
+    state: &'a Mutex<State>,
+    on_drop: Option<fn() -> State>,
+}
+
+impl StateGuard<'_> {
+    fn disarm(mut self) {
+        self.on_drop = None;
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(make) = self.on_drop.take() {
+            *lock(self.state) = make();
+        }
+    }
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave State inconsistent (assignments only).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DenseEmbeddingService {
+    /// An unloaded service.
+    pub fn new() -> Self {
+        DenseEmbeddingService { state: Mutex::new(State::Unloaded) }
+    }
+
+    /// Creates a service and loads `spec` into it.
+    pub async fn from_spec(spec: ModelSpec) -> Result<Self> {
+        let svc = Self::new();
+        svc.load(spec).await?;
+        Ok(svc)
+    }
+
+    fn running(&self) -> Result<Arc<Running>> {
+        match &*lock(&self.state) {
+            State::Ready(r) => Ok(r.clone()),
+            other => Err(Error::NotReady { state: other.public() }),
+        }
+    }
+
+    /// Dynamic-batching counters of the loaded model.
+    pub fn batch_stats(&self) -> Option<BatchStats> {
+        let r = self.running().ok()?;
+        let s = &r.stats;
+        Some(BatchStats {
+            queued_requests: s.queued_jobs.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            sequences: s.sequences.load(Ordering::Relaxed),
+            tokens: s.tokens.load(Ordering::Relaxed),
+            padded_tokens: s.padded_tokens.load(Ordering::Relaxed),
+            oom_splits: s.oom_splits.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Counters of the dynamic batcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct BatchStats {
+    /// Requests waiting for the worker.
+    pub queued_requests: usize,
+    /// Forward passes run.
+    pub batches: u64,
+    /// Inputs embedded.
+    pub sequences: u64,
+    /// Real tokens processed.
+    pub tokens: u64,
+    /// Tokens processed including padding.
+    pub padded_tokens: u64,
+    /// Times a batch was split after running out of memory.
+    pub oom_splits: u64,
+}
+
+struct Loaded {
+    model: Bert,
+    dir: ModelDir,
+    tokenizer: Tokenizer,
+    device: ResolvedDevice,
+    device_note: Option<String>,
+    max_seq_length: usize,
+}
+
+fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
+    let o = &spec.options;
+    if o.max_batch_tokens == 0 || o.max_batch_size == 0 {
+        return Err(Error::InvalidOption {
+            name: "max_batch_tokens/max_batch_size",
+            reason: "must be at least 1".into(),
+        });
+    }
+    let (device, device_note) = o.device.resolve()?;
+    if device == ResolvedDevice::Cpu && o.dtype == DType::F16 {
+        return Err(Error::UnsupportedDtype {
+            dtype: o.dtype.to_string(),
+            device: device.to_string(),
+            reason: "half-precision matmuls on CPU are emulated and slow; use bf16 or f32".into(),
+        });
+    }
+    let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
+    let dir = ModelDir::read(&dir_path)?;
+    let max_seq_length = match o.max_seq_length {
+        None => dir.max_seq_length,
+        Some(n) if n >= 2 && n <= dir.bert.max_position_embeddings => n,
+        Some(n) => {
+            return Err(Error::InvalidOption {
+                name: "max_seq_length",
+                reason: format!("{n} is outside 2..={}", dir.bert.max_position_embeddings),
+            })
+        }
+    };
+    let mut tokenizer = Tokenizer::from_file(&dir.tokenizer)
+        .map_err(|e| Error::Tokenizer { path: dir.tokenizer.clone(), reason: e.to_string() })?;
+    // We truncate and pad ourselves (per input, to the batch's longest input).
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::Tokenizer { path: dir.tokenizer.clone(), reason: e.to_string() })?;
+    let vocab = tokenizer.get_vocab_size(true);
+    if vocab > dir.bert.vocab_size {
+        return Err(Error::Tokenizer {
+            path: dir.tokenizer.clone(),
+            reason: format!("vocabulary of {vocab} tokens exceeds the model's vocab_size {}", dir.bert.vocab_size),
+        });
+    }
+    let model = Bert::load(&dir.weights, &dir.bert, device.to_tch(), o.dtype.kind())?;
+    Ok(Loaded { model, dir, tokenizer, device, device_note, max_seq_length })
+}
+
+fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {
+    let ResolvedDevice::Cuda(i) = device else { return (None, None) };
+    let _ = memory::cuda_synchronize(i);
+    let before = memory::cuda_memory(i).ok().map(|s| s.reserved);
+    let _ = memory::empty_cache();
+    let after = memory::cuda_memory(i).ok().map(|s| s.reserved);
+    (before, after)
+}
+
+fn read_lowercase(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
+        .unwrap_or(false)
+}
+
+#[async_trait]
+impl EmbeddingService for DenseEmbeddingService {
+    async fn load(&self, spec: ModelSpec) -> Result<ModelInfo> {
+        {
+            let mut st = lock(&self.state);
+            match &*st {
+                State::Unloaded | State::Closed => *st = State::Loading,
+                other => return Err(Error::AlreadyLoaded { state: other.public() }),
+            }
+        }
+        let guard = StateGuard { state: &self.state, on_drop: Some(|| State::Unloaded) };
+        let started = Instant::now();
+
+        let (intake, rx) = mpsc::channel::<Command>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(ModelInfo, Arc<ModelDir>, Tokenizer)>>();
+        let (exit_tx, exit_rx) = oneshot::channel::<ExitReport>();
+        let stats = Arc::new(WorkerStats::default());
+        let worker_stats = stats.clone();
+        let thread_spec = spec.clone();
+        let name = spec.name.clone();
+
+        let thread = std::thread::Builder::new()
+            .name(format!("embed-model-{}", short_name(&spec.name)))
+            .spawn(move || {
+                // Inference only: grad mode is thread-local, so this covers every forward pass.
+                let _no_grad = tch::no_grad_guard();
+                let spec = thread_spec;
+                let loaded = match catch_unwind(AssertUnwindSafe(|| load_blocking(&spec))) {
+                    Ok(r) => r,
+                    Err(p) => Err(Error::WorkerPanicked {
+                        model: spec.name.clone(),
+                        message: p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default(),
+                    }),
+                };
+                let loaded = match loaded {
+                    Ok(l) => l,
+                    Err(e) => {
+                        // Anything partially loaded was dropped when load_blocking returned.
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let Loaded { model, dir, tokenizer, device, device_note, max_seq_length } = loaded;
+                let live = LiveModel::new(model.weight_bytes);
+                let o = &spec.options;
+                let pooling = o.pooling.unwrap_or(dir.pooling);
+                let info = ModelInfo {
+                    name: spec.name.clone(),
+                    source: spec.source.clone(),
+                    dir: dir.dir.clone(),
+                    architecture: dir.model_type.clone(),
+                    dimension: dir.bert.hidden_size,
+                    max_seq_length,
+                    pooling,
+                    normalize: o.normalize.unwrap_or(dir.normalize),
+                    device,
+                    device_note,
+                    dtype: o.dtype,
+                    weight_bytes: model.weight_bytes,
+                    num_layers: dir.bert.num_hidden_layers,
+                    vocab_size: dir.bert.vocab_size,
+                    prompts: dir.prompts.clone(),
+                    load_duration: started.elapsed(),
+                };
+                let cfg = WorkerConfig {
+                    model_name: spec.name.clone(),
+                    device,
+                    pooling,
+                    max_batch_tokens: o.max_batch_tokens,
+                    max_batch_size: o.max_batch_size,
+                    faults: o.faults.clone(),
+                    stats: worker_stats,
+                };
+                let mut dir = dir;
+                dir.max_seq_length = max_seq_length;
+                let weight_bytes = model.weight_bytes;
+                if ready_tx.send(Ok((info, Arc::new(dir), tokenizer))).is_ok() {
+                    worker::serve(&model, &rx, &cfg);
+                }
+                // Either served until shutdown, or the load was cancelled: free everything.
+                drop(model);
+                let (before, after) = release_device(device);
+                drop(live);
+                memory::trim_cpu_heap();
+                let _ = exit_tx.send(ExitReport {
+                    weight_bytes,
+                    cuda_reserved_before: before,
+                    cuda_reserved_after: after,
+                });
+            })
+            .map_err(|e| Error::Inference { model: name.clone(), message: format!("cannot spawn worker: {e}") })?;
+
+        let result = ready_rx.await;
+        let (info, dir, tokenizer) = match result {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                return Err(Error::WorkerPanicked { model: name, message: "worker exited during load".into() });
+            }
+        };
+        let running = Arc::new(Running {
+            intake,
+            tokenizer: Arc::new(tokenizer),
+            lowercase: read_lowercase(&dir.dir),
+            dir,
+            info: info.clone(),
+            query_prefix: spec.options.query_prefix.clone(),
+            document_prefix: spec.options.document_prefix.clone(),
+            faults: spec.options.faults.clone(),
+            stats,
+            exit: Mutex::new(Some((exit_rx, thread))),
+        });
+        *lock(&self.state) = State::Ready(running);
+        guard.disarm();
+        tracing::info!(model = %info.name, device = %info.device, dtype = %info.dtype,
+            weight_bytes = info.weight_bytes, load_ms = info.load_duration.as_millis() as u64, "model loaded");
+        Ok(info)
+    }
+
+    async fn embed_texts(&self, texts: &[String], options: &EmbedOptions) -> Result<Embeddings> {
+        let running = self.running()?;
+        if texts.is_empty() {
+            return Ok(Embeddings::default());
+        }
+        let prepared = prepare_off_executor(&running, texts, options).await?;
+        let normalize = options.normalize.unwrap_or(running.info.normalize);
+        let (reply, answer) = oneshot::channel();
+        let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
+        let truncated = prepared.iter().map(|p| p.truncated).collect();
+        let job = Job { seqs: prepared.into_iter().map(|p| p.seq).collect(), normalize, reply };
+        running.stats.queued_jobs.fetch_add(1, Ordering::SeqCst);
+        if running.intake.send(Command::Embed(job)).is_err() {
+            running.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::ShutDown { model: running.info.name.clone() });
+        }
+        let model = running.info.name.clone();
+        // Dropping this future drops `answer`; the worker sees that and skips the work.
+        drop(running);
+        let vectors = answer.await.map_err(|_| Error::ShutDown { model })??;
+        Ok(Embeddings { vectors, token_counts, truncated })
+    }
+
+    async fn tokenize(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<TokenizedText>> {
+        let running = self.running()?;
+        let prepared = prepare_off_executor(&running, texts, options).await?;
+        Ok(prepared
+            .into_iter()
+            .map(|p| TokenizedText {
+                tokens: p.seq.ids.iter().map(|&id| running.tokenizer.id_to_token(id as u32).unwrap_or_default()).collect(),
+                ids: p.seq.ids.iter().map(|&id| id as u32).collect(),
+                truncated: p.truncated,
+            })
+            .collect())
+    }
+
+    fn info(&self) -> Option<ModelInfo> {
+        self.running().ok().map(|r| r.info.clone())
+    }
+
+    fn state(&self) -> ServiceState {
+        lock(&self.state).public()
+    }
+
+    async fn cleanup(&self) -> Result<CleanupReport> {
+        let started = Instant::now();
+        let running = {
+            let mut st = lock(&self.state);
+            match std::mem::replace(&mut *st, State::Closing) {
+                State::Ready(r) => r,
+                State::Loading => {
+                    *st = State::Loading;
+                    return Err(Error::NotReady { state: ServiceState::Loading });
+                }
+                other => {
+                    *st = other;
+                    return Ok(CleanupReport::default());
+                }
+            }
+        };
+        // If this future is dropped from here on, the worker still frees the model (the
+        // shutdown is already sent); the guard just records the end state.
+        let guard = StateGuard { state: &self.state, on_drop: Some(|| State::Closed) };
+        let _ = running.intake.send(Command::Shutdown);
+        let exit = running.exit.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let name = running.info.name.clone();
+        drop(running);
+        let mut report = CleanupReport { model: Some(name.clone()), ..Default::default() };
+        if let Some((exit_rx, thread)) = exit {
+            if let Ok(r) = exit_rx.await {
+                report.weight_bytes_freed = r.weight_bytes;
+                report.cuda_reserved_before = r.cuda_reserved_before;
+                report.cuda_reserved_after = r.cuda_reserved_after;
+            }
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!(model = %name, "model worker thread panicked during shutdown");
+            }
+        }
+        report.duration = started.elapsed();
+        drop(guard);
+        tracing::info!(model = %name, freed = report.weight_bytes_freed, ms = report.duration.as_millis() as u64, "model cleaned up");
+        Ok(report)
+    }
+}
+
+fn short_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).find(|s| !s.is_empty()).unwrap_or(name);
+    base.chars().take(20).collect()
+}
+
+struct Prepared {
+    seq: Seq,
+    truncated: bool,
+}
+
+/// Tokenization is CPU work; large requests do it on the blocking pool, small ones inline.
+async fn prepare_off_executor(running: &Arc<Running>, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+    const INLINE_LIMIT: usize = 16;
+    if texts.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
+        return prepare(running, texts, options);
+    }
+    let r = running.clone();
+    let texts = texts.to_vec();
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || prepare(&r, &texts, &options))
+        .await
+        .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
+}
+
+fn resolve_prefix(r: &Running, options: &EmbedOptions) -> Result<String> {
+    if let Some(i) = &options.instruction {
+        return Ok(i.clone());
+    }
+    let prompts = &r.dir.prompts;
+    if let Some(name) = &options.prompt_name {
+        return prompts.get(name).cloned().ok_or_else(|| Error::UnknownPrompt {
+            model: r.info.name.clone(),
+            name: name.clone(),
+            known: if prompts.is_empty() { "none".into() } else { prompts.keys().cloned().collect::<Vec<_>>().join(", ") },
+        });
+    }
+    let model_prompt = |keys: &[&str]| keys.iter().find_map(|k| prompts.get(*k)).cloned().unwrap_or_default();
+    Ok(match options.mode {
+        Some(InputMode::Query) => r.query_prefix.clone().unwrap_or_else(|| model_prompt(&["query"])),
+        Some(InputMode::Document) => {
+            r.document_prefix.clone().unwrap_or_else(|| model_prompt(&["document", "passage"]))
+        }
+        None => r.dir.default_prompt_name.as_ref().and_then(|n| prompts.get(n)).cloned().unwrap_or_default(),
+    })
+}
+
+fn prepare(r: &Running, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+    let prefix = resolve_prefix(r, options)?;
+    let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: r.dir.tokenizer.clone(), reason: e.to_string() };
+    let max = r.dir.max_seq_length;
+    // Tokens of the prompt that pooling leaves out (include_prompt = false), as
+    // sentence-transformers counts them: the prompt's tokens without its trailing specials.
+    let pool_skip = if r.dir.exclude_prompt_from_pooling && !prefix.is_empty() {
+        let enc = r.tokenizer.encode(prefix.as_str(), true).map_err(tok_err)?;
+        let trailing = enc.get_special_tokens_mask().iter().rev().take_while(|&&m| m == 1).count();
+        enc.get_ids().len() - trailing
+    } else {
+        0
+    };
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let mut input = format!("{prefix}{text}");
+            if r.lowercase {
+                input = input.to_lowercase();
+            }
+            let enc = r.tokenizer.encode(input.as_str(), true).map_err(tok_err)?;
+            let (mut ids, mut type_ids) = (to_i64(enc.get_ids()), to_i64(enc.get_type_ids()));
+            let truncated = ids.len() > max;
+            if truncated {
+                if !options.truncate {
+                    return Err(Error::InputTooLong { index, tokens: ids.len(), limit: max });
+                }
+                // Keep the head of the text and the trailing special tokens ([SEP]).
+                let trailing = enc.get_special_tokens_mask().iter().rev().take_while(|&&m| m == 1).count().min(max);
+                let keep = max - trailing;
+                let n = ids.len();
+                ids.drain(keep..n - trailing);
+                type_ids.drain(keep..n - trailing);
+            }
+            let poisoned = r.faults.panic_on_text.as_deref() == Some(text.as_str());
+            Ok(Prepared { seq: Seq { ids, type_ids, pool_skip, poisoned }, truncated })
+        })
+        .collect()
+}
+
+fn to_i64(v: &[u32]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}

@@ -1,0 +1,312 @@
+//! The thread that owns a loaded model: dynamic batching, forward passes, OOM splitting.
+//!
+//! `tch::Tensor` is `Send` but not `Sync`, and grad mode is thread-local, so every tensor of a
+//! model lives on one OS thread for the model's whole life. Callers talk to it through a channel
+//! and get answers through oneshots.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+
+use tch::{Kind, Tensor};
+use tokio::sync::oneshot;
+
+use crate::bert::{pool, Bert};
+use crate::config::Pooling;
+use crate::{memory, Error, FaultInjection, ResolvedDevice, Result};
+
+/// One tokenized input, ready for the model.
+pub(crate) struct Seq {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) type_ids: Vec<i64>,
+    /// Leading tokens (an instruction prompt) left out of pooling.
+    pub(crate) pool_skip: usize,
+    /// Test hook: makes the forward pass that contains this input panic.
+    pub(crate) poisoned: bool,
+}
+
+/// One caller's request.
+pub(crate) struct Job {
+    pub(crate) seqs: Vec<Seq>,
+    pub(crate) normalize: bool,
+    pub(crate) reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
+}
+
+pub(crate) enum Command {
+    Embed(Job),
+    Shutdown,
+}
+
+/// Counters shared between the worker and its handle (for metrics and benchmarks).
+#[derive(Debug, Default)]
+pub(crate) struct WorkerStats {
+    pub(crate) queued_jobs: AtomicUsize,
+    pub(crate) batches: AtomicU64,
+    pub(crate) sequences: AtomicU64,
+    pub(crate) tokens: AtomicU64,
+    pub(crate) padded_tokens: AtomicU64,
+    pub(crate) oom_splits: AtomicU64,
+}
+
+pub(crate) struct WorkerConfig {
+    pub(crate) model_name: String,
+    pub(crate) device: ResolvedDevice,
+    pub(crate) pooling: Pooling,
+    pub(crate) max_batch_tokens: usize,
+    pub(crate) max_batch_size: usize,
+    pub(crate) faults: FaultInjection,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+/// Serves requests until a `Shutdown` arrives or every sender is gone. Jobs queued before
+/// the shutdown are finished; anything that slips in after it is failed with `ShutDown`.
+pub(crate) fn serve(model: &Bert, rx: &Receiver<Command>, cfg: &WorkerConfig) {
+    let gather_limit = cfg.max_batch_size.max(1) * 4;
+    'serve: loop {
+        let first = match rx.recv() {
+            Ok(Command::Embed(job)) => job,
+            Ok(Command::Shutdown) | Err(_) => break,
+        };
+        let mut jobs = vec![first];
+        let mut seqs = jobs[0].seqs.len();
+        let mut stop = false;
+        // Dynamic batching: whatever else is already queued joins this round.
+        while seqs < gather_limit {
+            match rx.try_recv() {
+                Ok(Command::Embed(job)) => {
+                    seqs += job.seqs.len();
+                    jobs.push(job);
+                }
+                Ok(Command::Shutdown) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        cfg.stats.queued_jobs.fetch_sub(jobs.len(), Ordering::SeqCst);
+        process(model, jobs, cfg);
+        if stop {
+            break 'serve;
+        }
+    }
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Embed(job) = cmd {
+            cfg.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.reply.send(Err(Error::ShutDown { model: cfg.model_name.clone() }));
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Item {
+    job: usize,
+    seq: usize,
+    len: usize,
+}
+
+fn process(model: &Bert, jobs: Vec<Job>, cfg: &WorkerConfig) {
+    // A caller that went away (cancelled future, disconnected client) gets no work done.
+    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+    let mut items: Vec<Item> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| job.seqs.iter().enumerate().map(move |(s, seq)| Item { job: j, seq: s, len: seq.ids.len() }))
+        .collect();
+    // Longest first: batches of similar length waste little on padding.
+    items.sort_by(|a, b| b.len.cmp(&a.len));
+
+    let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
+    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
+
+    for batch in make_batches(&items, cfg.max_batch_tokens, cfg.max_batch_size) {
+        let wanted = batch.iter().any(|it| failed[it.job].is_none() && !jobs[it.job].reply.is_closed());
+        if !wanted {
+            continue;
+        }
+        match run_split(model, &jobs, batch, cfg) {
+            Ok(rows) => {
+                for (it, row) in batch.iter().zip(rows) {
+                    out[it.job][it.seq] = row;
+                }
+            }
+            Err(e) => {
+                for it in batch {
+                    if failed[it.job].is_none() {
+                        failed[it.job] = Some(e.clone_for_reply());
+                    }
+                }
+            }
+        }
+    }
+
+    for ((job, rows), err) in jobs.into_iter().zip(out).zip(failed) {
+        let result = match err {
+            Some(e) => Err(e),
+            None if job.normalize => Ok(rows.into_iter().map(normalized).collect()),
+            None => Ok(rows),
+        };
+        let _ = job.reply.send(result);
+    }
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt().max(1e-12) as f32;
+    v.iter_mut().for_each(|x| *x /= norm);
+    v
+}
+
+/// Greedy token-budget batching over length-sorted items: a batch costs
+/// `items × longest item` tokens after padding.
+fn make_batches(items: &[Item], max_tokens: usize, max_size: usize) -> Vec<&[Item]> {
+    let mut batches = Vec::new();
+    let mut start = 0;
+    let mut longest = 0;
+    for (i, it) in items.iter().enumerate() {
+        let n = i - start;
+        let new_longest = longest.max(it.len);
+        if n > 0 && ((n + 1) * new_longest > max_tokens || n >= max_size) {
+            batches.push(&items[start..i]);
+            start = i;
+            longest = it.len;
+        } else {
+            longest = new_longest;
+        }
+    }
+    if start < items.len() {
+        batches.push(&items[start..]);
+    }
+    batches
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".into()
+    }
+}
+
+fn is_out_of_memory(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
+}
+
+/// Runs `batch`; on out-of-memory empties the cache and retries each half, down to single
+/// inputs. Any other panic becomes `WorkerPanicked` for the inputs of this batch only.
+fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+    let attempt = catch_unwind(AssertUnwindSafe(|| forward_batch(model, jobs, batch, cfg)));
+    let msg = match attempt {
+        Ok(rows) => return Ok(rows),
+        Err(payload) => panic_message(payload.as_ref()),
+    };
+    if !is_out_of_memory(&msg) {
+        tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
+        return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
+    }
+    if cfg.device.is_cuda() {
+        let _ = memory::empty_cache();
+    }
+    if batch.len() == 1 {
+        return Err(Error::OutOfMemory {
+            device: cfg.device.to_string(),
+            inputs: 1,
+            max_tokens: batch[0].len,
+            detail: msg,
+        });
+    }
+    cfg.stats.oom_splits.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(model = %cfg.model_name, inputs = batch.len(), "out of memory; retrying the batch in halves");
+    let (a, b) = batch.split_at(batch.len() / 2);
+    let mut rows = run_split(model, jobs, a, cfg)?;
+    rows.extend(run_split(model, jobs, b, cfg)?);
+    Ok(rows)
+}
+
+/// Pads the batch, runs the encoder and pooling; returns one un-normalised row per item.
+/// Panics (caught by the caller) on libtorch errors, as tch's infallible API does.
+fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
+    let b = batch.len();
+    let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
+    let mut ids = vec![0i64; b * len];
+    let mut types = vec![0i64; b * len];
+    let mut mask = vec![0i64; b * len];
+    let mut pool_mask = vec![0i64; b * len];
+    let mut real_tokens = 0;
+    let mut poisoned = false;
+    for (row, it) in batch.iter().enumerate() {
+        let seq = &jobs[it.job].seqs[it.seq];
+        let n = seq.ids.len();
+        real_tokens += n;
+        poisoned |= seq.poisoned;
+        let base = row * len;
+        ids[base..base + n].copy_from_slice(&seq.ids);
+        types[base..base + n].copy_from_slice(&seq.type_ids);
+        mask[base..base + n].fill(1);
+        // Never pool over nothing: keep at least the last token if the prompt covered it all.
+        let skip = seq.pool_skip.min(n.saturating_sub(1));
+        pool_mask[base + skip..base + n].fill(1);
+    }
+    if poisoned {
+        panic!("injected panic: an input matched FaultInjection::panic_on_text");
+    }
+    if let Some(limit) = cfg.faults.oom_above_batch_tokens {
+        if b * len > limit {
+            // A real allocation far beyond any machine's memory: libtorch's allocator fails with
+            // its own out-of-memory error, exactly as a genuine OOM would surface.
+            let _ = Tensor::empty([1i64 << 46], (Kind::Float, model.device()));
+        }
+    }
+    let dev = model.device();
+    let to_dev = |v: &[i64]| Tensor::from_slice(v).view([b as i64, len as i64]).to_device(dev);
+    let (ids_t, types_t, mask_t, pool_t) = (to_dev(&ids), to_dev(&types), to_dev(&mask), to_dev(&pool_mask));
+    let hidden = model.forward(&ids_t, &types_t, &mask_t);
+    let pooled = pool(&hidden, &pool_t, cfg.pooling).to_device(tch::Device::Cpu).contiguous();
+    let dim = pooled.size()[1] as usize;
+    let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
+
+    cfg.stats.batches.fetch_add(1, Ordering::Relaxed);
+    cfg.stats.sequences.fetch_add(b as u64, Ordering::Relaxed);
+    cfg.stats.tokens.fetch_add(real_tokens as u64, Ordering::Relaxed);
+    cfg.stats.padded_tokens.fetch_add((b * len) as u64, Ordering::Relaxed);
+    flat.chunks(dim).map(<[f32]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(lens: &[usize]) -> Vec<Item> {
+        lens.iter().enumerate().map(|(i, &len)| Item { job: 0, seq: i, len }).collect()
+    }
+
+    #[test]
+    fn batches_respect_token_budget_and_size() {
+        let its = items(&[100, 90, 50, 50, 10, 10, 10, 3]);
+        let batches = make_batches(&its, 200, 3);
+        for b in &batches {
+            let longest = b.iter().map(|i| i.len).max().unwrap();
+            assert!(b.len() == 1 || b.len() * longest <= 200, "{:?}", b.len());
+            assert!(b.len() <= 3);
+        }
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), its.len());
+        assert_eq!(batches[0].len(), 2); // 100 + 90 fit (2*100), a third would need 300
+    }
+
+    #[test]
+    fn oversized_item_gets_its_own_batch() {
+        let its = items(&[500, 5]);
+        let batches = make_batches(&its, 100, 8);
+        assert_eq!(batches.len(), 2);
+    }
+
+    #[test]
+    fn oom_messages_are_recognised() {
+        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB"));
+        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"));
+        assert!(!is_out_of_memory("shape mismatch"));
+    }
+}

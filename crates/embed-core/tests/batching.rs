@@ -1,0 +1,72 @@
+//! Dynamic batching: concurrent callers are merged into shared forward passes and each gets
+//! exactly its own vectors back.
+
+use std::sync::Arc;
+
+use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelSpec};
+use embed_testkit::TinyModel;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_callers_share_batches_and_get_their_own_results() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let svc = Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap());
+    let inputs: Vec<Vec<String>> = (0..48)
+        .map(|i| (0..(1 + i % 4)).map(|j| format!("{} the dog {j}", "cat ".repeat(i % 7))).collect())
+        .collect();
+    // Reference: one request at a time.
+    let mut expected = Vec::new();
+    for inp in &inputs {
+        expected.push(svc.embed_texts(inp, &EmbedOptions::default()).await.unwrap());
+    }
+    let before = svc.batch_stats().unwrap();
+    let tasks: Vec<_> = inputs
+        .iter()
+        .cloned()
+        .map(|inp| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.embed_texts(&inp, &EmbedOptions::default()).await.unwrap() })
+        })
+        .collect();
+    for (t, exp) in tasks.into_iter().zip(&expected) {
+        let got = t.await.unwrap();
+        assert_eq!(got.token_counts, exp.token_counts);
+        for (a, b) in got.vectors.iter().zip(&exp.vectors) {
+            assert!(embed_testkit::max_abs_diff(a, b) <= 1e-5);
+        }
+    }
+    let after = svc.batch_stats().unwrap();
+    let batches = after.batches - before.batches;
+    assert!(batches < inputs.len() as u64, "48 concurrent requests ran in {batches} forward passes: no batching");
+    svc.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_requests_are_skipped() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let svc = Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap());
+    // Occupy the worker with a big request, queue many small ones and cancel them at once.
+    let big: Vec<String> = (0..2000).map(|i| format!("the model {i} ").repeat(5)).collect();
+    let busy = {
+        let svc = svc.clone();
+        tokio::spawn(async move { svc.embed_texts(&big, &EmbedOptions::default()).await.unwrap() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = svc.batch_stats().unwrap();
+    let queued: Vec<_> = (0..50)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.embed_texts(&[format!("cancel me {i}")], &EmbedOptions::default()).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    for q in &queued {
+        q.abort();
+    }
+    busy.await.unwrap();
+    // A fresh request still works and the aborted ones added (almost) no sequences.
+    svc.embed_texts(&["after".to_string()], &EmbedOptions::default()).await.unwrap();
+    let after = svc.batch_stats().unwrap();
+    let extra = after.sequences - before.sequences;
+    assert!(extra <= 2000 + 1 + 5, "cancelled requests were still embedded: {extra} sequences");
+    svc.cleanup().await.unwrap();
+}

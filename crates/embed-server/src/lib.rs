@@ -1,0 +1,5 @@
+//! # embed-server
+//!
+//! The HTTP front end for `embed-pool`.
+#![allow(missing_docs)]
+pub use embed_pool;
