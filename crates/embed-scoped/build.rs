@@ -1,3 +1,4 @@
+//! Links libtorch with an rpath and keeps libtorch_cuda (see build-support/link_libtorch.rs).
 include!("../../build-support/link_libtorch.rs");
 
 fn main() {

@@ -2,6 +2,8 @@
 //! `cargo xtask bench` runs this next to sentence-transformers; this bench alone reports the
 //! Rust side (texts/s via criterion's throughput, tokens/s printed once).
 
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
 

@@ -27,6 +27,8 @@ pub struct FaultInjection {
     pub oom_above_batch_tokens: Option<usize>,
     /// A forward pass containing exactly this input text panics inside the worker.
     pub panic_on_text: Option<String>,
+    /// Every forward pass sleeps this long first (makes queueing and cancellation observable).
+    pub forward_delay: Option<std::time::Duration>,
 }
 
 /// How a model is loaded and run.
@@ -289,6 +291,11 @@ pub trait EmbeddingService: Send + Sync {
     /// Stops intake, finishes queued work, joins the worker, frees every tensor (and on CUDA
     /// synchronises and empties the caching allocator). Idempotent.
     async fn cleanup(&self) -> Result<CleanupReport>;
+
+    /// Starts releasing the model without waiting: intake stops at once; the worker finishes
+    /// what is queued, then frees everything. Never blocks, so it is safe in `Drop` and on an
+    /// async executor thread. Returns false when no model was loaded.
+    fn begin_cleanup(&self) -> bool;
 }
 
 /// State shared by a ready service's callers: the worker's intake and what tokenization needs.
@@ -718,6 +725,29 @@ impl EmbeddingService for DenseEmbeddingService {
         drop(guard);
         tracing::info!(model = %name, freed = report.weight_bytes_freed, ms = report.duration.as_millis() as u64, "model cleaned up");
         Ok(report)
+    }
+
+    fn begin_cleanup(&self) -> bool {
+        self.begin_cleanup_impl()
+    }
+}
+
+impl DenseEmbeddingService {
+    fn begin_cleanup_impl(&self) -> bool {
+        let mut st = lock(&self.state);
+        match std::mem::replace(&mut *st, State::Closed) {
+            State::Ready(running) => {
+                let _ = running.intake.send(Command::Shutdown);
+                // The worker's exit report and join handle are dropped: the thread finishes
+                // freeing the model on its own (detached).
+                tracing::debug!(model = %running.info.name, "cleanup started without waiting");
+                true
+            }
+            other => {
+                *st = other;
+                false
+            }
+        }
     }
 }
 

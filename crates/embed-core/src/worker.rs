@@ -250,6 +250,9 @@ fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig)
         let skip = seq.pool_skip.min(n.saturating_sub(1));
         pool_mask[base + skip..base + n].fill(1);
     }
+    if let Some(d) = cfg.faults.forward_delay {
+        std::thread::sleep(d);
+    }
     if poisoned {
         panic!("injected panic: an input matched FaultInjection::panic_on_text");
     }
