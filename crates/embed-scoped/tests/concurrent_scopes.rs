@@ -20,7 +20,8 @@ async fn run_scopes(spec: ModelSpec, n: usize) -> Vec<(usize, Vec<f32>)> {
             tokio::spawn(async move {
                 scope(spec, |svc| async move {
                     let out = svc.embed_texts(&[format!("scope number {i}")], &EmbedOptions::default()).await?;
-                    // All n models are live here at once.
+                    barrier.wait().await;
+                    // All n models are live here at once (nobody leaves before the second wait).
                     assert!(live_models() >= n, "only {} models live at the barrier", live_models());
                     barrier.wait().await;
                     Ok::<_, embed_core::Error>((Arc::as_ptr(&svc) as usize, out.vectors[0].clone()))

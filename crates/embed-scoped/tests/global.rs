@@ -60,7 +60,7 @@ async fn replace_under_load_loses_no_request() {
     let (_t1, a) = TinyModel { seed: 1, ..TinyModel::default() }.write_temp();
     let (_t2, b) = TinyModel { seed: 2, ..TinyModel::default() }.write_temp();
     let global = Arc::new(GlobalService::new(ModelSpec::new(a.to_string_lossy()).named("a")));
-    global.get().await.unwrap();
+    drop(global.get().await.unwrap());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
         .map(|c| {
