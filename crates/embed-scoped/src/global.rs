@@ -12,26 +12,37 @@ use crate::Error;
 
 struct Entry {
     service: DenseEmbeddingService,
-    lease_ended: Notify,
+    lease_ended: Arc<Notify>,
 }
 
 /// Keeps the global model it was taken from alive and serving, even across a
 /// [`GlobalService::replace`]: the old model is cleaned only after its last lease ends.
 #[must_use = "the lease keeps the model it was taken from serving; drop it when done"]
 pub struct GlobalLease {
-    entry: Arc<Entry>,
+    entry: Option<Arc<Entry>>,
+}
+
+impl GlobalLease {
+    fn new(entry: Arc<Entry>) -> Self {
+        GlobalLease { entry: Some(entry) }
+    }
 }
 
 impl Deref for GlobalLease {
     type Target = DenseEmbeddingService;
     fn deref(&self) -> &DenseEmbeddingService {
-        &self.entry.service
+        &self.entry.as_ref().expect("present until drop").service
     }
 }
 
 impl Drop for GlobalLease {
     fn drop(&mut self) {
-        self.entry.lease_ended.notify_waiters();
+        if let Some(entry) = self.entry.take() {
+            let notify = entry.lease_ended.clone();
+            // Release our reference before waking the retiring side, which counts references.
+            drop(entry);
+            notify.notify_waiters();
+        }
     }
 }
 
@@ -43,6 +54,8 @@ pub struct GlobalStats {
     pub loads: u64,
     /// Failed load attempts.
     pub load_failures: u64,
+    /// Retired models whose leases outlived the drain timeout (released anyway).
+    pub forced_retirements: u64,
 }
 
 /// One shared model, loaded on first use.
@@ -60,6 +73,7 @@ pub struct GlobalService {
     drain_timeout: Duration,
     loads: AtomicU64,
     load_failures: AtomicU64,
+    forced_retirements: AtomicU64,
 }
 
 impl GlobalService {
@@ -72,6 +86,7 @@ impl GlobalService {
             drain_timeout: Duration::from_secs(30),
             loads: AtomicU64::new(0),
             load_failures: AtomicU64::new(0),
+            forced_retirements: AtomicU64::new(0),
         }
     }
 
@@ -93,7 +108,11 @@ impl GlobalService {
 
     /// Counters.
     pub fn stats(&self) -> GlobalStats {
-        GlobalStats { loads: self.loads.load(Ordering::SeqCst), load_failures: self.load_failures.load(Ordering::SeqCst) }
+        GlobalStats {
+            loads: self.loads.load(Ordering::SeqCst),
+            load_failures: self.load_failures.load(Ordering::SeqCst),
+            forced_retirements: self.forced_retirements.load(Ordering::SeqCst),
+        }
     }
 
     /// True when a model is loaded.
@@ -105,7 +124,7 @@ impl GlobalService {
         match DenseEmbeddingService::from_spec(spec).await {
             Ok(service) => {
                 self.loads.fetch_add(1, Ordering::SeqCst);
-                Ok(Arc::new(Entry { service, lease_ended: Notify::new() }))
+                Ok(Arc::new(Entry { service, lease_ended: Arc::new(Notify::new()) }))
             }
             Err(e) => {
                 self.load_failures.fetch_add(1, Ordering::SeqCst);
@@ -117,16 +136,16 @@ impl GlobalService {
     /// A lease on the global model, loading it first if needed.
     pub async fn get(&self) -> Result<GlobalLease, Error> {
         if let Some(entry) = self.loaded() {
-            return Ok(GlobalLease { entry });
+            return Ok(GlobalLease::new(entry));
         }
         let _init = self.init.lock().await;
         if let Some(entry) = self.loaded() {
-            return Ok(GlobalLease { entry });
+            return Ok(GlobalLease::new(entry));
         }
         let spec = self.spec.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let entry = self.load_entry(spec).await?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(entry.clone());
-        Ok(GlobalLease { entry })
+        Ok(GlobalLease::new(entry))
     }
 
     /// Loads `spec`, makes it the global model, then waits for requests on the previous model
@@ -168,6 +187,7 @@ impl GlobalService {
         })
         .await;
         if drained.is_err() {
+            self.forced_retirements.fetch_add(1, Ordering::SeqCst);
             tracing::warn!(
                 leases = Arc::strong_count(&old) - 1,
                 "leases on the old global model outlived the drain timeout; releasing it anyway"

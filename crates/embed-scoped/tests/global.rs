@@ -59,7 +59,10 @@ async fn replace_under_load_loses_no_request() {
     let _s = SERIAL.lock().await;
     let (_t1, a) = TinyModel { seed: 1, ..TinyModel::default() }.write_temp();
     let (_t2, b) = TinyModel { seed: 2, ..TinyModel::default() }.write_temp();
-    let global = Arc::new(GlobalService::new(ModelSpec::new(a.to_string_lossy()).named("a")));
+    // A drain timeout far above the test's length: hitting it means leases were not tracked.
+    let global = Arc::new(
+        GlobalService::new(ModelSpec::new(a.to_string_lossy()).named("a")).with_drain_timeout(Duration::from_secs(20)),
+    );
     drop(global.get().await.unwrap());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
@@ -85,6 +88,7 @@ async fn replace_under_load_loses_no_request() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = global.replace(ModelSpec::new(b.to_string_lossy()).named("b")).await.unwrap();
     assert!(report.weight_bytes_freed > 0, "the old model was cleaned");
+    assert_eq!(global.stats().forced_retirements, 0, "replace had to force the old model out");
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut saw_b = false;
