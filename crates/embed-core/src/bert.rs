@@ -180,6 +180,12 @@ impl Bert {
         })
     }
 
+    /// The largest tensor (the word embeddings), for the planted-leak test build.
+    #[cfg(feature = "planted-leak")]
+    pub(crate) fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+
     pub(crate) fn device(&self) -> Device {
         self.device
     }

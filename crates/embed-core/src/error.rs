@@ -141,6 +141,14 @@ pub enum Error {
         /// The model's limit.
         limit: usize,
     },
+    /// A pre-tokenized input holds an id outside the model's vocabulary, or no ids at all.
+    #[error("input {index}: {reason}")]
+    InvalidTokens {
+        /// Index of the input in the request.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// The model ran out of memory even for a single input.
     #[error("out of memory on {device} while embedding {inputs} input(s) of up to {max_tokens} tokens: {detail}")]
     OutOfMemory {

@@ -193,6 +193,15 @@ async fn bad_input() {
     let err = svc.embed_texts(&texts(&["x"]), &EmbedOptions { prompt_name: Some("nope".into()), ..Default::default() }).await.unwrap_err();
     assert!(matches!(err, Error::UnknownPrompt { .. }), "{err}");
 
+    // Pre-tokenized input gives the same vector as the text it came from.
+    let tok = svc.tokenize(&texts(&["hello world"]), &o).await.unwrap();
+    let from_ids = svc.embed_token_ids(&[tok[0].ids.clone()], &o).await.unwrap();
+    let from_text = svc.embed_texts(&texts(&["hello world"]), &o).await.unwrap();
+    assert_eq!(from_ids.vectors, from_text.vectors);
+    let err = svc.embed_token_ids(&[vec![2, 999_999, 3]], &o).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTokens { index: 0, .. }) && err.to_string().contains("999999"), "{err}");
+    assert!(matches!(svc.embed_token_ids(&[vec![]], &o).await, Err(Error::InvalidTokens { .. })));
+
     // normalize=false gives the raw pooled vector.
     let raw = svc.embed_texts(&texts(&["hello"]), &EmbedOptions { normalize: Some(false), ..Default::default() }).await.unwrap();
     let norm: f32 = raw.vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -1,0 +1,54 @@
+//! Measures `embed_texts` throughput over a corpus; used by `cargo xtask bench`.
+//!
+//! `cargo run --release -p embed-core --example throughput -- MODEL_DIR CORPUS [f32|bf16] [ROUNDS] [OUT.json]`
+//! Prints one JSON line per round: texts/s, tokens/s, and the vectors' file when asked.
+
+use std::time::Instant;
+
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let model = args.first().ok_or("usage: throughput MODEL_DIR CORPUS [dtype] [rounds] [vectors.json]")?;
+    let corpus = args.get(1).ok_or("missing CORPUS")?;
+    let dtype: DType = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or_default();
+    let rounds: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let texts: Vec<String> =
+        std::fs::read_to_string(corpus)?.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+
+    if let Some(n) = std::env::var("EMBED_THREADS").ok().and_then(|s| s.parse::<i32>().ok()) {
+        embed_core::tch::set_num_threads(n);
+    }
+    let t0 = Instant::now();
+    let spec = ModelSpec::new(model.as_str()).with_options(ModelOptions { dtype, ..Default::default() });
+    let svc = DenseEmbeddingService::from_spec(spec).await?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let opts = EmbedOptions::default();
+    let mut last = None;
+    for round in 0..rounds {
+        let t = Instant::now();
+        let out = svc.embed_texts(&texts, &opts).await?;
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3}}}",
+            texts.len(),
+            out.total_tokens(),
+            texts.len() as f64 / s,
+            out.total_tokens() as f64 / s
+        );
+        last = Some(out);
+    }
+    if let (Some(path), Some(out)) = (args.get(4), last) {
+        std::fs::write(path, serde_json_vectors(&out.vectors))?;
+    }
+    eprintln!("batch stats: {:?}", svc.batch_stats());
+    svc.cleanup().await?;
+    Ok(())
+}
+
+fn serde_json_vectors(v: &[Vec<f32>]) -> String {
+    let rows: Vec<String> =
+        v.iter().map(|r| format!("[{}]", r.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","))).collect();
+    format!("[{}]", rows.join(","))
+}

@@ -1,0 +1,199 @@
+//! The child process of `cargo xtask leak-check`: exercises one layer for N cycles and prints
+//! one JSON line with its memory figures and verdict.
+//!
+//! `leak_check <core|scoped|pool|server> [--cycles N] [--device cpu|cuda]`
+
+use std::time::Duration;
+
+use embed_core::memory::{self, MemorySnapshot};
+use embed_core::{DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
+use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode};
+use embed_testkit::{minilm_dir, reference, TinyModel};
+
+struct Args {
+    layer: String,
+    cycles: usize,
+    device: DeviceSpec,
+}
+
+fn args() -> Args {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).cloned();
+    Args {
+        layer: a.first().cloned().unwrap_or_else(|| "core".into()),
+        cycles: get("--cycles").and_then(|s| s.parse().ok()).unwrap_or(5),
+        device: get("--device").map(|d| d.parse().expect("device")).unwrap_or(DeviceSpec::Cpu),
+    }
+}
+
+fn spec(device: DeviceSpec) -> ModelSpec {
+    ModelSpec::new(minilm_dir().to_string_lossy())
+        .named("minilm")
+        .with_options(ModelOptions { device, ..Default::default() })
+}
+
+fn texts() -> Vec<String> {
+    reference().into_iter().map(|r| r.text).collect()
+}
+
+/// Samples memory after the worker threads are gone and freed heap is returned to the OS.
+async fn sample() -> MemorySnapshot {
+    for _ in 0..500 {
+        if memory::live_models() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    memory::trim_cpu_heap();
+    MemorySnapshot::now()
+}
+
+async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
+    let svc = embed_core::DenseEmbeddingService::from_spec(spec(device)).await.expect("load");
+    svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed");
+    note_peak(peak);
+    svc.cleanup().await.expect("cleanup");
+}
+
+async fn scoped_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
+    let t = texts();
+    embed_scoped::scope(spec(device), |svc| async move { svc.embed_texts(&t, &EmbedOptions::default()).await })
+        .await
+        .expect("ok scope");
+    let err = embed_scoped::scope(spec(device), |_svc| async move { Err::<(), _>("planned failure") }).await;
+    assert!(err.is_err());
+    let panicked = tokio::spawn(embed_scoped::scope(spec(device), |svc| async move {
+        svc.embed_texts(&["x".to_string()], &EmbedOptions::default()).await.unwrap();
+        panic!("planned panic");
+        #[allow(unreachable_code)]
+        Ok::<(), embed_core::Error>(())
+    }))
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+    let cancelled = tokio::spawn(embed_scoped::scope(spec(device), |_svc| async move {
+        let _ = loaded_tx.send(());
+        std::future::pending::<()>().await;
+        Ok::<(), embed_core::Error>(())
+    }));
+    loaded_rx.await.expect("scope body started");
+    note_peak(peak);
+    cancelled.abort();
+    let _ = cancelled.await;
+}
+
+async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut MemorySnapshot) {
+    let registry = ModelRegistry::new()
+        .with("minilm", spec(device))
+        .with_settings(
+            "tiny",
+            ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions { device, ..Default::default() }),
+            ModelSettings::default().with_ttl(Duration::from_millis(50)),
+        );
+    let pool = Pool::new(PoolConfig::default().with_max_models(1), registry);
+    for _ in 0..3 {
+        for name in ["minilm", "tiny"] {
+            let lease = pool.get(name).await.expect("lease");
+            lease.embed_texts(&["churn".to_string()], &EmbedOptions::default()).await.expect("embed");
+            note_peak(peak);
+        }
+    }
+    // TTL expiry of the idle tiny model.
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    pool.evict_expired().await;
+    pool.preload("minilm").await.expect("preload");
+    pool.unload("minilm", UnloadMode::WaitForLeases).await.expect("unload");
+    pool.close().await;
+}
+
+async fn server_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
+    let registry = ModelRegistry::new().with("minilm", spec(device));
+    let state = embed_server::AppState::new(Pool::new(PoolConfig::default(), registry), embed_server::ServerConfig::new("minilm"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(embed_server::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    while !client.get(format!("{base}/ready")).send().await.map(|r| r.status() == 200).unwrap_or(false) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = serde_json::json!({"inputs": texts()});
+    for _ in 0..3 {
+        let r = client.post(format!("{base}/embed")).json(&body).send().await.expect("embed request");
+        assert_eq!(r.status(), 200);
+    }
+    note_peak(peak);
+    assert_eq!(client.post(format!("{base}/models/minilm/unload")).send().await.unwrap().status(), 200);
+    assert_eq!(client.post(format!("{base}/models/minilm/load")).send().await.unwrap().status(), 200);
+    let r = client.post(format!("{base}/v1/embeddings")).json(&serde_json::json!({"input": "x"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    stop.send(()).unwrap();
+    let report = server.await.unwrap().expect("serve");
+    assert!(report.drained);
+}
+
+fn note_peak(peak: &mut MemorySnapshot) {
+    let now = MemorySnapshot::now();
+    peak.resident = peak.resident.max(now.resident);
+    peak.cpu_allocator = peak.cpu_allocator.max(now.cpu_allocator);
+    peak.model_weights = peak.model_weights.max(now.model_weights);
+    if let Some(c) = now.cuda {
+        let p = peak.cuda.get_or_insert(c);
+        p.allocated = p.allocated.max(c.allocated);
+        p.reserved = p.reserved.max(c.reserved);
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let a = args();
+    if matches!(a.device, DeviceSpec::Cuda(_)) && embed_core::cuda_device_count() == 0 {
+        eprintln!("--device cuda asked for, but libtorch sees no CUDA device");
+        std::process::exit(2);
+    }
+    let (_tmp, tiny) = TinyModel::default().write_temp();
+    let mut peak = MemorySnapshot::default();
+    let mut after = Vec::new();
+    // Cycle 0 is the warm-up: allocator pools, thread pools, lazily loaded kernels.
+    for cycle in 0..=a.cycles {
+        match a.layer.as_str() {
+            "core" => core_cycle(a.device, &mut peak).await,
+            "scoped" => scoped_cycle(a.device, &mut peak).await,
+            "pool" => pool_cycle(a.device, &tiny, &mut peak).await,
+            "server" => server_cycle(a.device, &mut peak).await,
+            other => {
+                eprintln!("unknown layer {other:?}");
+                std::process::exit(2);
+            }
+        }
+        let s = sample().await;
+        eprintln!("{} cycle {cycle}: resident {} allocator {} live {}", a.layer, s.resident, s.cpu_allocator, s.live_models);
+        after.push(s);
+    }
+    let base = after[0];
+    let last = *after.last().unwrap();
+    let max_after = |f: fn(&MemorySnapshot) -> u64| after.iter().skip(1).map(f).max().unwrap_or(0);
+    let cuda = |s: &MemorySnapshot, f: fn(&memory::CudaMemoryStats) -> u64| s.cuda.as_ref().map(f);
+    let json = serde_json::json!({
+        "layer": a.layer,
+        "device": a.device.to_string(),
+        "cycles": a.cycles,
+        "baseline": {"resident": base.resident, "allocator": base.cpu_allocator,
+                      "cuda_allocated": cuda(&base, |c| c.allocated), "cuda_reserved": cuda(&base, |c| c.reserved),
+                      "cuda_used": cuda(&base, |c| c.device_total - c.device_free)},
+        "peak": {"resident": peak.resident, "allocator": peak.cpu_allocator, "weights": peak.model_weights,
+                  "cuda_allocated": peak.cuda.map(|c| c.allocated), "cuda_reserved": peak.cuda.map(|c| c.reserved)},
+        "after": {"resident": last.resident, "allocator": last.cpu_allocator,
+                   "cuda_allocated": cuda(&last, |c| c.allocated), "cuda_reserved": cuda(&last, |c| c.reserved),
+                   "cuda_used": cuda(&last, |c| c.device_total - c.device_free)},
+        "max_after": {"resident": max_after(|s| s.resident), "allocator": max_after(|s| s.cpu_allocator)},
+        "live_models_after": after.iter().map(|s| s.live_models).max().unwrap_or(0),
+        "weights_after": after.iter().map(|s| s.model_weights).max().unwrap_or(0),
+        "cuda_allocated_after": after.iter().filter_map(|s| s.cuda.map(|c| c.allocated)).collect::<Vec<_>>(),
+        "cuda_reserved_after": after.iter().filter_map(|s| s.cuda.map(|c| c.reserved)).collect::<Vec<_>>(),
+    });
+    println!("{json}");
+}

@@ -1,0 +1,125 @@
+//! Server configuration: a plain struct with a builder. The binary fills it from flags,
+//! environment variables and an optional TOML file; embedders build it in code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest request body in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Most inputs in one request (413 above it, the limit named).
+    pub max_inputs: usize,
+    /// Requests served at once; more get 429 with Retry-After.
+    pub max_concurrent: usize,
+    /// Whole-request deadline (504 after it; queued work is cancelled).
+    pub request_timeout: Duration,
+    /// Default of `truncate` when a request does not say (true: truncate long inputs; false: 422).
+    pub truncate_by_default: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_inputs: 512,
+            max_concurrent: 512,
+            request_timeout: Duration::from_secs(60),
+            truncate_by_default: true,
+        }
+    }
+}
+
+/// Everything the HTTP layer needs besides the pool.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Model used when a request names none.
+    pub default_model: String,
+    /// Models loaded before `/ready` reports ready.
+    pub preload: Vec<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// When set, every route except `/health`, `/ready` and `/metrics` needs
+    /// `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// How long in-flight requests may run after shutdown starts.
+    pub shutdown_deadline: Duration,
+    /// Where the binary listens (the library never binds by itself).
+    pub bind: SocketAddr,
+}
+
+impl ServerConfig {
+    /// A config serving `default_model`, which is also preloaded.
+    pub fn new(default_model: impl Into<String>) -> Self {
+        let default_model = default_model.into();
+        ServerConfig {
+            preload: vec![default_model.clone()],
+            default_model,
+            limits: Limits::default(),
+            api_key: None,
+            shutdown_deadline: Duration::from_secs(30),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+
+    /// Sets the models to preload.
+    pub fn with_preload(mut self, names: Vec<String>) -> Self {
+        self.preload = names;
+        self
+    }
+
+    /// Sets the limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Requires this API key.
+    pub fn with_api_key(mut self, key: Option<String>) -> Self {
+        self.api_key = key.filter(|k| !k.is_empty());
+        self
+    }
+
+    /// Sets the shutdown deadline.
+    pub fn with_shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// Sets the bind address (used by the binary).
+    pub fn with_bind(mut self, bind: SocketAddr) -> Self {
+        self.bind = bind;
+        self
+    }
+}
+
+impl Limits {
+    /// Sets `max_body_bytes`.
+    pub fn with_max_body_bytes(mut self, n: usize) -> Self {
+        self.max_body_bytes = n;
+        self
+    }
+    /// Sets `max_inputs`.
+    pub fn with_max_inputs(mut self, n: usize) -> Self {
+        self.max_inputs = n;
+        self
+    }
+    /// Sets `max_concurrent`.
+    pub fn with_max_concurrent(mut self, n: usize) -> Self {
+        self.max_concurrent = n;
+        self
+    }
+    /// Sets `request_timeout`.
+    pub fn with_request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+    /// Sets `truncate_by_default`.
+    pub fn with_truncate_by_default(mut self, t: bool) -> Self {
+        self.truncate_by_default = t;
+        self
+    }
+}

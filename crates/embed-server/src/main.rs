@@ -1,0 +1,274 @@
+//! `embed-server`: serve embedding models over HTTP (TEI- and OpenAI-compatible).
+//!
+//! Configuration comes from flags, `EMBED_*` environment variables and an optional TOML file
+//! (`--config`), in that order of precedence. See `embed-server --help`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use embed_core::{DType, DeviceSpec, ModelOptions, ModelSpec};
+use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig};
+use embed_server::{AppState, Limits, ServerConfig};
+use serde::Deserialize;
+
+/// Serve text-embedding models over HTTP.
+///
+/// Routes: POST /embed, /tokenize (TEI); POST /v1/embeddings, GET /v1/models (OpenAI);
+/// GET /models, POST /models/{name}/load|unload (admin); GET /info, /health, /ready, /metrics.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// TOML config file (keys as the long flags with '_' for '-', models under [models.NAME]).
+    #[arg(long, env = "EMBED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "EMBED_BIND")]
+    bind: Option<SocketAddr>,
+    /// A model as NAME=SOURCE (a local directory or a hub id); repeatable, or comma-separated in
+    /// EMBED_MODELS.
+    #[arg(long = "model", env = "EMBED_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Model used when a request names none (default: the first model).
+    #[arg(long, env = "EMBED_DEFAULT_MODEL")]
+    default_model: Option<String>,
+    /// Models to load before /ready reports ready (default: the default model).
+    #[arg(long, env = "EMBED_PRELOAD", value_delimiter = ',')]
+    preload: Vec<String>,
+    /// Most models loaded at once (LRU eviction of idle models beyond it).
+    #[arg(long, env = "EMBED_MAX_MODELS")]
+    max_models: Option<usize>,
+    /// Memory budget for model weights, in bytes (suffixes K, M, G accepted).
+    #[arg(long, env = "EMBED_MEMORY_BUDGET")]
+    memory_budget: Option<String>,
+    /// Unload a model after this many idle seconds (0 = never).
+    #[arg(long, env = "EMBED_IDLE_TTL")]
+    idle_ttl: Option<u64>,
+    /// Device for models: cpu, cuda, cuda:N, auto.
+    #[arg(long, env = "EMBED_DEVICE")]
+    device: Option<String>,
+    /// Precision: f32, f16, bf16.
+    #[arg(long, env = "EMBED_DTYPE")]
+    dtype: Option<String>,
+    /// Dynamic-batching budget: padded tokens per forward pass.
+    #[arg(long, env = "EMBED_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// Most inputs in one request.
+    #[arg(long, env = "EMBED_MAX_INPUTS")]
+    max_inputs: Option<usize>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "EMBED_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Requests served at once; more get 429.
+    #[arg(long, env = "EMBED_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+    /// Whole-request timeout in seconds.
+    #[arg(long, env = "EMBED_REQUEST_TIMEOUT")]
+    request_timeout: Option<u64>,
+    /// Reject inputs longer than the model's limit with 422 instead of truncating them.
+    #[arg(long, env = "EMBED_NO_TRUNCATE")]
+    no_truncate: bool,
+    /// Require `Authorization: Bearer <key>` (all routes but /health, /ready, /metrics).
+    #[arg(long, env = "EMBED_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "EMBED_SHUTDOWN_DEADLINE")]
+    shutdown_deadline: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    default_model: Option<String>,
+    preload: Option<Vec<String>>,
+    max_models: Option<usize>,
+    memory_budget: Option<String>,
+    idle_ttl: Option<u64>,
+    device: Option<String>,
+    dtype: Option<String>,
+    max_batch_tokens: Option<usize>,
+    max_inputs: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_concurrent: Option<usize>,
+    request_timeout: Option<u64>,
+    no_truncate: Option<bool>,
+    api_key: Option<String>,
+    shutdown_deadline: Option<u64>,
+    #[serde(default)]
+    models: BTreeMap<String, FileModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    source: String,
+    device: Option<String>,
+    dtype: Option<String>,
+    max_seq_length: Option<usize>,
+    pooling: Option<String>,
+    normalize: Option<bool>,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+    ttl: Option<u64>,
+    pinned: Option<bool>,
+}
+
+fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mul = match s[i..].to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                other => bail!("memory budget {s:?}: unknown unit {other:?}"),
+            };
+            (&s[..i], mul)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("memory budget {s:?} is not a number"))?;
+    Ok((n * mul as f64) as u64)
+}
+
+fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
+    let file: FileConfig = match &args.config {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+        None => FileConfig::default(),
+    };
+    let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
+    let dtype: DType = args.dtype.or(file.dtype).map(|d| d.parse()).transpose()?.unwrap_or_default();
+    let mut base = ModelOptions { device, dtype, ..Default::default() };
+    if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
+        base.max_batch_tokens = n;
+    }
+
+    let mut registry = ModelRegistry::new();
+    let mut order = Vec::new();
+    for (name, m) in file.models {
+        let mut o = base.clone();
+        if let Some(d) = m.device {
+            o.device = d.parse()?;
+        }
+        if let Some(d) = m.dtype {
+            o.dtype = d.parse()?;
+        }
+        o.max_seq_length = m.max_seq_length;
+        o.pooling = m.pooling.map(|p| p.parse()).transpose()?;
+        o.normalize = m.normalize;
+        o.query_prefix = m.query_prefix;
+        o.document_prefix = m.document_prefix;
+        let mut settings = ModelSettings::default();
+        if let Some(t) = m.ttl {
+            settings = settings.with_ttl(Duration::from_secs(t));
+        }
+        settings = settings.with_pinned(m.pinned.unwrap_or(false));
+        registry.insert(name.clone(), ModelSpec::new(m.source).named(name.clone()).with_options(o), settings);
+        order.push(name);
+    }
+    for entry in &args.models {
+        let (name, source) = entry.split_once('=').with_context(|| format!("--model {entry:?}: expected NAME=SOURCE"))?;
+        registry.insert(name, ModelSpec::new(source).named(name).with_options(base.clone()), ModelSettings::default());
+        order.push(name.to_string());
+    }
+    if registry.is_empty() {
+        bail!("no models configured: pass --model NAME=SOURCE (or [models.NAME] in --config)");
+    }
+    let default_model = args.default_model.or(file.default_model).unwrap_or_else(|| order[0].clone());
+    if !registry.contains(&default_model) {
+        bail!("default model {default_model:?} is not among the configured models");
+    }
+
+    let mut pool = PoolConfig::default();
+    if let Some(n) = args.max_models.or(file.max_models) {
+        pool = pool.with_max_models(n);
+    }
+    if let Some(b) = args.memory_budget.or(file.memory_budget) {
+        pool = pool.with_memory_budget(Some(parse_bytes(&b)?));
+    }
+    if let Some(t) = args.idle_ttl.or(file.idle_ttl) {
+        pool = pool.with_default_ttl((t > 0).then(|| Duration::from_secs(t)));
+    }
+    pool = pool.with_default_options(base);
+
+    let mut limits = Limits::default();
+    if let Some(n) = args.max_inputs.or(file.max_inputs) {
+        limits = limits.with_max_inputs(n);
+    }
+    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
+        limits = limits.with_max_body_bytes(n);
+    }
+    if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
+        limits = limits.with_max_concurrent(n);
+    }
+    if let Some(s) = args.request_timeout.or(file.request_timeout) {
+        limits = limits.with_request_timeout(Duration::from_secs(s));
+    }
+    limits = limits.with_truncate_by_default(!(args.no_truncate || file.no_truncate.unwrap_or(false)));
+    let preload = if !args.preload.is_empty() { args.preload } else { file.preload.unwrap_or_else(|| vec![default_model.clone()]) };
+    let config = ServerConfig::new(default_model)
+        .with_preload(preload)
+        .with_limits(limits)
+        .with_api_key(args.api_key.or(file.api_key))
+        .with_shutdown_deadline(Duration::from_secs(args.shutdown_deadline.or(file.shutdown_deadline).unwrap_or(30)))
+        .with_bind(args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))));
+    Ok((pool, registry, config))
+}
+
+/// Resolves on the first SIGINT/SIGTERM; a second one exits the process at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("signal received; shutting down gracefully (send it again to force exit)");
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("second signal: forcing exit");
+        std::process::exit(130);
+    });
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into()))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let (pool_config, registry, config) = build(Args::parse())?;
+    let bind = config.bind;
+    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
+    let addr = listener.local_addr()?;
+    let default_model = config.default_model.clone();
+    let state = AppState::new(Pool::new(pool_config, registry), config);
+    tracing::info!(%addr, "listening");
+    println!("embed-server listening on http://{addr}  (default model: {default_model})");
+    println!("try: curl -s http://{addr}/embed -H 'Content-Type: application/json' -d '{{\"inputs\": \"Hello world\"}}'");
+    let report = embed_server::serve(listener, state, shutdown_signal()).await?;
+    tracing::info!(drained = report.drained, released = report.pool.released, live_models = embed_core::memory::live_models(), "stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("512MB").unwrap(), 512 << 20);
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("lots").is_err());
+    }
+}

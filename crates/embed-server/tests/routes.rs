@@ -1,0 +1,349 @@
+//! In-process router tests (no socket): every route, status code and error shape.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use base64::Engine;
+use embed_core::{FaultInjection, ModelOptions, ModelSpec};
+use embed_pool::{ModelRegistry, Pool, PoolConfig};
+use embed_server::{router, AppState, Limits, ServerConfig};
+use embed_testkit::TinyModel;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Fixture {
+    _tmp: Vec<tempfile::TempDir>,
+    state: AppState,
+}
+
+fn fixture_with(config: impl FnOnce(ServerConfig) -> ServerConfig, faults: FaultInjection) -> Fixture {
+    let (t1, tiny) = TinyModel::default().write_temp();
+    let (t2, other) = TinyModel { seed: 9, hidden: 16, heads: 2, ..TinyModel::default() }.write_temp();
+    let opts = ModelOptions { faults, ..Default::default() };
+    let registry = ModelRegistry::new()
+        .with("tiny", ModelSpec::new(tiny.to_string_lossy()).named("tiny").with_options(opts))
+        .with("other", ModelSpec::new(other.to_string_lossy()).named("other"));
+    let pool = Pool::new(PoolConfig::default().with_max_models(2), registry);
+    let state = AppState::new(pool, config(ServerConfig::new("tiny")));
+    Fixture { _tmp: vec![t1, t2], state }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(|c| c, FaultInjection::default())
+}
+
+fn app(f: &Fixture) -> Router {
+    router(f.state.clone())
+}
+
+async fn call(app: &Router, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (StatusCode, Value, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, v, headers)
+}
+
+async fn raw(app: &Router, path: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn assert_tei_error(v: &Value, needle: &str) {
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("not a TEI error: {v}"));
+    assert!(v["error_type"].is_string(), "{v}");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+fn assert_openai_error(v: &Value, needle: &str) {
+    let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("not an OpenAI error: {v}"));
+    assert!(v["error"]["type"].is_string(), "{v}");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+#[tokio::test]
+async fn health_ready_and_preload() {
+    let f = fixture();
+    let app = app(&f);
+    let (s, v, h) = call(&app, "GET", "/health", None, &[]).await;
+    assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert!(h.contains_key("x-request-id"), "every response carries a request id");
+    let (s, _, _) = call(&app, "GET", "/ready", None, &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "not ready before preload");
+    f.state.preload().await.unwrap();
+    let (s, _, _) = call(&app, "GET", "/ready", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn tei_embed() {
+    let f = fixture();
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "hello world"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].as_array().unwrap().len(), 32);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": ["a", "b", "c"], "normalize": false})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let norm: f64 = v[0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "normalize=false honoured");
+    // Another registered model by name (extension).
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "model": "other"})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v[0].as_array().unwrap().len(), 16);
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn tei_errors() {
+    let f = fixture_with(|c| c.with_limits(Limits::default().with_max_inputs(4).with_max_body_bytes(4096)), FaultInjection::default());
+    let app = app(&f);
+    let (s, v) = raw(&app, "/embed", "{\"inputs\": [").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].is_string(), "{v}");
+    let (s, v) = raw(&app, "/embed", "{\"inputs\": 42}").await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"].is_string(), "{v}");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": []})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_tei_error(&v, "empty");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": vec!["a"; 5]})), &[]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_tei_error(&v, "max_inputs");
+    let big = "x".repeat(5000);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": big})), &[]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_tei_error(&v, "4096");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "model": "nope"})), &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_tei_error(&v, "nope");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "model": "../../etc"})), &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "path-like names never load files: {v}");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "model": "/etc"})), &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let long = "hello world ".repeat(100);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": long, "truncate": false})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_tei_error(&v, "limit of 64");
+    let (s, _, _) = call(&app, "POST", "/embed", Some(json!({"inputs": long})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "truncation is the default");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "prompt_name": "nope"})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_tei_error(&v, "nope");
+    let (s, v, _) = call(&app, "GET", "/nowhere", None, &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_tei_error(&v, "/nowhere");
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn openai_embeddings() {
+    let f = fixture();
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": ["hello", "world"], "model": "tiny"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "tiny");
+    assert_eq!(v["data"][1]["index"], 1);
+    assert_eq!(v["data"][0]["object"], "embedding");
+    let floats: Vec<f32> = v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert_eq!(floats.len(), 32);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() >= 6);
+    assert_eq!(v["usage"]["prompt_tokens"], v["usage"]["total_tokens"]);
+
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "hello", "model": "tiny", "encoding_format": "base64"})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let bytes = base64::engine::general_purpose::STANDARD.decode(v["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    for (a, b) in decoded.iter().zip(&floats) {
+        assert!((a - b).abs() < 1e-6, "base64 and float encodings agree");
+    }
+
+    // Token arrays: the ids of "hello" as the tokenizer gives them.
+    let (_, tok, _) = call(&app, "POST", "/tokenize", Some(json!({"inputs": "hello"})), &[]).await;
+    let ids: Vec<u64> = tok[0].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": ids, "model": "tiny"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let from_ids: Vec<f32> = v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    // `floats` came from a padded batch of two; equal up to float rounding.
+    assert!(embed_testkit::max_abs_diff(&from_ids, &floats) <= 1e-5);
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": [[2, 5, 3], [2, 6, 3]], "model": "tiny"})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "tiny", "dimensions": 32, "user": "u1"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v, _) = call(&app, "GET", "/v1/models", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"tiny") && ids.contains(&"other"));
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn openai_errors() {
+    let f = fixture();
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "nope"})), &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_openai_error(&v, "nope");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": [], "model": "tiny"})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_openai_error(&v, "empty");
+    assert_eq!(v["error"]["param"], "input");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "tiny", "dimensions": 8})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_openai_error(&v, "dimensions=8");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "encoding_format": "hex"})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let (s, v) = raw(&app, "/v1/embeddings", "not json").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": [[2, 999999]], "model": "tiny"})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_openai_error(&v, "999999");
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn tokenize_info_models_and_admin() {
+    let f = fixture();
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/tokenize", Some(json!({"inputs": ["hello world"]})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let toks: Vec<&str> = v[0].as_array().unwrap().iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(toks, vec!["[CLS]", "hello", "world", "[SEP]"]);
+    let (s, v, _) = call(&app, "GET", "/info", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((v["dimension"].as_u64(), v["max_input_length"].as_u64()), (Some(32), Some(64)));
+
+    let (s, v, _) = call(&app, "POST", "/models/other/load", None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, v, _) = call(&app, "GET", "/models", None, &[]).await;
+    let loaded: Vec<&str> = v["loaded"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(loaded.contains(&"other") && loaded.contains(&"tiny"), "{v}");
+    assert!(v["loaded"][0]["weight_bytes"].as_u64().unwrap() > 0);
+    let (s, v, _) = call(&app, "POST", "/models/other/unload", None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["weight_bytes_freed"].as_u64().unwrap() > 0);
+    let (_, v, _) = call(&app, "GET", "/models", None, &[]).await;
+    assert!(!v["loaded"].as_array().unwrap().iter().any(|m| m["name"] == "other"));
+    let (s, v, _) = call(&app, "POST", "/models/nope/load", None, &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_tei_error(&v, "nope");
+    let (s, _, _) = call(&app, "POST", "/models/nope/unload", None, &[]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, body, h) = call(&app, "GET", "/metrics", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = body.as_str().unwrap();
+    for needle in [
+        "embed_http_requests_total{route=\"/tokenize\",status=\"200\"}",
+        "embed_http_request_duration_seconds_bucket",
+        "embed_models_loaded 1",
+        "embed_pool_evictions_total{cause=\"explicit\"} 1",
+        "embed_memory_resident_bytes",
+        "embed_tokens_total",
+    ] {
+        assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
+    }
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn api_key_protects_everything_but_health_and_metrics() {
+    let f = fixture_with(|c| c.with_api_key(Some("s3cret".into())), FaultInjection::default());
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x"})), &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_tei_error(&v, "API key");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x"})), &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_openai_error(&v, "API key");
+    let (s, _, _) = call(&app, "POST", "/models/tiny/load", None, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "admin needs the key");
+    let (s, _, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x"})), &[("authorization", "Bearer s3cret")]).await;
+    assert_eq!(s, StatusCode::OK);
+    for open in ["/health", "/metrics"] {
+        let (s, _, _) = call(&app, "GET", open, None, &[]).await;
+        assert_eq!(s, StatusCode::OK, "{open} is open");
+    }
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn overload_gets_429_and_timeouts_504() {
+    let faults = FaultInjection { forward_delay: Some(Duration::from_millis(400)), ..Default::default() };
+    let f = fixture_with(
+        |c| c.with_limits(Limits::default().with_max_concurrent(1).with_request_timeout(Duration::from_millis(1500))),
+        faults,
+    );
+    f.state.preload().await.unwrap();
+    let app = app(&f);
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(json!({"inputs": "slow"})), &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (s, v, h) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x"})), &[]).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h["retry-after"], "1");
+    assert_openai_error(&v, "limit 1");
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+
+    // Four inputs that each take 400 ms in separate forward passes would exceed 1.5 s.
+    let inputs: Vec<String> = (0..4).map(|i| "hello ".repeat(10 + i * 10)).collect();
+    let f2 = fixture_with(
+        |c| c.with_limits(Limits::default().with_request_timeout(Duration::from_millis(300))),
+        FaultInjection { forward_delay: Some(Duration::from_millis(400)), ..Default::default() },
+    );
+    f2.state.preload().await.unwrap();
+    let (s, v, _) = call(&router(f2.state.clone()), "POST", "/embed", Some(json!({"inputs": inputs})), &[]).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_tei_error(&v, "did not finish");
+    f.state.pool().close().await;
+    f2.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn worker_panic_is_a_500_and_the_server_lives_on() {
+    let f = fixture_with(|c| c, FaultInjection { panic_on_text: Some("boom".into()), ..Default::default() });
+    let app = app(&f);
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "boom"})), &[]).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_tei_error(&v, "panicked");
+    let (s, _, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "fine"})), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
+async fn router_nests_in_a_user_app() {
+    let f = fixture();
+    let user_app: Router = Router::new()
+        .route("/hello", axum::routing::get(|| async { "hi" }))
+        .nest("/embeddings", router(f.state.clone()));
+    let (s, v, _) = call(&user_app, "POST", "/embeddings/embed", Some(json!({"inputs": "x"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _, _) = call(&user_app, "GET", "/hello", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    f.state.pool().close().await;
+}
