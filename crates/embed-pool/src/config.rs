@@ -1,0 +1,129 @@
+//! Pool-wide settings.
+
+use std::time::Duration;
+
+use embed_core::ModelOptions;
+
+/// Settings of a [`crate::Pool`]. Build it with the `with_*` methods:
+///
+/// ```
+/// use std::time::Duration;
+/// let config = embed_pool::PoolConfig::default()
+///     .with_max_models(2)
+///     .with_memory_budget(Some(2 << 30))
+///     .with_wait_timeout(Duration::from_secs(5));
+/// assert_eq!(config.max_models, 2);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Most models loaded (or loading, or being released) at once. At least 1. Default 4.
+    pub max_models: usize,
+    /// Most weight bytes held by the pool's models (as `ModelInfo::weight_bytes` reports them).
+    /// With a budget, a model on CUDA also needs that much free memory on its device. Default: none.
+    pub memory_budget: Option<u64>,
+    /// How long `get` waits for a lease to end when the pool is full before failing with
+    /// [`crate::PoolError::Exhausted`]. Default 30 s.
+    pub wait_timeout: Duration,
+    /// Longest a model load may take before it is abandoned. Default: no limit.
+    pub load_timeout: Option<Duration>,
+    /// How long [`crate::Pool::close`] waits for leases to end before releasing their models
+    /// anyway. Default 30 s.
+    pub close_timeout: Duration,
+    /// After an eviction under a memory budget, how long to wait for the released memory to show
+    /// up in `embed_core::memory` figures before loading the next model anyway. Default 10 s.
+    pub memory_release_timeout: Duration,
+    /// Idle time after which an unleased, unpinned model is unloaded, unless its registry
+    /// entry says otherwise. Default: none (models stay until evicted).
+    pub default_ttl: Option<Duration>,
+    /// How often the background task unloads expired models (only started when some TTL is
+    /// set and the pool was created inside a tokio runtime). `None` disables it; call
+    /// [`crate::Pool::evict_expired`] yourself then. Default 1 s.
+    pub maintenance_interval: Option<Duration>,
+    /// When true, a name that is not registered is loaded as a model source (a local directory
+    /// or a hub id, see [`embed_core::ModelSource::parse`]) with [`PoolConfig::default_options`].
+    /// Off by default: only registered names load, so client-supplied names cannot reach the
+    /// file system.
+    pub allow_arbitrary_sources: bool,
+    /// Options for models loaded from arbitrary sources.
+    pub default_options: ModelOptions,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_models: 4,
+            memory_budget: None,
+            wait_timeout: Duration::from_secs(30),
+            load_timeout: None,
+            close_timeout: Duration::from_secs(30),
+            memory_release_timeout: Duration::from_secs(10),
+            default_ttl: None,
+            maintenance_interval: Some(Duration::from_secs(1)),
+            allow_arbitrary_sources: false,
+            default_options: ModelOptions::default(),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Sets [`PoolConfig::max_models`] (values below 1 mean 1).
+    pub fn with_max_models(mut self, n: usize) -> Self {
+        self.max_models = n.max(1);
+        self
+    }
+
+    /// Sets [`PoolConfig::memory_budget`].
+    pub fn with_memory_budget(mut self, bytes: Option<u64>) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Sets [`PoolConfig::wait_timeout`].
+    pub fn with_wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::load_timeout`].
+    pub fn with_load_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.load_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::close_timeout`].
+    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::memory_release_timeout`].
+    pub fn with_memory_release_timeout(mut self, timeout: Duration) -> Self {
+        self.memory_release_timeout = timeout;
+        self
+    }
+
+    /// Sets [`PoolConfig::default_ttl`].
+    pub fn with_default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// Sets [`PoolConfig::maintenance_interval`].
+    pub fn with_maintenance_interval(mut self, interval: Option<Duration>) -> Self {
+        self.maintenance_interval = interval;
+        self
+    }
+
+    /// Sets [`PoolConfig::allow_arbitrary_sources`].
+    pub fn with_arbitrary_sources(mut self, allow: bool) -> Self {
+        self.allow_arbitrary_sources = allow;
+        self
+    }
+
+    /// Sets [`PoolConfig::default_options`].
+    pub fn with_default_options(mut self, options: ModelOptions) -> Self {
+        self.default_options = options;
+        self
+    }
+}

@@ -1,0 +1,149 @@
+//! What the pool holds now, and what it has done.
+
+use std::time::Duration;
+
+use embed_core::ResolvedDevice;
+use tokio::time::Instant;
+
+/// Why a model left the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EvictionCause {
+    /// Its slot was needed for another model (`max_models`).
+    Capacity,
+    /// Its memory was needed for another model (memory budget or CUDA free memory).
+    Memory,
+    /// It stayed idle longer than its TTL.
+    Ttl,
+    /// [`crate::Pool::unload`] or [`crate::Pool::close`].
+    Explicit,
+}
+
+impl EvictionCause {
+    /// A short lowercase name (`capacity`, `memory`, `ttl`, `explicit`), for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Capacity => "capacity",
+            EvictionCause::Memory => "memory",
+            EvictionCause::Ttl => "ttl",
+            EvictionCause::Explicit => "explicit",
+        }
+    }
+}
+
+impl std::fmt::Display for EvictionCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a model is in its life in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModelState {
+    /// A load is in flight; callers asking for it wait for that one load.
+    Loading,
+    /// Loaded and leasable.
+    Ready,
+    /// Leaving the pool: no new leases; released once the current ones end.
+    Draining,
+}
+
+/// One model in [`PoolStatus`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ModelStatus {
+    /// The pool's name for it.
+    pub name: String,
+    /// Its state.
+    pub state: ModelState,
+    /// Weight bytes it holds (the estimate while loading).
+    pub weight_bytes: u64,
+    /// Leases held now (while loading: callers waiting for it).
+    pub leases: usize,
+    /// When it was last leased or returned.
+    pub last_used: Instant,
+    /// Never evicted.
+    pub pinned: bool,
+    /// The device it runs on, once loaded.
+    pub device: Option<ResolvedDevice>,
+}
+
+/// A snapshot of the pool.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PoolStatus {
+    /// Models in the pool, least recently used first.
+    pub models: Vec<ModelStatus>,
+    /// The slot limit.
+    pub max_models: usize,
+    /// The memory budget, if any.
+    pub memory_budget: Option<u64>,
+    /// Sum of the models' weight bytes.
+    pub weight_bytes: u64,
+    /// Sum of the models' leases.
+    pub leases: usize,
+    /// True once [`crate::Pool::close`] was called.
+    pub closed: bool,
+}
+
+impl PoolStatus {
+    /// The entry for `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelStatus> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// Evictions by cause.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct EvictionCounts {
+    /// See [`EvictionCause::Capacity`].
+    pub capacity: u64,
+    /// See [`EvictionCause::Memory`].
+    pub memory: u64,
+    /// See [`EvictionCause::Ttl`].
+    pub ttl: u64,
+    /// See [`EvictionCause::Explicit`].
+    pub explicit: u64,
+}
+
+impl EvictionCounts {
+    /// The count for `cause`.
+    pub fn get(&self, cause: EvictionCause) -> u64 {
+        match cause {
+            EvictionCause::Capacity => self.capacity,
+            EvictionCause::Memory => self.memory,
+            EvictionCause::Ttl => self.ttl,
+            EvictionCause::Explicit => self.explicit,
+        }
+    }
+
+    /// All evictions.
+    pub fn total(&self) -> u64 {
+        self.capacity + self.memory + self.ttl + self.explicit
+    }
+}
+
+/// Counters since the pool was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Leases served by a model that was already loaded.
+    pub hits: u64,
+    /// `get`s that found the model not loaded and waited for a load (their own or one already
+    /// in flight), whether or not it succeeded.
+    pub misses: u64,
+    /// Successful loads.
+    pub loads: u64,
+    /// Failed loads (errors, timeouts, panics).
+    pub load_failures: u64,
+    /// Models released, by cause.
+    pub evictions: EvictionCounts,
+    /// `get` calls that waited for a lease to end because the pool was full.
+    pub capacity_waits: u64,
+    /// Total time spent in those waits.
+    pub capacity_wait_time: Duration,
+    /// `get` calls that failed with [`crate::PoolError::Exhausted`].
+    pub exhausted: u64,
+}

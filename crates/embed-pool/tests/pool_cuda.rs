@@ -1,0 +1,114 @@
+//! The memory budget on a GPU: evicting for CUDA free memory, and device memory coming back
+//! after every eviction.
+//!
+//! Gate: runs only where libtorch sees a CUDA device; elsewhere it prints why and passes, so CPU
+//! CI stays green. The models are synthetic BERTs of about 300 MB (written at test time), big
+//! enough for the device figures to show each one.
+
+use std::time::Duration;
+
+use embed_core::memory::{accelerator_available, cuda_memory, live_models};
+use embed_core::tch::{Device, Kind, Tensor};
+use embed_core::{DeviceSpec, EmbedOptions, ModelOptions, ModelSpec, ResolvedDevice};
+use embed_pool::{ModelRegistry, Pool, PoolConfig};
+use embed_testkit::memory::mib;
+use embed_testkit::TinyModel;
+
+const MIB: u64 = 1 << 20;
+/// libtorch's per-process CUDA state that outlives any model (cuBLAS workspace and the like).
+const WORKSPACE_SLACK: u64 = 48 * MIB;
+
+fn big_model(seed: i64) -> TinyModel {
+    TinyModel { hidden: 1024, layers: 6, heads: 16, intermediate: 4096, max_positions: 512, seed, ..Default::default() }
+}
+
+fn allocated() -> u64 {
+    cuda_memory(0).expect("cuda:0 figures").allocated
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cuda_budget_evicts_for_device_memory_and_releases_it() {
+    if !accelerator_available() {
+        eprintln!("skipped: no CUDA device visible to libtorch (this test needs one)");
+        return;
+    }
+    let (_ta, dir_a) = big_model(1).write_temp();
+    let (_tb, dir_b) = big_model(2).write_temp();
+    let file_bytes = std::fs::metadata(dir_a.join("model.safetensors")).unwrap().len();
+    let cuda = ModelOptions { device: DeviceSpec::Cuda(0), ..Default::default() };
+    let registry = ModelRegistry::new()
+        .with("a", ModelSpec::new(dir_a.to_string_lossy()).with_options(cuda.clone()))
+        .with("b", ModelSpec::new(dir_b.to_string_lossy()).with_options(cuda));
+    let texts: Vec<String> = (0..8).map(|i| format!("hello world {i}")).collect();
+
+    // Phase 1: the budget holds one model; 10 swap cycles. Each get must find the other
+    // model's device memory already released.
+    let budget = file_bytes * 3 / 2;
+    let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(budget)), registry.clone());
+    let base = allocated();
+    let mut weights = 0;
+    let mut after_get = Vec::new();
+    let mut after_cycle = Vec::new();
+    for cycle in 0..10 {
+        for name in ["a", "b"] {
+            let lease = pool.get(name).await.unwrap();
+            let info = lease.info().unwrap();
+            assert_eq!(info.device, ResolvedDevice::Cuda(0));
+            weights = info.weight_bytes;
+            // One model's weights, plus what libtorch keeps once the first matmul ran (the
+            // cuBLAS workspace, 32 MiB on Hopper); never two models.
+            let held = allocated().saturating_sub(base);
+            assert!(
+                held <= weights + WORKSPACE_SLACK,
+                "cycle {cycle}, {name}: {:.1} MiB allocated above base with {:.1} MiB of weights loaded: \
+                 the evicted model's memory was not released first",
+                mib(held),
+                mib(weights)
+            );
+            after_get.push(held);
+            let out = lease.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+            assert_eq!(out.vectors[0].len(), 1024);
+            drop(lease);
+            assert_eq!(live_models(), 1);
+        }
+        after_cycle.push(cuda_memory(0).unwrap().reserved);
+    }
+    let stats = pool.stats();
+    assert_eq!((stats.evictions.memory, stats.evictions.capacity), (19, 0));
+    let as_mib = |v: &[u64]| v.iter().map(|r| (mib(*r) * 10.0).round() / 10.0).collect::<Vec<_>>();
+    eprintln!(
+        "phase 1: weights {:.1} MiB; allocated above base after each get (MiB): {:?}; reserved after each cycle (MiB): {:?}",
+        mib(weights),
+        as_mib(&after_get),
+        as_mib(&after_cycle)
+    );
+    // After warm-up (the first two gets), the level after each get is flat.
+    let steady = after_get[2];
+    assert!(after_get[2..].iter().all(|h| *h <= steady + MIB), "allocated device memory grows across swaps");
+    assert!(after_cycle[1..].iter().all(|r| *r <= after_cycle[1] + 32 * MIB), "reserved device memory grows across swaps");
+    pool.close().await;
+    assert_eq!(live_models(), 0);
+    let left = allocated().saturating_sub(base);
+    eprintln!("phase 1: {:.1} MiB allocated above base after close", mib(left));
+    assert!(left <= WORKSPACE_SLACK, "device memory left after close: {:.1} MiB", mib(left));
+
+    // Phase 2: an effectively unlimited budget, but the device itself is nearly full: loading b
+    // must evict the idle a for CUDA free memory (without that check the load would fail
+    // with an out-of-memory error).
+    let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(u64::MAX / 4)), registry);
+    pool.preload("a").await.unwrap();
+    let free = cuda_memory(0).unwrap().device_free;
+    let filler_bytes = free.saturating_sub(file_bytes / 2);
+    let filler = Tensor::empty([filler_bytes as i64], (Kind::Uint8, Device::Cuda(0)));
+    let free_now = cuda_memory(0).unwrap().device_free;
+    eprintln!("phase 2: filler {:.1} MiB, device free {:.1} MiB, model file {:.1} MiB", mib(filler_bytes), mib(free_now), mib(file_bytes));
+    assert!(free_now < file_bytes, "the filler did not fill the device");
+    let lease = pool.get("b").await.expect("b loads after a is evicted for device memory");
+    assert!(lease.is_ready());
+    assert_eq!(pool.status().models.len(), 1, "a was evicted");
+    assert_eq!(pool.stats().evictions.memory, 1);
+    drop(lease);
+    drop(filler);
+    pool.close().await;
+    assert_eq!(embed_testkit::memory::wait_for_no_live_models(Duration::from_secs(10)), 0);
+}
