@@ -2,6 +2,7 @@
 
 mod bench;
 mod leak_check;
+mod serve;
 mod setup;
 mod test;
 
@@ -18,6 +19,7 @@ tasks:
                     run each layer for N cycles in a child process; non-zero exit on any leak
   bench [--pairs N] [--rounds N] [--threads N]
                     embed-core vs sentence-transformers throughput, pair by pair
+  serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";
 
@@ -30,6 +32,7 @@ fn main() -> Result<()> {
     match task {
         "setup" => setup::run(&setup::Options { bench: rest.iter().any(|a| a == "--bench") }).map(drop),
         "test" => test::run(rest),
+        "serve" => serve::run(rest),
         "bench" => bench::run(rest),
         "leak-check" => {
             if leak_check::run(&leak_check::Options::parse(rest)?)? {

@@ -1,27 +1,40 @@
-//! `cargo xtask test`: setup if needed, then every test of the workspace. This is what CI runs.
+//! `cargo xtask test`: setup if needed, then every test of the workspace, then the CPU leak
+//! check and its proof that a planted leak is caught. This is what CI runs.
 
 use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::setup;
+use crate::{leak_check, setup};
 
 pub(crate) fn run(extra: &[String]) -> Result<()> {
     let env = setup::run(&setup::Options { bench: false })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&env.root).args(["test", "--workspace", "--all-targets"]).args(extra);
-    println!("test: {cmd:?}");
-    if !cmd.status()?.success() {
-        bail!("`cargo test --workspace` failed");
+    let cargo_step = |args: &[&str], what: &str| -> Result<()> {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&env.root).args(args);
+        println!("test: {what}: {cmd:?}");
+        if !cmd.status()?.success() {
+            bail!("{what} failed; rerun with `cargo {}`", args.join(" "));
+        }
+        Ok(())
+    };
+    let mut all: Vec<&str> = vec!["test", "--workspace", "--all-targets"];
+    all.extend(extra.iter().map(String::as_str));
+    cargo_step(&all, "unit and integration tests")?;
+    cargo_step(&["test", "--workspace", "--doc"], "doc tests")?;
+
+    println!("test: CPU leak check (cargo xtask leak-check --cycles 3)");
+    let opts = leak_check::Options::parse(&["--cycles".into(), "3".into()])?;
+    if !leak_check::run(&opts)? {
+        bail!("the CPU leak check found leaks; rerun with `cargo xtask leak-check`");
     }
-    let mut doc = Command::new(&cargo);
-    doc.current_dir(&env.root).args(["test", "--workspace", "--doc"]);
-    println!("test: {doc:?}");
-    if !doc.status()?.success() {
-        bail!("doc tests failed");
+    println!("test: the leak check must catch a planted leak (cargo xtask leak-check --plant-leak --layers core)");
+    let planted = leak_check::Options::parse(&["--cycles".into(), "2".into(), "--layers".into(), "core".into(), "--plant-leak".into()])?;
+    if leak_check::run(&planted)? {
+        bail!("the leak check did NOT catch the planted leak (embed-core feature `planted-leak`)");
     }
-    let _ = env.python;
-    let _ = env.model_dir;
+    println!("test: planted leak caught, as it must be");
+    println!("test: all green");
     Ok(())
 }

@@ -11,6 +11,7 @@ use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode};
 use embed_testkit::{minilm_dir, reference, TinyModel};
 
 struct Args {
+    write_model: Option<String>,
     layer: String,
     cycles: usize,
     device: DeviceSpec,
@@ -20,19 +21,24 @@ fn args() -> Args {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let get = |name: &str| a.iter().position(|x| x == name).and_then(|i| a.get(i + 1)).cloned();
     Args {
+        write_model: get("--write-model"),
         layer: a.first().cloned().unwrap_or_else(|| "core".into()),
         cycles: get("--cycles").and_then(|s| s.parse().ok()).unwrap_or(5),
         device: get("--device").map(|d| d.parse().expect("device")).unwrap_or(DeviceSpec::Cpu),
     }
 }
 
+/// The model the layers churn: the real MiniLM, or with `EMBED_LEAK_MODEL_DIR` another directory
+/// (the GPU script writes a MiniLM-shaped random model there, so no weights travel).
 fn spec(device: DeviceSpec) -> ModelSpec {
-    ModelSpec::new(minilm_dir().to_string_lossy())
-        .named("minilm")
-        .with_options(ModelOptions { device, ..Default::default() })
+    let dir = std::env::var("EMBED_LEAK_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| minilm_dir());
+    ModelSpec::new(dir.to_string_lossy()).named("minilm").with_options(ModelOptions { device, ..Default::default() })
 }
 
 fn texts() -> Vec<String> {
+    if std::env::var_os("EMBED_LEAK_MODEL_DIR").is_some() {
+        return (0..38).map(|i| format!("leak check text number {i} ").repeat(1 + i % 7)).collect();
+    }
     reference().into_iter().map(|r| r.text).collect()
 }
 
@@ -155,6 +161,12 @@ async fn main() {
         std::process::exit(2);
     }
     let (_tmp, tiny) = TinyModel::default().write_temp();
+    if let Some(dir) = a.write_model.as_deref() {
+        // `--write-model DIR`: write a MiniLM-shaped random model and exit (used by the GPU script).
+        TinyModel { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512, max_seq_length: 256, ..TinyModel::default() }
+            .write(std::path::Path::new(dir));
+        return;
+    }
     let mut peak = MemorySnapshot::default();
     let mut after = Vec::new();
     // Cycle 0 is the warm-up: allocator pools, thread pools, lazily loaded kernels.

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The GPU checks: CUDA tests of embed-core and the CUDA leak check, in one short run.
+#
+# Two halves, because the accelerator machine has no cargo and no network:
+#
+#   scripts/gpu-check.sh bundle     # HERE: build the binaries, strip them into gpu-bundle/ (< 64 MiB)
+#   scripts/gpu-check.sh run        # THERE (repo root, gpu-bundle/ carried): run everything
+#
+# With the session's device tool that is one call, e.g.
+#   run(command="bash scripts/gpu-check.sh run", carry=["gpu-bundle"], timeout_s=420)
+# The run half links against the machine's own torch 2.11.0 (found through its python), needs
+# no model download (it writes a MiniLM-shaped random model), and writes its results to $OUT
+# (or gpu-results/) as JSON and logs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bundle() {
+    rm -rf gpu-bundle && mkdir -p gpu-bundle
+    cargo build -q -p embed-server --example leak_check
+    local test_bin
+    test_bin=$(cargo test -q -p embed-core --test cuda --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="cuda" and m.get("executable"): print(m["executable"])' | tail -1)
+    cp "$test_bin" gpu-bundle/core-cuda-tests
+    cp target/debug/examples/leak_check gpu-bundle/leak_check
+    strip gpu-bundle/core-cuda-tests gpu-bundle/leak_check
+    du -sh gpu-bundle
+    local bytes
+    bytes=$(du -sb gpu-bundle | cut -f1)
+    if [ "$bytes" -gt $((60 * 1024 * 1024)) ]; then
+        echo "gpu-bundle is $bytes bytes: over the carry limit" >&2
+        exit 1
+    fi
+}
+
+run() {
+    local out="${OUT:-gpu-results}"
+    mkdir -p "$out"
+    local torch_lib
+    torch_lib=$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+    python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")' | tee "$out/device.txt"
+    nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee -a "$out/device.txt" || true
+    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export EMBED_TEST_CUDA=1
+    local status=0
+    ./gpu-bundle/core-cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/core-cuda-tests.log" || status=1
+    local model="$out/minilm-shaped"
+    ./gpu-bundle/leak_check --write-model "$model"
+    for layer in core scoped pool server; do
+        EMBED_LEAK_MODEL_DIR="$model" ./gpu-bundle/leak_check "$layer" --cycles 5 --device cuda \
+            > "$out/leak-$layer.json" 2> "$out/leak-$layer.log" || status=1
+        tail -n 1 "$out/leak-$layer.json"
+    done
+    rm -rf "$model"
+    # The verdicts are computed here by the same rules as `cargo xtask leak-check --device cuda`:
+    python3 - "$out" <<'PY' || status=1
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1]); bad = 0
+for f in sorted(out.glob("leak-*.json")):
+    r = json.loads(f.read_text().strip().splitlines()[-1])
+    base = r["baseline"]["cuda_allocated"]; res = r["baseline"]["cuda_reserved"]
+    problems = []
+    if r["live_models_after"] or r["weights_after"]: problems.append("models left live")
+    if any(a != base for a in r["cuda_allocated_after"][1:]): problems.append(f"allocated {r['cuda_allocated_after']} vs {base}")
+    if any(a != res for a in r["cuda_reserved_after"][1:]): problems.append(f"reserved {r['cuda_reserved_after']} vs {res}")
+    if r["after"]["cuda_used"] - r["baseline"]["cuda_used"] > 2 * 1024 * 1024: problems.append("device used memory grew")
+    print(f"{r['layer']:<8} cuda allocated {base} -> {r['after']['cuda_allocated']}  reserved {res} -> {r['after']['cuda_reserved']}  {'ok' if not problems else 'LEAK ' + '; '.join(problems)}")
+    bad += bool(problems)
+sys.exit(1 if bad else 0)
+PY
+    echo "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED)"
+    exit $status
+}
+
+case "${1:-}" in
+    bundle) bundle ;;
+    run) run ;;
+    *) echo "usage: $0 bundle|run" >&2; exit 2 ;;
+esac
