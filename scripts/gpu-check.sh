@@ -59,7 +59,10 @@ run() {
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1]); bad = 0
 for f in sorted(out.glob("leak-*.json")):
-    r = json.loads(f.read_text().strip().splitlines()[-1])
+    lines = f.read_text().strip().splitlines()
+    if not lines:
+        print(f"{f.name}: the leak-check child failed (see {f.with_suffix('.log').name})"); bad += 1; continue
+    r = json.loads(lines[-1])
     base = r["baseline"]["cuda_allocated"]; res = r["baseline"]["cuda_reserved"]
     problems = []
     if r["live_models_after"] or r["weights_after"]: problems.append("models left live")
