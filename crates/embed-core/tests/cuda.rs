@@ -20,9 +20,8 @@ fn enabled() -> bool {
     }
 }
 
-/// MiniLM-shaped random model: the real architecture's sizes without shipping its weights.
 fn minilm_shaped() -> TinyModel {
-    TinyModel { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512, max_seq_length: 256, ..TinyModel::default() }
+    TinyModel::minilm_shaped()
 }
 
 fn texts() -> Vec<String> {

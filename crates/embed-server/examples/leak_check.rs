@@ -163,8 +163,7 @@ async fn main() {
     let (_tmp, tiny) = TinyModel::default().write_temp();
     if let Some(dir) = a.write_model.as_deref() {
         // `--write-model DIR`: write a MiniLM-shaped random model and exit (used by the GPU script).
-        TinyModel { hidden: 384, layers: 6, heads: 12, intermediate: 1536, max_positions: 512, max_seq_length: 256, ..TinyModel::default() }
-            .write(std::path::Path::new(dir));
+        TinyModel::minilm_shaped().write(std::path::Path::new(dir));
         return;
     }
     let mut peak = MemorySnapshot::default();

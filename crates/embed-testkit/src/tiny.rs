@@ -28,6 +28,9 @@ pub struct TinyModel {
     pub prompts: Vec<(String, String)>,
     /// Seed of the random weights.
     pub seed: i64,
+    /// Standard deviation of the random weights (BERT initialises with 0.02; the default 0.2
+    /// gives small models more varied outputs).
+    pub weight_std: f64,
 }
 
 impl Default for TinyModel {
@@ -43,6 +46,7 @@ impl Default for TinyModel {
             normalize: true,
             prompts: Vec::new(),
             seed: 7,
+            weight_std: 0.2,
         }
     }
 }
@@ -108,6 +112,21 @@ fn write_json(path: &Path, v: &Value) {
 }
 
 impl TinyModel {
+    /// all-MiniLM-L6-v2's shape (6 layers, 384 wide, 12 heads, 256 tokens) with random weights
+    /// at BERT's initialisation scale: the real architecture's sizes without shipping weights.
+    pub fn minilm_shaped() -> Self {
+        TinyModel {
+            hidden: 384,
+            layers: 6,
+            heads: 12,
+            intermediate: 1536,
+            max_positions: 512,
+            max_seq_length: 256,
+            weight_std: 0.02,
+            ..TinyModel::default()
+        }
+    }
+
     /// Writes the model into `dir` (created if needed) and returns `dir`.
     pub fn write(&self, dir: &Path) -> PathBuf {
         std::fs::create_dir_all(dir).expect("create model dir");
@@ -154,7 +173,8 @@ impl TinyModel {
         }
 
         embed_core::tch::manual_seed(self.seed);
-        let rand = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, embed_core::tch::Device::Cpu)) * 0.2;
+        let std = self.weight_std;
+        let rand = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, embed_core::tch::Device::Cpu)) * std;
         let ones = |n: i64| Tensor::ones([n], (Kind::Float, embed_core::tch::Device::Cpu));
         let mut tensors: Vec<(String, Tensor)> = vec![
             ("embeddings.word_embeddings.weight".into(), rand(&[vocab.len() as i64, h])),
