@@ -3,8 +3,8 @@
 //! writes it as JSON, and exits non-zero on any leak.
 //!
 //! CPU verdicts (after a warm-up cycle): no model or weight bytes left live after any cycle;
-//! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; resident memory
-//! within 5 %. CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
+//! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; anonymous resident
+//! memory (RssAnon: heap and stacks, not library code pages) within 5 %. CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
 //! after every cycle, reserved bytes back to the baseline (cleanup empties the cache), and
 //! device-level used memory within 2 MiB of the baseline (the process's context overhead).
 
@@ -77,7 +77,7 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
     let base_rss = num(r, &["baseline", "resident"]);
     let rss_growth = num(r, &["max_after", "resident"]) - base_rss;
     if rss_growth > RESIDENT_SLACK_FRACTION * base_rss {
-        problems.push(format!("resident memory grew {} MiB (> 5 %)", mib(rss_growth)));
+        problems.push(format!("anonymous resident memory grew {} MiB (> 5 %)", mib(rss_growth)));
     }
     if cuda {
         let base = num(r, &["baseline", "cuda_allocated"]);
@@ -135,9 +135,9 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
         let (ok, problems) = verdict(&r, cuda);
         all_ok &= ok;
         let rows: Vec<(&str, [&str; 2])> = if cuda {
-            vec![("alloc", ["allocator", "allocator"]), ("rss", ["resident", "resident"]), ("cuda", ["cuda_allocated", "cuda_allocated"]), ("cuda-res", ["cuda_reserved", "cuda_reserved"])]
+            vec![("alloc", ["allocator", "allocator"]), ("anon", ["resident", "resident"]), ("cuda", ["cuda_allocated", "cuda_allocated"]), ("cuda-res", ["cuda_reserved", "cuda_reserved"])]
         } else {
-            vec![("alloc", ["allocator", "allocator"]), ("rss", ["resident", "resident"])]
+            vec![("alloc", ["allocator", "allocator"]), ("anon", ["resident", "resident"])]
         };
         for (i, (label, [b, a])) in rows.iter().enumerate() {
             let base = num(&r, &["baseline", b]);

@@ -19,7 +19,7 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
         }
         Ok(())
     };
-    let mut all: Vec<&str> = vec!["test", "--workspace", "--all-targets"];
+    let mut all: Vec<&str> = vec!["test", "--workspace", "--all-targets", "--no-fail-fast"];
     all.extend(extra.iter().map(String::as_str));
     cargo_step(&all, "unit and integration tests")?;
     cargo_step(&["test", "--workspace", "--doc"], "doc tests")?;

@@ -21,7 +21,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         embed_core::tch::set_num_threads(n);
     }
     let t0 = Instant::now();
-    let spec = ModelSpec::new(model.as_str()).with_options(ModelOptions { dtype, ..Default::default() });
+    let mut options = ModelOptions { dtype, ..Default::default() };
+    // Batching knobs, for tuning experiments.
+    if let Some(n) = std::env::var("EMBED_MAX_BATCH_TOKENS").ok().and_then(|s| s.parse().ok()) {
+        options.max_batch_tokens = Some(n);
+    }
+    if let Some(n) = std::env::var("EMBED_MAX_BATCH_SIZE").ok().and_then(|s| s.parse().ok()) {
+        options.max_batch_size = Some(n);
+    }
+    let spec = ModelSpec::new(model.as_str()).with_options(options);
     let svc = DenseEmbeddingService::from_spec(spec).await?;
     let load_s = t0.elapsed().as_secs_f64();
     let opts = EmbedOptions::default();

@@ -190,24 +190,48 @@ impl Bert {
         self.device
     }
 
-    /// Runs the encoder. `ids`, `type_ids` and `mask` are `[batch, len]` int64 on the model's
-    /// device; returns the last hidden state `[batch, len, hidden]` in the model's dtype.
-    pub(crate) fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> Tensor {
-        let (b, len) = ids.size2().expect("ids is 2-D");
-        let positions = Tensor::arange(len, (Kind::Int64, self.device));
-        let x = ids.embedding_with(&self.word)
-            + positions.embedding_with(&self.position).unsqueeze(0)
-            + type_ids.embedding_with(&self.token_type);
+    /// Runs the encoder on a batch without computing on padding.
+    ///
+    /// The batch is `b` sequences padded to `len`; `ids`, `type_ids` and `positions` hold only
+    /// the real tokens (`[tokens]`, sequences back to back), and `rows` says where each real
+    /// token sits in the padded `[b * len]` layout. Every projection and feed-forward matmul
+    /// (nearly all the FLOPs) runs on the real tokens alone; only attention, which needs one
+    /// sequence per row, sees the padded layout, with `mask` (`[b, len]`, 1 = token) keeping
+    /// padding out of the keys. Returns the last hidden state padded, `[b, len, hidden]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        ids: &Tensor,
+        type_ids: &Tensor,
+        positions: &Tensor,
+        rows: &Tensor,
+        mask: &Tensor,
+        b: i64,
+        len: i64,
+    ) -> Tensor {
+        let tokens = ids.size()[0];
+        let dense = tokens == b * len;
+        let hidden = self.heads * self.head_dim;
+        let x = ids.embedding_with(&self.word) + positions.embedding_with(&self.position) + type_ids.embedding_with(&self.token_type);
         let mut x = self.emb_norm.forward(&x);
         // Boolean key mask, broadcast over heads and query positions: true = attend.
         let attn_mask = mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let hidden = self.heads * self.head_dim;
+        let pad = |t: &Tensor| -> Tensor {
+            if dense {
+                t.shallow_clone()
+            } else {
+                let width = t.size()[1];
+                Tensor::zeros([b * len, width], (t.kind(), t.device())).index_copy(0, rows, t)
+            }
+        };
+        let unpad = |t: Tensor| -> Tensor { if dense { t } else { t.index_select(0, rows) } };
         for layer in &self.layers {
-            let qkv = layer.qkv.forward(&x).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+            let qkv = pad(&layer.qkv.forward(&x)).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
             let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attn_mask), 0.0, false, None, false)
                 .transpose(1, 2)
-                .reshape([b, len, hidden]);
+                .reshape([b * len, hidden]);
+            let ctx = unpad(ctx);
             let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx) + &x));
             let f = layer.ffn_in.forward(&a);
             let f = match self.activation {
@@ -217,7 +241,7 @@ impl Bert {
             };
             x = layer.ffn_norm.forward(&(layer.ffn_out.forward(&f) + a));
         }
-        x
+        pad(&x).view([b, len, hidden])
     }
 }
 

@@ -112,6 +112,21 @@ pub fn process_resident_bytes() -> u64 {
     pages * page
 }
 
+/// Anonymous resident memory of this process in bytes (`RssAnon` in `/proc/self/status`):
+/// heap, stacks and other private data, without the file-backed pages of mapped libraries.
+/// This is the figure leak checks compare: touching a new code path in libtorch faults in
+/// more of its (shared, file-backed) code pages and raises total RSS without any leak.
+pub fn process_anon_resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
 /// Bytes in use in the C allocator (glibc `mallinfo2`: arena + mmapped in-use bytes).
 /// libtorch's CPU tensors are allocated there.
 pub fn cpu_allocator_in_use_bytes() -> u64 {
@@ -132,8 +147,10 @@ pub fn trim_cpu_heap() {
 /// A point-in-time view of the process's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MemorySnapshot {
-    /// Resident set size.
+    /// Resident set size (total, file-backed library pages included).
     pub resident: u64,
+    /// Anonymous resident memory (see [`process_anon_resident_bytes`]).
+    pub resident_anon: u64,
     /// C allocator in-use bytes.
     pub cpu_allocator: u64,
     /// Weight bytes of all models currently loaded by this process (see [`live_weight_bytes`]).
@@ -149,6 +166,7 @@ impl MemorySnapshot {
     pub fn now() -> Self {
         MemorySnapshot {
             resident: process_resident_bytes(),
+            resident_anon: process_anon_resident_bytes(),
             cpu_allocator: cpu_allocator_in_use_bytes(),
             model_weights: live_weight_bytes(),
             live_models: live_models(),

@@ -48,10 +48,12 @@ pub struct ModelOptions {
     pub query_prefix: Option<String>,
     /// Prefix for [`InputMode::Document`] inputs (e.g. E5's `"passage: "`).
     pub document_prefix: Option<String>,
-    /// Dynamic-batching budget: padded tokens per forward pass.
-    pub max_batch_tokens: usize,
-    /// Most inputs per forward pass.
-    pub max_batch_size: usize,
+    /// Dynamic-batching budget: padded tokens per forward pass. `None` picks the device's
+    /// default: 2048 on CPU (small passes keep activations in cache: measured fastest here),
+    /// 16384 on CUDA.
+    pub max_batch_tokens: Option<usize>,
+    /// Most inputs per forward pass. `None`: 32 on CPU, 256 on CUDA.
+    pub max_batch_size: Option<usize>,
     /// Failure injection for tests.
     pub faults: FaultInjection,
 }
@@ -66,8 +68,8 @@ impl Default for ModelOptions {
             normalize: None,
             query_prefix: None,
             document_prefix: None,
-            max_batch_tokens: 16_384,
-            max_batch_size: 256,
+            max_batch_tokens: None,
+            max_batch_size: None,
             faults: FaultInjection::default(),
         }
     }
@@ -466,7 +468,7 @@ struct Loaded {
 
 fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let o = &spec.options;
-    if o.max_batch_tokens == 0 || o.max_batch_size == 0 {
+    if o.max_batch_tokens == Some(0) || o.max_batch_size == Some(0) {
         return Err(Error::InvalidOption {
             name: "max_batch_tokens/max_batch_size",
             reason: "must be at least 1".into(),
@@ -599,8 +601,8 @@ impl EmbeddingService for DenseEmbeddingService {
                     model_name: spec.name.clone(),
                     device,
                     pooling,
-                    max_batch_tokens: o.max_batch_tokens,
-                    max_batch_size: o.max_batch_size,
+                    max_batch_tokens: o.max_batch_tokens.unwrap_or(if device.is_cuda() { 16_384 } else { 2_048 }),
+                    max_batch_size: o.max_batch_size.unwrap_or(if device.is_cuda() { 256 } else { 32 }),
                     faults: o.faults.clone(),
                     stats: worker_stats,
                 };

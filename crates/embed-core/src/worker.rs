@@ -62,7 +62,8 @@ pub(crate) struct WorkerConfig {
 /// Serves requests until a `Shutdown` arrives or every sender is gone. Jobs queued before
 /// the shutdown are finished; anything that slips in after it is failed with `ShutDown`.
 pub(crate) fn serve(model: &Bert, rx: &Receiver<Command>, cfg: &WorkerConfig) {
-    let gather_limit = cfg.max_batch_size.max(1) * 4;
+    // Gather generously: sorting a large round by length is what keeps padding low.
+    let gather_limit = (cfg.max_batch_size.max(1) * 32).max(1024);
     'serve: loop {
         let first = match rx.recv() {
             Ok(Command::Embed(job)) => job,
@@ -231,20 +232,24 @@ fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> 
 fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
     let b = batch.len();
     let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
-    let mut ids = vec![0i64; b * len];
-    let mut types = vec![0i64; b * len];
+    let real_tokens: usize = batch.iter().map(|it| it.len).sum();
+    // Real tokens back to back, and where each sits in the padded [b * len] layout.
+    let mut ids = Vec::with_capacity(real_tokens);
+    let mut types = Vec::with_capacity(real_tokens);
+    let mut positions = Vec::with_capacity(real_tokens);
+    let mut rows = Vec::with_capacity(real_tokens);
     let mut mask = vec![0i64; b * len];
     let mut pool_mask = vec![0i64; b * len];
-    let mut real_tokens = 0;
     let mut poisoned = false;
     for (row, it) in batch.iter().enumerate() {
         let seq = &jobs[it.job].seqs[it.seq];
         let n = seq.ids.len();
-        real_tokens += n;
         poisoned |= seq.poisoned;
         let base = row * len;
-        ids[base..base + n].copy_from_slice(&seq.ids);
-        types[base..base + n].copy_from_slice(&seq.type_ids);
+        ids.extend_from_slice(&seq.ids);
+        types.extend_from_slice(&seq.type_ids);
+        positions.extend(0..n as i64);
+        rows.extend((base..base + n).map(|r| r as i64));
         mask[base..base + n].fill(1);
         // Never pool over nothing: keep at least the last token if the prompt covered it all.
         let skip = seq.pool_skip.min(n.saturating_sub(1));
@@ -264,10 +269,18 @@ fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig)
         }
     }
     let dev = model.device();
-    let to_dev = |v: &[i64]| Tensor::from_slice(v).view([b as i64, len as i64]).to_device(dev);
-    let (ids_t, types_t, mask_t, pool_t) = (to_dev(&ids), to_dev(&types), to_dev(&mask), to_dev(&pool_mask));
-    let hidden = model.forward(&ids_t, &types_t, &mask_t);
-    let pooled = pool(&hidden, &pool_t, cfg.pooling).to_device(tch::Device::Cpu).contiguous();
+    let flat = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
+    let padded = |v: &[i64]| Tensor::from_slice(v).view([b as i64, len as i64]).to_device(dev);
+    let hidden = model.forward(
+        &flat(&ids),
+        &flat(&types),
+        &flat(&positions),
+        &flat(&rows),
+        &padded(&mask),
+        b as i64,
+        len as i64,
+    );
+    let pooled = pool(&hidden, &padded(&pool_mask), cfg.pooling).to_device(tch::Device::Cpu).contiguous();
     let dim = pooled.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
 

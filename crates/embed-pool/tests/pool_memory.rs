@@ -37,7 +37,7 @@ async fn thirty_eviction_cycles_keep_resident_memory_flat() {
         }
         let snap = settled_snapshot();
         assert_eq!(snap.model_weights, live_weight_bytes());
-        resident.push(snap.resident);
+        resident.push(snap.resident_anon);
     }
     let stats = pool.stats();
     assert_eq!(stats.loads, 2 * CYCLES as u64);
@@ -49,8 +49,8 @@ async fn thirty_eviction_cycles_keep_resident_memory_flat() {
     let base = resident[1];
     let worst = resident[2..].iter().copied().max().unwrap();
     eprintln!(
-        "resident before {:.1} MiB, after cycle 1 {:.1} MiB, after cycle 2 {:.1} MiB, worst later {:.1} MiB, last {:.1} MiB",
-        mib(before.resident),
+        "anonymous resident before {:.1} MiB, after cycle 1 {:.1} MiB, after cycle 2 {:.1} MiB, worst later {:.1} MiB, last {:.1} MiB",
+        mib(before.resident_anon),
         mib(resident[0]),
         mib(base),
         mib(worst),

@@ -18,7 +18,7 @@ async fn fifty_minilm_scope_cycles_stay_flat() {
             .await
             .unwrap();
         assert_eq!(live_models(), 0);
-        let rss = settled_snapshot().resident;
+        let rss = settled_snapshot().resident_anon;
         match base {
             None => base = Some(rss),
             Some(b) => {

@@ -143,7 +143,7 @@ async fn server_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
 
 fn note_peak(peak: &mut MemorySnapshot) {
     let now = MemorySnapshot::now();
-    peak.resident = peak.resident.max(now.resident);
+    peak.resident_anon = peak.resident_anon.max(now.resident_anon);
     peak.cpu_allocator = peak.cpu_allocator.max(now.cpu_allocator);
     peak.model_weights = peak.model_weights.max(now.model_weights);
     if let Some(c) = now.cuda {
@@ -181,7 +181,7 @@ async fn main() {
             }
         }
         let s = sample().await;
-        eprintln!("{} cycle {cycle}: resident {} allocator {} live {}", a.layer, s.resident, s.cpu_allocator, s.live_models);
+        eprintln!("{} cycle {cycle}: anonymous resident {} allocator {} live {}", a.layer, s.resident_anon, s.cpu_allocator, s.live_models);
         after.push(s);
     }
     let base = after[0];
@@ -192,15 +192,15 @@ async fn main() {
         "layer": a.layer,
         "device": a.device.to_string(),
         "cycles": a.cycles,
-        "baseline": {"resident": base.resident, "allocator": base.cpu_allocator,
+        "baseline": {"resident": base.resident_anon, "allocator": base.cpu_allocator,
                       "cuda_allocated": cuda(&base, |c| c.allocated), "cuda_reserved": cuda(&base, |c| c.reserved),
                       "cuda_used": cuda(&base, |c| c.device_total - c.device_free)},
-        "peak": {"resident": peak.resident, "allocator": peak.cpu_allocator, "weights": peak.model_weights,
+        "peak": {"resident": peak.resident_anon, "allocator": peak.cpu_allocator, "weights": peak.model_weights,
                   "cuda_allocated": peak.cuda.map(|c| c.allocated), "cuda_reserved": peak.cuda.map(|c| c.reserved)},
-        "after": {"resident": last.resident, "allocator": last.cpu_allocator,
+        "after": {"resident": last.resident_anon, "allocator": last.cpu_allocator,
                    "cuda_allocated": cuda(&last, |c| c.allocated), "cuda_reserved": cuda(&last, |c| c.reserved),
                    "cuda_used": cuda(&last, |c| c.device_total - c.device_free)},
-        "max_after": {"resident": max_after(|s| s.resident), "allocator": max_after(|s| s.cpu_allocator)},
+        "max_after": {"resident": max_after(|s| s.resident_anon), "allocator": max_after(|s| s.cpu_allocator)},
         "live_models_after": after.iter().map(|s| s.live_models).max().unwrap_or(0),
         "weights_after": after.iter().map(|s| s.model_weights).max().unwrap_or(0),
         "cuda_allocated_after": after.iter().filter_map(|s| s.cuda.map(|c| c.allocated)).collect::<Vec<_>>(),

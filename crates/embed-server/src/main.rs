@@ -147,7 +147,7 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
     let dtype: DType = args.dtype.or(file.dtype).map(|d| d.parse()).transpose()?.unwrap_or_default();
     let mut base = ModelOptions { device, dtype, ..Default::default() };
     if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
-        base.max_batch_tokens = n;
+        base.max_batch_tokens = Some(n);
     }
 
     let mut registry = ModelRegistry::new();

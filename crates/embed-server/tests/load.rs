@@ -25,7 +25,7 @@ fn seconds() -> u64 {
 
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+    status.lines().find(|l| l.starts_with("RssAnon:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
 struct Outcome {
@@ -145,7 +145,7 @@ async fn sixteen_and_sixty_four_clients() {
         let tps = (o.ok * TEXTS_PER_REQUEST) as f64 / o.elapsed.as_secs_f64();
         let rss = resident_kib(server.pid());
         report.push(format!(
-            "{clients:>3} clients: {} requests ok, {} designed 429s, {tps:.0} texts/s, p50 {:.1} ms, p99 {:.1} ms, server RSS {:.1} MiB",
+            "{clients:>3} clients: {} requests ok, {} designed 429s, {tps:.0} texts/s, p50 {:.1} ms, p99 {:.1} ms, server anonymous RSS {:.1} MiB",
             o.ok, o.rejected, pct(&o.latencies, 0.5), pct(&o.latencies, 0.99), rss as f64 / 1024.0
         ));
         if clients == 16 {
@@ -166,6 +166,6 @@ async fn sixteen_and_sixty_four_clients() {
         "load: in-process embed_texts, 16 tasks: {inproc:.0} texts/s; HTTP/in-process ratio at 16 clients: {:.2}",
         tps16 / inproc
     );
-    eprintln!("load: server RSS {:.1} -> {:.1} MiB ({:+.1}%)", rss_base as f64 / 1024.0, rss_end as f64 / 1024.0, growth * 100.0);
+    eprintln!("load: server anonymous RSS {:.1} -> {:.1} MiB ({:+.1}%)", rss_base as f64 / 1024.0, rss_end as f64 / 1024.0, growth * 100.0);
     assert!(growth <= 0.10, "server memory grew {:.1}% under load", growth * 100.0);
 }

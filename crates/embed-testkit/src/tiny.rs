@@ -172,9 +172,14 @@ impl TinyModel {
             write_json(&dir.join("config_sentence_transformers.json"), &json!({"prompts": prompts}));
         }
 
-        embed_core::tch::manual_seed(self.seed);
-        let std = self.weight_std;
-        let rand = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, embed_core::tch::Device::Cpu)) * std;
+        // A private generator: libtorch's global one would make the weights depend on what
+        // other threads draw at the same time.
+        let rng = std::cell::RefCell::new(Normal::new(self.seed as u64, self.weight_std));
+        let rand = |shape: &[i64]| {
+            let n: i64 = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| rng.borrow_mut().sample()).collect();
+            Tensor::from_slice(&values).view(shape)
+        };
         let ones = |n: i64| Tensor::ones([n], (Kind::Float, embed_core::tch::Device::Cpu));
         let mut tensors: Vec<(String, Tensor)> = vec![
             ("embeddings.word_embeddings.weight".into(), rand(&[vocab.len() as i64, h])),
@@ -212,6 +217,39 @@ impl TinyModel {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = self.write(&tmp.path().join("tiny-bert"));
         (tmp, dir)
+    }
+}
+
+/// Deterministic normal samples: SplitMix64 and the Box-Muller transform.
+struct Normal {
+    state: u64,
+    std: f64,
+    spare: Option<f64>,
+}
+
+impl Normal {
+    fn new(seed: u64, std: f64) -> Self {
+        Normal { state: seed ^ 0x9E37_79B9_7F4A_7C15, std, spare: None }
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn sample(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return (s * self.std) as f32;
+        }
+        let (u1, u2) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u1.ln()).sqrt();
+        let theta = 2.0 * std::f64::consts::PI * u2;
+        self.spare = Some(r * theta.sin());
+        (r * theta.cos() * self.std) as f32
     }
 }
 
