@@ -260,7 +260,59 @@ async fn main() -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{build, parse_bytes, Args};
+    use clap::Parser;
+
+    #[test]
+    fn toml_file_flags_and_precedence() {
+        let dir = std::env::temp_dir().join(format!("embed-server-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        std::fs::write(
+            &path,
+            r#"
+bind = "0.0.0.0:9000"
+default_model = "bge"
+max_models = 3
+memory_budget = "1.5G"
+idle_ttl = 60
+max_inputs = 64
+api_key = "from-file"
+
+[models.minilm]
+source = "/models/minilm"
+
+[models.bge]
+source = "BAAI/bge-small-en-v1.5"
+dtype = "bf16"
+query_prefix = "Represent this sentence: "
+pinned = true
+"#,
+        )
+        .unwrap();
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--max-inputs", "8"]);
+        let (pool, registry, config) = build(args).unwrap();
+        assert_eq!(config.default_model, "bge");
+        assert_eq!(config.preload, vec!["bge".to_string()]);
+        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(config.limits.max_inputs, 8, "flags win over the file");
+        assert_eq!(config.api_key.as_deref(), Some("from-file"));
+        assert_eq!(pool.max_models, 3);
+        assert_eq!(pool.memory_budget, Some(3 << 29));
+        let bge = registry.get("bge").unwrap();
+        assert_eq!(bge.spec.options.dtype, embed_core::DType::Bf16);
+        assert_eq!(bge.spec.options.query_prefix.as_deref(), Some("Represent this sentence: "));
+        assert!(bge.settings.pinned);
+        assert!(registry.contains("minilm"));
+
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("bogus_key"), "{err:#}");
+        let err = build(Args::parse_from(["embed-server"])).unwrap_err();
+        assert!(err.to_string().contains("no models configured"));
+        let err = build(Args::parse_from(["embed-server", "--model", "oops"])).unwrap_err();
+        assert!(err.to_string().contains("NAME=SOURCE"));
+    }
 
     #[test]
     fn byte_sizes() {

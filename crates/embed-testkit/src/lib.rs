@@ -9,12 +9,20 @@
 //! * [`minilm_dir`] / [`reference`] locate the real all-MiniLM-L6-v2 copy that `cargo xtask setup`
 //!   installs and the sentence-transformers reference vectors committed under `testdata/`.
 //! * [`memory`] probes and baselines: resident memory, allocator bytes, live models, CUDA bytes.
+//! * [`cleanup`]: run a body that panics, is cancelled, or repeats N times, and assert that
+//!   nothing is left (memory back to baseline within a tolerance).
+//! * [`FakeService`]: an `EmbeddingService` without libtorch that counts its live instances.
+//! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
 
+pub mod cleanup;
+mod fake;
 pub mod memory;
+pub mod strategies;
 mod tiny;
 
 use std::path::PathBuf;
 
+pub use fake::{live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
 
 /// The workspace root (two levels above this crate).
