@@ -6,7 +6,8 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use tch::{Kind, Tensor};
@@ -59,15 +60,31 @@ pub(crate) struct WorkerConfig {
     pub(crate) stats: Arc<WorkerStats>,
 }
 
+/// How long an idle worker waits before returning freed heap memory to the OS.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(1);
+/// How often a busy worker does the same (each trim makes later allocations fault pages in again).
+const BUSY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Serves requests until a `Shutdown` arrives or every sender is gone. Jobs queued before
 /// the shutdown are finished; anything that slips in after it is failed with `ShutDown`.
 pub(crate) fn serve(model: &Bert, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     // Gather generously: sorting a large round by length is what keeps padding low.
     let gather_limit = (cfg.max_batch_size.max(1) * 32).max(1024);
+    let mut last_trim = Instant::now();
+    let mut dirty = false;
     'serve: loop {
-        let first = match rx.recv() {
+        let first = match rx.recv_timeout(IDLE_TRIM_AFTER) {
             Ok(Command::Embed(job)) => job,
-            Ok(Command::Shutdown) | Err(_) => break,
+            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle: give memory freed by the last passes back to the OS.
+                if dirty {
+                    memory::trim_cpu_heap();
+                    dirty = false;
+                    last_trim = Instant::now();
+                }
+                continue;
+            }
         };
         let mut jobs = vec![first];
         let mut seqs = jobs[0].seqs.len();
@@ -88,6 +105,15 @@ pub(crate) fn serve(model: &Bert, rx: &Receiver<Command>, cfg: &WorkerConfig) {
         }
         cfg.stats.queued_jobs.fetch_sub(jobs.len(), Ordering::SeqCst);
         process(model, jobs, cfg);
+        // glibc keeps freed activation buffers in its arenas; under steady traffic with shifting
+        // batch shapes that retained memory creeps up. Hand it back to the OS at most once per
+        // interval (a trim costs about a millisecond), and when the worker goes idle.
+        dirty = true;
+        if last_trim.elapsed() >= BUSY_TRIM_INTERVAL {
+            memory::trim_cpu_heap();
+            dirty = false;
+            last_trim = Instant::now();
+        }
         if stop {
             break 'serve;
         }

@@ -136,6 +136,8 @@ impl Metrics {
         let _ = writeln!(out, "# HELP embed_pool_load_failures_total Failed model loads.\n# TYPE embed_pool_load_failures_total counter\nembed_pool_load_failures_total {}", stats.load_failures);
         let _ = writeln!(out, "# HELP embed_memory_weight_bytes Weight bytes of every model in the process.\n# TYPE embed_memory_weight_bytes gauge\nembed_memory_weight_bytes {}", embed_core::memory::live_weight_bytes());
         let _ = writeln!(out, "# HELP embed_memory_resident_bytes Resident memory of the process.\n# TYPE embed_memory_resident_bytes gauge\nembed_memory_resident_bytes {}", embed_core::memory::process_resident_bytes());
+        let _ = writeln!(out, "# HELP embed_memory_anon_resident_bytes Anonymous resident memory (heap, stacks) of the process.\n# TYPE embed_memory_anon_resident_bytes gauge\nembed_memory_anon_resident_bytes {}", embed_core::memory::process_anon_resident_bytes());
+        let _ = writeln!(out, "# HELP embed_memory_allocator_bytes Bytes in use in the C allocator (libtorch CPU tensors live there).\n# TYPE embed_memory_allocator_bytes gauge\nembed_memory_allocator_bytes {}", embed_core::memory::cpu_allocator_in_use_bytes());
         if let Ok(c) = embed_core::memory::cuda_memory(0) {
             let _ = writeln!(out, "# HELP embed_memory_cuda_allocated_bytes CUDA caching-allocator allocated bytes (device 0).\n# TYPE embed_memory_cuda_allocated_bytes gauge\nembed_memory_cuda_allocated_bytes {}", c.allocated);
             let _ = writeln!(out, "# HELP embed_memory_cuda_reserved_bytes CUDA caching-allocator reserved bytes (device 0).\n# TYPE embed_memory_cuda_reserved_bytes gauge\nembed_memory_cuda_reserved_bytes {}", c.reserved);

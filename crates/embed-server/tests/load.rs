@@ -131,8 +131,9 @@ async fn sixteen_and_sixty_four_clients() {
     let server = common::Server::start(&["--model", &model, "--max-concurrent", "48", "--max-inputs", "64"]);
     let http = reqwest::Client::new();
     server.wait_ready(&http).await;
-    // Warm-up, then the memory baseline.
+    // Warm-up, then the memory baseline (settled, as after each phase).
     drive(&server.base, 16, 2, corpus.clone()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let rss_base = resident_kib(server.pid());
     let mut report = Vec::new();
     for clients in [16usize, 64] {
@@ -143,7 +144,12 @@ async fn sixteen_and_sixty_four_clients() {
             assert_eq!(o.rejected, 0, "{clients} clients are within --max-concurrent 48");
         }
         let tps = (o.ok * TEXTS_PER_REQUEST) as f64 / o.elapsed.as_secs_f64();
+        // Settled figure: the worker returns freed heap to the OS within a second of going idle.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let rss = resident_kib(server.pid());
+        let metrics = http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+        let alloc = metrics.lines().find_map(|l| l.strip_prefix("embed_memory_allocator_bytes ")).unwrap_or("?").to_string();
+        eprintln!("load: after {clients} clients: allocator in use {alloc} bytes");
         report.push(format!(
             "{clients:>3} clients: {} requests ok, {} designed 429s, {tps:.0} texts/s, p50 {:.1} ms, p99 {:.1} ms, server anonymous RSS {:.1} MiB",
             o.ok, o.rejected, pct(&o.latencies, 0.5), pct(&o.latencies, 0.99), rss as f64 / 1024.0
