@@ -163,9 +163,39 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     for (t, ok) in &targets {
         println!("target {t}: {}", if *ok { "met" } else { "MISSED" });
     }
+    if !args.iter().any(|a| a == "--core-only") {
+        extras(&cargo, root)?;
+    }
     let path = out_dir.join("bench.json");
     std::fs::write(&path, format!("{{\"threads\":{threads},\"texts\":{texts},\"results\":[{}]}}\n", json.join(",")))?;
     println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// The pool's lease and evict+load swap times (criterion) and HTTP vs in-process throughput
+/// (the server's load test, release build, 10 s per phase).
+fn extras(cargo: &str, root: &Path) -> Result<()> {
+    println!("\nbench: pool lease / evict+load swap (criterion, embed-pool/benches/pool.rs)");
+    let out = Command::new(cargo).current_dir(root).args(["bench", "-q", "-p", "embed-pool", "--bench", "pool"]).output()?;
+    if !out.status.success() {
+        bail!("pool bench failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("time:") || (!l.starts_with(' ') && !l.is_empty() && !l.contains("Benchmarking"))) {
+        println!("  {line}");
+    }
+    println!("\nbench: HTTP at 16 and 64 clients vs in-process (embed-server/tests/load.rs, release)");
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["test", "--release", "-q", "-p", "embed-server", "--test", "load", "--", "--nocapture"])
+        .env("EMBED_LOAD_SECONDS", "10")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with("load:")) {
+        println!("  {line}");
+    }
+    if !out.status.success() {
+        bail!("load test failed:\n{stderr}");
+    }
     Ok(())
 }
 

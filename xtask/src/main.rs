@@ -17,8 +17,9 @@ tasks:
   test              setup if needed, then every test of the workspace (what CI runs)
   leak-check [--device cpu|cuda] [--cycles N] [--json PATH] [--layers core,scoped,pool,server] [--plant-leak]
                     run each layer for N cycles in a child process; non-zero exit on any leak
-  bench [--pairs N] [--rounds N] [--threads N]
-                    embed-core vs sentence-transformers throughput, pair by pair
+  bench [--pairs N] [--rounds N] [--threads N] [--core-only]
+                    embed-core vs sentence-transformers throughput, pair by pair; then the pool's
+                    lease/swap times and HTTP vs in-process throughput (unless --core-only)
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";

@@ -12,6 +12,7 @@ async fn twenty_load_embed_cleanup_cycles_stay_flat() {
     let texts: Vec<String> = reference().into_iter().map(|i| i.text).collect();
     let spec = ModelSpec::new(minilm_dir().to_string_lossy());
     let mut after_first = None;
+    let mut after_first_baseline = None;
     let mut levels = Vec::new();
     for cycle in 0..20 {
         let svc = DenseEmbeddingService::from_spec(spec.clone()).await.unwrap();
@@ -27,7 +28,10 @@ async fn twenty_load_embed_cleanup_cycles_stay_flat() {
         levels.push(snap.resident_anon);
         eprintln!("cycle {cycle}: anonymous resident {:.1} MiB, allocator in use {:.1} MiB", mib(snap.resident_anon), mib(snap.cpu_allocator));
         match after_first {
-            None => after_first = Some(snap.resident_anon),
+            None => {
+                after_first = Some(snap.resident_anon);
+                after_first_baseline = Some(embed_testkit::memory::Baseline(snap));
+            }
             Some(base) => {
                 let g = growth(base, snap.resident_anon);
                 assert!(g <= 0.05, "cycle {cycle}: resident {:.1} MiB vs {:.1} MiB after cycle 1 (+{:.1}%)",
@@ -35,5 +39,9 @@ async fn twenty_load_embed_cleanup_cycles_stay_flat() {
             }
         }
     }
+    let diff = after_first_baseline.expect("taken after cycle 1").diff();
+    assert_eq!((diff.live_models, diff.model_weights), (0, 0));
+    assert!(diff.cpu_allocator.abs() < 8 << 20, "allocator in-use bytes moved {} since cycle 1", diff.cpu_allocator);
+    eprintln!("since cycle 1: {diff:?}");
     eprintln!("anonymous resident MiB per cycle: {:?}", levels.iter().map(|b| format!("{:.1}", mib(*b))).collect::<Vec<_>>());
 }

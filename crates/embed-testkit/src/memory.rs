@@ -35,3 +35,49 @@ pub fn growth(base: u64, after: u64) -> f64 {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// A memory snapshot to compare later figures against.
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline(pub MemorySnapshot);
+
+/// Signed differences from a [`Baseline`] (positive: more than at the baseline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryDiff {
+    /// Anonymous resident bytes.
+    pub resident_anon: i64,
+    /// C allocator in-use bytes.
+    pub cpu_allocator: i64,
+    /// Weight bytes of live models.
+    pub model_weights: i64,
+    /// Live models.
+    pub live_models: i64,
+    /// CUDA allocated bytes (device 0), when CUDA is available at both points.
+    pub cuda_allocated: Option<i64>,
+    /// CUDA reserved bytes (device 0).
+    pub cuda_reserved: Option<i64>,
+}
+
+impl Baseline {
+    /// Takes a settled snapshot now.
+    pub fn take() -> Self {
+        Baseline(settled_snapshot())
+    }
+
+    /// Differences between a settled snapshot now and the baseline.
+    pub fn diff(&self) -> MemoryDiff {
+        let now = settled_snapshot();
+        let d = |a: u64, b: u64| a as i64 - b as i64;
+        let cuda = |f: fn(&CudaMemoryStats) -> u64| match (now.cuda, self.0.cuda) {
+            (Some(n), Some(b)) => Some(d(f(&n), f(&b))),
+            _ => None,
+        };
+        MemoryDiff {
+            resident_anon: d(now.resident_anon, self.0.resident_anon),
+            cpu_allocator: d(now.cpu_allocator, self.0.cpu_allocator),
+            model_weights: d(now.model_weights, self.0.model_weights),
+            live_models: now.live_models as i64 - self.0.live_models as i64,
+            cuda_allocated: cuda(|c| c.allocated),
+            cuda_reserved: cuda(|c| c.reserved),
+        }
+    }
+}
