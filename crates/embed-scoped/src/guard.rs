@@ -13,6 +13,19 @@ use crate::Error;
 ///
 /// The service is shared as `Arc<S>` (see [`ServiceGuard::service`]) so it can be handed to
 /// tasks; a clone that outlives the guard finds the service closed, never a leaked model.
+///
+/// ```
+/// # let (_tmp, dir) = embed_testkit::TinyModel::default().write_temp();
+/// use embed_core::{EmbedOptions, EmbeddingService, ModelSpec};
+/// use embed_scoped::ServiceGuard;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let guard = ServiceGuard::open(ModelSpec::new(dir.to_string_lossy())).await?;
+/// let out = guard.embed_texts(&["kept across calls".to_string()], &EmbedOptions::default()).await?;
+/// assert_eq!(out.vectors.len(), 1);
+/// let report = guard.close().await?; // awaited release; dropping the guard would release too
+/// assert!(report.weight_bytes_freed > 0);
+/// # Ok::<_, embed_scoped::Error>(()) }).unwrap();
+/// ```
 #[must_use = "dropping the guard releases the model at once; keep it while you use the model and close().await it"]
 pub struct ServiceGuard<S: EmbeddingService + 'static = DenseEmbeddingService> {
     service: Option<Arc<S>>,

@@ -232,7 +232,10 @@ async fn shutdown_signal() {
     tokio::spawn(async move {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         eprintln!("second signal: forcing exit");
-        std::process::exit(130);
+        // _exit, not exit: running atexit handlers and libtorch's static destructors while a
+        // forward pass is still on the worker thread can crash instead of exiting.
+        // SAFETY: _exit has no preconditions; it ends the process at once.
+        unsafe { libc::_exit(130) }
     });
 }
 

@@ -336,6 +336,33 @@ async fn worker_panic_is_a_500_and_the_server_lives_on() {
 }
 
 #[tokio::test]
+async fn a_client_that_goes_away_releases_its_lease_and_its_queued_work() {
+    // Each forward pass takes 300 ms, so requests queue behind the first one.
+    let faults = FaultInjection { forward_delay: Some(Duration::from_millis(300)), ..Default::default() };
+    let f = fixture_with(|c| c, faults);
+    f.state.preload().await.unwrap();
+    let app = app(&f);
+    let busy = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(json!({"inputs": "first"})), &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Hyper drops the handler future when the client disconnects; dropping it here is the same.
+    let gone = tokio::time::timeout(Duration::from_millis(100), call(&app, "POST", "/embed", Some(json!({"inputs": "abandoned"})), &[])).await;
+    assert!(gone.is_err(), "the abandoned request was still waiting");
+    let status = f.state.pool().status();
+    assert_eq!(status.model("tiny").unwrap().leases, 1, "only the busy request holds a lease");
+    assert_eq!(busy.await.unwrap().0, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(f.state.pool().status().model("tiny").unwrap().leases, 0);
+    // The abandoned input was never embedded: one sequence went through the model.
+    let (_, metrics, _) = call(&app, "GET", "/metrics", None, &[]).await;
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("embed_forward_sequences_total{model=\"tiny\"} 1"), "{text}");
+    f.state.pool().close().await;
+}
+
+#[tokio::test]
 async fn router_nests_in_a_user_app() {
     let f = fixture();
     let user_app: Router = Router::new()
