@@ -44,7 +44,7 @@ async fn concurrent_callers_share_batches_and_get_their_own_results() {
 async fn cancelled_requests_are_skipped() {
     use embed_core::{FaultInjection, ModelOptions};
     let (_tmp, dir) = TinyModel::default().write_temp();
-    let faults = FaultInjection { forward_delay: Some(std::time::Duration::from_millis(300)), ..Default::default() };
+    let faults = FaultInjection { forward_delay: Some(std::time::Duration::from_millis(1500)), ..Default::default() };
     let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { faults, ..Default::default() });
     let svc = Arc::new(DenseEmbeddingService::from_spec(spec).await.unwrap());
     // Occupy the worker with one slow forward pass, queue requests behind it, cancel them.
@@ -60,7 +60,11 @@ async fn cancelled_requests_are_skipped() {
             tokio::spawn(async move { svc.embed_texts(&[format!("cancel me {i}")], &EmbedOptions::default()).await })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Wait (bounded) until all 20 are queued behind the busy pass, then cancel them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(1000);
+    while svc.batch_stats().unwrap().queued_requests < 20 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     assert_eq!(svc.batch_stats().unwrap().queued_requests, 20);
     for q in &queued {
         q.abort();

@@ -53,7 +53,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
             tokio::spawn(async move { client.post(format!("{base}/embed")).json(&json!({"inputs": texts})).send().await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let every request reach the server (they take seconds each), then ask it to stop.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     server.signal(libc::SIGTERM);
     for t in tasks {
         let r = t.await.unwrap().expect("in-flight request completed, not dropped");
