@@ -102,6 +102,8 @@ pub struct ModelDir {
     pub normalize: bool,
     /// `max_seq_length` from `sentence_bert_config.json`, capped by the position embeddings.
     pub max_seq_length: usize,
+    /// `do_lower_case` from `sentence_bert_config.json`: lowercase inputs before tokenizing.
+    pub lowercase: bool,
     /// Named prompts from `config_sentence_transformers.json`.
     pub prompts: BTreeMap<String, String>,
     /// The prompt applied when the caller names none.
@@ -254,10 +256,9 @@ impl ModelDir {
             }
         }
 
-        let st_path = dir.join("sentence_bert_config.json");
-        let st_max = read_optional_json(&st_path)?
-            .and_then(|v| v.get("max_seq_length").and_then(Value::as_u64))
-            .map(|n| n as usize);
+        let st_config = read_optional_json(&dir.join("sentence_bert_config.json"))?;
+        let st_max = st_config.as_ref().and_then(|v| v.get("max_seq_length").and_then(Value::as_u64)).map(|n| n as usize);
+        let lowercase = st_config.as_ref().is_some_and(|v| opt_bool(v, "do_lower_case"));
         let max_seq_length = st_max
             .unwrap_or(bert.max_position_embeddings)
             .min(bert.max_position_embeddings);
@@ -285,6 +286,7 @@ impl ModelDir {
             exclude_prompt_from_pooling,
             normalize,
             max_seq_length,
+            lowercase,
             prompts,
             default_prompt_name,
             weights,

@@ -319,7 +319,6 @@ struct Running {
     tokenizer: Arc<Tokenizer>,
     dir: Arc<ModelDir>,
     info: ModelInfo,
-    lowercase: bool,
     query_prefix: Option<String>,
     document_prefix: Option<String>,
     faults: FaultInjection,
@@ -521,14 +520,6 @@ fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {
     (before, after)
 }
 
-fn read_lowercase(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
-        .unwrap_or(false)
-}
-
 #[async_trait]
 impl EmbeddingService for DenseEmbeddingService {
     async fn load(&self, spec: ModelSpec) -> Result<ModelInfo> {
@@ -642,7 +633,6 @@ impl EmbeddingService for DenseEmbeddingService {
         let running = Arc::new(Running {
             intake,
             tokenizer: Arc::new(tokenizer),
-            lowercase: read_lowercase(&dir.dir),
             dir,
             info: info.clone(),
             query_prefix: spec.options.query_prefix.clone(),
@@ -880,7 +870,7 @@ fn prepare(r: &Running, texts: &[String], options: &EmbedOptions) -> Result<Vec<
         .enumerate()
         .map(|(index, text)| {
             let mut input = format!("{prefix}{text}");
-            if r.lowercase {
+            if r.dir.lowercase {
                 input = input.to_lowercase();
             }
             let enc = r.tokenizer.encode(input.as_str(), true).map_err(tok_err)?;

@@ -240,6 +240,8 @@ async fn tokenize_info_models_and_admin() {
     let loaded: Vec<&str> = v["loaded"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert!(loaded.contains(&"other") && loaded.contains(&"tiny"), "{v}");
     assert!(v["loaded"][0]["weight_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(v["loaded"][0]["dtype"], "f32");
+    assert_eq!(v["loaded"][0]["device"], "cpu");
     let (s, v, _) = call(&app, "POST", "/models/other/unload", None, &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["weight_bytes_freed"].as_u64().unwrap() > 0);

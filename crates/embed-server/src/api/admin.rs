@@ -14,6 +14,7 @@ use crate::AppState;
 
 pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
     let status = state.pool.status();
+    let registry = state.pool.registry();
     let now = tokio::time::Instant::now();
     let loaded: Vec<Value> = status
         .models
@@ -26,11 +27,11 @@ pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
                 "leases": m.leases,
                 "pinned": m.pinned,
                 "device": m.device.map(|d| d.to_string()),
+                "dtype": registry.get(&m.name).map(|r| r.spec.options.dtype.to_string()),
                 "idle_seconds": now.saturating_duration_since(m.last_used).as_secs_f64(),
             })
         })
         .collect();
-    let registry = state.pool.registry();
     let registered: Vec<Value> = registry
         .names()
         .map(|n| {
