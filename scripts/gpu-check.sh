@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks: CUDA tests of embed-core and the CUDA leak check, in one short run.
+# The GPU checks: CUDA tests of embed-core and embed-pool and the CUDA leak check, in one short run.
 #
 # Two halves, because the accelerator machine has no cargo and no network:
 #
@@ -24,8 +24,14 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="cuda" and m.get("executable"): print(m["executable"])' | tail -1)
     cp "$test_bin" gpu-bundle/core-cuda-tests
+    test_bin=$(cargo test -q -p embed-pool --test pool_cuda --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="pool_cuda" and m.get("executable"): print(m["executable"])' | tail -1)
+    cp "$test_bin" gpu-bundle/pool-cuda-tests
     cp target/debug/examples/leak_check gpu-bundle/leak_check
-    strip gpu-bundle/core-cuda-tests gpu-bundle/leak_check
+    strip gpu-bundle/core-cuda-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check
     du -sh gpu-bundle
     local bytes
     bytes=$(du -sb gpu-bundle | cut -f1)
@@ -46,6 +52,7 @@ run() {
     export EMBED_TEST_CUDA=1
     local status=0
     ./gpu-bundle/core-cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/core-cuda-tests.log" || status=1
+    ./gpu-bundle/pool-cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/pool-cuda-tests.log" || status=1
     local model="$out/minilm-shaped"
     ./gpu-bundle/leak_check --write-model "$model"
     for layer in core scoped pool server; do

@@ -72,7 +72,16 @@ pub fn cuda_memory(index: usize) -> Result<CudaMemoryStats> {
     let dev = index as c_int;
     let mut raw = RawStats::default();
     // SAFETY: `raw` is a valid out-pointer of the layout the shim writes.
-    call(|e, n| unsafe { embed_accel_device_stats(dev, &mut raw, e, n) })?;
+    let stats = |raw: &mut RawStats| call(|e, n| unsafe { embed_accel_device_stats(dev, raw, e, n) });
+    if stats(&mut raw).is_err() {
+        // The caching allocator answers only once CUDA is initialised on the device ("Invalid
+        // device argument" before that). Initialise it with a one-element tensor and ask again.
+        if index >= crate::cuda_device_count() {
+            return Err(Error::Memory(format!("cuda:{index} does not exist")));
+        }
+        drop(tch::Tensor::zeros([1], (tch::Kind::Float, tch::Device::Cuda(index))));
+        stats(&mut raw)?;
+    }
     let (mut free, mut total) = (0u64, 0u64);
     // SAFETY: valid out-pointers.
     call(|e, n| unsafe { embed_accel_memory_info(dev, &mut free, &mut total, e, n) })?;
