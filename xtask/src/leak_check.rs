@@ -4,7 +4,7 @@
 //!
 //! CPU verdicts (after a warm-up cycle): no model or weight bytes left live after any cycle;
 //! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; anonymous resident
-//! memory (RssAnon: heap and stacks, not library code pages) within 5 %. CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
+//! memory (RssAnon: heap and stacks, not library code pages) within max(24 MiB, 5 %). CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
 //! after every cycle, reserved bytes back to the baseline (cleanup empties the cache), and
 //! device-level used memory within 2 MiB of the baseline (the process's context overhead).
 
@@ -18,6 +18,10 @@ use crate::setup;
 const ALLOCATOR_SLACK_BYTES: f64 = 8.0 * 1024.0 * 1024.0;
 const ALLOCATOR_SLACK_FRACTION: f64 = 0.03;
 const RESIDENT_SLACK_FRACTION: f64 = 0.05;
+/// Anonymous RSS also holds thread stacks and per-thread malloc arenas (the tokio blocking pool
+/// and the HTTP client grow lazily with concurrency); those are bounded, not leaks. The
+/// allocator figure above is the precise one; RSS gets this much room besides.
+const RESIDENT_SLACK_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
 const CUDA_USED_SLACK_BYTES: f64 = 2.0 * 1024.0 * 1024.0;
 
 pub(crate) struct Options {
@@ -76,8 +80,9 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
     }
     let base_rss = num(r, &["baseline", "resident"]);
     let rss_growth = num(r, &["max_after", "resident"]) - base_rss;
-    if rss_growth > RESIDENT_SLACK_FRACTION * base_rss {
-        problems.push(format!("anonymous resident memory grew {} MiB (> 5 %)", mib(rss_growth)));
+    let rss_limit = RESIDENT_SLACK_BYTES.max(RESIDENT_SLACK_FRACTION * base_rss);
+    if rss_growth > rss_limit {
+        problems.push(format!("anonymous resident memory grew {} MiB (limit {} MiB)", mib(rss_growth), mib(rss_limit)));
     }
     if cuda {
         let base = num(r, &["baseline", "cuda_allocated"]);
