@@ -14,22 +14,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Path of the test binary of integration test $2 in package $1 (built if needed).
+test_binary() {
+    cargo test -q -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
+        print(m["executable"])' "$2" | tail -1
+}
+
 bundle() {
     rm -rf gpu-bundle && mkdir -p gpu-bundle
     cargo build -q -p embed-server --example leak_check
-    local test_bin
-    test_bin=$(cargo test -q -p embed-core --test cuda --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="cuda" and m.get("executable"): print(m["executable"])' | tail -1)
-    cp "$test_bin" gpu-bundle/core-cuda-tests
-    test_bin=$(cargo test -q -p embed-pool --test pool_cuda --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("target",{}).get("name")=="pool_cuda" and m.get("executable"): print(m["executable"])' | tail -1)
-    cp "$test_bin" gpu-bundle/pool-cuda-tests
+    cp "$(test_binary embed-core cuda)" gpu-bundle/core-cuda-tests
+    cp "$(test_binary embed-pool pool_cuda)" gpu-bundle/pool-cuda-tests
     cp target/debug/examples/leak_check gpu-bundle/leak_check
     strip gpu-bundle/core-cuda-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check
     du -sh gpu-bundle
