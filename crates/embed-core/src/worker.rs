@@ -142,7 +142,7 @@ fn process(model: &Bert, jobs: Vec<Job>, cfg: &WorkerConfig) {
         .flat_map(|(j, job)| job.seqs.iter().enumerate().map(move |(s, seq)| Item { job: j, seq: s, len: seq.ids.len() }))
         .collect();
     // Longest first: batches of similar length waste little on padding.
-    items.sort_by(|a, b| b.len.cmp(&a.len));
+    items.sort_by_key(|it| std::cmp::Reverse(it.len));
 
     let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();

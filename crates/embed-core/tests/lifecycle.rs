@@ -1,7 +1,6 @@
 //! Lifecycle state machine, typed errors for bad models and bad input, on the tiny model.
 //! Tests here assert process-wide live-model counts, so they take a lock to run one at a time.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use embed_core::memory::{live_models, live_weight_bytes};
@@ -12,11 +11,8 @@ use embed_core::{
 use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::{corrupt_weights, TinyModel};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+// An async mutex: the guard is held across awaits for the whole test.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spec(dir: &std::path::Path) -> ModelSpec {
     ModelSpec::new(dir.to_string_lossy())
@@ -28,7 +24,7 @@ fn texts(t: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn load_embed_cleanup_reload() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::new();
     assert_eq!(svc.state(), ServiceState::Unloaded);
@@ -83,7 +79,7 @@ async fn assert_load_fails(dir: &std::path::Path, check: impl Fn(&Error) -> bool
 
 #[tokio::test]
 async fn failed_loads_are_typed_and_leave_nothing() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let tiny = TinyModel::default();
 
     let (_t, dir) = tiny.write_temp();
@@ -112,8 +108,9 @@ async fn failed_loads_are_typed_and_leave_nothing() {
     assert!(msg.contains("shape"), "{msg}");
 
     let (_t, dir) = tiny.write_temp();
-    let cfg = std::fs::read_to_string(&cfg_path_of(&dir)).unwrap().replace("\"bert\"", "\"gpt2\"");
-    std::fs::write(cfg_path_of(&dir), cfg).unwrap();
+    let cfg_path = dir.join("config.json");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"bert\"", "\"gpt2\"");
+    std::fs::write(&cfg_path, cfg).unwrap();
     let msg = assert_load_fails(&dir, |e| matches!(e, Error::UnsupportedArchitecture { .. })).await;
     assert!(msg.contains("gpt2"), "{msg}");
 
@@ -130,13 +127,9 @@ async fn failed_loads_are_typed_and_leave_nothing() {
     assert_load_fails(std::path::Path::new("../../etc"), |e| matches!(e, Error::InvalidSource { .. })).await;
 }
 
-fn cfg_path_of(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.join("config.json")
-}
-
 #[tokio::test]
 async fn devices_and_dtypes() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let with = |device, dtype| spec(&dir).with_options(ModelOptions { device, dtype, ..Default::default() });
     if embed_core::cuda_device_count() == 0 {
@@ -167,7 +160,7 @@ async fn devices_and_dtypes() {
 
 #[tokio::test]
 async fn bad_input() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::from_spec(spec(&dir)).await.unwrap();
     let o = EmbedOptions::default();
@@ -211,7 +204,7 @@ async fn bad_input() {
 
 #[tokio::test]
 async fn prompts_and_modes() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let tiny = TinyModel {
         prompts: vec![("query".into(), "query: ".into()), ("document".into(), "passage: ".into())],
         ..TinyModel::default()
@@ -242,7 +235,7 @@ async fn prompts_and_modes() {
 
 #[tokio::test]
 async fn dropping_a_service_frees_its_model() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::from_spec(spec(&dir)).await.unwrap();
     assert_eq!(live_models(), 1);
@@ -253,7 +246,7 @@ async fn dropping_a_service_frees_its_model() {
 
 #[tokio::test]
 async fn cancelled_load_leaves_nothing() {
-    let _s = serial();
+    let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::new();
     // Poll the load once, then drop it: the worker finishes loading, finds nobody waiting and
