@@ -1,7 +1,11 @@
-// Allocator statistics and cache control for libtorch's current accelerator (CUDA here).
-// tch exposes none of this; ATen/DeviceAccelerator.h gives it without CUDA headers.
+// Allocator statistics and cache control for libtorch's current accelerator (CUDA here), and the
+// two attention entry points tch does not bind: variable-length flash attention and the switch
+// for cuDNN's SDPA backend. ATen's own headers give all of it without CUDA headers.
 // Every entry point catches C++ exceptions: they must never unwind into Rust.
+#include <ATen/Context.h>
 #include <ATen/DeviceAccelerator.h>
+#include <ATen/core/CachingHostAllocator.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -92,6 +96,52 @@ int embed_accel_empty_cache(char* err, size_t err_len) {
     write_error(err, err_len, "unknown C++ exception");
   }
   return -1;
+}
+
+// Frees the pinned host blocks libtorch's CUDA host allocator keeps cached (input uploads use
+// pinned memory). Returns 0 on success, -1 with a message in `err` otherwise.
+int embed_accel_empty_host_cache(char* err, size_t err_len) {
+  try {
+    at::getHostAllocator(at::kCUDA)->empty_cache();
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(err, err_len, e.what());
+  } catch (...) {
+    write_error(err, err_len, "unknown C++ exception");
+  }
+  return -1;
+}
+
+// Attention over sequences packed back to back, without padding: `q`, `k`, `v` are
+// [tokens, heads, head_dim] (last dimension contiguous; f16 or bf16 on CUDA), `cu_seqlens` is
+// int32 [batch + 1] on the same device (0, len0, len0 + len1, ...). Writes a new
+// [tokens, heads, head_dim] tensor to `*out` (the caller owns it: tch frees it with delete).
+// `q`, `k`, `v` and `cu_seqlens` are tch tensor handles, i.e. at::Tensor pointers.
+int embed_flash_attention_varlen(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                                 const at::Tensor* cu_seqlens, int64_t max_len, double scale,
+                                 at::Tensor** out, char* err, size_t err_len) {
+  try {
+    auto result = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_len, max_len,
+                                               /*dropout_p=*/0.0, /*is_causal=*/false,
+                                               /*return_debug_mask=*/false, scale);
+    *out = new at::Tensor(std::move(std::get<0>(result)));
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(err, err_len, e.what());
+  } catch (...) {
+    write_error(err, err_len, "unknown C++ exception");
+  }
+  return -1;
+}
+
+// Turns libtorch's cuDNN backend of scaled_dot_product_attention off (process-wide).
+// On Hopper with cuDNN > 9.15 libtorch tries it first for f16/bf16, and it builds a new
+// execution plan for every (batch, length) shape: tens of milliseconds of CPU time per batch.
+void embed_sdp_disable_cudnn() {
+  try {
+    at::globalContext().setSDPUseCuDNN(false);
+  } catch (...) {
+  }
 }
 
 }  // extern "C"

@@ -1,10 +1,12 @@
 //! The BERT encoder forward pass on libtorch, weights loaded by name from safetensors.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::attention::{flash_varlen, AttentionPath};
 use crate::config::{Activation, BertConfig, Pooling};
 use crate::{Error, Result};
 
@@ -53,8 +55,51 @@ pub(crate) struct Bert {
     head_dim: i64,
     activation: Activation,
     device: Device,
+    /// Packed or padded attention; falls back to padded for good if the packed kernel refuses.
+    attention: Cell<AttentionPath>,
     /// Bytes held by the weights on the model's device.
     pub(crate) weight_bytes: u64,
+}
+
+/// One batch on the model's device. `b` sequences, the longest `len` tokens; `ids`, `type_ids`
+/// and `positions` hold only the real tokens (`[tokens]`, sequences back to back).
+pub(crate) struct BatchInput {
+    pub(crate) ids: Tensor,
+    pub(crate) type_ids: Tensor,
+    pub(crate) positions: Tensor,
+    /// Where each real token sits in the padded `[b * len]` layout.
+    pub(crate) rows: Tensor,
+    /// `[b, len]`, 1 = token.
+    pub(crate) mask: Tensor,
+    /// int32 `[b + 1]`: 0, len0, len0 + len1, … (the packed attention's sequence bounds).
+    pub(crate) cu_seqlens: Tensor,
+    pub(crate) b: i64,
+    pub(crate) len: i64,
+}
+
+impl BatchInput {
+    fn is_dense(&self) -> bool {
+        self.ids.size()[0] == self.b * self.len
+    }
+
+    /// `[tokens, width]` → `[b * len, width]` with zeros at the padding.
+    fn pad(&self, t: &Tensor) -> Tensor {
+        if self.is_dense() {
+            t.shallow_clone()
+        } else {
+            let width = t.size()[1];
+            Tensor::zeros([self.b * self.len, width], (t.kind(), t.device())).index_copy(0, &self.rows, t)
+        }
+    }
+
+    /// `[b * len, width]` → `[tokens, width]`.
+    fn unpad(&self, t: Tensor) -> Tensor {
+        if self.is_dense() {
+            t
+        } else {
+            t.index_select(0, &self.rows)
+        }
+    }
 }
 
 /// Reads every tensor of `path` into a name → tensor map (CPU), with a common prefix
@@ -166,6 +211,7 @@ impl Bert {
             });
         }
         let heads = cfg.num_attention_heads as i64;
+        let attention = AttentionPath::choose(device, kind, h / heads);
         Ok(Bert {
             word,
             position,
@@ -176,6 +222,7 @@ impl Bert {
             head_dim: h / heads,
             activation: cfg.activation,
             device,
+            attention: Cell::new(attention),
             weight_bytes: l.bytes,
         })
     }
@@ -190,58 +237,82 @@ impl Bert {
         self.device
     }
 
-    /// Runs the encoder on a batch without computing on padding.
+    /// The attention form the next forward pass runs (after a pass: the form it ran).
+    pub(crate) fn attention_path(&self) -> AttentionPath {
+        self.attention.get()
+    }
+
+    /// Runs the encoder on a batch without computing on padding; returns the last hidden state
+    /// padded, `[b, len, hidden]`.
     ///
-    /// The batch is `b` sequences padded to `len`; `ids`, `type_ids` and `positions` hold only
-    /// the real tokens (`[tokens]`, sequences back to back), and `rows` says where each real
-    /// token sits in the padded `[b * len]` layout. Every projection and feed-forward matmul
-    /// (nearly all the FLOPs) runs on the real tokens alone; only attention, which needs one
-    /// sequence per row, sees the padded layout, with `mask` (`[b, len]`, 1 = token) keeping
-    /// padding out of the keys. Returns the last hidden state padded, `[b, len, hidden]`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward(
-        &self,
-        ids: &Tensor,
-        type_ids: &Tensor,
-        positions: &Tensor,
-        rows: &Tensor,
-        mask: &Tensor,
-        b: i64,
-        len: i64,
-    ) -> Tensor {
-        let tokens = ids.size()[0];
-        let dense = tokens == b * len;
+    /// Every projection and feed-forward matmul (nearly all the FLOPs) runs on the real tokens
+    /// alone. Attention runs packed (no padding at all) where the flash kernel serves the
+    /// model's device and dtype, else on the padded layout with `mask` keeping padding out of
+    /// the keys (see [`crate::attention`]).
+    pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
         let hidden = self.heads * self.head_dim;
-        let x = ids.embedding_with(&self.word) + positions.embedding_with(&self.position) + type_ids.embedding_with(&self.token_type);
-        let mut x = self.emb_norm.forward(&x);
-        // Boolean key mask, broadcast over heads and query positions: true = attend.
-        let attn_mask = mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
-        let pad = |t: &Tensor| -> Tensor {
-            if dense {
-                t.shallow_clone()
-            } else {
-                let width = t.size()[1];
-                Tensor::zeros([b * len, width], (t.kind(), t.device())).index_copy(0, rows, t)
+        let x = t.ids.embedding_with(&self.word)
+            + t.positions.embedding_with(&self.position)
+            + t.type_ids.embedding_with(&self.token_type);
+        let x = self.emb_norm.forward(&x);
+        if self.attention.get() == AttentionPath::Packed {
+            match self.encode_packed(&x, t) {
+                Ok(h) => return t.pad(&h).view([t.b, t.len, hidden]),
+                // Out of memory is not the kernel refusing: the batch is split and retried.
+                Err(msg) if crate::worker::is_out_of_memory(&msg) => panic!("{msg}"),
+                Err(msg) => {
+                    tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
+                    self.attention.set(AttentionPath::Padded);
+                    AttentionPath::Padded.prepare();
+                }
             }
-        };
-        let unpad = |t: Tensor| -> Tensor { if dense { t } else { t.index_select(0, rows) } };
+        }
+        t.pad(&self.encode_padded(x, t)).view([t.b, t.len, hidden])
+    }
+
+    /// The layers with packed attention; `Err` carries libtorch's message when the flash
+    /// kernel refuses (a GPU or dtype it does not support).
+    fn encode_packed(&self, x: &Tensor, t: &BatchInput) -> std::result::Result<Tensor, String> {
+        let tokens = x.size()[0];
+        let hidden = self.heads * self.head_dim;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut x = x.shallow_clone();
         for layer in &self.layers {
-            let qkv = pad(&layer.qkv.forward(&x)).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+            let qkv = layer.qkv.forward(&x).view([tokens, 3, self.heads, self.head_dim]);
+            let ctx = flash_varlen(&qkv.select(1, 0), &qkv.select(1, 1), &qkv.select(1, 2), &t.cu_seqlens, t.len, scale)?
+                .reshape([tokens, hidden]);
+            x = self.feed_forward(layer, &ctx, &x);
+        }
+        Ok(x)
+    }
+
+    /// The layers with padded attention under the key mask; returns `[tokens, hidden]`.
+    fn encode_padded(&self, mut x: Tensor, t: &BatchInput) -> Tensor {
+        let (b, len) = (t.b, t.len);
+        let hidden = self.heads * self.head_dim;
+        // Boolean key mask, broadcast over heads and query positions: true = attend.
+        let attn_mask = t.mask.to_kind(Kind::Bool).view([b, 1, 1, len]);
+        for layer in &self.layers {
+            let qkv = t.pad(&layer.qkv.forward(&x)).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
             let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&attn_mask), 0.0, false, None, false)
                 .transpose(1, 2)
                 .reshape([b * len, hidden]);
-            let ctx = unpad(ctx);
-            let a = layer.attn_norm.forward(&(layer.attn_out.forward(&ctx) + &x));
-            let f = layer.ffn_in.forward(&a);
-            let f = match self.activation {
-                Activation::Gelu => f.gelu("none"),
-                Activation::GeluTanh => f.gelu("tanh"),
-                Activation::Relu => f.relu(),
-            };
-            x = layer.ffn_norm.forward(&(layer.ffn_out.forward(&f) + a));
+            x = self.feed_forward(layer, &t.unpad(ctx), &x);
         }
-        pad(&x).view([b, len, hidden])
+        x
+    }
+
+    /// Attention output projection, residual, norm, feed-forward, residual, norm.
+    fn feed_forward(&self, layer: &Layer, ctx: &Tensor, x: &Tensor) -> Tensor {
+        let a = layer.attn_norm.forward(&(layer.attn_out.forward(ctx) + x));
+        let f = layer.ffn_in.forward(&a);
+        let f = match self.activation {
+            Activation::Gelu => f.gelu("none"),
+            Activation::GeluTanh => f.gelu("tanh"),
+            Activation::Relu => f.relu(),
+        };
+        layer.ffn_norm.forward(&(layer.ffn_out.forward(&f) + a))
     }
 }
 

@@ -34,6 +34,7 @@
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
+mod attention;
 mod bert;
 mod config;
 mod device;

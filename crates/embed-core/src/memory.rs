@@ -26,6 +26,7 @@ extern "C" {
         -> c_int;
     fn embed_accel_synchronize(device: c_int, err: *mut c_char, len: usize) -> c_int;
     fn embed_accel_empty_cache(err: *mut c_char, len: usize) -> c_int;
+    fn embed_accel_empty_host_cache(err: *mut c_char, len: usize) -> c_int;
 }
 
 fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
@@ -110,6 +111,16 @@ pub fn empty_cache() -> Result<()> {
     }
     // SAFETY: the shim catches every C++ exception.
     call(|e, n| unsafe { embed_accel_empty_cache(e, n) })
+}
+
+/// Returns the pinned host blocks that libtorch's CUDA host allocator keeps cached (CUDA input
+/// uploads are staged in pinned memory) to the driver. A no-op without an accelerator.
+pub fn empty_pinned_host_cache() -> Result<()> {
+    if !accelerator_available() {
+        return Ok(());
+    }
+    // SAFETY: the shim catches every C++ exception.
+    call(|e, n| unsafe { embed_accel_empty_host_cache(e, n) })
 }
 
 /// Resident set size of this process in bytes (from `/proc/self/statm`).

@@ -435,6 +435,7 @@ impl DenseEmbeddingService {
             tokens: s.tokens.load(Ordering::Relaxed),
             padded_tokens: s.padded_tokens.load(Ordering::Relaxed),
             oom_splits: s.oom_splits.load(Ordering::Relaxed),
+            packed_attention_batches: s.packed_batches.load(Ordering::Relaxed),
         })
     }
 }
@@ -454,6 +455,9 @@ pub struct BatchStats {
     pub padded_tokens: u64,
     /// Times a batch was split after running out of memory.
     pub oom_splits: u64,
+    /// Forward passes whose attention ran packed (variable-length flash attention, no
+    /// padding: CUDA in f16/bf16); the others ran padded attention.
+    pub packed_attention_batches: u64,
 }
 
 struct Loaded {
@@ -516,6 +520,7 @@ fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {
     let _ = memory::cuda_synchronize(i);
     let before = memory::cuda_memory(i).ok().map(|s| s.reserved);
     let _ = memory::empty_cache();
+    let _ = memory::empty_pinned_host_cache();
     let after = memory::cuda_memory(i).ok().map(|s| s.reserved);
     (before, after)
 }

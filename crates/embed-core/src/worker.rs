@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use crate::bert::{pool, Bert};
+use crate::attention::AttentionPath;
+use crate::bert::{pool, BatchInput, Bert};
 use crate::config::Pooling;
 use crate::{memory, Error, FaultInjection, ResolvedDevice, Result};
 
@@ -48,6 +49,7 @@ pub(crate) struct WorkerStats {
     pub(crate) tokens: AtomicU64,
     pub(crate) padded_tokens: AtomicU64,
     pub(crate) oom_splits: AtomicU64,
+    pub(crate) packed_batches: AtomicU64,
 }
 
 pub(crate) struct WorkerConfig {
@@ -146,26 +148,31 @@ fn process(model: &Bert, jobs: Vec<Job>, cfg: &WorkerConfig) {
 
     let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
     let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
-
+    // Two batches in flight: the next batch is prepared, uploaded and queued on the device
+    // before the previous one's vectors are read back, so the GPU never waits for the CPU
+    // between batches. (On the CPU, "launching" computes and finishing only copies.)
+    let mut pending: Option<(&[Item], Launched)> = None;
     for batch in make_batches(&items, cfg.max_batch_tokens, cfg.max_batch_size) {
         let wanted = batch.iter().any(|it| failed[it.job].is_none() && !jobs[it.job].reply.is_closed());
         if !wanted {
             continue;
         }
-        match run_split(model, &jobs, batch, cfg) {
-            Ok(rows) => {
-                for (it, row) in batch.iter().zip(rows) {
-                    out[it.job][it.seq] = row;
+        match catch_unwind(AssertUnwindSafe(|| launch(model, &jobs, batch, cfg))) {
+            Ok(pooled) => {
+                if let Some((done, pooled)) = pending.replace((batch, pooled)) {
+                    deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
                 }
             }
-            Err(e) => {
-                for it in batch {
-                    if failed[it.job].is_none() {
-                        failed[it.job] = Some(e.clone_for_reply());
-                    }
+            Err(payload) => {
+                if let Some((done, pooled)) = pending.take() {
+                    deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
                 }
+                deliver(&mut out, &mut failed, batch, recover(model, &jobs, batch, cfg, panic_message(payload.as_ref())));
             }
         }
+    }
+    if let Some((done, pooled)) = pending.take() {
+        deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
     }
 
     for ((job, rows), err) in jobs.into_iter().zip(out).zip(failed) {
@@ -175,6 +182,24 @@ fn process(model: &Bert, jobs: Vec<Job>, cfg: &WorkerConfig) {
             None => Ok(rows),
         };
         let _ = job.reply.send(result);
+    }
+}
+
+/// Puts a batch's rows where their jobs expect them, or marks the jobs failed.
+fn deliver(out: &mut [Vec<Vec<f32>>], failed: &mut [Option<Error>], batch: &[Item], result: Result<Vec<Vec<f32>>>) {
+    match result {
+        Ok(rows) => {
+            for (it, row) in batch.iter().zip(rows) {
+                out[it.job][it.seq] = row;
+            }
+        }
+        Err(e) => {
+            for it in batch {
+                if failed[it.job].is_none() {
+                    failed[it.job] = Some(e.clone_for_reply());
+                }
+            }
+        }
     }
 }
 
@@ -217,19 +242,37 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-fn is_out_of_memory(msg: &str) -> bool {
+pub(crate) fn is_out_of_memory(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
 }
 
-/// Runs `batch`; on out-of-memory empties the cache and retries each half, down to single
-/// inputs. Any other panic becomes `WorkerPanicked` for the inputs of this batch only.
+/// Runs `batch` start to finish; on out-of-memory empties the cache and retries each half,
+/// down to single inputs. Any other panic becomes `WorkerPanicked` for the inputs of this
+/// batch only.
 fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
-    let attempt = catch_unwind(AssertUnwindSafe(|| forward_batch(model, jobs, batch, cfg)));
-    let msg = match attempt {
-        Ok(rows) => return Ok(rows),
-        Err(payload) => panic_message(payload.as_ref()),
-    };
+    let attempt = catch_unwind(AssertUnwindSafe(|| {
+        let pooled = launch(model, jobs, batch, cfg);
+        download(pooled, batch, cfg)
+    }));
+    match attempt {
+        Ok(rows) => Ok(rows),
+        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+    }
+}
+
+/// Reads back a launched batch's vectors; a failure there (an error the device reports late)
+/// is handled like a failed launch.
+fn collect(model: &Bert, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+    match catch_unwind(AssertUnwindSafe(|| download(pooled, batch, cfg))) {
+        Ok(rows) => Ok(rows),
+        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+    }
+}
+
+/// What a batch whose forward pass panicked with `msg` gets: out of memory is split and
+/// retried, anything else fails the batch's inputs.
+fn recover(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
     if !is_out_of_memory(&msg) {
         tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
         return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
@@ -253,33 +296,52 @@ fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> 
     Ok(rows)
 }
 
-/// Pads the batch, runs the encoder and pooling; returns one un-normalised row per item.
+/// A batch queued on the device.
+struct Launched {
+    /// The pooled `[b, hidden]` f32 vectors, still on the device (not waited for).
+    pooled: Tensor,
+    /// Whether its attention ran packed.
+    packed: bool,
+}
+
+/// Packs the batch, uploads it and queues the encoder and pooling on the model's device.
 /// Panics (caught by the caller) on libtorch errors, as tch's infallible API does.
-fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
+fn launch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Launched {
     let b = batch.len();
     let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
-    let real_tokens: usize = batch.iter().map(|it| it.len).sum();
-    // Real tokens back to back, and where each sits in the padded [b * len] layout.
-    let mut ids = Vec::with_capacity(real_tokens);
-    let mut types = Vec::with_capacity(real_tokens);
-    let mut positions = Vec::with_capacity(real_tokens);
-    let mut rows = Vec::with_capacity(real_tokens);
-    let mut mask = vec![0i64; b * len];
-    let mut pool_mask = vec![0i64; b * len];
+    let tokens: usize = batch.iter().map(|it| it.len).sum();
+    // Everything the device needs in one buffer, so one upload: real tokens back to back
+    // (ids, type ids, positions), where each sits in the padded [b * len] layout, the attention
+    // and pooling masks, and the sequence bounds.
+    let sections = [tokens, tokens, tokens, tokens, b * len, b * len, b + 1];
+    let mut host = vec![0i64; sections.iter().sum()];
+    let (ids, rest) = host.split_at_mut(tokens);
+    let (types, rest) = rest.split_at_mut(tokens);
+    let (positions, rest) = rest.split_at_mut(tokens);
+    let (rows, rest) = rest.split_at_mut(tokens);
+    let (mask, rest) = rest.split_at_mut(b * len);
+    let (pool_mask, cu_seqlens) = rest.split_at_mut(b * len);
     let mut poisoned = false;
+    let mut at = 0;
     for (row, it) in batch.iter().enumerate() {
         let seq = &jobs[it.job].seqs[it.seq];
         let n = seq.ids.len();
         poisoned |= seq.poisoned;
         let base = row * len;
-        ids.extend_from_slice(&seq.ids);
-        types.extend_from_slice(&seq.type_ids);
-        positions.extend(0..n as i64);
-        rows.extend((base..base + n).map(|r| r as i64));
+        ids[at..at + n].copy_from_slice(&seq.ids);
+        types[at..at + n].copy_from_slice(&seq.type_ids);
+        for (i, p) in positions[at..at + n].iter_mut().enumerate() {
+            *p = i as i64;
+        }
+        for (i, r) in rows[at..at + n].iter_mut().enumerate() {
+            *r = (base + i) as i64;
+        }
         mask[base..base + n].fill(1);
         // Never pool over nothing: keep at least the last token if the prompt covered it all.
         let skip = seq.pool_skip.min(n.saturating_sub(1));
         pool_mask[base + skip..base + n].fill(1);
+        at += n;
+        cu_seqlens[row + 1] = at as i64;
     }
     if let Some(d) = cfg.faults.forward_delay {
         std::thread::sleep(d);
@@ -287,33 +349,52 @@ fn forward_batch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig)
     if poisoned {
         panic!("injected panic: an input matched FaultInjection::panic_on_text");
     }
+    let dev = model.device();
     if let Some(limit) = cfg.faults.oom_above_batch_tokens {
         if b * len > limit {
             // A real allocation far beyond any machine's memory: libtorch's allocator fails with
             // its own out-of-memory error, exactly as a genuine OOM would surface.
-            let _ = Tensor::empty([1i64 << 46], (Kind::Float, model.device()));
+            let _ = Tensor::empty([1i64 << 46], (Kind::Float, dev));
         }
     }
-    let dev = model.device();
-    let flat = |v: &[i64]| Tensor::from_slice(v).to_device(dev);
-    let padded = |v: &[i64]| Tensor::from_slice(v).view([b as i64, len as i64]).to_device(dev);
-    let hidden = model.forward(
-        &flat(&ids),
-        &flat(&types),
-        &flat(&positions),
-        &flat(&rows),
-        &padded(&mask),
-        b as i64,
-        len as i64,
-    );
-    let pooled = pool(&hidden, &padded(&pool_mask), cfg.pooling).to_device(tch::Device::Cpu).contiguous();
+    let host = Tensor::from_slice(&host);
+    let all = if dev.is_cuda() {
+        // From pinned memory the copy is queued, not waited for: a pageable upload would
+        // synchronise the stream and wait for the batch still running.
+        host.pin_memory(dev).to_device_(dev, Kind::Int64, true, false)
+    } else {
+        host
+    };
+    let mut offset = 0;
+    let mut section = |n: usize| {
+        let t = all.narrow(0, offset, n as i64);
+        offset += n as i64;
+        t
+    };
+    let (bl, bn) = (b * len, b + 1);
+    let (ids, type_ids, positions, rows) = (section(tokens), section(tokens), section(tokens), section(tokens));
+    let (mask, pool_mask, cu_seqlens) = (section(bl), section(bl), section(bn).to_kind(Kind::Int));
+    let (b, len) = (b as i64, len as i64);
+    let (mask, pool_mask) = (mask.view([b, len]), pool_mask.view([b, len]));
+    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, b, len };
+    let hidden = model.forward(&input);
+    Launched { pooled: pool(&hidden, &pool_mask, cfg.pooling), packed: model.attention_path() == AttentionPath::Packed }
+}
+
+/// Waits for a launched batch and returns one un-normalised row per item.
+fn download(launched: Launched, batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
+    let pooled = launched.pooled.to_device(tch::Device::Cpu).contiguous();
     let dim = pooled.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
-
+    let tokens: usize = batch.iter().map(|it| it.len).sum();
+    let padded = batch.len() * batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
     cfg.stats.batches.fetch_add(1, Ordering::Relaxed);
-    cfg.stats.sequences.fetch_add(b as u64, Ordering::Relaxed);
-    cfg.stats.tokens.fetch_add(real_tokens as u64, Ordering::Relaxed);
-    cfg.stats.padded_tokens.fetch_add((b * len) as u64, Ordering::Relaxed);
+    cfg.stats.sequences.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    cfg.stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+    cfg.stats.padded_tokens.fetch_add(padded as u64, Ordering::Relaxed);
+    if launched.packed {
+        cfg.stats.packed_batches.fetch_add(1, Ordering::Relaxed);
+    }
     flat.chunks(dim).map(<[f32]>::to_vec).collect()
 }
 
