@@ -29,9 +29,10 @@ bundle() {
     rm -rf gpu-bundle && mkdir -p gpu-bundle
     cargo build -q -p embed-server --example leak_check
     cp "$(test_binary embed-core cuda)" gpu-bundle/core-cuda-tests
+    cp "$(test_binary embed-core cuda_attention)" gpu-bundle/core-cuda-attention-tests
     cp "$(test_binary embed-pool pool_cuda)" gpu-bundle/pool-cuda-tests
     cp target/debug/examples/leak_check gpu-bundle/leak_check
-    strip gpu-bundle/core-cuda-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check
+    strip gpu-bundle/core-cuda-tests gpu-bundle/core-cuda-attention-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check
     du -sh gpu-bundle
     local bytes
     bytes=$(du -sb gpu-bundle | cut -f1)
@@ -52,6 +53,7 @@ run() {
     export EMBED_TEST_CUDA=1
     local status=0
     ./gpu-bundle/core-cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/core-cuda-tests.log" || status=1
+    ./gpu-bundle/core-cuda-attention-tests --ignored --test-threads=1 --nocapture 2>&1 | tee "$out/core-cuda-attention-tests.log" || status=1
     ./gpu-bundle/pool-cuda-tests --test-threads=1 --nocapture 2>&1 | tee "$out/pool-cuda-tests.log" || status=1
     local model="$out/minilm-shaped"
     ./gpu-bundle/leak_check --write-model "$model"
