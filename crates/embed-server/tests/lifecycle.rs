@@ -13,19 +13,19 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_keeps_its_deadline_with_large_requests_in_flight() {
     let model = format!("minilm={}", minilm_dir().display());
-    let server = Server::start(&["--model", &model, "--shutdown-deadline", "3"]);
+    let server = Server::start(&["--model", &model, "--shutdown-deadline", "3", "--max-inputs", "2048", "--max-body-bytes", "16000000"]);
     let client = reqwest::Client::new();
     server.wait_ready(&client).await;
-    // 8 requests of 512 inputs at MiniLM's 256-token limit: minutes of work on a CPU.
-    let texts: Vec<String> = (0..512).map(|i| format!("a long request text, number {i}, ").repeat(40)).collect();
+    // 8 requests of 2048 inputs at MiniLM's 256-token limit: many minutes of work on a CPU.
+    let texts: Vec<String> = (0..2048).map(|i| format!("a long request text, number {i}, ").repeat(40)).collect();
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (client, base, texts) = (client.clone(), server.base.clone(), texts.clone());
             tokio::spawn(async move { client.post(format!("{base}/embed")).json(&json!({"inputs": texts})).send().await })
         })
         .collect();
-    // Wait until the requests are at the model (bounded), then stop.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Wait until the requests are at the model (bounded: at most 5 s), then stop.
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let m = client.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
         let queued: f64 = m.lines().find_map(|l| l.strip_prefix("embed_queue_depth{model=\"minilm\"} ")).and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -88,11 +88,27 @@ fn sigterm_right_after_start_is_logged_and_handled() {
     assert!(log.contains("signal received"), "{log}");
 }
 
+/// Runs the server to completion, killing it after `limit` (a server that should have exited).
+fn output_within(mut cmd: std::process::Command, limit: Duration) -> std::process::Output {
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    out
+}
+
 #[test]
 fn a_preload_that_cannot_succeed_stops_the_server() {
     let missing = std::env::temp_dir().join(format!("embed-no-such-model-{}", std::process::id()));
     let model = format!("gone={}", missing.display());
-    let out = common::command(&["--model", &model]).output().unwrap();
+    let out = output_within(common::command(&["--model", &model]), Duration::from_secs(60));
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("could not be preloaded") && log.contains("gone"), "{log}");
@@ -122,7 +138,7 @@ fn a_preload_that_cannot_succeed_stops_the_server() {
 #[test]
 fn zero_limits_are_refused_at_startup() {
     for flag in ["--max-inputs", "--max-connections", "--max-body-bytes"] {
-        let out = common::command(&["--model", "x=/nowhere", flag, "0"]).output().unwrap();
+        let out = output_within(common::command(&["--model", "x=/nowhere", flag, "0"]), Duration::from_secs(60));
         let log = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{flag} 0: {log}");
         assert!(log.contains("must be at least 1"), "{log}");
