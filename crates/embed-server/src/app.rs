@@ -1,8 +1,8 @@
-//! Application state, the router with its middleware, and the serve loop.
+//! Application state and the router with its middleware.
 
-use std::future::{Future, IntoFuture};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -11,8 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use embed_pool::{CloseReport, Pool};
-use tokio::net::TcpListener;
+use embed_core::ModelInfo;
+use embed_pool::{Lease, Pool};
+use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -32,13 +33,23 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
+    /// What each model said about itself when it was last leased, so read-only routes such as
+    /// `/info` never need a lease (which could load one model and evict another).
+    infos: Arc<Mutex<HashMap<String, ModelInfo>>>,
 }
 
 impl AppState {
     /// State over `pool` (which decides which model names resolve) with `config`.
     pub fn new(pool: Pool, config: ServerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.limits.max_concurrent.max(1)));
-        AppState { pool, config: Arc::new(config), metrics: Arc::new(Metrics::default()), ready: Arc::new(AtomicBool::new(false)), permits }
+        AppState {
+            metrics: Arc::new(Metrics::new(pool.clone())),
+            pool,
+            config: Arc::new(config),
+            ready: Arc::new(AtomicBool::new(false)),
+            permits,
+            infos: Arc::default(),
+        }
     }
 
     /// The pool.
@@ -56,7 +67,7 @@ impl AppState {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Sets readiness (done by [`serve`] after preloading, and cleared at shutdown).
+    /// Sets readiness (done by [`crate::serve`] after preloading, and cleared at shutdown).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
     }
@@ -64,11 +75,28 @@ impl AppState {
     /// Loads the configured preload models; ready afterwards.
     pub async fn preload(&self) -> Result<(), embed_pool::PoolError> {
         for name in &self.config.preload {
-            self.pool.preload(name).await?;
+            drop(self.lease(name).await?);
             tracing::info!(model = %name, "preloaded");
         }
         self.set_ready(true);
         Ok(())
+    }
+
+    /// A lease on `name` (loading it if needed), remembering the model's info.
+    pub(crate) async fn lease(&self, name: &str) -> Result<Lease, embed_pool::PoolError> {
+        let lease = self.pool.get(name).await?;
+        let known = self.infos.lock().unwrap_or_else(PoisonError::into_inner).contains_key(name);
+        if !known {
+            if let Some(info) = lease.info() {
+                self.infos.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), info);
+            }
+        }
+        Ok(lease)
+    }
+
+    /// The info `name` gave when it was last loaded, without touching the pool.
+    pub(crate) fn known_info(&self, name: &str) -> Option<ModelInfo> {
+        self.infos.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
     }
 }
 
@@ -98,6 +126,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .merge(protected)
         .merge(open)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), body_size))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -120,6 +150,27 @@ async fn not_found(req: Request) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method())).flavor(Flavor::of_path(&path))
 }
 
+async fn method_not_allowed(req: Request) -> ApiError {
+    let path = req.uri().path().to_string();
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed on {path}", req.method()))
+        .flavor(Flavor::of_path(&path))
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it, so a
+/// client that sent `Expect: 100-continue` gets 413 instead of `100 Continue`.
+async fn body_size(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.config.limits.max_body_bytes;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
+                .flavor(Flavor::of_path(req.uri().path()))
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let msg = payload
         .downcast_ref::<String>()
@@ -130,42 +181,69 @@ fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response 
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the request handler panicked (logged)").into_response()
 }
 
-/// Records status and latency per matched route.
+/// Records status and latency per matched route; a request whose client went away before the
+/// response is counted with status `499` (nginx's "client closed request").
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let started = Instant::now();
+    let guard = RequestRecord { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
     let resp = next.run(req).await;
-    state.metrics.record_request(&route, resp.status().as_u16(), started.elapsed());
+    RequestRecord::finish(guard, resp.status().as_u16());
     resp
 }
 
-/// Bearer-token check in constant time; `/health`, `/ready`, `/metrics` are outside it.
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(key) = state.config.api_key.as_deref() else { return next.run(req).await };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
-        next.run(req).await
-    } else {
-        let flavor = Flavor::of_path(req.uri().path());
-        ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)")
-            .flavor(flavor)
-            .into_response()
+/// Records the request when dropped: with its status, or as cancelled.
+#[must_use = "the request is recorded when this is dropped"]
+struct RequestRecord {
+    metrics: Arc<Metrics>,
+    route: String,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl RequestRecord {
+    fn finish(mut this: Self, status: u16) {
+        this.status = Some(status);
     }
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a key matched.
-/// (The length of the configured key is not treated as secret.)
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
-    for i in 0..b.len() {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b[i];
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        self.metrics.record_request(&self.route, self.status.unwrap_or(499), self.started.elapsed());
     }
-    std::hint::black_box(diff) == 0
+}
+
+/// Bearer-token check; `/health`, `/ready`, `/metrics` are outside it. The scheme is
+/// case-insensitive (RFC 9110); a 401 carries `WWW-Authenticate: Bearer` (RFC 6750).
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = state.config.api_key.as_deref() else { return next.run(req).await };
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| bearer_token(v.as_bytes()));
+    if given.is_some_and(|token| key_matches(token, key.as_bytes())) {
+        next.run(req).await
+    } else {
+        let flavor = Flavor::of_path(req.uri().path());
+        let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)")
+            .flavor(flavor)
+            .into_response();
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        resp
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value, any case of the scheme.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Whether `given` is exactly `key`. The bytes are compared in constant time; a different
+/// length fails at once (the length of the configured key is not treated as secret).
+fn key_matches(given: &[u8], key: &[u8]) -> bool {
+    given.len() == key.len() && bool::from(given.ct_eq(key))
 }
 
 /// At most `max_concurrent` requests at once; the rest get 429 with Retry-After.
@@ -201,62 +279,28 @@ async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Re
     }
 }
 
-/// What [`serve`] did on the way out.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Whether in-flight requests all finished before the deadline.
-    pub drained: bool,
-    /// What closing the pool released.
-    pub pool: CloseReport,
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves: preloads (then `/ready` is 200),
-/// serves, and at shutdown stops accepting, lets in-flight requests finish within
-/// `config.shutdown_deadline`, then closes the pool so every model's memory is released.
-/// Binds nothing and installs no signal handler: both are the caller's.
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<ShutdownReport> {
-    let app = router::<()>(state.clone());
-    let preload_state = state.clone();
-    let preload = tokio::spawn(async move {
-        if let Err(e) = preload_state.preload().await {
-            tracing::error!("preloading failed: {e}; /ready stays 503");
-        }
-    });
-    let (fired_tx, fired_rx) = tokio::sync::oneshot::channel::<()>();
-    let not_ready = state.clone();
-    let graceful = async move {
-        shutdown.await;
-        not_ready.set_ready(false);
-        tracing::info!("shutdown requested: no new connections; draining in-flight requests");
-        let _ = fired_tx.send(());
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(graceful);
-    let deadline = state.config.shutdown_deadline;
-    let drained = tokio::select! {
-        r = server.into_future() => { r?; true }
-        _ = async { let _ = fired_rx.await; tokio::time::sleep(deadline).await } => {
-            tracing::warn!("in-flight requests did not finish within {deadline:?}; closing anyway");
-            false
-        }
-    };
-    preload.abort();
-    let pool = state.pool.close().await;
-    tracing::info!(released = pool.released, "pool closed; models released");
-    Ok(ShutdownReport { drained, pool })
-}
-
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, key_matches};
 
     #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secreT", b"secret"));
-        assert!(!constant_time_eq(b"secret-longer", b"secret"));
-        assert!(!constant_time_eq(b"", b"secret"));
-        assert!(!constant_time_eq(b"sec", b"secret"));
+    fn keys_compare_exactly() {
+        assert!(key_matches(b"secret", b"secret"));
+        assert!(!key_matches(b"secreT", b"secret"));
+        assert!(!key_matches(b"secret-longer", b"secret"));
+        assert!(!key_matches(b"", b"secret"));
+        assert!(!key_matches(b"sec", b"secret"));
+        let long = [b"secret".as_slice(), &[0u8; 65_536]].concat();
+        assert!(!key_matches(&long, b"secret"), "a length difference of 2^16 is still a difference");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(b"abc".as_slice()));
+        assert_eq!(bearer_token(b"bearer abc"), Some(b"abc".as_slice()));
+        assert_eq!(bearer_token(b"BEARER  abc "), Some(b"abc".as_slice()));
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
     }
 }
-

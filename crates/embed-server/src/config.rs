@@ -18,6 +18,14 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Default of `truncate` when a request does not say (true: truncate long inputs; false: 422).
     pub truncate_by_default: bool,
+    /// Open client connections at most. At the cap the server stops accepting: new connections
+    /// wait in the kernel's listen backlog until one closes, so no descriptor is spent on them.
+    pub max_connections: usize,
+    /// Time a client gets to send a complete request head, counted from its first byte (and,
+    /// on a new connection, from the accept).
+    pub header_read_timeout: Duration,
+    /// Time a kept-alive connection may stay silent between requests before it is closed.
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -28,6 +36,11 @@ impl Default for Limits {
             max_concurrent: 512,
             request_timeout: Duration::from_secs(60),
             truncate_by_default: true,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            // Longer than the 60 s idle timeout of common load balancers, so the balancer, not
+            // the server, closes an idle upstream connection (no race on a reused socket).
+            keep_alive_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -45,8 +58,12 @@ pub struct ServerConfig {
     /// When set, every route except `/health`, `/ready` and `/metrics` needs
     /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
-    /// How long in-flight requests may run after shutdown starts.
+    /// How long in-flight requests may run after shutdown starts. The whole shutdown (drain,
+    /// then releasing every model) ends within this plus [`crate::CLOSE_MARGIN`].
     pub shutdown_deadline: Duration,
+    /// When a preload fails, keep serving (`/ready` stays 503) instead of stopping with
+    /// [`crate::ServeError::Preload`]. Default false.
+    pub allow_degraded_start: bool,
     /// Where the binary listens (the library never binds by itself).
     pub bind: SocketAddr,
 }
@@ -61,6 +78,7 @@ impl ServerConfig {
             limits: Limits::default(),
             api_key: None,
             shutdown_deadline: Duration::from_secs(30),
+            allow_degraded_start: false,
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
         }
     }
@@ -86,6 +104,12 @@ impl ServerConfig {
     /// Sets the shutdown deadline.
     pub fn with_shutdown_deadline(mut self, deadline: Duration) -> Self {
         self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// Keep serving when a preload fails (see [`ServerConfig::allow_degraded_start`]).
+    pub fn with_allow_degraded_start(mut self, allow: bool) -> Self {
+        self.allow_degraded_start = allow;
         self
     }
 
@@ -115,6 +139,21 @@ impl Limits {
     /// Sets `request_timeout`.
     pub fn with_request_timeout(mut self, d: Duration) -> Self {
         self.request_timeout = d;
+        self
+    }
+    /// Sets `max_connections`.
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+    /// Sets `header_read_timeout`.
+    pub fn with_header_read_timeout(mut self, d: Duration) -> Self {
+        self.header_read_timeout = d;
+        self
+    }
+    /// Sets `keep_alive_timeout`.
+    pub fn with_keep_alive_timeout(mut self, d: Duration) -> Self {
+        self.keep_alive_timeout = d;
         self
     }
     /// Sets `truncate_by_default`.

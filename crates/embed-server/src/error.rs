@@ -1,10 +1,18 @@
 //! API errors, rendered in the shape of the route's API: TEI's `{"error","error_type"}` or
 //! OpenAI's `{"error":{"message","type","param","code"}}`.
+//!
+//! Status codes: malformed JSON 400; wrong types or invalid values 422 on TEI routes and 400 on
+//! OpenAI routes (as OpenAI answers); too large a body 413; unknown model 404; a model whose
+//! files or settings cannot work (missing directory or weights, dtype the device cannot run)
+//! 424 Failed Dependency, without `Retry-After`, because retrying cannot help; overload 429 and
+//! loading/draining 503, both with `Retry-After`; out of memory 507; timeout 504; internal 500.
+
+use std::borrow::Cow;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use embed_pool::PoolError;
-use serde_json::json;
+use serde::Serialize;
 
 /// Which API's error shape to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,7 +37,7 @@ impl Flavor {
 /// An error response.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status (on OpenAI routes a 422 is sent as 400).
     pub status: StatusCode,
     /// Human-readable message naming the problem.
     pub message: String,
@@ -38,18 +46,20 @@ pub struct ApiError {
     /// The shape to render.
     pub flavor: Flavor,
     /// The request field at fault (OpenAI's `param`).
-    pub param: Option<&'static str>,
+    pub param: Option<Cow<'static, str>>,
+    /// A machine-readable code (OpenAI's `code`), such as `model_not_found`.
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
     /// A new error in the TEI shape.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after: None, flavor: Flavor::Tei, param: None }
+        ApiError { status, message: message.into(), retry_after: None, flavor: Flavor::Tei, param: None, code: None }
     }
 
-    /// 422 for a bad value in `param`.
-    pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError { param: Some(param), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message) }
+    /// 422 (400 on OpenAI routes) for a bad value in `param`.
+    pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
+        ApiError { param: Some(param.into()), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message) }
     }
 
     /// Renders in `flavor`'s shape.
@@ -64,10 +74,26 @@ impl ApiError {
         self
     }
 
+    /// Sets the machine-readable code.
+    pub fn code(mut self, code: &'static str) -> Self {
+        self.code = Some(code);
+        self
+    }
+
+    /// The status sent: OpenAI answers invalid requests with 400 where TEI uses 422.
+    pub fn wire_status(&self) -> StatusCode {
+        match (self.flavor, self.status) {
+            (Flavor::OpenAi, StatusCode::UNPROCESSABLE_ENTITY) => StatusCode::BAD_REQUEST,
+            (_, s) => s,
+        }
+    }
+
     fn tei_type(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "Unauthorized",
             404 => "NotFound",
+            405 => "MethodNotAllowed",
+            409 => "Conflict",
             408 | 504 => "Timeout",
             413 | 400 | 415 | 422 => "Validation",
             429 => "Overloaded",
@@ -81,10 +107,18 @@ impl ApiError {
         match self.status.as_u16() {
             401 => "authentication_error",
             404 => "not_found_error",
-            429 => "rate_limit_exceeded",
-            400 | 409 | 413 | 415 | 422 => "invalid_request_error",
+            429 => "rate_limit_error",
+            400 | 405 | 409 | 413 | 415 | 422 => "invalid_request_error",
             _ => "server_error",
         }
+    }
+
+    fn openai_code(&self) -> Option<&'static str> {
+        self.code.or(match self.status.as_u16() {
+            401 => Some("invalid_api_key"),
+            429 => Some("rate_limit_exceeded"),
+            _ => None,
+        })
     }
 }
 
@@ -94,16 +128,41 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+#[derive(Serialize)]
+struct TeiBody<'a> {
+    error: &'a str,
+    error_type: &'a str,
+}
+
+#[derive(Serialize)]
+struct OpenAiBody<'a> {
+    error: OpenAiError<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiError<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.flavor {
-            Flavor::Tei => json!({ "error": self.message, "error_type": self.tei_type() }),
-            Flavor::OpenAi => json!({ "error": {
-                "message": self.message, "type": self.openai_type(), "param": self.param,
-                "code": self.status.as_u16().to_string(),
-            }}),
+        let status = self.wire_status();
+        let mut resp = match self.flavor {
+            Flavor::Tei => (status, axum::Json(TeiBody { error: &self.message, error_type: self.tei_type() })).into_response(),
+            Flavor::OpenAi => {
+                let error = OpenAiError {
+                    message: &self.message,
+                    kind: self.openai_type(),
+                    param: self.param.as_deref(),
+                    code: self.openai_code(),
+                };
+                (status, axum::Json(OpenAiBody { error })).into_response()
+            }
         };
-        let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
@@ -111,17 +170,53 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A message for a load error that cannot go away by retrying, without host paths; `None` for
+/// errors that may be transient. The full error (with paths) goes to the log.
+fn permanent_load_error(e: &embed_core::Error) -> Option<String> {
+    use embed_core::Error as E;
+    let file = |p: &std::path::Path| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    Some(match e {
+        E::InvalidSource { .. } => "its source is not an existing directory nor a hub id".into(),
+        E::MissingFile { path, .. } => format!("model file {} is missing", file(path)),
+        E::Io { path, .. } => format!("model file {} cannot be read", file(path)),
+        E::InvalidConfig { path, .. } => format!("config {} is invalid", file(path)),
+        E::UnsupportedArchitecture { model_type, .. } => format!("architecture {model_type:?} is not supported"),
+        E::InvalidWeights { path, .. } => format!("weights {} are invalid", file(path)),
+        E::WeightsMismatch { path, .. } => format!("weights {} do not match its config", file(path)),
+        E::Tokenizer { path, .. } => format!("tokenizer {} cannot be loaded", file(path)),
+        E::InvalidDevice(_)
+        | E::InvalidDtype(_)
+        | E::UnsupportedDtype { .. }
+        | E::DeviceUnavailable { .. }
+        | E::InvalidOption { .. } => e.to_string(),
+        _ => return None,
+    })
+}
+
 impl From<PoolError> for ApiError {
     fn from(e: PoolError) -> Self {
         let msg = e.to_string();
         match &e {
-            PoolError::UnknownModel { .. } | PoolError::InvalidSource { .. } => ApiError::new(StatusCode::NOT_FOUND, msg),
+            PoolError::UnknownModel { .. } | PoolError::InvalidSource { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, msg).code("model_not_found")
+            }
             PoolError::Exhausted { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
             PoolError::ModelTooLarge { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg),
             PoolError::Leased { .. } => ApiError::new(StatusCode::CONFLICT, msg),
             PoolError::Load { source, .. } if source.is_out_of_memory() => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg)
             }
+            PoolError::Load { name, source } => match permanent_load_error(source) {
+                Some(why) => {
+                    tracing::error!(model = %name, "model cannot be loaded: {source}");
+                    ApiError::new(
+                        StatusCode::FAILED_DEPENDENCY,
+                        format!("model {name:?} cannot be loaded: {why} (details in the server log)"),
+                    )
+                    .code("model_load_failed")
+                }
+                None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
+            },
             _ => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
         }
     }
@@ -144,4 +239,13 @@ impl From<embed_core::Error> for ApiError {
             }
         }
     }
+}
+
+/// Why [`crate::serve`] stopped on its own.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A model in `config.preload` could not be loaded (and `allow_degraded_start` is off).
+    #[error("preloading failed: {0}")]
+    Preload(#[from] PoolError),
 }

@@ -13,6 +13,10 @@
 //! [`router`] (nest it in your axum app) or [`serve`] with your own listener and shutdown future.
 //! The library never binds a port or installs a signal handler; the `embed-server` binary does.
 //!
+//! [`serve`] speaks HTTP/1.1 (hyper) and defends itself: at most `limits.max_connections` open
+//! connections (more wait in the listen backlog), a header-read timeout, an idle keep-alive
+//! timeout, and a shutdown that ends within `shutdown_deadline` plus [`CLOSE_MARGIN`].
+//!
 //! ```
 //! # let (_tmp, dir) = embed_testkit::TinyModel::default().write_temp();
 //! use embed_core::ModelSpec;
@@ -36,12 +40,15 @@
 mod api;
 mod app;
 mod config;
+mod conn;
 mod error;
 mod metrics;
+mod serve;
 
-pub use app::{router, serve, AppState, ShutdownReport};
+pub use app::{router, AppState};
 pub use config::{Limits, ServerConfig};
-pub use error::{ApiError, Flavor};
+pub use error::{ApiError, Flavor, ServeError};
+pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};
 pub use metrics::Metrics;
 
 pub use embed_pool;

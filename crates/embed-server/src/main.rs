@@ -74,9 +74,23 @@ struct Args {
     /// Require `Authorization: Bearer <key>` (all routes but /health, /ready, /metrics).
     #[arg(long, env = "EMBED_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM; releasing the models
+    /// takes at most 5 s more.
     #[arg(long, env = "EMBED_SHUTDOWN_DEADLINE")]
     shutdown_deadline: Option<u64>,
+    /// Open connections at most (default 1024, lowered to fit the file-descriptor limit); more
+    /// clients wait in the listen backlog.
+    #[arg(long, env = "EMBED_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a client gets to send a complete request head (default 10).
+    #[arg(long, env = "EMBED_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<f64>,
+    /// Seconds an idle keep-alive connection stays open between requests (default 75).
+    #[arg(long, env = "EMBED_KEEP_ALIVE_TIMEOUT")]
+    keep_alive_timeout: Option<f64>,
+    /// Keep serving (with /ready 503) when a preload fails, instead of exiting non-zero.
+    #[arg(long, env = "EMBED_ALLOW_DEGRADED_START")]
+    allow_degraded_start: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -98,6 +112,10 @@ struct FileConfig {
     no_truncate: Option<bool>,
     api_key: Option<String>,
     shutdown_deadline: Option<u64>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<f64>,
+    keep_alive_timeout: Option<f64>,
+    allow_degraded_start: Option<bool>,
     #[serde(default)]
     models: BTreeMap<String, FileModel>,
 }
@@ -199,14 +217,31 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
     pool = pool.with_default_options(base);
 
     let mut limits = Limits::default();
+    let positive = |name: &str, n: usize| if n == 0 { bail!("{name} must be at least 1") } else { Ok(n) };
     if let Some(n) = args.max_inputs.or(file.max_inputs) {
-        limits = limits.with_max_inputs(n);
+        limits = limits.with_max_inputs(positive("max_inputs", n)?);
     }
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
-        limits = limits.with_max_body_bytes(n);
+        limits = limits.with_max_body_bytes(positive("max_body_bytes", n)?);
     }
     if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
-        limits = limits.with_max_concurrent(n);
+        limits = limits.with_max_concurrent(positive("max_concurrent", n)?);
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        limits = limits.with_max_connections(positive("max_connections", n)?);
+    }
+    let seconds = |name: &str, s: f64| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            bail!("{name} must be a positive number of seconds, not {s}")
+        }
+    };
+    if let Some(s) = args.header_read_timeout.or(file.header_read_timeout) {
+        limits = limits.with_header_read_timeout(seconds("header_read_timeout", s)?);
+    }
+    if let Some(s) = args.keep_alive_timeout.or(file.keep_alive_timeout) {
+        limits = limits.with_keep_alive_timeout(seconds("keep_alive_timeout", s)?);
     }
     if let Some(s) = args.request_timeout.or(file.request_timeout) {
         limits = limits.with_request_timeout(Duration::from_secs(s));
@@ -218,25 +253,101 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
         .with_limits(limits)
         .with_api_key(args.api_key.or(file.api_key))
         .with_shutdown_deadline(Duration::from_secs(args.shutdown_deadline.or(file.shutdown_deadline).unwrap_or(30)))
+        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false))
         .with_bind(args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))));
     Ok((pool, registry, config))
 }
 
-/// Resolves on the first SIGINT/SIGTERM; a second one exits the process at once.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    tracing::info!("signal received; shutting down gracefully (send it again to force exit)");
-    tokio::spawn(async move {
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        eprintln!("second signal: forcing exit");
-        // _exit, not exit: running atexit handlers and libtorch's static destructors while a
-        // forward pass is still on the worker thread can crash instead of exiting.
-        // SAFETY: _exit has no preconditions; it ends the process at once.
-        unsafe { libc::_exit(130) }
-    });
+/// Blocks SIGINT and SIGTERM before libtorch's static initialisers run (they take a good part of
+/// a second, before `main`): a signal that arrives meanwhile stays pending instead of killing
+/// the process silently, and is delivered once `main` has its handlers ([`Signals::install`]).
+/// `.preinit_array` entries run before the initialisers of shared libraries.
+#[cfg(not(test))]
+#[used]
+#[link_section = ".preinit_array"]
+static BLOCK_SHUTDOWN_SIGNALS_EARLY: extern "C" fn() = block_shutdown_signals;
+
+#[cfg_attr(test, allow(dead_code))]
+extern "C" fn block_shutdown_signals() {
+    set_shutdown_signals_blocked(true);
+}
+
+fn set_shutdown_signals_blocked(blocked: bool) {
+    // SAFETY: sigemptyset/sigaddset initialise a local set; pthread_sigmask only changes this
+    // thread's mask (threads started later inherit it).
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        let how = if blocked { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+        libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
+/// SIGINT and SIGTERM, caught from the first moments of `main` on: a signal that arrives while
+/// the server is still starting is kept and handled as soon as serving begins.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers, then unblocks the signals on this (the main) thread, where one
+    /// that arrived before is delivered now. The runtime's worker threads, started before,
+    /// keep them blocked; the kernel delivers to a thread that does not block them.
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let signals = Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        };
+        set_shutdown_signals_blocked(false);
+        Ok(signals)
+    }
+
+    /// Resolves on the first signal; a second one exits the process at once.
+    async fn shutdown(mut self) {
+        tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} }
+        tracing::info!("signal received; shutting down gracefully (send it again to force exit)");
+        tokio::spawn(async move {
+            tokio::select! { _ = self.term.recv() => {}, _ = self.int.recv() => {} }
+            eprintln!("second signal: forcing exit");
+            // _exit, not exit: running atexit handlers and libtorch's static destructors while a
+            // forward pass is still on the worker thread can crash instead of exiting.
+            // SAFETY: _exit has no preconditions; it ends the process at once.
+            unsafe { libc::_exit(130) }
+        });
+    }
+}
+
+/// Raises the soft limit on open files to the hard one and fits `max_connections` under it,
+/// leaving room for model files, libtorch and the listener.
+fn fit_connections_to_fd_limit(limits: &mut Limits) {
+    const RESERVED_FDS: u64 = 64;
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    let fit = usize::try_from(lim.rlim_cur.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX);
+    if limits.max_connections > fit {
+        tracing::warn!(
+            requested = limits.max_connections,
+            max_connections = fit,
+            fd_limit = lim.rlim_cur,
+            "max_connections lowered to fit the open-file limit"
+        );
+        limits.max_connections = fit;
+    }
 }
 
 #[tokio::main]
@@ -247,7 +358,10 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (pool_config, registry, config) = build(Args::parse())?;
+    // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
+    let signals = Signals::install()?;
+    let (pool_config, registry, mut config) = build(Args::parse())?;
+    fit_connections_to_fd_limit(&mut config.limits);
     let bind = config.bind;
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
@@ -256,8 +370,21 @@ async fn main() -> Result<()> {
     tracing::info!(%addr, "listening");
     println!("embed-server listening on http://{addr}  (default model: {default_model})");
     println!("try: curl -s http://{addr}/embed -H 'Content-Type: application/json' -d '{{\"inputs\": \"Hello world\"}}'");
-    let report = embed_server::serve(listener, state, shutdown_signal()).await?;
-    tracing::info!(drained = report.drained, released = report.pool.released, live_models = embed_core::memory::live_models(), "stopped");
+    let report = embed_server::serve(listener, state, signals.shutdown())
+        .await
+        .context("the server stopped because a model could not be preloaded (pass --allow-degraded-start to serve anyway)")?;
+    tracing::info!(
+        drained = report.drained,
+        cut_short = report.cut_short,
+        released = report.pool.released,
+        live_models = embed_core::memory::live_models(),
+        "stopped"
+    );
+    if !report.pool_closed {
+        // A model's worker may still be in a forward pass: skip the static destructors.
+        // SAFETY: _exit has no preconditions; it ends the process at once.
+        unsafe { libc::_exit(0) }
+    }
     Ok(())
 }
 

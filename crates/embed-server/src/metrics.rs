@@ -1,147 +1,261 @@
-//! Prometheus metrics, rendered in the text exposition format.
+//! Prometheus metrics (the `prometheus-client` crate, Prometheus text format 0.0.4).
+//!
+//! HTTP counters and histograms are recorded as requests finish. Everything about models is
+//! read from the pool at scrape time, so series of unloaded models disappear and gauges are
+//! live. `embed_forward_*_total` add up every instance a model had: a reload starts a fresh
+//! batcher whose counters begin at zero, and the counters here never go down.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use embed_core::BatchStats;
-use embed_pool::Pool;
+use embed_pool::{EvictionCause, Pool};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 const SIZE_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0];
 
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+type Labels = Vec<(&'static str, String)>;
 
-impl Histogram {
-    fn observe(&mut self, v: f64, buckets: &[f64]) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; buckets.len()];
-        }
-        for (i, b) in buckets.iter().enumerate() {
-            if v <= *b {
-                self.counts[i] += 1;
-            }
-        }
-        self.sum += v;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str, buckets: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in buckets.iter().enumerate() {
-            let c = self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
-/// Counters and histograms of the HTTP layer.
-#[derive(Default)]
+/// The server's metrics registry.
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-    latency: Mutex<BTreeMap<String, Histogram>>,
-    inputs_per_request: Mutex<Histogram>,
-    batch: Mutex<BTreeMap<String, BatchStats>>,
-    tokens: AtomicU64,
-    inputs: AtomicU64,
-    rejected_overload: AtomicU64,
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    inputs_per_request: Histogram,
+    inputs: Counter,
+    tokens: Counter,
+    overload: Counter,
+    models: Arc<ModelCounters>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Metrics {
+    /// Metrics of a server over `pool`.
+    pub fn new(pool: Pool) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        registry.register("embed_http_requests", "HTTP requests by route and status (499: the client went away)", requests.clone());
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register("embed_http_request_duration_seconds", "Request latency by route", latency.clone());
+        let inputs_per_request = Histogram::new(SIZE_BUCKETS);
+        registry.register("embed_request_inputs", "Inputs per embedding request", inputs_per_request.clone());
+        let inputs = Counter::default();
+        registry.register("embed_inputs", "Inputs embedded", inputs.clone());
+        let tokens = Counter::default();
+        registry.register("embed_tokens", "Tokens embedded (after truncation)", tokens.clone());
+        let overload = Counter::default();
+        registry.register("embed_overload_rejections", "Requests refused with 429", overload.clone());
+        let models = Arc::new(ModelCounters::default());
+        registry.register_collector(Box::new(PoolCollector { pool, models: models.clone() }));
+        Metrics { registry, requests, latency, inputs_per_request, inputs, tokens, overload, models }
+    }
+
     /// Records one finished request.
     pub fn record_request(&self, route: &str, status: u16, elapsed: Duration) {
-        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((route.to_string(), status)).or_default() += 1;
-        self.latency
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(route.to_string())
-            .or_default()
-            .observe(elapsed.as_secs_f64(), &BUCKETS);
+        let route = route.to_string();
+        self.requests.get_or_create(&vec![("route", route.clone()), ("status", status.to_string())]).inc();
+        self.latency.get_or_create(&vec![("route", route)]).observe(elapsed.as_secs_f64());
         if status == 429 {
-            self.rejected_overload.fetch_add(1, Ordering::Relaxed);
+            self.overload.inc();
         }
     }
 
-    /// Records an embedding request's size and tokens, and the model's batcher counters.
-    pub fn record_embedding(&self, model: &str, inputs: usize, tokens: usize, batch: Option<BatchStats>) {
-        self.inputs.fetch_add(inputs as u64, Ordering::Relaxed);
-        self.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
-        self.inputs_per_request.lock().unwrap_or_else(|p| p.into_inner()).observe(inputs as f64, &SIZE_BUCKETS);
+    /// Records an embedding request's size and tokens, and the batcher counters of the model
+    /// instance that served it (`instance` tells instances of one model apart).
+    pub(crate) fn record_embedding(&self, model: &str, instance: usize, inputs: usize, tokens: usize, batch: Option<BatchStats>) {
+        self.inputs.inc_by(inputs as u64);
+        self.tokens.inc_by(tokens as u64);
+        self.inputs_per_request.observe(inputs as f64);
         if let Some(b) = batch {
-            self.batch.lock().unwrap_or_else(|p| p.into_inner()).insert(model.to_string(), b);
+            self.models.record(model, instance, b);
         }
     }
 
-    /// The exposition text, with pool and process gauges read now.
-    pub fn render(&self, pool: &Pool) -> String {
+    /// Counts an embedding request as waiting for or running on `model`'s worker until the
+    /// guard is dropped.
+    pub(crate) fn queued(&self, model: &str) -> Queued {
+        self.models.lock().entry(model.to_string()).or_default().queued += 1;
+        Queued { models: self.models.clone(), model: model.to_string() }
+    }
+
+    /// The exposition text, with pool and process figures read now.
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP embed_http_requests_total HTTP requests by route and status.\n# TYPE embed_http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "embed_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
-        }
-        out.push_str("# HELP embed_http_request_duration_seconds Request latency by route.\n# TYPE embed_http_request_duration_seconds histogram\n");
-        for (route, h) in self.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            h.render(&mut out, "embed_http_request_duration_seconds", &format!("route=\"{route}\""), &BUCKETS);
-        }
-        out.push_str("# HELP embed_request_inputs Inputs per embedding request.\n# TYPE embed_request_inputs histogram\n");
-        self.inputs_per_request.lock().unwrap_or_else(|p| p.into_inner()).render(&mut out, "embed_request_inputs", "", &SIZE_BUCKETS);
-        let _ = writeln!(out, "# HELP embed_inputs_total Inputs embedded.\n# TYPE embed_inputs_total counter\nembed_inputs_total {}", self.inputs.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP embed_tokens_total Tokens embedded (after truncation).\n# TYPE embed_tokens_total counter\nembed_tokens_total {}", self.tokens.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP embed_overload_rejections_total Requests refused with 429.\n# TYPE embed_overload_rejections_total counter\nembed_overload_rejections_total {}", self.rejected_overload.load(Ordering::Relaxed));
-
-        out.push_str("# HELP embed_queue_depth Requests waiting for a model's worker.\n# TYPE embed_queue_depth gauge\n");
-        let batches = self.batch.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for (m, b) in &batches {
-            let _ = writeln!(out, "embed_queue_depth{{model=\"{m}\"}} {}", b.queued_requests);
-        }
-        out.push_str("# HELP embed_forward_batches_total Forward passes run by a model.\n# TYPE embed_forward_batches_total counter\n");
-        for (m, b) in &batches {
-            let _ = writeln!(out, "embed_forward_batches_total{{model=\"{m}\"}} {}", b.batches);
-        }
-        out.push_str("# HELP embed_forward_sequences_total Inputs run through forward passes.\n# TYPE embed_forward_sequences_total counter\n");
-        for (m, b) in &batches {
-            let _ = writeln!(out, "embed_forward_sequences_total{{model=\"{m}\"}} {}", b.sequences);
-        }
-        out.push_str("# HELP embed_forward_padded_tokens_total Tokens in forward passes, padding included.\n# TYPE embed_forward_padded_tokens_total counter\n");
-        for (m, b) in &batches {
-            let _ = writeln!(out, "embed_forward_padded_tokens_total{{model=\"{m}\"}} {}", b.padded_tokens);
-        }
-
-        let status = pool.status();
-        let stats = pool.stats();
-        let _ = writeln!(out, "# HELP embed_models_loaded Models loaded in the pool.\n# TYPE embed_models_loaded gauge\nembed_models_loaded {}", status.models.len());
-        out.push_str("# HELP embed_model_weight_bytes Weight bytes of each loaded model.\n# TYPE embed_model_weight_bytes gauge\n");
-        for m in &status.models {
-            let _ = writeln!(out, "embed_model_weight_bytes{{model=\"{}\"}} {}", m.name, m.weight_bytes);
-        }
-        out.push_str("# HELP embed_model_leases Active leases per model.\n# TYPE embed_model_leases gauge\n");
-        for m in &status.models {
-            let _ = writeln!(out, "embed_model_leases{{model=\"{}\"}} {}", m.name, m.leases);
-        }
-        out.push_str("# HELP embed_pool_evictions_total Evictions by cause.\n# TYPE embed_pool_evictions_total counter\n");
-        for cause in [embed_pool::EvictionCause::Capacity, embed_pool::EvictionCause::Memory, embed_pool::EvictionCause::Ttl, embed_pool::EvictionCause::Explicit] {
-            let _ = writeln!(out, "embed_pool_evictions_total{{cause=\"{cause}\"}} {}", stats.evictions.get(cause));
-        }
-        let _ = writeln!(out, "# HELP embed_pool_loads_total Model loads.\n# TYPE embed_pool_loads_total counter\nembed_pool_loads_total {}", stats.loads);
-        let _ = writeln!(out, "# HELP embed_pool_load_failures_total Failed model loads.\n# TYPE embed_pool_load_failures_total counter\nembed_pool_load_failures_total {}", stats.load_failures);
-        let _ = writeln!(out, "# HELP embed_memory_weight_bytes Weight bytes of every model in the process.\n# TYPE embed_memory_weight_bytes gauge\nembed_memory_weight_bytes {}", embed_core::memory::live_weight_bytes());
-        let _ = writeln!(out, "# HELP embed_memory_resident_bytes Resident memory of the process.\n# TYPE embed_memory_resident_bytes gauge\nembed_memory_resident_bytes {}", embed_core::memory::process_resident_bytes());
-        let _ = writeln!(out, "# HELP embed_memory_anon_resident_bytes Anonymous resident memory (heap, stacks) of the process.\n# TYPE embed_memory_anon_resident_bytes gauge\nembed_memory_anon_resident_bytes {}", embed_core::memory::process_anon_resident_bytes());
-        let _ = writeln!(out, "# HELP embed_memory_allocator_bytes Bytes in use in the C allocator (libtorch CPU tensors live there).\n# TYPE embed_memory_allocator_bytes gauge\nembed_memory_allocator_bytes {}", embed_core::memory::cpu_allocator_in_use_bytes());
-        if let Ok(c) = embed_core::memory::cuda_memory(0) {
-            let _ = writeln!(out, "# HELP embed_memory_cuda_allocated_bytes CUDA caching-allocator allocated bytes (device 0).\n# TYPE embed_memory_cuda_allocated_bytes gauge\nembed_memory_cuda_allocated_bytes {}", c.allocated);
-            let _ = writeln!(out, "# HELP embed_memory_cuda_reserved_bytes CUDA caching-allocator reserved bytes (device 0).\n# TYPE embed_memory_cuda_reserved_bytes gauge\nembed_memory_cuda_reserved_bytes {}", c.reserved);
-        }
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// A request in a model's queue (see [`Metrics::queued`]).
+#[must_use = "the request leaves the queue gauge when this is dropped"]
+pub(crate) struct Queued {
+    models: Arc<ModelCounters>,
+    model: String,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(m) = self.models.lock().get_mut(&self.model) {
+            m.queued = m.queued.saturating_sub(1);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ModelCounters(Mutex<HashMap<String, ModelEntry>>);
+
+#[derive(Debug, Default)]
+struct ModelEntry {
+    queued: usize,
+    /// The instance `last` came from.
+    instance: usize,
+    /// Counters of earlier instances.
+    retired: BatchStats,
+    /// The latest counters of the current instance.
+    last: BatchStats,
+}
+
+impl ModelEntry {
+    fn total(&self) -> BatchStats {
+        let mut t = self.retired;
+        add(&mut t, &self.last);
+        t
+    }
+}
+
+fn add(to: &mut BatchStats, b: &BatchStats) {
+    to.batches += b.batches;
+    to.sequences += b.sequences;
+    to.padded_tokens += b.padded_tokens;
+    to.tokens += b.tokens;
+}
+
+impl ModelCounters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelEntry>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn record(&self, model: &str, instance: usize, b: BatchStats) {
+        let mut map = self.lock();
+        let e = map.entry(model.to_string()).or_default();
+        // A new instance (or one that reuses a freed instance's address: its counters restart).
+        let fresh = instance != e.instance || b.batches < e.last.batches || b.sequences < e.last.sequences;
+        if fresh {
+            let last = e.last;
+            add(&mut e.retired, &last);
+            e.instance = instance;
+            e.last = b;
+        } else {
+            // Requests finish in any order; a counter of one instance only grows.
+            e.last.batches = e.last.batches.max(b.batches);
+            e.last.sequences = e.last.sequences.max(b.sequences);
+            e.last.padded_tokens = e.last.padded_tokens.max(b.padded_tokens);
+            e.last.tokens = e.last.tokens.max(b.tokens);
+        }
+    }
+}
+
+/// Reads the pool (and the process) at scrape time.
+#[derive(Debug)]
+struct PoolCollector {
+    pool: Pool,
+    models: Arc<ModelCounters>,
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn per_model<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (String, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (model, value) in rows {
+        let labels = [("model", model)];
+        value.encode(metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let status = self.pool.status();
+        let stats = self.pool.stats();
+        let (queued, forward): (Vec<_>, Vec<_>) = {
+            let map = self.models.lock();
+            status
+                .models
+                .iter()
+                .map(|m| {
+                    let e = map.get(&m.name);
+                    ((m.name.clone(), e.map_or(0, |e| e.queued)), (m.name.clone(), e.map(ModelEntry::total).unwrap_or_default()))
+                })
+                .unzip()
+        };
+        let e = &mut encoder;
+        per_model(e, "embed_queue_depth", "Embedding requests waiting for or running on a model's worker", MetricType::Gauge,
+            queued.into_iter().map(|(m, n)| (m, ConstGauge::new(to_i64(n as u64)))))?;
+        per_model(e, "embed_forward_batches", "Forward passes run by a model (all its loads)", MetricType::Counter,
+            forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.batches))))?;
+        per_model(e, "embed_forward_sequences", "Inputs run through forward passes (all loads of the model)", MetricType::Counter,
+            forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.sequences))))?;
+        per_model(e, "embed_forward_padded_tokens", "Tokens in forward passes, padding included (all loads of the model)", MetricType::Counter,
+            forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.padded_tokens))))?;
+        gauge(e, "embed_models_loaded", "Models in the pool", to_i64(status.models.len() as u64))?;
+        per_model(e, "embed_model_weight_bytes", "Weight bytes of each model in the pool", MetricType::Gauge,
+            status.models.iter().map(|m| (m.name.clone(), ConstGauge::new(to_i64(m.weight_bytes)))))?;
+        per_model(e, "embed_model_leases", "Active leases per model", MetricType::Gauge,
+            status.models.iter().map(|m| (m.name.clone(), ConstGauge::new(to_i64(m.leases as u64)))))?;
+        {
+            let c = ConstCounter::new(0u64);
+            let mut metric = e.encode_descriptor("embed_pool_evictions", "Evictions by cause", None, c.metric_type())?;
+            for cause in [EvictionCause::Capacity, EvictionCause::Memory, EvictionCause::Ttl, EvictionCause::Explicit] {
+                let labels = [("cause", cause.as_str())];
+                ConstCounter::new(stats.evictions.get(cause)).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+        counter(e, "embed_pool_loads", "Model loads", stats.loads)?;
+        counter(e, "embed_pool_load_failures", "Failed model loads", stats.load_failures)?;
+        use embed_core::memory as mem;
+        gauge(e, "embed_memory_weight_bytes", "Weight bytes of every model in the process", to_i64(mem::live_weight_bytes()))?;
+        gauge(e, "embed_memory_resident_bytes", "Resident memory of the process", to_i64(mem::process_resident_bytes()))?;
+        gauge(e, "embed_memory_anon_resident_bytes", "Anonymous resident memory (heap, stacks) of the process", to_i64(mem::process_anon_resident_bytes()))?;
+        gauge(e, "embed_memory_allocator_bytes", "Bytes in use in the C allocator (libtorch CPU tensors live there)", to_i64(mem::cpu_allocator_in_use_bytes()))?;
+        if let Ok(c) = mem::cuda_memory(0) {
+            gauge(e, "embed_memory_cuda_allocated_bytes", "CUDA caching-allocator allocated bytes (device 0)", to_i64(c.allocated))?;
+            gauge(e, "embed_memory_cuda_reserved_bytes", "CUDA caching-allocator reserved bytes (device 0)", to_i64(c.reserved))?;
+        }
+        Ok(())
     }
 }

@@ -204,20 +204,20 @@ async fn openai_errors() {
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_openai_error(&v, "nope");
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": [], "model": "tiny"})), &[]).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_openai_error(&v, "empty");
     assert_eq!(v["error"]["param"], "input");
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "tiny", "dimensions": 8})), &[]).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_openai_error(&v, "dimensions=8");
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "encoding_format": "hex"})), &[]).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].is_string(), "{v}");
     let (s, v) = raw(&app, "/v1/embeddings", "not json").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].is_string(), "{v}");
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": [[2, 999999]], "model": "tiny"})), &[]).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_openai_error(&v, "999999");
     f.state.pool().close().await;
 }

@@ -1,7 +1,7 @@
 //! Status and admin routes: `/models`, `/models/{name}/load`, `/models/{name}/unload`,
 //! `/health`, `/ready`, `/metrics`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -9,6 +9,7 @@ use embed_pool::UnloadMode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::QueryParams;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -49,11 +50,12 @@ pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
 }
 
 pub(crate) async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    state.pool.preload(&name).await?;
+    drop(state.lease(&name).await?);
     Ok(Json(json!({"model": name, "loaded": true})))
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct UnloadQuery {
     /// Fail with 409 instead of waiting for leases to end.
     #[serde(default)]
@@ -63,7 +65,7 @@ pub(crate) struct UnloadQuery {
 pub(crate) async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(q): Query<UnloadQuery>,
+    QueryParams(q): QueryParams<UnloadQuery>,
 ) -> Result<Json<Value>, ApiError> {
     if !state.pool.registry().contains(&name) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {name:?}: it is not registered")));
@@ -90,5 +92,5 @@ pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&state.pool))
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render())
 }

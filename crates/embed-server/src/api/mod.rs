@@ -1,18 +1,23 @@
-//! Request handlers, grouped by API.
+//! Request handlers, grouped by API, and the extractors they share.
 
 pub(crate) mod admin;
 pub(crate) mod openai;
 pub(crate) mod tei;
 
-use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
-use serde::de::DeserializeOwned;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
 
 use crate::error::{ApiError, Flavor};
 use crate::AppState;
 
-/// JSON body whose rejections (malformed JSON 400, wrong types 422, too large 413, wrong
-/// content type 415) render in the route's error shape.
+/// JSON body whose rejections render in the route's error shape: malformed JSON 400; a field of
+/// the wrong type or value 422 (400 on OpenAI routes) naming the field in the message and in
+/// `param`; too large 413; not JSON, or a charset other than UTF-8, 415.
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -20,37 +25,122 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let flavor = Flavor::of_path(req.uri().path());
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => {
-                let status = rejection.status();
-                let message = match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => format!(
-                        "request body is larger than the limit of {} bytes",
-                        state.config.limits.max_body_bytes
-                    ),
-                    _ => rejection.body_text(),
-                };
-                Err(ApiError::new(status, message).flavor(flavor))
+        check_content_type(req.headers().get(header::CONTENT_TYPE)).map_err(|e| e.flavor(flavor))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            let message = match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    format!("request body is larger than the limit of {} bytes", state.config.limits.max_body_bytes)
+                }
+                _ => rejection.body_text(),
+            };
+            ApiError::new(rejection.status(), message).flavor(flavor)
+        })?;
+        parse_json(&bytes).map(JsonBody).map_err(|e| e.flavor(flavor))
+    }
+}
+
+fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiError> {
+    let unsupported = |why: String| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, why);
+    let Some(value) = value else {
+        return Err(unsupported("expected a request with `Content-Type: application/json`".into()));
+    };
+    let value = value.to_str().map_err(|_| unsupported("the Content-Type header is not ASCII".into()))?;
+    let mut parts = value.split(';');
+    let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+    let json = essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !json {
+        return Err(unsupported(format!("Content-Type {essence:?} is not supported; send application/json")));
+    }
+    for param in parts {
+        if let Some((name, charset)) = param.split_once('=') {
+            let charset = charset.trim().trim_matches('"');
+            if name.trim().eq_ignore_ascii_case("charset") && !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8") {
+                return Err(unsupported(format!("charset {charset:?} is not supported; JSON bodies must be UTF-8")));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Parses JSON; data errors name the field at fault (`param`) and what it should be.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
+    de.end().map_err(|e| json_error(String::new(), e))?;
+    Ok(value)
+}
+
+fn json_error(path: String, e: serde_json::Error) -> ApiError {
+    let root = path.is_empty() || path == ".";
+    match e.classify() {
+        serde_json::error::Category::Data if !root => {
+            let message = format!("invalid `{path}`: {}", strip_position(&e));
+            let field = path.split(['.', '[']).next().unwrap_or(&path).to_string();
+            ApiError::invalid(field, message)
+        }
+        serde_json::error::Category::Data => ApiError::invalid("body", format!("invalid request body: {}", strip_position(&e))),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    }
+}
+
+/// serde_json's message without " at line 1 column 13".
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Query parameters whose rejections render in the route's error shape (400, naming them).
+pub(crate) struct QueryParams<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let flavor = Flavor::of_path(parts.uri.path());
+        axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| QueryParams(q.0)).map_err(|e| {
+            let why = e.body_text();
+            let why = why.trim_start_matches("Failed to deserialize query string: ");
+            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query string {:?}: {why}", parts.uri.query().unwrap_or("")))
+                .flavor(flavor)
+        })
+    }
+}
+
+/// One string or a list of strings (TEI's `inputs`).
+#[derive(Debug, Clone)]
+pub(crate) struct StringOrList(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "expected a string or an array of strings";
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(StringOrList(vec![s])),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!("item {i} is {}; {EXPECTED}", kind(&other)))),
+                })
+                .collect::<Result<_, _>>()
+                .map(StringOrList),
+            other => Err(D::Error::custom(format!("got {}; {EXPECTED}", kind(&other)))),
         }
     }
 }
 
-/// One string or a list of strings.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
-pub(crate) enum StringOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl StringOrList {
-    pub(crate) fn into_vec(self) -> Vec<String> {
-        match self {
-            StringOrList::One(s) => vec![s],
-            StringOrList::Many(v) => v,
-        }
+/// What a JSON value is, for messages.
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -62,7 +152,7 @@ pub(crate) fn check_count(n: usize, state: &AppState, field: &'static str) -> Re
     let max = state.config.limits.max_inputs;
     if n > max {
         return Err(ApiError {
-            param: Some(field),
+            param: Some(field.into()),
             ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("{n} inputs in one request; the limit (max_inputs) is {max}"))
         });
     }

@@ -1,6 +1,7 @@
 //! text-embeddings-inference compatible routes: `/embed`, `/tokenize`, `/info`.
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use embed_core::EmbedOptions;
 use embed_pool::Lease;
@@ -41,12 +42,12 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
             return Err(ApiError::invalid("truncation_direction", format!("truncation_direction {dir:?} is not supported (only \"right\")")));
         }
     }
-    let texts = req.inputs.into_vec();
+    let texts = req.inputs.0;
     check_count(texts.len(), &state, "inputs")?;
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
     // The lease lives for the whole request: the model cannot be evicted under it, and a
     // client that disconnects drops this future, the lease and the queued work.
-    let lease = state.pool.get(&model).await?;
+    let lease = state.lease(&model).await?;
     let options = EmbedOptions {
         mode: req.mode,
         prompt_name: req.prompt_name,
@@ -54,8 +55,11 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         normalize: Some(req.normalize.unwrap_or(true)),
         truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
     };
+    let queued = state.metrics.queued(&model);
     let out = lease.embed_texts(&texts, &options).await?;
-    state.metrics.record_embedding(Lease::name(&lease), texts.len(), out.total_tokens(), lease.batch_stats());
+    drop(queued);
+    let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
+    state.metrics.record_embedding(Lease::name(&lease), instance, texts.len(), out.total_tokens(), lease.batch_stats());
     Ok(Json(out.vectors))
 }
 
@@ -70,10 +74,10 @@ pub(crate) struct TokenizeRequest {
 }
 
 pub(crate) async fn tokenize(State(state): State<AppState>, JsonBody(req): JsonBody<TokenizeRequest>) -> Result<Json<Value>, ApiError> {
-    let texts = req.inputs.into_vec();
+    let texts = req.inputs.0;
     check_count(texts.len(), &state, "inputs")?;
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
-    let lease = state.pool.get(&model).await?;
+    let lease = state.lease(&model).await?;
     let options = EmbedOptions { prompt_name: req.prompt_name, ..Default::default() };
     let toks = lease.tokenize(&texts, &options).await?;
     let body: Vec<Value> = toks
@@ -83,9 +87,13 @@ pub(crate) async fn tokenize(State(state): State<AppState>, JsonBody(req): JsonB
     Ok(Json(Value::Array(body)))
 }
 
+/// Describes the default model from what it said when it was last loaded: never loads or
+/// evicts anything (503 while it has never been loaded).
 pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let lease = state.pool.get(&state.config.default_model).await?;
-    let info = lease.info().ok_or_else(|| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "default model is not ready"))?;
+    let name = &state.config.default_model;
+    let info = state.known_info(name).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("default model {name:?} has not been loaded yet"))
+    })?;
     Ok(Json(json!({
         "model_id": info.name,
         "model_source": info.source,

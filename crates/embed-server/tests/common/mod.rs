@@ -14,15 +14,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_embed-server"))
-            .args(["--bind", "127.0.0.1:0"])
-            .args(args)
-            .env("EMBED_LOG", "info")
-            .env_remove("LD_LIBRARY_PATH")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start embed-server");
+        Self::start_with(args, |_| {})
+    }
+
+    /// Like [`Server::start`], with a chance to adjust the command (environment, limits).
+    pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        let mut cmd = command(args);
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("start embed-server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
@@ -58,6 +57,11 @@ impl Server {
         }
     }
 
+    /// The server's log (stderr) so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -85,9 +89,23 @@ impl Server {
     }
 }
 
+/// The `embed-server` command on a free loopback port, output piped.
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_embed-server"));
+    cmd.args(["--bind", "127.0.0.1:0"])
+        .args(args)
+        .env("EMBED_LOG", "info")
+        .env_remove("LD_LIBRARY_PATH")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
     }
 }
 
+
+pub mod inproc;
