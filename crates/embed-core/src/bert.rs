@@ -62,7 +62,8 @@ pub(crate) struct Bert {
 }
 
 /// One batch on the model's device. `b` sequences, the longest `len` tokens; `ids`, `type_ids`
-/// and `positions` hold only the real tokens (`[tokens]`, sequences back to back).
+/// and `positions` hold the token stream: the `tokens` real tokens back to back, then possibly
+/// a filler sequence (packed attention only) that rounds the stream's length up.
 pub(crate) struct BatchInput {
     pub(crate) ids: Tensor,
     pub(crate) type_ids: Tensor,
@@ -71,15 +72,19 @@ pub(crate) struct BatchInput {
     pub(crate) rows: Tensor,
     /// `[b, len]`, 1 = token.
     pub(crate) mask: Tensor,
-    /// int32 `[b + 1]`: 0, len0, len0 + len1, … (the packed attention's sequence bounds).
+    /// int32: 0, len0, len0 + len1, …, through the filler (the packed attention's bounds).
     pub(crate) cu_seqlens: Tensor,
+    /// Real tokens (the stream's first rows).
+    pub(crate) tokens: i64,
+    /// Longest sequence of the stream, filler included.
+    pub(crate) max_seqlen: i64,
     pub(crate) b: i64,
     pub(crate) len: i64,
 }
 
 impl BatchInput {
     fn is_dense(&self) -> bool {
-        self.ids.size()[0] == self.b * self.len
+        self.tokens == self.b * self.len
     }
 
     /// `[tokens, width]` → `[b * len, width]` with zeros at the padding.
@@ -257,7 +262,7 @@ impl Bert {
         let x = self.emb_norm.forward(&x);
         if self.attention.get() == AttentionPath::Packed {
             match self.encode_packed(&x, t) {
-                Ok(h) => return t.pad(&h).view([t.b, t.len, hidden]),
+                Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
                 // Out of memory is not the kernel refusing: the batch is split and retried.
                 Err(msg) if crate::worker::is_out_of_memory(&msg) => panic!("{msg}"),
                 Err(msg) => {
@@ -267,7 +272,7 @@ impl Bert {
                 }
             }
         }
-        t.pad(&self.encode_padded(x, t)).view([t.b, t.len, hidden])
+        t.pad(&self.encode_padded(x.narrow(0, 0, t.tokens), t)).view([t.b, t.len, hidden])
     }
 
     /// The layers with packed attention; `Err` carries libtorch's message when the flash
@@ -279,7 +284,7 @@ impl Bert {
         let mut x = x.shallow_clone();
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x).view([tokens, 3, self.heads, self.head_dim]);
-            let ctx = flash_varlen(&qkv.select(1, 0), &qkv.select(1, 1), &qkv.select(1, 2), &t.cu_seqlens, t.len, scale)?
+            let ctx = flash_varlen(&qkv.select(1, 0), &qkv.select(1, 1), &qkv.select(1, 2), &t.cu_seqlens, t.max_seqlen, scale)?
                 .reshape([tokens, hidden]);
             x = self.feed_forward(layer, &ctx, &x);
         }
