@@ -54,6 +54,11 @@ pub struct ModelOptions {
     pub max_batch_tokens: Option<usize>,
     /// Most inputs per forward pass. `None`: 32 on CPU, 256 on CUDA.
     pub max_batch_size: Option<usize>,
+    /// libtorch intra-op threads for CPU forward passes, set on the model's worker thread where
+    /// they run (OpenMP keeps the count per thread: one set on another thread may not reach
+    /// the worker). libtorch also keeps it as a process-wide default for threads that start
+    /// later. `None`: libtorch's default. [`ModelInfo::threads`] reports what the worker uses.
+    pub threads: Option<usize>,
     /// Failure injection for tests.
     pub faults: FaultInjection,
 }
@@ -70,6 +75,7 @@ impl Default for ModelOptions {
             document_prefix: None,
             max_batch_tokens: None,
             max_batch_size: None,
+            threads: None,
             faults: FaultInjection::default(),
         }
     }
@@ -214,6 +220,9 @@ pub struct ModelInfo {
     pub prompts: BTreeMap<String, String>,
     /// Wall time of the load.
     pub load_duration: Duration,
+    /// Intra-op threads of the worker's forward passes, as libtorch reports them on the worker
+    /// thread (see [`ModelOptions::threads`]).
+    pub threads: usize,
 }
 
 /// What a cleanup released.
@@ -473,6 +482,9 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             reason: "must be at least 1".into(),
         });
     }
+    if o.threads == Some(0) {
+        return Err(Error::InvalidOption { name: "threads", reason: "must be at least 1".into() });
+    }
     let (device, device_note) = o.device.resolve()?;
     if device == ResolvedDevice::Cpu && o.dtype == DType::F16 {
         return Err(Error::UnsupportedDtype {
@@ -547,6 +559,9 @@ impl EmbeddingService for DenseEmbeddingService {
                 // Inference only: grad mode is thread-local, so this covers every forward pass.
                 let _no_grad = tch::no_grad_guard();
                 let spec = thread_spec;
+                if let Some(n) = spec.options.threads {
+                    tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
+                }
                 let loaded = match catch_unwind(AssertUnwindSafe(|| load_blocking(&spec))) {
                     Ok(r) => r,
                     Err(p) => Err(Error::WorkerPanicked {
@@ -587,6 +602,7 @@ impl EmbeddingService for DenseEmbeddingService {
                     vocab_size: dir.bert.vocab_size,
                     prompts: dir.prompts.clone(),
                     load_duration: started.elapsed(),
+                    threads: tch::get_num_threads().max(0) as usize,
                 };
                 let cfg = WorkerConfig {
                     model_name: spec.name.clone(),

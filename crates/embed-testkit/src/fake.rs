@@ -101,6 +101,7 @@ impl EmbeddingService for FakeService {
             vocab_size: 256,
             prompts: Default::default(),
             load_duration: self.load_delay,
+            threads: 1,
         };
         *st = (ServiceState::Ready, Some(info.clone()));
         LIVE.fetch_add(1, Ordering::SeqCst);
