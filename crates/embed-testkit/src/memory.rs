@@ -7,6 +7,22 @@ pub use embed_core::memory::{
     process_resident_bytes, trim_cpu_heap, CudaMemoryStats, MemorySnapshot,
 };
 
+/// The gate of the CUDA tests: they are `#[ignore]`d (CPU CI lists them as ignored instead of
+/// reporting passes that checked nothing) and call this first when run with `--ignored`.
+///
+/// # Panics
+/// When libtorch sees no CUDA device: a GPU test that was asked to run must not pass without one.
+#[track_caller]
+pub fn require_cuda() {
+    let requested = std::env::var("EMBED_TEST_CUDA").unwrap_or_default();
+    let n = embed_core::cuda_device_count();
+    assert!(
+        n > 0 && accelerator_available(),
+        "this test needs a CUDA GPU and libtorch sees none (EMBED_TEST_CUDA={requested:?}); \
+         run GPU tests with `scripts/gpu-check.sh` on a machine with a GPU"
+    );
+}
+
 /// Returns freed heap to the OS and takes a snapshot, so resident figures reflect live data.
 pub fn settled_snapshot() -> MemorySnapshot {
     trim_cpu_heap();
