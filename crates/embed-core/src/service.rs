@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::bert::Bert;
 use crate::config::{ModelDir, Pooling};
-use crate::memory::{self, LiveModel};
+use crate::memory::{self, LiveModel, ModelThread};
 use crate::worker::{self, Command, Job, Seq, WorkerConfig, WorkerStats};
 use crate::{DType, DeviceSpec, Error, ModelSource, ResolvedDevice, Result};
 
@@ -29,6 +29,10 @@ pub struct FaultInjection {
     pub panic_on_text: Option<String>,
     /// Every forward pass sleeps this long first (makes queueing and cancellation observable).
     pub forward_delay: Option<std::time::Duration>,
+    /// The worker holds the loaded model (counted in [`memory::live_models`]) this long before
+    /// handing it to `load`, and stops waiting as soon as that `load` is dropped: a load can be
+    /// cancelled at a known point, with a model to release, on a machine of any speed.
+    pub load_delay: Option<std::time::Duration>,
 }
 
 /// How a model is loaded and run.
@@ -230,8 +234,10 @@ pub struct ModelInfo {
 pub struct CleanupReport {
     /// The model that was released (`None` if nothing was loaded).
     pub model: Option<String>,
-    /// Weight bytes freed.
-    pub weight_bytes_freed: u64,
+    /// Weight bytes of the released model: its size as loaded ([`ModelInfo::weight_bytes`]),
+    /// reported once its worker thread has exited; 0 when nothing was loaded. Not a measurement
+    /// of freed memory: [`memory::cpu_allocator_in_use_bytes`] and [`memory::cuda_memory`] are.
+    pub model_weight_bytes: u64,
     /// CUDA caching-allocator reserved bytes before / after emptying the cache (CUDA only).
     pub cuda_reserved_before: Option<u64>,
     /// See `cuda_reserved_before`.
@@ -552,10 +558,13 @@ impl EmbeddingService for DenseEmbeddingService {
         let worker_stats = stats.clone();
         let thread_spec = spec.clone();
         let name = spec.name.clone();
+        let counted = ModelThread::new();
 
         let thread = std::thread::Builder::new()
             .name(format!("embed-model-{}", short_name(&spec.name)))
             .spawn(move || {
+                // Dropped last, when this thread has freed everything (also on a panic).
+                let _counted = counted;
                 // Inference only: grad mode is thread-local, so this covers every forward pass.
                 let _no_grad = tch::no_grad_guard();
                 let spec = thread_spec;
@@ -616,6 +625,12 @@ impl EmbeddingService for DenseEmbeddingService {
                 let mut dir = dir;
                 dir.max_seq_length = max_seq_length;
                 let weight_bytes = model.weight_bytes;
+                if let Some(delay) = o.faults.load_delay {
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until && !ready_tx.is_closed() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
                 if ready_tx.send(Ok((info, Arc::new(dir), tokenizer))).is_ok() {
                     worker::serve(&model, &rx, &cfg);
                 }
@@ -759,7 +774,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let mut report = CleanupReport { model: Some(name.clone()), ..Default::default() };
         if let Some((exit_rx, thread)) = exit {
             if let Ok(r) = exit_rx.await {
-                report.weight_bytes_freed = r.weight_bytes;
+                report.model_weight_bytes = r.weight_bytes;
                 report.cuda_reserved_before = r.cuda_reserved_before;
                 report.cuda_reserved_after = r.cuda_reserved_after;
             }
@@ -770,7 +785,7 @@ impl EmbeddingService for DenseEmbeddingService {
         }
         report.duration = started.elapsed();
         drop(guard);
-        tracing::info!(model = %name, freed = report.weight_bytes_freed, ms = report.duration.as_millis() as u64, "model cleaned up");
+        tracing::info!(model = %name, weight_bytes = report.model_weight_bytes, ms = report.duration.as_millis() as u64, "model cleaned up");
         Ok(report)
     }
 

@@ -11,7 +11,8 @@
 //! * [`memory`] probes and baselines: resident memory, allocator bytes, live models, CUDA bytes.
 //! * [`cleanup`]: run a body that panics, is cancelled, or repeats N times, and assert that
 //!   nothing is left (memory back to baseline within a tolerance).
-//! * [`FakeService`]: an `EmbeddingService` without libtorch that counts its live instances.
+//! * [`FakeService`]: an `EmbeddingService` without libtorch that counts its live instances and
+//!   the ones dropped while still live (cleanup left to `Drop`).
 //! * [`check_cosines`] / [`check_max_abs_diff`] (and `assert_` forms): compare vectors item by
 //!   item, lengths checked, NaN failing.
 //! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
@@ -24,7 +25,7 @@ mod tiny;
 
 use std::path::PathBuf;
 
-pub use fake::{live_fakes, FakeService};
+pub use fake::{fakes_dropped_while_live, live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
 
 /// The workspace root (two levels above this crate).
