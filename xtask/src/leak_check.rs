@@ -63,6 +63,11 @@ fn mib(b: Option<f64>) -> String {
     }
 }
 
+/// True when `growth` is a number no larger than `limit`; a NaN growth is never within.
+fn within(growth: f64, limit: f64) -> bool {
+    growth <= limit
+}
+
 /// Returns (passed, problems) for one layer's figures. A figure the verdict needs but the child
 /// did not report is a problem in itself, never a pass.
 fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
@@ -86,15 +91,14 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
     if r["weights_after"].as_u64() != Some(0) {
         problems.push(format!("{} weight bytes still accounted after a cycle", r["weights_after"]));
     }
-    // Comparisons are written `!(growth <= limit)` so that a NaN fails too.
     let alloc_growth = max_alloc - base_alloc;
     let alloc_limit = ALLOCATOR_SLACK_BYTES.max(ALLOCATOR_SLACK_FRACTION * base_alloc);
-    if !(alloc_growth <= alloc_limit) {
+    if !within(alloc_growth, alloc_limit) {
         problems.push(format!("allocator in-use bytes grew {} MiB (limit {} MiB)", mib(Some(alloc_growth)), mib(Some(alloc_limit))));
     }
     let rss_growth = max_rss - base_rss;
     let rss_limit = RESIDENT_SLACK_BYTES.max(RESIDENT_SLACK_FRACTION * base_rss);
-    if !(rss_growth <= rss_limit) {
+    if !within(rss_growth, rss_limit) {
         problems.push(format!("anonymous resident memory grew {} MiB (limit {} MiB)", mib(Some(rss_growth)), mib(Some(rss_limit))));
     }
     if let Some((base, base_res, used_growth)) = cuda_figures {
@@ -109,7 +113,7 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
                 }
             }
         }
-        if !(used_growth <= CUDA_USED_SLACK_BYTES) {
+        if !within(used_growth, CUDA_USED_SLACK_BYTES) {
             problems.push(format!("device used memory grew {} MiB", mib(Some(used_growth))));
         }
     }
