@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: embed-core against sentence-transformers on the same corpus, model,
-//! torch build and thread count, pair by pair in one run. Prints texts/s, tokens/s and ratios
-//! (medians over rounds), checks the vectors against sentence-transformers' (cosine), and
-//! writes `bench-results/bench.json`.
+//! torch build, thread count and warm-up, pair by pair in one run. Prints texts/s, tokens/s and
+//! ratios (medians over rounds), checks every pair's vectors against that pair's
+//! sentence-transformers vectors (cosine, item by item), and writes `bench-results/bench.json`.
+//! Exits non-zero when a target is missed, a vector does not match, or a side ran with another
+//! thread count than asked for.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,30 +12,35 @@ use anyhow::{bail, Context, Result};
 
 use crate::setup;
 
+/// One timed round as a side prints it (one JSON object per line).
+#[derive(Debug, Clone, PartialEq)]
 struct Round {
     texts_per_s: f64,
     tokens_per_s: f64,
     load_s: f64,
+    /// Intra-op threads the side ran with, as torch reported them where inference runs.
+    threads: u64,
 }
 
-fn parse_rounds(stdout: &str) -> Vec<Round> {
+fn parse_rounds(stdout: &str) -> Result<Vec<Round>> {
     stdout
         .lines()
-        .filter_map(|l| {
-            let field = |name: &str| -> Option<f64> {
-                let key = format!("\"{name}\":");
-                let start = l.find(&key)? + key.len();
-                let rest = &l[start..];
-                let end = rest.find([',', '}']).unwrap_or(rest.len());
-                rest[..end].trim().parse().ok()
-            };
-            Some(Round { texts_per_s: field("texts_per_s")?, tokens_per_s: field("tokens_per_s")?, load_s: field("load_s")? })
+        .filter(|l| l.trim_start().starts_with('{'))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).with_context(|| format!("round line {l:?}"))?;
+            let f = |k: &str| v[k].as_f64().with_context(|| format!("{k} missing in {l:?}"));
+            Ok(Round {
+                texts_per_s: f("texts_per_s")?,
+                tokens_per_s: f("tokens_per_s")?,
+                load_s: f("load_s")?,
+                threads: v["threads"].as_u64().with_context(|| format!("threads missing in {l:?}"))?,
+            })
         })
         .collect()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
         return f64::NAN;
@@ -53,33 +60,89 @@ fn run_capture(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Reads a JSON array of vectors. `NaN` (which both sides print for NaN, though JSON has no
+/// such token) is read as NaN so that the comparison can name the item.
 fn read_vectors(path: &Path) -> Result<Vec<Vec<f64>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let inner = text.trim().strip_prefix('[').and_then(|t| t.strip_suffix(']')).context("vectors: not a JSON array")?;
+    parse_vectors(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn parse_vectors(text: &str) -> Result<Vec<Vec<f64>>> {
+    let inner = text.trim().strip_prefix('[').and_then(|t| t.strip_suffix(']')).context("not a JSON array")?.trim();
+    if inner.is_empty() {
+        return Ok(Vec::new());
+    }
     inner
-        .split("],")
+        .split(']')
+        .map(|row| row.trim().trim_start_matches(',').trim())
+        .filter(|row| !row.is_empty())
         .map(|row| {
-            row.trim().trim_start_matches('[').trim_end_matches(']').split(',').map(|x| Ok(x.trim().parse::<f64>()?)).collect()
+            let row = row.strip_prefix('[').with_context(|| format!("row {row:?} is not an array"))?;
+            if row.trim().is_empty() {
+                return Ok(Vec::new());
+            }
+            row.split(',').map(|x| x.trim().parse::<f64>().with_context(|| format!("value {x:?}"))).collect()
         })
         .collect()
 }
 
-fn worst_cosine(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
-            let nx: f64 = x.iter().map(|p| p * p).sum::<f64>().sqrt();
-            let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
-            dot / (nx * ny)
-        })
-        .fold(1.0, f64::min)
+/// Compares `got` with `reference` item by item: the same number of vectors, each of the same
+/// length, each with cosine at least `min`. NaN fails (a fold with `f64::min` would skip it).
+/// Returns the worst cosine, or every failing item in the error.
+fn check_vectors(got: &[Vec<f64>], reference: &[Vec<f64>], min: f64) -> Result<f64, String> {
+    if got.len() != reference.len() {
+        return Err(format!("{} vectors, expected {}", got.len(), reference.len()));
+    }
+    let mut worst = 1.0f64;
+    let mut failures = Vec::new();
+    for (i, (x, y)) in got.iter().zip(reference).enumerate() {
+        if x.len() != y.len() {
+            failures.push(format!("item {i}: length {}, expected {}", x.len(), y.len()));
+            continue;
+        }
+        let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let nx: f64 = x.iter().map(|p| p * p).sum::<f64>().sqrt();
+        let ny: f64 = y.iter().map(|q| q * q).sum::<f64>().sqrt();
+        let c = dot / (nx * ny);
+        // `c >= min` is false for NaN (and a zero vector gives NaN here too).
+        if c >= min {
+            worst = worst.min(c);
+        } else {
+            failures.push(format!("item {i}: cosine {c}"));
+        }
+    }
+    if failures.is_empty() {
+        Ok(worst)
+    } else {
+        let shown: Vec<_> = failures.iter().take(5).cloned().collect();
+        Err(format!("{} of {} items below {min}: {}{}", failures.len(), got.len(), shown.join("; "), if failures.len() > 5 { "; …" } else { "" }))
+    }
 }
+
+/// The verdicts: `(what, met)` per target. Ratios and cosines that are NaN count as missed.
+fn targets(f32_ratio: f64, bf16_ratio: f64, cos_f32: &Result<f64, String>, cos_bf16: &Result<f64, String>) -> Vec<(String, bool)> {
+    let cos = |name: &str, min: f64, r: &Result<f64, String>| match r {
+        Ok(c) => (format!("{name} cosine >= {min} (worst {c:.6})"), *c >= min),
+        Err(e) => (format!("{name} cosine >= {min}: {e}"), false),
+    };
+    vec![
+        (format!("f32 >= 1.6x sentence-transformers ({f32_ratio:.2}x)"), f32_ratio >= 1.6),
+        cos("f32", F32_MIN_COSINE, cos_f32),
+        (format!("bf16 >= 3x sentence-transformers ({bf16_ratio:.2}x)"), bf16_ratio >= 3.0),
+        cos("bf16", BF16_MIN_COSINE, cos_bf16),
+    ]
+}
+
+const F32_MIN_COSINE: f64 = 0.99999;
+const BF16_MIN_COSINE: f64 = 0.9995;
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let pairs: usize = flag(args, "--pairs").unwrap_or(3);
     let rounds: usize = flag(args, "--rounds").unwrap_or(2);
     let threads: usize = flag(args, "--threads").unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    if pairs == 0 || rounds == 0 || threads == 0 {
+        bail!("--pairs, --rounds and --threads must be at least 1");
+    }
     let env = setup::run(&setup::Options { bench: true })?;
     let root = &env.root;
     let corpus = root.join("testdata/corpus.txt");
@@ -100,75 +163,98 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut st = Vec::new();
     let mut f32s = Vec::new();
     let mut bf16s = Vec::new();
-    let st_vec = out_dir.join("vectors-st.json");
-    let f32_vec = out_dir.join("vectors-f32.json");
-    let bf16_vec = out_dir.join("vectors-bf16.json");
+    // Worst cosine over every pair (each pair's vectors against that pair's sentence-transformers
+    // vectors); the first failure is kept.
+    let mut cos_f32: Result<f64, String> = Ok(1.0);
+    let mut cos_bf16: Result<f64, String> = Ok(1.0);
     for pair in 0..pairs {
         println!("bench: pair {}/{pairs} ({rounds} timed rounds each, {threads} threads)", pair + 1);
+        let st_vec = out_dir.join(format!("vectors-st-{pair}.json"));
         let mut py = Command::new(&env.python);
         py.arg(root.join("bench/st_throughput.py"))
             .arg(&env.model_dir)
             .arg(&corpus)
             .arg(rounds.to_string())
             .arg(threads.to_string())
+            .arg(&st_vec)
             .env("HF_HUB_OFFLINE", "1")
             .env("TOKENIZERS_PARALLELISM", "false");
-        if pair == 0 {
-            py.arg(&st_vec);
-        }
-        st.extend(parse_rounds(&run_capture(&mut py)?));
-        for (dtype, sink, vec_path) in [("f32", &mut f32s, &f32_vec), ("bf16", &mut bf16s, &bf16_vec)] {
+        st.extend(parse_rounds(&run_capture(&mut py)?)?);
+        let st_vectors = read_vectors(&st_vec)?;
+        for (dtype, sink, cos, min) in [("f32", &mut f32s, &mut cos_f32, F32_MIN_COSINE), ("bf16", &mut bf16s, &mut cos_bf16, BF16_MIN_COSINE)] {
+            let vec_path = out_dir.join(format!("vectors-{dtype}-{pair}.json"));
             let mut rs = Command::new(&rust_bin);
-            rs.arg(&env.model_dir).arg(&corpus).arg(dtype).arg(rounds.to_string()).env("EMBED_THREADS", threads.to_string());
-            if pair == 0 {
-                rs.arg(vec_path);
-            }
-            sink.extend(parse_rounds(&run_capture(&mut rs)?));
+            rs.arg(&env.model_dir).arg(&corpus).arg(dtype).arg(rounds.to_string()).arg(&vec_path).env("EMBED_THREADS", threads.to_string());
+            sink.extend(parse_rounds(&run_capture(&mut rs)?)?);
+            let checked = check_vectors(&read_vectors(&vec_path)?, &st_vectors, min).map_err(|e| format!("pair {}: {e}", pair + 1));
+            *cos = match (cos.clone(), checked) {
+                (Ok(a), Ok(b)) => Ok(a.min(b)),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
         }
     }
 
-    let st_vectors = read_vectors(&st_vec)?;
-    let cos_f32 = worst_cosine(&read_vectors(&f32_vec)?, &st_vectors);
-    let cos_bf16 = worst_cosine(&read_vectors(&bf16_vec)?, &st_vectors);
+    let mut problems = Vec::new();
+    for (name, rs) in [("sentence-transformers", &st), ("embed-core f32", &f32s), ("embed-core bf16", &bf16s)] {
+        if rs.len() != pairs * rounds {
+            problems.push(format!("{name}: {} timed rounds reported, expected {}", rs.len(), pairs * rounds));
+        }
+        let seen: std::collections::BTreeSet<u64> = rs.iter().map(|r| r.threads).collect();
+        if seen.iter().any(|&t| t != threads as u64) {
+            problems.push(format!("{name} ran with {seen:?} intra-op threads where inference runs, asked for {threads}"));
+        }
+    }
     let med = |r: &[Round], f: fn(&Round) -> f64| median(r.iter().map(f).collect());
     let st_tps = med(&st, |r| r.texts_per_s);
+    let show = |r: &Result<f64, String>| r.as_ref().ok().copied().unwrap_or(f64::NAN);
     let lines = [
-        ("sentence-transformers f32", &st, f64::NAN),
-        ("embed-core f32", &f32s, cos_f32),
-        ("embed-core bf16", &bf16s, cos_bf16),
+        ("sentence-transformers f32", &st, None),
+        ("embed-core f32", &f32s, Some(show(&cos_f32))),
+        ("embed-core bf16", &bf16s, Some(show(&cos_bf16))),
     ];
     let texts = std::fs::read_to_string(&corpus)?.lines().filter(|l| !l.trim().is_empty()).count();
     println!("\nall-MiniLM-L6-v2, CPU, {threads} threads, {texts} texts (testdata/corpus.txt), medians of {} rounds", pairs * rounds);
-    println!("{:<28} {:>10} {:>11} {:>9} {:>8} {:>14}", "implementation", "texts/s", "tokens/s", "vs ST", "load s", "worst cos/ST");
+    println!("{:<28} {:>10} {:>11} {:>9} {:>8} {:>8} {:>14}", "implementation", "texts/s", "tokens/s", "vs ST", "load s", "threads", "worst cos/ST");
     let mut json = Vec::new();
     for (name, rounds, cos) in lines {
         let tps = med(rounds, |r| r.texts_per_s);
         let toks = med(rounds, |r| r.tokens_per_s);
         let load = med(rounds, |r| r.load_s);
-        let cos_s = if cos.is_nan() { "-".to_string() } else { format!("{cos:.6}") };
-        println!("{name:<28} {tps:>10.1} {toks:>11.1} {:>8.2}x {load:>8.3} {cos_s:>14}", tps / st_tps);
-        json.push(format!(
-            "{{\"name\":\"{name}\",\"texts_per_s\":{tps:.1},\"tokens_per_s\":{toks:.1},\"ratio_vs_st\":{:.3},\"load_s\":{load:.3},\"worst_cosine_vs_st\":{}}}",
-            tps / st_tps,
-            if cos.is_nan() { "null".into() } else { format!("{cos:.7}") }
-        ));
+        let worker_threads = rounds.first().map(|r| r.threads).unwrap_or(0);
+        let cos_s = match cos {
+            None => "-".to_string(),
+            Some(c) if c.is_nan() => "MISMATCH".to_string(),
+            Some(c) => format!("{c:.6}"),
+        };
+        println!("{name:<28} {tps:>10.1} {toks:>11.1} {:>8.2}x {load:>8.3} {worker_threads:>8} {cos_s:>14}", tps / st_tps);
+        json.push(serde_json::json!({
+            "name": name, "texts_per_s": tps, "tokens_per_s": toks, "ratio_vs_st": tps / st_tps, "load_s": load,
+            "threads": worker_threads, "worst_cosine_vs_st": cos.filter(|c| !c.is_nan()),
+        }));
     }
-    let targets = [
-        ("f32 >= 1.6x sentence-transformers", med(&f32s, |r| r.texts_per_s) / st_tps >= 1.6),
-        ("f32 cosine >= 0.99999", cos_f32 >= 0.99999),
-        ("bf16 >= 3x sentence-transformers", med(&bf16s, |r| r.texts_per_s) / st_tps >= 3.0),
-        ("bf16 cosine >= 0.9995", cos_bf16 >= 0.9995),
-    ];
+    let verdicts = targets(med(&f32s, |r| r.texts_per_s) / st_tps, med(&bf16s, |r| r.texts_per_s) / st_tps, &cos_f32, &cos_bf16);
     println!();
-    for (t, ok) in &targets {
+    for (t, ok) in &verdicts {
         println!("target {t}: {}", if *ok { "met" } else { "MISSED" });
     }
+    for p in &problems {
+        println!("bench: {p}");
+    }
+    let path = out_dir.join("bench.json");
+    let report = serde_json::json!({
+        "threads": threads, "texts": texts, "results": json,
+        "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
+        "problems": problems,
+    });
+    std::fs::write(&path, format!("{report}\n"))?;
+    println!("\nwrote {}", path.display());
     if !args.iter().any(|a| a == "--core-only") {
         extras(&cargo, root)?;
     }
-    let path = out_dir.join("bench.json");
-    std::fs::write(&path, format!("{{\"threads\":{threads},\"texts\":{texts},\"results\":[{}]}}\n", json.join(",")))?;
-    println!("\nwrote {}", path.display());
+    let missed = verdicts.iter().filter(|(_, ok)| !ok).count();
+    if missed > 0 || !problems.is_empty() {
+        bail!("bench: {missed} target(s) missed, {} problem(s); see above and {}", problems.len(), path.display());
+    }
     Ok(())
 }
 
@@ -201,4 +287,79 @@ fn extras(cargo: &str, root: &Path) -> Result<()> {
 
 fn flag(args: &[String], name: &str) -> Option<usize> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &[&[f64]] = &[&[1.0, 0.0, 0.0], &[0.0, 0.6, 0.8]];
+
+    fn rows(r: &[&[f64]]) -> Vec<Vec<f64>> {
+        r.iter().map(|x| x.to_vec()).collect()
+    }
+
+    #[test]
+    fn matching_vectors_pass() {
+        let worst = check_vectors(&rows(GOOD), &rows(GOOD), 0.99999).unwrap();
+        assert!((worst - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nan_vectors_fail() {
+        let nan = rows(&[&[f64::NAN; 3], &[f64::NAN; 3]]);
+        let e = check_vectors(&nan, &rows(GOOD), 0.9).unwrap_err();
+        assert!(e.starts_with("2 of 2 items"), "{e}");
+        let one = rows(&[&[1.0, 0.0, 0.0], &[0.0, f64::NAN, 0.8]]);
+        assert!(check_vectors(&one, &rows(GOOD), 0.9).unwrap_err().contains("item 1"));
+        // And a NaN result misses its target.
+        let t = targets(2.0, 4.0, &check_vectors(&nan, &rows(GOOD), 0.9), &Ok(1.0));
+        assert!(!t[1].1, "{t:?}");
+    }
+
+    #[test]
+    fn short_or_missing_vectors_fail() {
+        let short = rows(&[&[1.0, 0.0, 0.0], &[0.0, 0.6]]);
+        assert!(check_vectors(&short, &rows(GOOD), 0.9).unwrap_err().contains("item 1: length 2, expected 3"));
+        let missing = rows(&[&[1.0, 0.0, 0.0]]);
+        assert!(check_vectors(&missing, &rows(GOOD), 0.9).unwrap_err().contains("1 vectors, expected 2"));
+        assert!(check_vectors(&[], &rows(GOOD), 0.9).is_err());
+    }
+
+    #[test]
+    fn a_wrong_vector_fails() {
+        let wrong = rows(&[&[1.0, 0.0, 0.0], &[0.0, 0.8, 0.6]]);
+        assert!(check_vectors(&wrong, &rows(GOOD), 0.999).unwrap_err().contains("item 1"));
+        let zero = rows(&[&[1.0, 0.0, 0.0], &[0.0, 0.0, 0.0]]);
+        assert!(check_vectors(&zero, &rows(GOOD), 0.9).is_err());
+    }
+
+    #[test]
+    fn missed_targets_are_reported() {
+        let all = targets(2.0, 4.0, &Ok(1.0), &Ok(0.9999));
+        assert!(all.iter().all(|(_, ok)| *ok), "{all:?}");
+        let slow = targets(1.2, f64::NAN, &Ok(1.0), &Ok(0.9999));
+        assert_eq!(slow.iter().filter(|(_, ok)| !ok).count(), 2, "{slow:?}");
+        let bad = targets(2.0, 4.0, &Ok(0.9), &Err("pair 2: item 3: cosine NaN".into()));
+        assert!(!bad[1].1 && !bad[3].1, "{bad:?}");
+    }
+
+    #[test]
+    fn vectors_parse_from_both_sides() {
+        // sentence-transformers (Python json) and embed-core (examples/throughput.rs), NaN included.
+        assert_eq!(parse_vectors("[[0.5, -1.0], [2e-3, 3.0]]").unwrap(), vec![vec![0.5, -1.0], vec![0.002, 3.0]]);
+        assert_eq!(parse_vectors("[[0.5,-1],[0.25,3]]").unwrap(), vec![vec![0.5, -1.0], vec![0.25, 3.0]]);
+        let nan = parse_vectors("[[NaN,1],[0,NaN]]").unwrap();
+        assert!(nan[0][0].is_nan() && nan[1][1].is_nan());
+        assert_eq!(parse_vectors("[]").unwrap(), Vec::<Vec<f64>>::new());
+        assert!(parse_vectors("[[0.5, x]]").is_err());
+    }
+
+    #[test]
+    fn rounds_need_every_figure_and_the_thread_count() {
+        let line = r#"{"impl":"embed-core","texts_per_s":10.5,"tokens_per_s":100.0,"load_s":0.2,"threads":4}"#;
+        assert_eq!(parse_rounds(line).unwrap(), vec![Round { texts_per_s: 10.5, tokens_per_s: 100.0, load_s: 0.2, threads: 4 }]);
+        assert!(parse_rounds(r#"{"texts_per_s":10.5,"tokens_per_s":100.0,"load_s":0.2}"#).is_err());
+        assert_eq!(parse_rounds("batch stats: none\n").unwrap(), vec![]);
+    }
 }

@@ -37,7 +37,11 @@ impl Options {
         let get = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
         Ok(Options {
             device: get("--device").unwrap_or_else(|| "cpu".into()),
-            cycles: get("--cycles").map(|c| c.parse()).transpose().context("--cycles")?.unwrap_or(5),
+            cycles: match get("--cycles").map(|c| c.parse::<usize>()).transpose().context("--cycles")? {
+                // The first cycle is the warm-up: with none, nothing would be compared.
+                Some(0) => bail!("--cycles must be at least 1"),
+                n => n.unwrap_or(5),
+            },
             json: get("--json").map(PathBuf::from),
             layers: get("--layers")
                 .map(|l| l.split(',').map(String::from).collect())
@@ -47,59 +51,70 @@ impl Options {
     }
 }
 
-fn num(v: &serde_json::Value, path: &[&str]) -> f64 {
-    let mut cur = v;
-    for p in path {
-        cur = &cur[*p];
-    }
-    cur.as_f64().unwrap_or(f64::NAN)
+/// The figure at `path`, if the child reported it as a number.
+fn num(v: &serde_json::Value, path: &[&str]) -> Option<f64> {
+    path.iter().fold(v, |cur, p| &cur[*p]).as_f64()
 }
 
-fn mib(b: f64) -> String {
-    if b.is_nan() {
-        "-".into()
-    } else {
-        format!("{:.1}", b / (1024.0 * 1024.0))
+fn mib(b: Option<f64>) -> String {
+    match b {
+        Some(b) if b.is_finite() => format!("{:.1}", b / (1024.0 * 1024.0)),
+        _ => "-".into(),
     }
 }
 
-/// Returns (passed, problems) for one layer's figures.
+/// True when `growth` is a number no larger than `limit`; a NaN growth is never within.
+fn within(growth: f64, limit: f64) -> bool {
+    growth <= limit
+}
+
+/// Returns (passed, problems) for one layer's figures. A figure the verdict needs but the child
+/// did not report is a problem in itself, never a pass.
 fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
     let mut problems = Vec::new();
+    let mut need = |path: &[&str]| -> f64 {
+        num(r, path).unwrap_or_else(|| {
+            problems.push(format!("figure {} missing from the child's report", path.join(".")));
+            f64::NAN
+        })
+    };
+    let base_alloc = need(&["baseline", "allocator"]);
+    let max_alloc = need(&["max_after", "allocator"]);
+    let base_rss = need(&["baseline", "resident"]);
+    let max_rss = need(&["max_after", "resident"]);
+    let cuda_figures = cuda.then(|| {
+        (need(&["baseline", "cuda_allocated"]), need(&["baseline", "cuda_reserved"]), need(&["after", "cuda_used"]) - need(&["baseline", "cuda_used"]))
+    });
     if r["live_models_after"].as_u64() != Some(0) {
         problems.push(format!("{} model(s) still live after a cycle", r["live_models_after"]));
     }
     if r["weights_after"].as_u64() != Some(0) {
         problems.push(format!("{} weight bytes still accounted after a cycle", r["weights_after"]));
     }
-    let base_alloc = num(r, &["baseline", "allocator"]);
-    let alloc_growth = num(r, &["max_after", "allocator"]) - base_alloc;
+    let alloc_growth = max_alloc - base_alloc;
     let alloc_limit = ALLOCATOR_SLACK_BYTES.max(ALLOCATOR_SLACK_FRACTION * base_alloc);
-    if alloc_growth > alloc_limit {
-        problems.push(format!("allocator in-use bytes grew {} MiB (limit {} MiB)", mib(alloc_growth), mib(alloc_limit)));
+    if !within(alloc_growth, alloc_limit) {
+        problems.push(format!("allocator in-use bytes grew {} MiB (limit {} MiB)", mib(Some(alloc_growth)), mib(Some(alloc_limit))));
     }
-    let base_rss = num(r, &["baseline", "resident"]);
-    let rss_growth = num(r, &["max_after", "resident"]) - base_rss;
+    let rss_growth = max_rss - base_rss;
     let rss_limit = RESIDENT_SLACK_BYTES.max(RESIDENT_SLACK_FRACTION * base_rss);
-    if rss_growth > rss_limit {
-        problems.push(format!("anonymous resident memory grew {} MiB (limit {} MiB)", mib(rss_growth), mib(rss_limit)));
+    if !within(rss_growth, rss_limit) {
+        problems.push(format!("anonymous resident memory grew {} MiB (limit {} MiB)", mib(Some(rss_growth)), mib(Some(rss_limit))));
     }
-    if cuda {
-        let base = num(r, &["baseline", "cuda_allocated"]);
-        for a in r["cuda_allocated_after"].as_array().into_iter().flatten().skip(1) {
-            if a.as_f64() != Some(base) {
-                problems.push(format!("CUDA allocated bytes {a} after a cycle, baseline {base}"));
+    if let Some((base, base_res, used_growth)) = cuda_figures {
+        for (key, base, what) in [("cuda_allocated_after", base, "CUDA allocated bytes"), ("cuda_reserved_after", base_res, "CUDA reserved bytes")] {
+            let after = r[key].as_array().map(Vec::as_slice).unwrap_or_default();
+            if after.len() < 2 {
+                problems.push(format!("{key}: {} figure(s) reported, at least 2 needed (warm-up and a cycle)", after.len()));
+            }
+            for a in after.iter().skip(1) {
+                if a.as_f64() != Some(base) {
+                    problems.push(format!("{what} {a} after a cycle, baseline {base}"));
+                }
             }
         }
-        let base_res = num(r, &["baseline", "cuda_reserved"]);
-        for a in r["cuda_reserved_after"].as_array().into_iter().flatten().skip(1) {
-            if a.as_f64() != Some(base_res) {
-                problems.push(format!("CUDA reserved bytes {a} after empty_cache, baseline {base_res}"));
-            }
-        }
-        let used_growth = num(r, &["after", "cuda_used"]) - num(r, &["baseline", "cuda_used"]);
-        if !(used_growth <= CUDA_USED_SLACK_BYTES) {
-            problems.push(format!("device used memory grew {} MiB", mib(used_growth)));
+        if !within(used_growth, CUDA_USED_SLACK_BYTES) {
+            problems.push(format!("device used memory grew {} MiB", mib(Some(used_growth))));
         }
     }
     (problems.is_empty(), problems)
@@ -148,8 +163,9 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
             let base = num(&r, &["baseline", b]);
             let after = num(&r, &["after", a]);
             let peak = num(&r, &["peak", b]);
+            let leaked = after.zip(base).map(|(a, b)| a - b);
             let v = if i == 0 { if ok { "ok" } else { "LEAK" } } else { "" };
-            println!("{:<8} {label:>7} {:>12} {:>12} {:>12} {:>12}  {v}", if i == 0 { layer.as_str() } else { "" }, mib(base), mib(peak), mib(after), mib(after - base));
+            println!("{:<8} {label:>7} {:>12} {:>12} {:>12} {:>12}  {v}", if i == 0 { layer.as_str() } else { "" }, mib(base), mib(peak), mib(after), mib(leaked));
         }
         for p in &problems {
             println!("         ! {p}");
@@ -165,4 +181,65 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
     }
     println!("leak-check: {}", if all_ok { "no leaks" } else { "LEAKS FOUND" });
     Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report() -> serde_json::Value {
+        json!({
+            "live_models_after": 0, "weights_after": 0,
+            "baseline": {"allocator": 100e6, "resident": 300e6, "cuda_allocated": 5.0, "cuda_reserved": 8.0, "cuda_used": 1e9},
+            "max_after": {"allocator": 101e6, "resident": 310e6},
+            "after": {"cuda_used": 1e9},
+            "cuda_allocated_after": [7.0, 5.0, 5.0], "cuda_reserved_after": [9.0, 8.0, 8.0],
+        })
+    }
+
+    #[test]
+    fn flat_figures_pass() {
+        assert_eq!(verdict(&report(), false), (true, vec![]));
+        assert_eq!(verdict(&report(), true), (true, vec![]));
+    }
+
+    #[test]
+    fn growth_fails() {
+        let mut r = report();
+        r["max_after"]["allocator"] = json!(150e6);
+        let (ok, problems) = verdict(&r, false);
+        assert!(!ok && problems[0].contains("allocator"), "{problems:?}");
+        let mut r = report();
+        r["cuda_allocated_after"] = json!([7.0, 5.0, 6.0]);
+        assert!(!verdict(&r, true).0);
+    }
+
+    #[test]
+    fn a_missing_figure_fails_instead_of_passing_as_nan() {
+        for (section, key) in [("baseline", "allocator"), ("max_after", "allocator"), ("baseline", "resident"), ("max_after", "resident")] {
+            let mut r = report();
+            r[section].as_object_mut().unwrap().remove(key);
+            let (ok, problems) = verdict(&r, false);
+            assert!(!ok, "{section}.{key} missing passed");
+            assert!(problems.iter().any(|p| p.contains(&format!("{section}.{key} missing"))), "{problems:?}");
+        }
+        let mut r = report();
+        r["after"].as_object_mut().unwrap().remove("cuda_used");
+        assert!(!verdict(&r, true).0);
+        let mut r = report();
+        r["cuda_reserved_after"] = json!([]);
+        assert!(!verdict(&r, true).0, "no CUDA figures after the cycles");
+        let mut r = report();
+        r["max_after"]["resident"] = json!(null);
+        assert!(!verdict(&r, false).0);
+    }
+
+    #[test]
+    fn zero_cycles_are_rejected() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(Options::parse(&args(&["--cycles", "0"])).is_err());
+        assert_eq!(Options::parse(&args(&["--cycles", "2"])).unwrap().cycles, 2);
+        assert_eq!(Options::parse(&args(&[])).unwrap().cycles, 5);
+    }
 }

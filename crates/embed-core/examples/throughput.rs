@@ -1,7 +1,10 @@
 //! Measures `embed_texts` throughput over a corpus; used by `cargo xtask bench`.
 //!
 //! `cargo run --release -p embed-core --example throughput -- MODEL_DIR CORPUS [f32|bf16] [ROUNDS] [OUT.json]`
-//! Prints one JSON line per round: texts/s, tokens/s, and the vectors' file when asked.
+//! Prints one JSON line per round: texts/s, tokens/s, the intra-op threads the model's worker
+//! runs with, and writes the vectors' file when asked. `EMBED_THREADS=N` sets the worker's
+//! thread count (`ModelOptions::threads`); the first 64 texts are embedded once before timing,
+//! the same warm-up as the sentence-transformers side (bench/st_throughput.py).
 
 use std::time::Instant;
 
@@ -17,11 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let texts: Vec<String> =
         std::fs::read_to_string(corpus)?.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
 
-    if let Some(n) = std::env::var("EMBED_THREADS").ok().and_then(|s| s.parse::<i32>().ok()) {
-        embed_core::tch::set_num_threads(n);
-    }
+    let threads = std::env::var("EMBED_THREADS").ok().map(|s| s.parse::<usize>()).transpose()?;
     let t0 = Instant::now();
-    let mut options = ModelOptions { dtype, ..Default::default() };
+    // The thread count is applied on the worker thread, where the forward passes run.
+    let mut options = ModelOptions { dtype, threads, ..Default::default() };
     // Batching knobs, for tuning experiments.
     if let Some(n) = std::env::var("EMBED_MAX_BATCH_TOKENS").ok().and_then(|s| s.parse().ok()) {
         options.max_batch_tokens = Some(n);
@@ -32,14 +34,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let spec = ModelSpec::new(model.as_str()).with_options(options);
     let svc = DenseEmbeddingService::from_spec(spec).await?;
     let load_s = t0.elapsed().as_secs_f64();
+    let worker_threads = svc.info().map(|i| i.threads).unwrap_or(0);
     let opts = EmbedOptions::default();
+    svc.embed_texts(&texts[..texts.len().min(WARM_UP_TEXTS)], &opts).await?;
     let mut last = None;
     for round in 0..rounds {
         let t = Instant::now();
         let out = svc.embed_texts(&texts, &opts).await?;
         let s = t.elapsed().as_secs_f64();
         println!(
-            "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3}}}",
+            "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3},\"threads\":{worker_threads}}}",
             texts.len(),
             out.total_tokens(),
             texts.len() as f64 / s,
@@ -54,6 +58,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     svc.cleanup().await?;
     Ok(())
 }
+
+/// Texts embedded once before the timed rounds (as bench/st_throughput.py does).
+const WARM_UP_TEXTS: usize = 64;
 
 fn serde_json_vectors(v: &[Vec<f32>]) -> String {
     let rows: Vec<String> =

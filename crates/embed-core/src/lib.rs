@@ -27,7 +27,7 @@
 //! let out = service.embed_texts(&["hello world".to_string()], &EmbedOptions::default()).await?;
 //! assert_eq!(out.vectors[0].len(), 384);
 //! let report = service.cleanup().await?;
-//! println!("freed {} bytes", report.weight_bytes_freed);
+//! println!("released a model of {} weight bytes", report.model_weight_bytes);
 //! # Ok(()) }
 //! ```
 //!

@@ -208,6 +208,30 @@ pub fn live_weight_bytes() -> u64 {
     LIVE_WEIGHT_BYTES.load(Ordering::SeqCst)
 }
 
+/// Model worker threads that have not exited yet, whether loading, serving or freeing
+/// (process-wide). Zero means no load is still under way anywhere, cancelled ones included.
+pub fn model_threads() -> usize {
+    MODEL_THREADS.load(Ordering::SeqCst)
+}
+
+static MODEL_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a model worker thread from before its spawn until the end of its body.
+pub(crate) struct ModelThread(());
+
+impl ModelThread {
+    pub(crate) fn new() -> Self {
+        MODEL_THREADS.fetch_add(1, Ordering::SeqCst);
+        ModelThread(())
+    }
+}
+
+impl Drop for ModelThread {
+    fn drop(&mut self) {
+        MODEL_THREADS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Counts a loaded model until dropped; held by the worker thread next to the model itself.
 pub(crate) struct LiveModel {
     bytes: u64,

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::bert::Bert;
 use crate::config::{ModelDir, Pooling};
-use crate::memory::{self, LiveModel};
+use crate::memory::{self, LiveModel, ModelThread};
 use crate::worker::{self, Command, Job, Seq, WorkerConfig, WorkerStats};
 use crate::{DType, DeviceSpec, Error, ModelSource, ResolvedDevice, Result};
 
@@ -29,6 +29,10 @@ pub struct FaultInjection {
     pub panic_on_text: Option<String>,
     /// Every forward pass sleeps this long first (makes queueing and cancellation observable).
     pub forward_delay: Option<std::time::Duration>,
+    /// The worker holds the loaded model (counted in [`memory::live_models`]) this long before
+    /// handing it to `load`, and stops waiting as soon as that `load` is dropped: a load can be
+    /// cancelled at a known point, with a model to release, on a machine of any speed.
+    pub load_delay: Option<std::time::Duration>,
 }
 
 /// How a model is loaded and run.
@@ -54,6 +58,11 @@ pub struct ModelOptions {
     pub max_batch_tokens: Option<usize>,
     /// Most inputs per forward pass. `None`: 32 on CPU, 256 on CUDA.
     pub max_batch_size: Option<usize>,
+    /// libtorch intra-op threads for CPU forward passes, set on the model's worker thread where
+    /// they run (OpenMP keeps the count per thread: one set on another thread may not reach
+    /// the worker). libtorch also keeps it as a process-wide default for threads that start
+    /// later. `None`: libtorch's default. [`ModelInfo::threads`] reports what the worker uses.
+    pub threads: Option<usize>,
     /// Failure injection for tests.
     pub faults: FaultInjection,
 }
@@ -70,6 +79,7 @@ impl Default for ModelOptions {
             document_prefix: None,
             max_batch_tokens: None,
             max_batch_size: None,
+            threads: None,
             faults: FaultInjection::default(),
         }
     }
@@ -214,6 +224,9 @@ pub struct ModelInfo {
     pub prompts: BTreeMap<String, String>,
     /// Wall time of the load.
     pub load_duration: Duration,
+    /// Intra-op threads of the worker's forward passes, as libtorch reports them on the worker
+    /// thread (see [`ModelOptions::threads`]).
+    pub threads: usize,
 }
 
 /// What a cleanup released.
@@ -221,8 +234,10 @@ pub struct ModelInfo {
 pub struct CleanupReport {
     /// The model that was released (`None` if nothing was loaded).
     pub model: Option<String>,
-    /// Weight bytes freed.
-    pub weight_bytes_freed: u64,
+    /// Weight bytes of the released model: its size as loaded ([`ModelInfo::weight_bytes`]),
+    /// reported once its worker thread has exited; 0 when nothing was loaded. Not a measurement
+    /// of freed memory: [`memory::cpu_allocator_in_use_bytes`] and [`memory::cuda_memory`] are.
+    pub model_weight_bytes: u64,
     /// CUDA caching-allocator reserved bytes before / after emptying the cache (CUDA only).
     pub cuda_reserved_before: Option<u64>,
     /// See `cuda_reserved_before`.
@@ -477,6 +492,9 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             reason: "must be at least 1".into(),
         });
     }
+    if o.threads == Some(0) {
+        return Err(Error::InvalidOption { name: "threads", reason: "must be at least 1".into() });
+    }
     let (device, device_note) = o.device.resolve()?;
     if device == ResolvedDevice::Cpu && o.dtype == DType::F16 {
         return Err(Error::UnsupportedDtype {
@@ -545,13 +563,19 @@ impl EmbeddingService for DenseEmbeddingService {
         let worker_stats = stats.clone();
         let thread_spec = spec.clone();
         let name = spec.name.clone();
+        let counted = ModelThread::new();
 
         let thread = std::thread::Builder::new()
             .name(format!("embed-model-{}", short_name(&spec.name)))
             .spawn(move || {
+                // Dropped last, when this thread has freed everything (also on a panic).
+                let _counted = counted;
                 // Inference only: grad mode is thread-local, so this covers every forward pass.
                 let _no_grad = tch::no_grad_guard();
                 let spec = thread_spec;
+                if let Some(n) = spec.options.threads {
+                    tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
+                }
                 let loaded = match catch_unwind(AssertUnwindSafe(|| load_blocking(&spec))) {
                     Ok(r) => r,
                     Err(p) => Err(Error::WorkerPanicked {
@@ -592,6 +616,7 @@ impl EmbeddingService for DenseEmbeddingService {
                     vocab_size: dir.bert.vocab_size,
                     prompts: dir.prompts.clone(),
                     load_duration: started.elapsed(),
+                    threads: tch::get_num_threads().max(0) as usize,
                 };
                 let cfg = WorkerConfig {
                     model_name: spec.name.clone(),
@@ -605,6 +630,12 @@ impl EmbeddingService for DenseEmbeddingService {
                 let mut dir = dir;
                 dir.max_seq_length = max_seq_length;
                 let weight_bytes = model.weight_bytes;
+                if let Some(delay) = o.faults.load_delay {
+                    let until = Instant::now() + delay;
+                    while Instant::now() < until && !ready_tx.is_closed() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
                 if ready_tx.send(Ok((info, Arc::new(dir), tokenizer))).is_ok() {
                     worker::serve(&model, &rx, &cfg);
                 }
@@ -748,7 +779,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let mut report = CleanupReport { model: Some(name.clone()), ..Default::default() };
         if let Some((exit_rx, thread)) = exit {
             if let Ok(r) = exit_rx.await {
-                report.weight_bytes_freed = r.weight_bytes;
+                report.model_weight_bytes = r.weight_bytes;
                 report.cuda_reserved_before = r.cuda_reserved_before;
                 report.cuda_reserved_after = r.cuda_reserved_after;
             }
@@ -759,7 +790,7 @@ impl EmbeddingService for DenseEmbeddingService {
         }
         report.duration = started.elapsed();
         drop(guard);
-        tracing::info!(model = %name, freed = report.weight_bytes_freed, ms = report.duration.as_millis() as u64, "model cleaned up");
+        tracing::info!(model = %name, weight_bytes = report.model_weight_bytes, ms = report.duration.as_millis() as u64, "model cleaned up");
         Ok(report)
     }
 

@@ -30,9 +30,7 @@ async fn concurrent_callers_share_batches_and_get_their_own_results() {
     for (t, exp) in tasks.into_iter().zip(&expected) {
         let got = t.await.unwrap();
         assert_eq!(got.token_counts, exp.token_counts);
-        for (a, b) in got.vectors.iter().zip(&exp.vectors) {
-            assert!(embed_testkit::max_abs_diff(a, b) <= 1e-5);
-        }
+        embed_testkit::assert_max_abs_diff("batched vs alone", &got.vectors, &exp.vectors, 1e-5);
     }
     let after = svc.batch_stats().unwrap();
     let batches = after.batches - before.batches;

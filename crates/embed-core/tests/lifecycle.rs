@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use embed_core::memory::{live_models, live_weight_bytes};
+use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{
-    DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, Error, InputMode, ModelOptions,
-    ModelSpec, ServiceState,
+    DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, Error, FaultInjection, InputMode,
+    ModelOptions, ModelSpec, ServiceState,
 };
 use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::{corrupt_weights, TinyModel};
@@ -47,7 +47,7 @@ async fn load_embed_cleanup_reload() {
     }
 
     let report = svc.cleanup().await.unwrap();
-    assert_eq!(report.weight_bytes_freed, info.weight_bytes);
+    assert_eq!(report.model_weight_bytes, info.weight_bytes);
     assert_eq!(svc.state(), ServiceState::Closed);
     assert_eq!(live_models(), 0);
     assert_eq!(live_weight_bytes(), 0);
@@ -55,7 +55,7 @@ async fn load_embed_cleanup_reload() {
     assert!(matches!(err, Error::NotReady { state: ServiceState::Closed }), "{err}");
     assert!(err.to_string().contains("cleaned up"));
     // Idempotent.
-    assert_eq!(svc.cleanup().await.unwrap().weight_bytes_freed, 0);
+    assert_eq!(svc.cleanup().await.unwrap().model_weight_bytes, 0);
     // A closed service can load again.
     svc.load(spec(&dir)).await.unwrap();
     assert!(svc.is_ready());
@@ -249,19 +249,27 @@ async fn cancelled_load_leaves_nothing() {
     let _s = SERIAL.lock().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::new();
-    // Poll the load once, then drop it: the worker finishes loading, finds nobody waiting and
-    // frees the model.
+    // The worker holds the loaded model until the load is dropped (an hour otherwise): the
+    // cancellation below always finds a model to release, however slow the machine.
+    let faults = FaultInjection { load_delay: Some(Duration::from_secs(3600)), ..Default::default() };
     {
-        let fut = svc.load(spec(&dir));
-        let _ = tokio::time::timeout(Duration::from_micros(1), fut).await;
+        let load = svc.load(spec(&dir).with_options(ModelOptions { faults, ..Default::default() }));
+        tokio::pin!(load);
+        while live_models() == 0 {
+            tokio::select! {
+                r = &mut load => panic!("the load finished although its worker waits an hour: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        assert_eq!(svc.state(), ServiceState::Loading);
+        assert_eq!((model_threads(), live_weight_bytes() > 0), (1, true), "the worker holds the model");
     }
-    // The load may have won the race with the timeout; then it is simply loaded.
-    assert!(matches!(svc.state(), ServiceState::Unloaded | ServiceState::Ready));
-    if svc.is_ready() {
-        svc.cleanup().await.unwrap();
-    }
-    assert_eq!(wait_for_no_live_models(Duration::from_secs(10)), 0);
+    // Dropped half-way: the service is unloaded at once, and the orphaned worker frees the
+    // model and exits.
+    assert_eq!(svc.state(), ServiceState::Unloaded);
+    assert_eq!(wait_for_no_live_models(Duration::from_secs(30)), 0, "the orphaned worker did not exit");
+    assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0));
     svc.load(spec(&dir)).await.unwrap();
     svc.cleanup().await.unwrap();
-    assert_eq!(live_models(), 0);
+    assert_eq!((live_models(), model_threads()), (0, 0));
 }

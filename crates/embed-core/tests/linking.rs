@@ -38,5 +38,22 @@ fn runs_without_ld_library_path() {
         .env("EMBED_LINKING_CHILD", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // `--exact` with a name that matches nothing runs zero tests and still succeeds.
+    assert!(child_ran_exactly_one_test(&stdout), "the child run did not run the linking test:\n{stdout}");
+}
+
+/// True when libtest's output says one test ran and passed.
+fn child_ran_exactly_one_test(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.trim() == "running 1 test")
+        && stdout.lines().any(|l| l.starts_with("test result: ok. 1 passed; 0 failed"))
+}
+
+#[test]
+fn a_child_run_that_matched_no_test_is_recognised() {
+    let none = "\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 0.00s\n";
+    assert!(!child_ran_exactly_one_test(none));
+    let one = "\nrunning 1 test\ntest dynamic_section_names_libtorch_cuda_when_available ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out; finished in 0.01s\n";
+    assert!(child_ran_exactly_one_test(one));
 }

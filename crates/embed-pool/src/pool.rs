@@ -1262,6 +1262,7 @@ mod tests {
                 vocab_size: 10,
                 prompts: BTreeMap::new(),
                 load_duration: Duration::ZERO,
+                threads: 1,
             };
             Ok(Arc::new(FakeService { info, state: Mutex::new(ServiceState::Ready) }))
         }

@@ -143,7 +143,7 @@ async fn unload_fail_if_leased_is_typed() {
     drop(lease);
     let report = pool.unload("m0", UnloadMode::FailIfLeased).await.unwrap().expect("it was loaded");
     assert_eq!(report.model.as_deref(), Some("m0"));
-    assert!(report.weight_bytes_freed > 0);
+    assert!(report.model_weight_bytes > 0);
     assert_eq!(pool.unload("m0", UnloadMode::FailIfLeased).await.unwrap(), None);
     assert_eq!(live_models(), 0);
     pool.close().await;

@@ -23,7 +23,7 @@ use crate::Error;
 /// let out = guard.embed_texts(&["kept across calls".to_string()], &EmbedOptions::default()).await?;
 /// assert_eq!(out.vectors.len(), 1);
 /// let report = guard.close().await?; // awaited release; dropping the guard would release too
-/// assert!(report.weight_bytes_freed > 0);
+/// assert!(report.model_weight_bytes > 0);
 /// # Ok::<_, embed_scoped::Error>(()) }).unwrap();
 /// ```
 #[must_use = "dropping the guard releases the model at once; keep it while you use the model and close().await it"]

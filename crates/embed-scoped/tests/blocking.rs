@@ -29,7 +29,7 @@ fn blocking_scope_paths() {
     let svc = BlockingService::open(spec.clone()).unwrap();
     assert_eq!(svc.info().unwrap().dimension, 32);
     let report = svc.close().unwrap();
-    assert!(report.weight_bytes_freed > 0);
+    assert!(report.model_weight_bytes > 0);
     assert_eq!(live_models(), 0);
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use embed_core::memory::{live_models, live_weight_bytes};
+use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{EmbedOptions, EmbeddingService, FaultInjection, ModelOptions, ModelSpec, ServiceState};
 use embed_scoped::{scope, ScopeError, ServiceGuard};
 use embed_testkit::memory::wait_for_no_live_models;
@@ -154,7 +154,7 @@ async fn guard_close_reports_and_drop_releases() {
     guard.embed_texts(&hello(), &EmbedOptions::default()).await.unwrap();
     let bytes = guard.info().unwrap().weight_bytes;
     let report = guard.close().await.unwrap();
-    assert_eq!(report.weight_bytes_freed, bytes);
+    assert_eq!(report.model_weight_bytes, bytes);
     assert_eq!(live_models(), 0);
 
     let guard = ServiceGuard::open(spec.clone()).await.unwrap();
@@ -163,7 +163,20 @@ async fn guard_close_reports_and_drop_releases() {
     assert_all_released();
     assert!(shared.embed_texts(&hello(), &EmbedOptions::default()).await.is_err());
 
-    // Cancelled while opening: whatever loaded is released.
-    let _ = tokio::time::timeout(Duration::from_millis(1), ServiceGuard::open(spec)).await;
+    // Cancelled while opening, with the model loaded and held by its worker (the load-delay
+    // fault keeps it there until the open is dropped): it is released and the worker exits.
+    let faults = FaultInjection { load_delay: Some(Duration::from_secs(3600)), ..Default::default() };
+    {
+        let open = ServiceGuard::open(spec.with_options(ModelOptions { faults, ..Default::default() }));
+        tokio::pin!(open);
+        while live_models() == 0 {
+            tokio::select! {
+                r = &mut open => panic!("the open finished although its worker waits an hour: {:?}", r.map(|_| ())),
+                _ = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        assert_eq!(model_threads(), 1);
+    }
     assert_all_released();
+    assert_eq!(model_threads(), 0, "no model thread remains");
 }

@@ -186,7 +186,8 @@ async fn main() {
     }
     let base = after[0];
     let last = *after.last().unwrap();
-    let max_after = |f: fn(&MemorySnapshot) -> u64| after.iter().skip(1).map(f).max().unwrap_or(0);
+    // `null` when no cycle followed the warm-up: the verdict then has nothing to pass.
+    let max_after = |f: fn(&MemorySnapshot) -> u64| after.iter().skip(1).map(f).max();
     let cuda = |s: &MemorySnapshot, f: fn(&memory::CudaMemoryStats) -> u64| s.cuda.as_ref().map(f);
     let json = serde_json::json!({
         "layer": a.layer,

@@ -26,9 +26,7 @@ async fn binary_serves_and_matches_the_library() {
     let lib = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap();
     let expected = lib.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
     lib.cleanup().await.unwrap();
-    for (a, b) in served.iter().zip(&expected.vectors) {
-        assert!(embed_testkit::max_abs_diff(a, b) < 1e-6);
-    }
+    embed_testkit::assert_max_abs_diff("served vs library", &served, &expected.vectors, 1e-6);
     let r = client.post(format!("{}/v1/embeddings", server.base)).json(&json!({"input": "x", "model": "nope"})).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();

@@ -244,7 +244,7 @@ async fn tokenize_info_models_and_admin() {
     assert_eq!(v["loaded"][0]["device"], "cpu");
     let (s, v, _) = call(&app, "POST", "/models/other/unload", None, &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(v["weight_bytes_freed"].as_u64().unwrap() > 0);
+    assert!(v["model_weight_bytes"].as_u64().unwrap() > 0);
     let (_, v, _) = call(&app, "GET", "/models", None, &[]).await;
     assert!(!v["loaded"].as_array().unwrap().iter().any(|m| m["name"] == "other"));
     let (s, v, _) = call(&app, "POST", "/models/nope/load", None, &[]).await;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::memory::{growth, mib, settled_snapshot, wait_for_no_live_models};
+use crate::memory::{wait_for_no_live_models, CycleLevels};
 
 /// Runs `fut` as a task and reports whether it panicked (the panic is caught, its message
 /// returned). The task's own cleanup paths run before this returns.
@@ -46,35 +46,19 @@ pub fn assert_no_live_models(timeout: Duration) {
     assert_eq!(embed_core::memory::live_weight_bytes(), 0, "weight bytes still accounted");
 }
 
-/// The anonymous resident memory after each cycle of [`assert_cycles_flat`].
-#[derive(Debug, Clone)]
-pub struct CycleReport {
-    /// Bytes after each cycle, the first being the warm-up.
-    pub resident_anon: Vec<u64>,
-    /// Worst growth over the level after the first cycle.
-    pub worst_growth: f64,
-}
-
-/// Runs `body` `cycles` times; after each, returns freed heap to the OS and samples anonymous
-/// resident memory. Asserts every later level is within `tolerance` (e.g. 0.05) of the level
-/// after the first cycle, and that no model is left live.
-pub async fn assert_cycles_flat<F, Fut>(cycles: usize, tolerance: f64, mut body: F) -> CycleReport
+/// Runs `body` `cycles` times and checks the memory after each cycle against the level after
+/// the first with [`CycleLevels`] (allocator bytes precise, RSS with a bounded allowance, no
+/// model left live). Returns the levels.
+pub async fn assert_cycles_flat<F, Fut>(cycles: usize, mut body: F) -> CycleLevels
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut levels = Vec::with_capacity(cycles);
-    let mut worst = 0.0f64;
+    let mut levels = CycleLevels::new();
     for cycle in 0..cycles {
         body(cycle).await;
         assert_no_live_models(Duration::from_secs(10));
-        let now = settled_snapshot().resident_anon;
-        if let Some(&base) = levels.first() {
-            let g = growth(base, now);
-            worst = worst.max(g);
-            assert!(g <= tolerance, "cycle {cycle}: {:.1} MiB vs {:.1} MiB after cycle 1 (+{:.1}%)", mib(now), mib(base), g * 100.0);
-        }
-        levels.push(now);
+        levels.record(cycle);
     }
-    CycleReport { resident_anon: levels, worst_growth: worst }
+    levels
 }

@@ -13,43 +13,82 @@ use embed_core::{
 };
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static DROPPED_LIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// Fake services currently holding a "model" (loaded and not yet cleaned), process-wide.
+/// Fake services currently holding a "model" (from the start of a load until cleanup, a failed
+/// load or a cancelled load), process-wide.
 pub fn live_fakes() -> usize {
     LIVE.load(Ordering::SeqCst)
 }
 
+/// Fake services that were dropped while still holding their model, process-wide. Their `Drop`
+/// releases the model as the real service's does, so [`live_fakes`] alone cannot tell a caller
+/// that cleaned up from one that left it to `Drop`; this count can: a caller that promises
+/// cleanup (a scope, a guard) must keep it unchanged.
+pub fn fakes_dropped_while_live() -> usize {
+    DROPPED_LIVE.load(Ordering::SeqCst)
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: ServiceState,
+    info: Option<ModelInfo>,
+    /// The "model": counted in [`LIVE`] while true.
+    holding: bool,
+}
+
 /// Loads instantly (or after `load_delay`), embeds each text into a deterministic vector
-/// derived from its bytes, and counts itself in [`live_fakes`] while loaded. A spec whose
-/// source is `"fail"` fails to load.
+/// derived from its bytes, and counts itself in [`live_fakes`] from the start of a load until
+/// the model is released. A spec whose source is `"fail"` fails to load (after the delay).
+/// A load whose future is dropped releases what it holds, as the real service's does.
 #[derive(Debug)]
 pub struct FakeService {
     dim: usize,
     load_delay: Duration,
-    state: Mutex<(ServiceState, Option<ModelInfo>)>,
+    inner: Mutex<Inner>,
+}
+
+/// Releases the model of a load whose future is dropped half-way.
+struct LoadGuard<'a>(Option<&'a FakeService>);
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(fake) = self.0.take() {
+            fake.release(ServiceState::Unloaded);
+        }
+    }
 }
 
 impl FakeService {
     /// A fake producing `dim`-dimensional vectors.
     pub fn new(dim: usize) -> Self {
-        FakeService { dim, load_delay: Duration::ZERO, state: Mutex::new((ServiceState::Unloaded, None)) }
+        FakeService {
+            dim,
+            load_delay: Duration::ZERO,
+            inner: Mutex::new(Inner { state: ServiceState::Unloaded, info: None, holding: false }),
+        }
     }
 
-    /// Makes `load` take `delay` (to widen cancellation windows).
+    /// Makes `load` take `delay` (to widen cancellation windows); the fake holds its model
+    /// (counts in [`live_fakes`]) for the whole delay.
     pub fn with_load_delay(mut self, delay: Duration) -> Self {
         self.load_delay = delay;
         self
     }
 
-    fn release(&self) -> bool {
-        let mut st = self.state.lock().unwrap();
-        if st.0 == ServiceState::Ready {
-            *st = (ServiceState::Closed, None);
-            LIVE.fetch_sub(1, Ordering::SeqCst);
-            true
-        } else {
-            false
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the model if held and moves to `next`; true if a model was released.
+    fn release(&self, next: ServiceState) -> bool {
+        let mut st = self.lock();
+        if !st.holding {
+            return false;
         }
+        *st = Inner { state: next, info: None, holding: false };
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+        true
     }
 
     fn vector(&self, text: &str) -> Vec<f32> {
@@ -70,18 +109,21 @@ impl FakeService {
 impl EmbeddingService for FakeService {
     async fn load(&self, spec: ModelSpec) -> Result<ModelInfo, Error> {
         {
-            let mut st = self.state.lock().unwrap();
-            if matches!(st.0, ServiceState::Ready | ServiceState::Loading) {
-                return Err(Error::AlreadyLoaded { state: st.0 });
+            let mut st = self.lock();
+            if matches!(st.state, ServiceState::Ready | ServiceState::Loading) {
+                return Err(Error::AlreadyLoaded { state: st.state });
             }
-            st.0 = ServiceState::Loading;
+            // The model is held from here on, delay included, so that a cancellation during
+            // the delay has something to release.
+            *st = Inner { state: ServiceState::Loading, info: None, holding: true };
+            LIVE.fetch_add(1, Ordering::SeqCst);
         }
+        let mut guard = LoadGuard(Some(self));
         if !self.load_delay.is_zero() {
             tokio::time::sleep(self.load_delay).await;
         }
-        let mut st = self.state.lock().unwrap();
         if spec.source == "fail" {
-            st.0 = ServiceState::Unloaded;
+            // The guard releases the model and leaves the fake unloaded.
             return Err(Error::InvalidSource { source_str: spec.source, reason: "the fake was told to fail".into() });
         }
         let info = ModelInfo {
@@ -101,9 +143,12 @@ impl EmbeddingService for FakeService {
             vocab_size: 256,
             prompts: Default::default(),
             load_duration: self.load_delay,
+            threads: 1,
         };
-        *st = (ServiceState::Ready, Some(info.clone()));
-        LIVE.fetch_add(1, Ordering::SeqCst);
+        guard.0 = None;
+        let mut st = self.lock();
+        st.state = ServiceState::Ready;
+        st.info = Some(info.clone());
         Ok(info)
     }
 
@@ -127,26 +172,35 @@ impl EmbeddingService for FakeService {
     }
 
     fn info(&self) -> Option<ModelInfo> {
-        self.state.lock().unwrap().1.clone()
+        self.lock().info.clone()
     }
 
     fn state(&self) -> ServiceState {
-        self.state.lock().unwrap().0
+        self.lock().state
     }
 
     async fn cleanup(&self) -> Result<CleanupReport, Error> {
-        let bytes = self.info().map(|i| i.weight_bytes).unwrap_or(0);
-        let released = self.release();
-        Ok(CleanupReport { weight_bytes_freed: if released { bytes } else { 0 }, ..Default::default() })
+        if self.state() != ServiceState::Ready {
+            return Ok(CleanupReport::default());
+        }
+        let info = self.info();
+        let released = self.release(ServiceState::Closed);
+        Ok(CleanupReport {
+            model: info.as_ref().filter(|_| released).map(|i| i.name.clone()),
+            model_weight_bytes: info.filter(|_| released).map(|i| i.weight_bytes).unwrap_or(0),
+            ..Default::default()
+        })
     }
 
     fn begin_cleanup(&self) -> bool {
-        self.release()
+        self.state() == ServiceState::Ready && self.release(ServiceState::Closed)
     }
 }
 
 impl Drop for FakeService {
     fn drop(&mut self) {
-        self.release();
+        if self.release(ServiceState::Closed) {
+            DROPPED_LIVE.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }

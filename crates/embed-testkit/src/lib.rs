@@ -11,7 +11,10 @@
 //! * [`memory`] probes and baselines: resident memory, allocator bytes, live models, CUDA bytes.
 //! * [`cleanup`]: run a body that panics, is cancelled, or repeats N times, and assert that
 //!   nothing is left (memory back to baseline within a tolerance).
-//! * [`FakeService`]: an `EmbeddingService` without libtorch that counts its live instances.
+//! * [`FakeService`]: an `EmbeddingService` without libtorch that counts its live instances and
+//!   the ones dropped while still live (cleanup left to `Drop`).
+//! * [`check_cosines`] / [`check_max_abs_diff`] (and `assert_` forms): compare vectors item by
+//!   item, lengths checked, NaN failing.
 //! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
 
 pub mod cleanup;
@@ -22,7 +25,7 @@ mod tiny;
 
 use std::path::PathBuf;
 
-pub use fake::{live_fakes, FakeService};
+pub use fake::{fakes_dropped_while_live, live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
 
 /// The workspace root (two levels above this crate).
@@ -83,7 +86,10 @@ pub fn reference() -> Vec<ReferenceItem> {
         .collect()
 }
 
-/// Cosine similarity of two vectors (f64 accumulation).
+/// Cosine similarity of two vectors (f64 accumulation). NaN when either holds a NaN.
+///
+/// # Panics
+/// When the lengths differ.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vectors differ in length");
     let (mut dot, mut na, mut nb) = (0f64, 0f64, 0f64);
@@ -96,8 +102,138 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na.sqrt() * nb.sqrt()).max(1e-30)
 }
 
-/// Largest absolute element-wise difference.
+/// Largest absolute element-wise difference; NaN when any difference is NaN (a plain
+/// `fold(0.0, f32::max)` would skip it and report the vectors as close).
+///
+/// # Panics
+/// When the lengths differ.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "vectors differ in length");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, |worst, d| if d.is_nan() || d > worst { d } else { worst })
+}
+
+/// Checks `got` against `expected` item by item: the same number of vectors, each of the same
+/// length, and each with cosine at least `min` to its counterpart. A NaN anywhere fails. Returns
+/// the worst cosine, or every failing item in one message.
+pub fn check_cosines(got: &[Vec<f32>], expected: &[Vec<f32>], min: f64) -> Result<f64, String> {
+    check_items(got, expected, |a, b| {
+        let c = cosine(a, b);
+        // Written so that NaN fails: `c < min` is false for NaN.
+        if c >= min {
+            Ok(c)
+        } else {
+            Err(format!("cosine {c} < {min}"))
+        }
+    })
+    .map(|all| all.into_iter().fold(1.0, f64::min))
+}
+
+/// Checks `got` against `expected` item by item: the same number of vectors, each of the same
+/// length, and no element further than `max` from its counterpart. A NaN anywhere fails.
+/// Returns the largest difference.
+pub fn check_max_abs_diff(got: &[Vec<f32>], expected: &[Vec<f32>], max: f32) -> Result<f32, String> {
+    check_items(got, expected, |a, b| {
+        let d = max_abs_diff(a, b);
+        if d <= max {
+            Ok(d)
+        } else {
+            Err(format!("max abs difference {d} > {max}"))
+        }
+    })
+    .map(|all| all.into_iter().fold(0.0, f32::max))
+}
+
+fn check_items<T>(
+    got: &[Vec<f32>],
+    expected: &[Vec<f32>],
+    item: impl Fn(&[f32], &[f32]) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    if got.len() != expected.len() {
+        return Err(format!("{} vectors, expected {}", got.len(), expected.len()));
+    }
+    let mut ok = Vec::with_capacity(got.len());
+    let mut failures = Vec::new();
+    for (i, (a, b)) in got.iter().zip(expected).enumerate() {
+        let r = if a.len() != b.len() {
+            Err(format!("length {}, expected {}", a.len(), b.len()))
+        } else {
+            item(a, b)
+        };
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => failures.push(format!("item {i}: {e}")),
+        }
+    }
+    if failures.is_empty() {
+        Ok(ok)
+    } else {
+        Err(format!("{} of {} items fail: {}", failures.len(), got.len(), failures.join("; ")))
+    }
+}
+
+/// [`check_cosines`] as an assertion; returns the worst cosine.
+///
+/// # Panics
+/// When any item fails, naming every failing item.
+#[track_caller]
+pub fn assert_cosines(what: &str, got: &[Vec<f32>], expected: &[Vec<f32>], min: f64) -> f64 {
+    check_cosines(got, expected, min).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// [`check_max_abs_diff`] as an assertion; returns the largest difference.
+///
+/// # Panics
+/// When any item fails, naming every failing item.
+#[track_caller]
+pub fn assert_max_abs_diff(what: &str, got: &[Vec<f32>], expected: &[Vec<f32>], max: f32) -> f32 {
+    check_max_abs_diff(got, expected, max).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(rows: &[&[f32]]) -> Vec<Vec<f32>> {
+        rows.iter().map(|r| r.to_vec()).collect()
+    }
+
+    #[test]
+    fn equal_vectors_pass() {
+        let a = v(&[&[1.0, 0.0], &[0.0, 2.0]]);
+        assert_eq!(check_cosines(&a, &a, 0.9999), Ok(1.0));
+        assert_eq!(check_max_abs_diff(&a, &a, 0.0), Ok(0.0));
+    }
+
+    #[test]
+    fn nan_fails_even_where_a_fold_would_skip_it() {
+        let good = v(&[&[1.0, 0.0], &[0.0, 1.0]]);
+        let bad = v(&[&[1.0, 0.0], &[f32::NAN, f32::NAN]]);
+        let e = check_cosines(&bad, &good, 0.5).unwrap_err();
+        assert!(e.contains("item 1") && e.contains("NaN"), "{e}");
+        assert!(check_max_abs_diff(&bad, &good, 1.0).unwrap_err().contains("item 1"));
+        assert!(max_abs_diff(&[0.0, f32::NAN, 0.0], &[0.0, 0.0, 0.0]).is_nan());
+        // One NaN element is enough.
+        let one = v(&[&[1.0, 0.0], &[0.0, f32::NAN]]);
+        assert!(check_cosines(&one, &good, 0.5).is_err());
+        assert!(check_max_abs_diff(&one, &good, 1.0).is_err());
+    }
+
+    #[test]
+    fn short_or_missing_vectors_fail() {
+        let good = v(&[&[1.0, 0.0, 0.0], &[0.0, 1.0, 0.0]]);
+        let short = v(&[&[1.0, 0.0, 0.0], &[0.0, 1.0]]);
+        assert!(check_cosines(&short, &good, 0.5).unwrap_err().contains("length 2"));
+        assert!(check_max_abs_diff(&short, &good, 1.0).unwrap_err().contains("length 2"));
+        let missing = v(&[&[1.0, 0.0, 0.0]]);
+        assert!(check_cosines(&missing, &good, 0.5).unwrap_err().contains("1 vectors, expected 2"));
+        assert!(check_max_abs_diff(&[], &good, 1.0).is_err());
+    }
+
+    #[test]
+    fn every_failing_item_is_named() {
+        let good = v(&[&[1.0, 0.0], &[0.0, 1.0], &[1.0, 1.0]]);
+        let bad = v(&[&[0.0, 1.0], &[0.0, 1.0], &[-1.0, -1.0]]);
+        let e = check_cosines(&bad, &good, 0.9).unwrap_err();
+        assert!(e.starts_with("2 of 3 items fail") && e.contains("item 0") && e.contains("item 2"), "{e}");
+    }
 }

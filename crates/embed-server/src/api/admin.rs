@@ -75,7 +75,7 @@ pub(crate) async fn unload(
     Ok(Json(json!({
         "model": name,
         "unloaded": report.is_some(),
-        "weight_bytes_freed": report.map(|r| r.weight_bytes_freed).unwrap_or(0),
+        "model_weight_bytes": report.map(|r| r.model_weight_bytes).unwrap_or(0),
     })))
 }
 
