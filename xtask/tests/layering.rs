@@ -1,6 +1,7 @@
 //! The workspace's layering, checked from the manifests: embed-core ← embed-scoped ← embed-pool
 //! ← embed-server; embed-testkit only as a dev-dependency; nothing depends on xtask.
-//! If this fails, an arrow points the wrong way: move the code, not the test.
+//! If this fails, an arrow points the wrong way: move the code, not the test. Module boundaries
+//! inside a crate are checked from the sources (see `pool_state_imports_no_tokio`).
 
 use std::path::Path;
 
@@ -38,5 +39,19 @@ fn dependencies_flow_one_way() {
         for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
             assert!(!deps(&m, section).iter().any(|d| d == "xtask"), "{krate} depends on xtask");
         }
+    }
+}
+
+/// The pool decides under its lock and acts outside it: the decisions (`embed-pool/src/state.rs`)
+/// must stay plain functions over the state, testable without a runtime. If this fails, move the
+/// async part to `tasks.rs` and pass its result in.
+#[test]
+fn pool_state_imports_no_tokio() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let path = root.join("crates/embed-pool/src/state.rs");
+    let source = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Comments may name tokio (to say why it is absent); code may not.
+    for (i, line) in source.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+        assert!(!line.contains("tokio"), "{}:{}: uses tokio: {line}", path.display(), i + 1);
     }
 }

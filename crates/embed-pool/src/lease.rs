@@ -5,7 +5,8 @@ use std::sync::{Arc, Weak};
 
 use embed_core::EmbeddingService;
 
-use crate::pool::{Shared, Slot};
+use crate::state::Slot;
+use crate::tasks::Shared;
 
 /// A model borrowed from a [`crate::Pool`]. While any lease on a model is held, the pool never
 /// evicts it. Dropping the lease returns the model: a map lookup and a counter under a short

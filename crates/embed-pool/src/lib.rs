@@ -60,11 +60,16 @@
 
 mod config;
 mod error;
+#[cfg(test)]
+mod fakes;
 mod lease;
 mod loader;
+mod memory_release;
 mod pool;
 mod registry;
+mod state;
 mod status;
+mod tasks;
 
 pub use config::PoolConfig;
 pub use error::{Limit, PoolError};

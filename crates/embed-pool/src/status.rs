@@ -111,11 +111,22 @@ pub struct EvictionCounts {
 impl EvictionCounts {
     /// The count for `cause`.
     pub fn get(&self, cause: EvictionCause) -> u64 {
+        let mut counts = *self;
+        *counts.count_mut(cause)
+    }
+
+    /// Counts one more eviction for `cause`.
+    pub(crate) fn bump(&mut self, cause: EvictionCause) {
+        *self.count_mut(cause) += 1;
+    }
+
+    /// The one place that maps a cause to its field.
+    fn count_mut(&mut self, cause: EvictionCause) -> &mut u64 {
         match cause {
-            EvictionCause::Capacity => self.capacity,
-            EvictionCause::Memory => self.memory,
-            EvictionCause::Ttl => self.ttl,
-            EvictionCause::Explicit => self.explicit,
+            EvictionCause::Capacity => &mut self.capacity,
+            EvictionCause::Memory => &mut self.memory,
+            EvictionCause::Ttl => &mut self.ttl,
+            EvictionCause::Explicit => &mut self.explicit,
         }
     }
 

@@ -1,0 +1,597 @@
+//! The pool's async side: acquiring a model, loading and releasing on tasks of their own, the
+//! TTL task, and the guards that keep every count right when a caller's future is dropped.
+//!
+//! One `std::sync::Mutex` guards the whole map ([`State`]). It is only ever held for
+//! bookkeeping (never across an `.await`, a load or a cleanup), and a single lock keeps the
+//! capacity invariants (`loaded <= max_models`, memory budget) atomic, which a sharded map
+//! could not without a second lock. What to do is decided under it by [`crate::state`]; the
+//! doing happens here, outside it.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use embed_core::memory::{accelerator_available, cuda_memory};
+use embed_core::{CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
+use futures::FutureExt;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::memory_release::MemoryMark;
+use crate::state::{self, CloseStep, Published, Retire, Slot, Step, UnloadStep, WaitFor, Wanted};
+use crate::{EvictionCounts, ModelLoader, ModelRegistry, ModelSettings, PoolConfig, PoolError, PoolStats};
+
+pub(crate) type State = state::State<LoadCell>;
+
+/// Why a load did not produce a model; shared by every caller waiting for it.
+pub(crate) enum LoadFailure {
+    Error(Arc<embed_core::Error>),
+    Timeout(Duration),
+    Panicked(String),
+    Closed,
+}
+
+impl LoadFailure {
+    fn to_error(&self, name: &str) -> PoolError {
+        let name = name.to_string();
+        match self {
+            LoadFailure::Error(e) => PoolError::Load { name, source: e.clone() },
+            LoadFailure::Timeout(timeout) => PoolError::LoadTimeout { name, timeout: *timeout },
+            LoadFailure::Panicked(message) => PoolError::LoaderPanicked { name, message: message.clone() },
+            LoadFailure::Closed => PoolError::Closed { name },
+        }
+    }
+}
+
+/// The single-flight rendezvous of one load. `outcome` is set once, under the pool lock.
+#[derive(Default)]
+pub(crate) struct LoadCell {
+    outcome: OnceLock<Result<Arc<Slot>, LoadFailure>>,
+    done: Notify,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_failures: AtomicU64,
+    // Evictions are rare (each releases a model), so a lock costs nothing here.
+    evictions: Mutex<EvictionCounts>,
+    capacity_waits: AtomicU64,
+    capacity_wait_nanos: AtomicU64,
+    exhausted: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Records the time a `get` spent waiting for capacity, on every exit path.
+struct WaitClock<'a> {
+    counters: &'a Counters,
+    since: Option<Instant>,
+}
+
+impl Drop for WaitClock<'_> {
+    fn drop(&mut self) {
+        if let Some(since) = self.since {
+            bump(&self.counters.capacity_waits);
+            let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.counters.capacity_wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A caller counted as a waiter of a load; if it goes away before turning into a lease, the
+/// count is given back (cancellation safety).
+struct PendingLease {
+    shared: Arc<Shared>,
+    name: String,
+    id: u64,
+    armed: bool,
+}
+
+impl PendingLease {
+    fn disarm(mut self) -> u64 {
+        self.armed = false;
+        self.id
+    }
+}
+
+impl Drop for PendingLease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.release(&self.name, self.id);
+        }
+    }
+}
+
+/// Puts a model back in service if an `unload(WaitForLeases)` is dropped before releasing it.
+struct DrainGuard {
+    shared: Arc<Shared>,
+    name: String,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.shared.lock().undrain(&self.name, self.id);
+        self.shared.changed.notify_waiters();
+    }
+}
+
+/// Everything a pool handle shares: the config, the registry, the state behind the lock.
+pub(crate) struct Shared {
+    pub(crate) config: PoolConfig,
+    registry: RwLock<ModelRegistry>,
+    loader: Arc<dyn ModelLoader>,
+    state: Mutex<State>,
+    /// Signalled when room may have appeared: a lease count fell to 0, an entry left, a load
+    /// finished, the pool closed.
+    changed: Notify,
+    counters: Counters,
+    maintenance_started: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(config: PoolConfig, registry: ModelRegistry, loader: Arc<dyn ModelLoader>) -> Arc<Self> {
+        let shared = Arc::new(Shared {
+            config,
+            registry: RwLock::new(registry),
+            loader,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            counters: Counters::default(),
+            maintenance_started: AtomicBool::new(false),
+        });
+        shared.ensure_maintenance();
+        shared
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section leaves the state consistent before anything can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn registry(&self) -> std::sync::RwLockReadGuard<'_, ModelRegistry> {
+        self.registry.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn register(self: &Arc<Self>, name: String, spec: ModelSpec, settings: ModelSettings) {
+        self.registry.write().unwrap_or_else(PoisonError::into_inner).insert(name, spec, settings);
+        self.ensure_maintenance();
+    }
+
+    /// Returns a lease (from `Lease`'s `Drop`): a map lookup and a counter, nothing else.
+    pub(crate) fn release(&self, name: &str, id: u64) {
+        let now = Instant::now().into_std();
+        let idle = self.lock().release(name, id, now);
+        if idle {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// A lease's slot and entry id for `name`, loading it first if needed (the facade wraps
+    /// them in a `Lease` at once, with no await in between).
+    pub(crate) async fn get(self: &Arc<Self>, name: &str) -> Result<(Arc<Slot>, u64), PoolError> {
+        // Fast path: a loaded model needs neither the registry nor a deadline.
+        let hit = {
+            let mut st = self.lock();
+            if st.closed {
+                None
+            } else {
+                st.hit(name, Instant::now().into_std())
+            }
+        };
+        if let Some(hit) = hit {
+            bump(&self.counters.hits);
+            return Ok(hit);
+        }
+        let wanted = self.resolve(name)?;
+        self.acquire(&wanted).await
+    }
+
+    fn resolve(&self, name: &str) -> Result<Wanted, PoolError> {
+        let registered = self.registry().get_shared(name);
+        let (spec, settings) = match registered {
+            Some(m) => (m.spec.clone(), m.settings.clone()),
+            None if self.config.allow_arbitrary_sources => {
+                ModelSource::parse(name)
+                    .map_err(|source| PoolError::InvalidSource { name: name.to_string(), source })?;
+                (ModelSpec::new(name).with_options(self.config.default_options.clone()), ModelSettings::default())
+            }
+            None => return Err(PoolError::UnknownModel { name: name.to_string() }),
+        };
+        let budgeted = self.config.memory_budget.is_some();
+        let est_bytes = match settings.weight_bytes_hint {
+            Some(b) => b,
+            None if budgeted => safetensors_size(&spec.source),
+            None => 0,
+        };
+        let cuda = match spec.options.device {
+            _ if !budgeted => None,
+            DeviceSpec::Cuda(i) => Some(i),
+            DeviceSpec::Auto => accelerator_available().then_some(0),
+            _ => None,
+        };
+        Ok(Wanted {
+            name: name.to_string(),
+            spec,
+            pinned: settings.pinned,
+            // A pinned model never expires.
+            ttl: if settings.pinned { None } else { settings.ttl.or(self.config.default_ttl) },
+            est_bytes,
+            cuda,
+        })
+    }
+
+    fn cuda_free(&self, w: &Wanted) -> Option<u64> {
+        let device = w.cuda?;
+        cuda_memory(device).ok().map(|m| m.device_free)
+    }
+
+    async fn acquire(self: &Arc<Self>, w: &Wanted) -> Result<(Arc<Slot>, u64), PoolError> {
+        self.ensure_maintenance();
+        let started = Instant::now();
+        let deadline = started + self.config.wait_timeout;
+        let mut clock = WaitClock { counters: &self.counters, since: None };
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let cuda_free = self.cuda_free(w);
+            let now = Instant::now();
+            let step = self.lock().plan(&self.config, w, cuda_free, now.into_std());
+            match step {
+                Step::Leased(slot, id) => {
+                    bump(&self.counters.hits);
+                    return Ok((slot, id));
+                }
+                Step::Start(cell, id) => {
+                    // The guard exists before the next await, so a cancelled caller is uncounted.
+                    let pending = PendingLease { shared: self.clone(), name: w.name.clone(), id, armed: true };
+                    self.spawn_load(w.spec.clone(), cell.clone(), id);
+                    bump(&self.counters.misses);
+                    drop(clock);
+                    return join(pending, cell).await;
+                }
+                Step::Join(cell, id) => {
+                    let pending = PendingLease { shared: self.clone(), name: w.name.clone(), id, armed: true };
+                    bump(&self.counters.misses);
+                    drop(clock);
+                    return join(pending, cell).await;
+                }
+                Step::Evict(retires) => self.retire_all(retires).await,
+                Step::Wait(reason) => {
+                    let waited = now.saturating_duration_since(started);
+                    if now >= deadline {
+                        return Err(match reason {
+                            WaitFor::Capacity(limit) | WaitFor::Releasing(limit) => {
+                                bump(&self.counters.exhausted);
+                                PoolError::Exhausted { name: w.name.clone(), limit, waited }
+                            }
+                            WaitFor::Draining => PoolError::Unloading { name: w.name.clone(), waited },
+                        });
+                    }
+                    if matches!(reason, WaitFor::Capacity(_)) {
+                        clock.since.get_or_insert(now);
+                    }
+                    let _ = tokio::time::timeout_at(deadline, notified).await;
+                }
+                Step::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn_load(self: &Arc<Self>, spec: ModelSpec, cell: Arc<LoadCell>, id: u64) {
+        let weak = Arc::downgrade(self);
+        let loader = self.loader.clone();
+        let timeout = self.config.load_timeout;
+        // A task of its own: the load finishes (and reaches every waiter) even if the caller
+        // that started it goes away.
+        tokio::spawn(async move {
+            let name = spec.name.clone();
+            let started = std::time::Instant::now();
+            let load = AssertUnwindSafe(loader.load(&spec)).catch_unwind();
+            let outcome = match timeout {
+                Some(t) => tokio::time::timeout(t, load).await.map_err(|_| LoadFailure::Timeout(t)),
+                None => Ok(load.await),
+            };
+            let result = match outcome {
+                Ok(Ok(Ok(service))) => Ok(service),
+                Ok(Ok(Err(e))) => Err(LoadFailure::Error(Arc::new(e))),
+                Ok(Err(panic)) => Err(LoadFailure::Panicked(panic_message(panic.as_ref()))),
+                Err(timeout) => Err(timeout),
+            };
+            match &result {
+                Ok(_) => tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "pool loaded model"),
+                Err(f) => tracing::warn!(model = %name, error = %f.to_error(&name), "pool failed to load model"),
+            }
+            match weak.upgrade() {
+                Some(shared) => shared.finish_load(&name, id, &cell, result),
+                None => {
+                    if let Ok(service) = result {
+                        service.begin_cleanup();
+                    }
+                }
+            }
+        });
+    }
+
+    fn finish_load(
+        self: &Arc<Self>,
+        name: &str,
+        id: u64,
+        cell: &LoadCell,
+        result: Result<Arc<dyn EmbeddingService>, LoadFailure>,
+    ) {
+        let result = result.map(|service| {
+            let info = service.info();
+            Arc::new(Slot {
+                name: name.to_string(),
+                weight_bytes: info.as_ref().map_or(0, |i| i.weight_bytes),
+                device: info.as_ref().map(|i| i.device),
+                service,
+            })
+        });
+        let mut retires = Vec::new();
+        {
+            let mut st = self.lock();
+            // Only this task changes or removes a loading entry, so it is still there.
+            if !st.is_current(name, id) {
+                if let Ok(slot) = &result {
+                    slot.service.begin_cleanup();
+                }
+                let _ = cell.outcome.set(Err(LoadFailure::Closed));
+                drop(st);
+                cell.done.notify_waiters();
+                return;
+            }
+            match result {
+                Ok(slot) => {
+                    bump(&self.counters.loads);
+                    match st.publish(name, id, slot.clone(), self.config.memory_budget) {
+                        Published::Closed(retire) => {
+                            retires.push(retire);
+                            let _ = cell.outcome.set(Err(LoadFailure::Closed));
+                        }
+                        Published::Ready(trimmed) => {
+                            let _ = cell.outcome.set(Ok(slot));
+                            retires.extend(trimmed);
+                        }
+                    }
+                }
+                Err(failure) => {
+                    st.entries.remove(name);
+                    bump(&self.counters.load_failures);
+                    let _ = cell.outcome.set(Err(failure));
+                }
+            }
+        }
+        cell.done.notify_waiters();
+        self.changed.notify_waiters();
+        for r in retires {
+            drop(self.spawn_retire(r));
+        }
+    }
+
+    /// Releases a model on a task of its own (so a cancelled caller cannot strand the entry),
+    /// then removes its entry. The handle yields the cleanup report.
+    fn spawn_retire(self: &Arc<Self>, r: Retire) -> JoinHandle<Option<CleanupReport>> {
+        if let Some(cause) = r.cause {
+            self.counters.evictions.lock().unwrap_or_else(PoisonError::into_inner).bump(cause);
+            tracing::info!(model = %r.name, %cause, weight_bytes = r.slot.weight_bytes, "pool releasing model");
+        }
+        let weak = Arc::downgrade(self);
+        let release_timeout = self.config.memory_budget.map(|_| self.config.memory_release_timeout);
+        tokio::spawn(async move {
+            let mark = release_timeout.map(|_| MemoryMark::take(&r.slot));
+            let report = match r.slot.service.cleanup().await {
+                Ok(report) => Some(report),
+                Err(e) => {
+                    tracing::warn!(model = %r.name, error = %e, "cleanup of a pooled model failed; releasing it without waiting");
+                    r.slot.service.begin_cleanup();
+                    None
+                }
+            };
+            if let (Some(timeout), Some(mark)) = (release_timeout, mark) {
+                mark.wait_released(&r.name, r.slot.weight_bytes, timeout).await;
+            }
+            if let Some(shared) = weak.upgrade() {
+                let removed = shared.lock().remove(&r.name, r.id);
+                if removed {
+                    shared.changed.notify_waiters();
+                }
+            }
+            report
+        })
+    }
+
+    /// Releases every model in `retires` and waits until they are freed.
+    async fn retire_all(self: &Arc<Self>, retires: Vec<Retire>) {
+        let handles: Vec<_> = retires.into_iter().map(|r| self.spawn_retire(r)).collect();
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    pub(crate) async fn evict_expired_at(self: &Arc<Self>, now: Instant) -> Vec<String> {
+        let retires = self.lock().expire(now.into_std());
+        let names = retires.iter().map(|r| r.name.clone()).collect();
+        self.retire_all(retires).await;
+        names
+    }
+
+    /// Starts the TTL task once some TTL is configured and a runtime is at hand.
+    fn ensure_maintenance(self: &Arc<Self>) {
+        if self.maintenance_started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(interval) = self.config.maintenance_interval else { return };
+        let needed = self.config.default_ttl.is_some() || self.registry().any_ttl();
+        if !needed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        if self.maintenance_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let interval = interval.max(Duration::from_millis(1));
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                // Holds the pool only for one round, so dropping the pool ends the task.
+                let Some(shared) = weak.upgrade() else { break };
+                if shared.lock().closed {
+                    break;
+                }
+                let expired = shared.evict_expired_at(Instant::now()).await;
+                if !expired.is_empty() {
+                    tracing::debug!(models = ?expired, "idle models expired");
+                }
+            }
+        });
+    }
+
+    /// `Pool::unload`: releases `name` and waits until it is freed.
+    pub(crate) async fn unload(
+        self: &Arc<Self>,
+        name: &str,
+        fail_if_leased: bool,
+    ) -> Result<Option<CleanupReport>, PoolError> {
+        let mut drain: Option<DrainGuard> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let step = self.lock().unload_step(name, fail_if_leased, drain.as_ref().map(|d| d.id));
+            match step {
+                UnloadStep::Done => {
+                    if let Some(mut d) = drain.take() {
+                        d.armed = false;
+                    }
+                    return Ok(None);
+                }
+                UnloadStep::Fail(e) => return Err(e),
+                UnloadStep::Retire(r) => {
+                    if let Some(mut d) = drain.take() {
+                        d.armed = false;
+                    }
+                    return Ok(self.spawn_retire(r).await.ok().flatten());
+                }
+                UnloadStep::Drain(id) => {
+                    drain = Some(DrainGuard { shared: self.clone(), name: name.to_string(), id, armed: true });
+                    notified.await;
+                }
+                UnloadStep::Wait => notified.await,
+            }
+        }
+    }
+
+    /// `Pool::close`: returns (released, forced leases, models left).
+    pub(crate) async fn close(self: &Arc<Self>) -> (usize, usize, usize) {
+        let started = Instant::now();
+        let drain_deadline = started + self.config.close_timeout;
+        let hard_deadline = drain_deadline + self.config.close_timeout;
+        self.lock().closed = true;
+        self.changed.notify_waiters();
+        let (mut released, mut forced_leases) = (0, 0);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Instant::now();
+            let force = now >= drain_deadline;
+            let CloseStep { retires, forced_leases: forced, left } = self.lock().close_step(force);
+            forced_leases += forced;
+            if left == 0 {
+                break;
+            }
+            if !retires.is_empty() {
+                released += retires.len();
+                self.retire_all(retires).await;
+                continue;
+            }
+            if now >= hard_deadline {
+                tracing::warn!(models = left, "pool close gave up waiting for loads and releases");
+                return (released, forced_leases, left);
+            }
+            let until = if force { hard_deadline } else { drain_deadline };
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+        (released, forced_leases, 0)
+    }
+
+    /// Counters since the pool was created.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            loads: get(&c.loads),
+            load_failures: get(&c.load_failures),
+            evictions: *c.evictions.lock().unwrap_or_else(PoisonError::into_inner),
+            capacity_waits: get(&c.capacity_waits),
+            capacity_wait_time: Duration::from_nanos(get(&c.capacity_wait_nanos)),
+            exhausted: get(&c.exhausted),
+        }
+    }
+}
+
+/// Waits for the load behind `cell`; the pending lease becomes the caller's lease.
+async fn join(pending: PendingLease, cell: Arc<LoadCell>) -> Result<(Arc<Slot>, u64), PoolError> {
+    loop {
+        let done = cell.done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        if let Some(outcome) = cell.outcome.get() {
+            let name = pending.name.clone();
+            let id = pending.disarm();
+            return match outcome {
+                Ok(slot) => Ok((slot.clone(), id)),
+                Err(failure) => Err(failure.to_error(&name)),
+            };
+        }
+        done.await;
+    }
+}
+
+impl Drop for Shared {
+    /// The last handle is gone: start releasing every model without blocking. Leases that
+    /// outlive the pool find their service closed. Loads still in flight release their model
+    /// when they finish.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for (name, e) in st.entries.drain() {
+            if let Some(s) = e.slot() {
+                if s.service.begin_cleanup() {
+                    tracing::debug!(model = %name, "pool dropped; model release started");
+                }
+            }
+        }
+    }
+}
+
+fn safetensors_size(source: &str) -> u64 {
+    match ModelSource::parse(source) {
+        Ok(ModelSource::Local(dir)) => std::fs::metadata(dir.join("model.safetensors")).map_or(0, |m| m.len()),
+        _ => 0,
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
