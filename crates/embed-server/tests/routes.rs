@@ -1,33 +1,20 @@
 //! In-process router tests (no socket): every route, status code and error shape.
 
+mod common;
+
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use axum::Router;
 use base64::Engine;
-use embed_core::{FaultInjection, ModelOptions, ModelSpec};
-use embed_pool::{ModelRegistry, Pool, PoolConfig};
-use embed_server::{router, AppState, Limits, ServerConfig};
-use embed_testkit::TinyModel;
+use embed_core::FaultInjection;
+use embed_server::{router, Limits, ServerConfig};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-struct Fixture {
-    _tmp: Vec<tempfile::TempDir>,
-    state: AppState,
-}
+use common::inproc::{self, Fixture};
 
 fn fixture_with(config: impl FnOnce(ServerConfig) -> ServerConfig, faults: FaultInjection) -> Fixture {
-    let (t1, tiny) = TinyModel::default().write_temp();
-    let (t2, other) = TinyModel { seed: 9, hidden: 16, heads: 2, ..TinyModel::default() }.write_temp();
-    let opts = ModelOptions { faults, ..Default::default() };
-    let registry = ModelRegistry::new()
-        .with("tiny", ModelSpec::new(tiny.to_string_lossy()).named("tiny").with_options(opts))
-        .with("other", ModelSpec::new(other.to_string_lossy()).named("other"));
-    let pool = Pool::new(PoolConfig::default().with_max_models(2), registry);
-    let state = AppState::new(pool, config(ServerConfig::new("tiny")));
-    Fixture { _tmp: vec![t1, t2], state }
+    inproc::fixture(2, config, faults, |r| r)
 }
 
 fn fixture() -> Fixture {
@@ -35,32 +22,16 @@ fn fixture() -> Fixture {
 }
 
 fn app(f: &Fixture) -> Router {
-    router(f.state.clone())
+    f.app.clone()
 }
 
 async fn call(app: &Router, method: &str, path: &str, body: Option<Value>, headers: &[(&str, &str)]) -> (StatusCode, Value, axum::http::HeaderMap) {
-    let mut req = Request::builder().method(method).uri(path);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = match body {
-        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
-        None => req.body(Body::empty()).unwrap(),
-    };
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    let v = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, v, headers)
+    inproc::send(app, method, path, body.map(|b| b.to_string()).as_deref(), headers).await
 }
 
 async fn raw(app: &Router, path: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    let (status, v, _) = inproc::send(app, "POST", path, Some(body), &[]).await;
+    (status, v)
 }
 
 fn assert_tei_error(v: &Value, needle: &str) {
