@@ -16,6 +16,20 @@ void write_error(char* err, size_t len, const char* msg) {
   std::strncpy(err, msg, len - 1);
   err[len - 1] = '\0';
 }
+
+// Runs `body`; returns 0, or -1 with the exception's message in `err`.
+template <typename F>
+int guarded(char* err, size_t err_len, F&& body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    write_error(err, err_len, e.what());
+  } catch (...) {
+    write_error(err, err_len, "unknown C++ exception");
+  }
+  return -1;
+}
 }  // namespace
 
 extern "C" {
@@ -41,7 +55,7 @@ int embed_accel_available() {
 
 // Returns 0 on success, -1 with a message in `err` otherwise.
 int embed_accel_device_stats(int device, EmbedAccelStats* out, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     auto s = at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
     const auto agg = static_cast<size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
     out->allocated_current = s.allocated_bytes[agg].current;
@@ -50,66 +64,36 @@ int embed_accel_device_stats(int device, EmbedAccelStats* out, char* err, size_t
     out->reserved_peak = s.reserved_bytes[agg].peak;
     out->active_current = s.active_bytes[agg].current;
     out->num_ooms = s.num_ooms;
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 int embed_accel_memory_info(int device, uint64_t* free_bytes, uint64_t* total_bytes, char* err,
                             size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     auto info = at::accelerator::getMemoryInfo(static_cast<c10::DeviceIndex>(device));
     *free_bytes = info.first;
     *total_bytes = info.second;
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 int embed_accel_synchronize(int device, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     at::accelerator::synchronizeDevice(static_cast<c10::DeviceIndex>(device));
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 int embed_accel_empty_cache(char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     at::accelerator::emptyCache();
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 // Frees the pinned host blocks libtorch's CUDA host allocator keeps cached (input uploads use
 // pinned memory). Returns 0 on success, -1 with a message in `err` otherwise.
 int embed_accel_empty_host_cache(char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     at::getHostAllocator(at::kCUDA)->empty_cache();
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 // Attention over sequences packed back to back, without padding: `q`, `k`, `v` are
@@ -120,18 +104,12 @@ int embed_accel_empty_host_cache(char* err, size_t err_len) {
 int embed_flash_attention_varlen(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                                  const at::Tensor* cu_seqlens, int64_t max_len, double scale,
                                  at::Tensor** out, char* err, size_t err_len) {
-  try {
+  return guarded(err, err_len, [&] {
     auto result = at::_flash_attention_forward(*q, *k, *v, *cu_seqlens, *cu_seqlens, max_len, max_len,
                                                /*dropout_p=*/0.0, /*is_causal=*/false,
                                                /*return_debug_mask=*/false, scale);
     *out = new at::Tensor(std::move(std::get<0>(result)));
-    return 0;
-  } catch (const std::exception& e) {
-    write_error(err, err_len, e.what());
-  } catch (...) {
-    write_error(err, err_len, "unknown C++ exception");
-  }
-  return -1;
+  });
 }
 
 // Turns libtorch's cuDNN backend of scaled_dot_product_attention off (process-wide).
