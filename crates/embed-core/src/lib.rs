@@ -42,14 +42,16 @@ mod error;
 pub mod memory;
 mod service;
 mod source;
+mod types;
 mod worker;
 
 pub use config::{BertConfig, ModelDir, Pooling};
 pub use device::{cuda_device_count, DType, DeviceSpec, ResolvedDevice};
 pub use error::{Error, Result};
-pub use service::{
-    BatchStats, CleanupReport, DenseEmbeddingService, EmbedOptions, EmbeddingService, Embeddings, FaultInjection,
-    InputMode, ModelInfo, ModelOptions, ModelSpec, ServiceState, TokenizedText,
+pub use service::{DenseEmbeddingService, EmbeddingService};
+pub use types::{
+    BatchStats, CleanupReport, EmbedOptions, Embeddings, FaultInjection, InputMode, ModelInfo, ModelOptions, ModelSpec,
+    ServiceState, TokenizedText,
 };
 pub use source::{is_hub_id, ModelSource};
 

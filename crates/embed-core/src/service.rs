@@ -1,9 +1,7 @@
 //! The embedding-service trait and its libtorch implementation.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -14,265 +12,14 @@ use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
 use crate::bert::Bert;
-use crate::config::{ModelDir, Pooling};
+use crate::config::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
 use crate::worker::{self, Command, Job, Seq, WorkerConfig, WorkerStats};
-use crate::{DType, DeviceSpec, Error, ModelSource, ResolvedDevice, Result};
-
-/// Test hooks that make real failures happen on demand. Off by default; cheap when off.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FaultInjection {
-    /// Any forward pass whose padded batch exceeds this many tokens performs an impossible
-    /// allocation, so libtorch raises a genuine out-of-memory error (exercises batch splitting).
-    pub oom_above_batch_tokens: Option<usize>,
-    /// A forward pass containing exactly this input text panics inside the worker.
-    pub panic_on_text: Option<String>,
-    /// Every forward pass sleeps this long first (makes queueing and cancellation observable).
-    pub forward_delay: Option<std::time::Duration>,
-    /// The worker holds the loaded model (counted in [`memory::live_models`]) this long before
-    /// handing it to `load`, and stops waiting as soon as that `load` is dropped: a load can be
-    /// cancelled at a known point, with a model to release, on a machine of any speed.
-    pub load_delay: Option<std::time::Duration>,
-}
-
-/// How a model is loaded and run.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelOptions {
-    /// Device to run on.
-    pub device: DeviceSpec,
-    /// Weight and activation precision.
-    pub dtype: DType,
-    /// Overrides the model's `max_seq_length` (tokens, including special tokens).
-    pub max_seq_length: Option<usize>,
-    /// Overrides the pooling configured by the model.
-    pub pooling: Option<Pooling>,
-    /// Overrides whether outputs are L2-normalised by default.
-    pub normalize: Option<bool>,
-    /// Prefix for [`InputMode::Query`] inputs (e.g. E5's `"query: "`); overrides the model's prompts.
-    pub query_prefix: Option<String>,
-    /// Prefix for [`InputMode::Document`] inputs (e.g. E5's `"passage: "`).
-    pub document_prefix: Option<String>,
-    /// Dynamic-batching budget: padded tokens per forward pass. `None` picks the device's
-    /// default: 2048 on CPU (small passes keep activations in cache: measured fastest here),
-    /// 16384 on CUDA.
-    pub max_batch_tokens: Option<usize>,
-    /// Most inputs per forward pass. `None`: 32 on CPU, 256 on CUDA.
-    pub max_batch_size: Option<usize>,
-    /// libtorch intra-op threads for CPU forward passes, set on the model's worker thread where
-    /// they run (OpenMP keeps the count per thread: one set on another thread may not reach
-    /// the worker). libtorch also keeps it as a process-wide default for threads that start
-    /// later. `None`: libtorch's default. [`ModelInfo::threads`] reports what the worker uses.
-    pub threads: Option<usize>,
-    /// Failure injection for tests.
-    pub faults: FaultInjection,
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        ModelOptions {
-            device: DeviceSpec::Cpu,
-            dtype: DType::F32,
-            max_seq_length: None,
-            pooling: None,
-            normalize: None,
-            query_prefix: None,
-            document_prefix: None,
-            max_batch_tokens: None,
-            max_batch_size: None,
-            threads: None,
-            faults: FaultInjection::default(),
-        }
-    }
-}
-
-/// A model to load: a display name, where it comes from, and how to run it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelSpec {
-    /// Name reported in [`ModelInfo`] and errors (a registry name, or the source itself).
-    pub name: String,
-    /// A local directory or a hub id (see [`ModelSource::parse`]).
-    pub source: String,
-    /// Options.
-    pub options: ModelOptions,
-}
-
-impl ModelSpec {
-    /// A spec named after its source, with default options.
-    pub fn new(source: impl Into<String>) -> Self {
-        let source = source.into();
-        ModelSpec { name: source.clone(), source, options: ModelOptions::default() }
-    }
-
-    /// Sets the display name.
-    pub fn named(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Sets the options.
-    pub fn with_options(mut self, options: ModelOptions) -> Self {
-        self.options = options;
-        self
-    }
-}
-
-/// Whether an input is a search query or a document being indexed (asymmetric models such as
-/// E5 and BGE prefix them differently).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InputMode {
-    /// A search query.
-    Query,
-    /// A document / passage.
-    Document,
-}
-
-/// Per-call options of [`EmbeddingService::embed_texts`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EmbedOptions {
-    /// Query or document prefixing; `None` applies the model's default prompt, if any.
-    pub mode: Option<InputMode>,
-    /// A prompt defined by the model (`config_sentence_transformers.json`), by name.
-    pub prompt_name: Option<String>,
-    /// A literal instruction prefix; wins over `prompt_name` and `mode`.
-    pub instruction: Option<String>,
-    /// L2-normalise the outputs; `None` follows the model's configuration.
-    pub normalize: Option<bool>,
-    /// Truncate inputs longer than the model's limit (default); when false they are an error.
-    pub truncate: bool,
-}
-
-impl Default for EmbedOptions {
-    fn default() -> Self {
-        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true }
-    }
-}
-
-impl EmbedOptions {
-    /// Options for queries.
-    pub fn query() -> Self {
-        EmbedOptions { mode: Some(InputMode::Query), ..Default::default() }
-    }
-
-    /// Options for documents.
-    pub fn document() -> Self {
-        EmbedOptions { mode: Some(InputMode::Document), ..Default::default() }
-    }
-}
-
-/// The result of [`EmbeddingService::embed_texts`].
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Embeddings {
-    /// One vector per input, in input order.
-    pub vectors: Vec<Vec<f32>>,
-    /// Tokens per input after truncation, special tokens and prompt included.
-    pub token_counts: Vec<usize>,
-    /// Whether each input was truncated.
-    pub truncated: Vec<bool>,
-}
-
-impl Embeddings {
-    /// Sum of `token_counts`.
-    pub fn total_tokens(&self) -> usize {
-        self.token_counts.iter().sum()
-    }
-}
-
-/// One input after tokenization.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TokenizedText {
-    /// Token ids fed to the model.
-    pub ids: Vec<u32>,
-    /// Token strings.
-    pub tokens: Vec<String>,
-    /// Whether the input was truncated to the limit.
-    pub truncated: bool,
-}
-
-/// What is loaded, where, and how big it is.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ModelInfo {
-    /// Display name.
-    pub name: String,
-    /// The source string as given.
-    pub source: String,
-    /// The directory the files were read from.
-    pub dir: PathBuf,
-    /// `model_type` from config.json.
-    pub architecture: String,
-    /// Output dimension.
-    pub dimension: usize,
-    /// Token limit per input.
-    pub max_seq_length: usize,
-    /// Pooling used.
-    pub pooling: Pooling,
-    /// Whether outputs are normalised by default.
-    pub normalize: bool,
-    /// Device in use.
-    pub device: ResolvedDevice,
-    /// How the device was chosen, when `auto` was asked for.
-    pub device_note: Option<String>,
-    /// Precision in use.
-    pub dtype: DType,
-    /// Bytes held by the weights on `device`.
-    pub weight_bytes: u64,
-    /// Encoder layers.
-    pub num_layers: usize,
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Named prompts the model defines.
-    pub prompts: BTreeMap<String, String>,
-    /// Wall time of the load.
-    pub load_duration: Duration,
-    /// Intra-op threads of the worker's forward passes, as libtorch reports them on the worker
-    /// thread (see [`ModelOptions::threads`]).
-    pub threads: usize,
-}
-
-/// What a cleanup released.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
-pub struct CleanupReport {
-    /// The model that was released (`None` if nothing was loaded).
-    pub model: Option<String>,
-    /// Weight bytes of the released model: its size as loaded ([`ModelInfo::weight_bytes`]),
-    /// reported once its worker thread has exited; 0 when nothing was loaded. Not a measurement
-    /// of freed memory: [`memory::cpu_allocator_in_use_bytes`] and [`memory::cuda_memory`] are.
-    pub model_weight_bytes: u64,
-    /// CUDA caching-allocator reserved bytes before / after emptying the cache (CUDA only).
-    pub cuda_reserved_before: Option<u64>,
-    /// See `cuda_reserved_before`.
-    pub cuda_reserved_after: Option<u64>,
-    /// Time from the cleanup request to the worker thread having exited.
-    pub duration: Duration,
-}
-
-/// Lifecycle of a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ServiceState {
-    /// Nothing loaded yet (or the last load failed).
-    Unloaded,
-    /// A load is in progress.
-    Loading,
-    /// Serving requests.
-    Ready,
-    /// Cleanup in progress: intake stopped.
-    Closing,
-    /// Cleaned up; every tensor released. `load` may be called again.
-    Closed,
-}
-
-impl fmt::Display for ServiceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServiceState::Unloaded => "no model is loaded",
-            ServiceState::Loading => "a model is loading",
-            ServiceState::Ready => "ready",
-            ServiceState::Closing => "cleanup is in progress",
-            ServiceState::Closed => "the service was cleaned up",
-        })
-    }
-}
+use crate::types::{
+    BatchStats, CleanupReport, EmbedOptions, Embeddings, FaultInjection, InputMode, ModelInfo, ModelSpec, ServiceState,
+    TokenizedText,
+};
+use crate::{DType, Error, ModelSource, ResolvedDevice, Result};
 
 /// An embedding service: load a model, embed texts, release everything.
 ///
@@ -453,26 +200,6 @@ impl DenseEmbeddingService {
             packed_attention_batches: s.packed_batches.load(Ordering::Relaxed),
         })
     }
-}
-
-/// Counters of the dynamic batcher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct BatchStats {
-    /// Requests waiting for the worker.
-    pub queued_requests: usize,
-    /// Forward passes run.
-    pub batches: u64,
-    /// Inputs embedded.
-    pub sequences: u64,
-    /// Real tokens processed.
-    pub tokens: u64,
-    /// Tokens processed including padding.
-    pub padded_tokens: u64,
-    /// Times a batch was split after running out of memory.
-    pub oom_splits: u64,
-    /// Forward passes whose attention ran packed (variable-length flash attention, no
-    /// padding: CUDA in f16/bf16); the others ran padded attention.
-    pub packed_attention_batches: u64,
 }
 
 struct Loaded {
@@ -846,7 +573,6 @@ fn short_name(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).find(|s| !s.is_empty()).unwrap_or(name);
     base.chars().take(20).collect()
 }
-
 struct Prepared {
     seq: Seq,
     truncated: bool,
