@@ -12,8 +12,9 @@ use crate::setup;
 pub(crate) fn run(extra: &[String]) -> Result<()> {
     let env = setup::run(&setup::Options { bench: false })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // cargo's own progress stays visible: the first release build takes several minutes.
     println!("serve: building embed-server (release; the first build takes a few minutes)");
-    let status = Command::new(&cargo).current_dir(&env.root).args(["build", "--release", "-q", "-p", "embed-server"]).status()?;
+    let status = Command::new(&cargo).current_dir(&env.root).args(["build", "--release", "-p", "embed-server"]).status()?;
     if !status.success() {
         bail!("building embed-server failed");
     }

@@ -103,7 +103,9 @@ fn install(venv: &Path, requirements: &[PathBuf]) -> Result<()> {
     }
     let pip = venv.join("bin/pip");
     let mut cmd = Command::new(&pip);
-    cmd.args(["install", "--disable-pip-version-check", "--quiet"]);
+    // Not --quiet: the first install downloads ~4.6 GB, and pip's "Collecting"/"Downloading"
+    // lines (progress bars on a terminal) show a newcomer that something is happening.
+    cmd.args(["install", "--disable-pip-version-check"]);
     for r in requirements {
         cmd.arg("-r").arg(r);
     }
