@@ -9,7 +9,7 @@
 
 use embed_core::memory::cuda_memory;
 use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
-use embed_testkit::TinyModel;
+use embed_testkit::{assert_cosines, TinyModel};
 
 fn require_cuda() {
     assert_eq!(
@@ -27,18 +27,6 @@ fn texts() -> Vec<String> {
     t.push(String::new());
     t.push("a".into());
     t
-}
-
-fn worst_cosine(got: &[Vec<f32>], want: &[Vec<f32>]) -> f64 {
-    assert_eq!(got.len(), want.len(), "one vector per text");
-    let mut worst = 1.0f64;
-    for (i, (a, b)) in got.iter().zip(want).enumerate() {
-        assert_eq!(a.len(), b.len(), "text {i}: dimension");
-        let c = embed_testkit::cosine(a, b);
-        assert!(!c.is_nan(), "text {i}: NaN in the vectors");
-        worst = worst.min(c);
-    }
-    worst
 }
 
 async fn embed(dir: &std::path::Path, device: DeviceSpec, dtype: DType) -> (Vec<Vec<f32>>, embed_core::BatchStats) {
@@ -73,15 +61,13 @@ async fn packed_attention_matches_padded_and_cpu() {
         std::env::remove_var("EMBED_CUDA_ATTENTION");
         assert_eq!(stats.packed_attention_batches, 0, "{dtype}: EMBED_CUDA_ATTENTION=padded is honoured");
 
-        let to_cpu = worst_cosine(&packed, &cpu);
-        let to_padded = worst_cosine(&packed, &padded);
+        let to_cpu = assert_cosines(&format!("{dtype}: packed vs CPU f32"), &packed, &cpu, min_cos);
+        let to_padded = assert_cosines(&format!("{dtype}: packed vs padded"), &packed, &padded, min_cos);
         eprintln!("{dtype}: packed vs CPU f32 worst cosine {to_cpu:.6}, vs padded {to_padded:.6}");
-        assert!(to_cpu >= min_cos, "{dtype}: packed vs CPU f32 worst cosine {to_cpu}");
-        assert!(to_padded >= min_cos, "{dtype}: packed vs padded worst cosine {to_padded}");
     }
 
     // f32 stays on the padded path (flash has no f32 kernel).
     let (f32_vectors, stats) = embed(&dir, DeviceSpec::Cuda(0), DType::F32).await;
     assert_eq!(stats.packed_attention_batches, 0);
-    assert!(worst_cosine(&f32_vectors, &cpu) >= 0.99999);
+    assert_cosines("f32 on CUDA vs CPU f32", &f32_vectors, &cpu, 0.99999);
 }
