@@ -9,16 +9,8 @@
 
 use embed_core::memory::cuda_memory;
 use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
+use embed_testkit::memory::require_cuda;
 use embed_testkit::{assert_cosines, TinyModel};
-
-fn require_cuda() {
-    assert_eq!(
-        std::env::var("EMBED_TEST_CUDA").as_deref(),
-        Ok("1"),
-        "CUDA test run without EMBED_TEST_CUDA=1 (run through scripts/gpu-check.sh)"
-    );
-    assert!(embed_core::cuda_device_count() > 0, "EMBED_TEST_CUDA=1 but libtorch sees no CUDA device");
-}
 
 /// Lengths from a bare `[CLS] [SEP]` pair to past the model's limit, in an order that makes
 /// every batch mix lengths.
