@@ -197,7 +197,9 @@ async fn normal_traffic_survives_slowloris_and_idle_connections() {
         }));
     }
 
-    // Normal clients, on fresh connections (the cap applies to them too).
+    // Normal clients, each request on a fresh connection: they queue for a slot with the
+    // abusers (the cap applies to them too).
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).pool_max_idle_per_host(0).build().unwrap();
     let ok = Arc::new(AtomicUsize::new(0));
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -210,9 +212,12 @@ async fn normal_traffic_survives_slowloris_and_idle_connections() {
             while started.elapsed() < run_for {
                 let r = client.post(format!("{base}/embed")).json(&json!({"inputs": format!("client {c} request {i}")})).send().await;
                 match r {
-                    Ok(r) if r.status() == 200 => {
+                    // Served while the abuse went on (a request stuck behind the abusers
+                    // until they gave up does not count).
+                    Ok(r) if r.status() == 200 && started.elapsed() < run_for => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
+                    Ok(r) if r.status() == 200 => {}
                     Ok(r) => errors.push(format!("status {}", r.status())),
                     Err(e) => errors.push(e.to_string()),
                 }
@@ -227,8 +232,9 @@ async fn normal_traffic_survives_slowloris_and_idle_connections() {
     stop.store(true, Ordering::Relaxed);
     let cut_off: usize = abusers.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(failures.is_empty(), "normal requests failed: {:?}\n{}", &failures[..failures.len().min(5)], server.log());
-    assert!(ok.load(Ordering::Relaxed) >= 4, "normal requests kept succeeding");
-    assert!(cut_off >= 16, "abusive connections were cut off ({cut_off})");
+    let served = ok.load(Ordering::Relaxed);
+    assert!(served >= 4, "normal requests must keep being served during the abuse; {served} were in {run_for:?}");
+    assert!(cut_off >= 16, "abusive connections were cut off ({cut_off}; normal requests served: {})", ok.load(Ordering::Relaxed));
     let r = client.get(format!("{}/health", server.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     server.signal(libc::SIGTERM);
