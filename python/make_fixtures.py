@@ -1,0 +1,684 @@
+"""Generates testdata/fixtures/: tiny random sentence-transformers models, one per encoder family,
+each with the embeddings sentence-transformers computes for a fixed set of texts. The Rust side
+loads every directory and must reproduce its reference.json.
+
+usage (from the repository root, after `cargo xtask setup` and
+`.venv/bin/pip install -r python/requirements-bench.txt`):
+
+    .venv/bin/python python/make_fixtures.py                      # rewrite testdata/fixtures/
+    .venv/bin/python python/make_fixtures.py --check              # regenerate in memory and compare
+    .venv/bin/python python/make_fixtures.py --only mpnet [--check]   # one family (repeatable)
+
+Not part of CI: the generated directories are committed and the Rust tests read those. This script
+records how they were made and `--check` shows they are reproducible.
+
+Families (testdata/fixtures/<name>/): bert (WordPiece, CLS pooling + Normalize, weights saved with
+a `bert.` prefix), roberta (byte-level BPE, mean, weights saved with a `roberta.` prefix),
+xlm-roberta (Unigram, mean + Normalize), camembert (Unigram, mean), distilbert (cased WordPiece,
+mean + Normalize), mpnet (WordPiece with <s> </s>, mean + Normalize), modernbert (byte-level BPE,
+alternating global/local attention with a 16-token window, mean).
+
+Each directory is an ordinary sentence-transformers model directory (config.json, model.safetensors
+in float32, tokenizer.json, tokenizer_config.json, special_tokens_map.json, modules.json,
+1_Pooling/config.json, sentence_bert_config.json) plus reference.json: the embeddings
+sentence-transformers computes on CPU in float32, rounded to 7 decimals, with the number of tokens
+it feeds the model for each text after truncation. Vocabularies come from `tokenizers`' BPE trainer
+run on testdata/corpus.txt plus the non-ASCII reference texts (all but one, which stays out of
+vocabulary); the WordPiece and Unigram vocabularies are the pieces that BPE cuts the corpus into,
+because those two trainers are not reproducible from run to run.
+Weights are random, drawn from a seeded generator; norm weights and all biases are random too, and
+the spread is large enough that different texts get clearly different embeddings (the script prints
+the mean pairwise cosine; a tiny model with the usual 0.02 init would embed every text almost alike).
+
+`--check` rebuilds every directory in a temporary folder and exits non-zero unless the JSON files
+are equal, the weights are within `--tolerance`, and every text, token count and dimension of the
+recomputed reference matches the committed one with every value within `--tolerance`. Tokenizer
+training and the weights are deterministic for the pinned versions (python/requirements-bench.txt:
+tokenizers, transformers and sentence-transformers; torch from `cargo xtask setup`).
+"""
+import argparse
+import collections
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+# Belt and braces for reproducibility: tokenizer training on one rayon thread.
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sentence_transformers  # noqa: E402
+import tokenizers  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from sentence_transformers import SentenceTransformer  # noqa: E402
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import AutoConfig, AutoModel  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "testdata" / "fixtures"
+CORPUS = ROOT / "testdata" / "corpus.txt"
+DECIMALS = 7
+SEED = 20240611
+
+# Usable positions 128 (max_position_embeddings 128, or 130 where positions start at pad+1);
+# sentence-transformers truncates at 96.
+MAX_POSITIONS = 128
+MAX_SEQ_LENGTH = 96
+
+LOREM = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
+
+# Never shown to the tokenizer trainers: its characters are out of vocabulary ([UNK] / <unk> for
+# WordPiece and Unigram, raw bytes for byte-level BPE).
+OOV_TEXT = "Ελληνικά και العربية"
+
+# Short and long English, code, accents, CJK, Cyrillic, emoji, out-of-vocabulary scripts, case,
+# whitespace oddities, literal special-token strings, one-character inputs, several texts longer
+# than ModernBERT's 16-token local window, one close to the 96-token limit and two far past it.
+TEXTS = [
+    "Hello world",
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "A woman is playing violin.",
+    "A monkey is playing drums.",
+    "What is the capital of France?",
+    "Paris is the capital and most populous city of France.",
+    "Rust guarantees memory safety without a garbage collector.",
+    "The stock market fell sharply on Tuesday after the announcement.",
+    'fn main() { println!("hi"); }',
+    "SELECT id, name FROM users WHERE age > 30 ORDER BY name;",
+    "def add(a, b):\n    return a + b",
+    "Café crème brûlée à la française",
+    "naïve résumé of the coöperative",
+    "東京は日本の首都です。",
+    "北京欢迎你",
+    "Москва — столица России.",
+    "emoji test 🚀🔥 with rockets and fire",
+    OOV_TEXT,
+    "UPPER CASE TEXT and MiXeD cAsE",
+    "   leading and trailing whitespace   ",
+    "multiple    internal     spaces",
+    "tab\tseparated\tvalues",
+    "line one\nline two\nline three",
+    "non\u00a0breaking space and zero\u200bwidth space",
+    "literal [CLS] [SEP] <s> </s> <mask> markers",
+    "a",
+    "?",
+    "é",
+    "1234567890",
+    "I can't believe it's not butter!",
+    "e-mail: someone@example.com, url: https://example.org/path?q=1",
+    "Supercalifragilisticexpialidocious",
+    "Neural networks approximate functions by composing linear maps and nonlinearities.",
+    " ".join(["repeat"] * 20),
+    # 82 to 93 tokens depending on the tokenizer: close to the 96-token limit, not past it.
+    "Sentence embeddings map a piece of text to a fixed-size vector so that texts with similar "
+    "meanings end up close together. They are used for semantic search, clustering, deduplication "
+    "and retrieval of passages.",
+    "import numpy as np\n\ndef normalize(x):\n    norm = np.linalg.norm(x, axis=-1, keepdims=True)\n"
+    "    return x / np.maximum(norm, 1e-12)\n",
+    "The library provides a simple interface for reading and writing files, parsing command line "
+    "arguments, sending HTTP requests, and formatting dates. It is well tested, has no "
+    "dependencies, and works on Linux, macOS and Windows with Python 3.",
+    " ".join(f"word{i}" for i in range(300)),
+    " ".join([LOREM] * 12),
+]
+
+WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def training_lines():
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()
+    # The non-ASCII reference texts, so that CJK, Cyrillic, accents and emoji get vocabulary entries.
+    extra = [t for t in TEXTS if not t.isascii() and t != OOV_TEXT]
+    return lines + extra * 3
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def train(tok: Tokenizer, trainer) -> Tokenizer:
+    tok.train_from_iterator(training_lines(), trainer=trainer)
+    return tok
+
+
+def piece_counts(normalizer, pre_tokenizer, vocab_size: int) -> tuple:
+    """Sub-word statistics for the WordPiece and Unigram vocabularies, made reproducible: the
+    `tokenizers` WordPiece and Unigram trainers break ties in hash-map order (every run gives a
+    different vocabulary), its BPE trainer does not. So: train a BPE on the normalised,
+    pre-tokenised lines, cut every word with it, and count the pieces as (piece, first in word).
+    Returns the counts and every character seen."""
+    bpe = Tokenizer(models.BPE())
+    if normalizer is not None:
+        bpe.normalizer = normalizer
+    bpe.pre_tokenizer = pre_tokenizer
+    train(bpe, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    words = collections.Counter()
+    for line in training_lines():
+        line = normalizer.normalize_str(line) if normalizer is not None else line
+        for word, _ in pre_tokenizer.pre_tokenize_str(line):
+            words[word] += 1
+    counts = collections.Counter()
+    for word, n in words.items():
+        for i, token in enumerate(bpe.model.tokenize(word)):
+            counts[(token.value, i == 0)] += n
+    return counts, sorted({c for word in words for c in word})
+
+
+def wordpiece(vocab_size: int, lowercase: bool, specials: list, unk: str, cls: str, sep: str) -> Tokenizer:
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts, chars = piece_counts(normalizer, pre_tokenizer, 2 * vocab_size)
+    # Specials, every character alone and as a continuation (##c), then the most frequent pieces.
+    vocab = list(specials) + chars + ["##" + c for c in chars]
+    seen = set(vocab)
+    ranked = sorted(((-n, piece if first else "##" + piece) for (piece, first), n in counts.items() if len(piece) > 1))
+    for _, piece in ranked:
+        if len(vocab) >= vocab_size:
+            break
+        if piece not in seen:
+            vocab.append(piece)
+            seen.add(piece)
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(vocab)}, unk_token=unk, max_input_chars_per_word=100))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(list(specials))
+    ids = {t: tok.token_to_id(t) for t in (cls, sep)}
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=list(ids.items()),
+    )
+    return tok
+
+
+def roberta_bpe(vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    train(
+        tok,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
+    # As roberta-base's tokenizer.json (and what transformers' RobertaTokenizer rebuilds): empty
+    # strings, not null, for the sub-word affixes; the trainer resets them, so set them afterwards.
+    spec = json.loads(tok.to_str())
+    spec["model"].update(continuing_subword_prefix="", end_of_word_suffix="")
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.post_processor = processors.RobertaProcessing(
+        ("</s>", tok.token_to_id("</s>")),
+        ("<s>", tok.token_to_id("<s>")),
+        trim_offsets=True,
+        add_prefix_space=False,
+    )
+    return tok
+
+
+def modernbert_bpe(vocab_size: int) -> Tokenizer:
+    # As answerdotai/ModernBERT-base: NFC, byte-level BPE, special tokens after the merges.
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    train(
+        tok,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
+    tok.add_special_tokens(["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    return tok
+
+
+def unigram(vocab_size: int, specials: list, bos: str, eos: str, normalize: bool) -> Tokenizer:
+    if normalize:
+        # SentencePiece-style: NMT + NFKC normalisation, runs of spaces collapsed, Metaspace ("▁").
+        normalizer = normalizers.Sequence(
+            [normalizers.Nmt(), normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
+        )
+        pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    else:
+        # What transformers 5's XLMRobertaTokenizer builds when there is no SentencePiece charsmap:
+        # no normaliser, whitespace split, then Metaspace.
+        normalizer = None
+        pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)]
+        )
+    counts, chars = piece_counts(normalizer, pre_tokenizer, 2 * vocab_size)
+    merged = collections.Counter()
+    for (piece, _), n in counts.items():
+        merged[piece] += n
+    # Every character, then the most frequent longer pieces; scores are log relative frequencies
+    # (a character never cut out on its own counts as half an occurrence), in SentencePiece's order.
+    room = vocab_size - len(specials) - len(chars)
+    longer = sorted((-n, piece) for piece, n in merged.items() if len(piece) > 1)[:room]
+    pieces = {c: merged.get(c, 0) or 0.5 for c in chars}
+    pieces.update({piece: -m for m, piece in longer})
+    total = sum(pieces.values())
+    scored = sorted((-math.log(n / total), piece) for piece, n in pieces.items())
+    vocab = [(s, 0.0) for s in specials] + [(piece, round(-score, 6)) for score, piece in scored]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=False))
+    if normalizer is not None:
+        tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    tok.add_special_tokens(list(specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos}:0 $A:0 {eos}:0",
+        pair=f"{bos}:0 $A:0 {eos}:0 {eos}:0 $B:0 {eos}:0",
+        special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))],
+    )
+    return tok
+
+
+# ---------------------------------------------------------------- families
+#
+# Each family: a tokenizer, the special tokens for tokenizer_config.json, a Hub-style config.json,
+# the pooling, whether a Normalize module follows, and the prefix put on every weight name.
+
+HIDDEN = 32
+HEADS = 4
+INIT_STD = 0.2  # weight matrices and embeddings; norm weights 1 + N(0, 0.2); biases N(0, 0.1)
+
+
+def bert_like_config(model_type: str, vocab: int, layers: int, pad: int, positions: int, type_vocab: int, **extra) -> dict:
+    return {
+        "architectures": [extra.pop("architecture")],
+        "model_type": model_type,
+        "vocab_size": vocab,
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": layers,
+        "num_attention_heads": HEADS,
+        "intermediate_size": 3 * HIDDEN,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": positions,
+        "type_vocab_size": type_vocab,
+        "initializer_range": INIT_STD,
+        "layer_norm_eps": 1e-12 if model_type == "bert" else 1e-5,
+        "pad_token_id": pad,
+        **extra,
+        "torch_dtype": "float32",
+    }
+
+
+def fam_bert():
+    tok = wordpiece(1000, True, WORDPIECE_SPECIALS, "[UNK]", "[CLS]", "[SEP]")
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True, "strip_accents": None, **special}
+    cfg = bert_like_config(
+        "bert", tok.get_vocab_size(), 3, 0, MAX_POSITIONS, 2,
+        architecture="BertForMaskedLM", position_embedding_type="absolute",
+    )
+    return tok, "WordPiece", special, tok_cfg, cfg, "cls", True, "bert."
+
+
+def fam_roberta():
+    tok = roberta_bpe(1000)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    tok_cfg = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "trim_offsets": True, "errors": "replace", **special}
+    cfg = bert_like_config(
+        "roberta", tok.get_vocab_size(), 2, 1, MAX_POSITIONS + 2, 1,
+        architecture="RobertaForMaskedLM", bos_token_id=0, eos_token_id=2, position_embedding_type="absolute",
+    )
+    return tok, "BPE", special, tok_cfg, cfg, "mean", False, "roberta."
+
+
+def fam_xlm_roberta():
+    tok = unigram(1000, ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "<s>", "</s>", normalize=False)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    tok_cfg = {"tokenizer_class": "XLMRobertaTokenizer", **special}
+    cfg = bert_like_config(
+        "xlm-roberta", tok.get_vocab_size(), 2, 1, MAX_POSITIONS + 2, 1,
+        architecture="XLMRobertaModel", bos_token_id=0, eos_token_id=2, position_embedding_type="absolute",
+    )
+    return tok, "Unigram", special, tok_cfg, cfg, "mean", True, ""
+
+
+def fam_camembert():
+    # camembert-base's layout: unused fairseq <s>/</s> at 0 and 2, the real ones further on.
+    tok = unigram(800, ["<s>NOTUSED", "<pad>", "</s>NOTUSED", "<unk>", "<s>", "</s>", "<mask>"], "<s>", "</s>", normalize=True)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>", "additional_special_tokens": ["<s>NOTUSED", "</s>NOTUSED"]}
+    # transformers 5's CamembertTokenizer would rebuild the pipeline without the normaliser.
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **special}
+    cfg = bert_like_config(
+        "camembert", tok.get_vocab_size(), 2, 1, MAX_POSITIONS + 2, 1,
+        architecture="CamembertModel", bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"),
+        position_embedding_type="absolute",
+    )
+    return tok, "Unigram", special, tok_cfg, cfg, "mean", False, ""
+
+
+def fam_distilbert():
+    # Cased, as distilbert-base-cased: no lowercasing, so no accent stripping either.
+    tok = wordpiece(900, False, WORDPIECE_SPECIALS, "[UNK]", "[CLS]", "[SEP]")
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {"tokenizer_class": "DistilBertTokenizer", "do_lower_case": False, "tokenize_chinese_chars": True, "strip_accents": None, **special}
+    cfg = {
+        "architectures": ["DistilBertModel"],
+        "model_type": "distilbert",
+        "vocab_size": tok.get_vocab_size(),
+        "dim": HIDDEN,
+        "n_layers": 3,
+        "n_heads": HEADS,
+        "hidden_dim": 4 * HIDDEN,
+        "activation": "gelu",
+        "dropout": 0.1,
+        "attention_dropout": 0.1,
+        "max_position_embeddings": MAX_POSITIONS,
+        "sinusoidal_pos_embds": False,
+        "initializer_range": INIT_STD,
+        "pad_token_id": 0,
+        "qa_dropout": 0.1,
+        "seq_classif_dropout": 0.2,
+        "tie_weights_": True,
+        "torch_dtype": "float32",
+    }
+    return tok, "WordPiece", special, tok_cfg, cfg, "mean", True, ""
+
+
+def fam_mpnet():
+    # As all-mpnet-base-v2: lowercasing WordPiece with <s> $A </s>, [UNK], pad 1.
+    tok = wordpiece(1000, True, ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"], "[UNK]", "<s>", "</s>")
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "[UNK]", "sep_token": "</s>", "pad_token": "<pad>", "cls_token": "<s>", "mask_token": "<mask>"}
+    tok_cfg = {"tokenizer_class": "MPNetTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True, "strip_accents": None, **special}
+    cfg = bert_like_config(
+        "mpnet", tok.get_vocab_size(), 2, 1, MAX_POSITIONS + 2, 1,
+        architecture="MPNetForMaskedLM", bos_token_id=0, eos_token_id=2, relative_attention_num_buckets=32,
+    )
+    del cfg["type_vocab_size"]
+    return tok, "WordPiece", special, tok_cfg, cfg, "mean", True, ""
+
+
+def fam_modernbert():
+    tok = modernbert_bpe(1000)
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_input_names": ["input_ids", "attention_mask"], "clean_up_tokenization_spaces": True, **special}
+    ids = {k: tok.token_to_id(v) for k, v in special.items()}
+    vocab = -(-tok.get_vocab_size() // 64) * 64  # padded past the tokenizer, as ModernBERT-base's 50368
+    # Hub-style (answerdotai/ModernBERT-base) field names; transformers 5 turns
+    # global_attn_every_n_layers / *_rope_theta into layer_types / rope_parameters when loading.
+    cfg = {
+        "architectures": ["ModernBertForMaskedLM"],
+        "model_type": "modernbert",
+        "vocab_size": vocab,
+        "hidden_size": HIDDEN,
+        "intermediate_size": 2 * HIDDEN,
+        "num_hidden_layers": 4,
+        "num_attention_heads": HEADS,
+        "hidden_activation": "gelu",
+        "max_position_embeddings": MAX_POSITIONS,
+        "global_attn_every_n_layers": 3,
+        "local_attention": 16,
+        "global_rope_theta": 160000.0,
+        "local_rope_theta": 10000.0,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "mlp_dropout": 0.0,
+        "norm_bias": False,
+        "norm_eps": 1e-05,
+        "embedding_dropout": 0.0,
+        "decoder_bias": True,
+        "classifier_activation": "gelu",
+        "classifier_bias": False,
+        "classifier_dropout": 0.0,
+        "classifier_pooling": "mean",
+        "initializer_range": INIT_STD,
+        "initializer_cutoff_factor": 2.0,
+        "deterministic_flash_attn": False,
+        "sparse_prediction": False,
+        "sparse_pred_ignore_index": -100,
+        "tie_word_embeddings": True,
+        "pad_token_id": ids["pad_token"],
+        "bos_token_id": ids["cls_token"],
+        "eos_token_id": ids["sep_token"],
+        "cls_token_id": ids["cls_token"],
+        "sep_token_id": ids["sep_token"],
+        "torch_dtype": "float32",
+    }
+    return tok, "BPE", special, tok_cfg, cfg, "mean", False, ""
+
+
+FAMILIES = {
+    "bert": fam_bert,
+    "roberta": fam_roberta,
+    "xlm-roberta": fam_xlm_roberta,
+    "camembert": fam_camembert,
+    "distilbert": fam_distilbert,
+    "mpnet": fam_mpnet,
+    "modernbert": fam_modernbert,
+}
+
+
+# ---------------------------------------------------------------- building
+
+
+def write_json(path: pathlib.Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def random_weights(model: torch.nn.Module, seed: int) -> dict:
+    """Every tensor of the state dict drawn afresh, in name order, from one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in sorted(model.state_dict().items()):
+        if not t.is_floating_point():
+            continue
+        if name.endswith("relative_attention_bias.weight"):
+            # MPNet's bucketed position bias: large enough that dropping it is visible.
+            v = torch.randn(t.shape, generator=gen) * 1.0
+        elif t.dim() == 1 and name.endswith(".weight"):
+            v = 1.0 + 0.2 * torch.randn(t.shape, generator=gen)  # norm scales
+        elif t.dim() == 1:
+            v = 0.1 * torch.randn(t.shape, generator=gen)  # biases
+        else:
+            v = INIT_STD * torch.randn(t.shape, generator=gen)
+        out[name] = v.to(torch.float32).contiguous()
+    return out
+
+
+def build(name: str, directory: pathlib.Path) -> tuple:
+    """Writes every file of one fixture but reference.json; returns (tokenizer type, pooling, normalize)."""
+    tok, tok_type, special, tok_cfg, cfg, pooling, normalize, prefix = FAMILIES[name]()
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    tok.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", {**tok_cfg, "model_max_length": MAX_POSITIONS})
+    write_json(directory / "special_tokens_map.json", special)
+    write_json(directory / "config.json", cfg)
+
+    config = AutoConfig.from_pretrained(str(directory))
+    model = AutoModel.from_config(config)
+    weights = random_weights(model, SEED + sorted(FAMILIES).index(name))
+    save_file({prefix + k: v for k, v in weights.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "model.safetensors").chmod(0o644)
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    write_json(directory / "modules.json", modules)
+    write_json(
+        directory / "1_Pooling" / "config.json",
+        {
+            "word_embedding_dimension": HIDDEN,
+            "pooling_mode_cls_token": pooling == "cls",
+            "pooling_mode_mean_tokens": pooling == "mean",
+            "pooling_mode_max_tokens": False,
+            "pooling_mode_mean_sqrt_len_tokens": False,
+        },
+    )
+    write_json(directory / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
+    return tok_type, pooling, normalize
+
+
+def compute(name: str, directory: pathlib.Path, tok_type: str, pooling: str) -> dict:
+    model = SentenceTransformer(str(directory), device="cpu")
+    model.eval()
+    sanity(name, directory, model)
+    enc = model.tokenizer(TEXTS, truncation=True, max_length=model.max_seq_length)
+    vectors = model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=False)
+    normalized = any(type(m).__name__ == "Normalize" for m in model)
+    v = torch.nn.functional.normalize(torch.from_numpy(vectors), dim=-1)
+    cos = v @ v.T
+    n = len(TEXTS)
+    mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+    print(f"make_fixtures: {name}: mean pairwise cosine between different texts {mean_cos:.3f}")
+    return {
+        "model": f"random {name} fixture (python/make_fixtures.py, seed {SEED + sorted(FAMILIES).index(name)})",
+        "family": name,
+        "tokenizer": tok_type,
+        "reference": f"sentence-transformers {sentence_transformers.__version__}, transformers {transformers.__version__}, "
+        f"tokenizers {tokenizers.__version__}, torch {torch.__version__}, CPU, float32",
+        "pooling": pooling,
+        "normalized": normalized,
+        "max_seq_length": model.max_seq_length,
+        "items": [
+            {"text": t, "token_count": len(ids), "embedding": [round(float(x), DECIMALS) for x in vec]}
+            for t, ids, vec in zip(TEXTS, enc["input_ids"], vectors)
+        ],
+    }
+
+
+def sanity(name: str, directory: pathlib.Path, model: SentenceTransformer) -> None:
+    """What a Rust loader sees must be what sentence-transformers ran: tokenizer.json alone gives
+    the same token ids (transformers 5's tokenizer classes rebuild parts of the pipeline from their
+    own code, so the families use tokenizer.json files that agree with that), and every stored
+    weight is used (none missing, none left over)."""
+    assert model.max_seq_length == MAX_SEQ_LENGTH, model.max_seq_length
+    raw = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    loaded, stored = json.loads(model.tokenizer.backend_tokenizer.to_str()), json.loads(raw.to_str())
+    for part in ("normalizer", "pre_tokenizer", "model"):
+        if loaded[part] != stored[part]:
+            raise SystemExit(f"make_fixtures: {name}: transformers' tokenizer {part} differs from tokenizer.json")
+    raw.enable_truncation(MAX_SEQ_LENGTH)
+    st_ids = model.tokenizer(TEXTS, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]
+    for text, a, b in zip(TEXTS, st_ids, raw.encode_batch(TEXTS)):
+        if list(a) != b.ids:
+            raise SystemExit(f"make_fixtures: {name}: {text[:40]!r}: sentence-transformers ids {a} != tokenizer.json ids {b.ids}")
+    _, info = AutoModel.from_pretrained(str(directory), output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        raise SystemExit(f"make_fixtures: {name}: loading model.safetensors: {bad}")
+
+
+# ---------------------------------------------------------------- check
+
+
+def check_reference(new: dict, old: dict, tolerance: float) -> tuple:
+    problems = []
+    for key in ("family", "tokenizer", "pooling", "normalized", "max_seq_length"):
+        if new[key] != old.get(key):
+            problems.append(f"{key}: computed {new[key]!r}, committed {old.get(key)!r}")
+    if len(new["items"]) != len(old["items"]):
+        return problems + [f"{len(new['items'])} items computed, {len(old['items'])} committed"], 0.0
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(new["items"], old["items"])):
+        if a["text"] != b["text"]:
+            problems.append(f"item {i}: text {a['text']!r} vs committed {b['text']!r}")
+        if a["token_count"] != b["token_count"]:
+            problems.append(f"item {i}: {a['token_count']} tokens vs committed {b['token_count']}")
+        if len(a["embedding"]) != len(b["embedding"]):
+            problems.append(f"item {i}: dimension {len(a['embedding'])} vs committed {len(b['embedding'])}")
+            continue
+        diff = max(abs(x - y) for x, y in zip(a["embedding"], b["embedding"]))
+        # `not <=` so that a NaN counts as a mismatch.
+        if not diff <= tolerance:
+            problems.append(f"item {i} {a['text'][:40]!r}: max abs difference {diff:g} > {tolerance:g}")
+        worst = max(worst, diff)
+    return problems, worst
+
+
+def check_files(new_dir: pathlib.Path, old_dir: pathlib.Path, tolerance: float) -> list:
+    problems = []
+    new_files = sorted(p.relative_to(new_dir).as_posix() for p in new_dir.rglob("*") if p.is_file())
+    old_files = sorted(p.relative_to(old_dir).as_posix() for p in old_dir.rglob("*") if p.is_file())
+    if new_files != old_files:
+        problems.append(f"files: generated {new_files}, committed {old_files}")
+    for rel in new_files:
+        if rel not in old_files:
+            continue
+        a, b = new_dir / rel, old_dir / rel
+        if rel.endswith(".json") and rel != "reference.json":
+            if json.loads(a.read_text(encoding="utf-8")) != json.loads(b.read_text(encoding="utf-8")):
+                problems.append(f"{rel} differs from the committed one")
+        elif rel.endswith(".safetensors"):
+            with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
+                if sorted(fa.keys()) != sorted(fb.keys()):
+                    problems.append(f"{rel}: tensor names differ")
+                    continue
+                for k in fa.keys():
+                    ta, tb = fa.get_tensor(k), fb.get_tensor(k)
+                    if ta.shape != tb.shape or ta.dtype != tb.dtype:
+                        problems.append(f"{rel}: {k}: {ta.dtype}{list(ta.shape)} vs committed {tb.dtype}{list(tb.shape)}")
+                    elif not float((ta - tb).abs().max()) <= tolerance:
+                        problems.append(f"{rel}: {k}: values differ by more than {tolerance:g}")
+    return problems
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare with the committed fixtures")
+    p.add_argument("--only", action="append", choices=sorted(FAMILIES), help="only this family (repeatable)")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted element difference (--check)")
+    p.add_argument("--out", type=pathlib.Path, default=OUT)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    names = args.only or list(FAMILIES)
+    failed = False
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            committed = args.out / name
+            directory = pathlib.Path(tmp) / name if args.check else committed
+            tok_type, pooling, _ = build(name, directory)
+            new = compute(name, directory, tok_type, pooling)
+            if not args.check:
+                (directory / "reference.json").write_text(json.dumps(new, ensure_ascii=False), encoding="utf-8")
+                print(f"make_fixtures: wrote {directory} ({len(new['items'])} texts)")
+                continue
+            if not (committed / "reference.json").exists():
+                print(f"make_fixtures: {name}: no committed fixture at {committed}", file=sys.stderr)
+                failed = True
+                continue
+            old = json.loads((committed / "reference.json").read_text(encoding="utf-8"))
+            (directory / "reference.json").write_text("{}", encoding="utf-8")  # compared below, not as a file
+            problems = check_files(directory, committed, args.tolerance)
+            ref_problems, worst = check_reference(new, old, args.tolerance)
+            problems += ref_problems
+            print(f"make_fixtures: {name}: worst max-abs difference to the committed reference: {worst:g} (tolerance {args.tolerance:g})")
+            for line in problems:
+                print(f"make_fixtures: {name}: {line}", file=sys.stderr)
+            print(f"make_fixtures: {name}: {'MISMATCH' if problems else 'matches'} {committed}")
+            failed |= bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
