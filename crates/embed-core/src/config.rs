@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::models::ArchConfig;
 use crate::{Error, Result};
 
 /// How token vectors become one sentence vector.
@@ -55,45 +56,15 @@ impl fmt::Display for Pooling {
     }
 }
 
-/// Hidden activation of the feed-forward block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
-    Gelu,
-    GeluTanh,
-    Relu,
-}
-
-/// The encoder hyper-parameters from `config.json`.
-#[derive(Debug, Clone)]
-pub struct BertConfig {
-    /// Vocabulary size.
-    pub vocab_size: usize,
-    /// Width of the hidden states.
-    pub hidden_size: usize,
-    /// Encoder layers.
-    pub num_hidden_layers: usize,
-    /// Attention heads per layer.
-    pub num_attention_heads: usize,
-    /// Width of the feed-forward block.
-    pub intermediate_size: usize,
-    /// Position embeddings available.
-    pub max_position_embeddings: usize,
-    /// Token type (segment) embeddings available.
-    pub type_vocab_size: usize,
-    /// Layer-norm epsilon.
-    pub layer_norm_eps: f64,
-    pub(crate) activation: Activation,
-}
-
 /// Everything read from a model directory, before any tensor is touched.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
     /// The directory.
     pub dir: PathBuf,
-    /// `model_type` from `config.json`.
+    /// `model_type` from `config.json` (or the one its `architectures` implies).
     pub model_type: String,
-    /// Encoder configuration.
-    pub bert: BertConfig,
+    /// The encoder's family and shape.
+    pub arch: ArchConfig,
     /// Pooling from `1_Pooling/config.json` (mean when absent, like sentence-transformers).
     pub pooling: Pooling,
     /// Whether pooling excludes instruction-prompt tokens (`include_prompt: false`).
@@ -124,16 +95,6 @@ fn read_optional_json(path: &Path) -> Result<Option<Value>> {
         read_json(path).map(Some)
     } else {
         Ok(None)
-    }
-}
-
-fn field_usize(v: &Value, path: &Path, name: &str) -> Result<usize> {
-    match v.get(name) {
-        Some(x) => x
-            .as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| Error::config(path, format!("field {name:?} must be a non-negative integer, got {x}"))),
-        None => Err(Error::config(path, format!("missing field {name:?}"))),
     }
 }
 
@@ -177,51 +138,8 @@ impl ModelDir {
         )?;
 
         let cfg = read_json(&config_path)?;
-        let model_type = cfg
-            .get("model_type")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::config(&config_path, "missing field \"model_type\""))?
-            .to_string();
-        if model_type != "bert" {
-            return Err(Error::UnsupportedArchitecture { model_type, path: config_path });
-        }
-        if let Some(kind) = cfg.get("position_embedding_type").and_then(Value::as_str) {
-            if kind != "absolute" {
-                return Err(Error::config(
-                    &config_path,
-                    format!("position_embedding_type {kind:?} is not supported (only \"absolute\")"),
-                ));
-            }
-        }
-        let act = cfg.get("hidden_act").and_then(Value::as_str).unwrap_or("gelu");
-        let activation = match act {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            other => {
-                return Err(Error::config(&config_path, format!("hidden_act {other:?} is not supported")))
-            }
-        };
-        let bert = BertConfig {
-            vocab_size: field_usize(&cfg, &config_path, "vocab_size")?,
-            hidden_size: field_usize(&cfg, &config_path, "hidden_size")?,
-            num_hidden_layers: field_usize(&cfg, &config_path, "num_hidden_layers")?,
-            num_attention_heads: field_usize(&cfg, &config_path, "num_attention_heads")?,
-            intermediate_size: field_usize(&cfg, &config_path, "intermediate_size")?,
-            max_position_embeddings: field_usize(&cfg, &config_path, "max_position_embeddings")?,
-            type_vocab_size: cfg.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(2) as usize,
-            layer_norm_eps: cfg.get("layer_norm_eps").and_then(Value::as_f64).unwrap_or(1e-12),
-            activation,
-        };
-        if bert.num_attention_heads == 0 || bert.hidden_size % bert.num_attention_heads != 0 {
-            return Err(Error::config(
-                &config_path,
-                format!(
-                    "hidden_size {} is not divisible by num_attention_heads {}",
-                    bert.hidden_size, bert.num_attention_heads
-                ),
-            ));
-        }
+        let arch = ArchConfig::parse(&cfg, &config_path)?;
+        let model_type = arch.model_type.clone();
 
         // sentence-transformers modules. Without modules.json, sentence-transformers builds
         // Transformer + mean Pooling and does not normalize; so do we.
@@ -259,9 +177,7 @@ impl ModelDir {
         let st_config = read_optional_json(&dir.join("sentence_bert_config.json"))?;
         let st_max = st_config.as_ref().and_then(|v| v.get("max_seq_length").and_then(Value::as_u64)).map(|n| n as usize);
         let lowercase = st_config.as_ref().is_some_and(|v| opt_bool(v, "do_lower_case"));
-        let max_seq_length = st_max
-            .unwrap_or(bert.max_position_embeddings)
-            .min(bert.max_position_embeddings);
+        let max_seq_length = st_max.unwrap_or(arch.max_tokens).min(arch.max_tokens);
 
         let prompts_path = dir.join("config_sentence_transformers.json");
         let mut prompts = BTreeMap::new();
@@ -281,7 +197,7 @@ impl ModelDir {
         Ok(ModelDir {
             dir: dir.to_path_buf(),
             model_type,
-            bert,
+            arch,
             pooling,
             exclude_prompt_from_pooling,
             normalize,

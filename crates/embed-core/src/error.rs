@@ -58,12 +58,14 @@ pub enum Error {
         reason: String,
     },
     /// The config names an architecture this crate does not implement.
-    #[error("unsupported architecture {model_type:?} in {path} (supported: bert)")]
+    #[error("unsupported model family: model_type {model_type:?} in {path} (supported: {supported})")]
     UnsupportedArchitecture {
         /// The `model_type` found.
         model_type: String,
         /// The config file.
         path: PathBuf,
+        /// The `model_type` values that load, comma-separated.
+        supported: String,
     },
     /// The weights file is corrupt or unreadable.
     #[error("invalid weights {path}: {reason}")]

@@ -34,18 +34,20 @@
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
-mod attention;
-mod bert;
 mod config;
 mod device;
 mod error;
+mod layers;
 pub mod memory;
+mod models;
+mod pooling;
 mod service;
 mod source;
 mod types;
 mod worker;
 
-pub use config::{BertConfig, ModelDir, Pooling};
+pub use config::{ModelDir, Pooling};
+pub use models::{supported_model_types, ArchConfig, Family};
 pub use device::{cuda_device_count, DType, DeviceSpec, ResolvedDevice};
 pub use error::{Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};

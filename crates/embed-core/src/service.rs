@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
-use crate::bert::Bert;
+use crate::models::Model;
 use crate::config::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
 use crate::worker::{self, Command, Job, Seq, WorkerConfig, WorkerStats};
@@ -203,7 +203,7 @@ impl DenseEmbeddingService {
 }
 
 struct Loaded {
-    model: Bert,
+    model: Model,
     dir: ModelDir,
     tokenizer: Tokenizer,
     device: ResolvedDevice,
@@ -234,11 +234,11 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let dir = ModelDir::read(&dir_path)?;
     let max_seq_length = match o.max_seq_length {
         None => dir.max_seq_length,
-        Some(n) if n >= 2 && n <= dir.bert.max_position_embeddings => n,
+        Some(n) if n >= 2 && n <= dir.arch.max_tokens => n,
         Some(n) => {
             return Err(Error::InvalidOption {
                 name: "max_seq_length",
-                reason: format!("{n} is outside 2..={}", dir.bert.max_position_embeddings),
+                reason: format!("{n} is outside 2..={}", dir.arch.max_tokens),
             })
         }
     };
@@ -250,13 +250,13 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
         .with_truncation(None)
         .map_err(|e| Error::Tokenizer { path: dir.tokenizer.clone(), reason: e.to_string() })?;
     let vocab = tokenizer.get_vocab_size(true);
-    if vocab > dir.bert.vocab_size {
+    if vocab > dir.arch.vocab_size {
         return Err(Error::Tokenizer {
             path: dir.tokenizer.clone(),
-            reason: format!("vocabulary of {vocab} tokens exceeds the model's vocab_size {}", dir.bert.vocab_size),
+            reason: format!("vocabulary of {vocab} tokens exceeds the model's vocab_size {}", dir.arch.vocab_size),
         });
     }
-    let model = Bert::load(&dir.weights, &dir.bert, device.to_tch(), o.dtype.kind())?;
+    let model = Model::load(&dir.weights, &dir.arch, device.to_tch(), o.dtype.kind())?;
     Ok(Loaded { model, dir, tokenizer, device, device_note, max_seq_length })
 }
 
@@ -331,7 +331,8 @@ impl EmbeddingService for DenseEmbeddingService {
                     source: spec.source.clone(),
                     dir: dir.dir.clone(),
                     architecture: dir.model_type.clone(),
-                    dimension: dir.bert.hidden_size,
+                    family: dir.arch.family,
+                    dimension: dir.arch.hidden_size,
                     max_seq_length,
                     pooling,
                     normalize: o.normalize.unwrap_or(dir.normalize),
@@ -339,8 +340,8 @@ impl EmbeddingService for DenseEmbeddingService {
                     device_note,
                     dtype: o.dtype,
                     weight_bytes: model.weight_bytes,
-                    num_layers: dir.bert.num_hidden_layers,
-                    vocab_size: dir.bert.vocab_size,
+                    num_layers: dir.arch.num_hidden_layers,
+                    vocab_size: dir.arch.vocab_size,
                     prompts: dir.prompts.clone(),
                     load_duration: started.elapsed(),
                     threads: tch::get_num_threads().max(0) as usize,
@@ -548,7 +549,7 @@ impl DenseEmbeddingService {
 /// The deliberate leak of the `planted-leak` test build: one tensor outlives its model, while
 /// every counter says it was freed. The leak check must catch it from real memory figures.
 #[cfg(feature = "planted-leak")]
-fn planted_leak(mut model: Bert) -> Bert {
+fn planted_leak(mut model: Model) -> Model {
     static LEAKED: Mutex<Vec<tch::Tensor>> = Mutex::new(Vec::new());
     let t = model.take_largest_tensor();
     LEAKED.lock().unwrap_or_else(|p| p.into_inner()).push(t);

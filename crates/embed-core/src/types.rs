@@ -190,6 +190,8 @@ pub struct ModelInfo {
     pub dir: PathBuf,
     /// `model_type` from config.json.
     pub architecture: String,
+    /// The family implementing it (`bert` also serves RoBERTa, XLM-R and CamemBERT).
+    pub family: crate::Family,
     /// Output dimension.
     pub dimension: usize,
     /// Token limit per input.

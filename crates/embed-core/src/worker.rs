@@ -13,8 +13,10 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use crate::attention::AttentionPath;
-use crate::bert::{pool, BatchInput, Bert};
+use crate::layers::attention::AttentionPath;
+use crate::layers::BatchInput;
+use crate::models::Model;
+use crate::pooling::pool;
 use crate::config::Pooling;
 use crate::{memory, Error, FaultInjection, ResolvedDevice, Result};
 
@@ -71,7 +73,7 @@ const BUSY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Serves requests until a `Shutdown` arrives or every sender is gone. Jobs queued before
 /// the shutdown are finished; anything that slips in after it is failed with `ShutDown`.
-pub(crate) fn serve(model: &Bert, rx: &Receiver<Command>, cfg: &WorkerConfig) {
+pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     // Gather generously: sorting a large round by length is what keeps padding low.
     let gather_limit = (cfg.max_batch_size.max(1) * 32).max(1024);
     let mut last_trim = Instant::now();
@@ -137,7 +139,7 @@ struct Item {
     len: usize,
 }
 
-fn process(model: &Bert, jobs: Vec<Job>, cfg: &WorkerConfig) {
+fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
     // A caller that went away (cancelled future, disconnected client) gets no work done.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     let mut items: Vec<Item> = jobs
@@ -252,7 +254,7 @@ pub(crate) fn is_out_of_memory(msg: &str) -> bool {
 /// Runs `batch` start to finish; on out-of-memory empties the cache and retries each half,
 /// down to single inputs. Any other panic becomes `WorkerPanicked` for the inputs of this
 /// batch only.
-fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+fn run_split(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let pooled = launch(model, jobs, batch, cfg);
         download(pooled, batch, cfg)
@@ -265,7 +267,7 @@ fn run_split(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> 
 
 /// Reads back a launched batch's vectors; a failure there (an error the device reports late)
 /// is handled like a failed launch.
-fn collect(model: &Bert, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+fn collect(model: &Model, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     match catch_unwind(AssertUnwindSafe(|| download(pooled, batch, cfg))) {
         Ok(rows) => Ok(rows),
         Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
@@ -274,7 +276,7 @@ fn collect(model: &Bert, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &W
 
 /// What a batch whose forward pass panicked with `msg` gets: out of memory is split and
 /// retried, anything else fails the batch's inputs.
-fn recover(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
+fn recover(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
     if !is_out_of_memory(&msg) {
         tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
         return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
@@ -308,7 +310,7 @@ struct Launched {
 
 /// Packs the batch, uploads it and queues the encoder and pooling on the model's device.
 /// Panics (caught by the caller) on libtorch errors, as tch's infallible API does.
-fn launch(model: &Bert, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Launched {
+fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Launched {
     let b = batch.len();
     let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
     let tokens: usize = batch.iter().map(|it| it.len).sum();

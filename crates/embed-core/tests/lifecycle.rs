@@ -12,7 +12,6 @@ use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::{corrupt_weights, TinyModel};
 
 // An async mutex: the guard is held across awaits for the whole test.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn spec(dir: &std::path::Path) -> ModelSpec {
     ModelSpec::new(dir.to_string_lossy())
@@ -24,7 +23,7 @@ fn texts(t: &[&str]) -> Vec<String> {
 
 #[tokio::test]
 async fn load_embed_cleanup_reload() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::new();
     assert_eq!(svc.state(), ServiceState::Unloaded);
@@ -79,7 +78,7 @@ async fn assert_load_fails(dir: &std::path::Path, check: impl Fn(&Error) -> bool
 
 #[tokio::test]
 async fn failed_loads_are_typed_and_leave_nothing() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let tiny = TinyModel::default();
 
     let (_t, dir) = tiny.write_temp();
@@ -112,7 +111,7 @@ async fn failed_loads_are_typed_and_leave_nothing() {
     let cfg = std::fs::read_to_string(&cfg_path).unwrap().replace("\"bert\"", "\"gpt2\"");
     std::fs::write(&cfg_path, cfg).unwrap();
     let msg = assert_load_fails(&dir, |e| matches!(e, Error::UnsupportedArchitecture { .. })).await;
-    assert!(msg.contains("gpt2"), "{msg}");
+    assert!(msg.contains("gpt2") && msg.contains("supported: bert, roberta, xlm-roberta"), "{msg}");
 
     let (_t, dir) = tiny.write_temp();
     std::fs::write(dir.join("tokenizer.json"), "{ not json").unwrap();
@@ -129,7 +128,7 @@ async fn failed_loads_are_typed_and_leave_nothing() {
 
 #[tokio::test]
 async fn devices_and_dtypes() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let with = |device, dtype| spec(&dir).with_options(ModelOptions { device, dtype, ..Default::default() });
     if embed_core::cuda_device_count() == 0 {
@@ -160,7 +159,7 @@ async fn devices_and_dtypes() {
 
 #[tokio::test]
 async fn bad_input() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::from_spec(spec(&dir)).await.unwrap();
     let o = EmbedOptions::default();
@@ -204,7 +203,7 @@ async fn bad_input() {
 
 #[tokio::test]
 async fn prompts_and_modes() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let tiny = TinyModel {
         prompts: vec![("query".into(), "query: ".into()), ("document".into(), "passage: ".into())],
         ..TinyModel::default()
@@ -235,7 +234,7 @@ async fn prompts_and_modes() {
 
 #[tokio::test]
 async fn dropping_a_service_frees_its_model() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::from_spec(spec(&dir)).await.unwrap();
     assert_eq!(live_models(), 1);
@@ -246,7 +245,7 @@ async fn dropping_a_service_frees_its_model() {
 
 #[tokio::test]
 async fn cancelled_load_leaves_nothing() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = DenseEmbeddingService::new();
     // The worker holds the loaded model until the load is dropped (an hour otherwise): the

@@ -70,6 +70,7 @@ pub(crate) fn service(name: &str, source: &str, bytes: u64) -> Arc<FakeService> 
         source: source.to_string(),
         dir: source.into(),
         architecture: "fake".into(),
+        family: embed_core::Family::Bert,
         dimension: 4,
         max_seq_length: 8,
         pooling: Pooling::Mean,

@@ -10,8 +10,7 @@ use embed_core::{EmbedOptions, ResolvedDevice};
 use embed_pool::{EvictionCause, Lease, ModelSettings, ModelState, Pool, PoolConfig, PoolError, UnloadMode};
 use embed_testkit::memory::wait_for_no_live_models;
 
-/// Tests here check the process-wide live-model count.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// Tests here check the process-wide live-model count: each takes embed_testkit::serial().
 
 async fn wait_until(mut cond: impl FnMut() -> bool) {
     for _ in 0..2000 {
@@ -25,7 +24,7 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
 
 #[tokio::test(start_paused = true)]
 async fn ttl_expiry_respects_per_model_ttl_pins_and_leases() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(3);
     let registry = models
         .registry()
@@ -68,7 +67,7 @@ async fn ttl_expiry_respects_per_model_ttl_pins_and_leases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_task_unloads_idle_models() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let config = PoolConfig::default()
         .with_default_ttl(Some(Duration::from_millis(200)))
@@ -85,7 +84,7 @@ async fn background_task_unloads_idle_models() {
 
 #[tokio::test]
 async fn memory_budget_evicts_for_memory() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(2);
     let file = std::fs::metadata(models.dirs[0].1.join("model.safetensors")).unwrap().len();
     let budget = file * 3 / 2;
@@ -121,7 +120,7 @@ async fn memory_budget_evicts_for_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_waits_for_leases_and_blocks_new_ones() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default().with_wait_timeout(Duration::from_millis(100)), models.registry());
     let lease = pool.get("m0").await.unwrap();
@@ -147,7 +146,7 @@ async fn unload_waits_for_leases_and_blocks_new_ones() {
 
 #[tokio::test]
 async fn cancelled_unload_puts_the_model_back() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default(), models.registry());
     let lease = pool.get("m0").await.unwrap();
@@ -164,7 +163,7 @@ async fn cancelled_unload_puts_the_model_back() {
 
 #[tokio::test]
 async fn cancelled_get_during_load_leaks_no_lease() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let loader = CountingLoader::with_delay(Duration::from_millis(150));
     let pool = Pool::with_loader(PoolConfig::default(), models.registry(), loader.clone());
@@ -183,7 +182,7 @@ async fn cancelled_get_during_load_leaks_no_lease() {
 
 #[tokio::test]
 async fn dropping_the_pool_releases_every_model() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(3);
     let pool = Pool::new(PoolConfig::default(), models.registry());
     pool.preload("m0").await.unwrap();
@@ -199,7 +198,7 @@ async fn dropping_the_pool_releases_every_model() {
 
 #[tokio::test]
 async fn with_closure_holds_a_lease_for_its_duration() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default(), models.registry());
     let p = pool.clone();
@@ -223,7 +222,7 @@ async fn with_closure_holds_a_lease_for_its_duration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_waits_for_leases_then_forces() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(2);
     let pool = Pool::new(PoolConfig::default().with_close_timeout(Duration::from_secs(10)), models.registry());
     let lease = pool.get("m0").await.unwrap();
@@ -252,7 +251,7 @@ async fn close_waits_for_leases_then_forces() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_during_a_load_releases_it() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let loader = CountingLoader::with_delay(Duration::from_millis(100));
     let pool = Pool::with_loader(PoolConfig::default(), models.registry(), loader);

@@ -180,7 +180,9 @@ fn permanent_load_error(e: &embed_core::Error) -> Option<String> {
         E::MissingFile { path, .. } => format!("model file {} is missing", file(path)),
         E::Io { path, .. } => format!("model file {} cannot be read", file(path)),
         E::InvalidConfig { path, .. } => format!("config {} is invalid", file(path)),
-        E::UnsupportedArchitecture { model_type, .. } => format!("architecture {model_type:?} is not supported"),
+        E::UnsupportedArchitecture { model_type, supported, .. } => {
+            format!("model family {model_type:?} is not supported (supported model_type values: {supported})")
+        }
         E::InvalidWeights { path, .. } => format!("weights {} are invalid", file(path)),
         E::WeightsMismatch { path, .. } => format!("weights {} do not match its config", file(path)),
         E::Tokenizer { path, .. } => format!("tokenizer {} cannot be loaded", file(path)),

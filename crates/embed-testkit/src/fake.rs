@@ -131,6 +131,7 @@ impl EmbeddingService for FakeService {
             source: spec.source.clone(),
             dir: std::path::PathBuf::new(),
             architecture: "fake".into(),
+            family: embed_core::Family::Bert,
             dimension: self.dim,
             max_seq_length: 512,
             pooling: embed_core::Pooling::Mean,

@@ -16,6 +16,8 @@
 //! * [`check_cosines`] / [`check_max_abs_diff`] (and `assert_` forms): compare vectors item by
 //!   item, lengths checked, NaN failing.
 //! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
+//! * [`fixture_dir`] / [`fixture_reference`]: the per-family fixtures of `testdata/fixtures`.
+//! * [`serial`]: one test at a time in a binary whose tests read process-wide counters.
 
 pub mod cleanup;
 mod fake;
@@ -27,6 +29,13 @@ use std::path::PathBuf;
 
 pub use fake::{fakes_dropped_while_live, live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
+
+/// Runs the tests of one binary one at a time while held: tests that assert on process-wide
+/// figures (live models, model threads, allocator bytes) take it first.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -66,9 +75,30 @@ pub struct ReferenceItem {
 /// The committed sentence-transformers reference for all-MiniLM-L6-v2
 /// (`testdata/minilm-l6-v2.json`).
 pub fn reference() -> Vec<ReferenceItem> {
-    let path = workspace_root().join("testdata/minilm-l6-v2.json");
+    reference_file(&workspace_root().join("testdata/minilm-l6-v2.json"))
+}
+
+/// The model families with a committed fixture: a small random sentence-transformers model
+/// and its reference embeddings (`testdata/fixtures/<name>`, written by
+/// `python/make_fixtures.py`).
+pub const FIXTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"];
+
+/// The directory of fixture `name` (one of [`FIXTURES`]).
+pub fn fixture_dir(name: &str) -> PathBuf {
+    let p = workspace_root().join("testdata/fixtures").join(name);
+    assert!(p.join("reference.json").is_file(), "no fixture {name:?} at {}", p.display());
+    p
+}
+
+/// The reference embeddings of fixture `name`.
+pub fn fixture_reference(name: &str) -> Vec<ReferenceItem> {
+    reference_file(&fixture_dir(name).join("reference.json"))
+}
+
+/// Reads a reference file (`items`: text, token_count, embedding).
+pub fn reference_file(path: &std::path::Path) -> Vec<ReferenceItem> {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).expect("reference file readable")).expect("valid JSON");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference file readable")).expect("valid JSON");
     v["items"]
         .as_array()
         .expect("items array")

@@ -20,9 +20,13 @@
 //! or `sdpa` (libtorch's own dispatch with nothing switched off: the behaviour before the packed
 //! path existed).
 
+use std::cell::Cell;
 use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
+
+use super::rotary::RotaryTable;
+use super::BatchInput;
 
 extern "C" {
     fn embed_flash_attention_varlen(
@@ -52,14 +56,15 @@ pub(crate) enum AttentionPath {
 
 impl AttentionPath {
     /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring
-    /// `EMBED_CUDA_ATTENTION`.
-    pub(crate) fn choose(device: Device, kind: Kind, head_dim: i64) -> AttentionPath {
+    /// `EMBED_CUDA_ATTENTION`. `plain` says the family's scores are plain `q·k` with a key
+    /// mask (no position bias, no sliding window), which the packed kernel needs.
+    pub(crate) fn choose(device: Device, kind: Kind, head_dim: i64, plain: bool) -> AttentionPath {
         let half = matches!(kind, Kind::Half | Kind::BFloat16);
         if !device.is_cuda() || !half {
             return AttentionPath::Padded;
         }
         // FlashAttention-2's limits on the head size.
-        let flash_fits = head_dim % 8 == 0 && head_dim <= 256;
+        let flash_fits = plain && head_dim % 8 == 0 && head_dim <= 256;
         let requested = std::env::var("EMBED_CUDA_ATTENTION").unwrap_or_default();
         let path = match requested.as_str() {
             "padded" => AttentionPath::Padded,
@@ -124,5 +129,103 @@ pub(crate) fn flash_varlen(
         // SAFETY: the shim always NUL-terminates within the buffer.
         let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
         Err(msg.to_string_lossy().into_owned())
+    }
+}
+
+/// The layout one forward pass runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The whole token stream, filler included; attention through the varlen kernel.
+    Packed,
+    /// The real tokens only; attention on the padded layout under a mask.
+    Padded,
+}
+
+/// Runs an encoder over a batch and returns the last hidden state padded, `[b, len, hidden]`.
+///
+/// `encode(mode)` gets the layout and returns `[n, hidden]`: `n` is the stream (packed) or the
+/// real tokens (padded). Packed runs where `path` says so; if the kernel refuses (a GPU or
+/// dtype it does not support), the model switches to padded for good and the batch is rerun.
+/// Out of memory is not the kernel refusing: it panics, and the worker splits the batch.
+pub(crate) fn run_encoder(
+    path: &Cell<AttentionPath>,
+    t: &BatchInput,
+    hidden: i64,
+    encode: impl Fn(Mode) -> std::result::Result<Tensor, String>,
+) -> Tensor {
+    if path.get() == AttentionPath::Packed {
+        match encode(Mode::Packed) {
+            Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
+            Err(msg) if crate::worker::is_out_of_memory(&msg) => panic!("{msg}"),
+            Err(msg) => {
+                tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
+                path.set(AttentionPath::Padded);
+                AttentionPath::Padded.prepare();
+            }
+        }
+    }
+    match encode(Mode::Padded) {
+        Ok(h) => t.pad(&h).view([t.b, t.len, hidden]),
+        Err(msg) => panic!("{msg}"),
+    }
+}
+
+/// The boolean key mask of the padded layout, `[b, 1, 1, len]`: true = attend.
+pub(crate) fn key_mask(t: &BatchInput) -> Tensor {
+    t.mask.to_kind(Kind::Bool).view([t.b, 1, 1, t.len])
+}
+
+/// The key mask restricted to a sliding window, `[b, 1, len, len]`: a query at `i` sees the
+/// keys `j` with `|i - j| <= half_window`.
+pub(crate) fn window_mask(t: &BatchInput, half_window: i64) -> Tensor {
+    let pos = Tensor::arange(t.len, (Kind::Int64, t.mask.device()));
+    let distance = (pos.unsqueeze(1) - pos.unsqueeze(0)).abs();
+    distance.le(half_window).view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
+}
+
+/// Multi-head self-attention over fused `[n, 3 * hidden]` projections (Q, K, V in that order).
+pub(crate) struct SelfAttention {
+    pub(crate) heads: i64,
+    pub(crate) head_dim: i64,
+}
+
+impl SelfAttention {
+    /// Returns the context `[n, hidden]`. `rope` rotates Q and K; `mask` (padded mode only) is
+    /// a boolean mask or an additive float bias broadcast to `[b, heads, len, len]`.
+    pub(crate) fn forward(
+        &self,
+        qkv: &Tensor,
+        t: &BatchInput,
+        mode: Mode,
+        rope: Option<&RotaryTable>,
+        mask: &Tensor,
+    ) -> std::result::Result<Tensor, String> {
+        let n = qkv.size()[0];
+        let hidden = self.heads * self.head_dim;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let qkv = match rope {
+            None => qkv.shallow_clone(),
+            Some(r) => {
+                let qkv = qkv.view([n, 3, self.heads, self.head_dim]);
+                let (q, k) = (r.apply(&qkv.select(1, 0)), r.apply(&qkv.select(1, 1)));
+                Tensor::stack(&[q, k, qkv.select(1, 2)], 1).view([n, 3 * hidden])
+            }
+        };
+        match mode {
+            Mode::Packed => {
+                let qkv = qkv.view([n, 3, self.heads, self.head_dim]);
+                let ctx = flash_varlen(&qkv.select(1, 0), &qkv.select(1, 1), &qkv.select(1, 2), &t.cu_seqlens, t.max_seqlen, scale)?;
+                Ok(ctx.reshape([n, hidden]))
+            }
+            Mode::Padded => {
+                let (b, len) = (t.b, t.len);
+                let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
+                let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+                let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, Some(scale), false)
+                    .transpose(1, 2)
+                    .reshape([b * len, hidden]);
+                Ok(t.unpad(ctx))
+            }
+        }
     }
 }

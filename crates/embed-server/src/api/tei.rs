@@ -98,6 +98,8 @@ pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<Value>, A
         "model_id": info.name,
         "model_source": info.source,
         "model_type": {"embedding": {"pooling": info.pooling.to_string()}},
+        "architecture": info.architecture,
+        "family": info.family.to_string(),
         "dimension": info.dimension,
         "max_input_length": info.max_seq_length,
         "max_client_batch_size": state.config.limits.max_inputs,

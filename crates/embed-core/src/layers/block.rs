@@ -1,0 +1,33 @@
+//! The post-norm transformer block of BERT and its descendants (RoBERTa, XLM-R, DistilBERT,
+//! MPNet): attention, residual, LayerNorm, MLP, residual, LayerNorm.
+
+use tch::Tensor;
+
+use super::attention::{Mode, SelfAttention};
+use super::ffn::Mlp;
+use super::{BatchInput, LayerNorm, Linear};
+
+pub(crate) struct PostNormBlock {
+    /// Q, K and V projections fused into one matmul.
+    pub(crate) qkv: Linear,
+    pub(crate) attn_out: Linear,
+    pub(crate) attn_norm: LayerNorm,
+    pub(crate) mlp: Mlp,
+    pub(crate) mlp_norm: LayerNorm,
+}
+
+impl PostNormBlock {
+    /// `x` is `[n, hidden]` (see [`Mode`]); `mask` is the padded layout's attention mask.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        attn: &SelfAttention,
+        t: &BatchInput,
+        mode: Mode,
+        mask: &Tensor,
+    ) -> std::result::Result<Tensor, String> {
+        let ctx = attn.forward(&self.qkv.forward(x), t, mode, None, mask)?;
+        let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
+        Ok(self.mlp_norm.forward(&(self.mlp.forward(&a) + a)))
+    }
+}

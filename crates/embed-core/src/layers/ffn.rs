@@ -1,0 +1,70 @@
+//! Feed-forward blocks: the classic two-layer MLP and the gated (GLU) variants.
+
+use tch::Tensor;
+
+use super::Linear;
+
+/// The hidden activation, as `config.json` names it (`hidden_act`, `activation`,
+/// `hidden_activation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// Exact GELU (erf).
+    Gelu,
+    /// GELU's tanh approximation.
+    GeluTanh,
+    Relu,
+    /// SiLU / swish.
+    Silu,
+}
+
+impl Activation {
+    pub(crate) fn parse(name: &str) -> Option<Activation> {
+        Some(match name {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// `out(act(in(x)))`.
+pub(crate) struct Mlp {
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+    pub(crate) act: Activation,
+}
+
+impl Mlp {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        self.down.forward(&self.act.apply(&self.up.forward(x)))
+    }
+}
+
+/// Gated feed-forward: `out(act(a) * g)` where `[a, g]` is one projection of `x` split in
+/// two halves (GeGLU with GELU, SwiGLU with SiLU).
+pub(crate) struct Glu {
+    /// `[2 * inter, hidden]`: the activated half's rows first, then the gate's.
+    pub(crate) up: Linear,
+    pub(crate) down: Linear,
+    pub(crate) act: Activation,
+}
+
+impl Glu {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.up.forward(x);
+        let inter = h.size()[1] / 2;
+        let gated = self.act.apply(&h.narrow(1, 0, inter)) * h.narrow(1, inter, inter);
+        self.down.forward(&gated)
+    }
+}

@@ -1,0 +1,181 @@
+//! Building blocks shared by the model families: weights by name, linear and norm layers,
+//! the batch as the device sees it, attention, rotary embeddings and the feed-forward blocks.
+
+pub(crate) mod attention;
+pub(crate) mod block;
+pub(crate) mod ffn;
+pub(crate) mod rotary;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::{Error, Result};
+
+/// `x W^T + b`; the bias is absent in the families that drop it (ModernBERT, NomicBERT).
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    /// One matmul for several projections of the same input (Q, K, V): rows stacked.
+    pub(crate) fn fuse(parts: Vec<Linear>) -> Linear {
+        let weight = Tensor::cat(&parts.iter().map(|p| &p.weight).collect::<Vec<_>>(), 0);
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            Some(Tensor::cat(&parts.iter().filter_map(|p| p.bias.as_ref()).collect::<Vec<_>>(), 0))
+        } else {
+            None
+        };
+        Linear { weight, bias }
+    }
+}
+
+/// LayerNorm over the last dimension, with or without a bias.
+pub(crate) struct LayerNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Option<Tensor>,
+    pub(crate) eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        let width = self.weight.size()[0];
+        x.layer_norm([width], Some(&self.weight), self.bias.as_ref(), self.eps, true)
+    }
+}
+
+/// Looks up rows of an embedding table.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Tensor {
+    Tensor::embedding(table, ids, -1, false, false)
+}
+
+/// One batch on the model's device. `b` sequences, the longest `len` tokens; `ids`, `type_ids`
+/// and `positions` hold the token stream: the `tokens` real tokens back to back, then possibly
+/// a filler sequence (packed attention only) that rounds the stream's length up. Positions
+/// count from 0 in every sequence; a family with another scheme adds its offset.
+pub(crate) struct BatchInput {
+    pub(crate) ids: Tensor,
+    pub(crate) type_ids: Tensor,
+    pub(crate) positions: Tensor,
+    /// Where each real token sits in the padded `[b * len]` layout.
+    pub(crate) rows: Tensor,
+    /// `[b, len]`, 1 = token.
+    pub(crate) mask: Tensor,
+    /// int32: 0, len0, len0 + len1, …, through the filler (the packed attention's bounds).
+    pub(crate) cu_seqlens: Tensor,
+    /// Real tokens (the stream's first rows).
+    pub(crate) tokens: i64,
+    /// Longest sequence of the stream, filler included.
+    pub(crate) max_seqlen: i64,
+    pub(crate) b: i64,
+    pub(crate) len: i64,
+}
+
+impl BatchInput {
+    fn is_dense(&self) -> bool {
+        self.tokens == self.b * self.len
+    }
+
+    /// `[tokens, width]` → `[b * len, width]` with zeros at the padding.
+    pub(crate) fn pad(&self, t: &Tensor) -> Tensor {
+        if self.is_dense() {
+            t.shallow_clone()
+        } else {
+            let width = t.size()[1];
+            Tensor::zeros([self.b * self.len, width], (t.kind(), t.device())).index_copy(0, &self.rows, t)
+        }
+    }
+
+    /// `[b * len, width]` → `[tokens, width]`.
+    pub(crate) fn unpad(&self, t: Tensor) -> Tensor {
+        if self.is_dense() {
+            t
+        } else {
+            t.index_select(0, &self.rows)
+        }
+    }
+}
+
+/// The tensors of a safetensors file by name, taken one by one onto the model's device and
+/// dtype, with the bytes counted. On any error everything read so far is dropped.
+pub(crate) struct Weights<'a> {
+    map: HashMap<String, Tensor>,
+    prefix: String,
+    path: &'a Path,
+    device: Device,
+    kind: Kind,
+    /// Bytes held on the device by the tensors taken so far.
+    pub(crate) bytes: u64,
+}
+
+impl<'a> Weights<'a> {
+    /// Reads every tensor of `path` (to CPU). Checkpoints name their tensors with or without
+    /// the head model's prefix (`bert.`, `roberta.`, `model.`, …): the prefix is whatever
+    /// precedes `anchor`, a tensor every checkpoint of the family has.
+    pub(crate) fn read(path: &'a Path, anchor: &str, device: Device, kind: Kind) -> Result<Self> {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| Error::InvalidWeights { path: path.into(), reason: e.to_string() })?;
+        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let mut found: Vec<&String> = map.keys().filter(|k| k.ends_with(anchor)).collect();
+        // The shortest match: a checkpoint with several heads keeps the encoder's at the top.
+        found.sort_by_key(|k| k.len());
+        let prefix = match found.first() {
+            Some(k) => k[..k.len() - anchor.len()].to_string(),
+            None => {
+                return Err(Error::WeightsMismatch {
+                    path: path.into(),
+                    reason: format!("no tensor named {anchor:?} (with or without a prefix): not this model family's weights"),
+                })
+            }
+        };
+        Ok(Weights { map, prefix, path, device, kind, bytes: 0 })
+    }
+
+    fn mismatch(&self, reason: String) -> Error {
+        Error::WeightsMismatch { path: self.path.into(), reason }
+    }
+
+    /// Whether the checkpoint has tensor `name` (under the prefix).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.map.contains_key(&format!("{}{name}", self.prefix))
+    }
+
+    /// Takes tensor `name`, checks its shape, moves it to the device in the model's dtype.
+    pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let t = self.map.remove(&full).ok_or_else(|| self.mismatch(format!("tensor {full:?} is missing")))?;
+        if t.size() != shape {
+            return Err(self.mismatch(format!("tensor {full:?} has shape {:?}, the config implies {shape:?}", t.size())));
+        }
+        if !t.is_floating_point() {
+            return Err(self.mismatch(format!("tensor {full:?} has non-float dtype {:?}", t.kind())));
+        }
+        let t = t.to_device(self.device).to_kind(self.kind).contiguous();
+        self.bytes += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        Ok(t)
+    }
+
+    /// A linear layer `prefix.weight` `[out, inp]` with `prefix.bias` when `bias`.
+    pub(crate) fn linear(&mut self, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.take(&format!("{prefix}.weight"), &[out, inp])?,
+            bias: if bias { Some(self.take(&format!("{prefix}.bias"), &[out])?) } else { None },
+        })
+    }
+
+    /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.
+    pub(crate) fn layer_norm(&mut self, prefix: &str, width: i64, eps: f64, bias: bool) -> Result<LayerNorm> {
+        let (w, b) = if self.has(&format!("{prefix}.gamma")) { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.{w}"), &[width])?,
+            bias: if bias { Some(self.take(&format!("{prefix}.{b}"), &[width])?) } else { None },
+            eps,
+        })
+    }
+}

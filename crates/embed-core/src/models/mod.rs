@@ -1,0 +1,282 @@
+//! The model families, one file each, and the dispatch from `config.json` to them.
+//!
+//! | `model_type` | file | position scheme | attention | feed-forward |
+//! |---|---|---|---|---|
+//! | `bert` | `bert.rs` | learned, from 0 | plain | GELU MLP, post-norm |
+//! | `roberta`, `xlm-roberta`, `camembert` | `bert.rs` | learned, from `pad_token_id + 1` | plain | GELU MLP, post-norm |
+//! | `distilbert` | `distilbert.rs` | learned, from 0 | plain | GELU MLP, post-norm |
+//! | `mpnet` | `mpnet.rs` | learned from `pad_token_id + 1`, plus relative buckets | score bias | GELU MLP, post-norm |
+//! | `modernbert` | `modernbert.rs` | rotary (global and local theta) | global / sliding window | GeGLU, pre-norm, no biases |
+//!
+//! Every family runs its projections and feed-forward on the real tokens only and shares the
+//! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
+//! models ([`crate::pooling`]).
+
+mod bert;
+mod distilbert;
+mod modernbert;
+mod mpnet;
+
+use std::fmt;
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use crate::layers::attention::AttentionPath;
+use crate::layers::BatchInput;
+use crate::{Error, Result};
+
+/// The architectures embed-core implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// BERT and the RoBERTa line (RoBERTa, XLM-RoBERTa, CamemBERT): same layers, different
+    /// position ids.
+    Bert,
+    /// DistilBERT.
+    DistilBert,
+    /// MPNet (all-mpnet-base-v2).
+    MPNet,
+    /// ModernBERT.
+    ModernBert,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Bert => "bert",
+            Family::DistilBert => "distilbert",
+            Family::MPNet => "mpnet",
+            Family::ModernBert => "modernbert",
+        })
+    }
+}
+
+/// `model_type` values that load, and their family.
+const MODEL_TYPES: &[(&str, Family)] = &[
+    ("bert", Family::Bert),
+    ("roberta", Family::Bert),
+    ("xlm-roberta", Family::Bert),
+    ("camembert", Family::Bert),
+    ("distilbert", Family::DistilBert),
+    ("mpnet", Family::MPNet),
+    ("modernbert", Family::ModernBert),
+];
+
+/// Architecture class names (`architectures` in config.json) for configs without `model_type`.
+const ARCHITECTURES: &[(&str, &str)] = &[
+    ("Bert", "bert"),
+    ("XLMRoberta", "xlm-roberta"),
+    ("Roberta", "roberta"),
+    ("Camembert", "camembert"),
+    ("DistilBert", "distilbert"),
+    ("MPNet", "mpnet"),
+    ("ModernBert", "modernbert"),
+];
+
+/// The `model_type` values embed-core loads, comma-separated (for error messages).
+pub fn supported_model_types() -> String {
+    MODEL_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+}
+
+/// The encoder's shape as read from `config.json`, whatever the family.
+#[derive(Debug, Clone)]
+pub struct ArchConfig {
+    /// The family that implements it.
+    pub family: Family,
+    /// `model_type` (or the one implied by `architectures`).
+    pub model_type: String,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the hidden states (the embedding dimension before any projection).
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// Tokens one input may have: the position table less the family's position offset.
+    pub max_tokens: usize,
+    pub(crate) details: Details,
+}
+
+/// What each family needs beyond the common fields.
+#[derive(Debug, Clone)]
+pub(crate) enum Details {
+    Bert(bert::Config),
+    DistilBert(distilbert::Config),
+    MPNet(mpnet::Config),
+    ModernBert(modernbert::Config),
+}
+
+/// Typed access to `config.json`'s fields, errors naming the file and the field.
+pub(crate) struct Fields<'a> {
+    pub(crate) v: &'a Value,
+    pub(crate) path: &'a Path,
+}
+
+impl Fields<'_> {
+    pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
+        Error::config(self.path, reason.into())
+    }
+
+    pub(crate) fn usize(&self, name: &str) -> Result<usize> {
+        match self.v.get(name) {
+            Some(x) => x
+                .as_u64()
+                .map(|n| n as usize)
+                .ok_or_else(|| self.error(format!("field {name:?} must be a non-negative integer, got {x}"))),
+            None => Err(self.error(format!("missing field {name:?}"))),
+        }
+    }
+
+    pub(crate) fn usize_or(&self, name: &str, default: usize) -> Result<usize> {
+        if self.v.get(name).is_none_or(Value::is_null) {
+            Ok(default)
+        } else {
+            self.usize(name)
+        }
+    }
+
+    pub(crate) fn f64_or(&self, name: &str, default: f64) -> Result<f64> {
+        match self.v.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(x) => x.as_f64().ok_or_else(|| self.error(format!("field {name:?} must be a number, got {x}"))),
+        }
+    }
+
+    pub(crate) fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
+        match self.v.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(x) => x.as_bool().ok_or_else(|| self.error(format!("field {name:?} must be true or false, got {x}"))),
+        }
+    }
+
+    pub(crate) fn str_or<'v>(&'v self, name: &str, default: &'v str) -> Result<&'v str> {
+        match self.v.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(x) => x.as_str().ok_or_else(|| self.error(format!("field {name:?} must be a string, got {x}"))),
+        }
+    }
+
+    /// The activation named by `name`, one of those [`Activation::parse`] knows.
+    ///
+    /// [`Activation::parse`]: crate::layers::ffn::Activation::parse
+    pub(crate) fn activation(&self, name: &str, default: &str) -> Result<crate::layers::ffn::Activation> {
+        let act = self.str_or(name, default)?;
+        crate::layers::ffn::Activation::parse(act)
+            .ok_or_else(|| self.error(format!("{name} {act:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")))
+    }
+
+    pub(crate) fn heads_divide(&self, hidden: usize, heads: usize) -> Result<()> {
+        if heads == 0 || hidden % heads != 0 {
+            return Err(self.error(format!("hidden size {hidden} is not divisible by {heads} attention heads")));
+        }
+        Ok(())
+    }
+}
+
+impl ArchConfig {
+    /// Reads the architecture from a parsed `config.json` at `path`.
+    pub(crate) fn parse(v: &Value, path: &Path) -> Result<ArchConfig> {
+        let f = Fields { v, path };
+        let model_type = match v.get("model_type").and_then(Value::as_str) {
+            Some(t) => t.to_string(),
+            None => {
+                let arch = v.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str);
+                match arch {
+                    Some(a) => ARCHITECTURES
+                        .iter()
+                        .find(|(prefix, _)| a.starts_with(prefix))
+                        .map(|(_, t)| t.to_string())
+                        .unwrap_or_else(|| a.to_string()),
+                    None => return Err(f.error("missing field \"model_type\" (and no \"architectures\")")),
+                }
+            }
+        };
+        let Some(&(_, family)) = MODEL_TYPES.iter().find(|(t, _)| *t == model_type) else {
+            return Err(Error::UnsupportedArchitecture {
+                model_type,
+                path: path.into(),
+                supported: supported_model_types(),
+            });
+        };
+        let cfg = match family {
+            Family::Bert => bert::Config::parse(&f, model_type)?,
+            Family::DistilBert => distilbert::Config::parse(&f, model_type)?,
+            Family::MPNet => mpnet::Config::parse(&f, model_type)?,
+            Family::ModernBert => modernbert::Config::parse(&f, model_type)?,
+        };
+        f.heads_divide(cfg.hidden_size, cfg.num_attention_heads)?;
+        Ok(cfg)
+    }
+}
+
+/// A loaded encoder of any family. Owns every tensor of the model.
+pub(crate) trait Encoder {
+    /// Runs the encoder on a batch and returns the last hidden state padded, `[b, len, hidden]`.
+    fn forward(&self, t: &BatchInput) -> Tensor;
+    /// The attention form the next forward pass runs (after a pass: the form it ran).
+    fn attention_path(&self) -> AttentionPath;
+    /// The largest tensor (the word embeddings), for the planted-leak test build.
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor;
+}
+
+/// A loaded model: the encoder, where it lives and what it holds.
+pub(crate) struct Model {
+    encoder: Box<dyn Encoder>,
+    device: Device,
+    /// Bytes held by the weights on the model's device.
+    pub(crate) weight_bytes: u64,
+}
+
+impl Model {
+    /// Loads the encoder of `cfg`'s family from `weights` onto `device` in `kind`. On any
+    /// error, every tensor read so far is dropped before returning.
+    pub(crate) fn load(weights: &Path, cfg: &ArchConfig, device: Device, kind: Kind) -> Result<Model> {
+        let (encoder, weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
+            Details::Bert(c) => {
+                let (m, bytes) = bert::Bert::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::DistilBert(c) => {
+                let (m, bytes) = distilbert::DistilBert::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::MPNet(c) => {
+                let (m, bytes) = mpnet::MPNet::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::ModernBert(c) => {
+                let (m, bytes) = modernbert::ModernBert::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+        };
+        Ok(Model { encoder, device, weight_bytes })
+    }
+
+    pub(crate) fn device(&self) -> Device {
+        self.device
+    }
+
+    pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
+        self.encoder.forward(t)
+    }
+
+    pub(crate) fn attention_path(&self) -> AttentionPath {
+        self.encoder.attention_path()
+    }
+
+    #[cfg(feature = "planted-leak")]
+    pub(crate) fn take_largest_tensor(&mut self) -> Tensor {
+        self.encoder.take_largest_tensor()
+    }
+}
+
+/// A placeholder for the mask argument in packed mode, where no mask is used.
+pub(crate) fn no_mask() -> Tensor {
+    Tensor::new()
+}

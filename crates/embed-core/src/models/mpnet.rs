@@ -1,0 +1,166 @@
+//! MPNet (all-mpnet-base-v2): BERT's post-norm layers plus a learned relative-position bias
+//! on the attention scores, shared by every layer; absolute positions start at 2 as in
+//! RoBERTa.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::{key_mask, AttentionPath, Mode, SelfAttention};
+use crate::layers::block::PostNormBlock;
+use crate::layers::ffn::{Activation, Mlp};
+use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::Result;
+
+/// The farthest relative distance with its own buckets (MPNet's fixed value).
+const MAX_DISTANCE: i64 = 128;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    max_position_embeddings: usize,
+    layer_norm_eps: f64,
+    activation: Activation,
+    buckets: i64,
+    position_offset: i64,
+}
+
+impl Config {
+    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
+        let max_position_embeddings = f.usize("max_position_embeddings")?;
+        // transformers' MPNet counts positions from its padding index, fixed at 1 whatever
+        // `pad_token_id` says.
+        let position_offset = 2;
+        let buckets = f.usize_or("relative_attention_num_buckets", 32)? as i64;
+        if buckets < 4 {
+            return Err(f.error(format!("relative_attention_num_buckets {buckets} is too small (at least 4)")));
+        }
+        let max_tokens = max_position_embeddings.checked_sub(position_offset as usize).filter(|&n| n >= 2).ok_or_else(|| {
+            f.error(format!("max_position_embeddings {max_position_embeddings} leaves no room after the position offset {position_offset}"))
+        })?;
+        let c = Config {
+            max_position_embeddings,
+            layer_norm_eps: f.f64_or("layer_norm_eps", 1e-12)?,
+            activation: f.activation("hidden_act", "gelu")?,
+            buckets,
+            position_offset,
+        };
+        Ok(ArchConfig {
+            family: Family::MPNet,
+            model_type,
+            vocab_size: f.usize("vocab_size")?,
+            hidden_size: f.usize("hidden_size")?,
+            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_attention_heads: f.usize("num_attention_heads")?,
+            intermediate_size: f.usize("intermediate_size")?,
+            max_tokens,
+            details: Details::MPNet(c),
+        })
+    }
+}
+
+pub(crate) struct MPNet {
+    word: Tensor,
+    position: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<PostNormBlock>,
+    /// `[buckets, heads]`.
+    relative_bias: Tensor,
+    attn: SelfAttention,
+    buckets: i64,
+    position_offset: i64,
+}
+
+impl MPNet {
+    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
+        let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
+        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.layer_norm_eps);
+        let heads = a.num_attention_heads as i64;
+        let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
+        let position = w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?;
+        let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
+        let relative_bias = w.take("encoder.relative_attention_bias.weight", &[c.buckets, heads])?;
+        let mut layers = Vec::with_capacity(a.num_hidden_layers);
+        for i in 0..a.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            let qkv = ["q", "k", "v"]
+                .iter()
+                .map(|n| w.linear(&format!("{p}.attention.attn.{n}"), h, h, true))
+                .collect::<Result<Vec<Linear>>>()?;
+            layers.push(PostNormBlock {
+                qkv: Linear::fuse(qkv),
+                attn_out: w.linear(&format!("{p}.attention.attn.o"), h, h, true)?,
+                attn_norm: w.layer_norm(&format!("{p}.attention.LayerNorm"), h, eps, true)?,
+                mlp: Mlp {
+                    up: w.linear(&format!("{p}.intermediate.dense"), inter, h, true)?,
+                    down: w.linear(&format!("{p}.output.dense"), h, inter, true)?,
+                    act: c.activation,
+                },
+                mlp_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps, true)?,
+            });
+        }
+        // The score bias rules out the packed kernel: MPNet always runs padded attention.
+        AttentionPath::choose(device, kind, h / heads, false);
+        let model = MPNet {
+            word,
+            position,
+            emb_norm,
+            layers,
+            relative_bias,
+            attn: SelfAttention { heads, head_dim: h / heads },
+            buckets: c.buckets,
+            position_offset: c.position_offset,
+        };
+        Ok((model, w.bytes))
+    }
+
+    /// The additive attention bias of the padded layout, `[b, heads, len, len]`: the learned
+    /// bias of each query-key distance, and minus infinity at padding keys.
+    fn score_bias(&self, t: &BatchInput, kind: Kind) -> Tensor {
+        let buckets = relative_buckets(t.len, self.buckets).to_device(self.relative_bias.device());
+        // [len, len, heads] -> [1, heads, len, len]
+        let bias = embed(&self.relative_bias, &buckets).permute([2, 0, 1]).unsqueeze(0).to_kind(kind);
+        bias.masked_fill(&key_mask(t).logical_not(), f64::NEG_INFINITY)
+    }
+}
+
+/// The bucket of every (query, key) distance for sequences of `len` tokens: T5's
+/// bidirectional scheme as MPNet uses it (half the buckets per direction, exact below a
+/// quarter of them, logarithmic up to `MAX_DISTANCE`). Computed with libtorch's float32 ops in
+/// the reference's order, so the rounding at bucket edges is the same.
+fn relative_buckets(len: i64, buckets: i64) -> Tensor {
+    let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu));
+    let relative = pos.unsqueeze(0) - pos.unsqueeze(1); // key - query
+    let half = buckets / 2;
+    let n = -relative;
+    let negative = n.lt(0).to_kind(Kind::Int64) * half;
+    let n = n.abs();
+    let max_exact = half / 2;
+    let large = (n.to_kind(Kind::Float) / max_exact as f64).log() / ((MAX_DISTANCE as f64) / (max_exact as f64)).ln()
+        * (half - max_exact) as f64;
+    let large = (large.to_kind(Kind::Int64) + max_exact).clamp_max(half - 1);
+    negative + n.where_self(&n.lt(max_exact), &large)
+}
+
+impl Encoder for MPNet {
+    fn forward(&self, t: &BatchInput) -> Tensor {
+        let x = embed(&self.word, &t.ids) + embed(&self.position, &(&t.positions + self.position_offset));
+        let x = self.emb_norm.forward(&x).narrow(0, 0, t.tokens);
+        let bias = self.score_bias(t, x.kind());
+        let mut x = x;
+        for layer in &self.layers {
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, &bias).unwrap_or_else(|msg| panic!("{msg}"));
+        }
+        let hidden = self.attn.heads * self.attn.head_dim;
+        t.pad(&x).view([t.b, t.len, hidden])
+    }
+
+    fn attention_path(&self) -> AttentionPath {
+        AttentionPath::Padded
+    }
+
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+}

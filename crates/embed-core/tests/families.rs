@@ -1,0 +1,124 @@
+//! Every model family against sentence-transformers: the committed fixtures of
+//! `testdata/fixtures` (small random models with real tokenizer types, written by
+//! `python/make_fixtures.py`) must give the reference embeddings (worst cosine >= 0.99999,
+//! f32 on CPU) and token counts, alone and in mixed batches; their weights are counted to the
+//! byte and freed on cleanup.
+
+use embed_core::memory::{live_models, live_weight_bytes, model_threads};
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Family, ModelOptions, ModelSpec};
+use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, serial, FIXTURES};
+
+fn family_of(name: &str) -> Family {
+    match name {
+        "bert" | "roberta" | "xlm-roberta" | "camembert" => Family::Bert,
+        "distilbert" => Family::DistilBert,
+        "mpnet" => Family::MPNet,
+        "modernbert" => Family::ModernBert,
+        other => panic!("fixture {other:?} has no family in this test"),
+    }
+}
+
+async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
+    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype, ..Default::default() });
+    DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_matches_sentence_transformers() {
+    let _s = serial().await;
+    for &name in FIXTURES {
+        let svc = load(name, DType::F32).await;
+        let info = svc.info().unwrap();
+        assert_eq!(info.family, family_of(name), "{name}");
+        assert_eq!(info.architecture, name, "model_type");
+        let items = fixture_reference(name);
+        assert!(items.len() >= 40, "{name}: {} reference texts", items.len());
+        assert_eq!(info.dimension, items[0].embedding.len(), "{name}: dimension");
+        let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+        let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
+        let counts: Vec<usize> = items.iter().map(|i| i.token_count).collect();
+
+        // All texts in one call: length-sorted mixed batches with padding.
+        let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+        assert_eq!(out.token_counts, counts, "{name}: token counts");
+        let worst = assert_cosines(&format!("{name} (batched) vs sentence-transformers"), &out.vectors, &expected, 0.99999);
+
+        // Every text alone: no padding at all.
+        let mut alone = Vec::with_capacity(texts.len());
+        for t in &texts {
+            alone.push(svc.embed_texts(std::slice::from_ref(t), &EmbedOptions::default()).await.unwrap().vectors.remove(0));
+        }
+        let worst_alone = assert_cosines(&format!("{name} (one by one) vs sentence-transformers"), &alone, &expected, 0.99999);
+        eprintln!("{name:>12}: worst cosine batched {worst:.8}, alone {worst_alone:.8}");
+        svc.cleanup().await.unwrap();
+    }
+}
+
+/// Bytes of the tensors of a safetensors file that the encoder uses (everything but the
+/// pooler head), from the file's own header, at `elt` bytes per element.
+fn encoder_tensor_bytes(path: &std::path::Path, elt: u64) -> u64 {
+    let raw = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__" && !name.contains("pooler."))
+        .map(|(_, t)| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * elt)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_counts_its_weights_exactly_and_frees_them() {
+    let _s = serial().await;
+    for &name in FIXTURES {
+        for (dtype, elt) in [(DType::F32, 4), (DType::Bf16, 2)] {
+            let svc = load(name, dtype).await;
+            let bytes = svc.info().unwrap().weight_bytes;
+            let expected = encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt);
+            assert_eq!(bytes, expected, "{name} {dtype}: weight bytes vs the file's encoder tensors");
+            assert_eq!(live_weight_bytes(), bytes, "{name} {dtype}");
+            svc.embed_texts(&["one short text".to_string()], &EmbedOptions::default()).await.unwrap();
+            let report = svc.cleanup().await.unwrap();
+            assert_eq!(report.model_weight_bytes, bytes);
+            assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0), "{name} {dtype}: after cleanup");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_family_runs_in_bf16_close_to_f32() {
+    let _s = serial().await;
+    for &name in FIXTURES {
+        let texts: Vec<String> = fixture_reference(name).into_iter().map(|i| i.text).collect();
+        let f32_svc = load(name, DType::F32).await;
+        let full = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+        f32_svc.cleanup().await.unwrap();
+        let bf16_svc = load(name, DType::Bf16).await;
+        let half = bf16_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+        bf16_svc.cleanup().await.unwrap();
+        let worst = assert_cosines(&format!("{name} bf16 vs f32 (CPU)"), &half.vectors, &full.vectors, 0.999);
+        eprintln!("{name:>12}: bf16 vs f32 worst cosine {worst:.6}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_family_names_its_model_type_and_the_supported_ones() {
+    let _s = serial().await;
+    for (model_type, extra) in [("nomic_bert", r#""auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}"#), ("gpt2", r#""n_embd": 32"#)] {
+        let tmp = tempfile::tempdir().unwrap();
+        for f in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(fixture_dir("bert").join(f), tmp.path().join(f)).unwrap();
+        }
+        std::fs::write(tmp.path().join("config.json"), format!(r#"{{"model_type": "{model_type}", {extra}}}"#)).unwrap();
+        let err = DenseEmbeddingService::from_spec(ModelSpec::new(tmp.path().to_string_lossy())).await.expect_err("must not load");
+        let Error::UnsupportedArchitecture { model_type: found, supported, .. } = &err else { panic!("{model_type}: wrong error {err:?}") };
+        assert_eq!(found, model_type);
+        for family in ["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"] {
+            assert!(supported.split(", ").any(|s| s == family), "{supported}");
+        }
+        assert!(err.to_string().contains(model_type) && err.to_string().contains("modernbert"), "{err}");
+        assert_eq!((live_models(), model_threads()), (0, 0));
+    }
+}
