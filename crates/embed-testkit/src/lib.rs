@@ -61,6 +61,20 @@ pub fn minilm_dir() -> PathBuf {
     p
 }
 
+/// Directory of a real model that `cargo xtask setup --model NAME` installs at `.models/NAME`.
+///
+/// # Panics
+/// When it is not installed, with the command that installs it.
+pub fn real_model_dir(name: &str) -> PathBuf {
+    let p = workspace_root().join(".models").join(name);
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "the real {name} model is missing at {}; run `cargo xtask setup --model {name}`",
+        p.display()
+    );
+    p
+}
+
 /// One reference text with its sentence-transformers embedding.
 #[derive(Debug, Clone)]
 pub struct ReferenceItem {
