@@ -21,8 +21,12 @@ pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
         .models
         .iter()
         .map(|m| {
+            let info = state.known_info(&m.name);
             json!({
                 "name": m.name,
+                "architecture": info.as_ref().map(|i| i.architecture.clone()),
+                "family": info.as_ref().map(|i| i.family.to_string()),
+                "dimension": info.as_ref().map(|i| i.dimension),
                 "state": format!("{:?}", m.state).to_lowercase(),
                 "weight_bytes": m.weight_bytes,
                 "leases": m.leases,
