@@ -6,7 +6,9 @@
 //! * CUDA and CPU give the same vectors (f32), f16/bf16 stay close;
 //! * cleanup returns the caching allocator's allocated bytes exactly to the baseline and, after
 //!   emptying the cache, reserved bytes too;
-//! * a real CUDA out-of-memory splits the batch, and the memory comes back afterwards.
+//! * a real CUDA out-of-memory splits the batch, and the memory comes back afterwards;
+//! * every model family's fixture on CUDA in f32, bf16 and f16 against CPU f32, memory back
+//!   exactly after each.
 
 use embed_core::memory::{cuda_memory, live_models};
 use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, FaultInjection, ModelOptions, ModelSpec};
@@ -102,4 +104,38 @@ async fn missing_cuda_device_is_an_error() {
     let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(n), ..Default::default() });
     let err = DenseEmbeddingService::from_spec(spec).await.unwrap_err();
     assert!(matches!(err, embed_core::Error::DeviceUnavailable { .. }), "{err}");
+}
+
+#[tokio::test]
+#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-core --test cuda -- --ignored"]
+async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
+    require_cuda();
+    // Warm-up in every dtype (CUDA context, cuBLAS handles and workspaces) before any baseline.
+    let warm_dir = embed_testkit::fixture_dir("bert");
+    for dtype in [DType::F32, DType::Bf16, DType::F16] {
+        let spec = ModelSpec::new(warm_dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), dtype, ..Default::default() });
+        let warm = DenseEmbeddingService::from_spec(spec).await.unwrap();
+        warm.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
+        warm.cleanup().await.unwrap();
+    }
+    for &name in embed_testkit::FIXTURES {
+        let dir = embed_testkit::fixture_dir(name);
+        let texts: Vec<String> = embed_testkit::fixture_reference(name).into_iter().map(|i| i.text).collect();
+        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype, ..Default::default() });
+        let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
+        let expected = cpu.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+        cpu.cleanup().await.unwrap();
+        let base = cuda_memory(0).unwrap();
+        for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::Bf16, 0.9999), (DType::F16, 0.9999)] {
+            let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
+            let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
+            assert_eq!(got.token_counts, expected.token_counts, "{name} {dtype}");
+            let worst = assert_cosines(&format!("{name} {dtype} on CUDA vs CPU f32"), &got.vectors, &expected.vectors, min_cos);
+            svc.cleanup().await.unwrap();
+            let after = cuda_memory(0).unwrap();
+            assert_eq!(after.allocated, base.allocated, "{name} {dtype}: allocated bytes back to the baseline exactly");
+            eprintln!("{name:>12} {dtype}: worst cosine vs CPU f32 {worst:.6}");
+        }
+    }
+    assert_eq!(live_models(), 0);
 }
