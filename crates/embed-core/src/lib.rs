@@ -43,6 +43,7 @@ mod models;
 mod pooling;
 mod service;
 mod source;
+mod text;
 mod types;
 mod worker;
 

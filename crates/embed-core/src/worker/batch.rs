@@ -1,8 +1,6 @@
-//! The thread that owns a loaded model: dynamic batching, forward passes, OOM splitting.
-//!
-//! `tch::Tensor` is `Send` but not `Sync`, and grad mode is thread-local, so every tensor of a
-//! model lives on one OS thread for the model's whole life. Callers talk to it through a channel
-//! and get answers through oneshots.
+//! Serving on the model's thread: gathering queued jobs, length-sorted batches under a token
+//! budget, launching forward passes (two in flight on CUDA), OOM split-and-retry, pooling and
+//! normalising, answering each caller.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

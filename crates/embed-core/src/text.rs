@@ -1,0 +1,149 @@
+//! Text preparation: the model's tokenizer, its prompts and instructions, lowercasing, and
+//! truncation to its token limit, as sentence-transformers does them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use tokenizers::Tokenizer;
+
+use crate::config::ModelDir;
+use crate::types::{EmbedOptions, InputMode, ModelOptions};
+use crate::worker::Seq;
+use crate::{Error, Result};
+
+/// Everything that turns a caller's text into the token ids the model sees.
+pub(crate) struct TextPrep {
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    model: String,
+    prompts: BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+    exclude_prompt_from_pooling: bool,
+    lowercase: bool,
+    /// Tokens per input at most, special tokens included.
+    pub(crate) max_seq_length: usize,
+    /// Test hook: an input equal to this makes its forward pass panic.
+    panic_on_text: Option<String>,
+}
+
+/// One input, tokenized and truncated.
+pub(crate) struct Prepared {
+    pub(crate) seq: Seq,
+    pub(crate) truncated: bool,
+}
+
+impl TextPrep {
+    /// Reads `dir`'s tokenizer and settles the token limit (`options.max_seq_length` within the
+    /// model's positions, else the model's own). Padding and truncation are switched off in the
+    /// tokenizer: the worker pads per batch and [`TextPrep::prepare`] truncates.
+    pub(crate) fn new(dir: &ModelDir, model: &str, options: &ModelOptions) -> Result<TextPrep> {
+        let positions = dir.arch.max_tokens;
+        let max_seq_length = match options.max_seq_length {
+            None => dir.max_seq_length,
+            Some(n) if (2..=positions).contains(&n) => n,
+            Some(n) => {
+                return Err(Error::InvalidOption { name: "max_seq_length", reason: format!("{n} is outside 2..={positions}") })
+            }
+        };
+        let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: dir.tokenizer.clone(), reason: e.to_string() };
+        let mut tokenizer = Tokenizer::from_file(&dir.tokenizer).map_err(tok_err)?;
+        tokenizer.with_padding(None);
+        tokenizer.with_truncation(None).map_err(tok_err)?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > dir.arch.vocab_size {
+            return Err(Error::Tokenizer {
+                path: dir.tokenizer.clone(),
+                reason: format!("vocabulary of {vocab} tokens exceeds the model's vocab_size {}", dir.arch.vocab_size),
+            });
+        }
+        Ok(TextPrep {
+            tokenizer,
+            tokenizer_path: dir.tokenizer.clone(),
+            model: model.to_string(),
+            prompts: dir.prompts.clone(),
+            default_prompt_name: dir.default_prompt_name.clone(),
+            query_prefix: options.query_prefix.clone(),
+            document_prefix: options.document_prefix.clone(),
+            exclude_prompt_from_pooling: dir.exclude_prompt_from_pooling,
+            lowercase: dir.lowercase,
+            max_seq_length,
+            panic_on_text: options.faults.panic_on_text.clone(),
+        })
+    }
+
+    /// The token string of `id` (empty when the vocabulary has none).
+    pub(crate) fn token(&self, id: u32) -> String {
+        self.tokenizer.id_to_token(id).unwrap_or_default()
+    }
+
+    /// The text put before every input: the caller's instruction, a named prompt, the
+    /// query/document prefix of the input mode, or the model's default prompt.
+    fn prefix(&self, options: &EmbedOptions) -> Result<String> {
+        if let Some(i) = &options.instruction {
+            return Ok(i.clone());
+        }
+        let prompts = &self.prompts;
+        if let Some(name) = &options.prompt_name {
+            return prompts.get(name).cloned().ok_or_else(|| Error::UnknownPrompt {
+                model: self.model.clone(),
+                name: name.clone(),
+                known: if prompts.is_empty() { "none".into() } else { prompts.keys().cloned().collect::<Vec<_>>().join(", ") },
+            });
+        }
+        let model_prompt = |keys: &[&str]| keys.iter().find_map(|k| prompts.get(*k)).cloned().unwrap_or_default();
+        Ok(match options.mode {
+            Some(InputMode::Query) => self.query_prefix.clone().unwrap_or_else(|| model_prompt(&["query"])),
+            Some(InputMode::Document) => self.document_prefix.clone().unwrap_or_else(|| model_prompt(&["document", "passage"])),
+            None => self.default_prompt_name.as_ref().and_then(|n| prompts.get(n)).cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Tokenizes `texts` with the prefix applied, truncating (or refusing, when
+    /// `options.truncate` is false) inputs over the limit.
+    pub(crate) fn prepare(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+        let prefix = self.prefix(options)?;
+        let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
+        let max = self.max_seq_length;
+        // Tokens of the prompt that pooling leaves out (include_prompt = false), as
+        // sentence-transformers counts them: the prompt's tokens without its trailing specials.
+        let pool_skip = if self.exclude_prompt_from_pooling && !prefix.is_empty() {
+            let enc = self.tokenizer.encode(prefix.as_str(), true).map_err(tok_err)?;
+            let trailing = enc.get_special_tokens_mask().iter().rev().take_while(|&&m| m == 1).count();
+            enc.get_ids().len() - trailing
+        } else {
+            0
+        };
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let mut input = format!("{prefix}{text}");
+                if self.lowercase {
+                    input = input.to_lowercase();
+                }
+                let enc = self.tokenizer.encode(input.as_str(), true).map_err(tok_err)?;
+                let (mut ids, mut type_ids) = (to_i64(enc.get_ids()), to_i64(enc.get_type_ids()));
+                let truncated = ids.len() > max;
+                if truncated {
+                    if !options.truncate {
+                        return Err(Error::InputTooLong { index, tokens: ids.len(), limit: max });
+                    }
+                    // Keep the head of the text and the trailing special tokens ([SEP], </s>).
+                    let trailing = enc.get_special_tokens_mask().iter().rev().take_while(|&&m| m == 1).count().min(max);
+                    let keep = max - trailing;
+                    let n = ids.len();
+                    ids.drain(keep..n - trailing);
+                    type_ids.drain(keep..n - trailing);
+                }
+                let poisoned = self.panic_on_text.as_deref() == Some(text.as_str());
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip, poisoned }, truncated })
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn to_i64(v: &[u32]) -> Vec<i64> {
+    v.iter().map(|&x| x as i64).collect()
+}

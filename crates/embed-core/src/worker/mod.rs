@@ -1,0 +1,205 @@
+//! The thread that owns a loaded model, for the model's whole life: spawn, load, serve
+//! batches (`batch`), free the weights and the device's cache, report.
+//!
+//! `tch::Tensor` is `Send` but not `Sync`, and grad mode is thread-local, so every tensor of a
+//! model lives on one OS thread for the model's whole life. Callers talk to it through a channel
+//! and get answers through oneshots.
+
+mod batch;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+pub(crate) use batch::{is_out_of_memory, Command, Job, Seq, WorkerConfig, WorkerStats};
+
+use crate::config::ModelDir;
+use crate::memory::{self, LiveModel, ModelThread};
+use crate::models::Model;
+use crate::text::TextPrep;
+use crate::types::{ModelInfo, ModelSpec};
+use crate::{DType, Error, ModelSource, ResolvedDevice, Result};
+
+/// A started worker: its intake, the answer to the load, the exit report to come.
+pub(crate) struct Started {
+    pub(crate) intake: Sender<Command>,
+    /// The loaded model's description and text preparation, or why the load failed.
+    pub(crate) ready: oneshot::Receiver<Result<(ModelInfo, Arc<TextPrep>)>>,
+    pub(crate) exit: oneshot::Receiver<ExitReport>,
+    pub(crate) thread: JoinHandle<()>,
+    pub(crate) stats: Arc<WorkerStats>,
+}
+
+/// What the worker says when it has freed everything.
+pub(crate) struct ExitReport {
+    pub(crate) weight_bytes: u64,
+    pub(crate) cuda_reserved_before: Option<u64>,
+    pub(crate) cuda_reserved_after: Option<u64>,
+}
+
+/// Spawns the model's thread: it loads `spec` (answering on `ready`), serves until told to
+/// stop or until every handle is gone, then frees the model and reports on `exit`. `started`
+/// is when the caller asked for the load (for `ModelInfo::load_duration`).
+pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
+    let (intake, rx) = mpsc::channel::<Command>();
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(ModelInfo, Arc<TextPrep>)>>();
+    let (exit_tx, exit_rx) = oneshot::channel::<ExitReport>();
+    let stats = Arc::new(WorkerStats::default());
+    let worker_stats = stats.clone();
+    let thread_spec = spec.clone();
+    let counted = ModelThread::new();
+
+    let thread = std::thread::Builder::new()
+        .name(format!("embed-model-{}", short_name(&spec.name)))
+        .spawn(move || {
+            // Dropped last, when this thread has freed everything (also on a panic).
+            let _counted = counted;
+            // Inference only: grad mode is thread-local, so this covers every forward pass.
+            let _no_grad = tch::no_grad_guard();
+            let spec = thread_spec;
+            if let Some(n) = spec.options.threads {
+                tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
+            }
+            let loaded = match catch_unwind(AssertUnwindSafe(|| load_blocking(&spec))) {
+                Ok(r) => r,
+                Err(p) => Err(Error::WorkerPanicked {
+                    model: spec.name.clone(),
+                    message: p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default(),
+                }),
+            };
+            let loaded = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    // Anything partially loaded was dropped when load_blocking returned.
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let Loaded { model, dir, text, device, device_note } = loaded;
+            let max_seq_length = text.max_seq_length;
+            let live = LiveModel::new(model.weight_bytes);
+            let o = &spec.options;
+            let pooling = o.pooling.unwrap_or(dir.pooling);
+            let info = ModelInfo {
+                name: spec.name.clone(),
+                source: spec.source.clone(),
+                dir: dir.dir.clone(),
+                architecture: dir.model_type.clone(),
+                family: dir.arch.family,
+                dimension: dir.arch.hidden_size,
+                max_seq_length,
+                pooling,
+                normalize: o.normalize.unwrap_or(dir.normalize),
+                device,
+                device_note,
+                dtype: o.dtype,
+                weight_bytes: model.weight_bytes,
+                num_layers: dir.arch.num_hidden_layers,
+                vocab_size: dir.arch.vocab_size,
+                prompts: dir.prompts.clone(),
+                load_duration: started.elapsed(),
+                threads: tch::get_num_threads().max(0) as usize,
+            };
+            let cfg = WorkerConfig {
+                model_name: spec.name.clone(),
+                device,
+                pooling,
+                max_batch_tokens: o.max_batch_tokens.unwrap_or(if device.is_cuda() { 16_384 } else { 2_048 }),
+                max_batch_size: o.max_batch_size.unwrap_or(if device.is_cuda() { 256 } else { 32 }),
+                faults: o.faults.clone(),
+                stats: worker_stats,
+            };
+            let weight_bytes = model.weight_bytes;
+            if let Some(delay) = o.faults.load_delay {
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !ready_tx.is_closed() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            if ready_tx.send(Ok((info, Arc::new(text)))).is_ok() {
+                batch::serve(&model, &rx, &cfg);
+            }
+            // Either served until shutdown, or the load was cancelled: free everything.
+            #[cfg(feature = "planted-leak")]
+            let model = planted_leak(model);
+            drop(model);
+            let (before, after) = release_device(device);
+            drop(live);
+            memory::trim_cpu_heap();
+            let _ = exit_tx.send(ExitReport {
+                weight_bytes,
+                cuda_reserved_before: before,
+                cuda_reserved_after: after,
+            });
+        })
+        .map_err(|e| Error::Inference { model: spec.name.clone(), message: format!("cannot spawn worker: {e}") })?;
+    Ok(Started { intake, ready: ready_rx, exit: exit_rx, thread, stats })
+}
+
+struct Loaded {
+    model: Model,
+    dir: ModelDir,
+    text: TextPrep,
+    device: ResolvedDevice,
+    device_note: Option<String>,
+}
+
+fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
+    let o = &spec.options;
+    if o.max_batch_tokens == Some(0) || o.max_batch_size == Some(0) {
+        return Err(Error::InvalidOption {
+            name: "max_batch_tokens/max_batch_size",
+            reason: "must be at least 1".into(),
+        });
+    }
+    if o.threads == Some(0) {
+        return Err(Error::InvalidOption { name: "threads", reason: "must be at least 1".into() });
+    }
+    let (device, device_note) = o.device.resolve()?;
+    if device == ResolvedDevice::Cpu && o.dtype == DType::F16 {
+        return Err(Error::UnsupportedDtype {
+            dtype: o.dtype.to_string(),
+            device: device.to_string(),
+            reason: "half-precision matmuls on CPU are emulated and slow; use bf16 or f32".into(),
+        });
+    }
+    let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
+    let dir = ModelDir::read(&dir_path)?;
+    let text = TextPrep::new(&dir, &spec.name, o)?;
+    let model = Model::load(&dir.weights, &dir.arch, device.to_tch(), o.dtype.kind())?;
+    Ok(Loaded { model, dir, text, device, device_note })
+}
+
+fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {
+    let ResolvedDevice::Cuda(i) = device else { return (None, None) };
+    let _ = memory::cuda_synchronize(i);
+    let before = memory::cuda_memory(i).ok().map(|s| s.reserved);
+    let _ = memory::empty_cache();
+    let _ = memory::empty_pinned_host_cache();
+    let after = memory::cuda_memory(i).ok().map(|s| s.reserved);
+    (before, after)
+}
+
+/// The deliberate leak of the `planted-leak` test build: one tensor outlives its model, while
+/// every counter says it was freed. The leak check must catch it from real memory figures.
+#[cfg(feature = "planted-leak")]
+fn planted_leak(mut model: Model) -> Model {
+    static LEAKED: std::sync::Mutex<Vec<tch::Tensor>> = std::sync::Mutex::new(Vec::new());
+    let t = model.take_largest_tensor();
+    LEAKED.lock().unwrap_or_else(|p| p.into_inner()).push(t);
+    tracing::warn!("planted-leak build: a weight tensor was kept alive after cleanup");
+    model
+}
+
+fn short_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).find(|s| !s.is_empty()).unwrap_or(name);
+    base.chars().take(20).collect()
+}
