@@ -16,7 +16,19 @@ Families (testdata/fixtures/<name>/): bert (WordPiece, CLS pooling + Normalize, 
 a `bert.` prefix), roberta (byte-level BPE, mean, weights saved with a `roberta.` prefix),
 xlm-roberta (Unigram, mean + Normalize), camembert (Unigram, mean), distilbert (cased WordPiece,
 mean + Normalize), mpnet (WordPiece with <s> </s>, mean + Normalize), modernbert (byte-level BPE,
-alternating global/local attention with a 16-token window, mean).
+alternating global/local attention with a 16-token window, mean), nomic-bert (as
+nomic-ai/nomic-embed-text-v1.5: WordPiece, rotary base 1000, SwiGLU, mean + Normalize), gte (as
+Alibaba-NLP/gte-base-en-v1.5: WordPiece, rotary base 500000 with NTK scaling factor 2, GLU with GELU,
+no token type embeddings, CLS + Normalize).
+
+nomic-bert and gte are remote-code (trust_remote_code) models on the Hub: their config.json (n_embd,
+rotary_emb_base, ...; model_type "new", rope_scaling, ...) and weight names (encoder.layers.N.attn.Wqkv,
+emb_ln, ...; encoder.layer.N.attention.qkv_proj, mlp.up_gate_proj, ...) are written as the Hub
+checkpoints have them, which transformers 5 does not load as they are. Their reference comes from
+transformers' ports (NomicBertModel, GteModel), loaded from a temporary copy whose config.json is
+translated into the port's fields; the port renames the Hub weights itself. The script then
+recomputes every embedding from the Hub files alone, following the remote code (`hub_forward`), and
+stops unless both agree within 1e-5.
 
 Each directory is an ordinary sentence-transformers model directory (config.json, model.safetensors
 in float32, tokenizer.json, tokenizer_config.json, special_tokens_map.json, modules.json,
@@ -462,13 +474,9 @@ def fam_modernbert():
     return tok, "BPE", special, tok_cfg, cfg, "mean", False, ""
 
 
-# The two remote-code families: config.json and the weight names are those of the Hub checkpoints
-# (trust_remote_code models), which transformers 5 cannot load as they are. The reference is
-# computed with transformers' own ports (NomicBertModel, GteModel) from a temporary copy of the
-# directory whose config.json is translated into the port's fields (see `port_config`); the port
-# reads the Hub weight names itself (its conversion mapping renames them and splits the fused
-# projections), and `hub_forward` recomputes every embedding from the Hub files alone, following
-# the remote code, as a cross-check.
+# The two remote-code families: config.json and the weight names as the Hub checkpoints have them
+# (see the module docstring and REMOTE_CODE below). Values a real checkpoint has that do not fit a
+# tiny model (sizes, n_positions / max_position_embeddings) are scaled down.
 
 
 def padded_vocab(tok: Tokenizer) -> int:
@@ -788,11 +796,14 @@ def random_weights(shapes: dict, seed: int) -> dict:
     out = {}
     for name, shape in sorted(shapes.items()):
         shape = tuple(shape)
-        if name.endswith("attn.Wqkv.weight"):
-            v = 0.4 * torch.randn(shape, generator=gen)  # TMP
-        elif name.endswith("relative_attention_bias.weight"):
+        if name.endswith("relative_attention_bias.weight"):
             # MPNet's bucketed position bias: large enough that dropping it is visible.
             v = torch.randn(shape, generator=gen) * 1.0
+        elif name.startswith("encoder.layers.") and name.endswith(".attn.Wqkv.weight"):
+            # NomicBERT's fused query/key/value projection (no biases, mean pooling): sharper
+            # attention, so that a wrong rotary embedding changes the result clearly. (ModernBERT's
+            # is named layers.N.attn.Wqkv and keeps the default.)
+            v = 0.5 * torch.randn(shape, generator=gen)
         elif len(shape) == 1 and name.endswith(".weight"):
             v = 1.0 + 0.2 * torch.randn(shape, generator=gen)  # norm scales
         elif len(shape) == 1:
