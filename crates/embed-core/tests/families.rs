@@ -5,18 +5,8 @@
 //! byte and freed on cleanup.
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
-use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Family, ModelOptions, ModelSpec};
-use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, serial, FIXTURES};
-
-fn family_of(name: &str) -> Family {
-    match name {
-        "bert" | "roberta" | "xlm-roberta" | "camembert" => Family::Bert,
-        "distilbert" => Family::DistilBert,
-        "mpnet" => Family::MPNet,
-        "modernbert" => Family::ModernBert,
-        other => panic!("fixture {other:?} has no family in this test"),
-    }
-}
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
+use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_reference, serial, FIXTURES};
 
 async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
     let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype, ..Default::default() });
@@ -29,8 +19,8 @@ async fn every_family_matches_sentence_transformers() {
     for &name in FIXTURES {
         let svc = load(name, DType::F32).await;
         let info = svc.info().unwrap();
-        assert_eq!(info.family, family_of(name), "{name}");
-        assert_eq!(info.architecture, name, "model_type");
+        let (model_type, family) = fixture_model_type_and_family(name);
+        assert_eq!((info.architecture.as_str(), info.family.to_string().as_str()), (model_type, family), "{name}");
         let items = fixture_reference(name);
         assert!(items.len() >= 40, "{name}: {} reference texts", items.len());
         assert_eq!(info.dimension, items[0].embedding.len(), "{name}: dimension");
@@ -98,7 +88,11 @@ async fn every_family_runs_in_bf16_close_to_f32() {
         let bf16_svc = load(name, DType::Bf16).await;
         let half = bf16_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
         bf16_svc.cleanup().await.unwrap();
-        let worst = assert_cosines(&format!("{name} bf16 vs f32 (CPU)"), &half.vectors, &full.vectors, 0.999);
+        // The rotary fixtures are the most sensitive ones (nomic-bert draws its Wqkv wider so
+        // that mean pooling cannot hide a rotary mistake; gte's texts are the least alike):
+        // bf16 rounding shows more there (worst 0.9954 and 0.9983 on an AMD EPYC).
+        let min = if matches!(name, "nomic-bert" | "gte") { 0.995 } else { 0.999 };
+        let worst = assert_cosines(&format!("{name} bf16 vs f32 (CPU)"), &half.vectors, &full.vectors, min);
         eprintln!("{name:>12}: bf16 vs f32 worst cosine {worst:.6}");
     }
 }
@@ -106,7 +100,7 @@ async fn every_family_runs_in_bf16_close_to_f32() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_family_names_its_model_type_and_the_supported_ones() {
     let _s = serial().await;
-    for (model_type, extra) in [("nomic_bert", r#""auto_map": {"AutoModel": "nomic-ai/nomic-bert-2048--modeling_hf_nomic_bert.NomicBertModel"}"#), ("gpt2", r#""n_embd": 32"#)] {
+    for (model_type, extra) in [("qwen3", r#""architectures": ["Qwen3Model"]"#), ("gpt2", r#""n_embd": 32"#)] {
         let tmp = tempfile::tempdir().unwrap();
         for f in ["model.safetensors", "tokenizer.json"] {
             std::fs::copy(fixture_dir("bert").join(f), tmp.path().join(f)).unwrap();
@@ -115,7 +109,7 @@ async fn an_unsupported_family_names_its_model_type_and_the_supported_ones() {
         let err = DenseEmbeddingService::from_spec(ModelSpec::new(tmp.path().to_string_lossy())).await.expect_err("must not load");
         let Error::UnsupportedArchitecture { model_type: found, supported, .. } = &err else { panic!("{model_type}: wrong error {err:?}") };
         assert_eq!(found, model_type);
-        for family in ["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"] {
+        for family in ["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic_bert", "new"] {
             assert!(supported.split(", ").any(|s| s == family), "{supported}");
         }
         assert!(err.to_string().contains(model_type) && err.to_string().contains("modernbert"), "{err}");

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::Server;
-use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, FIXTURES};
+use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_reference, FIXTURES};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -45,12 +45,9 @@ async fn every_family_is_served_by_model_name_and_dir_alone() {
     let models: Value = client.get(format!("{}/models", server.base)).send().await.unwrap().json().await.unwrap();
     for &name in FIXTURES {
         let entry = models["loaded"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} not loaded: {models}"));
-        let family = match name {
-            "bert" | "roberta" | "xlm-roberta" | "camembert" => "bert",
-            other => other,
-        };
+        let (model_type, family) = fixture_model_type_and_family(name);
         assert_eq!(entry["family"], family, "{entry}");
-        assert_eq!(entry["architecture"], name, "{entry}");
+        assert_eq!(entry["architecture"], model_type, "{entry}");
     }
     let info: Value = client.get(format!("{}/info", server.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!((info["family"].as_str(), info["architecture"].as_str()), (Some("bert"), Some(FIXTURES[0])), "{info}");

@@ -95,7 +95,25 @@ pub fn reference() -> Vec<ReferenceItem> {
 /// The model families with a committed fixture: a small random sentence-transformers model
 /// and its reference embeddings (`testdata/fixtures/<name>`, written by
 /// `python/make_fixtures.py`).
-pub const FIXTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert"];
+pub const FIXTURES: &[&str] =
+    &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic-bert", "gte"];
+
+/// The `model_type` of fixture `name`'s config.json and the family that implements it (as
+/// `embed_core::Family` displays it).
+pub fn fixture_model_type_and_family(name: &str) -> (&'static str, &'static str) {
+    match name {
+        "bert" => ("bert", "bert"),
+        "roberta" => ("roberta", "bert"),
+        "xlm-roberta" => ("xlm-roberta", "bert"),
+        "camembert" => ("camembert", "bert"),
+        "distilbert" => ("distilbert", "distilbert"),
+        "mpnet" => ("mpnet", "mpnet"),
+        "modernbert" => ("modernbert", "modernbert"),
+        "nomic-bert" => ("nomic_bert", "nomic_bert"),
+        "gte" => ("new", "gte"),
+        other => panic!("no fixture {other:?}"),
+    }
+}
 
 /// The directory of fixture `name` (one of [`FIXTURES`]).
 pub fn fixture_dir(name: &str) -> PathBuf {

@@ -68,3 +68,18 @@ impl Glu {
         self.down.forward(&gated)
     }
 }
+
+/// Either feed-forward form, for blocks shared by families that differ only there.
+pub(crate) enum FeedForward {
+    Mlp(Mlp),
+    Glu(Glu),
+}
+
+impl FeedForward {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            FeedForward::Mlp(m) => m.forward(x),
+            FeedForward::Glu(g) => g.forward(x),
+        }
+    }
+}

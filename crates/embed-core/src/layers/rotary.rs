@@ -15,6 +15,11 @@ impl Rotary {
         Rotary { inv_freq }
     }
 
+    /// Linear scaling: every frequency divided by `factor` (positions stretched by it).
+    pub(crate) fn scaled(self, factor: f64) -> Rotary {
+        Rotary { inv_freq: self.inv_freq / factor }
+    }
+
     /// cos and sin for the first `n` positions of the batch's stream, in `kind`.
     pub(crate) fn table(&self, positions: &Tensor, n: i64, kind: Kind) -> RotaryTable {
         let pos = positions.narrow(0, 0, n).to_kind(Kind::Float);

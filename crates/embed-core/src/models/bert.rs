@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
 use crate::layers::block::PostNormBlock;
-use crate::layers::ffn::{Activation, Mlp};
+use crate::layers::ffn::{Activation, FeedForward, Mlp};
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
 
@@ -95,11 +95,11 @@ impl Bert {
                 qkv: Linear::fuse(qkv),
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps, true)?,
-                mlp: Mlp {
+                mlp: FeedForward::Mlp(Mlp {
                     up: w.linear(&format!("{p}.intermediate.dense"), inter, h, true)?,
                     down: w.linear(&format!("{p}.output.dense"), h, inter, true)?,
                     act: c.activation,
-                },
+                }),
                 mlp_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps, true)?,
             });
         }
@@ -133,7 +133,7 @@ impl Encoder for Bert {
                 Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
             };
             for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, &mask)?;
+                x = layer.forward(&x, &self.attn, t, mode, None, &mask)?;
             }
             Ok(x)
         })

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
 use crate::layers::block::PostNormBlock;
-use crate::layers::ffn::{Activation, Mlp};
+use crate::layers::ffn::{Activation, FeedForward, Mlp};
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
 
@@ -65,11 +65,11 @@ impl DistilBert {
                 qkv: Linear::fuse(qkv),
                 attn_out: w.linear(&format!("{p}.attention.out_lin"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.sa_layer_norm"), h, eps, true)?,
-                mlp: Mlp {
+                mlp: FeedForward::Mlp(Mlp {
                     up: w.linear(&format!("{p}.ffn.lin1"), inter, h, true)?,
                     down: w.linear(&format!("{p}.ffn.lin2"), h, inter, true)?,
                     act: c.activation,
-                },
+                }),
                 mlp_norm: w.layer_norm(&format!("{p}.output_layer_norm"), h, eps, true)?,
             });
         }
@@ -97,7 +97,7 @@ impl Encoder for DistilBert {
                 Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
             };
             for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, &mask)?;
+                x = layer.forward(&x, &self.attn, t, mode, None, &mask)?;
             }
             Ok(x)
         })

@@ -7,6 +7,8 @@
 //! | `distilbert` | `distilbert.rs` | learned, from 0 | plain | GELU MLP, post-norm |
 //! | `mpnet` | `mpnet.rs` | learned from `pad_token_id + 1`, plus relative buckets | score bias | GELU MLP, post-norm |
 //! | `modernbert` | `modernbert.rs` | rotary (global and local theta) | global / sliding window | GeGLU, pre-norm, no biases |
+//! | `nomic_bert` | `nomic_bert.rs` | rotary | plain | SwiGLU, post-norm, no biases |
+//! | `new` (GTE v1.5) | `gte.rs` | rotary (optionally NTK-scaled) | plain | GeGLU, post-norm |
 //!
 //! Every family runs its projections and feed-forward on the real tokens only and shares the
 //! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
@@ -14,8 +16,10 @@
 
 mod bert;
 mod distilbert;
+mod gte;
 mod modernbert;
 mod mpnet;
+mod nomic_bert;
 
 use std::fmt;
 use std::path::Path;
@@ -40,6 +44,10 @@ pub enum Family {
     MPNet,
     /// ModernBERT.
     ModernBert,
+    /// NomicBERT (nomic-embed-text).
+    NomicBert,
+    /// GTE v1.5 / multilingual (`model_type` "new").
+    Gte,
 }
 
 impl fmt::Display for Family {
@@ -49,6 +57,8 @@ impl fmt::Display for Family {
             Family::DistilBert => "distilbert",
             Family::MPNet => "mpnet",
             Family::ModernBert => "modernbert",
+            Family::NomicBert => "nomic_bert",
+            Family::Gte => "gte",
         })
     }
 }
@@ -62,6 +72,8 @@ const MODEL_TYPES: &[(&str, Family)] = &[
     ("distilbert", Family::DistilBert),
     ("mpnet", Family::MPNet),
     ("modernbert", Family::ModernBert),
+    ("nomic_bert", Family::NomicBert),
+    ("new", Family::Gte),
 ];
 
 /// Architecture class names (`architectures` in config.json) for configs without `model_type`.
@@ -73,6 +85,8 @@ const ARCHITECTURES: &[(&str, &str)] = &[
     ("DistilBert", "distilbert"),
     ("MPNet", "mpnet"),
     ("ModernBert", "modernbert"),
+    ("NomicBert", "nomic_bert"),
+    ("NewModel", "new"),
 ];
 
 /// The `model_type` values embed-core loads, comma-separated (for error messages).
@@ -109,6 +123,8 @@ pub(crate) enum Details {
     DistilBert(distilbert::Config),
     MPNet(mpnet::Config),
     ModernBert(modernbert::Config),
+    NomicBert(nomic_bert::Config),
+    Gte(gte::Config),
 }
 
 /// Typed access to `config.json`'s fields, errors naming the file and the field.
@@ -208,6 +224,8 @@ impl ArchConfig {
             Family::DistilBert => distilbert::Config::parse(&f, model_type)?,
             Family::MPNet => mpnet::Config::parse(&f, model_type)?,
             Family::ModernBert => modernbert::Config::parse(&f, model_type)?,
+            Family::NomicBert => nomic_bert::Config::parse(&f, model_type)?,
+            Family::Gte => gte::Config::parse(&f, model_type)?,
         };
         f.heads_divide(cfg.hidden_size, cfg.num_attention_heads)?;
         Ok(cfg)
@@ -252,6 +270,14 @@ impl Model {
             }
             Details::ModernBert(c) => {
                 let (m, bytes) = modernbert::ModernBert::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::NomicBert(c) => {
+                let (m, bytes) = nomic_bert::NomicBert::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::Gte(c) => {
+                let (m, bytes) = gte::Gte::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
         };

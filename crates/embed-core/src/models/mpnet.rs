@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, AttentionPath, Mode, SelfAttention};
 use crate::layers::block::PostNormBlock;
-use crate::layers::ffn::{Activation, Mlp};
+use crate::layers::ffn::{Activation, FeedForward, Mlp};
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
 
@@ -91,11 +91,11 @@ impl MPNet {
                 qkv: Linear::fuse(qkv),
                 attn_out: w.linear(&format!("{p}.attention.attn.o"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.attention.LayerNorm"), h, eps, true)?,
-                mlp: Mlp {
+                mlp: FeedForward::Mlp(Mlp {
                     up: w.linear(&format!("{p}.intermediate.dense"), inter, h, true)?,
                     down: w.linear(&format!("{p}.output.dense"), h, inter, true)?,
                     act: c.activation,
-                },
+                }),
                 mlp_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps, true)?,
             });
         }
@@ -149,7 +149,7 @@ impl Encoder for MPNet {
         let bias = self.score_bias(t, x.kind());
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.attn, t, Mode::Padded, &bias).unwrap_or_else(|msg| panic!("{msg}"));
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, &bias).unwrap_or_else(|msg| panic!("{msg}"));
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&x).view([t.b, t.len, hidden])

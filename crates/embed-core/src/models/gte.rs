@@ -1,0 +1,164 @@
+//! GTE v1.5 / multilingual (Alibaba-NLP's "new" architecture) as its Hub checkpoints spell it:
+//! BERT's post-norm layers with rotary positions (optionally NTK-scaled), a fused `qkv_proj`,
+//! and a gated feed-forward `down(up * gelu(gate))` from one `up_gate_proj`.
+
+use std::cell::Cell;
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
+use crate::layers::block::PostNormBlock;
+use crate::layers::ffn::{Activation, FeedForward, Glu};
+use crate::layers::rotary::Rotary;
+use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    type_vocab_size: usize,
+    eps: f64,
+    activation: Activation,
+    rope_theta: f64,
+    /// NTK scaling factor (`rope_scaling: {type: ntk, factor}`).
+    ntk_factor: Option<f64>,
+}
+
+impl Config {
+    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
+        let pos = f.str_or("position_embedding_type", "rope")?;
+        if pos != "rope" {
+            return Err(f.error(format!("position_embedding_type {pos:?} is not supported (only \"rope\")")));
+        }
+        let norm = f.str_or("layer_norm_type", "layer_norm")?;
+        if norm != "layer_norm" {
+            return Err(f.error(format!("layer_norm_type {norm:?} is not supported (only \"layer_norm\")")));
+        }
+        if f.bool_or("logn_attention_scale", false)? {
+            return Err(f.error("logn_attention_scale true is not supported"));
+        }
+        let ntk_factor = match f.v.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(s) => {
+                let kind = s.get("type").or_else(|| s.get("rope_type")).and_then(Value::as_str).unwrap_or("");
+                let factor = s.get("factor").and_then(Value::as_f64);
+                match (kind, factor) {
+                    ("ntk", Some(factor)) if factor > 0.0 => Some(factor),
+                    _ => return Err(f.error(format!("rope_scaling {s} is not supported (only {{\"type\": \"ntk\", \"factor\": F}})"))),
+                }
+            }
+        };
+        let c = Config {
+            type_vocab_size: f.usize_or("type_vocab_size", 0)?,
+            eps: f.f64_or("layer_norm_eps", 1e-12)?,
+            activation: f.activation("hidden_act", "gelu")?,
+            rope_theta: f.f64_or("rope_theta", 10_000.0)?,
+            ntk_factor,
+        };
+        Ok(ArchConfig {
+            family: Family::Gte,
+            model_type,
+            vocab_size: f.usize("vocab_size")?,
+            hidden_size: f.usize("hidden_size")?,
+            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_attention_heads: f.usize("num_attention_heads")?,
+            intermediate_size: f.usize("intermediate_size")?,
+            max_tokens: f.usize_or("max_position_embeddings", 8192)?,
+            details: Details::Gte(c),
+        })
+    }
+}
+
+pub(crate) struct Gte {
+    word: Tensor,
+    token_type: Option<Tensor>,
+    emb_norm: LayerNorm,
+    layers: Vec<PostNormBlock>,
+    attn: SelfAttention,
+    rope: Rotary,
+    attention: Cell<AttentionPath>,
+}
+
+impl Gte {
+    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
+        let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
+        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
+        let heads = a.num_attention_heads as i64;
+        let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
+        let token_type = if c.type_vocab_size > 0 {
+            Some(w.take("embeddings.token_type_embeddings.weight", &[c.type_vocab_size as i64, h])?)
+        } else {
+            None
+        };
+        let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
+        let mut layers = Vec::with_capacity(a.num_hidden_layers);
+        for i in 0..a.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            // `up_gate_proj` rows are [up; gate] and the gate is activated: swap the halves so
+            // the activated one comes first, as `Glu` expects (same bytes, one copy at load).
+            let up_gate = w.linear(&format!("{p}.mlp.up_gate_proj"), 2 * inter, h, false)?;
+            let up = Linear {
+                weight: Tensor::cat(&[up_gate.weight.narrow(0, inter, inter), up_gate.weight.narrow(0, 0, inter)], 0),
+                bias: None,
+            };
+            layers.push(PostNormBlock {
+                qkv: w.linear(&format!("{p}.attention.qkv_proj"), 3 * h, h, true)?,
+                attn_out: w.linear(&format!("{p}.attention.o_proj"), h, h, true)?,
+                attn_norm: w.layer_norm(&format!("{p}.attn_ln"), h, eps, true)?,
+                mlp: FeedForward::Glu(Glu { up, down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, true)?, act: c.activation }),
+                mlp_norm: w.layer_norm(&format!("{p}.mlp_ln"), h, eps, true)?,
+            });
+        }
+        let head_dim = h / heads;
+        // NTK scaling as GTE's remote code does it: the base times the factor, and every
+        // frequency divided by factor^(2 / head_dim).
+        let rope = match c.ntk_factor {
+            None => Rotary::new(head_dim, c.rope_theta, device),
+            Some(f) => Rotary::new(head_dim, c.rope_theta * f, device).scaled(f.powf(2.0 / head_dim as f64)),
+        };
+        let attention = AttentionPath::choose(device, kind, head_dim, true);
+        let model = Gte {
+            word,
+            token_type,
+            emb_norm,
+            layers,
+            attn: SelfAttention { heads, head_dim },
+            rope,
+            attention: Cell::new(attention),
+        };
+        Ok((model, w.bytes))
+    }
+}
+
+impl Encoder for Gte {
+    fn forward(&self, t: &BatchInput) -> Tensor {
+        let mut x = embed(&self.word, &t.ids);
+        if let Some(table) = &self.token_type {
+            x += embed(table, &t.type_ids);
+        }
+        let x = self.emb_norm.forward(&x);
+        let hidden = self.attn.heads * self.attn.head_dim;
+        run_encoder(&self.attention, t, hidden, |mode| {
+            let (mut x, mask) = match mode {
+                Mode::Packed => (x.shallow_clone(), no_mask()),
+                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
+            };
+            let rope = self.rope.table(&t.positions, x.size()[0], x.kind());
+            for layer in &self.layers {
+                x = layer.forward(&x, &self.attn, t, mode, Some(&rope), &mask)?;
+            }
+            Ok(x)
+        })
+    }
+
+    fn attention_path(&self) -> AttentionPath {
+        self.attention.get()
+    }
+
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+}
