@@ -71,6 +71,8 @@ pub struct ModelDir {
     pub exclude_prompt_from_pooling: bool,
     /// Whether `modules.json` lists a `Normalize` module.
     pub normalize: bool,
+    /// sentence-transformers `Dense` modules after pooling, in order.
+    pub dense: Vec<DenseModule>,
     /// `max_seq_length` from `sentence_bert_config.json`, capped by the position embeddings.
     pub max_seq_length: usize,
     /// `do_lower_case` from `sentence_bert_config.json`: lowercase inputs before tokenizing.
@@ -146,6 +148,7 @@ impl ModelDir {
         let mut pooling = Pooling::Mean;
         let mut exclude_prompt_from_pooling = false;
         let mut normalize = false;
+        let mut dense = Vec::new();
         let modules_path = dir.join("modules.json");
         if let Some(modules) = read_optional_json(&modules_path)? {
             let modules: Vec<ModuleEntry> = serde_json::from_value(modules)
@@ -157,6 +160,13 @@ impl ModelDir {
                     // Normalize has no parameters: sentence-transformers never reads its folder,
                     // which is why published models (MiniLM among them) often lack it.
                     "Normalize" => normalize = true,
+                    "Dense" => {
+                        if normalize {
+                            return Err(Error::config(&modules_path, "a Dense module after Normalize is not supported"));
+                        }
+                        let width = dense.last().map_or(arch.hidden_size, |d: &DenseModule| d.out_features);
+                        dense.push(DenseModule::read(&dir.join(&m.path), width)?);
+                    }
                     "Pooling" => {
                         let p = dir.join(&m.path).join("config.json");
                         let pc = read_json(&p)?;
@@ -167,7 +177,7 @@ impl ModelDir {
                     other => {
                         return Err(Error::config(
                             &modules_path,
-                            format!("module type {other:?} is not supported (Transformer, Pooling, Normalize)"),
+                            format!("module type {other:?} is not supported (Transformer, Pooling, Dense, Normalize)"),
                         ))
                     }
                 }
@@ -201,6 +211,7 @@ impl ModelDir {
             pooling,
             exclude_prompt_from_pooling,
             normalize,
+            dense,
             max_seq_length,
             lowercase,
             prompts,
@@ -208,6 +219,69 @@ impl ModelDir {
             weights,
             tokenizer,
         })
+    }
+}
+
+/// The activation of a sentence-transformers `Dense` module.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseActivation {
+    /// `torch.nn.Identity`.
+    Identity,
+    /// `torch.nn.Tanh` (the sentence-transformers default).
+    Tanh,
+    /// `torch.nn.ReLU`.
+    Relu,
+    /// `torch.nn.GELU`.
+    Gelu,
+    /// `torch.nn.Sigmoid`.
+    Sigmoid,
+}
+
+/// A sentence-transformers `Dense` module: a linear projection of the pooled vector and an
+/// activation (distiluse, LaBSE and other models with a projection head).
+#[derive(Debug, Clone)]
+pub struct DenseModule {
+    /// Its `model.safetensors`.
+    pub weights: PathBuf,
+    /// Input width.
+    pub in_features: usize,
+    /// Output width.
+    pub out_features: usize,
+    /// Whether it has a bias.
+    pub bias: bool,
+    /// The activation after the projection.
+    pub activation: DenseActivation,
+}
+
+impl DenseModule {
+    /// Reads the module folder `dir`; `width` is the width of the vectors it receives.
+    fn read(dir: &Path, width: usize) -> Result<DenseModule> {
+        let path = dir.join("config.json");
+        let v = read_json(&path)?;
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .ok_or_else(|| Error::config(&path, format!("missing or non-integer field {name:?}")))
+        };
+        let (in_features, out_features) = (field("in_features")?, field("out_features")?);
+        if in_features != width {
+            return Err(Error::config(&path, format!("in_features {in_features} does not match the {width}-wide vectors it receives")));
+        }
+        let act = v.get("activation_function").and_then(Value::as_str).unwrap_or("torch.nn.modules.activation.Tanh");
+        let activation = match act.rsplit('.').next().unwrap_or(act) {
+            "Identity" => DenseActivation::Identity,
+            "Tanh" => DenseActivation::Tanh,
+            "ReLU" => DenseActivation::Relu,
+            "GELU" => DenseActivation::Gelu,
+            "Sigmoid" => DenseActivation::Sigmoid,
+            _ => return Err(Error::config(&path, format!("Dense activation {act:?} is not supported (Identity, Tanh, ReLU, GELU, Sigmoid)"))),
+        };
+        let weights = require_file(
+            dir.join("model.safetensors"),
+            " (the Dense module's weights must be safetensors; convert pytorch_model.bin first)",
+        )?;
+        Ok(DenseModule { weights, in_features, out_features, bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true), activation })
     }
 }
 

@@ -47,7 +47,7 @@ mod text;
 mod types;
 mod worker;
 
-pub use config::{ModelDir, Pooling};
+pub use config::{DenseActivation, DenseModule, ModelDir, Pooling};
 pub use models::{supported_model_types, ArchConfig, Family};
 pub use device::{cuda_device_count, DType, DeviceSpec, ResolvedDevice};
 pub use error::{Error, Result};

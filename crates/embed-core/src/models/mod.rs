@@ -27,8 +27,9 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
+use crate::config::{DenseActivation, ModelDir};
 use crate::layers::attention::AttentionPath;
-use crate::layers::BatchInput;
+use crate::layers::{BatchInput, Linear, Weights};
 use crate::{Error, Result};
 
 /// The architectures embed-core implements.
@@ -243,19 +244,22 @@ pub(crate) trait Encoder {
     fn take_largest_tensor(&mut self) -> Tensor;
 }
 
-/// A loaded model: the encoder, where it lives and what it holds.
+/// A loaded model: the encoder, the sentence-transformers `Dense` head if any, where it lives
+/// and what it holds.
 pub(crate) struct Model {
     encoder: Box<dyn Encoder>,
+    head: Vec<(Linear, DenseActivation)>,
     device: Device,
-    /// Bytes held by the weights on the model's device.
+    /// Bytes held by the weights on the model's device (encoder and head).
     pub(crate) weight_bytes: u64,
 }
 
 impl Model {
-    /// Loads the encoder of `cfg`'s family from `weights` onto `device` in `kind`. On any
-    /// error, every tensor read so far is dropped before returning.
-    pub(crate) fn load(weights: &Path, cfg: &ArchConfig, device: Device, kind: Kind) -> Result<Model> {
-        let (encoder, weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
+    /// Loads the encoder of `dir`'s family and its Dense modules onto `device` in `kind`. On
+    /// any error, every tensor read so far is dropped before returning.
+    pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Model> {
+        let (weights, cfg) = (dir.weights.as_path(), &dir.arch);
+        let (encoder, mut weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
             Details::Bert(c) => {
                 let (m, bytes) = bert::Bert::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
@@ -281,7 +285,13 @@ impl Model {
                 (Box::new(m), bytes)
             }
         };
-        Ok(Model { encoder, device, weight_bytes })
+        let mut head = Vec::with_capacity(dir.dense.len());
+        for d in &dir.dense {
+            let mut w = Weights::read(&d.weights, "linear.weight", device, kind)?;
+            head.push((w.linear("linear", d.out_features as i64, d.in_features as i64, d.bias)?, d.activation));
+            weight_bytes += w.bytes;
+        }
+        Ok(Model { encoder, head, device, weight_bytes })
     }
 
     pub(crate) fn device(&self) -> Device {
@@ -290,6 +300,24 @@ impl Model {
 
     pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
         self.encoder.forward(t)
+    }
+
+    /// Runs the Dense head on pooled f32 vectors `[b, width]` (in the model's dtype, as
+    /// sentence-transformers does); returns f32.
+    pub(crate) fn project(&self, pooled: Tensor) -> Tensor {
+        let mut x = pooled;
+        for (linear, act) in &self.head {
+            let y = linear.forward(&x.to_kind(linear.weight.kind()));
+            x = match act {
+                DenseActivation::Identity => y,
+                DenseActivation::Tanh => y.tanh(),
+                DenseActivation::Relu => y.relu(),
+                DenseActivation::Gelu => y.gelu("none"),
+                DenseActivation::Sigmoid => y.sigmoid(),
+            }
+            .to_kind(Kind::Float);
+        }
+        x
     }
 
     pub(crate) fn attention_path(&self) -> AttentionPath {

@@ -394,7 +394,8 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let tokens = tokens as i64;
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len };
     let hidden = model.forward(&input);
-    Launched { pooled: pool(&hidden, &pool_mask, cfg.pooling), packed: model.attention_path() == AttentionPath::Packed }
+    let pooled = model.project(pool(&hidden, &pool_mask, cfg.pooling));
+    Launched { pooled, packed: model.attention_path() == AttentionPath::Packed }
 }
 
 /// Waits for a launched batch and returns one un-normalised row per item.

@@ -94,7 +94,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 dir: dir.dir.clone(),
                 architecture: dir.model_type.clone(),
                 family: dir.arch.family,
-                dimension: dir.arch.hidden_size,
+                dimension: dir.dense.last().map_or(dir.arch.hidden_size, |d| d.out_features),
                 max_seq_length,
                 pooling,
                 normalize: o.normalize.unwrap_or(dir.normalize),
@@ -174,7 +174,7 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
     let dir = ModelDir::read(&dir_path)?;
     let text = TextPrep::new(&dir, &spec.name, o)?;
-    let model = Model::load(&dir.weights, &dir.arch, device.to_tch(), o.dtype.kind())?;
+    let model = Model::load(&dir, device.to_tch(), o.dtype.kind())?;
     Ok(Loaded { model, dir, text, device, device_note })
 }
 
