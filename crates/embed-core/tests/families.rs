@@ -44,8 +44,8 @@ async fn every_family_matches_sentence_transformers() {
     }
 }
 
-/// Bytes of the tensors of a safetensors file that the encoder uses (everything but the
-/// pooler head), from the file's own header, at `elt` bytes per element.
+/// Bytes of the tensors of a safetensors file that the model uses (everything but a pooler
+/// head), from the file's own header, at `elt` bytes per element.
 fn encoder_tensor_bytes(path: &std::path::Path, elt: u64) -> u64 {
     let raw = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
@@ -66,7 +66,15 @@ async fn every_family_counts_its_weights_exactly_and_frees_them() {
         for (dtype, elt) in [(DType::F32, 4), (DType::Bf16, 2)] {
             let svc = load(name, dtype).await;
             let bytes = svc.info().unwrap().weight_bytes;
-            let expected = encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt);
+            // The encoder's tensors, and those of any sentence-transformers Dense module.
+            let dir = fixture_dir(name);
+            let mut expected = encoder_tensor_bytes(&dir.join("model.safetensors"), elt);
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let module = entry.unwrap().path();
+                if module.file_name().unwrap().to_string_lossy().ends_with("_Dense") {
+                    expected += encoder_tensor_bytes(&module.join("model.safetensors"), elt);
+                }
+            }
             assert_eq!(bytes, expected, "{name} {dtype}: weight bytes vs the file's encoder tensors");
             assert_eq!(live_weight_bytes(), bytes, "{name} {dtype}");
             svc.embed_texts(&["one short text".to_string()], &EmbedOptions::default()).await.unwrap();

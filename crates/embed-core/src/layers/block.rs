@@ -2,11 +2,13 @@
 //! MPNet, and with rotary positions and a gated feed-forward NomicBERT and GTE): attention,
 //! residual, LayerNorm, feed-forward, residual, LayerNorm.
 
-use tch::Tensor;
+use std::cell::Cell;
 
-use super::attention::{Mode, SelfAttention};
+use tch::{Device, Kind, Tensor};
+
+use super::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
 use super::ffn::FeedForward;
-use super::rotary::RotaryTable;
+use super::rotary::{Rotary, RotaryTable};
 use super::{BatchInput, LayerNorm, Linear};
 
 pub(crate) struct PostNormBlock {
@@ -33,5 +35,44 @@ impl PostNormBlock {
         let ctx = attn.forward(&self.qkv.forward(x), t, mode, rope, mask)?;
         let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
         Ok(self.mlp_norm.forward(&(self.mlp.forward(&a) + a)))
+    }
+}
+
+/// A stack of post-norm blocks with plain attention (optionally rotary), packed where the
+/// device allows: the encoder of every family but MPNet (score bias) and ModernBERT (pre-norm,
+/// sliding windows).
+pub(crate) struct PostNormStack {
+    pub(crate) layers: Vec<PostNormBlock>,
+    pub(crate) attn: SelfAttention,
+    pub(crate) rope: Option<Rotary>,
+    attention: Cell<AttentionPath>,
+}
+
+impl PostNormStack {
+    /// `heads` of `head_dim` each; the attention path is chosen for `device` and `kind`.
+    pub(crate) fn new(layers: Vec<PostNormBlock>, heads: i64, head_dim: i64, rope: Option<Rotary>, device: Device, kind: Kind) -> Self {
+        let attention = Cell::new(AttentionPath::choose(device, kind, head_dim, true));
+        PostNormStack { layers, attn: SelfAttention { heads, head_dim }, rope, attention }
+    }
+
+    /// Runs the layers on the embeddings of the whole token stream (`[stream, hidden]`, already
+    /// normed); returns the last hidden state padded, `[b, len, hidden]`.
+    pub(crate) fn forward(&self, x: &Tensor, t: &BatchInput) -> Tensor {
+        let hidden = self.attn.heads * self.attn.head_dim;
+        run_encoder(&self.attention, t, hidden, |mode| {
+            let (mut x, mask) = match mode {
+                Mode::Packed => (x.shallow_clone(), Tensor::new()),
+                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
+            };
+            let rope = self.rope.as_ref().map(|r| r.table(&t.positions, x.size()[0], x.kind()));
+            for layer in &self.layers {
+                x = layer.forward(&x, &self.attn, t, mode, rope.as_ref(), &mask)?;
+            }
+            Ok(x)
+        })
+    }
+
+    pub(crate) fn attention_path(&self) -> AttentionPath {
+        self.attention.get()
     }
 }

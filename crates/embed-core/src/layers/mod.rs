@@ -169,6 +169,23 @@ impl<'a> Weights<'a> {
         })
     }
 
+    /// Several linear layers of the same input fused into one (`[out; out; …]` rows), e.g. a
+    /// checkpoint's separate Q, K and V. The parts are dropped once fused; the fused copy has
+    /// their size, so the byte count stays right.
+    pub(crate) fn fused_linear(&mut self, prefixes: &[String], out: i64, inp: i64, bias: bool) -> Result<Linear> {
+        let parts = prefixes.iter().map(|p| self.linear(p, out, inp, bias)).collect::<Result<Vec<Linear>>>()?;
+        Ok(Linear::fuse(parts))
+    }
+
+    /// An embedding table `name` of `rows` rows, absent when `rows` is 0 (token types).
+    pub(crate) fn optional_table(&mut self, name: &str, rows: usize, width: i64) -> Result<Option<Tensor>> {
+        if rows == 0 {
+            Ok(None)
+        } else {
+            self.take(name, &[rows as i64, width]).map(Some)
+        }
+    }
+
     /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.
     pub(crate) fn layer_norm(&mut self, prefix: &str, width: i64, eps: f64, bias: bool) -> Result<LayerNorm> {
         let (w, b) = if self.has(&format!("{prefix}.gamma")) { ("gamma", "beta") } else { ("weight", "bias") };

@@ -1,16 +1,15 @@
 //! BERT and the RoBERTa line: RoBERTa, XLM-RoBERTa and CamemBERT have BERT's layers and
 //! differ only in their position ids, which start at `pad_token_id + 1`.
 
-use std::cell::Cell;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
-use crate::layers::block::PostNormBlock;
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::AttentionPath;
+use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{embed, BatchInput, LayerNorm, Weights};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -32,9 +31,7 @@ impl Config {
         let roberta_positions = model_type != "bert";
         let position_offset = if roberta_positions { f.usize_or("pad_token_id", 1)? as i64 + 1 } else { 0 };
         let max_position_embeddings = f.usize("max_position_embeddings")?;
-        let max_tokens = max_position_embeddings.checked_sub(position_offset as usize).filter(|&n| n >= 2).ok_or_else(|| {
-            f.error(format!("max_position_embeddings {max_position_embeddings} leaves no room after the position offset {position_offset}"))
-        })?;
+        let max_tokens = f.positions_after(max_position_embeddings, position_offset)?;
         let c = Config {
             max_position_embeddings,
             type_vocab_size: f.usize_or("type_vocab_size", 2)?,
@@ -62,10 +59,8 @@ pub(crate) struct Bert {
     /// Absent where `type_vocab_size` is 0.
     token_type: Option<Tensor>,
     emb_norm: LayerNorm,
-    layers: Vec<PostNormBlock>,
-    attn: SelfAttention,
+    stack: PostNormStack,
     position_offset: i64,
-    attention: Cell<AttentionPath>,
 }
 
 impl Bert {
@@ -76,23 +71,14 @@ impl Bert {
         let eps = c.layer_norm_eps;
         let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
         let position = w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?;
-        let token_type = if c.type_vocab_size > 0 {
-            Some(w.take("embeddings.token_type_embeddings.weight", &[c.type_vocab_size as i64, h])?)
-        } else {
-            None
-        };
+        let token_type = w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?;
         let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let qkv = ["query", "key", "value"]
-                .iter()
-                .map(|n| w.linear(&format!("{p}.attention.self.{n}"), h, h, true))
-                .collect::<Result<Vec<Linear>>>()?;
+            let qkv = ["query", "key", "value"].map(|n| format!("{p}.attention.self.{n}"));
             layers.push(PostNormBlock {
-                // The separate q/k/v tensors are dropped once fused; the fused copy has the
-                // same size, so the byte count taken while loading them stays right.
-                qkv: Linear::fuse(qkv),
+                qkv: w.fused_linear(&qkv, h, h, true)?,
                 attn_out: w.linear(&format!("{p}.attention.output.dense"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), h, eps, true)?,
                 mlp: FeedForward::Mlp(Mlp {
@@ -104,17 +90,8 @@ impl Bert {
             });
         }
         let heads = a.num_attention_heads as i64;
-        let attention = AttentionPath::choose(device, kind, h / heads, true);
-        let model = Bert {
-            word,
-            position,
-            token_type,
-            emb_norm,
-            layers,
-            attn: SelfAttention { heads, head_dim: h / heads },
-            position_offset: c.position_offset,
-            attention: Cell::new(attention),
-        };
+        let stack = PostNormStack::new(layers, heads, h / heads, None, device, kind);
+        let model = Bert { word, position, token_type, emb_norm, stack, position_offset: c.position_offset };
         Ok((model, w.bytes))
     }
 }
@@ -125,22 +102,11 @@ impl Encoder for Bert {
         if let Some(table) = &self.token_type {
             x += embed(table, &t.type_ids);
         }
-        let x = self.emb_norm.forward(&x);
-        let hidden = self.attn.heads * self.attn.head_dim;
-        run_encoder(&self.attention, t, hidden, |mode| {
-            let (mut x, mask) = match mode {
-                Mode::Packed => (x.shallow_clone(), no_mask()),
-                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
-            };
-            for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, None, &mask)?;
-            }
-            Ok(x)
-        })
+        self.stack.forward(&self.emb_norm.forward(&x), t)
     }
 
     fn attention_path(&self) -> AttentionPath {
-        self.attention.get()
+        self.stack.attention_path()
     }
 
     #[cfg(feature = "planted-leak")]

@@ -1,15 +1,14 @@
 //! DistilBERT: BERT's post-norm layers under other names, no token types, positions from 0.
 
-use std::cell::Cell;
 use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
-use crate::layers::block::PostNormBlock;
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::AttentionPath;
+use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{embed, BatchInput, LayerNorm, Weights};
 use crate::Result;
 
 /// DistilBERT's LayerNorms use a fixed epsilon (not in its config).
@@ -42,9 +41,7 @@ pub(crate) struct DistilBert {
     word: Tensor,
     position: Tensor,
     emb_norm: LayerNorm,
-    layers: Vec<PostNormBlock>,
-    attn: SelfAttention,
-    attention: Cell<AttentionPath>,
+    stack: PostNormStack,
 }
 
 impl DistilBert {
@@ -57,12 +54,9 @@ impl DistilBert {
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
             let p = format!("transformer.layer.{i}");
-            let qkv = ["q_lin", "k_lin", "v_lin"]
-                .iter()
-                .map(|n| w.linear(&format!("{p}.attention.{n}"), h, h, true))
-                .collect::<Result<Vec<Linear>>>()?;
+            let qkv = ["q_lin", "k_lin", "v_lin"].map(|n| format!("{p}.attention.{n}"));
             layers.push(PostNormBlock {
-                qkv: Linear::fuse(qkv),
+                qkv: w.fused_linear(&qkv, h, h, true)?,
                 attn_out: w.linear(&format!("{p}.attention.out_lin"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.sa_layer_norm"), h, eps, true)?,
                 mlp: FeedForward::Mlp(Mlp {
@@ -74,37 +68,20 @@ impl DistilBert {
             });
         }
         let heads = a.num_attention_heads as i64;
-        let attention = AttentionPath::choose(device, kind, h / heads, true);
-        let model = DistilBert {
-            word,
-            position,
-            emb_norm,
-            layers,
-            attn: SelfAttention { heads, head_dim: h / heads },
-            attention: Cell::new(attention),
-        };
+        let stack = PostNormStack::new(layers, heads, h / heads, None, device, kind);
+        let model = DistilBert { word, position, emb_norm, stack };
         Ok((model, w.bytes))
     }
 }
 
 impl Encoder for DistilBert {
     fn forward(&self, t: &BatchInput) -> Tensor {
-        let x = self.emb_norm.forward(&(embed(&self.word, &t.ids) + embed(&self.position, &t.positions)));
-        let hidden = self.attn.heads * self.attn.head_dim;
-        run_encoder(&self.attention, t, hidden, |mode| {
-            let (mut x, mask) = match mode {
-                Mode::Packed => (x.shallow_clone(), no_mask()),
-                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
-            };
-            for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, None, &mask)?;
-            }
-            Ok(x)
-        })
+        let x = embed(&self.word, &t.ids) + embed(&self.position, &t.positions);
+        self.stack.forward(&self.emb_norm.forward(&x), t)
     }
 
     fn attention_path(&self) -> AttentionPath {
-        self.attention.get()
+        self.stack.attention_path()
     }
 
     #[cfg(feature = "planted-leak")]

@@ -2,15 +2,14 @@
 //! BERT's post-norm layers with rotary positions (optionally NTK-scaled), a fused `qkv_proj`,
 //! and a gated feed-forward `down(up * gelu(gate))` from one `up_gate_proj`.
 
-use std::cell::Cell;
 use std::path::Path;
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
-use crate::layers::block::PostNormBlock;
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::AttentionPath;
+use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
@@ -75,10 +74,7 @@ pub(crate) struct Gte {
     word: Tensor,
     token_type: Option<Tensor>,
     emb_norm: LayerNorm,
-    layers: Vec<PostNormBlock>,
-    attn: SelfAttention,
-    rope: Rotary,
-    attention: Cell<AttentionPath>,
+    stack: PostNormStack,
 }
 
 impl Gte {
@@ -87,11 +83,7 @@ impl Gte {
         let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
         let heads = a.num_attention_heads as i64;
         let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
-        let token_type = if c.type_vocab_size > 0 {
-            Some(w.take("embeddings.token_type_embeddings.weight", &[c.type_vocab_size as i64, h])?)
-        } else {
-            None
-        };
+        let token_type = w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?;
         let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
@@ -118,16 +110,8 @@ impl Gte {
             None => Rotary::new(head_dim, c.rope_theta, device),
             Some(f) => Rotary::new(head_dim, c.rope_theta * f, device).scaled(f.powf(2.0 / head_dim as f64)),
         };
-        let attention = AttentionPath::choose(device, kind, head_dim, true);
-        let model = Gte {
-            word,
-            token_type,
-            emb_norm,
-            layers,
-            attn: SelfAttention { heads, head_dim },
-            rope,
-            attention: Cell::new(attention),
-        };
+        let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+        let model = Gte { word, token_type, emb_norm, stack };
         Ok((model, w.bytes))
     }
 }
@@ -138,23 +122,11 @@ impl Encoder for Gte {
         if let Some(table) = &self.token_type {
             x += embed(table, &t.type_ids);
         }
-        let x = self.emb_norm.forward(&x);
-        let hidden = self.attn.heads * self.attn.head_dim;
-        run_encoder(&self.attention, t, hidden, |mode| {
-            let (mut x, mask) = match mode {
-                Mode::Packed => (x.shallow_clone(), no_mask()),
-                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
-            };
-            let rope = self.rope.table(&t.positions, x.size()[0], x.kind());
-            for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, Some(&rope), &mask)?;
-            }
-            Ok(x)
-        })
+        self.stack.forward(&self.emb_norm.forward(&x), t)
     }
 
     fn attention_path(&self) -> AttentionPath {
-        self.attention.get()
+        self.stack.attention_path()
     }
 
     #[cfg(feature = "planted-leak")]

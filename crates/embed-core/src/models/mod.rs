@@ -187,6 +187,14 @@ impl Fields<'_> {
             .ok_or_else(|| self.error(format!("{name} {act:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")))
     }
 
+    /// Tokens an input may have when positions start at `offset` in a table of
+    /// `max_position_embeddings` rows (RoBERTa-style ids start past the padding index).
+    pub(crate) fn positions_after(&self, max_position_embeddings: usize, offset: i64) -> Result<usize> {
+        max_position_embeddings.checked_sub(offset as usize).filter(|&n| n >= 2).ok_or_else(|| {
+            self.error(format!("max_position_embeddings {max_position_embeddings} leaves no room after the position offset {offset}"))
+        })
+    }
+
     pub(crate) fn heads_divide(&self, hidden: usize, heads: usize) -> Result<()> {
         if heads == 0 || hidden % heads != 0 {
             return Err(self.error(format!("hidden size {hidden} is not divisible by {heads} attention heads")));
@@ -328,9 +336,4 @@ impl Model {
     pub(crate) fn take_largest_tensor(&mut self) -> Tensor {
         self.encoder.take_largest_tensor()
     }
-}
-
-/// A placeholder for the mask argument in packed mode, where no mask is used.
-pub(crate) fn no_mask() -> Tensor {
-    Tensor::new()
 }

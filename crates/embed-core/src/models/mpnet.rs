@@ -10,7 +10,7 @@ use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, AttentionPath, Mode, SelfAttention};
 use crate::layers::block::PostNormBlock;
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{embed, BatchInput, LayerNorm, Weights};
 use crate::Result;
 
 /// The farthest relative distance with its own buckets (MPNet's fixed value).
@@ -35,9 +35,7 @@ impl Config {
         if buckets < 4 {
             return Err(f.error(format!("relative_attention_num_buckets {buckets} is too small (at least 4)")));
         }
-        let max_tokens = max_position_embeddings.checked_sub(position_offset as usize).filter(|&n| n >= 2).ok_or_else(|| {
-            f.error(format!("max_position_embeddings {max_position_embeddings} leaves no room after the position offset {position_offset}"))
-        })?;
+        let max_tokens = f.positions_after(max_position_embeddings, position_offset)?;
         let c = Config {
             max_position_embeddings,
             layer_norm_eps: f.f64_or("layer_norm_eps", 1e-12)?,
@@ -83,12 +81,9 @@ impl MPNet {
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
-            let qkv = ["q", "k", "v"]
-                .iter()
-                .map(|n| w.linear(&format!("{p}.attention.attn.{n}"), h, h, true))
-                .collect::<Result<Vec<Linear>>>()?;
+            let qkv = ["q", "k", "v"].map(|n| format!("{p}.attention.attn.{n}"));
             layers.push(PostNormBlock {
-                qkv: Linear::fuse(qkv),
+                qkv: w.fused_linear(&qkv, h, h, true)?,
                 attn_out: w.linear(&format!("{p}.attention.attn.o"), h, h, true)?,
                 attn_norm: w.layer_norm(&format!("{p}.attention.LayerNorm"), h, eps, true)?,
                 mlp: FeedForward::Mlp(Mlp {

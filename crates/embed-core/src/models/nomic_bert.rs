@@ -2,15 +2,14 @@
 //! `modeling_hf_nomic_bert.py`): BERT's post-norm layers with rotary positions instead of
 //! position embeddings, a fused `Wqkv`, and a SwiGLU feed-forward `fc2(fc11(x) * silu(fc12(x)))`.
 
-use std::cell::Cell;
 use std::path::Path;
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{no_mask, ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
-use crate::layers::block::PostNormBlock;
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::AttentionPath;
+use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Glu, Mlp};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
@@ -85,10 +84,7 @@ pub(crate) struct NomicBert {
     word: Tensor,
     token_type: Option<Tensor>,
     emb_norm: LayerNorm,
-    layers: Vec<PostNormBlock>,
-    attn: SelfAttention,
-    rope: Rotary,
-    attention: Cell<AttentionPath>,
+    stack: PostNormStack,
 }
 
 impl NomicBert {
@@ -97,11 +93,7 @@ impl NomicBert {
         let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
         let heads = a.num_attention_heads as i64;
         let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
-        let token_type = if c.type_vocab_size > 0 {
-            Some(w.take("embeddings.token_type_embeddings.weight", &[c.type_vocab_size as i64, h])?)
-        } else {
-            None
-        };
+        let token_type = w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?;
         let emb_norm = w.layer_norm("emb_ln", h, eps, true)?;
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
@@ -131,16 +123,9 @@ impl NomicBert {
             });
         }
         let head_dim = h / heads;
-        let attention = AttentionPath::choose(device, kind, head_dim, true);
-        let model = NomicBert {
-            word,
-            token_type,
-            emb_norm,
-            layers,
-            attn: SelfAttention { heads, head_dim },
-            rope: Rotary::new(head_dim, c.rotary_base, device),
-            attention: Cell::new(attention),
-        };
+        let rope = Rotary::new(head_dim, c.rotary_base, device);
+        let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+        let model = NomicBert { word, token_type, emb_norm, stack };
         Ok((model, w.bytes))
     }
 }
@@ -151,23 +136,11 @@ impl Encoder for NomicBert {
         if let Some(table) = &self.token_type {
             x += embed(table, &t.type_ids);
         }
-        let x = self.emb_norm.forward(&x);
-        let hidden = self.attn.heads * self.attn.head_dim;
-        run_encoder(&self.attention, t, hidden, |mode| {
-            let (mut x, mask) = match mode {
-                Mode::Packed => (x.shallow_clone(), no_mask()),
-                Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
-            };
-            let rope = self.rope.table(&t.positions, x.size()[0], x.kind());
-            for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, Some(&rope), &mask)?;
-            }
-            Ok(x)
-        })
+        self.stack.forward(&self.emb_norm.forward(&x), t)
     }
 
     fn attention_path(&self) -> AttentionPath {
-        self.attention.get()
+        self.stack.attention_path()
     }
 
     #[cfg(feature = "planted-leak")]
