@@ -14,9 +14,10 @@ records how they were made and `--check` shows they are reproducible.
 
 Families (testdata/fixtures/<name>/): bert (WordPiece, CLS pooling + Normalize, weights saved with
 a `bert.` prefix), roberta (byte-level BPE, mean, weights saved with a `roberta.` prefix),
-xlm-roberta (Unigram, mean + Normalize), camembert (Unigram, mean), distilbert (cased WordPiece,
-mean + Normalize), mpnet (WordPiece with <s> </s>, mean + Normalize), modernbert (byte-level BPE,
-alternating global/local attention with a 16-token window, mean), nomic-bert (as
+xlm-roberta (Unigram, mean + Normalize), camembert (Unigram, mean), distilbert (as
+sentence-transformers/distiluse-base-multilingual-cased-v2: cased WordPiece, mean, Dense 32 -> 24
+with Tanh, then Normalize), mpnet (WordPiece with <s> </s>, mean + Normalize), modernbert
+(byte-level BPE, alternating global/local attention with a 16-token window, mean), nomic-bert (as
 nomic-ai/nomic-embed-text-v1.5: WordPiece, rotary base 1000, SwiGLU, mean + Normalize), gte (as
 Alibaba-NLP/gte-base-en-v1.5: WordPiece, rotary base 500000 with NTK scaling factor 2, GLU with GELU,
 no token type embeddings, CLS + Normalize).
@@ -32,12 +33,16 @@ stops unless both agree within 1e-5.
 
 Each directory is an ordinary sentence-transformers model directory (config.json, model.safetensors
 in float32, tokenizer.json, tokenizer_config.json, special_tokens_map.json, modules.json,
-1_Pooling/config.json, sentence_bert_config.json) plus reference.json: the embeddings
-sentence-transformers computes on CPU in float32, rounded to 7 decimals, with the number of tokens
-it feeds the model for each text after truncation. Vocabularies come from `tokenizers`' BPE trainer
-run on testdata/corpus.txt plus the non-ASCII reference texts (all but one, which stays out of
-vocabulary); the WordPiece and Unigram vocabularies are the pieces that BPE cuts the corpus into,
-because those two trainers are not reproducible from run to run.
+1_Pooling/config.json, sentence_bert_config.json; distilbert also 2_Dense/config.json and
+2_Dense/model.safetensors, written by sentence-transformers' Dense.save, and a modules.json with the
+module types as sentence-transformers 6.2 writes them, sentence_transformers.base.modules.dense.Dense
+and so on, where the others have the older sentence_transformers.models.* names) plus
+reference.json: the embeddings sentence-transformers computes on CPU in float32, rounded to 7
+decimals, with the number of tokens it feeds the model for each text after truncation.
+Vocabularies come from `tokenizers`' BPE trainer run on testdata/corpus.txt plus the non-ASCII
+reference texts (all but one, which stays out of vocabulary); the WordPiece and Unigram
+vocabularies are the pieces that BPE cuts the corpus into, because those two trainers are not
+reproducible from run to run.
 Weights are random, drawn from a seeded generator; norm weights and all biases are random too, and
 the spread is large enough that different texts get clearly different embeddings (the script prints
 the mean pairwise cosine; a tiny model with the usual 0.02 init would embed every text almost alike).
@@ -69,6 +74,7 @@ import transformers  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
+from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import AutoConfig, AutoModel  # noqa: E402
 
@@ -701,6 +707,15 @@ def gte_port(h: dict) -> dict:
 
 REMOTE_CODE = {"nomic-bert": (nomic_tensors, nomic_port), "gte": (gte_tensors, gte_port)}
 
+# Families with a sentence-transformers Dense module between Pooling and Normalize: (out_features,
+# activation). distilbert is shaped after sentence-transformers/distiluse-base-multilingual-cased-v2
+# (DistilBERT, mean pooling, Dense 768 -> 512 with Tanh, no Normalize there; here 32 -> 24 and then
+# Normalize). Weights N(0, DENSE_STD), bias N(0, 0.1): the mean-pooled vectors have norms of about
+# 5.7, so the pre-activations W x + b are mostly between 0.2 and 2 (median |W x + b| about 0.7, 3%
+# above 2.5), where Tanh is neither saturated nor nearly linear; the script prints these figures.
+DENSE = {"distilbert": (24, torch.nn.Tanh)}
+DENSE_STD = 0.25
+
 
 def rotate(x: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Rotary embedding in the half layout ("rotate_half", GPT-NeoX style). x: [heads, tokens, head_dim]."""
@@ -790,9 +805,8 @@ def write_json(path: pathlib.Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def random_weights(shapes: dict, seed: int) -> dict:
-    """Every tensor (name: shape) drawn afresh, in name order, from one seeded generator."""
-    gen = torch.Generator().manual_seed(seed)
+def random_weights(shapes: dict, gen: torch.Generator) -> dict:
+    """Every tensor (name: shape) drawn afresh, in name order, from the family's seeded generator."""
     out = {}
     for name, shape in sorted(shapes.items()):
         shape = tuple(shape)
@@ -834,16 +848,41 @@ def build(name: str, directory: pathlib.Path) -> tuple:
     else:
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(directory)))
         shapes = {k: t.shape for k, t in model.state_dict().items() if t.is_floating_point()}
-    weights = random_weights(shapes, seed_of(name))
+    gen = torch.Generator().manual_seed(seed_of(name))
+    weights = random_weights(shapes, gen)
     save_file({prefix + k: v for k, v in weights.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "model.safetensors").chmod(0o644)
 
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    if name in DENSE:
+        # Written by sentence-transformers' own Dense.save (config.json, then model.safetensors with
+        # linear.weight [out, in] and linear.bias [out]). Its weights continue the family's
+        # generator, after the transformer's (so those stay what they were without the head), in
+        # name order as random_weights draws: bias N(0, 0.1), then weight N(0, DENSE_STD).
+        out_features, activation = DENSE[name]
+        bias = (0.1 * torch.randn((out_features,), generator=gen)).contiguous()
+        weight = (DENSE_STD * torch.randn((out_features, HIDDEN), generator=gen)).contiguous()
+        dense = Dense(HIDDEN, out_features, bias=True, activation_function=activation(), init_weight=weight, init_bias=bias)
+        (directory / "2_Dense").mkdir()
+        dense.save(str(directory / "2_Dense"), safe_serialization=True)
+        for f in ("config.json", "model.safetensors"):
+            (directory / "2_Dense" / f).chmod(0o644)
+        # The module types as sentence-transformers 6.2 writes them (SentenceTransformer.save: the
+        # defining module and class name); the families without a Dense keep the older
+        # sentence_transformers.models.* aliases that most Hub models have. Normalize has no folder,
+        # as in the other families: sentence-transformers does not read it.
+        kinds = [(Transformer, ""), (Pooling, "1_Pooling"), (Dense, "2_Dense"), (Normalize, "3_Normalize")]
+        assert normalize, name
+        modules = [
+            {"idx": i, "name": str(i), "path": path, "type": f"{cls.__module__}.{cls.__name__}"}
+            for i, (cls, path) in enumerate(kinds)
+        ]
+    else:
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     write_json(directory / "modules.json", modules)
     write_json(
         directory / "1_Pooling" / "config.json",
@@ -878,7 +917,18 @@ def compute(name: str, directory: pathlib.Path, tmp: pathlib.Path, tok_type: str
     model.eval()
     sanity(name, loaded, model)
     enc = model.tokenizer(TEXTS, truncation=True, max_length=model.max_seq_length)
+    dense = [m for m in model if isinstance(m, Dense)]
+    pre = []  # the Dense pre-activations, W x + b, for the printout below
+    hooks = [m.linear.register_forward_hook(lambda _m, _i, out: pre.append(out.detach().reshape(-1))) for m in dense]
     vectors = model.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=False)
+    for h in hooks:
+        h.remove()
+    if pre:
+        z = torch.cat(pre).abs()
+        print(
+            f"make_fixtures: {name}: Dense pre-activations |Wx+b|: median {float(z.median()):.2f}, mean {float(z.mean()):.2f}, "
+            f"{float((z > 1).float().mean()):.0%} above 1, {float((z > 2.5).float().mean()):.0%} above 2.5"
+        )
     normalized = any(type(m).__name__ == "Normalize" for m in model)
     if name in REMOTE_CODE:
         hub_check(name, directory, vectors, pooling, normalized)
@@ -920,6 +970,13 @@ def sanity(name: str, directory: pathlib.Path, model: SentenceTransformer) -> No
     for text, a, b in zip(TEXTS, st_ids, raw.encode_batch(TEXTS)):
         if list(a) != b.ids:
             raise SystemExit(f"make_fixtures: {name}: {text[:40]!r}: sentence-transformers ids {a} != tokenizer.json ids {b.ids}")
+    # modules.json names the classes sentence-transformers instantiated (and would write back).
+    listed = [m["type"] for m in json.loads((directory / "modules.json").read_text(encoding="utf-8"))]
+    built = [f"{type(m).__module__}.{type(m).__name__}" for m in model]
+    if name in DENSE and listed != built:
+        raise SystemExit(f"make_fixtures: {name}: modules.json lists {listed}, sentence-transformers built {built}")
+    if [t.rsplit(".", 1)[-1] for t in listed] != [t.rsplit(".", 1)[-1] for t in built]:
+        raise SystemExit(f"make_fixtures: {name}: modules.json lists {listed}, sentence-transformers built {built}")
     _, info = AutoModel.from_pretrained(str(directory), output_loading_info=True)
     bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if bad:
