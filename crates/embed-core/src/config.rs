@@ -58,33 +58,33 @@ impl fmt::Display for Pooling {
 
 /// Everything read from a model directory, before any tensor is touched.
 #[derive(Debug, Clone)]
-pub struct ModelDir {
+pub(crate) struct ModelDir {
     /// The directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// `model_type` from `config.json` (or the one its `architectures` implies).
-    pub model_type: String,
+    pub(crate) model_type: String,
     /// The encoder's family and shape.
-    pub arch: ArchConfig,
+    pub(crate) arch: ArchConfig,
     /// Pooling from `1_Pooling/config.json` (mean when absent, like sentence-transformers).
-    pub pooling: Pooling,
+    pub(crate) pooling: Pooling,
     /// Whether pooling excludes instruction-prompt tokens (`include_prompt: false`).
-    pub exclude_prompt_from_pooling: bool,
+    pub(crate) exclude_prompt_from_pooling: bool,
     /// Whether `modules.json` lists a `Normalize` module.
-    pub normalize: bool,
+    pub(crate) normalize: bool,
     /// sentence-transformers `Dense` modules after pooling, in order.
-    pub dense: Vec<DenseModule>,
+    pub(crate) dense: Vec<DenseModule>,
     /// `max_seq_length` from `sentence_bert_config.json`, capped by the position embeddings.
-    pub max_seq_length: usize,
+    pub(crate) max_seq_length: usize,
     /// `do_lower_case` from `sentence_bert_config.json`: lowercase inputs before tokenizing.
-    pub lowercase: bool,
+    pub(crate) lowercase: bool,
     /// Named prompts from `config_sentence_transformers.json`.
-    pub prompts: BTreeMap<String, String>,
+    pub(crate) prompts: BTreeMap<String, String>,
     /// The prompt applied when the caller names none.
-    pub default_prompt_name: Option<String>,
+    pub(crate) default_prompt_name: Option<String>,
     /// Path of `model.safetensors`.
-    pub weights: PathBuf,
+    pub(crate) weights: PathBuf,
     /// Path of `tokenizer.json`.
-    pub tokenizer: PathBuf,
+    pub(crate) tokenizer: PathBuf,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -122,7 +122,7 @@ fn require_file(path: PathBuf, hint: &str) -> Result<PathBuf> {
 
 impl ModelDir {
     /// Reads and validates the configuration files of `dir`.
-    pub fn read(dir: &Path) -> Result<Self> {
+    pub(crate) fn read(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::InvalidSource {
                 source_str: dir.display().to_string(),
@@ -224,7 +224,7 @@ impl ModelDir {
 
 /// The activation of a sentence-transformers `Dense` module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DenseActivation {
+pub(crate) enum DenseActivation {
     /// `torch.nn.Identity`.
     Identity,
     /// `torch.nn.Tanh` (the sentence-transformers default).
@@ -240,17 +240,17 @@ pub enum DenseActivation {
 /// A sentence-transformers `Dense` module: a linear projection of the pooled vector and an
 /// activation (distiluse, LaBSE and other models with a projection head).
 #[derive(Debug, Clone)]
-pub struct DenseModule {
+pub(crate) struct DenseModule {
     /// Its `model.safetensors`.
-    pub weights: PathBuf,
+    pub(crate) weights: PathBuf,
     /// Input width.
-    pub in_features: usize,
+    pub(crate) in_features: usize,
     /// Output width.
-    pub out_features: usize,
+    pub(crate) out_features: usize,
     /// Whether it has a bias.
-    pub bias: bool,
+    pub(crate) bias: bool,
     /// The activation after the projection.
-    pub activation: DenseActivation,
+    pub(crate) activation: DenseActivation,
 }
 
 impl DenseModule {

@@ -234,3 +234,15 @@ impl Error {
         Error::InvalidConfig { path: path.into(), reason: reason.into() }
     }
 }
+
+/// The message of a caught panic (`catch_unwind`, a task's `JoinError`): its `&str` or
+/// `String` payload, or a placeholder for any other payload.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".into()
+    }
+}

@@ -1,13 +1,16 @@
 //! # embed-core
 //!
-//! Sentence embeddings from BERT-family models (all-MiniLM-L6-v2, BGE, E5, …) on libtorch, with
+//! Sentence embeddings from encoder models on libtorch — BERT (all-MiniLM-L6-v2, BGE, E5, …),
+//! RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT, MPNet, ModernBERT, NomicBERT and GTE — with
 //! results matching sentence-transformers, and a lifecycle that frees every byte it allocated.
 //!
 //! * [`EmbeddingService`] is the async trait the other crates build on; [`DenseEmbeddingService`]
-//!   implements it on [`tch`]: the BERT encoder is written here on libtorch ops (fused QKV
-//!   projection, libtorch's fused scaled-dot-product attention), weights are read by name from
-//!   `model.safetensors`, text goes through `tokenizers`, pooling and normalisation follow the
-//!   model's sentence-transformers configuration.
+//!   implements it on `tch`. Each family is written here on libtorch ops (`models/`, one file
+//!   per family, over shared `layers/`: fused projections on the real tokens only, packed or
+//!   padded scaled-dot-product attention, rotary positions, MLP and gated feed-forwards); the
+//!   family comes from `config.json` ([`Family`], [`supported_model_types`]); weights are read
+//!   by name from `model.safetensors`, text goes through `tokenizers`, and pooling, `Dense` and
+//!   normalisation follow the model's sentence-transformers modules.
 //! * Each loaded model lives on its own worker thread (tensors are not `Sync`, grad mode is
 //!   thread-local). Concurrent callers are merged into length-sorted batches under a token budget
 //!   ([`ModelOptions::max_batch_tokens`]). A batch that runs out of memory is split and retried
@@ -47,16 +50,17 @@ mod text;
 mod types;
 mod worker;
 
-pub use config::{DenseActivation, DenseModule, ModelDir, Pooling};
-pub use models::{supported_model_types, ArchConfig, Family};
+pub use config::Pooling;
+pub use models::{supported_model_types, Family};
 pub use device::{cuda_device_count, DType, DeviceSpec, ResolvedDevice};
-pub use error::{Error, Result};
+pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use types::{
-    BatchStats, CleanupReport, EmbedOptions, Embeddings, FaultInjection, InputMode, ModelInfo, ModelOptions, ModelSpec,
+    BatchStats, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelOptions, ModelSpec,
     ServiceState, TokenizedText,
 };
 pub use source::{is_hub_id, ModelSource};
+/// Test hooks (feature `test-util`): failures on demand.
+#[cfg(feature = "test-util")]
+pub use types::FaultInjection;
 
-/// Re-exported so dependents can use the same libtorch bindings.
-pub use tch;

@@ -69,7 +69,7 @@ impl TextPrep {
             exclude_prompt_from_pooling: dir.exclude_prompt_from_pooling,
             lowercase: dir.lowercase,
             max_seq_length,
-            panic_on_text: options.faults.panic_on_text.clone(),
+            panic_on_text: options.fault_injection().panic_on_text,
         })
     }
 

@@ -9,8 +9,10 @@ use std::time::Duration;
 use crate::config::Pooling;
 use crate::{DType, DeviceSpec, ResolvedDevice};
 
-/// Test hooks that make real failures happen on demand. Off by default; cheap when off.
+/// Test hooks that make real failures happen on demand (public with feature `test-util`, as
+/// [`ModelOptions::faults`]). Off by default; cheap when off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 pub struct FaultInjection {
     /// Any forward pass whose padded batch exceeds this many tokens performs an impossible
     /// allocation, so libtorch raises a genuine out-of-memory error (exercises batch splitting).
@@ -53,8 +55,19 @@ pub struct ModelOptions {
     /// the worker). libtorch also keeps it as a process-wide default for threads that start
     /// later. `None`: libtorch's default. [`ModelInfo::threads`] reports what the worker uses.
     pub threads: Option<usize>,
-    /// Failure injection for tests.
+    /// Failure injection for tests (feature `test-util`; without it there is none).
+    #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
+}
+
+impl ModelOptions {
+    /// The failure injection in force: `faults` with feature `test-util`, none without.
+    pub(crate) fn fault_injection(&self) -> FaultInjection {
+        #[cfg(feature = "test-util")]
+        return self.faults.clone();
+        #[cfg(not(feature = "test-util"))]
+        return FaultInjection::default();
+    }
 }
 
 impl Default for ModelOptions {
@@ -70,6 +83,7 @@ impl Default for ModelOptions {
             max_batch_tokens: None,
             max_batch_size: None,
             threads: None,
+            #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
     }

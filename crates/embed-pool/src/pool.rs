@@ -135,11 +135,6 @@ impl Pool {
         self.shared.evict_expired_at(Instant::now()).await
     }
 
-    /// [`Pool::evict_expired`] as if the time were `now`.
-    pub async fn evict_expired_at(&self, now: Instant) -> Vec<String> {
-        self.shared.evict_expired_at(now).await
-    }
-
     /// Closes the pool: new `get`s fail with [`PoolError::Closed`] (callers waiting for room
     /// too), idle models are released at once, leased ones when their lease ends or, after
     /// [`PoolConfig::close_timeout`], anyway. Returns once every model is freed (or after

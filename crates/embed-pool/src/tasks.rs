@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use embed_core::memory::{accelerator_available, cuda_memory};
-use embed_core::{CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
+use embed_core::{panic_message, CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
 use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -586,12 +586,4 @@ fn safetensors_size(source: &str) -> u64 {
         Ok(ModelSource::Local(dir)) => std::fs::metadata(dir.join("model.safetensors")).map_or(0, |m| m.len()),
         _ => 0,
     }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
 }

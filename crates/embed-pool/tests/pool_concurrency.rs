@@ -12,8 +12,6 @@ use embed_core::memory::live_models;
 use embed_core::EmbedOptions;
 use embed_pool::{Lease, Pool, PoolConfig};
 
-/// Tests here check the process-wide live-model count.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// xorshift64: a cheap per-task random stream.
 fn next(state: &mut u64) -> u64 {
@@ -25,7 +23,7 @@ fn next(state: &mut u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_tasks_five_models_two_slots() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     const TASKS: usize = 64;
     const MAX: usize = 2;
     let models = TinyModels::new(5);
@@ -123,7 +121,7 @@ async fn sixty_four_tasks_five_models_two_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_gets_of_one_model_share_one_load() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     const N: usize = 32;
     let models = TinyModels::new(1);
     // A slow load keeps the window open for all N callers.
@@ -158,7 +156,7 @@ async fn concurrent_gets_of_one_model_share_one_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_models_load_concurrently() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(3);
     let loader = CountingLoader::with_delay(Duration::from_millis(300));
     let pool = Pool::with_loader(PoolConfig::default(), models.registry(), loader.clone());

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use embed_core::memory::{cuda_memory, live_models};
-use embed_core::tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 use embed_core::{DeviceSpec, EmbedOptions, ModelOptions, ModelSpec, ResolvedDevice};
 use embed_pool::{ModelRegistry, Pool, PoolConfig};
 use embed_testkit::memory::mib;

@@ -10,12 +10,10 @@ use embed_core::ModelSpec;
 use embed_pool::{Limit, Pool, PoolConfig, PoolError, UnloadMode};
 use embed_testkit::{corrupt_weights, TinyModel};
 
-/// Tests here check the process-wide live-model count.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test]
 async fn unknown_and_traversal_names_load_nothing() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let loader = CountingLoader::with_delay(Duration::ZERO);
     let pool = Pool::with_loader(PoolConfig::default(), models.registry(), loader.clone());
@@ -41,7 +39,7 @@ async fn unknown_and_traversal_names_load_nothing() {
 
 #[tokio::test]
 async fn arbitrary_sources_are_parsed_when_allowed() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default().with_arbitrary_sources(true), Default::default());
     match pool.get("../../no/such/dir").await {
@@ -58,7 +56,7 @@ async fn arbitrary_sources_are_parsed_when_allowed() {
 
 #[tokio::test]
 async fn failed_load_is_typed_counted_and_leaves_no_entry() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let (_bad_tmp, bad_dir) = TinyModel { seed: 3, ..Default::default() }.write_temp();
     corrupt_weights(&bad_dir);
@@ -97,7 +95,7 @@ async fn failed_load_is_typed_counted_and_leaves_no_entry() {
 
 #[tokio::test]
 async fn exhausted_when_every_slot_is_leased() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(2);
     let config = PoolConfig::default().with_max_models(1).with_wait_timeout(Duration::from_millis(200));
     let pool = Pool::new(config, models.registry());
@@ -131,7 +129,7 @@ async fn exhausted_when_every_slot_is_leased() {
 
 #[tokio::test]
 async fn unload_fail_if_leased_is_typed() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default(), models.registry());
     let lease = pool.get("m0").await.unwrap();
@@ -151,7 +149,7 @@ async fn unload_fail_if_leased_is_typed() {
 
 #[tokio::test]
 async fn model_larger_than_the_budget_is_refused() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(1000)), models.registry());
     match pool.get("m0").await {
@@ -166,7 +164,7 @@ async fn model_larger_than_the_budget_is_refused() {
 
 #[tokio::test]
 async fn closed_pool_refuses_leases() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let pool = Pool::new(PoolConfig::default(), models.registry());
     pool.preload("m0").await.unwrap();
@@ -178,7 +176,7 @@ async fn closed_pool_refuses_leases() {
 
 #[tokio::test]
 async fn load_timeout_is_typed() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let loader = CountingLoader::with_delay(Duration::from_secs(5));
     let config = PoolConfig::default().with_load_timeout(Some(Duration::from_millis(50)));

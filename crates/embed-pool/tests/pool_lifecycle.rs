@@ -8,19 +8,10 @@ use common::{CountingLoader, TinyModels};
 use embed_core::memory::live_models;
 use embed_core::{EmbedOptions, ResolvedDevice};
 use embed_pool::{EvictionCause, Lease, ModelSettings, ModelState, Pool, PoolConfig, PoolError, UnloadMode};
+use embed_testkit::eventually;
 use embed_testkit::memory::wait_for_no_live_models;
 
 // Tests here check the process-wide live-model count: each takes embed_testkit::serial().
-
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition not reached");
-}
 
 #[tokio::test(start_paused = true)]
 async fn ttl_expiry_respects_per_model_ttl_pins_and_leases() {
@@ -76,7 +67,7 @@ async fn background_task_unloads_idle_models() {
     pool.preload("m0").await.unwrap();
     assert_eq!(pool.status().models.len(), 1);
     let pool2 = pool.clone();
-    wait_until(move || pool2.status().models.is_empty()).await;
+    eventually("the pool is empty", Duration::from_secs(10), move || pool2.status().models.is_empty()).await;
     assert_eq!(pool.stats().evictions.ttl, 1);
     assert_eq!(live_models(), 0);
     pool.close().await;
@@ -129,7 +120,7 @@ async fn unload_waits_for_leases_and_blocks_new_ones() {
         async move { pool.unload("m0", UnloadMode::WaitForLeases).await }
     });
     let p = pool.clone();
-    wait_until(move || p.status().model("m0").is_some_and(|m| m.state == ModelState::Draining)).await;
+    eventually("m0 is draining", Duration::from_secs(10), move || p.status().model("m0").is_some_and(|m| m.state == ModelState::Draining)).await;
     // No new leases while draining.
     assert!(matches!(pool.get("m0").await, Err(PoolError::Unloading { .. })));
     assert!(lease.is_ready(), "existing leases keep working while draining");
@@ -171,7 +162,7 @@ async fn cancelled_get_during_load_leaks_no_lease() {
     assert_eq!(pool.status().model("m0").unwrap().state, ModelState::Loading);
     let p = pool.clone();
     // The load goes on without the caller that started it, and ends with no lease counted.
-    wait_until(move || p.status().model("m0").is_some_and(|m| m.state == ModelState::Ready)).await;
+    eventually("m0 is ready", Duration::from_secs(10), move || p.status().model("m0").is_some_and(|m| m.state == ModelState::Ready)).await;
     assert_eq!(pool.status().model("m0").unwrap().leases, 0);
     drop(pool.get("m0").await.unwrap());
     assert_eq!(loader.calls(), 1);
@@ -232,7 +223,7 @@ async fn close_waits_for_leases_then_forces() {
         async move { pool.close().await }
     });
     let p = pool.clone();
-    wait_until(move || p.status().models.len() == 1).await;
+    eventually("one model is loaded", Duration::from_secs(10), move || p.status().models.len() == 1).await;
     assert!(lease.is_ready(), "close waits for the lease");
     drop(lease);
     let report = closing.await.unwrap();
@@ -260,7 +251,7 @@ async fn close_during_a_load_releases_it() {
         async move { pool.get("m0").await.map(drop) }
     });
     let p = pool.clone();
-    wait_until(move || !p.status().models.is_empty()).await;
+    eventually("a model is loaded", Duration::from_secs(10), move || !p.status().models.is_empty()).await;
     let report = pool.close().await;
     assert_eq!(report.models_left, 0);
     assert!(matches!(getting.await.unwrap(), Err(PoolError::Closed { .. })));

@@ -19,8 +19,6 @@ const MODELS: usize = 4;
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `live_models()` is process-wide: tests in this binary run one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -272,7 +270,7 @@ async fn run_case(
 
 #[test]
 fn pool_behaves_like_the_reference_model() {
-    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _s = embed_testkit::serial_blocking();
     let models = TinyModels::new(MODELS);
     let mut runner = TestRunner::new(Config { cases: 32, failure_persistence: None, ..Config::default() });
     let strategy = (1usize..=3, any::<bool>(), proptest::collection::vec(op(), 1..40));

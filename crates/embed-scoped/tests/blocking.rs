@@ -6,11 +6,10 @@ use embed_scoped::blocking::{scope, BlockingService};
 use embed_scoped::{Error, ScopeError};
 use embed_testkit::TinyModel;
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn blocking_scope_paths() {
-    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _s = embed_testkit::serial_blocking();
     let (_tmp, dir) = TinyModel::default().write_temp();
     let spec = ModelSpec::new(dir.to_string_lossy());
 
@@ -35,7 +34,7 @@ fn blocking_scope_paths() {
 
 #[test]
 fn refused_inside_an_async_runtime() {
-    let _s = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _s = embed_testkit::serial_blocking();
     let (_tmp, dir) = TinyModel::default().write_temp();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let err = rt.block_on(async { BlockingService::open(ModelSpec::new(dir.to_string_lossy())).err().unwrap() });

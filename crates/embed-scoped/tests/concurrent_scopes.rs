@@ -8,7 +8,6 @@ use embed_core::{EmbedOptions, EmbeddingService, ModelSpec};
 use embed_scoped::scope;
 use embed_testkit::{minilm_dir, TinyModel};
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Runs `n` scopes that all hold their model at the same moment (a barrier inside the body).
 async fn run_scopes(spec: ModelSpec, n: usize) -> Vec<(usize, Vec<f32>)> {
@@ -40,7 +39,7 @@ async fn run_scopes(spec: ModelSpec, n: usize) -> Vec<(usize, Vec<f32>)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_tiny_scopes() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let results = run_scopes(ModelSpec::new(dir.to_string_lossy()), 100).await;
     // All were alive together, so distinct addresses mean distinct services.
@@ -54,7 +53,7 @@ async fn hundred_tiny_scopes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_minilm_scopes() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let results = run_scopes(ModelSpec::new(minilm_dir().to_string_lossy()), 8).await;
     assert_eq!(results.len(), 8);
     assert!(results.iter().all(|r| r.1.len() == 384));

@@ -9,7 +9,6 @@ use embed_scoped::{scope_with, ScopeError, ServiceGuard};
 use embed_testkit::cleanup::{cancel_once_started, run_to_panic};
 use embed_testkit::{fakes_dropped_while_live, live_fakes, FakeService};
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Nothing live, and nothing was released by a fake's `Drop` since `dropped_before`.
 #[track_caller]
@@ -24,7 +23,7 @@ fn assert_cleaned_up(path: &str, dropped_before: usize) {
 
 #[tokio::test]
 async fn every_path_releases_the_fake() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let dropped = fakes_dropped_while_live();
     let ok = scope_with(FakeService::new(8), ModelSpec::new("fake"), |svc| async move {
         assert_eq!(live_fakes(), 1);
@@ -69,7 +68,7 @@ async fn every_path_releases_the_fake() {
 
 #[tokio::test]
 async fn cancelled_slow_load_leaves_nothing() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let dropped = fakes_dropped_while_live();
     let svc = std::sync::Arc::new(FakeService::new(4).with_load_delay(Duration::from_secs(3600)));
     let guard = ServiceGuard::from_service(svc.clone());
@@ -95,7 +94,7 @@ async fn cancelled_slow_load_leaves_nothing() {
 /// The fake's own accounting: a service dropped while holding its model is counted.
 #[tokio::test]
 async fn a_fake_dropped_while_live_is_counted() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let dropped = fakes_dropped_while_live();
     let fake = FakeService::new(4);
     fake.load(ModelSpec::new("fake")).await.unwrap();

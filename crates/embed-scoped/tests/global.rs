@@ -9,11 +9,10 @@ use embed_scoped::GlobalService;
 use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::TinyModel;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_first_callers_load_once() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
     let global = Arc::new(GlobalService::new(ModelSpec::new(dir.to_string_lossy())));
     let tasks: Vec<_> = (0..100)
@@ -37,7 +36,7 @@ async fn hundred_concurrent_first_callers_load_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_init_is_not_cached() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("model-arrives-later");
     std::fs::create_dir_all(&dir).unwrap();
@@ -56,7 +55,7 @@ async fn failed_init_is_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_under_load_loses_no_request() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t1, a) = TinyModel { seed: 1, ..TinyModel::default() }.write_temp();
     let (_t2, b) = TinyModel { seed: 2, ..TinyModel::default() }.write_temp();
     // A drain timeout far above the test's length: hitting it means leases were not tracked.

@@ -12,7 +12,6 @@ use embed_scoped::{scope, ScopeError, ServiceGuard};
 use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::TinyModel;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn tiny() -> (tempfile::TempDir, ModelSpec) {
     let (tmp, dir) = TinyModel::default().write_temp();
@@ -30,7 +29,7 @@ fn assert_all_released() {
 
 #[tokio::test]
 async fn ok_body_returns_value_and_cleans_up() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let seen = Arc::new(Mutex::new(None));
     let s2 = seen.clone();
@@ -55,7 +54,7 @@ struct MyError(&'static str);
 
 #[tokio::test]
 async fn err_body_is_reported_and_cleans_up() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let err = scope(spec, |_svc| async move { Err::<(), _>(MyError("body failed")) }).await.unwrap_err();
     assert!(matches!(err, ScopeError::Body(MyError("body failed"))), "{err:?}");
@@ -64,7 +63,7 @@ async fn err_body_is_reported_and_cleans_up() {
 
 #[tokio::test]
 async fn panic_in_body_is_resumed_after_cleanup() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let handle = tokio::spawn(scope(spec, |svc| async move {
         svc.embed_texts(&hello(), &EmbedOptions::default()).await.unwrap();
@@ -81,7 +80,7 @@ async fn panic_in_body_is_resumed_after_cleanup() {
 
 #[tokio::test]
 async fn timeout_cancellation_releases_the_model() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let entered = Arc::new(AtomicBool::new(false));
     let e2 = entered.clone();
@@ -101,7 +100,7 @@ async fn timeout_cancellation_releases_the_model() {
 
 #[tokio::test]
 async fn aborting_the_task_releases_the_model() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(scope(spec, |svc| async move {
@@ -119,7 +118,7 @@ async fn aborting_the_task_releases_the_model() {
 
 #[tokio::test]
 async fn worker_panic_reaches_the_caller_and_the_scope_still_cleans_up() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, mut spec) = tiny();
     spec.options = ModelOptions { faults: FaultInjection { panic_on_text: Some("boom".into()), ..Default::default() }, ..Default::default() };
     let err = scope(spec, |svc| async move { svc.embed_texts(&["boom".to_string()], &EmbedOptions::default()).await })
@@ -131,7 +130,7 @@ async fn worker_panic_reaches_the_caller_and_the_scope_still_cleans_up() {
 
 #[tokio::test]
 async fn unknown_model_returns_the_load_error_and_leaves_nothing() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let ran = Arc::new(AtomicBool::new(false));
     let r2 = ran.clone();
     let err = scope(ModelSpec::new("/definitely/not/a/model"), |_svc| async move {
@@ -148,7 +147,7 @@ async fn unknown_model_returns_the_load_error_and_leaves_nothing() {
 
 #[tokio::test]
 async fn guard_close_reports_and_drop_releases() {
-    let _s = SERIAL.lock().await;
+    let _s = embed_testkit::serial().await;
     let (_t, spec) = tiny();
     let guard = ServiceGuard::open(spec.clone()).await.unwrap();
     guard.embed_texts(&hello(), &EmbedOptions::default()).await.unwrap();

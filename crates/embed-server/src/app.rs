@@ -172,11 +172,7 @@ async fn body_size(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let msg = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into());
+    let msg = embed_core::panic_message(payload.as_ref());
     tracing::error!("handler panicked: {msg}");
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error: the request handler panicked (logged)").into_response()
 }

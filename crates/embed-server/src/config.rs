@@ -1,7 +1,6 @@
 //! Server configuration: a plain struct with a builder. The binary fills it from flags,
 //! environment variables and an optional TOML file; embedders build it in code.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Request limits.
@@ -64,8 +63,6 @@ pub struct ServerConfig {
     /// When a preload fails, keep serving (`/ready` stays 503) instead of stopping with
     /// [`crate::ServeError::Preload`]. Default false.
     pub allow_degraded_start: bool,
-    /// Where the binary listens (the library never binds by itself).
-    pub bind: SocketAddr,
 }
 
 impl ServerConfig {
@@ -79,7 +76,6 @@ impl ServerConfig {
             api_key: None,
             shutdown_deadline: Duration::from_secs(30),
             allow_degraded_start: false,
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
         }
     }
 
@@ -110,12 +106,6 @@ impl ServerConfig {
     /// Keep serving when a preload fails (see [`ServerConfig::allow_degraded_start`]).
     pub fn with_allow_degraded_start(mut self, allow: bool) -> Self {
         self.allow_degraded_start = allow;
-        self
-    }
-
-    /// Sets the bind address (used by the binary).
-    pub fn with_bind(mut self, bind: SocketAddr) -> Self {
-        self.bind = bind;
         self
     }
 }

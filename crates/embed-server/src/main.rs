@@ -155,7 +155,9 @@ fn parse_bytes(s: &str) -> Result<u64> {
     Ok((n * mul as f64) as u64)
 }
 
-fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
+/// The pool, the models, the server's settings and the address to listen on, from the flags
+/// and the config file (flags win).
+fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketAddr)> {
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("parsing {}", p.display()))?,
@@ -253,9 +255,9 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig)> {
         .with_limits(limits)
         .with_api_key(args.api_key.or(file.api_key))
         .with_shutdown_deadline(Duration::from_secs(args.shutdown_deadline.or(file.shutdown_deadline).unwrap_or(30)))
-        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false))
-        .with_bind(args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))));
-    Ok((pool, registry, config))
+        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false));
+    let bind = args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    Ok((pool, registry, config, bind))
 }
 
 /// Blocks SIGINT and SIGTERM before libtorch's static initialisers run (they take a good part of
@@ -360,9 +362,8 @@ async fn main() -> Result<()> {
         .init();
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
-    let (pool_config, registry, mut config) = build(Args::parse())?;
+    let (pool_config, registry, mut config, bind) = build(Args::parse())?;
     fit_connections_to_fd_limit(&mut config.limits);
-    let bind = config.bind;
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
     let default_model = config.default_model.clone();
@@ -421,10 +422,10 @@ pinned = true
         )
         .unwrap();
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--max-inputs", "8"]);
-        let (pool, registry, config) = build(args).unwrap();
+        let (pool, registry, config, bind) = build(args).unwrap();
         assert_eq!(config.default_model, "bge");
         assert_eq!(config.preload, vec!["bge".to_string()]);
-        assert_eq!(config.bind.port(), 9000);
+        assert_eq!(bind.port(), 9000);
         assert_eq!(config.limits.max_inputs, 8, "flags win over the file");
         assert_eq!(config.api_key.as_deref(), Some("from-file"));
         assert_eq!(pool.max_models, 3);

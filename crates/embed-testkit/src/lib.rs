@@ -17,7 +17,8 @@
 //!   item, lengths checked, NaN failing.
 //! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
 //! * [`fixture_dir`] / [`fixture_reference`]: the per-family fixtures of `testdata/fixtures`.
-//! * [`serial`]: one test at a time in a binary whose tests read process-wide counters.
+//! * [`serial`]: one test at a time in a binary whose tests read process-wide counters;
+//!   [`eventually`]: wait for a condition with a deadline.
 
 pub mod cleanup;
 mod fake;
@@ -30,11 +31,29 @@ use std::path::PathBuf;
 pub use fake::{fakes_dropped_while_live, live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
 
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs the tests of one binary one at a time while held: tests that assert on process-wide
 /// figures (live models, model threads, allocator bytes) take it first.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SERIAL.lock().await
+}
+
+/// [`serial`] for synchronous tests (outside any async runtime); the same lock.
+pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.blocking_lock()
+}
+
+/// Polls `cond` every 5 ms (tokio time: a paused clock advances) until it holds; panics with
+/// `what` if it still does not after `within`.
+pub async fn eventually(what: &str, within: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let step = std::time::Duration::from_millis(5);
+    let mut waited = std::time::Duration::ZERO;
+    while !cond() {
+        assert!(waited < within, "not reached within {within:?}: {what}");
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
 }
 
 /// The workspace root (two levels above this crate).

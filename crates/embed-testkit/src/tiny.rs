@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use embed_core::tch::{Kind, Tensor};
+use tch::{Kind, Tensor};
 use serde_json::{json, Value};
 
 /// Builder for a tiny BERT model directory.
@@ -180,7 +180,7 @@ impl TinyModel {
             let values: Vec<f32> = (0..n).map(|_| rng.borrow_mut().sample()).collect();
             Tensor::from_slice(&values).view(shape)
         };
-        let ones = |n: i64| Tensor::ones([n], (Kind::Float, embed_core::tch::Device::Cpu));
+        let ones = |n: i64| Tensor::ones([n], (Kind::Float, tch::Device::Cpu));
         let mut tensors: Vec<(String, Tensor)> = vec![
             ("embeddings.word_embeddings.weight".into(), rand(&[vocab.len() as i64, h])),
             ("embeddings.position_embeddings.weight".into(), rand(&[self.max_positions as i64, h])),

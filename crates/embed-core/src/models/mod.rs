@@ -97,23 +97,23 @@ pub fn supported_model_types() -> String {
 
 /// The encoder's shape as read from `config.json`, whatever the family.
 #[derive(Debug, Clone)]
-pub struct ArchConfig {
+pub(crate) struct ArchConfig {
     /// The family that implements it.
-    pub family: Family,
+    pub(crate) family: Family,
     /// `model_type` (or the one implied by `architectures`).
-    pub model_type: String,
+    pub(crate) model_type: String,
     /// Vocabulary size.
-    pub vocab_size: usize,
+    pub(crate) vocab_size: usize,
     /// Width of the hidden states (the embedding dimension before any projection).
-    pub hidden_size: usize,
+    pub(crate) hidden_size: usize,
     /// Encoder layers.
-    pub num_hidden_layers: usize,
+    pub(crate) num_hidden_layers: usize,
     /// Attention heads per layer.
-    pub num_attention_heads: usize,
+    pub(crate) num_attention_heads: usize,
     /// Width of the feed-forward block.
-    pub intermediate_size: usize,
+    pub(crate) intermediate_size: usize,
     /// Tokens one input may have: the position table less the family's position offset.
-    pub max_tokens: usize,
+    pub(crate) max_tokens: usize,
     pub(crate) details: Details,
 }
 

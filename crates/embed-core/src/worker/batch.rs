@@ -16,7 +16,8 @@ use crate::layers::BatchInput;
 use crate::models::Model;
 use crate::pooling::pool;
 use crate::config::Pooling;
-use crate::{memory, Error, FaultInjection, ResolvedDevice, Result};
+use crate::types::FaultInjection;
+use crate::{memory, panic_message, Error, ResolvedDevice, Result};
 
 /// One tokenized input, ready for the model.
 pub(crate) struct Seq {
@@ -232,16 +233,6 @@ fn make_batches(items: &[Item], max_tokens: usize, max_size: usize) -> Vec<&[Ite
         batches.push(&items[start..]);
     }
     batches
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".into()
-    }
 }
 
 pub(crate) fn is_out_of_memory(msg: &str) -> bool {

@@ -114,11 +114,11 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 pooling,
                 max_batch_tokens: o.max_batch_tokens.unwrap_or(if device.is_cuda() { 16_384 } else { 2_048 }),
                 max_batch_size: o.max_batch_size.unwrap_or(if device.is_cuda() { 256 } else { 32 }),
-                faults: o.faults.clone(),
+                faults: o.fault_injection(),
                 stats: worker_stats,
             };
             let weight_bytes = model.weight_bytes;
-            if let Some(delay) = o.faults.load_delay {
+            if let Some(delay) = o.fault_injection().load_delay {
                 let until = Instant::now() + delay;
                 while Instant::now() < until && !ready_tx.is_closed() {
                     std::thread::sleep(Duration::from_millis(1));
