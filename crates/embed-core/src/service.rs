@@ -234,12 +234,13 @@ impl EmbeddingService for DenseEmbeddingService {
         if texts.is_empty() {
             return Ok(Embeddings::default());
         }
+        let keep = dimensions(options, running.info.dimension)?;
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), normalize).await?;
-        Ok(Embeddings { vectors, token_counts, truncated })
+        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
 
     async fn embed_token_ids(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
@@ -247,6 +248,7 @@ impl EmbeddingService for DenseEmbeddingService {
         if inputs.is_empty() {
             return Ok(Embeddings::default());
         }
+        let keep = dimensions(options, running.info.dimension)?;
         let max = running.text.max_seq_length;
         let vocab = running.info.vocab_size;
         let mut seqs = Vec::with_capacity(inputs.len());
@@ -269,8 +271,9 @@ impl EmbeddingService for DenseEmbeddingService {
             seqs.push(Seq { ids: to_i64(kept), type_ids: vec![0; kept.len()], pool_skip: 0, poisoned: false });
         }
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
-        let vectors = submit(&running, seqs, options.normalize.unwrap_or(running.info.normalize)).await?;
-        Ok(Embeddings { vectors, token_counts, truncated })
+        let normalize = options.normalize.unwrap_or(running.info.normalize);
+        let vectors = submit(&running, seqs, normalize).await?;
+        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {
@@ -374,6 +377,35 @@ async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, normalize: bool) -> Resu
     }
     let model = running.info.name.clone();
     answer.await.map_err(|_| Error::ShutDown { model })?
+}
+
+/// The dimensions to keep (`options.dimensions` checked against the model's `dimension`).
+fn dimensions(options: &EmbedOptions, dimension: usize) -> Result<usize> {
+    match options.dimensions {
+        None => Ok(dimension),
+        Some(n) if (1..=dimension).contains(&n) => Ok(n),
+        Some(n) => Err(Error::InvalidOption {
+            name: "dimensions",
+            reason: format!("{n} is outside 1..={dimension} (the model's embedding dimension)"),
+        }),
+    }
+}
+
+/// Keeps the first `keep` dimensions of each vector, re-normalised to unit length when the
+/// vectors were normalised (Matryoshka truncation).
+fn matryoshka(mut vectors: Vec<Vec<f32>>, keep: usize, normalize: bool) -> Vec<Vec<f32>> {
+    for v in &mut vectors {
+        if keep < v.len() {
+            v.truncate(keep);
+            if normalize {
+                let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+                }
+            }
+        }
+    }
+    vectors
 }
 
 /// Tokenization is CPU work; large requests do it on the blocking pool, small ones inline.

@@ -144,11 +144,14 @@ pub struct EmbedOptions {
     pub normalize: Option<bool>,
     /// Truncate inputs longer than the model's limit (default); when false they are an error.
     pub truncate: bool,
+    /// Matryoshka: keep the first N dimensions (1 ≤ N ≤ the model's), re-normalised when the
+    /// outputs are normalised. `None` keeps them all.
+    pub dimensions: Option<usize>,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true }
+        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true, dimensions: None }
     }
 }
 

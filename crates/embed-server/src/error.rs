@@ -232,7 +232,7 @@ impl From<embed_core::Error> for ApiError {
             E::InputTooLong { .. } => ApiError::invalid("input", msg),
             E::UnknownPrompt { .. } => ApiError::invalid("prompt_name", msg),
             E::InvalidTokens { .. } => ApiError::invalid("input", msg),
-            E::InvalidOption { .. } => ApiError::invalid("input", msg),
+            E::InvalidOption { name, .. } => ApiError::invalid(*name, msg),
             E::OutOfMemory { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg),
             E::NotReady { .. } | E::ShutDown { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
             _ => {

@@ -133,9 +133,14 @@ async fn openai_validation_follows_openai() {
     let (s, v, _) = call(r#"{"input": "x", "dimensions": "many"}"#).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_openai_400(&v, "dimensions", &["`dimensions`"]);
-    let (s, v, _) = call(r#"{"input": "x", "dimensions": 8}"#).await;
+    for (body, named) in [(r#"{"input": "x", "dimensions": 0}"#, "dimensions=0"), (r#"{"input": "x", "dimensions": 33}"#, "dimensions=33")] {
+        let (s, v, _) = call(body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_openai_400(&v, "dimensions", &[named, "1 to 32"]);
+    }
+    let (s, v, _) = call(r#"{"input": "x", "dimensions": -4}"#).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_openai_400(&v, "dimensions", &["dimensions=8"]);
+    assert_openai_400(&v, "dimensions", &["`dimensions`"]);
     let (s, v, _) = call(r#"{"input": "x", "model": "nope"}"#).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(v["error"]["code"], "model_not_found");
@@ -188,4 +193,36 @@ async fn cancelled_requests_are_counted() {
     let m = m.as_str().unwrap();
     assert!(m.contains(r#"embed_http_requests_total{route="/embed",status="499"} 1"#), "{m}");
     f.state.pool().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dimensions_keep_the_normalised_prefix_on_both_apis() {
+    let f = plain();
+    let (s, full, _) = send(&f.app, "POST", "/embed", Some(r#"{"inputs": ["matryoshka doll", "x"]}"#), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{full}");
+    let prefix = |v: &Value, n: usize| -> Vec<f64> {
+        let head: Vec<f64> = v.as_array().unwrap()[..n].iter().map(|x| x.as_f64().unwrap()).collect();
+        let norm = head.iter().map(|x| x * x).sum::<f64>().sqrt();
+        head.iter().map(|x| x / norm).collect()
+    };
+    let close = |got: &Value, want: &[f64]| {
+        let got: Vec<f64> = got.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(got.len(), want.len());
+        assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5), "{got:?} vs {want:?}");
+    };
+    let (s, tei, _) = send(&f.app, "POST", "/embed", Some(r#"{"inputs": ["matryoshka doll", "x"], "dimensions": 8}"#), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{tei}");
+    let (s, oai, _) = send(&f.app, "POST", "/v1/embeddings", Some(r#"{"input": ["matryoshka doll", "x"], "dimensions": 8}"#), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{oai}");
+    for i in 0..2 {
+        let want = prefix(&full[i], 8);
+        close(&tei[i], &want);
+        close(&oai["data"][i]["embedding"], &want);
+    }
+    // All of them is the full vector; TEI answers a bad count with 422 and names the field.
+    let (_, same, _) = send(&f.app, "POST", "/embed", Some(r#"{"inputs": ["matryoshka doll", "x"], "dimensions": 32}"#), &[]).await;
+    assert_eq!(same, full);
+    let (s, v, _) = send(&f.app, "POST", "/embed", Some(r#"{"inputs": "x", "dimensions": 0}"#), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("dimensions") || v.to_string().contains("dimensions"), "{v}");
 }

@@ -178,9 +178,9 @@ async fn openai_errors() {
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert_openai_error(&v, "empty");
     assert_eq!(v["error"]["param"], "input");
-    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "tiny", "dimensions": 8})), &[]).await;
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "model": "tiny", "dimensions": 33})), &[]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    assert_openai_error(&v, "dimensions=8");
+    assert_openai_error(&v, "dimensions=33");
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "x", "encoding_format": "hex"})), &[]).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(v["error"]["message"].is_string(), "{v}");

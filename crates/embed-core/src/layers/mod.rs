@@ -1,4 +1,4 @@
-//! Building blocks shared by the model families: weights by name, linear and norm layers,
+//! Building blocks shared by the model families: weights by name, linear, LayerNorm and RMSNorm,
 //! the batch as the device sees it, attention, rotary embeddings and the feed-forward blocks.
 
 pub(crate) mod attention;
@@ -47,6 +47,22 @@ impl LayerNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let width = self.weight.size()[0];
         x.layer_norm([width], Some(&self.weight), self.bias.as_ref(), self.eps, true)
+    }
+}
+
+/// RMSNorm over the last dimension, computed in f32 and scaled in the input's dtype (as the
+/// Llama-line reference implementations do).
+pub(crate) struct RmsNorm {
+    pub(crate) weight: Tensor,
+    pub(crate) eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, Kind::Float);
+        &self.weight * (xf * (var + self.eps).rsqrt()).to_kind(kind)
     }
 }
 
@@ -184,6 +200,11 @@ impl<'a> Weights<'a> {
         } else {
             self.take(name, &[rows as i64, width]).map(Some)
         }
+    }
+
+    /// An RMSNorm `prefix.weight` of `width`.
+    pub(crate) fn rms_norm(&mut self, prefix: &str, width: i64, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: self.take(&format!("{prefix}.weight"), &[width])?, eps })
     }
 
     /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.

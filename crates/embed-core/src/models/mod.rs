@@ -9,12 +9,14 @@
 //! | `modernbert` | `modernbert.rs` | rotary (global and local theta) | global / sliding window | GeGLU, pre-norm, no biases |
 //! | `nomic_bert` | `nomic_bert.rs` | rotary | plain | SwiGLU, post-norm, no biases |
 //! | `new` (GTE v1.5) | `gte.rs` | rotary (optionally NTK-scaled) | plain | GeGLU, post-norm |
+//! | `qwen3`, `qwen2`, `mistral`, `llama` | `decoder.rs` | rotary | causal, grouped-query | SwiGLU, pre-RMSNorm |
 //!
 //! Every family runs its projections and feed-forward on the real tokens only and shares the
 //! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
 //! models ([`crate::pooling`]).
 
 mod bert;
+mod decoder;
 mod distilbert;
 mod gte;
 mod modernbert;
@@ -49,6 +51,8 @@ pub enum Family {
     NomicBert,
     /// GTE v1.5 / multilingual (`model_type` "new").
     Gte,
+    /// Decoder LLMs used as embedders: Qwen3, Qwen2, Mistral, Llama.
+    Decoder,
 }
 
 impl fmt::Display for Family {
@@ -60,6 +64,7 @@ impl fmt::Display for Family {
             Family::ModernBert => "modernbert",
             Family::NomicBert => "nomic_bert",
             Family::Gte => "gte",
+            Family::Decoder => "decoder",
         })
     }
 }
@@ -75,6 +80,10 @@ const MODEL_TYPES: &[(&str, Family)] = &[
     ("modernbert", Family::ModernBert),
     ("nomic_bert", Family::NomicBert),
     ("new", Family::Gte),
+    ("qwen3", Family::Decoder),
+    ("qwen2", Family::Decoder),
+    ("mistral", Family::Decoder),
+    ("llama", Family::Decoder),
 ];
 
 /// Architecture class names (`architectures` in config.json) for configs without `model_type`.
@@ -88,6 +97,10 @@ const ARCHITECTURES: &[(&str, &str)] = &[
     ("ModernBert", "modernbert"),
     ("NomicBert", "nomic_bert"),
     ("NewModel", "new"),
+    ("Qwen3", "qwen3"),
+    ("Qwen2", "qwen2"),
+    ("Mistral", "mistral"),
+    ("Llama", "llama"),
 ];
 
 /// The `model_type` values embed-core loads, comma-separated (for error messages).
@@ -126,6 +139,7 @@ pub(crate) enum Details {
     ModernBert(modernbert::Config),
     NomicBert(nomic_bert::Config),
     Gte(gte::Config),
+    Decoder(decoder::Config),
 }
 
 /// Typed access to `config.json`'s fields, errors naming the file and the field.
@@ -235,6 +249,7 @@ impl ArchConfig {
             Family::ModernBert => modernbert::Config::parse(&f, model_type)?,
             Family::NomicBert => nomic_bert::Config::parse(&f, model_type)?,
             Family::Gte => gte::Config::parse(&f, model_type)?,
+            Family::Decoder => decoder::Config::parse(&f, model_type)?,
         };
         f.heads_divide(cfg.hidden_size, cfg.num_attention_heads)?;
         Ok(cfg)
@@ -290,6 +305,10 @@ impl Model {
             }
             Details::Gte(c) => {
                 let (m, bytes) = gte::Gte::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::Decoder(c) => {
+                let (m, bytes) = decoder::Decoder::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
         };

@@ -111,14 +111,14 @@ pub(crate) async fn embeddings(State(state): State<AppState>, JsonBody(req): Jso
     let lease = state.lease(&model).await.map_err(oai)?;
     let info = lease.info().ok_or_else(|| oai(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model {model:?} is not ready"))))?;
     if let Some(d) = req.dimensions {
-        if d != info.dimension {
+        if !(1..=info.dimension).contains(&d) {
             return Err(oai(ApiError::invalid(
                 "dimensions",
-                format!("model {model:?} produces {}-dimensional embeddings and does not support dimensions={d}", info.dimension),
+                format!("dimensions={d}: model {model:?} gives {}-dimensional embeddings; ask for 1 to {0}", info.dimension),
             )));
         }
     }
-    let options = EmbedOptions { truncate: state.config.limits.truncate_by_default, ..Default::default() };
+    let options = EmbedOptions { truncate: state.config.limits.truncate_by_default, dimensions: req.dimensions, ..Default::default() };
     let queued = state.metrics.queued(&model);
     let out = match req.input {
         Input::Text(t) => lease.embed_texts(&[t], &options).await,

@@ -34,6 +34,9 @@ pub(crate) struct EmbedRequest {
     /// Accepted for compatibility; only `right` is supported.
     #[serde(default)]
     truncation_direction: Option<String>,
+    /// Matryoshka: keep the first N dimensions (re-normalised when normalising).
+    #[serde(default)]
+    dimensions: Option<usize>,
 }
 
 pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
@@ -54,6 +57,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         instruction: req.instruction,
         normalize: Some(req.normalize.unwrap_or(true)),
         truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
+        dimensions: req.dimensions,
     };
     let queued = state.metrics.queued(&model);
     let out = lease.embed_texts(&texts, &options).await?;

@@ -1,0 +1,207 @@
+//! Decoder LLMs used as embedders — Qwen3 (Qwen3-Embedding), Qwen2 (gte-Qwen2), Mistral and
+//! Llama (e5-mistral): pre-norm layers with RMSNorm, grouped-query causal attention with rotary
+//! positions (Qwen3 also RMS-normalises each query and key head), a SwiGLU feed-forward, and a
+//! final norm. Pooled by their last token (the EOS their tokenizer appends).
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::AttentionPath;
+use crate::layers::ffn::{Activation, Glu};
+use crate::layers::rotary::Rotary;
+use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    rope_theta: f64,
+    qkv_bias: bool,
+    o_bias: bool,
+    mlp_bias: bool,
+    qk_norm: bool,
+    activation: Activation,
+    /// Mistral's causal sliding window: a query sees at most this many keys (itself included).
+    sliding_window: Option<i64>,
+}
+
+impl Config {
+    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
+        let hidden = f.usize("hidden_size")?;
+        let heads = f.usize("num_attention_heads")?;
+        let kv_heads = f.usize_or("num_key_value_heads", heads)?;
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(f.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
+        }
+        let head_dim = f.usize_or("head_dim", hidden / heads.max(1))?;
+        // transformers 5 writes `rope_parameters`; earlier configs `rope_theta` and `rope_scaling`.
+        let rope = f.v.get("rope_parameters").filter(|v| !v.is_null()).or_else(|| f.v.get("rope_scaling").filter(|v| !v.is_null()));
+        if let Some(r) = rope {
+            let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+            if kind != "default" {
+                return Err(f.error(format!("rope type {kind:?} is not supported (only \"default\")")));
+            }
+        }
+        let rope_theta = match f.v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64) {
+            Some(t) => t,
+            None => f.f64_or("rope_theta", 10_000.0)?,
+        };
+        let attention_bias = f.bool_or("attention_bias", false)?;
+        let sliding_window = match model_type.as_str() {
+            // Qwen2/Qwen3 window only with use_sliding_window, which their embedders leave off.
+            "qwen2" | "qwen3" if !f.bool_or("use_sliding_window", false)? => None,
+            _ => f.v.get("sliding_window").and_then(Value::as_u64).map(|w| w as i64),
+        };
+        let c = Config {
+            kv_heads,
+            head_dim,
+            eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            rope_theta,
+            // Qwen2 always has Q/K/V biases (and none on the output projection).
+            qkv_bias: model_type == "qwen2" || attention_bias,
+            o_bias: attention_bias,
+            mlp_bias: f.bool_or("mlp_bias", false)?,
+            qk_norm: model_type == "qwen3",
+            activation: f.activation("hidden_act", "silu")?,
+            sliding_window,
+        };
+        Ok(ArchConfig {
+            family: Family::Decoder,
+            model_type,
+            vocab_size: f.usize("vocab_size")?,
+            hidden_size: hidden,
+            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_attention_heads: heads,
+            intermediate_size: f.usize("intermediate_size")?,
+            max_tokens: f.usize_or("max_position_embeddings", 32_768)?,
+            details: Details::Decoder(c),
+        })
+    }
+}
+
+struct Layer {
+    attn_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    mlp_norm: RmsNorm,
+    mlp: Glu,
+}
+
+pub(crate) struct Decoder {
+    word: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    rope: Rotary,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    hidden: i64,
+    sliding_window: Option<i64>,
+}
+
+impl Decoder {
+    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
+        let mut w = Weights::read(path, "embed_tokens.weight", device, kind)?;
+        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
+        let (heads, kv_heads, head_dim) = (a.num_attention_heads as i64, c.kv_heads as i64, c.head_dim as i64);
+        let word = w.take("embed_tokens.weight", &[a.vocab_size as i64, h])?;
+        let mut layers = Vec::with_capacity(a.num_hidden_layers);
+        for i in 0..a.num_hidden_layers {
+            let p = format!("layers.{i}");
+            let (qk_norm_q, qk_norm_k) = if c.qk_norm {
+                (Some(w.rms_norm(&format!("{p}.self_attn.q_norm"), head_dim, eps)?), Some(w.rms_norm(&format!("{p}.self_attn.k_norm"), head_dim, eps)?))
+            } else {
+                (None, None)
+            };
+            layers.push(Layer {
+                attn_norm: w.rms_norm(&format!("{p}.input_layernorm"), h, eps)?,
+                q: w.linear(&format!("{p}.self_attn.q_proj"), heads * head_dim, h, c.qkv_bias)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), kv_heads * head_dim, h, c.qkv_bias)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), kv_heads * head_dim, h, c.qkv_bias)?,
+                o: w.linear(&format!("{p}.self_attn.o_proj"), h, heads * head_dim, c.o_bias)?,
+                q_norm: qk_norm_q,
+                k_norm: qk_norm_k,
+                mlp_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), h, eps)?,
+                // SwiGLU: down(act(gate x) * up x), as one projection with the gate first.
+                mlp: Glu {
+                    up: w.fused_linear(&[format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj")], inter, h, c.mlp_bias)?,
+                    down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, c.mlp_bias)?,
+                    act: c.activation,
+                },
+            });
+        }
+        let norm = w.rms_norm("norm", h, eps)?;
+        // Causal attention is not given to the packed kernel: padded attention on every device.
+        AttentionPath::choose(device, kind, head_dim, false);
+        let model = Decoder {
+            word,
+            layers,
+            norm,
+            rope: Rotary::new(head_dim, c.rope_theta, device),
+            heads,
+            kv_heads,
+            head_dim,
+            hidden: h,
+            sliding_window: c.sliding_window,
+        };
+        Ok((model, w.bytes))
+    }
+
+    /// `[n, width]` → `[b, heads, len, head_dim]` on the padded layout.
+    fn heads_padded(&self, x: &Tensor, t: &BatchInput, heads: i64) -> Tensor {
+        t.pad(&x.reshape([-1, heads * self.head_dim])).view([t.b, t.len, heads, self.head_dim]).transpose(1, 2)
+    }
+}
+
+impl Encoder for Decoder {
+    fn forward(&self, t: &BatchInput) -> Tensor {
+        let n = t.tokens;
+        let mut x = embed(&self.word, &t.ids).narrow(0, 0, n);
+        let rope = self.rope.table(&t.positions, n, x.kind());
+        // Right padding: causal attention never lets a real token see padding. A sliding
+        // window narrows it further (key j visible from query i when i - window < j <= i).
+        let window = self.sliding_window.filter(|&w| w < t.len).map(|w| {
+            let pos = Tensor::arange(t.len, (Kind::Int64, x.device()));
+            let d = pos.unsqueeze(1) - pos.unsqueeze(0);
+            d.ge(0).logical_and(&d.lt(w)).view([1, 1, t.len, t.len])
+        });
+        let gqa = self.kv_heads != self.heads;
+        for layer in &self.layers {
+            let h = layer.attn_norm.forward(&x);
+            let mut q = layer.q.forward(&h).view([n, self.heads, self.head_dim]);
+            let mut k = layer.k.forward(&h).view([n, self.kv_heads, self.head_dim]);
+            let v = layer.v.forward(&h).view([n, self.kv_heads, self.head_dim]);
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                q = qn.forward(&q);
+                k = kn.forward(&k);
+            }
+            let (q, k) = (rope.apply(&q), rope.apply(&k));
+            let (q, k, v) =
+                (self.heads_padded(&q, t, self.heads), self.heads_padded(&k, t, self.kv_heads), self.heads_padded(&v, t, self.kv_heads));
+            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, window.as_ref(), 0.0, window.is_none(), None, gqa)
+                .transpose(1, 2)
+                .reshape([t.b * t.len, self.heads * self.head_dim]);
+            x += layer.o.forward(&t.unpad(ctx));
+            x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
+        }
+        t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
+    }
+
+    fn attention_path(&self) -> AttentionPath {
+        AttentionPath::Padded
+    }
+
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+}
