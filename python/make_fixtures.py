@@ -20,7 +20,11 @@ with Tanh, then Normalize), mpnet (WordPiece with <s> </s>, mean + Normalize), m
 (byte-level BPE, alternating global/local attention with a 16-token window, mean), nomic-bert (as
 nomic-ai/nomic-embed-text-v1.5: WordPiece, rotary base 1000, SwiGLU, mean + Normalize), gte (as
 Alibaba-NLP/gte-base-en-v1.5: WordPiece, rotary base 500000 with NTK scaling factor 2, GLU with GELU,
-no token type embeddings, CLS + Normalize).
+no token type embeddings, CLS + Normalize); and three decoder-only embedders with last-token pooling +
+Normalize, an EOS appended by the tokenizer, left padding and a query prompt: qwen3 (as
+Qwen/Qwen3-Embedding-0.6B: q/k RMSNorm, tied embeddings), qwen2 (as Alibaba-NLP/gte-Qwen2-1.5B-instruct:
+q/k/v biases) and mistral (as intfloat/e5-mistral-7b-instruct: SentencePiece-style BPE with byte
+fallback, <s> ... </s>, sliding window 4096); see DECODERS.
 
 nomic-bert and gte are remote-code (trust_remote_code) models on the Hub: their config.json (n_embd,
 rotary_emb_base, ...; model_type "new", rope_scaling, ...) and weight names (encoder.layers.N.attn.Wqkv,
@@ -36,9 +40,14 @@ in float32, tokenizer.json, tokenizer_config.json, special_tokens_map.json, modu
 1_Pooling/config.json, sentence_bert_config.json; distilbert also 2_Dense/config.json and
 2_Dense/model.safetensors, written by sentence-transformers' Dense.save, and a modules.json with the
 module types as sentence-transformers 6.2 writes them, sentence_transformers.base.modules.dense.Dense
-and so on, where the others have the older sentence_transformers.models.* names) plus
+and so on, where the others have the older sentence_transformers.models.* names; the decoder
+families also config_sentence_transformers.json with their prompts) plus
 reference.json: the embeddings sentence-transformers computes on CPU in float32, rounded to 7
-decimals, with the number of tokens it feeds the model for each text after truncation.
+decimals, with the number of tokens it feeds the model for each text after truncation. The decoder
+families' reference.json also has `query_items`: the first QUERY_ITEMS texts embedded with
+prompt_name="query" (the text without the prompt; the token count with it). Their embeddings are
+recomputed from the files by a plain-torch forward pass (`decoder_forward`) and with eager attention,
+and the script stops unless all agree within 1e-5.
 Vocabularies come from `tokenizers`' BPE trainer run on testdata/corpus.txt plus the non-ASCII
 reference texts (all but one, which stays out of vocabulary); the WordPiece and Unigram
 vocabularies are the pieces that BPE cuts the corpus into, because those two trainers are not
@@ -306,6 +315,74 @@ def unigram(vocab_size: int, specials: list, bos: str, eos: str, normalize: bool
         single=f"{bos}:0 $A:0 {eos}:0",
         pair=f"{bos}:0 $A:0 {eos}:0 {eos}:0 $B:0 {eos}:0",
         special_tokens=[(bos, tok.token_to_id(bos)), (eos, tok.token_to_id(eos))],
+    )
+    return tok
+
+
+# Qwen2's pre-tokenisation pattern (transformers' Qwen2Tokenizer, the Qwen tokenizer.json files).
+QWEN_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def qwen_bpe(vocab_size: int) -> Tokenizer:
+    """As the Qwen2 / Qwen3 tokenizers (and what transformers 5's Qwen2Tokenizer rebuilds from
+    tokenizer.json): NFC, the Qwen split pattern, then byte-level without its own regex; the special
+    tokens after the merges. The post-processor appends <|endoftext|> to every input, as
+    Qwen/Qwen3-Embedding-*'s and Alibaba-NLP/gte-Qwen2-*'s tokenizer.json do for last-token pooling."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    train(
+        tok,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
+    spec = json.loads(tok.to_str())
+    spec["model"].update(continuing_subword_prefix="", end_of_word_suffix="")
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.add_special_tokens(list(QWEN_SPECIALS))
+    eos = "<|endoftext|>"
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"$A:0 {eos}:0",
+        pair=f"$A:0 {eos}:0 $B:1 {eos}:1",
+        special_tokens=[(eos, tok.token_to_id(eos))],
+    )
+    return tok
+
+
+def llama_bpe(vocab_size: int) -> Tokenizer:
+    """SentencePiece-style BPE as Mistral-7B / intfloat/e5-mistral-7b-instruct: <unk> <s> </s>, the
+    256 byte-fallback pieces <0x00>..<0xFF>, then the learned pieces; "▁" for spaces, prepended to
+    the text (Metaspace, "always", no splitting: what transformers 5's LlamaTokenizer builds for a
+    `legacy: true` tokenizer_config, equivalent to the legacy Prepend + Replace normaliser). The
+    post-processor wraps every input in <s> ... </s> (e5-mistral's `add_eos_token: true`)."""
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    train(trainer_tok, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    learned = json.loads(trainer_tok.to_str())["model"]
+    specials = ["<unk>", "<s>", "</s>"]
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [p for p, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]) if p not in pieces]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    tok = Tokenizer(
+        models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=False)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s>:0 $A:0 </s>:0",
+        pair="<s>:0 $A:0 </s>:0 <s>:1 $B:1 </s>:1",
+        special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
     )
     return tok
 
@@ -599,6 +676,108 @@ def fam_gte():
     return tok, "WordPiece", special, tok_cfg, cfg, "cls", True, ""
 
 
+# The decoder-only embedders: transformers' Qwen3Model / Qwen2Model / MistralModel (pre-norm RMSNorm
+# blocks, rotary, grouped-query attention, SwiGLU, causal attention), last-token pooling, Normalize,
+# an EOS appended by the tokenizer and a query prompt in config_sentence_transformers.json. config.json
+# is written the way the Hub checkpoints have it (`rope_theta` at the top level, `rope_scaling` null;
+# transformers 5 reads it into `rope_parameters`), and the weights as their base-model checkpoints
+# have them, without a `model.` prefix (embed_tokens.weight, layers.N.self_attn.q_proj.weight, ...,
+# norm.weight: what Qwen3Model.save_pretrained writes). Sizes scaled down: hidden 64, 4 query heads
+# sharing 2 key/value heads (head_dim 16), 3 layers.
+DECODER_HIDDEN = 64
+DECODER_EMBED_STD = 0.005  # embed_tokens; the other weights as in the encoder families (INIT_STD etc.)
+WEB_SEARCH_QUERY = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery:"
+
+
+def decoder_config(model_type: str, architecture: str, vocab: int, intermediate: int, eps: float, theta: float, **extra) -> dict:
+    # Sorted by key, as transformers writes config.json (and the Hub files have it).
+    return dict(sorted({
+        "architectures": [architecture],
+        "attention_dropout": 0.0,
+        "hidden_act": "silu",
+        "hidden_size": DECODER_HIDDEN,
+        "initializer_range": INIT_STD,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": 512,
+        "model_type": model_type,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 3,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": eps,
+        "rope_theta": theta,
+        **extra,
+        "torch_dtype": "float32",
+        "vocab_size": vocab,
+    }.items()))
+
+
+def fam_qwen3():
+    # As Qwen/Qwen3-Embedding-0.6B: q/k RMSNorm over each head, explicit head_dim, tied embeddings,
+    # no attention biases; the tokenizer appends <|endoftext|>, left padding.
+    tok = qwen_bpe(1000)
+    eos = tok.token_to_id("<|endoftext|>")
+    special = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    tok_cfg = {
+        "tokenizer_class": "Qwen2Tokenizer", "add_prefix_space": False, "bos_token": None, "unk_token": None,
+        "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "padding_side": "left", **special, "model_max_length": 512,
+    }
+    cfg = decoder_config(
+        "qwen3", "Qwen3ForCausalLM", tok.get_vocab_size(), 2 * DECODER_HIDDEN, 1e-6, 1000000,
+        attention_bias=False, bos_token_id=eos, eos_token_id=eos, head_dim=16, max_window_layers=3,
+        rope_scaling=None, sliding_window=None, tie_word_embeddings=True, use_cache=True, use_sliding_window=False,
+    )
+    return tok, "BPE", special, tok_cfg, cfg, "lasttoken", True, ""
+
+
+def fam_qwen2():
+    # As Alibaba-NLP/gte-Qwen2-1.5B-instruct: Qwen2 (biases on q/k/v, none on o, no q/k norm),
+    # untied embeddings; sliding_window set but use_sliding_window false (so unused), as there. The Hub
+    # config also has an auto_map to remote code (modeling_qwen.Qwen2Model); that is left out, the
+    # 1.5B model's remote code being causal Qwen2 (unlike gte-Qwen2-7B-instruct, bidirectional).
+    tok = qwen_bpe(900)
+    eos = tok.token_to_id("<|endoftext|>")
+    special = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    tok_cfg = {
+        "tokenizer_class": "Qwen2Tokenizer", "add_prefix_space": False, "bos_token": None, "unk_token": None,
+        "errors": "replace", "clean_up_tokenization_spaces": False, "split_special_tokens": False,
+        "padding_side": "left", **special, "model_max_length": 512,
+    }
+    cfg = decoder_config(
+        "qwen2", "Qwen2ForCausalLM", tok.get_vocab_size(), 160, 1e-6, 1000000.0,
+        bos_token_id=eos, eos_token_id=eos, max_window_layers=2, sliding_window=512, tie_word_embeddings=False,
+        use_cache=True, use_sliding_window=False,
+    )
+    return tok, "BPE", special, tok_cfg, cfg, "lasttoken", True, ""
+
+
+def fam_mistral():
+    # As intfloat/e5-mistral-7b-instruct: Mistral (no biases, no q/k norm), untied, sliding_window
+    # 4096 (longer than anything here, so every layer attends to the whole prefix), <s> ... </s>.
+    tok = llama_bpe(800)
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}
+    tok_cfg = {
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": True, "legacy": True,
+        "clean_up_tokenization_spaces": False, "padding_side": "left", **special, "model_max_length": 512,
+    }
+    cfg = decoder_config(
+        "mistral", "MistralModel", tok.get_vocab_size(), 224, 1e-5, 10000.0,
+        bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"), pad_token_id=tok.token_to_id("</s>"),
+        sliding_window=4096, tie_word_embeddings=False, use_cache=False,
+    )
+    return tok, "BPE", special, tok_cfg, cfg, "lasttoken", True, ""
+
+
+# config_sentence_transformers.json of the decoder families: the prompts as on the Hub (Qwen3-Embedding's
+# query prompt ends in "Query:", the others' in "Query: "); no default prompt.
+DECODERS = {
+    "qwen3": {"prompts": {"query": WEB_SEARCH_QUERY, "document": ""}, "default_prompt_name": None},
+    "qwen2": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
+    "mistral": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
+}
+QUERY_ITEMS = 10  # the first texts, embedded again with prompt_name="query"
+
+
 FAMILIES = {
     "bert": fam_bert,
     "roberta": fam_roberta,
@@ -609,9 +788,12 @@ FAMILIES = {
     "modernbert": fam_modernbert,
     "nomic-bert": fam_nomic_bert,
     "gte": fam_gte,
+    "qwen3": fam_qwen3,
+    "qwen2": fam_qwen2,
+    "mistral": fam_mistral,
 }
 # Each family's seed is SEED plus its index here (new families go at the end, so that the others keep theirs).
-SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte"]
+SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte", "qwen3", "qwen2", "mistral"]
 
 
 # ---------------------------------------------------------------- remote-code families
@@ -797,6 +979,91 @@ def hub_check(name: str, directory: pathlib.Path, vectors, pooling: str, normali
         raise SystemExit(f"make_fixtures: {name}: transformers' port and the Hub forward pass disagree by {worst:g}")
 
 
+# ---------------------------------------------------------------- decoder families: checks
+
+
+def decoder_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
+    """Last hidden state of one unpadded sequence, from config.json and model.safetensors alone, the
+    way transformers 5's Qwen3Model / Qwen2Model / MistralModel compute it:
+    x = embed_tokens[ids]; per layer x += o_proj(attn(rms(x))), x += down(silu(gate(y)) * up(y)) with
+    y = rms(x); then rms(x) with norm.weight. rms(x) = w * (x * rsqrt(mean(x^2) + eps)) in float32.
+    Attention: q, k, v projections (with biases where the checkpoint has them: Qwen2's q/k/v), heads
+    of head_dim; Qwen3 applies q_norm / k_norm (RMSNorm over head_dim, per head) before rotary;
+    rotary in the half layout on the whole head, positions 0..n-1, inv_freq_i = theta^(-2i/head_dim);
+    key/value head j serves query heads j*g .. j*g+g-1 (g = heads / kv_heads, repeat_interleave);
+    scores / sqrt(head_dim), causal (key j <= query i, and i - j < sliding_window where one applies)."""
+    h = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        w = {k: f.get_tensor(k) for k in f.keys()}
+    lin = lambda x, name: torch.nn.functional.linear(x, w[name + ".weight"], w.get(name + ".bias"))  # noqa: E731
+    eps = h["rms_norm_eps"]
+
+    def rms(x: torch.Tensor, name: str) -> torch.Tensor:
+        return w[name] * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    d, heads, kv_heads = h["hidden_size"], h["num_attention_heads"], h["num_key_value_heads"]
+    head_dim = h.get("head_dim") or d // heads
+    assert h.get("rope_scaling") is None and h["hidden_act"] == "silu", h
+    window = h.get("sliding_window") if (h["model_type"] == "mistral" or h.get("use_sliding_window")) else None
+    inv_freq = 1.0 / (float(h["rope_theta"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    n = len(ids)
+    pos = torch.arange(n)
+    allowed = pos[None, :] <= pos[:, None]
+    if window is not None:
+        allowed &= pos[:, None] - pos[None, :] < window
+    x = w["embed_tokens.weight"][torch.tensor(ids)]
+    for layer in range(h["num_hidden_layers"]):
+        p = f"layers.{layer}."
+        y = rms(x, p + "input_layernorm.weight")
+        q = lin(y, p + "self_attn.q_proj").view(n, heads, head_dim).transpose(0, 1)
+        k = lin(y, p + "self_attn.k_proj").view(n, kv_heads, head_dim).transpose(0, 1)
+        v = lin(y, p + "self_attn.v_proj").view(n, kv_heads, head_dim).transpose(0, 1)
+        if p + "self_attn.q_norm.weight" in w:
+            q, k = rms(q, p + "self_attn.q_norm.weight"), rms(k, p + "self_attn.k_norm.weight")
+        q, k = rotate(q, inv_freq), rotate(k, inv_freq)
+        k, v = k.repeat_interleave(heads // kv_heads, dim=0), v.repeat_interleave(heads // kv_heads, dim=0)
+        scores = (q @ k.transpose(-1, -2) / math.sqrt(head_dim)).masked_fill(~allowed, float("-inf"))
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(n, heads * head_dim)
+        x = x + lin(out, p + "self_attn.o_proj")
+        y = rms(x, p + "post_attention_layernorm.weight")
+        x = x + lin(torch.nn.functional.silu(lin(y, p + "mlp.gate_proj")) * lin(y, p + "mlp.up_proj"), p + "mlp.down_proj")
+    return rms(x, "norm.weight")
+
+
+def decoder_checks(name: str, directory: pathlib.Path, model: SentenceTransformer, vectors, queries, query_prompt: str) -> None:
+    """The reference again, four ways: (1) from `decoder_forward` on the files, one unpadded text at
+    a time (last token, normalised); (2) with eager attention instead of sdpa; (3) each text alone
+    against all texts in one left-padded batch (printed: the batch-composition noise a Rust port sees
+    as its floor); (4) the query prompt given as text, not as prompt_name."""
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.enable_truncation(MAX_SEQ_LENGTH)
+    texts = TEXTS + [query_prompt + t for t in TEXTS[:QUERY_ITEMS]]
+    expected = torch.cat([torch.as_tensor(vectors), torch.as_tensor(queries)])
+    with torch.no_grad():
+        mine = torch.stack([torch.nn.functional.normalize(decoder_forward(directory, tok.encode(t).ids)[-1], dim=-1) for t in texts])
+    worst = float((mine - expected).abs().max())
+    print(f"make_fixtures: {name}: forward pass from the files (decoder_forward, unpadded): max abs difference {worst:.1e}")
+    if not worst <= 1e-5:
+        raise SystemExit(f"make_fixtures: {name}: sentence-transformers and decoder_forward disagree by {worst:g}")
+
+    eager = SentenceTransformer(str(directory), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    assert eager[0].auto_model.config._attn_implementation == "eager"
+    assert model[0].auto_model.config._attn_implementation == "sdpa", model[0].auto_model.config._attn_implementation
+    e = torch.cat([torch.as_tensor(eager.encode(TEXTS)), torch.as_tensor(eager.encode(TEXTS[:QUERY_ITEMS], prompt_name="query"))])
+    worst_eager = float((e - expected).abs().max())
+    alone = torch.as_tensor(model.encode(texts, batch_size=1))
+    together = torch.as_tensor(model.encode(texts, batch_size=len(texts)))
+    worst_batch = float((alone - together).abs().max())
+    as_text = torch.as_tensor(model.encode([query_prompt + t for t in TEXTS[:QUERY_ITEMS]]))
+    worst_text = float((as_text - torch.as_tensor(queries)).abs().max())
+    print(
+        f"make_fixtures: {name}: eager vs sdpa attention {worst_eager:.1e}; each text alone vs all {len(texts)} in one "
+        f"left-padded batch {worst_batch:.1e}; prompt as text vs prompt_name {worst_text:.1e} (max abs differences)"
+    )
+    if not max(worst_eager, worst_batch, worst_text) <= 1e-5:
+        raise SystemExit(f"make_fixtures: {name}: eager / batched / prompt-as-text embeddings differ by more than 1e-5")
+
+
 # ---------------------------------------------------------------- building
 
 
@@ -818,6 +1085,11 @@ def random_weights(shapes: dict, gen: torch.Generator) -> dict:
             # attention, so that a wrong rotary embedding changes the result clearly. (ModernBERT's
             # is named layers.N.attn.Wqkv and keeps the default.)
             v = 0.5 * torch.randn(shape, generator=gen)
+        elif name == "embed_tokens.weight":
+            # The decoder families' token embeddings: small, as in real decoders (Mistral's and
+            # Qwen's are of the order of 0.01 or less), so that the first RMSNorm's mean square is
+            # close to its eps and a wrong rms_norm_eps shows (1e-5 instead of 1e-6 or the reverse).
+            v = DECODER_EMBED_STD * torch.randn(shape, generator=gen)
         elif len(shape) == 1 and name.endswith(".weight"):
             v = 1.0 + 0.2 * torch.randn(shape, generator=gen)  # norm scales
         elif len(shape) == 1:
@@ -839,7 +1111,7 @@ def build(name: str, directory: pathlib.Path) -> tuple:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     tok.save(str(directory / "tokenizer.json"))
-    write_json(directory / "tokenizer_config.json", {**tok_cfg, "model_max_length": MAX_POSITIONS})
+    write_json(directory / "tokenizer_config.json", {**tok_cfg, "model_max_length": tok_cfg.get("model_max_length", MAX_POSITIONS)})
     write_json(directory / "special_tokens_map.json", special)
     write_json(directory / "config.json", cfg)
 
@@ -884,16 +1156,18 @@ def build(name: str, directory: pathlib.Path) -> tuple:
         if normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
     write_json(directory / "modules.json", modules)
-    write_json(
-        directory / "1_Pooling" / "config.json",
-        {
-            "word_embedding_dimension": HIDDEN,
-            "pooling_mode_cls_token": pooling == "cls",
-            "pooling_mode_mean_tokens": pooling == "mean",
-            "pooling_mode_max_tokens": False,
-            "pooling_mode_mean_sqrt_len_tokens": False,
-        },
-    )
+    pooling_cfg = {
+        "word_embedding_dimension": cfg["hidden_size"] if name in DECODERS else HIDDEN,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    if name in DECODERS:
+        # As the Hub's decoder embedders write it (sentence-transformers 3+): every mode named.
+        pooling_cfg |= {"pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": pooling == "lasttoken", "include_prompt": True}
+        write_json(directory / "config_sentence_transformers.json", {**DECODERS[name], "similarity_fn_name": "cosine"})
+    write_json(directory / "1_Pooling" / "config.json", pooling_cfg)
     write_json(directory / "sentence_bert_config.json", {"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False})
     return tok_type, pooling, normalize
 
@@ -932,6 +1206,22 @@ def compute(name: str, directory: pathlib.Path, tmp: pathlib.Path, tok_type: str
     normalized = any(type(m).__name__ == "Normalize" for m in model)
     if name in REMOTE_CODE:
         hub_check(name, directory, vectors, pooling, normalized)
+    extra = {}
+    if name in DECODERS:
+        # The first texts again as queries: sentence-transformers prepends the prompt to the text
+        # (one string, tokenised as a whole; the token count includes the prompt's tokens).
+        prompt = model.prompts["query"]
+        queries = model.encode(TEXTS[:QUERY_ITEMS], prompt_name="query", convert_to_numpy=True, normalize_embeddings=False)
+        query_enc = model.tokenizer([prompt + t for t in TEXTS[:QUERY_ITEMS]], truncation=True, max_length=model.max_seq_length)
+        decoder_checks(name, directory, model, vectors, queries, prompt)
+        extra = {
+            "prompts": model.prompts,
+            "query_prompt_name": "query",
+            "query_items": [
+                {"text": t, "token_count": len(ids), "embedding": [round(float(x), DECIMALS) for x in vec]}
+                for t, ids, vec in zip(TEXTS[:QUERY_ITEMS], query_enc["input_ids"], queries)
+            ],
+        }
     v = torch.nn.functional.normalize(torch.from_numpy(vectors), dim=-1)
     cos = v @ v.T
     n = len(TEXTS)
@@ -951,6 +1241,7 @@ def compute(name: str, directory: pathlib.Path, tmp: pathlib.Path, tok_type: str
             {"text": t, "token_count": len(ids), "embedding": [round(float(x), DECIMALS) for x in vec]}
             for t, ids, vec in zip(TEXTS, enc["input_ids"], vectors)
         ],
+        **extra,
     }
 
 
@@ -966,8 +1257,17 @@ def sanity(name: str, directory: pathlib.Path, model: SentenceTransformer) -> No
         if loaded[part] != stored[part]:
             raise SystemExit(f"make_fixtures: {name}: transformers' tokenizer {part} differs from tokenizer.json")
     raw.enable_truncation(MAX_SEQ_LENGTH)
-    st_ids = model.tokenizer(TEXTS, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]
-    for text, a, b in zip(TEXTS, st_ids, raw.encode_batch(TEXTS)):
+    texts = list(TEXTS)
+    if name in DECODERS:
+        assert model.tokenizer.padding_side == "left", model.tokenizer.padding_side
+        texts += [model.prompts["query"] + t for t in TEXTS[:QUERY_ITEMS]]
+        # What transformers made of the Hub-style config.json.
+        h, c = json.loads((directory / "config.json").read_text(encoding="utf-8")), model[0].auto_model.config
+        assert c.rope_parameters == {"rope_type": "default", "rope_theta": float(h["rope_theta"])}, c.rope_parameters
+        assert set(getattr(c, "layer_types", None) or ["full_attention"]) == {"full_attention"}, c
+        assert c.sliding_window == (4096 if name == "mistral" else None), c.sliding_window
+    st_ids = model.tokenizer(texts, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]
+    for text, a, b in zip(texts, st_ids, raw.encode_batch(texts)):
         if list(a) != b.ids:
             raise SystemExit(f"make_fixtures: {name}: {text[:40]!r}: sentence-transformers ids {a} != tokenizer.json ids {b.ids}")
     # modules.json names the classes sentence-transformers instantiated (and would write back).
@@ -993,8 +1293,16 @@ def check_reference(new: dict, old: dict, tolerance: float) -> tuple:
             problems.append(f"{key}: computed {new[key]!r}, committed {old.get(key)!r}")
     if len(new["items"]) != len(old["items"]):
         return problems + [f"{len(new['items'])} items computed, {len(old['items'])} committed"], 0.0
+    pairs = list(zip(new["items"], old["items"]))
+    if "query_items" in new or "query_items" in old:
+        for key in ("prompts", "query_prompt_name"):
+            if new.get(key) != old.get(key):
+                problems.append(f"{key}: computed {new.get(key)!r}, committed {old.get(key)!r}")
+        if len(new.get("query_items", [])) != len(old.get("query_items", [])):
+            return problems + ["query_items: the counts differ"], 0.0
+        pairs += list(zip(new["query_items"], old["query_items"]))
     worst = 0.0
-    for i, (a, b) in enumerate(zip(new["items"], old["items"])):
+    for i, (a, b) in enumerate(pairs):
         if a["text"] != b["text"]:
             problems.append(f"item {i}: text {a['text']!r} vs committed {b['text']!r}")
         if a["token_count"] != b["token_count"]:
