@@ -129,7 +129,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
         // bf16 keeps 8 bits of mantissa: on CPU these deliberately sensitive fixtures reach
         // 0.9999 only for the BERT-shaped ones (tests/families.rs), so bf16 gets the CPU test's
         // bounds; f16 (11 bits) must reach 0.9999 everywhere.
-        let bf16_min = if matches!(name, "nomic-bert" | "gte") { 0.995 } else { 0.999 };
+        let bf16_min = embed_testkit::fixture_bf16_min_cosine(name);
         for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::Bf16, bf16_min), (DType::F16, 0.9999)] {
             let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
             let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();

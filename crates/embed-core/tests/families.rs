@@ -6,7 +6,7 @@
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
-use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_reference, serial, FIXTURES};
+use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_query_reference, fixture_reference, serial, FIXTURES};
 
 async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
     let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype, ..Default::default() });
@@ -39,7 +39,23 @@ async fn every_family_matches_sentence_transformers() {
             alone.push(svc.embed_texts(std::slice::from_ref(t), &EmbedOptions::default()).await.unwrap().vectors.remove(0));
         }
         let worst_alone = assert_cosines(&format!("{name} (one by one) vs sentence-transformers"), &alone, &expected, 0.99999);
+        // Padding must not change a vector (batch invariance).
+        for (i, (a, b)) in alone.iter().zip(&out.vectors).enumerate() {
+            let d = embed_testkit::max_abs_diff(a, b);
+            assert!(d <= 1e-5, "{name}: text {i} alone vs in the mixed batch differ by {d}");
+        }
         eprintln!("{name:>12}: worst cosine batched {worst:.8}, alone {worst_alone:.8}");
+
+        // Queries with the model's query prompt (decoder embedders' instructions).
+        let queries = fixture_query_reference(name);
+        if !queries.is_empty() {
+            let texts: Vec<String> = queries.iter().map(|i| i.text.clone()).collect();
+            let out = svc.embed_texts(&texts, &EmbedOptions::query()).await.unwrap();
+            assert_eq!(out.token_counts, queries.iter().map(|i| i.token_count).collect::<Vec<_>>(), "{name}: query token counts");
+            let expected: Vec<Vec<f32>> = queries.iter().map(|i| i.embedding.clone()).collect();
+            let worst = assert_cosines(&format!("{name} queries (prompted) vs sentence-transformers"), &out.vectors, &expected, 0.99999);
+            eprintln!("{name:>12}: queries with the query prompt, worst cosine {worst:.8}");
+        }
         svc.cleanup().await.unwrap();
     }
 }
@@ -96,10 +112,7 @@ async fn every_family_runs_in_bf16_close_to_f32() {
         let bf16_svc = load(name, DType::Bf16).await;
         let half = bf16_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
         bf16_svc.cleanup().await.unwrap();
-        // The rotary fixtures are the most sensitive ones (nomic-bert draws its Wqkv wider so
-        // that mean pooling cannot hide a rotary mistake; gte's texts are the least alike):
-        // bf16 rounding shows more there (worst 0.9954 and 0.9983 on an AMD EPYC).
-        let min = if matches!(name, "nomic-bert" | "gte") { 0.995 } else { 0.999 };
+        let min = embed_testkit::fixture_bf16_min_cosine(name);
         let worst = assert_cosines(&format!("{name} bf16 vs f32 (CPU)"), &half.vectors, &full.vectors, min);
         eprintln!("{name:>12}: bf16 vs f32 worst cosine {worst:.6}");
     }

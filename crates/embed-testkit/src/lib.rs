@@ -115,7 +115,21 @@ pub fn reference() -> Vec<ReferenceItem> {
 /// and its reference embeddings (`testdata/fixtures/<name>`, written by
 /// `python/make_fixtures.py`).
 pub const FIXTURES: &[&str] =
-    &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic-bert", "gte"];
+    &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic-bert", "gte", "qwen3", "qwen2", "mistral"];
+
+/// The worst cosine bf16 must reach against f32 on fixture `name`. The rotary fixtures are
+/// drawn the most sensitive (sharp attention, texts far apart) so that no rotary or masking
+/// mistake hides, and bf16 rounding shows most there. Measured on an AMD EPYC (ours; and
+/// sentence-transformers' own bf16 vs f32 on the same fixture): BERT-shaped 0.9997–0.99996;
+/// nomic-bert 0.9968, gte 0.9980; qwen3 0.9994 (0.9993), qwen2 0.9976 (0.9987), mistral
+/// 0.9944 (0.9963).
+pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
+    match name {
+        "nomic-bert" | "gte" => 0.995,
+        "qwen3" | "qwen2" | "mistral" => 0.99,
+        _ => 0.999,
+    }
+}
 
 /// The `model_type` of fixture `name`'s config.json and the family that implements it (as
 /// `embed_core::Family` displays it).
@@ -130,6 +144,9 @@ pub fn fixture_model_type_and_family(name: &str) -> (&'static str, &'static str)
         "modernbert" => ("modernbert", "modernbert"),
         "nomic-bert" => ("nomic_bert", "nomic_bert"),
         "gte" => ("new", "gte"),
+        "qwen3" => ("qwen3", "decoder"),
+        "qwen2" => ("qwen2", "decoder"),
+        "mistral" => ("mistral", "decoder"),
         other => panic!("no fixture {other:?}"),
     }
 }
@@ -146,23 +163,31 @@ pub fn fixture_reference(name: &str) -> Vec<ReferenceItem> {
     reference_file(&fixture_dir(name).join("reference.json"))
 }
 
+/// The reference of fixture `name`'s queries (`query_items`: the raw texts, embedded with the
+/// model's `query` prompt); empty for fixtures without one.
+pub fn fixture_query_reference(name: &str) -> Vec<ReferenceItem> {
+    items_of(&read_reference(&fixture_dir(name).join("reference.json")), "query_items")
+}
+
+fn read_reference(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference file readable")).expect("valid JSON")
+}
+
 /// Reads a reference file (`items`: text, token_count, embedding).
 pub fn reference_file(path: &std::path::Path) -> Vec<ReferenceItem> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("reference file readable")).expect("valid JSON");
-    v["items"]
-        .as_array()
-        .expect("items array")
+    let items = items_of(&read_reference(path), "items");
+    assert!(!items.is_empty(), "{} has no items", path.display());
+    items
+}
+
+fn items_of(v: &serde_json::Value, key: &str) -> Vec<ReferenceItem> {
+    let Some(items) = v.get(key).and_then(serde_json::Value::as_array) else { return Vec::new() };
+    items
         .iter()
         .map(|it| ReferenceItem {
             text: it["text"].as_str().expect("text").to_string(),
             token_count: it["token_count"].as_u64().expect("token_count") as usize,
-            embedding: it["embedding"]
-                .as_array()
-                .expect("embedding")
-                .iter()
-                .map(|x| x.as_f64().expect("number") as f32)
-                .collect(),
+            embedding: it["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("number") as f32).collect(),
         })
         .collect()
 }
