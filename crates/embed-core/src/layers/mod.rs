@@ -66,6 +66,31 @@ impl RmsNorm {
     }
 }
 
+/// Token embeddings: word rows, plus learned positions (counted from an offset) and token
+/// types where the family has them, then a LayerNorm.
+pub(crate) struct Embeddings {
+    pub(crate) word: Tensor,
+    /// The position table and the family's offset (RoBERTa-style ids start past padding).
+    pub(crate) position: Option<(Tensor, i64)>,
+    /// Absent where `type_vocab_size` is 0.
+    pub(crate) token_type: Option<Tensor>,
+    pub(crate) norm: LayerNorm,
+}
+
+impl Embeddings {
+    /// `[stream, hidden]`, normed, for the batch's whole token stream.
+    pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
+        let mut x = embed(&self.word, &t.ids);
+        if let Some((table, offset)) = &self.position {
+            x += embed(table, &(&t.positions + *offset));
+        }
+        if let Some(table) = &self.token_type {
+            x += embed(table, &t.type_ids);
+        }
+        self.norm.forward(&x)
+    }
+}
+
 /// Looks up rows of an embedding table.
 pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Tensor {
     Tensor::embedding(table, ids, -1, false, false)

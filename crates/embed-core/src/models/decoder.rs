@@ -70,17 +70,7 @@ impl Config {
             activation: f.activation("hidden_act", "silu")?,
             sliding_window,
         };
-        Ok(ArchConfig {
-            family: Family::Decoder,
-            model_type,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: hidden,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
-            num_attention_heads: heads,
-            intermediate_size: f.usize("intermediate_size")?,
-            max_tokens: f.usize_or("max_position_embeddings", 32_768)?,
-            details: Details::Decoder(c),
-        })
+        f.standard(Family::Decoder, model_type, f.usize_or("max_position_embeddings", 32_768)?, Details::Decoder(c))
     }
 }
 

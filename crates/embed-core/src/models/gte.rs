@@ -7,12 +7,11 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::AttentionPath;
+use super::{ArchConfig, Details, Family, Fields, PostNorm};
 use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Glu};
 use crate::layers::rotary::Rotary;
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{Embeddings, Linear, Weights};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -56,81 +55,46 @@ impl Config {
             rope_theta: f.f64_or("rope_theta", 10_000.0)?,
             ntk_factor,
         };
-        Ok(ArchConfig {
-            family: Family::Gte,
-            model_type,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("hidden_size")?,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
-            num_attention_heads: f.usize("num_attention_heads")?,
-            intermediate_size: f.usize("intermediate_size")?,
-            max_tokens: f.usize_or("max_position_embeddings", 8192)?,
-            details: Details::Gte(c),
-        })
+        f.standard(Family::Gte, model_type, f.usize_or("max_position_embeddings", 8192)?, Details::Gte(c))
     }
 }
 
-pub(crate) struct Gte {
-    word: Tensor,
-    token_type: Option<Tensor>,
-    emb_norm: LayerNorm,
-    stack: PostNormStack,
-}
-
-impl Gte {
-    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
-        let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
-        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
-        let heads = a.num_attention_heads as i64;
-        let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
-        let token_type = w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?;
-        let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
-        let mut layers = Vec::with_capacity(a.num_hidden_layers);
-        for i in 0..a.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            // `up_gate_proj` rows are [up; gate] and the gate is activated: swap the halves so
-            // the activated one comes first, as `Glu` expects (same bytes, one copy at load).
-            let up_gate = w.linear(&format!("{p}.mlp.up_gate_proj"), 2 * inter, h, false)?;
-            let up = Linear {
-                weight: Tensor::cat(&[up_gate.weight.narrow(0, inter, inter), up_gate.weight.narrow(0, 0, inter)], 0),
-                bias: None,
-            };
-            layers.push(PostNormBlock {
-                qkv: w.linear(&format!("{p}.attention.qkv_proj"), 3 * h, h, true)?,
-                attn_out: w.linear(&format!("{p}.attention.o_proj"), h, h, true)?,
-                attn_norm: w.layer_norm(&format!("{p}.attn_ln"), h, eps, true)?,
-                mlp: FeedForward::Glu(Glu { up, down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, true)?, act: c.activation }),
-                mlp_norm: w.layer_norm(&format!("{p}.mlp_ln"), h, eps, true)?,
-            });
-        }
-        let head_dim = h / heads;
-        // NTK scaling as GTE's remote code does it: the base times the factor, and every
-        // frequency divided by factor^(2 / head_dim).
-        let rope = match c.ntk_factor {
-            None => Rotary::new(head_dim, c.rope_theta, device),
-            Some(f) => Rotary::new(head_dim, c.rope_theta * f, device).scaled(f.powf(2.0 / head_dim as f64)),
+/// Loads the model; returns it and its weight bytes.
+pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(PostNorm, u64)> {
+    let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
+    let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
+    let heads = a.num_attention_heads as i64;
+    let emb = Embeddings {
+        word: w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?,
+        position: None,
+        token_type: w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?,
+        norm: w.layer_norm("embeddings.LayerNorm", h, eps, true)?,
+    };
+    let mut layers = Vec::with_capacity(a.num_hidden_layers);
+    for i in 0..a.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        // `up_gate_proj` rows are [up; gate] and the gate is activated: swap the halves so
+        // the activated one comes first, as `Glu` expects (same bytes, one copy at load).
+        let up_gate = w.linear(&format!("{p}.mlp.up_gate_proj"), 2 * inter, h, false)?;
+        let up = Linear {
+            weight: Tensor::cat(&[up_gate.weight.narrow(0, inter, inter), up_gate.weight.narrow(0, 0, inter)], 0),
+            bias: None,
         };
-        let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
-        let model = Gte { word, token_type, emb_norm, stack };
-        Ok((model, w.bytes))
+        layers.push(PostNormBlock {
+            qkv: w.linear(&format!("{p}.attention.qkv_proj"), 3 * h, h, true)?,
+            attn_out: w.linear(&format!("{p}.attention.o_proj"), h, h, true)?,
+            attn_norm: w.layer_norm(&format!("{p}.attn_ln"), h, eps, true)?,
+            mlp: FeedForward::Glu(Glu { up, down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, true)?, act: c.activation }),
+            mlp_norm: w.layer_norm(&format!("{p}.mlp_ln"), h, eps, true)?,
+        });
     }
-}
-
-impl Encoder for Gte {
-    fn forward(&self, t: &BatchInput) -> Tensor {
-        let mut x = embed(&self.word, &t.ids);
-        if let Some(table) = &self.token_type {
-            x += embed(table, &t.type_ids);
-        }
-        self.stack.forward(&self.emb_norm.forward(&x), t)
-    }
-
-    fn attention_path(&self) -> AttentionPath {
-        self.stack.attention_path()
-    }
-
-    #[cfg(feature = "planted-leak")]
-    fn take_largest_tensor(&mut self) -> Tensor {
-        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
-    }
+    let head_dim = h / heads;
+    // NTK scaling as GTE's remote code does it: the base times the factor, and every
+    // frequency divided by factor^(2 / head_dim).
+    let rope = match c.ntk_factor {
+        None => Rotary::new(head_dim, c.rope_theta, device),
+        Some(f) => Rotary::new(head_dim, c.rope_theta * f, device).scaled(f.powf(2.0 / head_dim as f64)),
+    };
+    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+    Ok((PostNorm { emb, stack }, w.bytes))
 }

@@ -31,7 +31,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::{DenseActivation, ModelDir};
 use crate::layers::attention::AttentionPath;
-use crate::layers::{BatchInput, Linear, Weights};
+use crate::layers::block::PostNormStack;
+use crate::layers::{BatchInput, Embeddings, Linear, Weights};
 use crate::{Error, Result};
 
 /// The architectures embed-core implements.
@@ -209,6 +210,22 @@ impl Fields<'_> {
         })
     }
 
+    /// An [`ArchConfig`] from the usual Hugging Face keys (`vocab_size`, `hidden_size`,
+    /// `num_hidden_layers`, `num_attention_heads`, `intermediate_size`).
+    pub(crate) fn standard(&self, family: Family, model_type: String, max_tokens: usize, details: Details) -> Result<ArchConfig> {
+        Ok(ArchConfig {
+            family,
+            model_type,
+            vocab_size: self.usize("vocab_size")?,
+            hidden_size: self.usize("hidden_size")?,
+            num_hidden_layers: self.usize("num_hidden_layers")?,
+            num_attention_heads: self.usize("num_attention_heads")?,
+            intermediate_size: self.usize("intermediate_size")?,
+            max_tokens,
+            details,
+        })
+    }
+
     pub(crate) fn heads_divide(&self, hidden: usize, heads: usize) -> Result<()> {
         if heads == 0 || hidden % heads != 0 {
             return Err(self.error(format!("hidden size {hidden} is not divisible by {heads} attention heads")));
@@ -267,6 +284,28 @@ pub(crate) trait Encoder {
     fn take_largest_tensor(&mut self) -> Tensor;
 }
 
+/// Embeddings and a stack of post-norm blocks: BERT and the RoBERTa line, DistilBERT,
+/// NomicBERT and GTE (the families differ in names, positions and feed-forward only).
+pub(crate) struct PostNorm {
+    pub(crate) emb: Embeddings,
+    pub(crate) stack: PostNormStack,
+}
+
+impl Encoder for PostNorm {
+    fn forward(&self, t: &BatchInput) -> Tensor {
+        self.stack.forward(&self.emb.forward(t), t)
+    }
+
+    fn attention_path(&self) -> AttentionPath {
+        self.stack.attention_path()
+    }
+
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.emb.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+}
+
 /// A loaded model: the encoder, the sentence-transformers `Dense` head if any, where it lives
 /// and what it holds.
 pub(crate) struct Model {
@@ -284,11 +323,11 @@ impl Model {
         let (weights, cfg) = (dir.weights.as_path(), &dir.arch);
         let (encoder, mut weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
             Details::Bert(c) => {
-                let (m, bytes) = bert::Bert::load(weights, cfg, c, device, kind)?;
+                let (m, bytes) = bert::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
             Details::DistilBert(c) => {
-                let (m, bytes) = distilbert::DistilBert::load(weights, cfg, c, device, kind)?;
+                let (m, bytes) = distilbert::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
             Details::MPNet(c) => {
@@ -300,11 +339,11 @@ impl Model {
                 (Box::new(m), bytes)
             }
             Details::NomicBert(c) => {
-                let (m, bytes) = nomic_bert::NomicBert::load(weights, cfg, c, device, kind)?;
+                let (m, bytes) = nomic_bert::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
             Details::Gte(c) => {
-                let (m, bytes) = gte::Gte::load(weights, cfg, c, device, kind)?;
+                let (m, bytes) = gte::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
             Details::Decoder(c) => {

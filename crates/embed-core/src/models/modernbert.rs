@@ -77,17 +77,7 @@ impl Config {
             global_theta: theta("full_attention", "global_rope_theta", 160_000.0)?,
             local_theta: theta("sliding_attention", "local_rope_theta", 10_000.0)?,
         };
-        Ok(ArchConfig {
-            family: Family::ModernBert,
-            model_type,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("hidden_size")?,
-            num_hidden_layers: layers,
-            num_attention_heads: f.usize("num_attention_heads")?,
-            intermediate_size: f.usize("intermediate_size")?,
-            max_tokens: f.usize_or("max_position_embeddings", 8192)?,
-            details: Details::ModernBert(c),
-        })
+        f.standard(Family::ModernBert, model_type, f.usize_or("max_position_embeddings", 8192)?, Details::ModernBert(c))
     }
 }
 

@@ -10,7 +10,7 @@ use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, AttentionPath, Mode, SelfAttention};
 use crate::layers::block::PostNormBlock;
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, LayerNorm, Weights};
+use crate::layers::{embed, BatchInput, Embeddings, Weights};
 use crate::Result;
 
 /// The farthest relative distance with its own buckets (MPNet's fixed value).
@@ -43,30 +43,17 @@ impl Config {
             buckets,
             position_offset,
         };
-        Ok(ArchConfig {
-            family: Family::MPNet,
-            model_type,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("hidden_size")?,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
-            num_attention_heads: f.usize("num_attention_heads")?,
-            intermediate_size: f.usize("intermediate_size")?,
-            max_tokens,
-            details: Details::MPNet(c),
-        })
+        f.standard(Family::MPNet, model_type, max_tokens, Details::MPNet(c))
     }
 }
 
 pub(crate) struct MPNet {
-    word: Tensor,
-    position: Tensor,
-    emb_norm: LayerNorm,
+    emb: Embeddings,
     layers: Vec<PostNormBlock>,
     /// `[buckets, heads]`.
     relative_bias: Tensor,
     attn: SelfAttention,
     buckets: i64,
-    position_offset: i64,
 }
 
 impl MPNet {
@@ -74,9 +61,12 @@ impl MPNet {
         let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
         let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.layer_norm_eps);
         let heads = a.num_attention_heads as i64;
-        let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
-        let position = w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?;
-        let emb_norm = w.layer_norm("embeddings.LayerNorm", h, eps, true)?;
+        let emb = Embeddings {
+            word: w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?,
+            position: Some((w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?, c.position_offset)),
+            token_type: None,
+            norm: w.layer_norm("embeddings.LayerNorm", h, eps, true)?,
+        };
         let relative_bias = w.take("encoder.relative_attention_bias.weight", &[c.buckets, heads])?;
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
         for i in 0..a.num_hidden_layers {
@@ -96,16 +86,7 @@ impl MPNet {
         }
         // The score bias rules out the packed kernel: MPNet always runs padded attention.
         AttentionPath::choose(device, kind, h / heads, false);
-        let model = MPNet {
-            word,
-            position,
-            emb_norm,
-            layers,
-            relative_bias,
-            attn: SelfAttention { heads, head_dim: h / heads },
-            buckets: c.buckets,
-            position_offset: c.position_offset,
-        };
+        let model = MPNet { emb, layers, relative_bias, attn: SelfAttention { heads, head_dim: h / heads }, buckets: c.buckets };
         Ok((model, w.bytes))
     }
 
@@ -139,8 +120,7 @@ fn relative_buckets(len: i64, buckets: i64) -> Tensor {
 
 impl Encoder for MPNet {
     fn forward(&self, t: &BatchInput) -> Tensor {
-        let x = embed(&self.word, &t.ids) + embed(&self.position, &(&t.positions + self.position_offset));
-        let x = self.emb_norm.forward(&x).narrow(0, 0, t.tokens);
+        let x = self.emb.forward(t).narrow(0, 0, t.tokens);
         let bias = self.score_bias(t, x.kind());
         let mut x = x;
         for layer in &self.layers {
@@ -156,6 +136,6 @@ impl Encoder for MPNet {
 
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor {
-        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+        std::mem::replace(&mut self.emb.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
     }
 }

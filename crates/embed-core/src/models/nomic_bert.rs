@@ -5,14 +5,13 @@
 use std::path::Path;
 
 use serde_json::Value;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::AttentionPath;
+use super::{ArchConfig, Details, Family, Fields, PostNorm};
 use crate::layers::block::{PostNormBlock, PostNormStack};
 use crate::layers::ffn::{Activation, FeedForward, Glu, Mlp};
 use crate::layers::rotary::Rotary;
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{Embeddings, Linear, Weights};
 use crate::Result;
 
 #[derive(Debug, Clone)]
@@ -80,71 +79,46 @@ impl Config {
     }
 }
 
-pub(crate) struct NomicBert {
-    word: Tensor,
-    token_type: Option<Tensor>,
-    emb_norm: LayerNorm,
-    stack: PostNormStack,
-}
-
-impl NomicBert {
-    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
-        let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
-        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
-        let heads = a.num_attention_heads as i64;
-        let word = w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?;
-        let token_type = w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?;
-        let emb_norm = w.layer_norm("emb_ln", h, eps, true)?;
-        let mut layers = Vec::with_capacity(a.num_hidden_layers);
-        for i in 0..a.num_hidden_layers {
-            let p = format!("encoder.layers.{i}");
-            let mlp = match c.mlp_activation {
-                // SwiGLU: silu(fc12 x) * fc11 x, as one projection with the activated half first.
-                None => FeedForward::Glu(Glu {
-                    up: Linear::fuse(vec![
-                        w.linear(&format!("{p}.mlp.fc12"), inter, h, c.fc1_bias)?,
-                        w.linear(&format!("{p}.mlp.fc11"), inter, h, c.fc1_bias)?,
-                    ]),
-                    down: w.linear(&format!("{p}.mlp.fc2"), h, inter, c.fc2_bias)?,
-                    act: Activation::Silu,
-                }),
-                Some(act) => FeedForward::Mlp(Mlp {
-                    up: w.linear(&format!("{p}.mlp.fc1"), inter, h, c.fc1_bias)?,
-                    down: w.linear(&format!("{p}.mlp.fc2"), h, inter, c.fc2_bias)?,
-                    act,
-                }),
-            };
-            layers.push(PostNormBlock {
-                qkv: w.linear(&format!("{p}.attn.Wqkv"), 3 * h, h, c.qkv_bias)?,
-                attn_out: w.linear(&format!("{p}.attn.out_proj"), h, h, c.qkv_bias)?,
-                attn_norm: w.layer_norm(&format!("{p}.norm1"), h, eps, true)?,
-                mlp,
-                mlp_norm: w.layer_norm(&format!("{p}.norm2"), h, eps, true)?,
-            });
-        }
-        let head_dim = h / heads;
-        let rope = Rotary::new(head_dim, c.rotary_base, device);
-        let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
-        let model = NomicBert { word, token_type, emb_norm, stack };
-        Ok((model, w.bytes))
+/// Loads the model; returns it and its weight bytes.
+pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(PostNorm, u64)> {
+    let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
+    let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
+    let heads = a.num_attention_heads as i64;
+    let emb = Embeddings {
+        word: w.take("embeddings.word_embeddings.weight", &[a.vocab_size as i64, h])?,
+        position: None,
+        token_type: w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?,
+        norm: w.layer_norm("emb_ln", h, eps, true)?,
+    };
+    let mut layers = Vec::with_capacity(a.num_hidden_layers);
+    for i in 0..a.num_hidden_layers {
+        let p = format!("encoder.layers.{i}");
+        let mlp = match c.mlp_activation {
+            // SwiGLU: silu(fc12 x) * fc11 x, as one projection with the activated half first.
+            None => FeedForward::Glu(Glu {
+                up: Linear::fuse(vec![
+                    w.linear(&format!("{p}.mlp.fc12"), inter, h, c.fc1_bias)?,
+                    w.linear(&format!("{p}.mlp.fc11"), inter, h, c.fc1_bias)?,
+                ]),
+                down: w.linear(&format!("{p}.mlp.fc2"), h, inter, c.fc2_bias)?,
+                act: Activation::Silu,
+            }),
+            Some(act) => FeedForward::Mlp(Mlp {
+                up: w.linear(&format!("{p}.mlp.fc1"), inter, h, c.fc1_bias)?,
+                down: w.linear(&format!("{p}.mlp.fc2"), h, inter, c.fc2_bias)?,
+                act,
+            }),
+        };
+        layers.push(PostNormBlock {
+            qkv: w.linear(&format!("{p}.attn.Wqkv"), 3 * h, h, c.qkv_bias)?,
+            attn_out: w.linear(&format!("{p}.attn.out_proj"), h, h, c.qkv_bias)?,
+            attn_norm: w.layer_norm(&format!("{p}.norm1"), h, eps, true)?,
+            mlp,
+            mlp_norm: w.layer_norm(&format!("{p}.norm2"), h, eps, true)?,
+        });
     }
-}
-
-impl Encoder for NomicBert {
-    fn forward(&self, t: &BatchInput) -> Tensor {
-        let mut x = embed(&self.word, &t.ids);
-        if let Some(table) = &self.token_type {
-            x += embed(table, &t.type_ids);
-        }
-        self.stack.forward(&self.emb_norm.forward(&x), t)
-    }
-
-    fn attention_path(&self) -> AttentionPath {
-        self.stack.attention_path()
-    }
-
-    #[cfg(feature = "planted-leak")]
-    fn take_largest_tensor(&mut self) -> Tensor {
-        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
-    }
+    let head_dim = h / heads;
+    let rope = Rotary::new(head_dim, c.rotary_base, device);
+    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+    Ok((PostNorm { emb, stack }, w.bytes))
 }
