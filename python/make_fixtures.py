@@ -24,7 +24,12 @@ no token type embeddings, CLS + Normalize); and three decoder-only embedders wit
 Normalize, an EOS appended by the tokenizer, left padding and a query prompt: qwen3 (as
 Qwen/Qwen3-Embedding-0.6B: q/k RMSNorm, tied embeddings), qwen2 (as Alibaba-NLP/gte-Qwen2-1.5B-instruct:
 q/k/v biases) and mistral (as intfloat/e5-mistral-7b-instruct: SentencePiece-style BPE with byte
-fallback, <s> ... </s>, sliding window 4096); see DECODERS.
+fallback, <s> ... </s>, sliding window 4096); see DECODERS. gemma3 (as google/embeddinggemma-300m:
+transformers' Gemma3TextModel with use_bidirectional_attention, three sliding-window layers and one
+full one, Gemma's (1 + w) RMSNorm, embeddings scaled by sqrt(hidden); SentencePiece-style BPE with
+<bos> ... <eos>, right padding; mean pooling, Dense 64 -> 96 -> 64 without bias or activation,
+Normalize; EmbeddingGemma's query / document prompts) has `query_items` too, and its embeddings
+are recomputed from the files by `gemma3_forward`.
 
 nomic-bert and gte are remote-code (trust_remote_code) models on the Hub: their config.json (n_embd,
 rotary_emb_base, ...; model_type "new", rope_scaling, ...) and weight names (encoder.layers.N.attn.Wqkv,
@@ -383,6 +388,36 @@ def llama_bpe(vocab_size: int) -> Tokenizer:
         single="<s>:0 $A:0 </s>:0",
         pair="<s>:0 $A:0 </s>:0 <s>:1 $B:1 </s>:1",
         special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))],
+    )
+    return tok
+
+
+def gemma_bpe(vocab_size: int) -> Tokenizer:
+    """SentencePiece-style BPE as google/embeddinggemma-300m (Gemma 3's tokenizer): <pad> <eos> <bos>
+    <unk> <mask> at 0..4, the 256 byte-fallback pieces <0x00>..<0xFF>, then the learned pieces. The
+    pipeline is the one transformers 5's GemmaTokenizer builds: every space replaced by "▁" (no "▁"
+    prepended to the text), split on " " (a no-op after that), BPE with byte fallback. The
+    post-processor wraps every input in <bos> ... <eos>, as EmbeddingGemma's tokenizer does."""
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    train(trainer_tok, trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
+    learned = json.loads(trainer_tok.to_str())["model"]
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    pieces = specials + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [p for p, _ in sorted(learned["vocab"].items(), key=lambda kv: kv[1]) if p not in pieces]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+    tok = Tokenizer(
+        models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True)
+    )
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(specials)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos>:0 $A:0 <eos>:0",
+        pair="<bos>:0 $A:0 <eos>:0 $B:1 <eos>:1",
+        special_tokens=[("<bos>", tok.token_to_id("<bos>")), ("<eos>", tok.token_to_id("<eos>"))],
     )
     return tok
 
@@ -768,12 +803,69 @@ def fam_mistral():
     return tok, "BPE", special, tok_cfg, cfg, "lasttoken", True, ""
 
 
+# As google/embeddinggemma-300m: transformers' Gemma3TextModel (model_type gemma3_text) with
+# bidirectional attention, mean pooling, two bias-free Dense layers without activation (hidden ->
+# GEMMA_DENSE -> hidden) and Normalize. config.json Hub-style as EmbeddingGemma's (rope_theta for the
+# full-attention layers and rope_local_base_freq for the sliding ones at the top level, rope_scaling
+# null; transformers 5 reads them into rope_parameters per layer type). Sizes scaled down: hidden 64,
+# 4 query heads sharing 1 key/value head (head_dim 16), 4 layers (3 sliding, 1 full), sliding_window 8
+# (which transformers, under use_bidirectional_attention, turns into |i - j| <= 4; see gemma3_forward).
+GEMMA_DENSE = 96
+GEMMA_EMBED_STD = 0.1  # times sqrt(hidden) = 8: scaled embeddings of order 1, as Gemma's
+
+
+def fam_gemma3():
+    tok = gemma_bpe(900)
+    ids = {t: tok.token_to_id(t) for t in ("<pad>", "<eos>", "<bos>")}
+    special = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+    tok_cfg = {
+        "tokenizer_class": "GemmaTokenizer", "add_bos_token": True, "add_eos_token": True,
+        "clean_up_tokenization_spaces": False, "spaces_between_special_tokens": False, "padding_side": "right",
+        **special, "model_max_length": 512,
+    }
+    cfg = dict(sorted({
+        "_sliding_window_pattern": 4,
+        "architectures": ["Gemma3TextModel"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "attn_logit_softcapping": None,
+        "bos_token_id": ids["<bos>"],
+        "eos_token_id": ids["<eos>"],
+        "final_logit_softcapping": None,
+        "head_dim": 16,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": DECODER_HIDDEN,
+        "initializer_range": INIT_STD,
+        "intermediate_size": 2 * DECODER_HIDDEN,
+        "layer_types": ["sliding_attention"] * 3 + ["full_attention"],
+        "max_position_embeddings": 512,
+        "model_type": "gemma3_text",
+        "num_attention_heads": 4,
+        "num_hidden_layers": 4,
+        "num_key_value_heads": 1,
+        "pad_token_id": ids["<pad>"],
+        "query_pre_attn_scalar": 16,
+        "rms_norm_eps": 1e-6,
+        "rope_local_base_freq": 10000.0,
+        "rope_scaling": None,
+        "rope_theta": 1000000.0,
+        "sliding_window": 8,
+        "torch_dtype": "float32",
+        "use_bidirectional_attention": True,
+        "use_cache": True,
+        "vocab_size": tok.get_vocab_size(),
+    }.items()))
+    return tok, "BPE", special, tok_cfg, cfg, "mean", True, ""
+
+
 # config_sentence_transformers.json of the decoder families: the prompts as on the Hub (Qwen3-Embedding's
 # query prompt ends in "Query:", the others' in "Query: "); no default prompt.
 DECODERS = {
     "qwen3": {"prompts": {"query": WEB_SEARCH_QUERY, "document": ""}, "default_prompt_name": None},
     "qwen2": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
     "mistral": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
+    # EmbeddingGemma's prompts (it has more, for other tasks; these two are its query / document ones).
+    "gemma3": {"prompts": {"query": "task: search result | query: ", "document": "title: none | text: "}, "default_prompt_name": None},
 }
 QUERY_ITEMS = 10  # the first texts, embedded again with prompt_name="query"
 
@@ -791,9 +883,10 @@ FAMILIES = {
     "qwen3": fam_qwen3,
     "qwen2": fam_qwen2,
     "mistral": fam_mistral,
+    "gemma3": fam_gemma3,
 }
 # Each family's seed is SEED plus its index here (new families go at the end, so that the others keep theirs).
-SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte", "qwen3", "qwen2", "mistral"]
+SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte", "qwen3", "qwen2", "mistral", "gemma3"]
 
 
 # ---------------------------------------------------------------- remote-code families
@@ -1064,6 +1157,122 @@ def decoder_checks(name: str, directory: pathlib.Path, model: SentenceTransforme
         raise SystemExit(f"make_fixtures: {name}: eager / batched / prompt-as-text embeddings differ by more than 1e-5")
 
 
+def gemma3_forward(directory: pathlib.Path, ids: list, variant: str = "") -> torch.Tensor:
+    """Last hidden state of one unpadded sequence from config.json and model.safetensors alone, the
+    way transformers 5's Gemma3TextModel computes it (all in float32):
+    x = embed_tokens[ids] * sqrt(hidden) (the scale a float32 tensor, cast to the weights' dtype);
+    per layer: x += post_attention_layernorm(o_proj(attn(input_layernorm(x)))),
+    x += post_feedforward_layernorm(down(gelu_tanh(gate(y)) * up(y))) with y = pre_feedforward_layernorm(x);
+    then norm(x). rms(x) = (x * rsqrt(mean(x^2) + eps)) * (1 + w). Attention: q, k, v without biases,
+    q_norm / k_norm (the same RMSNorm over head_dim, per head) before rotary; rotary in the half layout,
+    positions 0..n-1, theta rope_theta in full_attention layers and rope_local_base_freq in
+    sliding_attention ones; one key/value head per heads/kv_heads query heads; scores times
+    query_pre_attn_scalar^-0.5, no softcapping. use_bidirectional_attention: full layers see every key;
+    sliding layers key j from query i where |i - j| <= sliding_window // 2 (transformers stores
+    sliding_window // 2 + 1 and masks |i - j| < that). `variant` computes a wrong port instead, for the
+    sensitivity printout."""
+    h = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    with safe_open(str(directory / "model.safetensors"), "pt") as f:
+        w = {k: f.get_tensor(k) for k in f.keys()}
+    lin = lambda x, name: torch.nn.functional.linear(x, w[name + ".weight"])  # noqa: E731
+    eps = h["rms_norm_eps"]
+    one = 0.0 if variant == "norm w, not 1 + w" else 1.0
+
+    def rms(x: torch.Tensor, name: str) -> torch.Tensor:
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)) * (one + w[name])
+
+    d, heads, kv_heads, head_dim = h["hidden_size"], h["num_attention_heads"], h["num_key_value_heads"], h["head_dim"]
+    assert h["use_bidirectional_attention"] and h["hidden_activation"] == "gelu_pytorch_tanh" and h.get("rope_scaling") is None
+    assert h["attn_logit_softcapping"] is None and not h["attention_bias"], h
+    n = len(ids)
+    pos = torch.arange(n)
+    dist = pos[:, None] - pos[None, :]
+    allowed = {"full_attention": torch.ones(n, n, dtype=torch.bool), "sliding_attention": dist.abs() <= h["sliding_window"] // 2}
+    if variant == "causal":
+        allowed = {"full_attention": dist >= 0, "sliding_attention": (dist >= 0) & (dist < h["sliding_window"])}
+    elif variant == "no sliding window":
+        allowed["sliding_attention"] = allowed["full_attention"]
+    elif variant == "window |i-j| < sliding_window":
+        allowed["sliding_attention"] = dist.abs() < h["sliding_window"]
+    theta = {"full_attention": float(h["rope_theta"]), "sliding_attention": float(h["rope_local_base_freq"])}
+    if variant == "rope_theta for every layer":
+        theta["sliding_attention"] = theta["full_attention"]
+    inv_freq = {t: 1.0 / (b ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)) for t, b in theta.items()}
+    scale = torch.tensor(d**0.5, dtype=torch.float32)
+    x = w["embed_tokens.weight"][torch.tensor(ids)] * (1.0 if variant == "no embedding scale" else scale)
+    for layer, kind in enumerate(h["layer_types"]):
+        p = f"layers.{layer}."
+        y = rms(x, p + "input_layernorm.weight")
+        q = lin(y, p + "self_attn.q_proj").view(n, heads, head_dim).transpose(0, 1)
+        k = lin(y, p + "self_attn.k_proj").view(n, kv_heads, head_dim).transpose(0, 1)
+        v = lin(y, p + "self_attn.v_proj").view(n, kv_heads, head_dim).transpose(0, 1)
+        if variant != "no q/k norm":
+            q, k = rms(q, p + "self_attn.q_norm.weight"), rms(k, p + "self_attn.k_norm.weight")
+        q, k = rotate(q, inv_freq[kind]), rotate(k, inv_freq[kind])
+        k, v = k.repeat_interleave(heads // kv_heads, dim=0), v.repeat_interleave(heads // kv_heads, dim=0)
+        scores = (q @ k.transpose(-1, -2) * h["query_pre_attn_scalar"] ** -0.5).masked_fill(~allowed[kind], float("-inf"))
+        out = (torch.softmax(scores, dim=-1) @ v).transpose(0, 1).reshape(n, heads * head_dim)
+        x = x + rms(lin(out, p + "self_attn.o_proj"), p + "post_attention_layernorm.weight")
+        y = rms(x, p + "pre_feedforward_layernorm.weight")
+        act = torch.nn.functional.gelu(lin(y, p + "mlp.gate_proj"), approximate="tanh")
+        x = x + rms(lin(act * lin(y, p + "mlp.up_proj"), p + "mlp.down_proj"), p + "post_feedforward_layernorm.weight")
+    return rms(x, "norm.weight")
+
+
+def gemma3_embed(directory: pathlib.Path, ids: list, variant: str = "") -> torch.Tensor:
+    """Mean over the tokens, 2_Dense, 3_Dense (no bias, no activation), normalised."""
+    v = gemma3_forward(directory, ids, variant).mean(0)
+    for folder in ("2_Dense", "3_Dense"):
+        with safe_open(str(directory / folder / "model.safetensors"), "pt") as f:
+            assert list(f.keys()) == ["linear.weight"], list(f.keys())
+            v = torch.nn.functional.linear(v, f.get_tensor("linear.weight"))
+    return torch.nn.functional.normalize(v, dim=-1)
+
+
+GEMMA3_VARIANTS = [
+    "causal", "no sliding window", "window |i-j| < sliding_window", "norm w, not 1 + w", "no embedding scale",
+    "no q/k norm", "rope_theta for every layer",
+]
+
+
+def gemma3_checks(directory: pathlib.Path, model: SentenceTransformer, vectors, queries, query_prompt: str) -> None:
+    """As decoder_checks, for gemma3: `gemma3_embed` on the files (one unpadded text at a time),
+    eager attention, batch against alone (right padding), prompt as text; then how far some wrong
+    ports land (worst cosine to the reference over all texts)."""
+    tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tok.enable_truncation(MAX_SEQ_LENGTH)
+    texts = TEXTS + [query_prompt + t for t in TEXTS[:QUERY_ITEMS]]
+    expected = torch.nn.functional.normalize(torch.cat([torch.as_tensor(vectors), torch.as_tensor(queries)]), dim=-1)
+    encoded = [tok.encode(t).ids for t in texts]
+    with torch.no_grad():
+        mine = torch.stack([gemma3_embed(directory, ids) for ids in encoded])
+        worst = float((mine - expected).abs().max())
+        print(f"make_fixtures: gemma3: forward pass from the files (gemma3_forward, unpadded): max abs difference {worst:.1e}")
+        if not worst <= 1e-5:
+            raise SystemExit(f"make_fixtures: gemma3: sentence-transformers and gemma3_forward disagree by {worst:g}")
+        cosines = []
+        for variant in GEMMA3_VARIANTS:
+            other = torch.stack([gemma3_embed(directory, ids, variant) for ids in encoded])
+            cosines.append(f"{variant} {float((other * expected).sum(-1).min()):.3f}")
+        print(f"make_fixtures: gemma3: worst cosine to the reference of a wrong port: {'; '.join(cosines)}")
+    eager = SentenceTransformer(str(directory), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    assert eager[0].auto_model.config._attn_implementation == "eager"
+    assert model[0].auto_model.config._attn_implementation == "sdpa", model[0].auto_model.config._attn_implementation
+    e = torch.cat([torch.as_tensor(eager.encode(TEXTS)), torch.as_tensor(eager.encode(TEXTS[:QUERY_ITEMS], prompt_name="query"))])
+    worst_eager = float((e - expected).abs().max())
+    alone = torch.as_tensor(model.encode(texts, batch_size=1))
+    together = torch.as_tensor(model.encode(texts, batch_size=len(texts)))
+    worst_batch = float((alone - together).abs().max())
+    as_text = torch.as_tensor(model.encode([query_prompt + t for t in TEXTS[:QUERY_ITEMS]]))
+    worst_text = float((as_text - torch.as_tensor(queries)).abs().max())
+    print(
+        f"make_fixtures: gemma3: eager vs sdpa attention {worst_eager:.1e}; each text alone vs all {len(texts)} in one "
+        f"{model.tokenizer.padding_side}-padded batch {worst_batch:.1e}; prompt as text vs prompt_name {worst_text:.1e} (max abs differences)"
+    )
+    if not max(worst_eager, worst_batch, worst_text) <= 1e-5:
+        raise SystemExit("make_fixtures: gemma3: eager / batched / prompt-as-text embeddings differ by more than 1e-5")
+
+
 # ---------------------------------------------------------------- building
 
 
@@ -1072,8 +1281,10 @@ def write_json(path: pathlib.Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def random_weights(shapes: dict, gen: torch.Generator) -> dict:
-    """Every tensor (name: shape) drawn afresh, in name order, from the family's seeded generator."""
+def random_weights(shapes: dict, gen: torch.Generator, gemma: bool = False) -> dict:
+    """Every tensor (name: shape) drawn afresh, in name order, from the family's seeded generator.
+    gemma: Gemma's RMSNorm scales by (1 + weight), so its norm weights are drawn around 0, not 1,
+    and its token embeddings (multiplied by sqrt(hidden) in the model) with GEMMA_EMBED_STD."""
     out = {}
     for name, shape in sorted(shapes.items()):
         shape = tuple(shape)
@@ -1085,6 +1296,10 @@ def random_weights(shapes: dict, gen: torch.Generator) -> dict:
             # attention, so that a wrong rotary embedding changes the result clearly. (ModernBERT's
             # is named layers.N.attn.Wqkv and keeps the default.)
             v = 0.5 * torch.randn(shape, generator=gen)
+        elif gemma and name == "embed_tokens.weight":
+            v = GEMMA_EMBED_STD * torch.randn(shape, generator=gen)
+        elif gemma and len(shape) == 1:
+            v = 0.2 * torch.randn(shape, generator=gen)  # (1 + w): scales 1 + N(0, 0.2)
         elif name == "embed_tokens.weight":
             # The decoder families' token embeddings: small, as in real decoders (Mistral's and
             # Qwen's are of the order of 0.01 or less), so that the first RMSNorm's mean square is
@@ -1121,11 +1336,31 @@ def build(name: str, directory: pathlib.Path) -> tuple:
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(directory)))
         shapes = {k: t.shape for k, t in model.state_dict().items() if t.is_floating_point()}
     gen = torch.Generator().manual_seed(seed_of(name))
-    weights = random_weights(shapes, gen)
+    weights = random_weights(shapes, gen, gemma=name == "gemma3")
     save_file({prefix + k: v for k, v in weights.items()}, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "model.safetensors").chmod(0o644)
 
-    if name in DENSE:
+    if name == "gemma3":
+        # As EmbeddingGemma: Dense hidden -> GEMMA_DENSE and back, no bias, Identity, each written by
+        # sentence-transformers' Dense.save (linear.weight only); weights N(0, 1/in_features), drawn
+        # after the transformer's. modules.json with the sentence_transformers.models.* names, as on the Hub.
+        d = cfg["hidden_size"]
+        kinds = [("Transformer", ""), ("Pooling", "1_Pooling")]
+        for i, (n_in, n_out) in enumerate([(d, GEMMA_DENSE), (GEMMA_DENSE, d)]):
+            weight = (torch.randn((n_out, n_in), generator=gen) / math.sqrt(n_in)).contiguous()
+            dense = Dense(n_in, n_out, bias=False, activation_function=torch.nn.Identity(), init_weight=weight)
+            folder = directory / f"{i + 2}_Dense"
+            folder.mkdir()
+            dense.save(str(folder), safe_serialization=True)
+            for f in ("config.json", "model.safetensors"):
+                (folder / f).chmod(0o644)
+            kinds.append(("Dense", folder.name))
+        kinds.append(("Normalize", "4_Normalize"))
+        modules = [
+            {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{cls}"}
+            for i, (cls, path) in enumerate(kinds)
+        ]
+    elif name in DENSE:
         # Written by sentence-transformers' own Dense.save (config.json, then model.safetensors with
         # linear.weight [out, in] and linear.bias [out]). Its weights continue the family's
         # generator, after the transformer's (so those stay what they were without the head), in
@@ -1213,7 +1448,10 @@ def compute(name: str, directory: pathlib.Path, tmp: pathlib.Path, tok_type: str
         prompt = model.prompts["query"]
         queries = model.encode(TEXTS[:QUERY_ITEMS], prompt_name="query", convert_to_numpy=True, normalize_embeddings=False)
         query_enc = model.tokenizer([prompt + t for t in TEXTS[:QUERY_ITEMS]], truncation=True, max_length=model.max_seq_length)
-        decoder_checks(name, directory, model, vectors, queries, prompt)
+        if name == "gemma3":
+            gemma3_checks(directory, model, vectors, queries, prompt)
+        else:
+            decoder_checks(name, directory, model, vectors, queries, prompt)
         extra = {
             "prompts": model.prompts,
             "query_prompt_name": "query",
@@ -1258,7 +1496,18 @@ def sanity(name: str, directory: pathlib.Path, model: SentenceTransformer) -> No
             raise SystemExit(f"make_fixtures: {name}: transformers' tokenizer {part} differs from tokenizer.json")
     raw.enable_truncation(MAX_SEQ_LENGTH)
     texts = list(TEXTS)
-    if name in DECODERS:
+    if name == "gemma3":
+        texts += [model.prompts["query"] + t for t in TEXTS[:QUERY_ITEMS]]
+        # What transformers made of the Hub-style config.json (see gemma3_forward).
+        h, c = json.loads((directory / "config.json").read_text(encoding="utf-8")), model[0].auto_model.config
+        assert c.rope_parameters == {
+            "full_attention": {"rope_type": "default", "rope_theta": float(h["rope_theta"])},
+            "sliding_attention": {"rope_type": "default", "rope_theta": float(h["rope_local_base_freq"])},
+        }, c.rope_parameters
+        assert c.layer_types == h["layer_types"] and c.use_bidirectional_attention, c
+        assert c.sliding_window == h["sliding_window"] // 2 + 1, c.sliding_window
+        assert type(model[0].auto_model).__name__ == "Gemma3TextModel", type(model[0].auto_model)
+    elif name in DECODERS:
         assert model.tokenizer.padding_side == "left", model.tokenizer.padding_side
         texts += [model.prompts["query"] + t for t in TEXTS[:QUERY_ITEMS]]
         # What transformers made of the Hub-style config.json.
