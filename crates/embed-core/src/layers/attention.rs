@@ -183,6 +183,13 @@ pub(crate) fn window_mask(t: &BatchInput, half_window: i64) -> Tensor {
     distance.le(half_window).view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
 }
 
+/// `[n, heads, head_dim]` token rows → `[b, heads, len, head_dim]` on the padded layout (zeros
+/// at the padding), as SDPA takes them.
+pub(crate) fn heads_padded(x: &Tensor, t: &BatchInput) -> Tensor {
+    let (heads, head_dim) = (x.size()[1], x.size()[2]);
+    t.pad(&x.reshape([-1, heads * head_dim])).view([t.b, t.len, heads, head_dim]).transpose(1, 2)
+}
+
 /// Multi-head self-attention over fused `[n, 3 * hidden]` projections (Q, K, V in that order).
 pub(crate) struct SelfAttention {
     pub(crate) heads: i64,

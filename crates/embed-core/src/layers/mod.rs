@@ -55,6 +55,9 @@ impl LayerNorm {
 pub(crate) struct RmsNorm {
     pub(crate) weight: Tensor,
     pub(crate) eps: f64,
+    /// Gemma's form: scale by `1 + weight` in f32, then cast (the Llama line casts, then
+    /// scales by `weight`).
+    pub(crate) gemma: bool,
 }
 
 impl RmsNorm {
@@ -62,7 +65,12 @@ impl RmsNorm {
         let kind = x.kind();
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, Kind::Float);
-        &self.weight * (xf * (var + self.eps).rsqrt()).to_kind(kind)
+        let normed = xf * (var + self.eps).rsqrt();
+        if self.gemma {
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * normed.to_kind(kind)
+        }
     }
 }
 
@@ -229,7 +237,7 @@ impl<'a> Weights<'a> {
 
     /// An RMSNorm `prefix.weight` of `width`.
     pub(crate) fn rms_norm(&mut self, prefix: &str, width: i64, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: self.take(&format!("{prefix}.weight"), &[width])?, eps })
+        Ok(RmsNorm { weight: self.take(&format!("{prefix}.weight"), &[width])?, eps, gemma: false })
     }
 
     /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.

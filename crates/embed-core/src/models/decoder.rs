@@ -9,7 +9,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::AttentionPath;
+use crate::layers::attention::{heads_padded, AttentionPath};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
@@ -146,10 +146,6 @@ impl Decoder {
         Ok((model, w.bytes))
     }
 
-    /// `[n, width]` → `[b, heads, len, head_dim]` on the padded layout.
-    fn heads_padded(&self, x: &Tensor, t: &BatchInput, heads: i64) -> Tensor {
-        t.pad(&x.reshape([-1, heads * self.head_dim])).view([t.b, t.len, heads, self.head_dim]).transpose(1, 2)
-    }
 }
 
 impl Encoder for Decoder {
@@ -175,8 +171,7 @@ impl Encoder for Decoder {
                 k = kn.forward(&k);
             }
             let (q, k) = (rope.apply(&q), rope.apply(&k));
-            let (q, k, v) =
-                (self.heads_padded(&q, t, self.heads), self.heads_padded(&k, t, self.kv_heads), self.heads_padded(&v, t, self.kv_heads));
+            let (q, k, v) = (heads_padded(&q, t), heads_padded(&k, t), heads_padded(&v, t));
             let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, window.as_ref(), 0.0, window.is_none(), None, gqa)
                 .transpose(1, 2)
                 .reshape([t.b * t.len, self.heads * self.head_dim]);

@@ -10,6 +10,7 @@
 //! | `nomic_bert` | `nomic_bert.rs` | rotary | plain | SwiGLU, post-norm, no biases |
 //! | `new` (GTE v1.5) | `gte.rs` | rotary (optionally NTK-scaled) | plain | GeGLU, post-norm |
 //! | `qwen3`, `qwen2`, `mistral`, `llama` | `decoder.rs` | rotary | causal, grouped-query | SwiGLU, pre-RMSNorm |
+//! | `gemma3_text` | `gemma3.rs` | rotary (global and local base) | bidirectional or causal, sliding windows, grouped-query | GELU-tanh GLU, Gemma RMSNorm before and after |
 //!
 //! Every family runs its projections and feed-forward on the real tokens only and shares the
 //! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
@@ -18,6 +19,7 @@
 mod bert;
 mod decoder;
 mod distilbert;
+mod gemma3;
 mod gte;
 mod modernbert;
 mod mpnet;
@@ -54,6 +56,8 @@ pub enum Family {
     Gte,
     /// Decoder LLMs used as embedders: Qwen3, Qwen2, Mistral, Llama.
     Decoder,
+    /// Gemma 3 text models (EmbeddingGemma).
+    Gemma3,
 }
 
 impl fmt::Display for Family {
@@ -66,6 +70,7 @@ impl fmt::Display for Family {
             Family::NomicBert => "nomic_bert",
             Family::Gte => "gte",
             Family::Decoder => "decoder",
+            Family::Gemma3 => "gemma3",
         })
     }
 }
@@ -85,6 +90,7 @@ const MODEL_TYPES: &[(&str, Family)] = &[
     ("qwen2", Family::Decoder),
     ("mistral", Family::Decoder),
     ("llama", Family::Decoder),
+    ("gemma3_text", Family::Gemma3),
 ];
 
 /// Architecture class names (`architectures` in config.json) for configs without `model_type`.
@@ -102,6 +108,7 @@ const ARCHITECTURES: &[(&str, &str)] = &[
     ("Qwen2", "qwen2"),
     ("Mistral", "mistral"),
     ("Llama", "llama"),
+    ("Gemma3Text", "gemma3_text"),
 ];
 
 /// The `model_type` values embed-core loads, comma-separated (for error messages).
@@ -141,6 +148,7 @@ pub(crate) enum Details {
     NomicBert(nomic_bert::Config),
     Gte(gte::Config),
     Decoder(decoder::Config),
+    Gemma3(gemma3::Config),
 }
 
 /// Typed access to `config.json`'s fields, errors naming the file and the field.
@@ -267,6 +275,7 @@ impl ArchConfig {
             Family::NomicBert => nomic_bert::Config::parse(&f, model_type)?,
             Family::Gte => gte::Config::parse(&f, model_type)?,
             Family::Decoder => decoder::Config::parse(&f, model_type)?,
+            Family::Gemma3 => gemma3::Config::parse(&f, model_type)?,
         };
         f.heads_divide(cfg.hidden_size, cfg.num_attention_heads)?;
         Ok(cfg)
@@ -348,6 +357,10 @@ impl Model {
             }
             Details::Decoder(c) => {
                 let (m, bytes) = decoder::Decoder::load(weights, cfg, c, device, kind)?;
+                (Box::new(m), bytes)
+            }
+            Details::Gemma3(c) => {
+                let (m, bytes) = gemma3::Gemma3::load(weights, cfg, c, device, kind)?;
                 (Box::new(m), bytes)
             }
         };

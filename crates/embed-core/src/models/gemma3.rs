@@ -1,0 +1,223 @@
+//! Gemma 3 text models used as embedders (EmbeddingGemma): Gemma's RMSNorm (`1 + weight`),
+//! embeddings scaled by `sqrt(hidden)`, norms before and after both attention and feed-forward,
+//! per-head q/k norms, grouped-query attention scaled by `query_pre_attn_scalar`, sliding-window
+//! layers with their own rotary base between global ones, and a GELU-tanh gated feed-forward.
+//! Bidirectional when the config says `use_bidirectional_attention` (EmbeddingGemma), causal
+//! otherwise.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use super::{ArchConfig, Details, Encoder, Family, Fields};
+use crate::layers::attention::{heads_padded, key_mask, AttentionPath};
+use crate::layers::ffn::{Activation, Glu};
+use crate::layers::rotary::{Rotary, RotaryTable};
+use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f64,
+    global_theta: f64,
+    local_theta: f64,
+    /// Per layer: true = sliding-window attention.
+    sliding: Vec<bool>,
+    window: i64,
+    query_scale: f64,
+    activation: Activation,
+    bidirectional: bool,
+    attention_bias: bool,
+}
+
+impl Config {
+    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
+        let layers = f.usize("num_hidden_layers")?;
+        let heads = f.usize("num_attention_heads")?;
+        let kv_heads = f.usize_or("num_key_value_heads", heads)?;
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(f.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
+        }
+        let head_dim = f.usize_or("head_dim", 256)?;
+        if f.v.get("attn_logit_softcapping").is_some_and(|v| !v.is_null()) {
+            return Err(f.error("attn_logit_softcapping is not supported"));
+        }
+        // `layer_types` (transformers >= 4.53) or the older `sliding_window_pattern`: every
+        // pattern-th layer is global.
+        let sliding = match f.v.get("layer_types").and_then(Value::as_array) {
+            Some(types) if types.len() == layers => types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(true),
+                    Some("full_attention") => Ok(false),
+                    _ => Err(f.error(format!("layer type {t} is not full_attention or sliding_attention"))),
+                })
+                .collect::<Result<Vec<bool>>>()?,
+            Some(types) => return Err(f.error(format!("layer_types has {} entries for {layers} layers", types.len()))),
+            None => {
+                let pattern = f.usize_or("sliding_window_pattern", 6)?.max(1);
+                (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+            }
+        };
+        let rope = |kind: &str| f.v.get("rope_parameters").and_then(|p| p.get(kind)).and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
+        let c = Config {
+            kv_heads,
+            head_dim,
+            eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            global_theta: match rope("full_attention") {
+                Some(t) => t,
+                None => f.f64_or("rope_theta", 1_000_000.0)?,
+            },
+            local_theta: match rope("sliding_attention") {
+                Some(t) => t,
+                None => f.f64_or("rope_local_base_freq", 10_000.0)?,
+            },
+            sliding,
+            window: f.usize_or("sliding_window", 512)? as i64,
+            query_scale: f.f64_or("query_pre_attn_scalar", head_dim as f64)?.powf(-0.5),
+            activation: f.activation("hidden_activation", "gelu_pytorch_tanh")?,
+            bidirectional: f.bool_or("use_bidirectional_attention", false)?,
+            attention_bias: f.bool_or("attention_bias", false)?,
+        };
+        f.standard(Family::Gemma3, model_type, f.usize_or("max_position_embeddings", 2048)?, Details::Gemma3(c))
+    }
+}
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    post_attn_norm: RmsNorm,
+    pre_mlp_norm: RmsNorm,
+    mlp: Glu,
+    post_mlp_norm: RmsNorm,
+    sliding: bool,
+}
+
+pub(crate) struct Gemma3 {
+    word: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    global_rope: Rotary,
+    local_rope: Rotary,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    hidden: i64,
+    window: i64,
+    query_scale: f64,
+    bidirectional: bool,
+}
+
+impl Gemma3 {
+    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
+        let mut w = Weights::read(path, "embed_tokens.weight", device, kind)?;
+        let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
+        let (heads, kv_heads, head_dim) = (a.num_attention_heads as i64, c.kv_heads as i64, c.head_dim as i64);
+        let norm = |w: &mut Weights, name: String, width: i64| -> Result<RmsNorm> {
+            Ok(RmsNorm { gemma: true, ..w.rms_norm(&name, width, eps)? })
+        };
+        let word = w.take("embed_tokens.weight", &[a.vocab_size as i64, h])?;
+        let mut layers = Vec::with_capacity(a.num_hidden_layers);
+        for (i, &sliding) in c.sliding.iter().enumerate() {
+            let p = format!("layers.{i}");
+            let b = c.attention_bias;
+            layers.push(Layer {
+                input_norm: norm(&mut w, format!("{p}.input_layernorm"), h)?,
+                q: w.linear(&format!("{p}.self_attn.q_proj"), heads * head_dim, h, b)?,
+                k: w.linear(&format!("{p}.self_attn.k_proj"), kv_heads * head_dim, h, b)?,
+                v: w.linear(&format!("{p}.self_attn.v_proj"), kv_heads * head_dim, h, b)?,
+                o: w.linear(&format!("{p}.self_attn.o_proj"), h, heads * head_dim, b)?,
+                q_norm: norm(&mut w, format!("{p}.self_attn.q_norm"), head_dim)?,
+                k_norm: norm(&mut w, format!("{p}.self_attn.k_norm"), head_dim)?,
+                post_attn_norm: norm(&mut w, format!("{p}.post_attention_layernorm"), h)?,
+                pre_mlp_norm: norm(&mut w, format!("{p}.pre_feedforward_layernorm"), h)?,
+                mlp: Glu {
+                    up: w.fused_linear(&[format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj")], inter, h, false)?,
+                    down: w.linear(&format!("{p}.mlp.down_proj"), h, inter, false)?,
+                    act: c.activation,
+                },
+                post_mlp_norm: norm(&mut w, format!("{p}.post_feedforward_layernorm"), h)?,
+                sliding,
+            });
+        }
+        let final_norm = norm(&mut w, "norm".to_string(), h)?;
+        // Sliding windows and a custom score scale: padded attention on every device.
+        AttentionPath::choose(device, kind, head_dim, false);
+        let model = Gemma3 {
+            word,
+            layers,
+            norm: final_norm,
+            global_rope: Rotary::new(head_dim, c.global_theta, device),
+            local_rope: Rotary::new(head_dim, c.local_theta, device),
+            heads,
+            kv_heads,
+            head_dim,
+            hidden: h,
+            window: c.window,
+            query_scale: c.query_scale,
+            bidirectional: c.bidirectional,
+        };
+        Ok((model, w.bytes))
+    }
+
+    /// The attention mask of a global or a sliding layer, never showing a padding key. A
+    /// sliding layer with window W lets query i see key j when `|i - j| <= W / 2`
+    /// (bidirectional, as transformers halves the window then) or `0 <= i - j < W` (causal).
+    fn mask(&self, t: &BatchInput, sliding: bool) -> Tensor {
+        let pos = Tensor::arange(t.len, (Kind::Int64, t.mask.device()));
+        let d = pos.unsqueeze(1) - pos.unsqueeze(0); // query - key
+        let allowed = match (self.bidirectional, sliding) {
+            (true, false) => d.ones_like().to_kind(Kind::Bool),
+            (true, true) => d.abs().le(self.window / 2),
+            (false, false) => d.ge(0),
+            (false, true) => d.ge(0).logical_and(&d.lt(self.window)),
+        };
+        allowed.view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
+    }
+}
+
+impl Encoder for Gemma3 {
+    fn forward(&self, t: &BatchInput) -> Tensor {
+        let n = t.tokens;
+        let e = embed(&self.word, &t.ids).narrow(0, 0, n);
+        let kind = e.kind();
+        // The scale rounded to the weights' dtype first, as the reference does.
+        let scale = Tensor::from((self.hidden as f64).sqrt() as f32).to_kind(kind).to_device(e.device());
+        let mut x = e * scale;
+        let global: (RotaryTable, Tensor) = (self.global_rope.table(&t.positions, n, kind), self.mask(t, false));
+        let local: (RotaryTable, Tensor) = (self.local_rope.table(&t.positions, n, kind), self.mask(t, true));
+        let gqa = self.kv_heads != self.heads;
+        for layer in &self.layers {
+            let (rope, mask) = if layer.sliding { (&local.0, &local.1) } else { (&global.0, &global.1) };
+            let h = layer.input_norm.forward(&x);
+            let q = layer.q_norm.forward(&layer.q.forward(&h).view([n, self.heads, self.head_dim]));
+            let k = layer.k_norm.forward(&layer.k.forward(&h).view([n, self.kv_heads, self.head_dim]));
+            let v = layer.v.forward(&h).view([n, self.kv_heads, self.head_dim]);
+            let (q, k) = (rope.apply(&q), rope.apply(&k));
+            let (q, k, v) = (heads_padded(&q, t), heads_padded(&k, t), heads_padded(&v, t));
+            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, Some(self.query_scale), gqa)
+                .transpose(1, 2)
+                .reshape([t.b * t.len, self.heads * self.head_dim]);
+            x += layer.post_attn_norm.forward(&layer.o.forward(&t.unpad(ctx)));
+            x = &x + layer.post_mlp_norm.forward(&layer.mlp.forward(&layer.pre_mlp_norm.forward(&x)));
+        }
+        t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
+    }
+
+    fn attention_path(&self) -> AttentionPath {
+        AttentionPath::Padded
+    }
+
+    #[cfg(feature = "planted-leak")]
+    fn take_largest_tensor(&mut self) -> Tensor {
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+    }
+}
