@@ -786,6 +786,16 @@ def fam_qwen2():
     return tok, "BPE", special, tok_cfg, cfg, "lasttoken", True, ""
 
 
+def fam_qwen2_bidirectional():
+    # As the bidirectional Qwen2 embedders (Alibaba-NLP/gte-Qwen2-7B-instruct, Qodo/Qodo-Embed-1-*):
+    # qwen2 exactly (same tokenizer, sizes, prompts, last-token pooling) with "is_causal": false in
+    # config.json. transformers 5 reads it (generic.merge_with_config_defaults passes is_causal=False
+    # to the attention, masking_utils.create_causal_mask turns into create_bidirectional_mask): every
+    # token attends to every non-padding token; only padded keys are masked.
+    tok, tok_type, special, tok_cfg, cfg, pooling, normalize, prefix = fam_qwen2()
+    return tok, tok_type, special, tok_cfg, dict(sorted({**cfg, "is_causal": False}.items())), pooling, normalize, prefix
+
+
 def fam_mistral():
     # As intfloat/e5-mistral-7b-instruct: Mistral (no biases, no q/k norm), untied, sliding_window
     # 4096 (longer than anything here, so every layer attends to the whole prefix), <s> ... </s>.
@@ -863,6 +873,7 @@ def fam_gemma3():
 DECODERS = {
     "qwen3": {"prompts": {"query": WEB_SEARCH_QUERY, "document": ""}, "default_prompt_name": None},
     "qwen2": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
+    "qwen2-bidirectional": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
     "mistral": {"prompts": {"query": WEB_SEARCH_QUERY + " "}, "default_prompt_name": None},
     # EmbeddingGemma's prompts (it has more, for other tasks; these two are its query / document ones).
     "gemma3": {"prompts": {"query": "task: search result | query: ", "document": "title: none | text: "}, "default_prompt_name": None},
@@ -882,11 +893,12 @@ FAMILIES = {
     "gte": fam_gte,
     "qwen3": fam_qwen3,
     "qwen2": fam_qwen2,
+    "qwen2-bidirectional": fam_qwen2_bidirectional,
     "mistral": fam_mistral,
     "gemma3": fam_gemma3,
 }
 # Each family's seed is SEED plus its index here (new families go at the end, so that the others keep theirs).
-SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte", "qwen3", "qwen2", "mistral", "gemma3"]
+SEED_ORDER = ["bert", "camembert", "distilbert", "modernbert", "mpnet", "roberta", "xlm-roberta", "nomic-bert", "gte", "qwen3", "qwen2", "mistral", "gemma3", "qwen2-bidirectional"]
 
 
 # ---------------------------------------------------------------- remote-code families
@@ -1075,7 +1087,7 @@ def hub_check(name: str, directory: pathlib.Path, vectors, pooling: str, normali
 # ---------------------------------------------------------------- decoder families: checks
 
 
-def decoder_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
+def decoder_forward(directory: pathlib.Path, ids: list, pad: int = 0) -> torch.Tensor:
     """Last hidden state of one unpadded sequence, from config.json and model.safetensors alone, the
     way transformers 5's Qwen3Model / Qwen2Model / MistralModel compute it:
     x = embed_tokens[ids]; per layer x += o_proj(attn(rms(x))), x += down(silu(gate(y)) * up(y)) with
@@ -1084,7 +1096,10 @@ def decoder_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
     of head_dim; Qwen3 applies q_norm / k_norm (RMSNorm over head_dim, per head) before rotary;
     rotary in the half layout on the whole head, positions 0..n-1, inv_freq_i = theta^(-2i/head_dim);
     key/value head j serves query heads j*g .. j*g+g-1 (g = heads / kv_heads, repeat_interleave);
-    scores / sqrt(head_dim), causal (key j <= query i, and i - j < sliding_window where one applies)."""
+    scores / sqrt(head_dim), causal (key j <= query i, and i - j < sliding_window where one applies),
+    or where config.json has "is_causal": false, bidirectional (every key). With pad > 0: the sequence
+    left-padded by `pad` copies of ids[-1], positions 0..pad+n-1 over the whole row (as transformers
+    numbers a padded row) and the padded keys masked; the padded rows are dropped from the result."""
     h = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     with safe_open(str(directory / "model.safetensors"), "pt") as f:
         w = {k: f.get_tensor(k) for k in f.keys()}
@@ -1099,11 +1114,13 @@ def decoder_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
     assert h.get("rope_scaling") is None and h["hidden_act"] == "silu", h
     window = h.get("sliding_window") if (h["model_type"] == "mistral" or h.get("use_sliding_window")) else None
     inv_freq = 1.0 / (float(h["rope_theta"]) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    ids = [ids[-1]] * pad + list(ids)
     n = len(ids)
     pos = torch.arange(n)
-    allowed = pos[None, :] <= pos[:, None]
+    allowed = pos[None, :] <= pos[:, None] if h.get("is_causal", True) else torch.ones(n, n, dtype=torch.bool)
     if window is not None:
         allowed &= pos[:, None] - pos[None, :] < window
+    allowed &= pos[None, :] >= pad  # key padding mask
     x = w["embed_tokens.weight"][torch.tensor(ids)]
     for layer in range(h["num_hidden_layers"]):
         p = f"layers.{layer}."
@@ -1120,7 +1137,7 @@ def decoder_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
         x = x + lin(out, p + "self_attn.o_proj")
         y = rms(x, p + "post_attention_layernorm.weight")
         x = x + lin(torch.nn.functional.silu(lin(y, p + "mlp.gate_proj")) * lin(y, p + "mlp.up_proj"), p + "mlp.down_proj")
-    return rms(x, "norm.weight")
+    return rms(x, "norm.weight")[pad:]
 
 
 def decoder_checks(name: str, directory: pathlib.Path, model: SentenceTransformer, vectors, queries, query_prompt: str) -> None:
@@ -1138,6 +1155,36 @@ def decoder_checks(name: str, directory: pathlib.Path, model: SentenceTransforme
     print(f"make_fixtures: {name}: forward pass from the files (decoder_forward, unpadded): max abs difference {worst:.1e}")
     if not worst <= 1e-5:
         raise SystemExit(f"make_fixtures: {name}: sentence-transformers and decoder_forward disagree by {worst:g}")
+    h = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    if not h.get("is_causal", True):
+        # Bidirectional: every text left-padded to the longest, with a key padding mask (the padded
+        # positions are seen by no one), must still give the reference; and the causal model on the
+        # same weights (config.json without is_causal) must not.
+        longest = max(len(tok.encode(t).ids) for t in texts)
+        with torch.no_grad():
+            padded = torch.stack([
+                torch.nn.functional.normalize(decoder_forward(directory, ids, pad=longest - len(ids))[-1], dim=-1)
+                for ids in (tok.encode(t).ids for t in texts)
+            ])
+        worst_padded = float((padded - expected).abs().max())
+        causal_dir = pathlib.Path(tempfile.mkdtemp())
+        try:
+            shutil.copytree(directory, causal_dir, dirs_exist_ok=True)
+            write_json(causal_dir / "config.json", {k: v for k, v in h.items() if k != "is_causal"})
+            causal = SentenceTransformer(str(causal_dir), device="cpu")
+            c = torch.cat([torch.as_tensor(causal.encode(TEXTS)), torch.as_tensor(causal.encode(TEXTS[:QUERY_ITEMS], prompt_name="query"))])
+        finally:
+            shutil.rmtree(causal_dir)
+        cos = (torch.nn.functional.normalize(c, dim=-1) * torch.nn.functional.normalize(expected, dim=-1)).sum(-1)
+        print(
+            f"make_fixtures: {name}: decoder_forward left-padded to {longest} with a key padding mask: max abs difference "
+            f"{worst_padded:.1e}; causal attention on the same weights: cosine to the reference min {float(cos.min()):.4f}, "
+            f"mean {float(cos.mean()):.4f}"
+        )
+        if not worst_padded <= 1e-5:
+            raise SystemExit(f"make_fixtures: {name}: padded decoder_forward disagrees by {worst_padded:g}")
+        if not float(cos.min()) < 0.999:
+            raise SystemExit(f"make_fixtures: {name}: causal and bidirectional embeddings barely differ: is is_causal read?")
 
     eager = SentenceTransformer(str(directory), device="cpu", model_kwargs={"attn_implementation": "eager"})
     assert eager[0].auto_model.config._attn_implementation == "eager"
@@ -1515,6 +1562,7 @@ def sanity(name: str, directory: pathlib.Path, model: SentenceTransformer) -> No
         assert c.rope_parameters == {"rope_type": "default", "rope_theta": float(h["rope_theta"])}, c.rope_parameters
         assert set(getattr(c, "layer_types", None) or ["full_attention"]) == {"full_attention"}, c
         assert c.sliding_window == (4096 if name == "mistral" else None), c.sliding_window
+        assert getattr(c, "is_causal", True) == h.get("is_causal", True), c
     st_ids = model.tokenizer(texts, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]
     for text, a, b in zip(texts, st_ids, raw.encode_batch(texts)):
         if list(a) != b.ids:
