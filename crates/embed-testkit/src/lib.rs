@@ -115,7 +115,7 @@ pub fn reference() -> Vec<ReferenceItem> {
 /// and its reference embeddings (`testdata/fixtures/<name>`, written by
 /// `python/make_fixtures.py`).
 pub const FIXTURES: &[&str] =
-    &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic-bert", "gte", "qwen3", "qwen2", "mistral", "gemma3"];
+    &["bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet", "modernbert", "nomic-bert", "gte", "qwen3", "qwen2", "qwen2-bidirectional", "mistral", "gemma3"];
 
 /// The worst cosine bf16 must reach against f32 on fixture `name`. The rotary fixtures are
 /// drawn the most sensitive (sharp attention, texts far apart) so that no rotary or masking
@@ -126,7 +126,7 @@ pub const FIXTURES: &[&str] =
 pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
     match name {
         "nomic-bert" | "gte" => 0.995,
-        "qwen3" | "qwen2" | "mistral" | "gemma3" => 0.99,
+        "qwen3" | "qwen2" | "qwen2-bidirectional" | "mistral" | "gemma3" => 0.99,
         _ => 0.999,
     }
 }
@@ -145,7 +145,7 @@ pub fn fixture_model_type_and_family(name: &str) -> (&'static str, &'static str)
         "nomic-bert" => ("nomic_bert", "nomic_bert"),
         "gte" => ("new", "gte"),
         "qwen3" => ("qwen3", "decoder"),
-        "qwen2" => ("qwen2", "decoder"),
+        "qwen2" | "qwen2-bidirectional" => ("qwen2", "decoder"),
         "mistral" => ("mistral", "decoder"),
         "gemma3" => ("gemma3_text", "gemma3"),
         other => panic!("no fixture {other:?}"),

@@ -1,7 +1,8 @@
 //! Decoder LLMs used as embedders — Qwen3 (Qwen3-Embedding), Qwen2 (gte-Qwen2), Mistral and
 //! Llama (e5-mistral): pre-norm layers with RMSNorm, grouped-query causal attention with rotary
 //! positions (Qwen3 also RMS-normalises each query and key head), a SwiGLU feed-forward, and a
-//! final norm. Pooled by their last token (the EOS their tokenizer appends).
+//! final norm. Pooled by their last token (the EOS their tokenizer appends). Configs with
+//! `is_causal: false` (bidirectional embedders) attend both ways.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{heads_padded, AttentionPath};
+use crate::layers::attention::{heads_padded, key_mask, AttentionPath};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
@@ -28,6 +29,9 @@ pub(crate) struct Config {
     activation: Activation,
     /// Mistral's causal sliding window: a query sees at most this many keys (itself included).
     sliding_window: Option<i64>,
+    /// `is_causal: false` (bidirectional embedders such as gte-Qwen2-7B-instruct): every token
+    /// sees every other real token.
+    causal: bool,
 }
 
 impl Config {
@@ -69,7 +73,11 @@ impl Config {
             qk_norm: model_type == "qwen3",
             activation: f.activation("hidden_act", "silu")?,
             sliding_window,
+            causal: f.bool_or("is_causal", true)?,
         };
+        if !c.causal && c.sliding_window.is_some() {
+            return Err(f.error("a bidirectional (is_causal false) model with a sliding window is not supported"));
+        }
         f.standard(Family::Decoder, model_type, f.usize_or("max_position_embeddings", 32_768)?, Details::Decoder(c))
     }
 }
@@ -96,6 +104,7 @@ pub(crate) struct Decoder {
     head_dim: i64,
     hidden: i64,
     sliding_window: Option<i64>,
+    causal: bool,
 }
 
 impl Decoder {
@@ -142,6 +151,7 @@ impl Decoder {
             head_dim,
             hidden: h,
             sliding_window: c.sliding_window,
+            causal: c.causal,
         };
         Ok((model, w.bytes))
     }
@@ -154,12 +164,17 @@ impl Encoder for Decoder {
         let mut x = embed(&self.word, &t.ids).narrow(0, 0, n);
         let rope = self.rope.table(&t.positions, n, x.kind());
         // Right padding: causal attention never lets a real token see padding. A sliding
-        // window narrows it further (key j visible from query i when i - window < j <= i).
-        let window = self.sliding_window.filter(|&w| w < t.len).map(|w| {
-            let pos = Tensor::arange(t.len, (Kind::Int64, x.device()));
-            let d = pos.unsqueeze(1) - pos.unsqueeze(0);
-            d.ge(0).logical_and(&d.lt(w)).view([1, 1, t.len, t.len])
-        });
+        // window narrows it further (key j visible from query i when i - window < j <= i); a
+        // bidirectional model sees every real token (the key mask).
+        let mask = if self.causal {
+            self.sliding_window.filter(|&w| w < t.len).map(|w| {
+                let pos = Tensor::arange(t.len, (Kind::Int64, x.device()));
+                let d = pos.unsqueeze(1) - pos.unsqueeze(0);
+                d.ge(0).logical_and(&d.lt(w)).view([1, 1, t.len, t.len])
+            })
+        } else {
+            Some(key_mask(t))
+        };
         let gqa = self.kv_heads != self.heads;
         for layer in &self.layers {
             let h = layer.attn_norm.forward(&x);
@@ -172,7 +187,7 @@ impl Encoder for Decoder {
             }
             let (q, k) = (rope.apply(&q), rope.apply(&k));
             let (q, k, v) = (heads_padded(&q, t), heads_padded(&k, t), heads_padded(&v, t));
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, window.as_ref(), 0.0, window.is_none(), None, gqa)
+            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, gqa)
                 .transpose(1, 2)
                 .reshape([t.b * t.len, self.heads * self.head_dim]);
             x += layer.o.forward(&t.unpad(ctx));
