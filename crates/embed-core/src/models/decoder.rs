@@ -38,10 +38,7 @@ impl Config {
     pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
         let hidden = f.usize("hidden_size")?;
         let heads = f.usize("num_attention_heads")?;
-        let kv_heads = f.usize_or("num_key_value_heads", heads)?;
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(f.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
-        }
+        let kv_heads = f.kv_heads(heads)?;
         let head_dim = f.usize_or("head_dim", hidden / heads.max(1))?;
         // transformers 5 writes `rope_parameters`; earlier configs `rope_theta` and `rope_scaling`.
         let rope = f.v.get("rope_parameters").filter(|v| !v.is_null()).or_else(|| f.v.get("rope_scaling").filter(|v| !v.is_null()));

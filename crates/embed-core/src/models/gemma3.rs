@@ -11,7 +11,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{heads_padded, key_mask, AttentionPath};
+use crate::layers::attention::{heads_padded, key_mask, window_mask, AttentionPath};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::{Rotary, RotaryTable};
 use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
@@ -37,26 +37,15 @@ impl Config {
     pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
         let layers = f.usize("num_hidden_layers")?;
         let heads = f.usize("num_attention_heads")?;
-        let kv_heads = f.usize_or("num_key_value_heads", heads)?;
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(f.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
-        }
+        let kv_heads = f.kv_heads(heads)?;
         let head_dim = f.usize_or("head_dim", 256)?;
         if f.v.get("attn_logit_softcapping").is_some_and(|v| !v.is_null()) {
             return Err(f.error("attn_logit_softcapping is not supported"));
         }
         // `layer_types` (transformers >= 4.53) or the older `sliding_window_pattern`: every
         // pattern-th layer is global.
-        let sliding = match f.v.get("layer_types").and_then(Value::as_array) {
-            Some(types) if types.len() == layers => types
-                .iter()
-                .map(|t| match t.as_str() {
-                    Some("sliding_attention") => Ok(true),
-                    Some("full_attention") => Ok(false),
-                    _ => Err(f.error(format!("layer type {t} is not full_attention or sliding_attention"))),
-                })
-                .collect::<Result<Vec<bool>>>()?,
-            Some(types) => return Err(f.error(format!("layer_types has {} entries for {layers} layers", types.len()))),
+        let sliding = match f.sliding_layers(layers)? {
+            Some(sliding) => sliding,
             None => {
                 let pattern = f.usize_or("sliding_window_pattern", 6)?.max(1);
                 (0..layers).map(|i| (i + 1) % pattern != 0).collect()
@@ -172,15 +161,16 @@ impl Gemma3 {
     /// sliding layer with window W lets query i see key j when `|i - j| <= W / 2`
     /// (bidirectional, as transformers halves the window then) or `0 <= i - j < W` (causal).
     fn mask(&self, t: &BatchInput, sliding: bool) -> Tensor {
-        let pos = Tensor::arange(t.len, (Kind::Int64, t.mask.device()));
-        let d = pos.unsqueeze(1) - pos.unsqueeze(0); // query - key
-        let allowed = match (self.bidirectional, sliding) {
-            (true, false) => d.ones_like().to_kind(Kind::Bool),
-            (true, true) => d.abs().le(self.window / 2),
-            (false, false) => d.ge(0),
-            (false, true) => d.ge(0).logical_and(&d.lt(self.window)),
-        };
-        allowed.view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
+        match (self.bidirectional, sliding) {
+            (true, false) => key_mask(t),
+            (true, true) => window_mask(t, self.window / 2),
+            (false, _) => {
+                let pos = Tensor::arange(t.len, (Kind::Int64, t.mask.device()));
+                let d = pos.unsqueeze(1) - pos.unsqueeze(0); // query - key
+                let causal = if sliding { d.ge(0).logical_and(&d.lt(self.window)) } else { d.ge(0) };
+                causal.view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
+            }
+        }
     }
 }
 

@@ -218,6 +218,34 @@ impl Fields<'_> {
         })
     }
 
+    /// `num_key_value_heads` (default: `heads`), which must divide `heads` (grouped-query
+    /// attention).
+    pub(crate) fn kv_heads(&self, heads: usize) -> Result<usize> {
+        let kv_heads = self.usize_or("num_key_value_heads", heads)?;
+        if kv_heads == 0 || heads % kv_heads != 0 {
+            return Err(self.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
+        }
+        Ok(kv_heads)
+    }
+
+    /// `layer_types` as "is this a sliding-window layer", one per layer; `None` when the config
+    /// has no such key (older configs describe the pattern another way).
+    pub(crate) fn sliding_layers(&self, layers: usize) -> Result<Option<Vec<bool>>> {
+        let Some(types) = self.v.get("layer_types").and_then(Value::as_array) else { return Ok(None) };
+        if types.len() != layers {
+            return Err(self.error(format!("layer_types has {} entries for {layers} layers", types.len())));
+        }
+        types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(false),
+                Some("sliding_attention") => Ok(true),
+                _ => Err(self.error(format!("layer type {t} is not full_attention or sliding_attention"))),
+            })
+            .collect::<Result<Vec<bool>>>()
+            .map(Some)
+    }
+
     /// An [`ArchConfig`] from the usual Hugging Face keys (`vocab_size`, `hidden_size`,
     /// `num_hidden_layers`, `num_attention_heads`, `intermediate_size`).
     pub(crate) fn standard(&self, family: Family, model_type: String, max_tokens: usize, details: Details) -> Result<ArchConfig> {

@@ -34,20 +34,8 @@ impl Config {
         let layers = f.usize("num_hidden_layers")?;
         // transformers 5 writes `layer_types` and `rope_parameters`; Hub checkpoints carry the
         // original `global_attn_every_n_layers` and `global_rope_theta` / `local_rope_theta`.
-        let local = match f.v.get("layer_types").and_then(Value::as_array) {
-            Some(types) => {
-                if types.len() != layers {
-                    return Err(f.error(format!("layer_types has {} entries for {layers} layers", types.len())));
-                }
-                types
-                    .iter()
-                    .map(|t| match t.as_str() {
-                        Some("full_attention") => Ok(false),
-                        Some("sliding_attention") => Ok(true),
-                        _ => Err(f.error(format!("layer type {t} is not full_attention or sliding_attention"))),
-                    })
-                    .collect::<Result<Vec<bool>>>()?
-            }
+        let local = match f.sliding_layers(layers)? {
+            Some(local) => local,
             None => {
                 let every = f.usize_or("global_attn_every_n_layers", 3)?.max(1);
                 (0..layers).map(|i| i % every != 0).collect()
