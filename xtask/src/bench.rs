@@ -52,7 +52,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn run_capture(cmd: &mut Command) -> Result<String> {
+pub(crate) fn run_capture(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
     if !out.status.success() {
         bail!("{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -62,7 +62,7 @@ fn run_capture(cmd: &mut Command) -> Result<String> {
 
 /// Reads a JSON array of vectors. `NaN` (which both sides print for NaN, though JSON has no
 /// such token) is read as NaN so that the comparison can name the item.
-fn read_vectors(path: &Path) -> Result<Vec<Vec<f64>>> {
+pub(crate) fn read_vectors(path: &Path) -> Result<Vec<Vec<f64>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse_vectors(&text).with_context(|| format!("parsing {}", path.display()))
 }
@@ -89,7 +89,7 @@ fn parse_vectors(text: &str) -> Result<Vec<Vec<f64>>> {
 /// Compares `got` with `reference` item by item: the same number of vectors, each of the same
 /// length, each with cosine at least `min`. NaN fails (a fold with `f64::min` would skip it).
 /// Returns the worst cosine, or every failing item in the error.
-fn check_vectors(got: &[Vec<f64>], reference: &[Vec<f64>], min: f64) -> Result<f64, String> {
+pub(crate) fn check_vectors(got: &[Vec<f64>], reference: &[Vec<f64>], min: f64) -> Result<f64, String> {
     if got.len() != reference.len() {
         return Err(format!("{} vectors, expected {}", got.len(), reference.len()));
     }
@@ -292,7 +292,7 @@ fn extras(cargo: &str, root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+pub(crate) fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
 }
 

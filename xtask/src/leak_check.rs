@@ -30,6 +30,8 @@ pub(crate) struct Options {
     pub(crate) json: Option<PathBuf>,
     pub(crate) layers: Vec<String>,
     pub(crate) plant_leak: bool,
+    /// The model the layers churn instead of the MiniLM (`EMBED_LEAK_MODEL_DIR` for the child).
+    pub(crate) model_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -47,6 +49,7 @@ impl Options {
                 .map(|l| l.split(',').map(String::from).collect())
                 .unwrap_or_else(|| ["core", "scoped", "pool", "server"].map(String::from).to_vec()),
             plant_leak: args.iter().any(|a| a == "--plant-leak"),
+            model_dir: get("--model-dir").map(PathBuf::from),
         })
     }
 }
@@ -141,9 +144,12 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
         "layer", "", "baseline MiB", "peak MiB", "after MiB", "leaked MiB", opts.cycles, opts.device
     );
     for layer in &opts.layers {
-        let out = Command::new(&child)
-            .args([layer.as_str(), "--cycles", &opts.cycles.to_string(), "--device", &opts.device])
-            .env_remove("LD_LIBRARY_PATH")
+        let mut cmd = Command::new(&child);
+        cmd.args([layer.as_str(), "--cycles", &opts.cycles.to_string(), "--device", &opts.device]).env_remove("LD_LIBRARY_PATH");
+        if let Some(dir) = &opts.model_dir {
+            cmd.env("EMBED_LEAK_MODEL_DIR", dir);
+        }
+        let out = cmd
             .output()
             .with_context(|| format!("running {}", child.display()))?;
         if !out.status.success() {

@@ -1,6 +1,7 @@
 //! Project automation. Run `cargo xtask help`.
 
 mod bench;
+mod bench_decoder;
 mod leak_check;
 mod serve;
 mod setup;
@@ -18,10 +19,16 @@ tasks:
                     also installs those real weights (~404 MB) at .models/all-mpnet-base-v2
   test              setup if needed, then every test of the workspace (what CI runs)
   leak-check [--device cpu|cuda] [--cycles N] [--json PATH] [--layers core,scoped,pool,server] [--plant-leak]
+             [--model-dir DIR]
                     run each layer for N cycles in a child process; non-zero exit on any leak
+                    (with DIR's model instead of the MiniLM)
   bench [--pairs N] [--rounds N] [--threads N] [--core-only] [--model NAME]
                     embed-core vs sentence-transformers throughput, pair by pair; then the pool's
                     lease/swap times and HTTP vs in-process throughput (unless --core-only)
+  bench --decoder [--threads N] [--long-tokens N]
+                    a Qwen3-Embedding-0.6B-shaped random model on CPU: load, one 4096-token input
+                    and 64 short texts in bf16 (time, peak RSS), f32 and sentence-transformers
+                    beside it, then the leak check with that model
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";
@@ -36,6 +43,7 @@ fn main() -> Result<()> {
         "setup" => setup::run(&setup::Options::parse(rest)?).map(drop),
         "test" => test::run(rest),
         "serve" => serve::run(rest),
+        "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
         "bench" => bench::run(rest),
         "leak-check" => {
             if leak_check::run(&leak_check::Options::parse(rest)?)? {

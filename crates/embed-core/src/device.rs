@@ -156,6 +156,20 @@ impl DType {
         }
     }
 
+    /// The precision a model of `family` runs in on `device` when the options leave it open.
+    ///
+    /// Decoder LLMs (Qwen, Mistral, Llama, Gemma 3) are trained and shipped in bf16, and in f32
+    /// their weights and activations take twice the GPU memory for no retrieval gain: bf16 on
+    /// CUDA. Encoders stay in f32 on CUDA (bit-for-bit sentence-transformers parity), and every
+    /// family stays in f32 on CPU (bf16 is only faster where the CPU has AMX or AVX-512 BF16;
+    /// ask for it there).
+    pub fn preferred(family: crate::Family, device: ResolvedDevice) -> DType {
+        match (family, device) {
+            (crate::Family::Decoder | crate::Family::Gemma3, ResolvedDevice::Cuda(_)) => DType::Bf16,
+            _ => DType::F32,
+        }
+    }
+
     /// Bytes per element.
     pub fn size_of(self) -> usize {
         match self {
@@ -203,6 +217,20 @@ impl fmt::Display for DType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoders_default_to_bf16_on_cuda_only() {
+        use crate::Family;
+        for family in [Family::Decoder, Family::Gemma3] {
+            assert_eq!(DType::preferred(family, ResolvedDevice::Cuda(0)), DType::Bf16, "{family}");
+            assert_eq!(DType::preferred(family, ResolvedDevice::Cuda(1)), DType::Bf16, "{family}");
+            assert_eq!(DType::preferred(family, ResolvedDevice::Cpu), DType::F32, "{family}");
+        }
+        for family in [Family::Bert, Family::DistilBert, Family::MPNet, Family::ModernBert, Family::NomicBert, Family::Gte] {
+            assert_eq!(DType::preferred(family, ResolvedDevice::Cuda(0)), DType::F32, "{family}");
+            assert_eq!(DType::preferred(family, ResolvedDevice::Cpu), DType::F32, "{family}");
+        }
+    }
 
     #[test]
     fn parses_devices() {

@@ -32,8 +32,10 @@ pub struct FaultInjection {
 pub struct ModelOptions {
     /// Device to run on.
     pub device: DeviceSpec,
-    /// Weight and activation precision.
-    pub dtype: DType,
+    /// Weight and activation precision. `None` picks the family's precision for the device
+    /// ([`DType::preferred`]): bf16 for decoder LLMs on CUDA, f32 everywhere else;
+    /// [`ModelInfo::dtype`] reports what was chosen.
+    pub dtype: Option<DType>,
     /// Overrides the model's `max_seq_length` (tokens, including special tokens).
     pub max_seq_length: Option<usize>,
     /// Overrides the pooling configured by the model.
@@ -74,7 +76,7 @@ impl Default for ModelOptions {
     fn default() -> Self {
         ModelOptions {
             device: DeviceSpec::Cpu,
-            dtype: DType::F32,
+            dtype: None,
             max_seq_length: None,
             pooling: None,
             normalize: None,

@@ -29,7 +29,7 @@ fn texts() -> Vec<String> {
 async fn cuda_matches_cpu_and_releases_exactly() {
     require_cuda();
     let (_tmp, dir) = minilm_shaped().write_temp();
-    let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype, ..Default::default() });
+    let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
     let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
     let expected = cpu.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
     cpu.cleanup().await.unwrap();
@@ -113,7 +113,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
     // Warm-up in every dtype (CUDA context, cuBLAS handles and workspaces) before any baseline.
     let warm_dir = embed_testkit::fixture_dir("bert");
     for dtype in [DType::F32, DType::Bf16, DType::F16] {
-        let spec = ModelSpec::new(warm_dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), dtype, ..Default::default() });
+        let spec = ModelSpec::new(warm_dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), dtype: Some(dtype), ..Default::default() });
         let warm = DenseEmbeddingService::from_spec(spec).await.unwrap();
         warm.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
         warm.cleanup().await.unwrap();
@@ -121,7 +121,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
     for &name in embed_testkit::FIXTURES {
         let dir = embed_testkit::fixture_dir(name);
         let texts: Vec<String> = embed_testkit::fixture_reference(name).into_iter().map(|i| i.text).collect();
-        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype, ..Default::default() });
+        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
         let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
         let expected = cpu.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
         cpu.cleanup().await.unwrap();

@@ -9,7 +9,7 @@ use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, E
 use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_query_reference, fixture_reference, serial, FIXTURES};
 
 async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
-    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype, ..Default::default() });
+    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
     DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
 }
 
@@ -83,14 +83,7 @@ async fn every_family_counts_its_weights_exactly_and_frees_them() {
             let svc = load(name, dtype).await;
             let bytes = svc.info().unwrap().weight_bytes;
             // The encoder's tensors, and those of any sentence-transformers Dense module.
-            let dir = fixture_dir(name);
-            let mut expected = encoder_tensor_bytes(&dir.join("model.safetensors"), elt);
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let module = entry.unwrap().path();
-                if module.file_name().unwrap().to_string_lossy().ends_with("_Dense") {
-                    expected += encoder_tensor_bytes(&module.join("model.safetensors"), elt);
-                }
-            }
+            let expected = encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt) + dense_bytes(name, elt);
             assert_eq!(bytes, expected, "{name} {dtype}: weight bytes vs the file's encoder tensors");
             assert_eq!(live_weight_bytes(), bytes, "{name} {dtype}");
             svc.embed_texts(&["one short text".to_string()], &EmbedOptions::default()).await.unwrap();
@@ -99,6 +92,33 @@ async fn every_family_counts_its_weights_exactly_and_frees_them() {
             assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0), "{name} {dtype}: after cleanup");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unset_dtype_is_the_familys_choice_for_the_device() {
+    let _s = serial().await;
+    // On CPU every family, decoders included, runs in f32 unless asked otherwise (bf16 is the
+    // decoders' choice on CUDA only: `DType::preferred`, and the gated CUDA tests).
+    for name in ["bert", "qwen3", "gemma3"] {
+        let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions::default());
+        let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
+        let info = svc.info().unwrap();
+        assert_eq!(info.dtype, DType::preferred(info.family, info.device), "{name}");
+        assert_eq!(info.dtype, DType::F32, "{name} on CPU");
+        let elt = 4;
+        assert_eq!(info.weight_bytes, encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt) + dense_bytes(name, elt), "{name}: loaded in f32");
+        svc.cleanup().await.unwrap();
+    }
+}
+
+fn dense_bytes(name: &str, elt: u64) -> u64 {
+    let dir = fixture_dir(name);
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|m| m.file_name().unwrap().to_string_lossy().ends_with("_Dense"))
+        .map(|m| encoder_tensor_bytes(&m.join("model.safetensors"), elt))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -130,7 +130,7 @@ async fn failed_loads_are_typed_and_leave_nothing() {
 async fn devices_and_dtypes() {
     let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
-    let with = |device, dtype| spec(&dir).with_options(ModelOptions { device, dtype, ..Default::default() });
+    let with = |device, dtype| spec(&dir).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
     if embed_core::cuda_device_count() == 0 {
         // No silent CPU fallback: explicit CUDA without CUDA is an error that says why.
         let err = DenseEmbeddingService::from_spec(with(DeviceSpec::Cuda(0), DType::F32)).await.unwrap_err();

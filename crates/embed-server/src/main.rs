@@ -50,7 +50,8 @@ struct Args {
     /// Device for models: cpu, cuda, cuda:N, auto.
     #[arg(long, env = "EMBED_DEVICE")]
     device: Option<String>,
-    /// Precision: f32, f16, bf16.
+    /// Precision: f32, f16, bf16, or auto (the default: bf16 for decoder LLMs on CUDA, f32
+    /// otherwise).
     #[arg(long, env = "EMBED_DTYPE")]
     dtype: Option<String>,
     /// Dynamic-batching budget: padded tokens per forward pass.
@@ -135,6 +136,15 @@ struct FileModel {
     pinned: Option<bool>,
 }
 
+/// A `--dtype` / `dtype =` value: `auto` (or nothing) leaves the choice to the model's family
+/// and device (`DType::preferred`), anything else must name a precision.
+fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    Ok(Some(s.parse()?))
+}
+
 fn parse_bytes(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
@@ -164,7 +174,7 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
         None => FileConfig::default(),
     };
     let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
-    let dtype: DType = args.dtype.or(file.dtype).map(|d| d.parse()).transpose()?.unwrap_or_default();
+    let dtype = args.dtype.or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
     let mut base = ModelOptions { device, dtype, ..Default::default() };
     if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
         base.max_batch_tokens = Some(n);
@@ -178,7 +188,7 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
             o.device = d.parse()?;
         }
         if let Some(d) = m.dtype {
-            o.dtype = d.parse()?;
+            o.dtype = parse_dtype(&d)?;
         }
         o.max_seq_length = m.max_seq_length;
         o.pooling = m.pooling.map(|p| p.parse()).transpose()?;
@@ -431,10 +441,17 @@ pinned = true
         assert_eq!(pool.max_models, 3);
         assert_eq!(pool.memory_budget, Some(3 << 29));
         let bge = registry.get("bge").unwrap();
-        assert_eq!(bge.spec.options.dtype, embed_core::DType::Bf16);
+        assert_eq!(bge.spec.options.dtype, Some(embed_core::DType::Bf16));
         assert_eq!(bge.spec.options.query_prefix.as_deref(), Some("Represent this sentence: "));
         assert!(bge.settings.pinned);
         assert!(registry.contains("minilm"));
+        assert_eq!(registry.get("minilm").unwrap().spec.options.dtype, None, "no dtype: the family's choice");
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "auto"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, None);
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f16"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, Some(embed_core::DType::F16));
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f8"]);
+        assert!(build(args).is_err(), "an unknown precision is refused");
 
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();

@@ -83,7 +83,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                     return;
                 }
             };
-            let Loaded { model, dir, text, device, device_note } = loaded;
+            let Loaded { model, dir, text, device, device_note, dtype } = loaded;
             let max_seq_length = text.max_seq_length;
             let live = LiveModel::new(model.weight_bytes);
             let o = &spec.options;
@@ -100,7 +100,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 normalize: o.normalize.unwrap_or(dir.normalize),
                 device,
                 device_note,
-                dtype: o.dtype,
+                dtype,
                 weight_bytes: model.weight_bytes,
                 num_layers: dir.arch.num_hidden_layers,
                 vocab_size: dir.arch.vocab_size,
@@ -150,6 +150,7 @@ struct Loaded {
     text: TextPrep,
     device: ResolvedDevice,
     device_note: Option<String>,
+    dtype: DType,
 }
 
 fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
@@ -164,18 +165,19 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
         return Err(Error::InvalidOption { name: "threads", reason: "must be at least 1".into() });
     }
     let (device, device_note) = o.device.resolve()?;
-    if device == ResolvedDevice::Cpu && o.dtype == DType::F16 {
+    if device == ResolvedDevice::Cpu && o.dtype == Some(DType::F16) {
         return Err(Error::UnsupportedDtype {
-            dtype: o.dtype.to_string(),
+            dtype: DType::F16.to_string(),
             device: device.to_string(),
             reason: "half-precision matmuls on CPU are emulated and slow; use bf16 or f32".into(),
         });
     }
     let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
     let dir = ModelDir::read(&dir_path)?;
+    let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
-    let model = Model::load(&dir, device.to_tch(), o.dtype.kind())?;
-    Ok(Loaded { model, dir, text, device, device_note })
+    let model = Model::load(&dir, device.to_tch(), dtype.kind())?;
+    Ok(Loaded { model, dir, text, device, device_note, dtype })
 }
 
 fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {

@@ -32,7 +32,7 @@ pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
                 "leases": m.leases,
                 "pinned": m.pinned,
                 "device": m.device.map(|d| d.to_string()),
-                "dtype": registry.get(&m.name).map(|r| r.spec.options.dtype.to_string()),
+                "dtype": info.as_ref().map(|i| i.dtype.to_string()),
                 "idle_seconds": now.saturating_duration_since(m.last_used).as_secs_f64(),
             })
         })
@@ -41,7 +41,7 @@ pub(crate) async fn models(State(state): State<AppState>) -> Json<Value> {
         .names()
         .map(|n| {
             let r = registry.get(n).expect("name from the registry");
-            json!({"name": n, "source": r.spec.source, "device": r.spec.options.device.to_string(), "dtype": r.spec.options.dtype.to_string()})
+            json!({"name": n, "source": r.spec.source, "device": r.spec.options.device.to_string(), "dtype": r.spec.options.dtype.map_or_else(|| "auto".to_string(), |d| d.to_string())})
         })
         .collect();
     Json(json!({
