@@ -39,7 +39,9 @@ def make(fixture: pathlib.Path, out: pathlib.Path) -> None:
         return
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(fixture, tmp, ignore=shutil.ignore_patterns("model.safetensors", "reference.json", "config.json"))
+    # Everything but the fixture's own weights, reference and top-level config (1_Pooling keeps its config.json).
+    top = {"model.safetensors", "reference.json", "config.json"}
+    shutil.copytree(fixture, tmp, ignore=lambda d, names: [n for n in names if pathlib.Path(d) == fixture and n in top])
     config = json.loads((fixture / "config.json").read_text())
     config.update(SHAPE)
     config["initializer_range"] = 0.02

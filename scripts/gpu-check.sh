@@ -51,6 +51,9 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv | tee -a "$out/device.txt" || true
     export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export EMBED_TEST_CUDA=1
+    # The Qwen3-Embedding-0.6B-shaped random model of the decoder test (1.2 GB: outside $OUT).
+    export EMBED_DECODER_SHAPED_DIR="${TMPDIR:-/tmp}/qwen3-0.6b-shaped"
+    python3 bench/decoder_shape.py make testdata/fixtures/qwen3 "$EMBED_DECODER_SHAPED_DIR"
     local status=0
     # The CUDA tests are #[ignore]d so that CPU CI does not report them as passes; here they run
     # with --ignored, and a run in which no test ran counts as a failure.

@@ -143,3 +143,46 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
     }
     assert_eq!(live_models(), 0);
 }
+
+/// The Qwen3-Embedding-0.6B-shaped random model (`bench/decoder_shape.py make`, written by
+/// `scripts/gpu-check.sh run` into `EMBED_DECODER_SHAPED_DIR`): with no dtype asked for it runs
+/// in bf16 on CUDA (`DType::preferred`), close to CPU f32 on short texts and on one
+/// 4096-token input, and cleanup returns the allocator's bytes exactly.
+#[tokio::test]
+#[ignore = "needs a CUDA GPU and EMBED_DECODER_SHAPED_DIR; run by scripts/gpu-check.sh run"]
+async fn decoder_0_6b_shaped_defaults_to_bf16_on_cuda_close_to_cpu_f32() {
+    require_cuda();
+    let dir = std::env::var("EMBED_DECODER_SHAPED_DIR").expect("EMBED_DECODER_SHAPED_DIR: the model bench/decoder_shape.py make writes");
+    let mut inputs: Vec<String> = texts();
+    inputs.push("a long document about retrieval, embeddings and memory. ".repeat(600));
+    let spec = |device, dtype| {
+        ModelSpec::new(dir.as_str()).with_options(ModelOptions { device, dtype, max_seq_length: Some(4096), ..Default::default() })
+    };
+    let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, Some(DType::F32))).await.unwrap();
+    let expected = cpu.embed_texts(&inputs, &EmbedOptions::default()).await.unwrap();
+    cpu.cleanup().await.unwrap();
+    assert_eq!(*expected.token_counts.last().unwrap(), 4096, "the long input fills the 4096-token limit");
+
+    let base = cuda_memory(0).unwrap();
+    let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), None)).await.unwrap();
+    let info = svc.info().unwrap();
+    assert_eq!(info.dtype, DType::Bf16, "decoders default to bf16 on CUDA");
+    assert_eq!(info.weight_bytes, 2 * 595_776_512, "596 M parameters in bf16");
+    let t = std::time::Instant::now();
+    let got = svc.embed_texts(&inputs, &EmbedOptions::default()).await.unwrap();
+    let seconds = t.elapsed().as_secs_f64();
+    assert_eq!(got.token_counts, expected.token_counts);
+    let worst = assert_cosines("0.6B-shaped bf16 on CUDA vs CPU f32", &got.vectors, &expected.vectors, 0.999);
+    let during = cuda_memory(0).unwrap();
+    svc.cleanup().await.unwrap();
+    let after = cuda_memory(0).unwrap();
+    assert_eq!(after.allocated, base.allocated, "allocated bytes back to the baseline exactly");
+    eprintln!(
+        "0.6B-shaped bf16 on CUDA: worst cosine vs CPU f32 {worst:.6}; {} inputs ({} tokens) in {seconds:.3} s; allocated {} -> {} -> {}",
+        inputs.len(),
+        got.total_tokens(),
+        base.allocated,
+        during.allocated,
+        after.allocated
+    );
+}
