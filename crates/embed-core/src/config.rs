@@ -12,8 +12,8 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::models::ArchConfig;
-use crate::{Error, Result};
+use crate::models::{ArchConfig, Family};
+use crate::{Error, ModelKind, Result};
 
 /// How token vectors become one sentence vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -65,6 +65,10 @@ pub(crate) struct ModelDir {
     pub(crate) model_type: String,
     /// The encoder's family and shape.
     pub(crate) arch: ArchConfig,
+    /// What the model computes (from `architectures` and the sentence-transformers modules).
+    pub(crate) kind: ModelKind,
+    /// Label names by output index (classifiers and rerankers).
+    pub(crate) labels: Vec<String>,
     /// Pooling from `1_Pooling/config.json` (mean when absent, like sentence-transformers).
     pub(crate) pooling: Pooling,
     /// Whether pooling excludes instruction-prompt tokens (`include_prompt: false`).
@@ -149,14 +153,22 @@ impl ModelDir {
         let mut exclude_prompt_from_pooling = false;
         let mut normalize = false;
         let mut dense = Vec::new();
+        let mut splade = false;
         let modules_path = dir.join("modules.json");
-        if let Some(modules) = read_optional_json(&modules_path)? {
+        let modules_json = read_optional_json(&modules_path)?;
+        let has_modules = modules_json.is_some();
+        if let Some(modules) = modules_json {
             let modules: Vec<ModuleEntry> = serde_json::from_value(modules)
                 .map_err(|e| Error::config(&modules_path, e.to_string()))?;
             for m in modules {
                 let kind = m.kind.rsplit('.').next().unwrap_or(&m.kind);
                 match kind {
-                    "Transformer" => {}
+                    // MLMTransformer: a sparse encoder's transformer with its masked-LM head.
+                    "Transformer" | "MLMTransformer" => {}
+                    "SpladePooling" => {
+                        check_splade_pooling(&dir.join(&m.path).join("config.json"))?;
+                        splade = true;
+                    }
                     // Normalize has no parameters: sentence-transformers never reads its folder,
                     // which is why published models (MiniLM among them) often lack it.
                     "Normalize" => normalize = true,
@@ -177,17 +189,27 @@ impl ModelDir {
                     other => {
                         return Err(Error::config(
                             &modules_path,
-                            format!("module type {other:?} is not supported (Transformer, Pooling, Dense, Normalize)"),
+                            format!("module type {other:?} is not supported (Transformer, MLMTransformer, Pooling, SpladePooling, Dense, Normalize)"),
                         ))
                     }
                 }
             }
         }
 
+        let (kind, labels) = kind_and_labels(&cfg, &config_path, &arch, splade, has_modules)?;
+
         let st_config = read_optional_json(&dir.join("sentence_bert_config.json"))?;
         let st_max = st_config.as_ref().and_then(|v| v.get("max_seq_length").and_then(Value::as_u64)).map(|n| n as usize);
         let lowercase = st_config.as_ref().is_some_and(|v| opt_bool(v, "do_lower_case"));
-        let max_seq_length = st_max.unwrap_or(arch.max_tokens).min(arch.max_tokens);
+        // Without a sentence-transformers limit, sentence-transformers (and its CrossEncoder)
+        // takes the tokenizer's `model_max_length` (transformers writes 1e30 for "none").
+        let tokenizer_max = read_optional_json(&dir.join("tokenizer_config.json"))
+            .ok()
+            .flatten()
+            .and_then(|v| v.get("model_max_length").and_then(Value::as_u64))
+            .filter(|&n| (2..1 << 24).contains(&n))
+            .map(|n| n as usize);
+        let max_seq_length = st_max.or(tokenizer_max).unwrap_or(arch.max_tokens).min(arch.max_tokens);
 
         let prompts_path = dir.join("config_sentence_transformers.json");
         let mut prompts = BTreeMap::new();
@@ -208,6 +230,8 @@ impl ModelDir {
             dir: dir.to_path_buf(),
             model_type,
             arch,
+            kind,
+            labels,
             pooling,
             exclude_prompt_from_pooling,
             normalize,
@@ -220,6 +244,61 @@ impl ModelDir {
             tokenizer,
         })
     }
+}
+
+/// What the checkpoint computes: a `*ForSequenceClassification` head makes a reranker (one
+/// label) or a classifier, a SPLADE pooling module (or a bare `*ForMaskedLM` checkpoint) a
+/// sparse encoder; anything else is a sentence embedder. Heads exist for the BERT line only.
+fn kind_and_labels(cfg: &Value, path: &Path, arch: &ArchConfig, splade: bool, has_modules: bool) -> Result<(ModelKind, Vec<String>)> {
+    let class = cfg.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
+    let (kind, labels) = if class.ends_with("ForSequenceClassification") {
+        let labels = labels(cfg, path)?;
+        (if labels.len() == 1 { ModelKind::Reranker } else { ModelKind::Classifier }, labels)
+    } else if splade || (!has_modules && class.ends_with("ForMaskedLM")) {
+        (ModelKind::Sparse, Vec::new())
+    } else {
+        (ModelKind::Embedding, Vec::new())
+    };
+    if kind != ModelKind::Embedding && arch.family != Family::Bert {
+        return Err(Error::config(
+            path,
+            format!("{kind} models ({class}) are supported for BERT, RoBERTa, XLM-RoBERTa and CamemBERT, not {}", arch.model_type),
+        ));
+    }
+    Ok((kind, labels))
+}
+
+/// `id2label` in index order (`LABEL_i` for the missing ones), `num_labels` long when given.
+fn labels(cfg: &Value, path: &Path) -> Result<Vec<String>> {
+    let map = cfg.get("id2label").and_then(Value::as_object);
+    let count = match cfg.get("num_labels").and_then(Value::as_u64) {
+        Some(n) => n as usize,
+        None => map.map_or(2, |m| m.len()),
+    };
+    if count == 0 {
+        return Err(Error::config(path, "a sequence classifier needs at least one label"));
+    }
+    let mut labels: Vec<String> = (0..count).map(|i| format!("LABEL_{i}")).collect();
+    for (k, v) in map.into_iter().flatten() {
+        let i: usize = k.parse().map_err(|_| Error::config(path, format!("id2label key {k:?} is not an index")))?;
+        let name = v.as_str().ok_or_else(|| Error::config(path, format!("id2label[{k}] must be a string")))?;
+        if i >= count {
+            return Err(Error::config(path, format!("id2label has index {i}, but the model has {count} labels")));
+        }
+        labels[i] = name.to_string();
+    }
+    Ok(labels)
+}
+
+/// SPLADE pooling as sentence-transformers writes it: max over tokens of log(1 + relu(x)).
+fn check_splade_pooling(path: &Path) -> Result<()> {
+    let Some(v) = read_optional_json(path)? else { return Ok(()) };
+    let strategy = v.get("pooling_strategy").and_then(Value::as_str).unwrap_or("max");
+    let activation = v.get("activation_function").and_then(Value::as_str).unwrap_or("relu");
+    if strategy != "max" || activation != "relu" {
+        return Err(Error::config(path, format!("SPLADE pooling {strategy:?} with {activation:?} is not supported (only max with relu)")));
+    }
+    Ok(())
 }
 
 /// The activation of a sentence-transformers `Dense` module.

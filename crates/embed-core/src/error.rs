@@ -151,6 +151,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The operation is not what the loaded model computes (e.g. reranking with a sentence
+    /// embedder, or embedding with a cross-encoder).
+    #[error("model {model:?} is a{} {kind} model and cannot {operation}{}", if matches!(kind, crate::ModelKind::Embedding) { "n" } else { "" }, kind_hint(*kind))]
+    WrongKind {
+        /// The model.
+        model: String,
+        /// What it computes.
+        kind: crate::ModelKind,
+        /// What was asked (e.g. "rerank").
+        operation: &'static str,
+    },
     /// The model ran out of memory even for a single input.
     #[error("out of memory on {device} while embedding {inputs} input(s) of up to {max_tokens} tokens: {detail}")]
     OutOfMemory {
@@ -200,6 +211,16 @@ pub enum Error {
     /// A memory probe failed (e.g. the accelerator shim reported an error).
     #[error("memory probe failed: {0}")]
     Memory(String),
+}
+
+/// What a model of `kind` can do instead, for [`Error::WrongKind`]'s message.
+fn kind_hint(kind: crate::ModelKind) -> &'static str {
+    match kind {
+        crate::ModelKind::Embedding => " (it embeds: use embed, embed_all or /v1/embeddings)",
+        crate::ModelKind::Reranker => " (it scores query/passage pairs: use rerank or predict)",
+        crate::ModelKind::Classifier => " (it classifies: use predict)",
+        crate::ModelKind::Sparse => " (it returns sparse vectors: use embed_sparse)",
+    }
 }
 
 impl Error {

@@ -56,8 +56,8 @@ pub use device::{cuda_device_count, DType, DeviceSpec, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use types::{
-    BatchStats, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelOptions, ModelSpec,
-    ServiceState, TokenizedText,
+    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,
+    ModelOptions, ModelSpec, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
 };
 pub use source::{is_hub_id, ModelSource};
 /// Test hooks (feature `test-util`): failures on demand.

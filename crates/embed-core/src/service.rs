@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::text::{to_i64, Prepared, TextPrep};
-use crate::worker::{self, Command, ExitReport, Job, Seq, Started, WorkerStats};
+use crate::worker::{self, Command, ExitReport, Job, Output, Seq, Started, WorkerStats};
 use crate::types::{
-    BatchStats, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelSpec, ServiceState,
-    TokenizedText,
+    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
+    ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
 };
 use crate::{Error, Result};
 
@@ -35,6 +35,40 @@ pub trait EmbeddingService: Send + Sync {
     async fn embed_token_ids(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
         let _ = (inputs, options);
         Err(Error::InvalidOption { name: "input", reason: "this service does not accept token ids".into() })
+    }
+
+    /// Runs a sequence-classification model ([`ModelKind::Reranker`] or
+    /// [`ModelKind::Classifier`]) on texts or text pairs: raw logits per label, in input
+    /// order. Only `options.truncate` applies (no prompts).
+    async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
+        let _ = (inputs, options);
+        Err(unsupported("classify"))
+    }
+
+    /// Scores each of `texts` against `query` with a cross-encoder ([`ModelKind::Reranker`]):
+    /// one logit per text, in input order ([`Classified::scores`] gives the sigmoid).
+    async fn rerank(&self, query: &str, texts: &[String], options: &EmbedOptions) -> Result<Classified> {
+        let _ = (query, texts, options);
+        Err(unsupported("rerank"))
+    }
+
+    /// SPLADE vectors of `texts` ([`ModelKind::Sparse`]).
+    async fn embed_sparse(&self, texts: &[String], options: &EmbedOptions) -> Result<SparseEmbeddings> {
+        let _ = (texts, options);
+        Err(unsupported("embed_sparse"))
+    }
+
+    /// The last hidden state of every token of `texts` (prompt and special tokens included),
+    /// from an embedding model, unnormalised.
+    async fn embed_tokens(&self, texts: &[String], options: &EmbedOptions) -> Result<TokenEmbeddings> {
+        let _ = (texts, options);
+        Err(unsupported("embed_tokens"))
+    }
+
+    /// Token ids back to text with the model's tokenizer.
+    async fn decode(&self, ids: &[Vec<u32>], skip_special_tokens: bool) -> Result<Vec<String>> {
+        let _ = (ids, skip_special_tokens);
+        Err(unsupported("decode"))
     }
 
     /// Dynamic-batching counters, for services that batch.
@@ -69,6 +103,10 @@ pub trait EmbeddingService: Send + Sync {
     /// what is queued, then frees everything. Never blocks, so it is safe in `Drop` and on an
     /// async executor thread. Returns false when no model was loaded.
     fn begin_cleanup(&self) -> bool;
+}
+
+fn unsupported(operation: &str) -> Error {
+    Error::InvalidOption { name: "operation", reason: format!("this service does not {operation}") }
 }
 
 /// State shared by a ready service's callers: the worker's intake and what tokenization needs.
@@ -231,6 +269,7 @@ impl EmbeddingService for DenseEmbeddingService {
 
     async fn embed_texts(&self, texts: &[String], options: &EmbedOptions) -> Result<Embeddings> {
         let running = self.running()?;
+        running.require(&[ModelKind::Embedding], "embed")?;
         if texts.is_empty() {
             return Ok(Embeddings::default());
         }
@@ -239,12 +278,13 @@ impl EmbeddingService for DenseEmbeddingService {
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), normalize).await?;
+        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
 
     async fn embed_token_ids(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
         let running = self.running()?;
+        running.require(&[ModelKind::Embedding], "embed")?;
         if inputs.is_empty() {
             return Ok(Embeddings::default());
         }
@@ -272,8 +312,76 @@ impl EmbeddingService for DenseEmbeddingService {
         }
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
         let normalize = options.normalize.unwrap_or(running.info.normalize);
-        let vectors = submit(&running, seqs, normalize).await?;
+        let vectors = submit(&running, seqs, Output::Head, normalize).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
+    }
+
+    async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
+        let running = self.running()?;
+        running.require(&[ModelKind::Reranker, ModelKind::Classifier], "classify")?;
+        run_classifier(&running, inputs, options).await
+    }
+
+    async fn rerank(&self, query: &str, texts: &[String], options: &EmbedOptions) -> Result<Classified> {
+        let running = self.running()?;
+        running.require(&[ModelKind::Reranker], "rerank")?;
+        let inputs: Vec<ClassifyInput> = texts.iter().map(|t| ClassifyInput::Pair(query.to_string(), t.clone())).collect();
+        run_classifier(&running, &inputs, options).await
+    }
+
+    async fn embed_sparse(&self, texts: &[String], options: &EmbedOptions) -> Result<SparseEmbeddings> {
+        let running = self.running()?;
+        running.require(&[ModelKind::Sparse], "embed_sparse")?;
+        if texts.is_empty() {
+            return Ok(SparseEmbeddings::default());
+        }
+        let prepared = prepare_off_executor(&running, texts, options).await?;
+        let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
+        let truncated = prepared.iter().map(|p| p.truncated).collect();
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
+        let vectors = rows
+            .into_iter()
+            .map(|row| {
+                let (indices, values) = row.iter().enumerate().filter(|(_, v)| **v != 0.0).map(|(i, v)| (i as u32, *v)).unzip();
+                SparseVector { indices, values }
+            })
+            .collect();
+        Ok(SparseEmbeddings { vectors, token_counts, truncated })
+    }
+
+    async fn embed_tokens(&self, texts: &[String], options: &EmbedOptions) -> Result<TokenEmbeddings> {
+        let running = self.running()?;
+        running.require(&[ModelKind::Embedding], "embed_tokens")?;
+        if texts.is_empty() {
+            return Ok(TokenEmbeddings::default());
+        }
+        let prepared = prepare_off_executor(&running, texts, options).await?;
+        let counts: Vec<usize> = prepared.iter().map(|p| p.seq.ids.len()).collect();
+        let truncated = prepared.iter().map(|p| p.truncated).collect();
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false).await?;
+        let vectors = rows
+            .into_iter()
+            .zip(counts)
+            .map(|(flat, n)| {
+                let width = flat.len() / n.max(1);
+                flat.chunks(width.max(1)).map(<[f32]>::to_vec).collect()
+            })
+            .collect();
+        Ok(TokenEmbeddings { vectors, truncated })
+    }
+
+    async fn decode(&self, ids: &[Vec<u32>], skip_special_tokens: bool) -> Result<Vec<String>> {
+        let running = self.running()?;
+        let vocab = running.info.vocab_size;
+        ids.iter()
+            .enumerate()
+            .map(|(index, seq)| {
+                if let Some(bad) = seq.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::InvalidTokens { index, reason: format!("token id {bad} is outside the vocabulary of {vocab} tokens") });
+                }
+                running.text.decode(seq, skip_special_tokens)
+            })
+            .collect()
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {
@@ -366,12 +474,43 @@ impl DenseEmbeddingService {
     }
 }
 
-/// Queues `seqs` for the worker and waits for the vectors. Dropping this future drops the
+impl Running {
+    /// Fails with [`Error::WrongKind`] unless the model is one of `kinds`.
+    fn require(&self, kinds: &[ModelKind], operation: &'static str) -> Result<()> {
+        if kinds.contains(&self.info.kind) {
+            Ok(())
+        } else {
+            Err(Error::WrongKind { model: self.info.name.clone(), kind: self.info.kind, operation })
+        }
+    }
+}
+
+/// Tokenizes classifier inputs (on the blocking pool when many) and runs them.
+async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
+    if inputs.is_empty() {
+        return Ok(Classified::default());
+    }
+    let truncate = options.truncate;
+    let prepared = if inputs.len() <= 16 || tokio::runtime::Handle::try_current().is_err() {
+        running.text.prepare_inputs(inputs, truncate)?
+    } else {
+        let (r, inputs) = (running.clone(), inputs.to_vec());
+        tokio::task::spawn_blocking(move || r.text.prepare_inputs(&inputs, truncate))
+            .await
+            .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })??
+    };
+    let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
+    let truncated = prepared.iter().map(|p| p.truncated).collect();
+    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
+    Ok(Classified { logits, token_counts, truncated })
+}
+
+/// Queues `seqs` for the worker and waits for the rows. Dropping this future drops the
 /// reply channel; the worker sees that and skips the work.
-async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, normalize: bool) -> Result<Vec<Vec<f32>>> {
+async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
     running.stats.queued_jobs.fetch_add(1, Ordering::SeqCst);
-    if running.intake.send(Command::Embed(Job { seqs, normalize, reply })).is_err() {
+    if running.intake.send(Command::Embed(Job { seqs, output, normalize, reply })).is_err() {
         running.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
         return Err(Error::ShutDown { model: running.info.name.clone() });
     }

@@ -4,16 +4,18 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tokenizers::Tokenizer;
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::config::ModelDir;
-use crate::types::{EmbedOptions, InputMode, ModelOptions};
+use crate::types::{ClassifyInput, EmbedOptions, InputMode, ModelOptions};
 use crate::worker::Seq;
 use crate::{Error, Result};
 
 /// Everything that turns a caller's text into the token ids the model sees.
 pub(crate) struct TextPrep {
     tokenizer: Tokenizer,
+    /// The same tokenizer truncating pairs to the limit (`longest_first`), for cross-encoders.
+    pair_tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     model: String,
     prompts: BTreeMap<String, String>,
@@ -58,8 +60,13 @@ impl TextPrep {
                 reason: format!("vocabulary of {vocab} tokens exceeds the model's vocab_size {}", dir.arch.vocab_size),
             });
         }
+        let mut pair_tokenizer = tokenizer.clone();
+        pair_tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_seq_length, strategy: TruncationStrategy::LongestFirst, ..Default::default() }))
+            .map_err(tok_err)?;
         Ok(TextPrep {
             tokenizer,
+            pair_tokenizer,
             tokenizer_path: dir.tokenizer.clone(),
             model: model.to_string(),
             prompts: dir.prompts.clone(),
@@ -141,6 +148,44 @@ impl TextPrep {
                 Ok(Prepared { seq: Seq { ids, type_ids, pool_skip, poisoned }, truncated })
             })
             .collect()
+    }
+}
+
+impl TextPrep {
+    /// Tokenizes classifier inputs: single texts as [`TextPrep::prepare`] does (no prompt), pairs
+    /// with the tokenizer's pair template. A pair over the limit is cut as sentence-transformers'
+    /// CrossEncoder cuts it (`longest_first`): the longer text loses its end until both are
+    /// equally long, then both lose tokens in turn; a short query keeps every token.
+    pub(crate) fn prepare_inputs(&self, inputs: &[ClassifyInput], truncate: bool) -> Result<Vec<Prepared>> {
+        let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
+        let plain = EmbedOptions { truncate, instruction: Some(String::new()), ..Default::default() };
+        let case = |t: &str| if self.lowercase { t.to_lowercase() } else { t.to_string() };
+        let max = self.max_seq_length;
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| {
+                let (a, b) = match input {
+                    ClassifyInput::Text(t) => return self.prepare(std::slice::from_ref(t), &plain).map(|mut p| p.remove(0)),
+                    ClassifyInput::Pair(a, b) => (a, b),
+                };
+                let enc = self.pair_tokenizer.encode((case(a), case(b)), true).map_err(tok_err)?;
+                let truncated = !enc.get_overflowing().is_empty();
+                if truncated && !truncate {
+                    let tokens = self.tokenizer.encode((case(a), case(b)), true).map_err(tok_err)?.get_ids().len();
+                    return Err(Error::InputTooLong { index, tokens, limit: max });
+                }
+                let (ids, type_ids) = (to_i64(enc.get_ids()), to_i64(enc.get_type_ids()));
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false }, truncated })
+            })
+            .collect()
+    }
+
+    /// Token ids back to text, special tokens left out when `skip_special_tokens`.
+    pub(crate) fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() })
     }
 }
 

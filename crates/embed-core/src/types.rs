@@ -198,6 +198,111 @@ pub struct TokenizedText {
     pub truncated: bool,
 }
 
+/// What a loaded model computes, read from its directory: `*ForSequenceClassification`
+/// checkpoints are cross-encoders, SPLADE directories (a `SpladePooling` module, or a
+/// `*ForMaskedLM` checkpoint without sentence-transformers modules) sparse encoders, the rest
+/// sentence embedders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Dense sentence vectors ([`EmbeddingService::embed_texts`](crate::EmbeddingService::embed_texts)).
+    Embedding,
+    /// A cross-encoder with one output: a relevance score per (query, passage) pair
+    /// ([`EmbeddingService::rerank`](crate::EmbeddingService::rerank)).
+    Reranker,
+    /// A sequence classifier with several labels
+    /// ([`EmbeddingService::classify`](crate::EmbeddingService::classify)).
+    Classifier,
+    /// SPLADE: one weight per vocabulary entry, mostly zero
+    /// ([`EmbeddingService::embed_sparse`](crate::EmbeddingService::embed_sparse)).
+    Sparse,
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelKind::Embedding => "embedding",
+            ModelKind::Reranker => "reranker",
+            ModelKind::Classifier => "classifier",
+            ModelKind::Sparse => "sparse",
+        })
+    }
+}
+
+/// One input of [`EmbeddingService::classify`](crate::EmbeddingService::classify): a text, or a
+/// pair encoded with the tokenizer's pair template (a query and a passage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassifyInput {
+    /// One text.
+    Text(String),
+    /// Two texts; the second is truncated first when the pair is too long.
+    Pair(String, String),
+}
+
+/// Per-token logits turned into scores the way sentence-transformers' CrossEncoder and TEI do.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Classified {
+    /// Raw logits per input, one per label, in input order.
+    pub logits: Vec<Vec<f32>>,
+    /// Tokens per input after truncation, special tokens included.
+    pub token_counts: Vec<usize>,
+    /// Whether each input was truncated.
+    pub truncated: Vec<bool>,
+}
+
+impl Classified {
+    /// Scores per input: the sigmoid of the logit for one-label models (rerankers), the
+    /// softmax over the labels otherwise.
+    pub fn scores(&self) -> Vec<Vec<f32>> {
+        self.logits.iter().map(|l| activate(l)).collect()
+    }
+
+    /// Sum of `token_counts`.
+    pub fn total_tokens(&self) -> usize {
+        self.token_counts.iter().sum()
+    }
+}
+
+fn activate(logits: &[f32]) -> Vec<f32> {
+    if logits.len() == 1 {
+        return vec![(1.0 / (1.0 + (-f64::from(logits[0])).exp())) as f32];
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits.iter().map(|&x| f64::from(x - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// A sparse vector: the non-zero entries of a vocabulary-sized vector, by increasing index.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
+pub struct SparseVector {
+    /// Vocabulary ids with a non-zero weight, increasing.
+    pub indices: Vec<u32>,
+    /// Their weights.
+    pub values: Vec<f32>,
+}
+
+/// The result of [`EmbeddingService::embed_sparse`](crate::EmbeddingService::embed_sparse).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SparseEmbeddings {
+    /// One sparse vector per input, in input order.
+    pub vectors: Vec<SparseVector>,
+    /// Tokens per input after truncation.
+    pub token_counts: Vec<usize>,
+    /// Whether each input was truncated.
+    pub truncated: Vec<bool>,
+}
+
+/// The result of [`EmbeddingService::embed_tokens`](crate::EmbeddingService::embed_tokens): the
+/// last hidden state of every token (ColBERT-style use, late chunking).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenEmbeddings {
+    /// Per input, one vector per token (special tokens and prompt included).
+    pub vectors: Vec<Vec<Vec<f32>>>,
+    /// Whether each input was truncated.
+    pub truncated: Vec<bool>,
+}
+
 /// What is loaded, where, and how big it is.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
@@ -211,8 +316,13 @@ pub struct ModelInfo {
     pub architecture: String,
     /// The family implementing it (`bert` also serves RoBERTa, XLM-R and CamemBERT).
     pub family: crate::Family,
-    /// Output dimension.
+    /// What the model computes.
+    pub kind: ModelKind,
+    /// Output dimension: the embedding width; the number of labels (classifiers, rerankers);
+    /// the vocabulary size (sparse).
     pub dimension: usize,
+    /// Label names by output index (classifiers and rerankers; empty otherwise).
+    pub labels: Vec<String>,
     /// Token limit per input.
     pub max_seq_length: usize,
     /// Pooling used.

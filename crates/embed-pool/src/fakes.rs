@@ -71,6 +71,8 @@ pub(crate) fn service(name: &str, source: &str, bytes: u64) -> Arc<FakeService> 
         dir: source.into(),
         architecture: "fake".into(),
         family: embed_core::Family::Bert,
+        kind: embed_core::ModelKind::Embedding,
+        labels: Vec::new(),
         dimension: 4,
         max_seq_length: 8,
         pooling: Pooling::Mean,

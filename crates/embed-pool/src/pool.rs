@@ -164,6 +164,7 @@ impl Pool {
                 last_used: Instant::from_std(e.last_used),
                 pinned: e.pinned,
                 device: e.slot().and_then(|s| s.device),
+                kind: e.slot().and_then(|s| s.kind),
             })
             .collect();
         PoolStatus {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embed_core::{EmbeddingService, ModelSpec, ResolvedDevice};
+use embed_core::{EmbeddingService, ModelKind, ModelSpec, ResolvedDevice};
 
 use crate::{EvictionCause, Limit, ModelState, PoolConfig, PoolError};
 
@@ -23,6 +23,8 @@ pub(crate) struct Slot {
     pub(crate) service: Arc<dyn EmbeddingService>,
     pub(crate) weight_bytes: u64,
     pub(crate) device: Option<ResolvedDevice>,
+    /// What the model computes (`None` for a service that reports no info).
+    pub(crate) kind: Option<ModelKind>,
 }
 
 impl Slot {
@@ -493,7 +495,7 @@ mod tests {
 
     fn slot(name: &str, bytes: u64) -> Arc<Slot> {
         let service = fakes::service(name, &format!("fake/{name}"), bytes);
-        Arc::new(Slot { name: name.to_string(), service, weight_bytes: bytes, device: None })
+        Arc::new(Slot { name: name.to_string(), service, weight_bytes: bytes, device: None, kind: None })
     }
 
     /// Plans and publishes `w` as a load that produced `bytes`, then returns its lease.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use embed_core::ResolvedDevice;
+use embed_core::{ModelKind, ResolvedDevice};
 use tokio::time::Instant;
 
 /// Why a model left the pool.
@@ -67,6 +67,8 @@ pub struct ModelStatus {
     pub pinned: bool,
     /// The device it runs on, once loaded.
     pub device: Option<ResolvedDevice>,
+    /// What it computes (embeddings, reranking, classification, sparse vectors), once loaded.
+    pub kind: Option<ModelKind>,
 }
 
 /// A snapshot of the pool.

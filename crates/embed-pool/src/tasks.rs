@@ -338,6 +338,7 @@ impl Shared {
                 name: name.to_string(),
                 weight_bytes: info.as_ref().map_or(0, |i| i.weight_bytes),
                 device: info.as_ref().map(|i| i.device),
+                kind: info.as_ref().map(|i| i.kind),
                 service,
             })
         });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use embed_core::memory::{self, MemorySnapshot};
 use embed_core::{DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
 use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode};
-use embed_testkit::{minilm_dir, reference, TinyModel};
+use embed_testkit::{fixture_dir, minilm_dir, reference, TinyModel};
 
 struct Args {
     write_model: Option<String>,
@@ -89,18 +89,28 @@ async fn scoped_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
 }
 
 async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut MemorySnapshot) {
+    let fixture = |name: &str| ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { device, ..Default::default() });
     let registry = ModelRegistry::new()
         .with("minilm", spec(device))
         .with_settings(
             "tiny",
             ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions { device, ..Default::default() }),
             ModelSettings::default().with_ttl(Duration::from_millis(50)),
-        );
-    let pool = Pool::new(PoolConfig::default().with_max_models(1), registry);
+        )
+        // A cross-encoder and a SPLADE encoder churn beside the embedders.
+        .with("reranker", fixture("bert-reranker"))
+        .with("splade", fixture("bert-splade"));
+    let pool = Pool::new(PoolConfig::default().with_max_models(2), registry);
+    let churn = vec!["churn".to_string(), "a second text to score".to_string()];
+    let opts = EmbedOptions::default();
     for _ in 0..3 {
-        for name in ["minilm", "tiny"] {
+        for name in ["minilm", "reranker", "tiny", "splade"] {
             let lease = pool.get(name).await.expect("lease");
-            lease.embed_texts(&["churn".to_string()], &EmbedOptions::default()).await.expect("embed");
+            match name {
+                "reranker" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
+                "splade" => drop(lease.embed_sparse(&churn, &opts).await.expect("embed_sparse")),
+                _ => drop(lease.embed_texts(&churn, &opts).await.expect("embed")),
+            }
             note_peak(peak);
         }
     }

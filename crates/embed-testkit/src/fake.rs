@@ -132,6 +132,8 @@ impl EmbeddingService for FakeService {
             dir: std::path::PathBuf::new(),
             architecture: "fake".into(),
             family: embed_core::Family::Bert,
+            kind: embed_core::ModelKind::Embedding,
+            labels: Vec::new(),
             dimension: self.dim,
             max_seq_length: 512,
             pooling: embed_core::Pooling::Mean,

@@ -164,6 +164,50 @@ pub fn fixture_reference(name: &str) -> Vec<ReferenceItem> {
     reference_file(&fixture_dir(name).join("reference.json"))
 }
 
+/// The task-model fixtures (`python/make_task_fixtures.py`): cross-encoders, a classifier and
+/// a SPLADE encoder, each with the scores or sparse vectors sentence-transformers computes.
+pub const TASK_FIXTURES: &[&str] = &["bert-reranker", "xlm-roberta-reranker", "bert-classifier", "bert-splade"];
+
+/// A task fixture's one reference item: the input (a text, or a query and a text), and what
+/// the reference computed for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskItem {
+    /// The query of a (query, text) pair; `None` for single texts.
+    pub query: Option<String>,
+    /// The text (the passage of a pair).
+    pub text: String,
+    /// Tokens fed to the model after truncation.
+    pub token_count: usize,
+    /// Whether truncation cut the input (pairs only; false where the reference does not say).
+    pub truncated: bool,
+    /// Raw logits (classifiers and rerankers).
+    pub logits: Vec<f32>,
+    /// Non-zero vocabulary ids (SPLADE).
+    pub indices: Vec<u32>,
+    /// Their weights (SPLADE).
+    pub values: Vec<f32>,
+}
+
+/// The reference items of task fixture `name` (one of [`TASK_FIXTURES`]).
+pub fn task_reference(name: &str) -> Vec<TaskItem> {
+    let v = read_reference(&fixture_dir(name).join("reference.json"));
+    let floats = |x: &serde_json::Value| -> Vec<f32> { x.as_array().map(|a| a.iter().map(|f| f.as_f64().expect("number") as f32).collect()).unwrap_or_default() };
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|it| TaskItem {
+            query: it["query"].as_str().map(String::from),
+            text: it["text"].as_str().expect("text").to_string(),
+            token_count: it["token_count"].as_u64().expect("token_count") as usize,
+            truncated: it["truncated"].as_bool().unwrap_or(false),
+            logits: floats(&it["logits"]),
+            indices: it["indices"].as_array().map(|a| a.iter().map(|i| i.as_u64().expect("index") as u32).collect()).unwrap_or_default(),
+            values: floats(&it["values"]),
+        })
+        .collect()
+}
+
 /// The reference of fixture `name`'s queries (`query_items`: the raw texts, embedded with the
 /// model's `query` prompt); empty for fixtures without one.
 pub fn fixture_query_reference(name: &str) -> Vec<ReferenceItem> {

@@ -190,6 +190,15 @@ impl<'a> Weights<'a> {
         Error::WeightsMismatch { path: self.path.into(), reason }
     }
 
+    /// Runs `f` with names taken from the checkpoint's top level, outside the encoder's prefix
+    /// (a task head's `classifier.*` or `cls.predictions.*` beside `bert.*`).
+    pub(crate) fn top<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let prefix = std::mem::take(&mut self.prefix);
+        let result = f(self);
+        self.prefix = prefix;
+        result
+    }
+
     /// Whether the checkpoint has tensor `name` (under the prefix).
     pub(crate) fn has(&self, name: &str) -> bool {
         self.map.contains_key(&format!("{}{name}", self.prefix))

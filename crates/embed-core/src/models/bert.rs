@@ -42,6 +42,12 @@ impl Config {
     }
 }
 
+/// The activation and LayerNorm epsilon a task head on this encoder uses (the masked-LM
+/// head's transform follows the encoder's `hidden_act` and `layer_norm_eps`).
+pub(crate) fn head_settings(c: &Config) -> (Activation, f64) {
+    (c.activation, c.layer_norm_eps)
+}
+
 /// Loads BERT or a RoBERTa-line model; returns it and its weight bytes.
 pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(PostNorm, u64)> {
     let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;

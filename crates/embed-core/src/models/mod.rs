@@ -21,6 +21,7 @@ mod decoder;
 mod distilbert;
 mod gemma3;
 mod gte;
+mod heads;
 mod modernbert;
 mod mpnet;
 mod nomic_bert;
@@ -31,10 +32,10 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{DenseActivation, ModelDir};
+use crate::config::ModelDir;
 use crate::layers::attention::AttentionPath;
 use crate::layers::block::PostNormStack;
-use crate::layers::{BatchInput, Embeddings, Linear, Weights};
+use crate::layers::{BatchInput, Embeddings};
 use crate::{Error, Result};
 
 /// The architectures embed-core implements.
@@ -343,11 +344,11 @@ impl Encoder for PostNorm {
     }
 }
 
-/// A loaded model: the encoder, the sentence-transformers `Dense` head if any, where it lives
-/// and what it holds.
+/// A loaded model: the encoder, what follows it (pooling and Dense modules, a classifier, or
+/// SPLADE's masked-LM head), where it lives and what it holds.
 pub(crate) struct Model {
     encoder: Box<dyn Encoder>,
-    head: Vec<(Linear, DenseActivation)>,
+    head: heads::Head,
     device: Device,
     /// Bytes held by the weights on the model's device (encoder and head).
     pub(crate) weight_bytes: u64,
@@ -392,12 +393,8 @@ impl Model {
                 (Box::new(m), bytes)
             }
         };
-        let mut head = Vec::with_capacity(dir.dense.len());
-        for d in &dir.dense {
-            let mut w = Weights::read(&d.weights, "linear.weight", device, kind)?;
-            head.push((w.linear("linear", d.out_features as i64, d.in_features as i64, d.bias)?, d.activation));
-            weight_bytes += w.bytes;
-        }
+        let (head, head_bytes) = heads::Head::load(dir, device, kind)?;
+        weight_bytes += head_bytes;
         Ok(Model { encoder, head, device, weight_bytes })
     }
 
@@ -409,22 +406,9 @@ impl Model {
         self.encoder.forward(t)
     }
 
-    /// Runs the Dense head on pooled f32 vectors `[b, width]` (in the model's dtype, as
-    /// sentence-transformers does); returns f32.
-    pub(crate) fn project(&self, pooled: Tensor) -> Tensor {
-        let mut x = pooled;
-        for (linear, act) in &self.head {
-            let y = linear.forward(&x.to_kind(linear.weight.kind()));
-            x = match act {
-                DenseActivation::Identity => y,
-                DenseActivation::Tanh => y.tanh(),
-                DenseActivation::Relu => y.relu(),
-                DenseActivation::Gelu => y.gelu("none"),
-                DenseActivation::Sigmoid => y.sigmoid(),
-            }
-            .to_kind(Kind::Float);
-        }
-        x
+    /// The head's output for a batch: one f32 row per input, `[b, out]` (see [`heads::Head::forward`]).
+    pub(crate) fn head(&self, hidden: &Tensor, pool_mask: &Tensor, lens: &[i64], pooling: crate::config::Pooling) -> Tensor {
+        self.head.forward(hidden, pool_mask, lens, pooling)
     }
 
     pub(crate) fn attention_path(&self) -> AttentionPath {

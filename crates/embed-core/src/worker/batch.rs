@@ -14,7 +14,6 @@ use tokio::sync::oneshot;
 use crate::layers::attention::AttentionPath;
 use crate::layers::BatchInput;
 use crate::models::Model;
-use crate::pooling::pool;
 use crate::config::Pooling;
 use crate::types::FaultInjection;
 use crate::{memory, panic_message, Error, ResolvedDevice, Result};
@@ -29,9 +28,19 @@ pub(crate) struct Seq {
     pub(crate) poisoned: bool,
 }
 
+/// What a job wants back per input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// The head's row: the sentence vector, the logits, or the SPLADE vector.
+    Head,
+    /// The last hidden state of every token, `[tokens × hidden]` flattened.
+    Tokens,
+}
+
 /// One caller's request.
 pub(crate) struct Job {
     pub(crate) seqs: Vec<Seq>,
+    pub(crate) output: Output,
     pub(crate) normalize: bool,
     pub(crate) reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
 }
@@ -246,7 +255,7 @@ pub(crate) fn is_out_of_memory(msg: &str) -> bool {
 fn run_split(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let pooled = launch(model, jobs, batch, cfg);
-        download(pooled, batch, cfg)
+        download(pooled, jobs, batch, cfg)
     }));
     match attempt {
         Ok(rows) => Ok(rows),
@@ -257,7 +266,7 @@ fn run_split(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) ->
 /// Reads back a launched batch's vectors; a failure there (an error the device reports late)
 /// is handled like a failed launch.
 fn collect(model: &Model, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
-    match catch_unwind(AssertUnwindSafe(|| download(pooled, batch, cfg))) {
+    match catch_unwind(AssertUnwindSafe(|| download(pooled, jobs, batch, cfg))) {
         Ok(rows) => Ok(rows),
         Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
     }
@@ -291,8 +300,10 @@ fn recover(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig, msg:
 
 /// A batch queued on the device.
 struct Launched {
-    /// The pooled `[b, hidden]` f32 vectors, still on the device (not waited for).
+    /// The head's `[b, out]` f32 rows, still on the device (not waited for).
     pooled: Tensor,
+    /// The `[b, len, hidden]` f32 states, when an input of the batch wants its tokens.
+    tokens: Option<Tensor>,
     /// Whether its attention ran packed.
     packed: bool,
 }
@@ -385,15 +396,19 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let tokens = tokens as i64;
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len };
     let hidden = model.forward(&input);
-    let pooled = model.project(pool(&hidden, &pool_mask, cfg.pooling));
-    Launched { pooled, packed: model.attention_path() == AttentionPath::Packed }
+    let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
+    let pooled = model.head(&hidden, &pool_mask, &lens, cfg.pooling);
+    let tokens = batch.iter().any(|it| jobs[it.job].output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
+    Launched { pooled, tokens, packed: model.attention_path() == AttentionPath::Packed }
 }
 
-/// Waits for a launched batch and returns one un-normalised row per item.
-fn download(launched: Launched, batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
+/// Waits for a launched batch and returns one un-normalised row per item (its token states,
+/// flattened, for a job that wants them).
+fn download(launched: Launched, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
     let pooled = launched.pooled.to_device(tch::Device::Cpu).contiguous();
     let dim = pooled.size()[1] as usize;
     let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
+    let states = launched.tokens.map(|t| t.to_device(tch::Device::Cpu));
     let tokens: usize = batch.iter().map(|it| it.len).sum();
     let padded = batch.len() * batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
     cfg.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -403,7 +418,17 @@ fn download(launched: Launched, batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f
     if launched.packed {
         cfg.stats.packed_batches.fetch_add(1, Ordering::Relaxed);
     }
-    flat.chunks(dim).map(<[f32]>::to_vec).collect()
+    flat.chunks(dim)
+        .zip(batch)
+        .enumerate()
+        .map(|(row, (head, it))| match (&states, jobs[it.job].output) {
+            (Some(states), Output::Tokens) => {
+                let t = states.get(row as i64).narrow(0, 0, it.len as i64).contiguous();
+                Vec::try_from(t.view([-1])).expect("hidden states are f32")
+            }
+            _ => head.to_vec(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub(crate) use batch::{is_out_of_memory, Command, Job, Seq, WorkerConfig, WorkerStats};
+pub(crate) use batch::{is_out_of_memory, Command, Job, Output, Seq, WorkerConfig, WorkerStats};
 
 use crate::config::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
 use crate::models::Model;
 use crate::text::TextPrep;
 use crate::types::{ModelInfo, ModelSpec};
-use crate::{DType, Error, ModelSource, ResolvedDevice, Result};
+use crate::{DType, Error, ModelKind, ModelSource, ResolvedDevice, Result};
 
 /// A started worker: its intake, the answer to the load, the exit report to come.
 pub(crate) struct Started {
@@ -94,10 +94,17 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 dir: dir.dir.clone(),
                 architecture: dir.model_type.clone(),
                 family: dir.arch.family,
-                dimension: dir.dense.last().map_or(dir.arch.hidden_size, |d| d.out_features),
+                kind: dir.kind,
+                dimension: match dir.kind {
+                    ModelKind::Embedding => dir.dense.last().map_or(dir.arch.hidden_size, |d| d.out_features),
+                    ModelKind::Reranker | ModelKind::Classifier => dir.labels.len(),
+                    ModelKind::Sparse => dir.arch.vocab_size,
+                },
+                labels: dir.labels.clone(),
                 max_seq_length,
                 pooling,
-                normalize: o.normalize.unwrap_or(dir.normalize),
+                // Scores and SPLADE weights are never normalised.
+                normalize: dir.kind == ModelKind::Embedding && o.normalize.unwrap_or(dir.normalize),
                 device,
                 device_note,
                 dtype,

@@ -1,0 +1,126 @@
+//! What runs after the encoder, by model kind: sentence-transformers pooling and Dense modules
+//! (embedders), a sequence-classification head on the first token (cross-encoders and
+//! classifiers), or the masked-LM head with SPLADE's pooling (sparse encoders).
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::bert;
+use crate::config::{DenseActivation, ModelDir, Pooling};
+use crate::layers::ffn::Activation;
+use crate::layers::{LayerNorm, Linear, Weights};
+use crate::pooling::pool;
+use crate::{Error, ModelKind, Result};
+
+pub(crate) enum Head {
+    /// Pooling (the worker's setting), then the Dense modules in order.
+    Pooled(Vec<(Linear, DenseActivation)>),
+    /// `out(tanh(pre(first token)))`: BERT's pooler and classifier, or RoBERTa's
+    /// `classifier.dense` and `classifier.out_proj` (the same computation).
+    Classifier { pre: Linear, out: Linear },
+    /// The masked-LM head on every token, `log(1 + relu(logits))`, max over the sequence.
+    Splade { transform: Linear, act: Activation, norm: LayerNorm, decoder: Linear },
+}
+
+impl Head {
+    /// Reads the head of `dir`'s kind; returns it and its weight bytes.
+    pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+        match dir.kind {
+            ModelKind::Embedding => {
+                let mut head = Vec::with_capacity(dir.dense.len());
+                let mut bytes = 0;
+                for d in &dir.dense {
+                    let mut w = Weights::read(&d.weights, "linear.weight", device, kind)?;
+                    head.push((w.linear("linear", d.out_features as i64, d.in_features as i64, d.bias)?, d.activation));
+                    bytes += w.bytes;
+                }
+                Ok((Head::Pooled(head), bytes))
+            }
+            ModelKind::Reranker | ModelKind::Classifier => classifier(dir, device, kind),
+            ModelKind::Sparse => splade(dir, device, kind),
+        }
+    }
+
+    /// `[b, len, hidden]` states to one f32 row per input: `[b, out]`. `pool_mask` marks the
+    /// tokens pooling sees, `lens` the tokens of each input.
+    pub(crate) fn forward(&self, hidden: &Tensor, pool_mask: &Tensor, lens: &[i64], pooling: Pooling) -> Tensor {
+        match self {
+            Head::Pooled(dense) => project(dense, pool(hidden, pool_mask, pooling)),
+            Head::Classifier { pre, out } => out.forward(&pre.forward(&hidden.select(1, 0)).tanh()).to_kind(Kind::Float),
+            Head::Splade { transform, act, norm, decoder } => {
+                // One input at a time: the logits are [tokens, vocabulary], too large to pad.
+                let rows: Vec<Tensor> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let x = hidden.get(i as i64).narrow(0, 0, n);
+                        let logits = decoder.forward(&norm.forward(&act.apply(&transform.forward(&x))));
+                        logits.to_kind(Kind::Float).relu().log1p().amax([0i64].as_slice(), false)
+                    })
+                    .collect();
+                Tensor::stack(&rows, 0)
+            }
+        }
+    }
+}
+
+/// Runs the Dense modules on pooled f32 vectors `[b, width]` (in the model's dtype, as
+/// sentence-transformers does); returns f32.
+fn project(dense: &[(Linear, DenseActivation)], pooled: Tensor) -> Tensor {
+    let mut x = pooled;
+    for (linear, act) in dense {
+        let y = linear.forward(&x.to_kind(linear.weight.kind()));
+        x = match act {
+            DenseActivation::Identity => y,
+            DenseActivation::Tanh => y.tanh(),
+            DenseActivation::Relu => y.relu(),
+            DenseActivation::Gelu => y.gelu("none"),
+            DenseActivation::Sigmoid => y.sigmoid(),
+        }
+        .to_kind(Kind::Float);
+    }
+    x
+}
+
+fn encoder_weights<'a>(path: &'a Path, device: Device, kind: Kind) -> Result<Weights<'a>> {
+    Weights::read(path, "embeddings.word_embeddings.weight", device, kind)
+}
+
+fn classifier(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+    let h = dir.arch.hidden_size as i64;
+    let labels = dir.labels.len() as i64;
+    let mut w = encoder_weights(&dir.weights, device, kind)?;
+    let (pre, out) = if w.top(|w| Ok(w.has("classifier.out_proj.weight")))? {
+        // RoBERTa line: classifier.dense → tanh → classifier.out_proj.
+        w.top(|w| Ok((w.linear("classifier.dense", h, h, true)?, w.linear("classifier.out_proj", labels, h, true)?)))?
+    } else {
+        // BERT: the pooler (dense + tanh on [CLS]) → classifier.
+        let pre = w.linear("pooler.dense", h, h, true)?;
+        (pre, w.top(|w| w.linear("classifier", labels, h, true))?)
+    };
+    Ok((Head::Classifier { pre, out }, w.bytes))
+}
+
+fn splade(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+    let (h, vocab) = (dir.arch.hidden_size as i64, dir.arch.vocab_size as i64);
+    let crate::models::Details::Bert(c) = &dir.arch.details else {
+        return Err(Error::config(&dir.dir, "SPLADE heads are supported for the BERT line only"));
+    };
+    let (act, eps) = bert::head_settings(c);
+    let mut w = encoder_weights(&dir.weights, device, kind)?;
+    let p = "cls.predictions";
+    let (transform, norm) = w.top(|w| Ok((w.linear(&format!("{p}.transform.dense"), h, h, true)?, w.layer_norm(&format!("{p}.transform.LayerNorm"), h, eps, true)?)))?;
+    // The decoder is tied to the word embeddings; checkpoints store it once, under either
+    // name. Here it is a copy of its own (counted in the weight bytes).
+    let weight = match w.top(|w| Ok(w.has(&format!("{p}.decoder.weight"))))? {
+        true => w.top(|w| w.take(&format!("{p}.decoder.weight"), &[vocab, h]))?,
+        false => w.take("embeddings.word_embeddings.weight", &[vocab, h])?,
+    };
+    let bias_name = match w.top(|w| Ok(w.has(&format!("{p}.bias"))))? {
+        true => format!("{p}.bias"),
+        false => format!("{p}.decoder.bias"),
+    };
+    let bias = w.top(|w| w.take(&bias_name, &[vocab]))?;
+    Ok((Head::Splade { transform, act, norm, decoder: Linear { weight, bias: Some(bias) } }, w.bytes))
+}

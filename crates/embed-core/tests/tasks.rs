@@ -1,0 +1,192 @@
+//! Cross-encoders, a classifier and a SPLADE encoder against their references
+//! (`testdata/fixtures/{bert-reranker,xlm-roberta-reranker,bert-classifier,bert-splade}`,
+//! written by `python/make_task_fixtures.py` with sentence-transformers' CrossEncoder and
+//! SparseEncoder): logits within 1e-4, the same non-zero SPLADE entries with values within
+//! 1e-4, token counts and truncation as the reference; each model refuses the others' work
+//! with a typed error, and every weight byte is freed on cleanup.
+
+use embed_core::memory::{live_models, live_weight_bytes};
+use embed_core::{ClassifyInput, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelKind, ModelSpec};
+use embed_testkit::{fixture_dir, fixture_reference, serial, task_reference, TaskItem};
+
+async fn load(name: &str) -> DenseEmbeddingService {
+    DenseEmbeddingService::from_spec(ModelSpec::new(fixture_dir(name).to_string_lossy()).named(name))
+        .await
+        .unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The reference items grouped by query, in first-seen order (one rerank call per query).
+fn by_query(items: &[TaskItem]) -> Vec<(String, Vec<&TaskItem>)> {
+    let mut groups: Vec<(String, Vec<&TaskItem>)> = Vec::new();
+    for it in items {
+        let q = it.query.clone().expect("reranker items have a query");
+        match groups.iter_mut().find(|(g, _)| *g == q) {
+            Some((_, v)) => v.push(it),
+            None => groups.push((q, vec![it])),
+        }
+    }
+    groups
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerankers_match_cross_encoder_logits() {
+    let _s = serial().await;
+    for name in ["bert-reranker", "xlm-roberta-reranker"] {
+        let svc = load(name).await;
+        let info = svc.info().unwrap();
+        assert_eq!((info.kind, info.dimension, info.labels.len(), info.normalize), (ModelKind::Reranker, 1, 1, false), "{name}");
+        let items = task_reference(name);
+        assert!(items.iter().filter(|i| i.truncated).count() >= 2, "{name}: the reference truncates some passages");
+        let mut worst = 0.0f32;
+        for (query, group) in by_query(&items) {
+            let texts: Vec<String> = group.iter().map(|i| i.text.clone()).collect();
+            let out = svc.rerank(&query, &texts, &EmbedOptions::default()).await.unwrap();
+            for (k, it) in group.iter().enumerate() {
+                let d = max_diff(&out.logits[k], &it.logits);
+                assert!(d <= 1e-4, "{name}: {query:?} / {:?}: logit {:?}, reference {:?}", it.text, out.logits[k], it.logits);
+                worst = worst.max(d);
+                assert_eq!(out.token_counts[k], it.token_count, "{name}: token count of {:?}", it.text);
+                assert_eq!(out.truncated[k], it.truncated, "{name}: truncation of {:?}", it.text);
+            }
+            // The score is the sigmoid of the logit, as CrossEncoder.predict gives by default.
+            for (s, l) in out.scores().iter().zip(&out.logits) {
+                assert!((s[0] - 1.0 / (1.0 + (-l[0]).exp())).abs() < 1e-6);
+            }
+        }
+        // All pairs in one classify call: batched with padding, same logits.
+        let pairs: Vec<ClassifyInput> = items.iter().map(|i| ClassifyInput::Pair(i.query.clone().unwrap(), i.text.clone())).collect();
+        let all = svc.classify(&pairs, &EmbedOptions::default()).await.unwrap();
+        for (got, it) in all.logits.iter().zip(&items) {
+            assert!(max_diff(got, &it.logits) <= 1e-4, "{name}: batched {:?}", it.text);
+        }
+        eprintln!("{name}: {} pairs, worst logit difference {worst:.2e}", items.len());
+        svc.cleanup().await.unwrap();
+    }
+    assert_eq!((live_models(), live_weight_bytes()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_over_the_limit_is_refused_without_truncation() {
+    let _s = serial().await;
+    let svc = load("bert-reranker").await;
+    let long = task_reference("bert-reranker").into_iter().find(|i| i.truncated).expect("a truncated pair");
+    let no_truncation = EmbedOptions { truncate: false, ..Default::default() };
+    let err = svc.rerank(long.query.as_deref().unwrap(), &[long.text.clone()], &no_truncation).await.unwrap_err();
+    assert!(matches!(err, Error::InputTooLong { index: 0, limit: 64, .. }), "{err}");
+    svc.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_classifier_gives_its_logits_and_labels() {
+    let _s = serial().await;
+    let svc = load("bert-classifier").await;
+    let info = svc.info().unwrap();
+    assert_eq!(info.kind, ModelKind::Classifier);
+    assert_eq!(info.labels, vec!["negative", "neutral", "positive"]);
+    let items = task_reference("bert-classifier");
+    let inputs: Vec<ClassifyInput> = items.iter().map(|i| ClassifyInput::Text(i.text.clone())).collect();
+    let out = svc.classify(&inputs, &EmbedOptions::default()).await.unwrap();
+    for ((got, it), count) in out.logits.iter().zip(&items).zip(&out.token_counts) {
+        assert!(max_diff(got, &it.logits) <= 1e-4, "{:?}: {got:?} vs {:?}", it.text, it.logits);
+        assert_eq!(*count, it.token_count, "{:?}", it.text);
+    }
+    for s in out.scores() {
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5, "softmax over the labels: {s:?}");
+    }
+    // A classifier does not rerank: that needs a one-label cross-encoder.
+    let err = svc.rerank("q", &["t".to_string()], &EmbedOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::WrongKind { kind: ModelKind::Classifier, operation: "rerank", .. }), "{err}");
+    svc.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splade_matches_sparse_encoder() {
+    let _s = serial().await;
+    let svc = load("bert-splade").await;
+    let info = svc.info().unwrap();
+    assert_eq!((info.kind, info.dimension), (ModelKind::Sparse, info.vocab_size));
+    let items = task_reference("bert-splade");
+    let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+    let out = svc.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap();
+    let mut worst = 0.0f32;
+    for ((got, it), count) in out.vectors.iter().zip(&items).zip(&out.token_counts) {
+        assert_eq!(got.indices, it.indices, "{:?}: non-zero entries", it.text);
+        worst = worst.max(max_diff(&got.values, &it.values));
+        assert_eq!(*count, it.token_count, "{:?}", it.text);
+    }
+    assert!(worst <= 1e-4, "worst SPLADE value difference {worst}");
+    assert!(out.truncated.iter().filter(|t| **t).count() >= 2, "the long texts are truncated");
+    eprintln!("bert-splade: {} texts, worst value difference {worst:.2e}", items.len());
+    svc.cleanup().await.unwrap();
+    assert_eq!((live_models(), live_weight_bytes()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_refuses_the_others_work() {
+    let _s = serial().await;
+    let texts = vec!["a short text".to_string()];
+    let opts = EmbedOptions::default();
+    let embedder = load("bert").await;
+    let reranker = load("bert-reranker").await;
+    let sparse = load("bert-splade").await;
+    let kind_of = |e: Error| match e {
+        Error::WrongKind { kind, operation, .. } => (kind, operation),
+        other => panic!("expected WrongKind, got {other}"),
+    };
+    assert_eq!(kind_of(embedder.rerank("q", &texts, &opts).await.unwrap_err()), (ModelKind::Embedding, "rerank"));
+    assert_eq!(kind_of(embedder.embed_sparse(&texts, &opts).await.unwrap_err()), (ModelKind::Embedding, "embed_sparse"));
+    assert_eq!(kind_of(embedder.classify(&[ClassifyInput::Text("x".into())], &opts).await.unwrap_err()), (ModelKind::Embedding, "classify"));
+    assert_eq!(kind_of(reranker.embed_texts(&texts, &opts).await.unwrap_err()), (ModelKind::Reranker, "embed"));
+    assert_eq!(kind_of(reranker.embed_sparse(&texts, &opts).await.unwrap_err()), (ModelKind::Reranker, "embed_sparse"));
+    assert_eq!(kind_of(reranker.embed_tokens(&texts, &opts).await.unwrap_err()), (ModelKind::Reranker, "embed_tokens"));
+    assert_eq!(kind_of(sparse.embed_texts(&texts, &opts).await.unwrap_err()), (ModelKind::Sparse, "embed"));
+    assert_eq!(kind_of(sparse.rerank("q", &texts, &opts).await.unwrap_err()), (ModelKind::Sparse, "rerank"));
+    let msg = reranker.embed_texts(&texts, &opts).await.unwrap_err().to_string();
+    assert!(msg.contains("bert-reranker") && msg.contains("reranker") && msg.contains("rerank"), "{msg}");
+    for svc in [embedder, reranker, sparse] {
+        svc.cleanup().await.unwrap();
+    }
+    assert_eq!((live_models(), live_weight_bytes()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_vectors_are_the_states_pooling_sees() {
+    let _s = serial().await;
+    // The bert fixture pools the [CLS] token and normalises: its first token vector, normalised,
+    // is the sentence embedding.
+    let svc = load("bert").await;
+    let items = fixture_reference("bert");
+    let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+    let out = svc.embed_tokens(&texts, &EmbedOptions::default()).await.unwrap();
+    let hidden = svc.info().unwrap().dimension;
+    for (tokens, it) in out.vectors.iter().zip(&items) {
+        assert_eq!(tokens.len(), it.token_count, "{:?}: one vector per token", it.text);
+        assert!(tokens.iter().all(|t| t.len() == hidden));
+        let first = &tokens[0];
+        let norm = first.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let cls: Vec<f32> = first.iter().map(|x| x / norm).collect();
+        assert!(embed_testkit::cosine(&cls, &it.embedding) >= 0.99999, "{:?}", it.text);
+    }
+    svc.cleanup().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decode_inverts_tokenize() {
+    let _s = serial().await;
+    let svc = load("bert-reranker").await;
+    let text = "the model and the search".to_string();
+    let ids = svc.tokenize(std::slice::from_ref(&text), &EmbedOptions::default()).await.unwrap().remove(0).ids;
+    let plain = svc.decode(std::slice::from_ref(&ids), true).await.unwrap().remove(0);
+    let with_specials = svc.decode(&[ids], false).await.unwrap().remove(0);
+    assert!(!plain.contains("[CLS]") && with_specials.starts_with("[CLS]"), "{plain:?} / {with_specials:?}");
+    assert_eq!(plain.replace(' ', ""), text.replace(' ', "").to_lowercase().replace("[unk]", ""), "round trip");
+    let vocab = svc.info().unwrap().vocab_size as u32;
+    let err = svc.decode(&[vec![1, vocab]], true).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidTokens { index: 0, .. }), "{err}");
+    svc.cleanup().await.unwrap();
+}
