@@ -4,7 +4,8 @@
 //!
 //! CPU verdicts (after a warm-up cycle): no model or weight bytes left live after any cycle;
 //! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; anonymous resident
-//! memory (RssAnon: heap and stacks, not library code pages) within max(24 MiB, 5 %). CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
+//! memory (RssAnon: heap and stacks, not library code pages) within max(24 MiB, 5 %, 2 % of the
+//! largest model's weights). CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
 //! after every cycle, reserved bytes back to the baseline (cleanup empties the cache), and
 //! device-level used memory within 2 MiB of the baseline (the process's context overhead).
 
@@ -22,6 +23,12 @@ const RESIDENT_SLACK_FRACTION: f64 = 0.05;
 /// and the HTTP client grow lazily with concurrency); those are bounded, not leaks. The
 /// allocator figure above is the precise one; RSS gets this much room besides.
 const RESIDENT_SLACK_BYTES: f64 = 24.0 * 1024.0 * 1024.0;
+/// With large models glibc's arenas keep a few more pages mapped between cycles (measured with
+/// the Qwen3-0.6B-shaped model in f32, 2.4 GB of weights: one-time steps of 7 to 30 MiB of
+/// anonymous RSS while the allocator's in-use bytes stayed within 13 KiB). RSS gets this
+/// fraction of the largest model's weights as room, which still catches a leaked embedding
+/// table (a quarter or more of such a model).
+const RESIDENT_SLACK_WEIGHT_FRACTION: f64 = 0.02;
 const CUDA_USED_SLACK_BYTES: f64 = 2.0 * 1024.0 * 1024.0;
 
 pub(crate) struct Options {
@@ -100,7 +107,8 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
         problems.push(format!("allocator in-use bytes grew {} MiB (limit {} MiB)", mib(Some(alloc_growth)), mib(Some(alloc_limit))));
     }
     let rss_growth = max_rss - base_rss;
-    let rss_limit = RESIDENT_SLACK_BYTES.max(RESIDENT_SLACK_FRACTION * base_rss);
+    let peak_weights = num(r, &["peak", "weights"]).unwrap_or(0.0);
+    let rss_limit = RESIDENT_SLACK_BYTES.max(RESIDENT_SLACK_FRACTION * base_rss).max(RESIDENT_SLACK_WEIGHT_FRACTION * peak_weights);
     if !within(rss_growth, rss_limit) {
         problems.push(format!("anonymous resident memory grew {} MiB (limit {} MiB)", mib(Some(rss_growth)), mib(Some(rss_limit))));
     }
@@ -219,6 +227,21 @@ mod tests {
         let mut r = report();
         r["cuda_allocated_after"] = json!([7.0, 5.0, 6.0]);
         assert!(!verdict(&r, true).0);
+    }
+
+    #[test]
+    fn resident_room_grows_with_the_model_but_not_to_a_leaked_table() {
+        // 40 MiB of RSS growth: a leak for a MiniLM-sized model (24 MiB of room)...
+        let mut r = report();
+        r["max_after"]["resident"] = json!(300e6 + 40.0 * 1024.0 * 1024.0);
+        r["peak"] = json!({"weights": 90e6});
+        assert!(!verdict(&r, false).0);
+        // ...within the 2 % room of a 2.4 GB model (48 MiB)...
+        r["peak"] = json!({"weights": 2.4e9});
+        assert!(verdict(&r, false).0);
+        // ...where a leaked 620 MB embedding table is still caught.
+        r["max_after"]["resident"] = json!(300e6 + 620e6);
+        assert!(!verdict(&r, false).0);
     }
 
     #[test]
