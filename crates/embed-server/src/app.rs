@@ -21,7 +21,7 @@ use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::api::{admin, openai, tei};
-use crate::error::{ApiError, Flavor};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ServerConfig;
 
@@ -145,15 +145,15 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .with_state(state)
 }
 
-async fn not_found(req: Request) -> ApiError {
-    let path = req.uri().path().to_string();
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method())).flavor(Flavor::of_path(&path))
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {path}", req.method())).into_response_for(path)
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
-    let path = req.uri().path().to_string();
+async fn method_not_allowed(req: Request) -> Response {
+    let path = req.uri().path();
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("method {} is not allowed on {path}", req.method()))
-        .flavor(Flavor::of_path(&path))
+        .into_response_for(path)
 }
 
 /// Refuses a body whose declared length is over the limit before reading any of it, so a
@@ -164,8 +164,7 @@ async fn body_size(State(state): State<AppState>, req: Request, next: Next) -> R
     match declared {
         Some(n) if n > limit as u64 => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the limit of {limit} bytes"))
-                .flavor(Flavor::of_path(req.uri().path()))
-                .into_response()
+                .into_response_for(req.uri().path())
         }
         _ => next.run(req).await,
     }
@@ -216,10 +215,8 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     if given.is_some_and(|token| key_matches(token, key.as_bytes())) {
         next.run(req).await
     } else {
-        let flavor = Flavor::of_path(req.uri().path());
         let mut resp = ApiError::new(StatusCode::UNAUTHORIZED, "missing or invalid API key (Authorization: Bearer <key>)")
-            .flavor(flavor)
-            .into_response();
+            .into_response_for(req.uri().path());
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         resp
     }
@@ -250,28 +247,24 @@ async fn overload(State(state): State<AppState>, req: Request, next: Next) -> Re
             drop(permit);
             resp
         }
-        Err(_) => {
-            let flavor = Flavor::of_path(req.uri().path());
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many concurrent requests (limit {}); retry shortly", state.config.limits.max_concurrent),
-            )
-            .retry_after(1)
-            .flavor(flavor)
-            .into_response()
-        }
+        Err(_) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many concurrent requests (limit {}); retry shortly", state.config.limits.max_concurrent),
+        )
+        .retry_after(1)
+        .into_response_for(req.uri().path()),
     }
 }
 
 /// Whole-request deadline; dropping the handler future releases its lease and queued work.
 async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.config.limits.request_timeout;
-    let flavor = Flavor::of_path(req.uri().path());
+    // The handler takes the request; its URI (reference-counted bytes) picks the error shape.
+    let uri = req.uri().clone();
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, format!("request did not finish within {limit:?}"))
-            .flavor(flavor)
-            .into_response(),
+            .into_response_for(uri.path()),
     }
 }
 

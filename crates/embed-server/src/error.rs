@@ -1,5 +1,10 @@
-//! API errors, rendered in the shape of the route's API: TEI's `{"error","error_type"}` or
-//! OpenAI's `{"error":{"message","type","param","code"}}`.
+//! API errors and the two shapes they are sent in: TEI's `{"error","error_type"}` (TEI and
+//! admin routes) and OpenAI's `{"error":{"message","type","param","code"}}` (`/v1/` routes).
+//!
+//! A handler picks the shape by its return type: TEI and admin handlers return [`ApiError`],
+//! OpenAI handlers [`OpenAiError`], into which `?` converts every error they meet. Responses
+//! made where no handler runs (extractor rejections, fallbacks, middleware) go through
+//! [`ApiError::into_response_for`], the one place that picks the shape from the request path.
 //!
 //! Status codes: malformed JSON 400; wrong types or invalid values 422 on TEI routes and 400 on
 //! OpenAI routes (as OpenAI answers); too large a body 413; unknown model 404; a model whose
@@ -14,37 +19,16 @@ use axum::response::{IntoResponse, Response};
 use embed_pool::PoolError;
 use serde::Serialize;
 
-/// Which API's error shape to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flavor {
-    /// text-embeddings-inference.
-    Tei,
-    /// OpenAI.
-    OpenAi,
-}
-
-impl Flavor {
-    /// The flavor of a request path.
-    pub fn of_path(path: &str) -> Flavor {
-        if path.starts_with("/v1/") {
-            Flavor::OpenAi
-        } else {
-            Flavor::Tei
-        }
-    }
-}
-
-/// An error response.
+/// What went wrong with a request, whichever API it came through. As a response it takes the
+/// TEI shape; wrap it in [`OpenAiError`] for OpenAI's.
 #[derive(Debug, Clone)]
 pub struct ApiError {
-    /// HTTP status (on OpenAI routes a 422 is sent as 400).
+    /// HTTP status (an [`OpenAiError`] sends a 422 as 400).
     pub status: StatusCode,
     /// Human-readable message naming the problem.
     pub message: String,
     /// Seconds for `Retry-After`, for overload errors.
     pub retry_after: Option<u64>,
-    /// The shape to render.
-    pub flavor: Flavor,
     /// The request field at fault (OpenAI's `param`).
     pub param: Option<Cow<'static, str>>,
     /// A machine-readable code (OpenAI's `code`), such as `model_not_found`.
@@ -52,20 +36,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// A new error in the TEI shape.
+    /// An error with `status` and `message` and nothing else set.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after: None, flavor: Flavor::Tei, param: None, code: None }
+        ApiError { status, message: message.into(), retry_after: None, param: None, code: None }
     }
 
     /// 422 (400 on OpenAI routes) for a bad value in `param`.
     pub fn invalid(param: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ApiError { param: Some(param.into()), ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, message) }
-    }
-
-    /// Renders in `flavor`'s shape.
-    pub fn flavor(mut self, flavor: Flavor) -> Self {
-        self.flavor = flavor;
-        self
     }
 
     /// Adds `Retry-After`.
@@ -80,11 +58,13 @@ impl ApiError {
         self
     }
 
-    /// The status sent: OpenAI answers invalid requests with 400 where TEI uses 422.
-    pub fn wire_status(&self) -> StatusCode {
-        match (self.flavor, self.status) {
-            (Flavor::OpenAi, StatusCode::UNPROCESSABLE_ENTITY) => StatusCode::BAD_REQUEST,
-            (_, s) => s,
+    /// The response for a request to `path` where no handler chose the shape (extractor
+    /// rejections, fallbacks, middleware): OpenAI's under `/v1/`, TEI's elsewhere.
+    pub(crate) fn into_response_for(self, path: &str) -> Response {
+        if path.starts_with("/v1/") {
+            OpenAiError(self).into_response()
+        } else {
+            self.into_response()
         }
     }
 
@@ -103,22 +83,13 @@ impl ApiError {
         }
     }
 
-    fn openai_type(&self) -> &'static str {
-        match self.status.as_u16() {
-            401 => "authentication_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            400 | 405 | 409 | 413 | 415 | 422 => "invalid_request_error",
-            _ => "server_error",
+    /// `body` with `status` (the shapes differ on it) and this error's `Retry-After`.
+    fn respond(&self, status: StatusCode, body: impl Serialize) -> Response {
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
-    }
-
-    fn openai_code(&self) -> Option<&'static str> {
-        self.code.or(match self.status.as_u16() {
-            401 => Some("invalid_api_key"),
-            429 => Some("rate_limit_exceeded"),
-            _ => None,
-        })
+        resp
     }
 }
 
@@ -134,13 +105,76 @@ struct TeiBody<'a> {
     error_type: &'a str,
 }
 
-#[derive(Serialize)]
-struct OpenAiBody<'a> {
-    error: OpenAiError<'a>,
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.respond(self.status, TeiBody { error: &self.message, error_type: self.tei_type() })
+    }
+}
+
+/// An [`ApiError`] sent in OpenAI's shape, what the `/v1/` handlers return; `?` converts the
+/// errors they meet (pool, model, validation) into it.
+#[derive(Debug, Clone)]
+pub struct OpenAiError(pub ApiError);
+
+impl OpenAiError {
+    /// The status sent: OpenAI answers invalid requests with 400 where TEI uses 422.
+    pub fn status(&self) -> StatusCode {
+        match self.0.status {
+            StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+            s => s,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.0.status.as_u16() {
+            401 => "authentication_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            400 | 405 | 409 | 413 | 415 | 422 => "invalid_request_error",
+            _ => "server_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        self.0.code.or(match self.0.status.as_u16() {
+            401 => Some("invalid_api_key"),
+            429 => Some("rate_limit_exceeded"),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Display for OpenAiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(e: ApiError) -> Self {
+        OpenAiError(e)
+    }
+}
+
+impl From<PoolError> for OpenAiError {
+    fn from(e: PoolError) -> Self {
+        OpenAiError(e.into())
+    }
+}
+
+impl From<embed_core::Error> for OpenAiError {
+    fn from(e: embed_core::Error) -> Self {
+        OpenAiError(e.into())
+    }
 }
 
 #[derive(Serialize)]
-struct OpenAiError<'a> {
+struct OpenAiBody<'a> {
+    error: OpenAiErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiErrorBody<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
@@ -148,25 +182,10 @@ struct OpenAiError<'a> {
     code: Option<&'a str>,
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for OpenAiError {
     fn into_response(self) -> Response {
-        let status = self.wire_status();
-        let mut resp = match self.flavor {
-            Flavor::Tei => (status, axum::Json(TeiBody { error: &self.message, error_type: self.tei_type() })).into_response(),
-            Flavor::OpenAi => {
-                let error = OpenAiError {
-                    message: &self.message,
-                    kind: self.openai_type(),
-                    param: self.param.as_deref(),
-                    code: self.openai_code(),
-                };
-                (status, axum::Json(OpenAiBody { error })).into_response()
-            }
-        };
-        if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
+        let error = OpenAiErrorBody { message: &self.0.message, kind: self.kind(), param: self.0.param.as_deref(), code: self.code() };
+        self.0.respond(self.status(), OpenAiBody { error })
     }
 }
 

@@ -47,7 +47,7 @@ mod serve;
 
 pub use app::{router, AppState};
 pub use config::{Limits, ServerConfig};
-pub use error::{ApiError, Flavor, ServeError};
+pub use error::{ApiError, OpenAiError, ServeError};
 pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};
 pub use metrics::Metrics;
 

@@ -1,4 +1,6 @@
-//! Request handlers, grouped by API, and the extractors they share.
+//! Request handlers, one module per API (`tei`, `openai`, `admin`), each with its handlers in
+//! `mod.rs` and its request and response bodies in `types.rs`; here, the extractors and checks
+//! they share.
 
 pub(crate) mod admin;
 pub(crate) mod openai;
@@ -8,11 +10,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer};
+use axum::response::Response;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::{ApiError, Flavor};
+use crate::error::ApiError;
 use crate::AppState;
 
 /// JSON body whose rejections render in the route's error shape: malformed JSON 400; a field of
@@ -21,22 +23,28 @@ use crate::AppState;
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let flavor = Flavor::of_path(req.uri().path());
-        check_content_type(req.headers().get(header::CONTENT_TYPE)).map_err(|e| e.flavor(flavor))?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            let message = match rejection.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    format!("request body is larger than the limit of {} bytes", state.config.limits.max_body_bytes)
-                }
-                _ => rejection.body_text(),
-            };
-            ApiError::new(rejection.status(), message).flavor(flavor)
-        })?;
-        parse_json(&bytes).map(JsonBody).map_err(|e| e.flavor(flavor))
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        // Reading the body takes the request; its URI (reference-counted bytes) picks the shape.
+        let uri = req.uri().clone();
+        read_json(req, state).await.map(JsonBody).map_err(|e| e.into_response_for(uri.path()))
     }
+}
+
+/// The body parsed as `T`, or what is wrong with its type, size or content.
+async fn read_json<T: DeserializeOwned>(req: Request, state: &AppState) -> Result<T, ApiError> {
+    check_content_type(req.headers().get(header::CONTENT_TYPE))?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let message = match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("request body is larger than the limit of {} bytes", state.config.limits.max_body_bytes)
+            }
+            _ => rejection.body_text(),
+        };
+        ApiError::new(rejection.status(), message)
+    })?;
+    parse_json(&bytes)
 }
 
 fn check_content_type(value: Option<&header::HeaderValue>) -> Result<(), ApiError> {
@@ -96,39 +104,15 @@ fn strip_position(e: &serde_json::Error) -> String {
 pub(crate) struct QueryParams<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let flavor = Flavor::of_path(parts.uri.path());
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Response> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri).map(|q| QueryParams(q.0)).map_err(|e| {
             let why = e.body_text();
             let why = why.trim_start_matches("Failed to deserialize query string: ");
             ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query string {:?}: {why}", parts.uri.query().unwrap_or("")))
-                .flavor(flavor)
+                .into_response_for(parts.uri.path())
         })
-    }
-}
-
-/// One string or a list of strings (TEI's `inputs`).
-#[derive(Debug, Clone)]
-pub(crate) struct StringOrList(pub(crate) Vec<String>);
-
-impl<'de> Deserialize<'de> for StringOrList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        const EXPECTED: &str = "expected a string or an array of strings";
-        match Value::deserialize(d)? {
-            Value::String(s) => Ok(StringOrList(vec![s])),
-            Value::Array(items) => items
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| match v {
-                    Value::String(s) => Ok(s),
-                    other => Err(D::Error::custom(format!("item {i} is {}; {EXPECTED}", kind(&other)))),
-                })
-                .collect::<Result<_, _>>()
-                .map(StringOrList),
-            other => Err(D::Error::custom(format!("got {}; {EXPECTED}", kind(&other)))),
-        }
     }
 }
 

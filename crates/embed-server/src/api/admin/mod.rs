@@ -1,0 +1,66 @@
+//! Status and admin routes: `/models`, `/models/{name}/load`, `/models/{name}/unload`,
+//! `/health`, `/ready`, `/metrics`.
+
+mod types;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use embed_pool::UnloadMode;
+
+use self::types::{Loaded, Models, ServerStatus, UnloadQuery, Unloaded};
+use super::QueryParams;
+use crate::error::ApiError;
+use crate::AppState;
+
+/// The pool's state: loaded models with what they said at load time, and the registry. Reads
+/// only; loads nothing.
+pub(crate) async fn models(State(state): State<AppState>) -> Json<Models> {
+    let now = tokio::time::Instant::now();
+    Json(Models::new(state.pool.status(), &state.pool.registry(), |name| state.known_info(name), now))
+}
+
+/// Loads `name` if it is not loaded yet, and answers once it is ready.
+pub(crate) async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Loaded>, ApiError> {
+    drop(state.lease(&name).await?);
+    Ok(Json(Loaded { model: name, loaded: true }))
+}
+
+/// Unloads `name`, by default after its leases end (`?force_fail_if_leased=true`: 409 instead).
+pub(crate) async fn unload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    QueryParams(q): QueryParams<UnloadQuery>,
+) -> Result<Json<Unloaded>, ApiError> {
+    if !state.pool.registry().contains(&name) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {name:?}: it is not registered")));
+    }
+    let mode = if q.force_fail_if_leased { UnloadMode::FailIfLeased } else { UnloadMode::WaitForLeases };
+    let report = state.pool.unload(&name, mode).await?;
+    Ok(Json(Unloaded {
+        model: name,
+        unloaded: report.is_some(),
+        model_weight_bytes: report.map(|r| r.model_weight_bytes).unwrap_or(0),
+    }))
+}
+
+/// Liveness: answers whenever the server can answer at all.
+pub(crate) async fn health() -> Json<ServerStatus> {
+    Json(ServerStatus { status: "ok", error: None })
+}
+
+/// Readiness: 200 once the preloaded models are up, 503 before that and while shutting down.
+pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, Json(ServerStatus { status: "ready", error: None }))
+    } else {
+        let why = "models are still loading (or the server is shutting down)";
+        (StatusCode::SERVICE_UNAVAILABLE, Json(ServerStatus { status: "starting", error: Some(why) }))
+    }
+}
+
+/// Prometheus text exposition of [`crate::Metrics`].
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render())
+}

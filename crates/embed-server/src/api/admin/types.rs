@@ -1,0 +1,125 @@
+//! Bodies of the admin and status routes. Fields that are unknown until a model has been loaded
+//! are `null`, never left out, so clients can read every key unconditionally.
+
+use embed_core::ModelInfo;
+use embed_pool::{ModelRegistry, ModelStatus, PoolStatus};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+/// `GET /models` answer: what is loaded, what could be, and the pool's limits.
+#[derive(Debug, Serialize)]
+pub(crate) struct Models {
+    loaded: Vec<LoadedModel>,
+    registered: Vec<RegistryEntry>,
+    max_models: usize,
+    /// Bytes of weights the pool may hold; `null` when unlimited.
+    memory_budget: Option<u64>,
+    weight_bytes: u64,
+}
+
+impl Models {
+    /// The pool's `status` with `info` from each model's last load, at `now`.
+    pub(crate) fn new(status: PoolStatus, registry: &ModelRegistry, info: impl Fn(&str) -> Option<ModelInfo>, now: Instant) -> Self {
+        let loaded = status.models.into_iter().map(|m| LoadedModel::new(info(&m.name), m, now)).collect();
+        let registered = registry
+            .names()
+            .map(|n| {
+                let r = registry.get(n).expect("name from the registry");
+                RegistryEntry {
+                    name: n.to_string(),
+                    source: r.spec.source.clone(),
+                    device: r.spec.options.device.to_string(),
+                    dtype: r.spec.options.dtype.map_or_else(|| "auto".to_string(), |d| d.to_string()),
+                }
+            })
+            .collect();
+        Models {
+            loaded,
+            registered,
+            max_models: status.max_models,
+            memory_budget: status.memory_budget,
+            weight_bytes: status.weight_bytes,
+        }
+    }
+}
+
+/// A model in the pool (loading, ready or on its way out).
+#[derive(Debug, Serialize)]
+struct LoadedModel {
+    name: String,
+    architecture: Option<String>,
+    family: Option<String>,
+    dimension: Option<usize>,
+    /// The pool's `ModelState`, lower-case: `loading`, `ready`, ….
+    state: String,
+    weight_bytes: u64,
+    leases: usize,
+    pinned: bool,
+    device: Option<String>,
+    /// The dtype it really runs in (`auto` resolved).
+    dtype: Option<String>,
+    idle_seconds: f64,
+}
+
+impl LoadedModel {
+    fn new(info: Option<ModelInfo>, m: ModelStatus, now: Instant) -> Self {
+        LoadedModel {
+            architecture: info.as_ref().map(|i| i.architecture.clone()),
+            family: info.as_ref().map(|i| i.family.to_string()),
+            dimension: info.as_ref().map(|i| i.dimension),
+            dtype: info.as_ref().map(|i| i.dtype.to_string()),
+            state: format!("{:?}", m.state).to_lowercase(),
+            device: m.device.map(|d| d.to_string()),
+            idle_seconds: now.saturating_duration_since(m.last_used).as_secs_f64(),
+            name: m.name,
+            weight_bytes: m.weight_bytes,
+            leases: m.leases,
+            pinned: m.pinned,
+        }
+    }
+}
+
+/// A model the server may load: its registry entry as configured (`dtype` may be `auto`).
+#[derive(Debug, Serialize)]
+struct RegistryEntry {
+    name: String,
+    source: String,
+    device: String,
+    dtype: String,
+}
+
+/// `POST /models/{name}/load` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct Loaded {
+    pub(crate) model: String,
+    /// Always true: a failed load answers with an error instead.
+    pub(crate) loaded: bool,
+}
+
+/// `POST /models/{name}/unload` query string.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UnloadQuery {
+    /// Fail with 409 instead of waiting for leases to end.
+    #[serde(default)]
+    pub(crate) force_fail_if_leased: bool,
+}
+
+/// `POST /models/{name}/unload` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct Unloaded {
+    pub(crate) model: String,
+    /// False when the model was not loaded.
+    pub(crate) unloaded: bool,
+    /// Bytes of weights freed (0 when nothing was unloaded).
+    pub(crate) model_weight_bytes: u64,
+}
+
+/// `GET /health` and `GET /ready` answers.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServerStatus {
+    pub(crate) status: &'static str,
+    /// Why the server is not ready; absent when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<&'static str>,
+}

@@ -1,0 +1,74 @@
+//! OpenAI-compatible routes: `/v1/embeddings`, `/v1/models`.
+
+mod types;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use embed_core::EmbedOptions;
+use embed_pool::Lease;
+
+use self::types::{EmbeddingList, EmbeddingsRequest, Input, ModelList};
+use super::{check_count, JsonBody};
+use crate::error::{ApiError, OpenAiError};
+use crate::AppState;
+
+/// Embeds `input` (texts or token ids) with `model`, answering in OpenAI's list shape.
+pub(crate) async fn embeddings(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<EmbeddingsRequest>,
+) -> Result<Json<EmbeddingList>, OpenAiError> {
+    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    if let Some(user) = &req.user {
+        tracing::debug!(user = %user, "embeddings request");
+    }
+    let n = req.input.len();
+    // OpenAI answers too many inputs with 400 like any other invalid input (TEI: 413).
+    check_count(n, &state, "input").map_err(|e| ApiError { status: StatusCode::BAD_REQUEST, ..e })?;
+    check_not_empty(&req.input)?;
+    let encoding_format = req.encoding_format.unwrap_or_default();
+    let lease = state.lease(&model).await?;
+    let info = lease.info().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model {model:?} is not ready")))?;
+    if let Some(d) = req.dimensions {
+        if !(1..=info.dimension).contains(&d) {
+            return Err(ApiError::invalid(
+                "dimensions",
+                format!("dimensions={d}: model {model:?} gives {}-dimensional embeddings; ask for 1 to {0}", info.dimension),
+            )
+            .into());
+        }
+    }
+    let options = EmbedOptions { truncate: state.config.limits.truncate_by_default, dimensions: req.dimensions, ..Default::default() };
+    let queued = state.metrics.queued(&model);
+    let out = match req.input {
+        Input::Text(t) => lease.embed_texts(&[t], &options).await,
+        Input::Texts(v) => lease.embed_texts(&v, &options).await,
+        Input::Tokens(ids) => lease.embed_token_ids(&[ids], &options).await,
+        Input::TokenLists(v) => lease.embed_token_ids(&v, &options).await,
+    }?;
+    drop(queued);
+    let tokens = out.total_tokens();
+    let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
+    state.metrics.record_embedding(Lease::name(&lease), instance, n, tokens, lease.batch_stats());
+    Ok(Json(EmbeddingList::new(model, out.vectors, encoding_format, tokens)))
+}
+
+/// OpenAI rejects empty strings and empty token lists.
+fn check_not_empty(input: &Input) -> Result<(), ApiError> {
+    let empty = match input {
+        Input::Text(t) => t.is_empty().then_some(None),
+        Input::Texts(v) => v.iter().position(String::is_empty).map(Some),
+        Input::Tokens(ids) => ids.is_empty().then_some(None),
+        Input::TokenLists(v) => v.iter().position(Vec::is_empty).map(Some),
+    };
+    match empty {
+        None => Ok(()),
+        Some(None) => Err(ApiError::invalid("input", "`input` is empty; send a non-empty string or token list")),
+        Some(Some(i)) => Err(ApiError::invalid("input", format!("`input[{i}]` is empty; every input must be non-empty"))),
+    }
+}
+
+/// Lists the registered models, loaded or not; loads nothing.
+pub(crate) async fn models(State(state): State<AppState>) -> Json<ModelList> {
+    Json(ModelList::new(state.pool.registry().names()))
+}

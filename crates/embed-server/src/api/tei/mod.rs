@@ -1,0 +1,68 @@
+//! text-embeddings-inference compatible routes: `/embed`, `/tokenize`, `/info`.
+
+mod types;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use embed_core::EmbedOptions;
+use embed_pool::Lease;
+
+use self::types::{EmbedRequest, Info, Token, TokenizeRequest};
+use super::{check_count, JsonBody};
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Embeds `inputs` with `model` (default: the server's); the answer is one array of numbers per
+/// input, normalised unless `normalize` is false.
+pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    if let Some(dir) = req.truncation_direction.as_deref() {
+        if !dir.eq_ignore_ascii_case("right") {
+            return Err(ApiError::invalid("truncation_direction", format!("truncation_direction {dir:?} is not supported (only \"right\")")));
+        }
+    }
+    let texts = req.inputs.0;
+    check_count(texts.len(), &state, "inputs")?;
+    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    // The lease lives for the whole request: the model cannot be evicted under it, and a
+    // client that disconnects drops this future, the lease and the queued work.
+    let lease = state.lease(&model).await?;
+    let options = EmbedOptions {
+        mode: req.mode,
+        prompt_name: req.prompt_name,
+        instruction: req.instruction,
+        normalize: Some(req.normalize.unwrap_or(true)),
+        truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
+        dimensions: req.dimensions,
+    };
+    let queued = state.metrics.queued(&model);
+    let out = lease.embed_texts(&texts, &options).await?;
+    drop(queued);
+    let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
+    state.metrics.record_embedding(Lease::name(&lease), instance, texts.len(), out.total_tokens(), lease.batch_stats());
+    Ok(Json(out.vectors))
+}
+
+/// Splits each input into tokens as `model` would see them (with the prompt's prefix, if named).
+pub(crate) async fn tokenize(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<TokenizeRequest>,
+) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
+    let texts = req.inputs.0;
+    check_count(texts.len(), &state, "inputs")?;
+    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let lease = state.lease(&model).await?;
+    let options = EmbedOptions { prompt_name: req.prompt_name, ..Default::default() };
+    let tokenized = lease.tokenize(&texts, &options).await?;
+    Ok(Json(tokenized.into_iter().map(Token::list).collect()))
+}
+
+/// Describes the default model from what it said when it was last loaded: never loads or
+/// evicts anything (503 while it has never been loaded).
+pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<Info>, ApiError> {
+    let name = &state.config.default_model;
+    let info = state.known_info(name).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("default model {name:?} has not been loaded yet"))
+    })?;
+    Ok(Json(Info::new(info, &state.config.limits)))
+}

@@ -1,0 +1,142 @@
+//! Bodies of the TEI routes, with text-embeddings-inference's field names and shapes; what TEI
+//! does not have is marked as an extension.
+
+use std::collections::BTreeMap;
+
+use embed_core::{ModelInfo, TokenizedText};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::api::kind;
+use crate::config::Limits;
+
+/// `POST /embed`; unknown fields are refused, as TEI does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmbedRequest {
+    pub(crate) inputs: StringOrList,
+    #[serde(default)]
+    pub(crate) normalize: Option<bool>,
+    #[serde(default)]
+    pub(crate) truncate: Option<bool>,
+    #[serde(default)]
+    pub(crate) prompt_name: Option<String>,
+    /// Extension: a literal instruction prefix.
+    #[serde(default)]
+    pub(crate) instruction: Option<String>,
+    /// Extension: `query` or `document` prompting.
+    #[serde(default)]
+    pub(crate) mode: Option<embed_core::InputMode>,
+    /// Extension: the model to use (default: the server's default model).
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    /// Accepted for compatibility; only `right` is supported.
+    #[serde(default)]
+    pub(crate) truncation_direction: Option<String>,
+    /// Matryoshka: keep the first N dimensions (re-normalised when normalising).
+    #[serde(default)]
+    pub(crate) dimensions: Option<usize>,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenizeRequest {
+    pub(crate) inputs: StringOrList,
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    #[serde(default)]
+    pub(crate) prompt_name: Option<String>,
+}
+
+/// One string or a list of strings (TEI's `inputs`).
+#[derive(Debug, Clone)]
+pub(crate) struct StringOrList(pub(crate) Vec<String>);
+
+impl<'de> Deserialize<'de> for StringOrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "expected a string or an array of strings";
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(StringOrList(vec![s])),
+            Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(s),
+                    other => Err(D::Error::custom(format!("item {i} is {}; {EXPECTED}", kind(&other)))),
+                })
+                .collect::<Result<_, _>>()
+                .map(StringOrList),
+            other => Err(D::Error::custom(format!("got {}; {EXPECTED}", kind(&other)))),
+        }
+    }
+}
+
+/// One token of a `/tokenize` answer, which is a list of these per input.
+#[derive(Debug, Serialize)]
+pub(crate) struct Token {
+    id: u32,
+    text: String,
+}
+
+impl Token {
+    /// The tokens of one input, in order.
+    pub(crate) fn list(tokenized: TokenizedText) -> Vec<Token> {
+        tokenized.ids.into_iter().zip(tokenized.tokens).map(|(id, text)| Token { id, text }).collect()
+    }
+}
+
+/// `GET /info` answer: the default model as it was last loaded, and the request limits. TEI has
+/// `model_id`, `model_type`, `max_input_length`, `max_client_batch_size`,
+/// `max_concurrent_requests` and `version`; the other fields are extensions.
+#[derive(Debug, Serialize)]
+pub(crate) struct Info {
+    model_id: String,
+    model_source: String,
+    model_type: ModelType,
+    architecture: String,
+    family: String,
+    dimension: usize,
+    max_input_length: usize,
+    max_client_batch_size: usize,
+    max_concurrent_requests: usize,
+    device: String,
+    dtype: String,
+    normalize: bool,
+    prompts: BTreeMap<String, String>,
+    version: &'static str,
+}
+
+impl Info {
+    /// Describes `info` under this server's `limits`.
+    pub(crate) fn new(info: ModelInfo, limits: &Limits) -> Self {
+        Info {
+            model_type: ModelType { embedding: EmbeddingModel { pooling: info.pooling.to_string() } },
+            family: info.family.to_string(),
+            device: info.device.to_string(),
+            dtype: info.dtype.to_string(),
+            model_id: info.name,
+            model_source: info.source,
+            architecture: info.architecture,
+            dimension: info.dimension,
+            max_input_length: info.max_seq_length,
+            max_client_batch_size: limits.max_inputs,
+            max_concurrent_requests: limits.max_concurrent,
+            normalize: info.normalize,
+            prompts: info.prompts,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+}
+
+/// TEI's `model_type`, always `{"embedding": {"pooling": …}}` here (no classifiers or rerankers).
+#[derive(Debug, Serialize)]
+struct ModelType {
+    embedding: EmbeddingModel,
+}
+
+#[derive(Debug, Serialize)]
+struct EmbeddingModel {
+    pooling: String,
+}
