@@ -20,7 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::api::{admin, openai, tei};
+use crate::api::{admin, openai, tasks, tei};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ServerConfig;
@@ -106,6 +106,14 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
     let limited = Router::new()
         .route("/embed", post(tei::embed))
+        .route("/", post(tasks::root))
+        .route("/rerank", post(tasks::rerank))
+        .route("/predict", post(tasks::predict))
+        .route("/embed_sparse", post(tasks::embed_sparse))
+        .route("/embed_all", post(tasks::embed_all))
+        .route("/decode", post(tasks::decode))
+        .route("/v1/rerank", post(tasks::cohere_rerank))
+        .route("/v2/rerank", post(tasks::cohere_rerank))
         .route("/tokenize", post(tei::tokenize))
         .route("/v1/embeddings", post(openai::embeddings))
         .layer(middleware::from_fn_with_state(state.clone(), overload))

@@ -61,7 +61,7 @@ impl ApiError {
     /// The response for a request to `path` where no handler chose the shape (extractor
     /// rejections, fallbacks, middleware): OpenAI's under `/v1/`, TEI's elsewhere.
     pub(crate) fn into_response_for(self, path: &str) -> Response {
-        if path.starts_with("/v1/") {
+        if path.starts_with("/v1/") || path.starts_with("/v2/") {
             OpenAiError(self).into_response()
         } else {
             self.into_response()
@@ -253,6 +253,7 @@ impl From<embed_core::Error> for ApiError {
             E::InvalidTokens { .. } => ApiError::invalid("input", msg),
             E::InvalidOption { name, .. } => ApiError::invalid(*name, msg),
             E::OutOfMemory { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg),
+            E::WrongKind { .. } => ApiError { param: Some("model".into()), ..ApiError::new(StatusCode::BAD_REQUEST, msg) }.code("wrong_model_kind"),
             E::NotReady { .. } | E::ShutDown { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
             _ => {
                 tracing::error!("internal error: {msg}");

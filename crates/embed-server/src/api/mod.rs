@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod openai;
+pub(crate) mod tasks;
 pub(crate) mod tei;
 
 use axum::body::Bytes;

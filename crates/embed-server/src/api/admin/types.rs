@@ -1,7 +1,7 @@
 //! Bodies of the admin and status routes. Fields that are unknown until a model has been loaded
 //! are `null`, never left out, so clients can read every key unconditionally.
 
-use embed_core::ModelInfo;
+use embed_core::{ModelInfo, ModelKind};
 use embed_pool::{ModelRegistry, ModelStatus, PoolStatus};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -49,6 +49,8 @@ struct LoadedModel {
     name: String,
     architecture: Option<String>,
     family: Option<String>,
+    /// What it computes: `embedding`, `reranker`, `classifier` or `sparse` (once loaded).
+    kind: Option<ModelKind>,
     dimension: Option<usize>,
     /// The pool's `ModelState`, lower-case: `loading`, `ready`, ….
     state: String,
@@ -66,6 +68,7 @@ impl LoadedModel {
         LoadedModel {
             architecture: info.as_ref().map(|i| i.architecture.clone()),
             family: info.as_ref().map(|i| i.family.to_string()),
+            kind: m.kind,
             dimension: info.as_ref().map(|i| i.dimension),
             dtype: info.as_ref().map(|i| i.dtype.to_string()),
             state: format!("{:?}", m.state).to_lowercase(),

@@ -70,5 +70,5 @@ fn check_not_empty(input: &Input) -> Result<(), ApiError> {
 
 /// Lists the registered models, loaded or not; loads nothing.
 pub(crate) async fn models(State(state): State<AppState>) -> Json<ModelList> {
-    Json(ModelList::new(state.pool.registry().names()))
+    Json(ModelList::new(state.pool.registry().names().map(|n| (n, state.known_info(n).map(|i| i.kind)))))
 }

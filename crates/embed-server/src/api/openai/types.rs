@@ -1,6 +1,7 @@
 //! Bodies of the OpenAI routes, as OpenAI's API reference names and nests their fields.
 
 use base64::Engine;
+use embed_core::ModelKind;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
@@ -170,9 +171,10 @@ pub(crate) struct ModelList {
 }
 
 impl ModelList {
-    /// Lists the registered `names`, loaded or not.
-    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        let data = names.into_iter().map(|n| Model { id: n.to_string(), object: "model", created: 0, owned_by: "embed" }).collect();
+    /// Lists the registered models, loaded or not, with the kind of those that have been loaded.
+    pub(crate) fn new<'a>(models: impl IntoIterator<Item = (&'a str, Option<ModelKind>)>) -> Self {
+        let data =
+            models.into_iter().map(|(n, kind)| Model { id: n.to_string(), object: "model", created: 0, owned_by: "embed", kind }).collect();
         ModelList { object: "list", data }
     }
 }
@@ -184,6 +186,9 @@ struct Model {
     object: &'static str,
     created: u64,
     owned_by: &'static str,
+    /// Extension: what the model computes, once it has been loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<ModelKind>,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use embed_core::{ModelInfo, TokenizedText};
+use embed_core::{ModelInfo, ModelKind, TokenizedText};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -95,6 +95,8 @@ pub(crate) struct Info {
     model_id: String,
     model_source: String,
     model_type: ModelType,
+    /// Extension: `embedding`, `reranker`, `classifier` or `sparse`.
+    kind: ModelKind,
     architecture: String,
     family: String,
     dimension: usize,
@@ -112,7 +114,8 @@ impl Info {
     /// Describes `info` under this server's `limits`.
     pub(crate) fn new(info: ModelInfo, limits: &Limits) -> Self {
         Info {
-            model_type: ModelType { embedding: EmbeddingModel { pooling: info.pooling.to_string() } },
+            model_type: ModelType::of(&info),
+            kind: info.kind,
             family: info.family.to_string(),
             device: info.device.to_string(),
             dtype: info.dtype.to_string(),
@@ -130,13 +133,33 @@ impl Info {
     }
 }
 
-/// TEI's `model_type`, always `{"embedding": {"pooling": …}}` here (no classifiers or rerankers).
+/// TEI's `model_type`: `{"embedding": {"pooling": …}}` (`"splade"` for sparse models), or
+/// `{"classifier" | "reranker": {"id2label": …, "label2id": …}}`.
 #[derive(Debug, Serialize)]
-struct ModelType {
-    embedding: EmbeddingModel,
+#[serde(rename_all = "snake_case")]
+enum ModelType {
+    Embedding { pooling: String },
+    Classifier(Labels),
+    Reranker(Labels),
 }
 
 #[derive(Debug, Serialize)]
-struct EmbeddingModel {
-    pooling: String,
+struct Labels {
+    id2label: BTreeMap<String, String>,
+    label2id: BTreeMap<String, usize>,
+}
+
+impl ModelType {
+    fn of(info: &ModelInfo) -> ModelType {
+        let labels = || Labels {
+            id2label: info.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect(),
+            label2id: info.labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect(),
+        };
+        match info.kind {
+            ModelKind::Embedding => ModelType::Embedding { pooling: info.pooling.to_string() },
+            ModelKind::Sparse => ModelType::Embedding { pooling: "splade".into() },
+            ModelKind::Classifier => ModelType::Classifier(labels()),
+            ModelKind::Reranker => ModelType::Reranker(labels()),
+        }
+    }
 }
