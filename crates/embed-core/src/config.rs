@@ -59,7 +59,7 @@ impl fmt::Display for Pooling {
 /// Everything read from a model directory, before any tensor is touched.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelDir {
-    /// The directory.
+    /// The directory the files were read from.
     pub(crate) dir: PathBuf,
     /// `model_type` from `config.json` (or the one its `architectures` implies).
     pub(crate) model_type: String,

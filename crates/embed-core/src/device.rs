@@ -9,7 +9,7 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
-    /// The CPU.
+    /// The CPU, with libtorch's intra-op threads (see `ModelOptions::threads`).
     #[default]
     Cpu,
     /// A CUDA device by index (`cuda` means `cuda:0`).
@@ -62,7 +62,7 @@ impl fmt::Display for DeviceSpec {
 /// The device a model actually runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ResolvedDevice {
-    /// The CPU.
+    /// The host CPU (memory counted by the C allocator).
     Cpu,
     /// A CUDA device.
     Cuda(usize),

@@ -43,7 +43,7 @@ pub enum Error {
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
-        /// The file.
+        /// The file that could not be read.
         path: PathBuf,
         /// The OS error.
         #[source]
@@ -108,9 +108,9 @@ pub enum Error {
     /// A dtype that the chosen device cannot run.
     #[error("dtype {dtype} is not supported on {device}: {reason}")]
     UnsupportedDtype {
-        /// The dtype.
+        /// The precision asked for (`f16`, …).
         dtype: String,
-        /// The device.
+        /// The device it was asked for on (`cpu`, `cuda:0`, …).
         device: String,
         /// Why.
         reason: String,
@@ -118,7 +118,7 @@ pub enum Error {
     /// An option value outside its range.
     #[error("invalid option {name}: {reason}")]
     InvalidOption {
-        /// The option.
+        /// The option's (or request field's) name, e.g. `max_seq_length` or `dimensions`.
         name: &'static str,
         /// Why it was rejected.
         reason: String,
@@ -126,7 +126,7 @@ pub enum Error {
     /// A prompt name that the model's config does not define.
     #[error("model {model} has no prompt named {name:?} (known: {known})")]
     UnknownPrompt {
-        /// The model.
+        /// The model's display name (`ModelSpec::name`).
         model: String,
         /// The prompt name asked for.
         name: String,
@@ -155,7 +155,7 @@ pub enum Error {
     /// embedder, or embedding with a cross-encoder).
     #[error("model {model:?} is a{} {kind} model and cannot {operation}{}", if matches!(kind, crate::ModelKind::Embedding) { "n" } else { "" }, kind_hint(*kind))]
     WrongKind {
-        /// The model.
+        /// The model's display name (`ModelSpec::name`).
         model: String,
         /// What it computes.
         kind: crate::ModelKind,
@@ -165,7 +165,7 @@ pub enum Error {
     /// The model ran out of memory even for a single input.
     #[error("out of memory on {device} while embedding {inputs} input(s) of up to {max_tokens} tokens: {detail}")]
     OutOfMemory {
-        /// The device.
+        /// The device whose memory ran out (`cpu`, `cuda:0`, …).
         device: String,
         /// How many inputs were in the smallest batch tried.
         inputs: usize,
@@ -183,7 +183,7 @@ pub enum Error {
     /// The service was shut down while this request was queued or running.
     #[error("embedding service for {model} was shut down before the request completed")]
     ShutDown {
-        /// The model.
+        /// The model's display name (`ModelSpec::name`).
         model: String,
     },
     /// `load` was called on a service that already has a model or is loading one.
@@ -195,7 +195,7 @@ pub enum Error {
     /// The model's worker thread panicked while running the request.
     #[error("model worker for {model} panicked: {message}")]
     WorkerPanicked {
-        /// The model.
+        /// The model's display name (`ModelSpec::name`).
         model: String,
         /// The panic message.
         message: String,
@@ -203,7 +203,7 @@ pub enum Error {
     /// libtorch reported an error during the forward pass.
     #[error("inference failed for {model}: {message}")]
     Inference {
-        /// The model.
+        /// The model's display name (`ModelSpec::name`).
         model: String,
         /// libtorch's message.
         message: String,

@@ -49,7 +49,7 @@ pub struct CudaMemoryStats {
     pub allocated_peak: u64,
     /// Bytes the caching allocator holds from the driver (allocated + cached).
     pub reserved: u64,
-    /// Peak of `reserved`.
+    /// Highest `reserved` since the allocator's peak statistics were last reset.
     pub reserved_peak: u64,
     /// Out-of-memory events the allocator has seen.
     pub num_ooms: u64,

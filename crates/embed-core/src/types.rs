@@ -98,7 +98,7 @@ pub struct ModelSpec {
     pub name: String,
     /// A local directory or a hub id (see [`crate::ModelSource::parse`]).
     pub source: String,
-    /// Options.
+    /// Device, precision, limits and batching for this model.
     pub options: ModelOptions,
 }
 
@@ -348,6 +348,37 @@ pub struct ModelInfo {
     /// Intra-op threads of the worker's forward passes, as libtorch reports them on the worker
     /// thread (see [`ModelOptions::threads`]).
     pub threads: usize,
+}
+
+#[cfg(feature = "test-util")]
+impl ModelInfo {
+    /// The description a fake service gives (feature `test-util`): a ready CPU f32 embedder
+    /// named `name` with `dimension`-wide vectors and `weight_bytes` of weights; everything
+    /// else plain. Tests change what they need with struct update syntax.
+    pub fn fake(name: &str, source: &str, dimension: usize, weight_bytes: u64) -> ModelInfo {
+        ModelInfo {
+            name: name.to_string(),
+            source: source.to_string(),
+            dir: PathBuf::from(source),
+            architecture: "fake".into(),
+            family: crate::Family::Bert,
+            kind: ModelKind::Embedding,
+            dimension,
+            labels: Vec::new(),
+            max_seq_length: 512,
+            pooling: Pooling::Mean,
+            normalize: false,
+            device: ResolvedDevice::Cpu,
+            device_note: None,
+            dtype: DType::F32,
+            weight_bytes,
+            num_layers: 1,
+            vocab_size: 256,
+            prompts: BTreeMap::new(),
+            load_duration: Duration::ZERO,
+            threads: 1,
+        }
+    }
 }
 
 /// What a cleanup released.

@@ -4,15 +4,17 @@ use std::time::Duration;
 
 use embed_core::ModelOptions;
 
-/// Settings of a [`crate::Pool`]. Build it with the `with_*` methods:
+/// Settings of a [`crate::Pool`]: capacity and memory, the [`PoolTimeouts`], idle unloading,
+/// and which names may load. Build it with the `with_*` methods:
 ///
 /// ```
 /// use std::time::Duration;
-/// let config = embed_pool::PoolConfig::default()
+/// use embed_pool::{PoolConfig, PoolTimeouts};
+/// let config = PoolConfig::default()
 ///     .with_max_models(2)
 ///     .with_memory_budget(Some(2 << 30))
-///     .with_wait_timeout(Duration::from_secs(5));
-/// assert_eq!(config.max_models, 2);
+///     .with_timeouts(PoolTimeouts { wait: Duration::from_secs(5), ..PoolTimeouts::default() });
+/// assert_eq!((config.max_models, config.timeouts.wait), (2, Duration::from_secs(5)));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -22,17 +24,8 @@ pub struct PoolConfig {
     /// Most weight bytes held by the pool's models (as `ModelInfo::weight_bytes` reports them).
     /// With a budget, a model on CUDA also needs that much free memory on its device. Default: none.
     pub memory_budget: Option<u64>,
-    /// How long `get` waits for a lease to end when the pool is full before failing with
-    /// [`crate::PoolError::Exhausted`]. Default 30 s.
-    pub wait_timeout: Duration,
-    /// Longest a model load may take before it is abandoned. Default: no limit.
-    pub load_timeout: Option<Duration>,
-    /// How long [`crate::Pool::close`] waits for leases to end before releasing their models
-    /// anyway. Default 30 s.
-    pub close_timeout: Duration,
-    /// After an eviction under a memory budget, how long to wait for the released memory to show
-    /// up in `embed_core::memory` figures before loading the next model anyway. Default 10 s.
-    pub memory_release_timeout: Duration,
+    /// How long the pool waits, for each thing it waits for.
+    pub timeouts: PoolTimeouts,
     /// Idle time after which an unleased, unpinned model is unloaded, unless its registry
     /// entry says otherwise. Default: none (models stay until evicted).
     pub default_ttl: Option<Duration>,
@@ -49,15 +42,36 @@ pub struct PoolConfig {
     pub default_options: ModelOptions,
 }
 
+/// How long a [`crate::Pool`] waits, one field per wait (grouped as deadpool groups its
+/// timeouts). Change the ones you need, `..PoolTimeouts::default()` for the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolTimeouts {
+    /// How long `get` waits for a lease to end when the pool is full before failing with
+    /// [`crate::PoolError::Exhausted`]. Default 30 s.
+    pub wait: Duration,
+    /// Longest a model load may take before it is abandoned ([`crate::PoolError::LoadTimeout`]).
+    /// Default: no limit.
+    pub load: Option<Duration>,
+    /// How long [`crate::Pool::close`] waits for leases to end before releasing their models
+    /// anyway. Default 30 s.
+    pub close: Duration,
+    /// After an eviction under a memory budget, how long to wait for the released memory to show
+    /// up in `embed_core::memory` figures before loading the next model anyway. Default 10 s.
+    pub memory_release: Duration,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        PoolTimeouts { wait: Duration::from_secs(30), load: None, close: Duration::from_secs(30), memory_release: Duration::from_secs(10) }
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             max_models: 4,
             memory_budget: None,
-            wait_timeout: Duration::from_secs(30),
-            load_timeout: None,
-            close_timeout: Duration::from_secs(30),
-            memory_release_timeout: Duration::from_secs(10),
+            timeouts: PoolTimeouts::default(),
             default_ttl: None,
             maintenance_interval: Some(Duration::from_secs(1)),
             allow_arbitrary_sources: false,
@@ -79,27 +93,9 @@ impl PoolConfig {
         self
     }
 
-    /// Sets [`PoolConfig::wait_timeout`].
-    pub fn with_wait_timeout(mut self, timeout: Duration) -> Self {
-        self.wait_timeout = timeout;
-        self
-    }
-
-    /// Sets [`PoolConfig::load_timeout`].
-    pub fn with_load_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.load_timeout = timeout;
-        self
-    }
-
-    /// Sets [`PoolConfig::close_timeout`].
-    pub fn with_close_timeout(mut self, timeout: Duration) -> Self {
-        self.close_timeout = timeout;
-        self
-    }
-
-    /// Sets [`PoolConfig::memory_release_timeout`].
-    pub fn with_memory_release_timeout(mut self, timeout: Duration) -> Self {
-        self.memory_release_timeout = timeout;
+    /// Sets [`PoolConfig::timeouts`].
+    pub fn with_timeouts(mut self, timeouts: PoolTimeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 

@@ -60,29 +60,29 @@ pub enum PoolError {
     /// is left in the pool, so the next `get` tries again.
     #[error("loading model {name:?} failed: {source}")]
     Load {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
         /// The loader's error, shared by every waiter of the failed load.
         #[source]
         source: Arc<embed_core::Error>,
     },
-    /// The load took longer than [`crate::PoolConfig::load_timeout`]; it was abandoned.
+    /// The load took longer than [`crate::PoolTimeouts::load`]; it was abandoned.
     #[error("loading model {name:?} did not finish within {timeout:?}")]
     LoadTimeout {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
-        /// The limit.
+        /// The load timeout in force (`PoolTimeouts::load`).
         timeout: Duration,
     },
-    /// The loader panicked.
+    /// The loader panicked; the load counts as failed and nothing stays reserved.
     #[error("the loader panicked while loading model {name:?}: {message}")]
     LoaderPanicked {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
         /// The panic message.
         message: String,
     },
-    /// No room could be made for the model within [`crate::PoolConfig::wait_timeout`].
+    /// No room could be made for the model within [`crate::PoolTimeouts::wait`].
     #[error("pool exhausted: no room for model {name:?} after waiting {waited:?}: {limit}")]
     Exhausted {
         /// The model that could not be loaded.
@@ -95,17 +95,17 @@ pub enum PoolError {
     /// The model alone is larger than the pool's whole memory budget.
     #[error("model {name:?} needs about {bytes} bytes, more than the pool's whole memory budget of {budget} bytes")]
     ModelTooLarge {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
         /// Its (estimated) weight bytes.
         bytes: u64,
-        /// The budget.
+        /// The pool's whole memory budget in bytes.
         budget: u64,
     },
     /// [`crate::UnloadMode::FailIfLeased`] on a model that has active leases.
     #[error("model {name:?} has {leases} active lease(s) and was not unloaded")]
     Leased {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
         /// Leases held (or callers waiting for its load) at the time.
         leases: usize,
@@ -113,7 +113,7 @@ pub enum PoolError {
     /// The model is being unloaded and did not finish within the wait timeout.
     #[error("model {name:?} is being unloaded; it did not finish within {waited:?}")]
     Unloading {
-        /// The model.
+        /// The pool's name for the model (its registry key).
         name: String,
         /// How long the caller waited.
         waited: Duration,

@@ -1,16 +1,12 @@
 //! Fake services and loaders for the crate's unit tests: exact byte counts, panics, services
 //! that die.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use embed_core::{
-    CleanupReport, DType, EmbedOptions, EmbeddingService, Embeddings, ModelInfo, ModelSpec, Pooling, ResolvedDevice,
-    ServiceState, TokenizedText,
-};
+use embed_core::{CleanupReport, EmbedOptions, EmbeddingService, Embeddings, ModelInfo, ModelSpec, ServiceState, TokenizedText};
 
 use crate::ModelLoader;
 
@@ -65,27 +61,6 @@ impl ModelLoader for FakeLoader {
 
 /// A ready fake model of `bytes` weight bytes.
 pub(crate) fn service(name: &str, source: &str, bytes: u64) -> Arc<FakeService> {
-    let info = ModelInfo {
-        name: name.to_string(),
-        source: source.to_string(),
-        dir: source.into(),
-        architecture: "fake".into(),
-        family: embed_core::Family::Bert,
-        kind: embed_core::ModelKind::Embedding,
-        labels: Vec::new(),
-        dimension: 4,
-        max_seq_length: 8,
-        pooling: Pooling::Mean,
-        normalize: true,
-        device: ResolvedDevice::Cpu,
-        device_note: None,
-        dtype: DType::F32,
-        weight_bytes: bytes,
-        num_layers: 1,
-        vocab_size: 10,
-        prompts: BTreeMap::new(),
-        load_duration: Duration::ZERO,
-        threads: 1,
-    };
+    let info = ModelInfo { dimension: 4, max_seq_length: 8, normalize: true, vocab_size: 10, ..ModelInfo::fake(name, source, 4, bytes) };
     Arc::new(FakeService { info, state: Mutex::new(ServiceState::Ready) })
 }

@@ -9,7 +9,7 @@
 //! * **Capacity**: [`PoolConfig::max_models`] and an optional [`PoolConfig::memory_budget`]
 //!   (weight bytes as `ModelInfo::weight_bytes` reports them; on CUDA the device's free memory
 //!   too). When full, the least recently used *idle* model is evicted; if every model is
-//!   leased, `get` waits up to [`PoolConfig::wait_timeout`] for a lease to end, then fails
+//!   leased, `get` waits up to [`PoolTimeouts::wait`] for a lease to end, then fails
 //!   with [`PoolError::Exhausted`] naming the limit. A model is released (worker joined,
 //!   memory back) before the next one loads in its place.
 //! * **Single-flight**: concurrent `get`s of an unloaded model share one load; a failed load
@@ -71,7 +71,7 @@ mod state;
 mod status;
 mod tasks;
 
-pub use config::PoolConfig;
+pub use config::{PoolConfig, PoolTimeouts};
 pub use error::{Limit, PoolError};
 pub use lease::Lease;
 pub use loader::{DenseLoader, ModelLoader};

@@ -72,7 +72,7 @@ impl Pool {
         Pool { shared: Shared::new(config, registry, Arc::new(loader)) }
     }
 
-    /// The configuration.
+    /// The limits, budgets and timeouts this pool was created with.
     pub fn config(&self) -> &PoolConfig {
         &self.shared.config
     }
@@ -91,7 +91,7 @@ impl Pool {
     /// A lease on `name`, loading it first if needed. The model stays loaded while the lease is
     /// held. Concurrent callers for one unloaded model share a single load. When the pool is
     /// full, the least recently used idle model is evicted; if every model is leased, this
-    /// waits up to [`PoolConfig::wait_timeout`] for a lease to end.
+    /// waits up to [`PoolTimeouts::wait`](crate::PoolTimeouts::wait) for a lease to end.
     ///
     /// Cancellation safe: dropping the future never leaks a lease or a slot.
     pub async fn get(&self, name: &str) -> Result<Lease, PoolError> {
@@ -137,7 +137,7 @@ impl Pool {
 
     /// Closes the pool: new `get`s fail with [`PoolError::Closed`] (callers waiting for room
     /// too), idle models are released at once, leased ones when their lease ends or, after
-    /// [`PoolConfig::close_timeout`], anyway. Returns once every model is freed (or after
+    /// [`PoolTimeouts::close`](crate::PoolTimeouts::close), anyway. Returns once every model is freed (or after
     /// twice the close timeout; see [`CloseReport::models_left`]). Idempotent.
     pub async fn close(&self) -> CloseReport {
         let (released, forced_leases, models_left) = self.shared.close().await;
@@ -192,7 +192,7 @@ mod tests {
 
     use super::*;
     use crate::fakes::FakeLoader;
-    use crate::Limit;
+    use crate::{Limit, PoolTimeouts};
 
     fn registry(names: &[(&str, Option<u64>)]) -> ModelRegistry {
         names.iter().fold(ModelRegistry::new(), |r, (name, hint)| {
@@ -272,7 +272,7 @@ mod tests {
             ModelSpec::new("fake/a"),
             ModelSettings::default().with_pinned(true),
         );
-        let config = PoolConfig::default().with_max_models(1).with_wait_timeout(Duration::from_secs(1));
+        let config = PoolConfig::default().with_max_models(1).with_timeouts(PoolTimeouts { wait: Duration::from_secs(1), ..PoolTimeouts::default() });
         let pool = Pool::with_loader(config, reg, FakeLoader::default());
         pool.preload("a").await.unwrap();
         match pool.get("b").await {

@@ -55,7 +55,7 @@ pub enum ModelState {
 pub struct ModelStatus {
     /// The pool's name for it.
     pub name: String,
-    /// Its state.
+    /// Loading, ready, or on its way out.
     pub state: ModelState,
     /// Weight bytes it holds (the estimate while loading).
     pub weight_bytes: u64,

@@ -240,7 +240,7 @@ impl Shared {
     async fn acquire(self: &Arc<Self>, w: &Wanted) -> Result<(Arc<Slot>, u64), PoolError> {
         self.ensure_maintenance();
         let started = Instant::now();
-        let deadline = started + self.config.wait_timeout;
+        let deadline = started + self.config.timeouts.wait;
         let mut clock = WaitClock { counters: &self.counters, since: None };
         loop {
             let notified = self.changed.notified();
@@ -293,7 +293,7 @@ impl Shared {
     fn spawn_load(self: &Arc<Self>, spec: ModelSpec, cell: Arc<LoadCell>, id: u64) {
         let weak = Arc::downgrade(self);
         let loader = self.loader.clone();
-        let timeout = self.config.load_timeout;
+        let timeout = self.config.timeouts.load;
         // A task of its own: the load finishes (and reaches every waiter) even if the caller
         // that started it goes away.
         tokio::spawn(async move {
@@ -391,7 +391,7 @@ impl Shared {
             tracing::info!(model = %r.name, %cause, weight_bytes = r.slot.weight_bytes, "pool releasing model");
         }
         let weak = Arc::downgrade(self);
-        let release_timeout = self.config.memory_budget.map(|_| self.config.memory_release_timeout);
+        let release_timeout = self.config.memory_budget.map(|_| self.config.timeouts.memory_release);
         tokio::spawn(async move {
             let mark = release_timeout.map(|_| MemoryMark::take(&r.slot));
             let report = match r.slot.service.cleanup().await {
@@ -500,8 +500,8 @@ impl Shared {
     /// `Pool::close`: returns (released, forced leases, models left).
     pub(crate) async fn close(self: &Arc<Self>) -> (usize, usize, usize) {
         let started = Instant::now();
-        let drain_deadline = started + self.config.close_timeout;
-        let hard_deadline = drain_deadline + self.config.close_timeout;
+        let drain_deadline = started + self.config.timeouts.close;
+        let hard_deadline = drain_deadline + self.config.timeouts.close;
         self.lock().closed = true;
         self.changed.notify_waiters();
         let (mut released, mut forced_leases) = (0, 0);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{CountingLoader, TinyModels};
 use embed_core::memory::live_models;
 use embed_core::EmbedOptions;
-use embed_pool::{Lease, Pool, PoolConfig};
+use embed_pool::{Lease, Pool, PoolConfig, PoolTimeouts};
 
 
 /// xorshift64: a cheap per-task random stream.
@@ -29,7 +29,7 @@ async fn sixty_four_tasks_five_models_two_slots() {
     let models = TinyModels::new(5);
     let loader = CountingLoader::with_delay(Duration::ZERO);
     let pool = Pool::with_loader(
-        PoolConfig::default().with_max_models(MAX).with_wait_timeout(Duration::from_secs(60)),
+        PoolConfig::default().with_max_models(MAX).with_timeouts(PoolTimeouts { wait: Duration::from_secs(60), ..PoolTimeouts::default() }),
         models.registry(),
         loader.clone(),
     );

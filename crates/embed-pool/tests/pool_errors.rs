@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{CountingLoader, TinyModels};
 use embed_core::memory::live_models;
 use embed_core::ModelSpec;
-use embed_pool::{Limit, Pool, PoolConfig, PoolError, UnloadMode};
+use embed_pool::{Limit, Pool, PoolConfig, PoolError, UnloadMode, PoolTimeouts};
 use embed_testkit::{corrupt_weights, TinyModel};
 
 
@@ -97,7 +97,7 @@ async fn failed_load_is_typed_counted_and_leaves_no_entry() {
 async fn exhausted_when_every_slot_is_leased() {
     let _s = embed_testkit::serial().await;
     let models = TinyModels::new(2);
-    let config = PoolConfig::default().with_max_models(1).with_wait_timeout(Duration::from_millis(200));
+    let config = PoolConfig::default().with_max_models(1).with_timeouts(PoolTimeouts { wait: Duration::from_millis(200), ..PoolTimeouts::default() });
     let pool = Pool::new(config, models.registry());
     let held = pool.get("m0").await.unwrap();
 
@@ -179,7 +179,7 @@ async fn load_timeout_is_typed() {
     let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
     let loader = CountingLoader::with_delay(Duration::from_secs(5));
-    let config = PoolConfig::default().with_load_timeout(Some(Duration::from_millis(50)));
+    let config = PoolConfig::default().with_timeouts(PoolTimeouts { load: Some(Duration::from_millis(50)), ..PoolTimeouts::default() });
     let pool = Pool::with_loader(config, models.registry(), loader);
     match pool.get("m0").await {
         Err(PoolError::LoadTimeout { name, timeout }) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{CountingLoader, TinyModels};
 use embed_core::memory::live_models;
 use embed_core::{EmbedOptions, ResolvedDevice};
-use embed_pool::{EvictionCause, Lease, ModelSettings, ModelState, Pool, PoolConfig, PoolError, UnloadMode};
+use embed_pool::{EvictionCause, Lease, ModelSettings, ModelState, Pool, PoolConfig, PoolError, UnloadMode, PoolTimeouts};
 use embed_testkit::eventually;
 use embed_testkit::memory::wait_for_no_live_models;
 
@@ -95,7 +95,7 @@ async fn memory_budget_evicts_for_memory() {
 
     // With m1 leased, m0 cannot come back within the budget.
     let pool_short = Pool::new(
-        PoolConfig::default().with_memory_budget(Some(budget)).with_wait_timeout(Duration::from_millis(50)),
+        PoolConfig::default().with_memory_budget(Some(budget)).with_timeouts(PoolTimeouts { wait: Duration::from_millis(50), ..PoolTimeouts::default() }),
         models.registry(),
     );
     let held = pool_short.get("m0").await.unwrap();
@@ -113,7 +113,7 @@ async fn memory_budget_evicts_for_memory() {
 async fn unload_waits_for_leases_and_blocks_new_ones() {
     let _s = embed_testkit::serial().await;
     let models = TinyModels::new(1);
-    let pool = Pool::new(PoolConfig::default().with_wait_timeout(Duration::from_millis(100)), models.registry());
+    let pool = Pool::new(PoolConfig::default().with_timeouts(PoolTimeouts { wait: Duration::from_millis(100), ..PoolTimeouts::default() }), models.registry());
     let lease = pool.get("m0").await.unwrap();
     let unloading = tokio::spawn({
         let pool = pool.clone();
@@ -215,7 +215,7 @@ async fn with_closure_holds_a_lease_for_its_duration() {
 async fn close_waits_for_leases_then_forces() {
     let _s = embed_testkit::serial().await;
     let models = TinyModels::new(2);
-    let pool = Pool::new(PoolConfig::default().with_close_timeout(Duration::from_secs(10)), models.registry());
+    let pool = Pool::new(PoolConfig::default().with_timeouts(PoolTimeouts { close: Duration::from_secs(10), ..PoolTimeouts::default() }), models.registry());
     let lease = pool.get("m0").await.unwrap();
     pool.preload("m1").await.unwrap();
     let closing = tokio::spawn({
@@ -231,7 +231,7 @@ async fn close_waits_for_leases_then_forces() {
     assert_eq!(live_models(), 0);
 
     // With a short close timeout, a lease that is never returned is overridden.
-    let pool = Pool::new(PoolConfig::default().with_close_timeout(Duration::from_millis(50)), models.registry());
+    let pool = Pool::new(PoolConfig::default().with_timeouts(PoolTimeouts { close: Duration::from_millis(50), ..PoolTimeouts::default() }), models.registry());
     let stuck = pool.get("m0").await.unwrap();
     let report = pool.close().await;
     assert_eq!((report.released, report.forced_leases), (1, 1));

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::TinyModels;
 use embed_core::memory::live_models;
-use embed_pool::{Lease, ModelSettings, Pool, PoolConfig, PoolError, UnloadMode};
+use embed_pool::{Lease, ModelSettings, Pool, PoolConfig, PoolError, UnloadMode, PoolTimeouts};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -184,7 +184,7 @@ async fn run_case(
     );
     let config = PoolConfig::default()
         .with_max_models(max)
-        .with_wait_timeout(WAIT)
+        .with_timeouts(PoolTimeouts { wait: WAIT, ..PoolTimeouts::default() })
         .with_default_ttl(Some(TTL))
         .with_maintenance_interval(None);
     let pool = Pool::new(config, registry);

@@ -52,12 +52,13 @@ impl AppState {
         }
     }
 
-    /// The pool.
+    /// The pool that owns the models (for embedding the server in an application that also
+    /// leases models itself).
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
 
-    /// The config.
+    /// The settings the server was built with (default model, limits, timeouts, API key).
     pub fn config(&self) -> &ServerConfig {
         &self.config
     }
@@ -266,7 +267,7 @@ async fn overload(State(state): State<AppState>, req: Request, next: Next) -> Re
 
 /// Whole-request deadline; dropping the handler future releases its lease and queued work.
 async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = state.config.limits.request_timeout;
+    let limit = state.config.timeouts.request;
     // The handler takes the request; its URI (reference-counted bytes) picks the error shape.
     let uri = req.uri().clone();
     match tokio::time::timeout(limit, next.run(req)).await {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-/// Request limits.
+/// Request limits: sizes and counts. Fields are public: change what you need and take the
+/// rest from `..Limits::default()`.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Largest request body in bytes (413 above it).
     pub max_body_bytes: usize,
@@ -13,33 +13,44 @@ pub struct Limits {
     pub max_inputs: usize,
     /// Requests served at once; more get 429 with Retry-After.
     pub max_concurrent: usize,
-    /// Whole-request deadline (504 after it; queued work is cancelled).
-    pub request_timeout: Duration,
-    /// Default of `truncate` when a request does not say (true: truncate long inputs; false: 422).
-    pub truncate_by_default: bool,
     /// Open client connections at most. At the cap the server stops accepting: new connections
     /// wait in the kernel's listen backlog until one closes, so no descriptor is spent on them.
     pub max_connections: usize,
-    /// Time a client gets to send a complete request head, counted from its first byte (and,
-    /// on a new connection, from the accept).
-    pub header_read_timeout: Duration,
-    /// Time a kept-alive connection may stay silent between requests before it is closed.
-    pub keep_alive_timeout: Duration,
+    /// Default of `truncate` when a request does not say (true: truncate long inputs; false: 422).
+    pub truncate_by_default: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_body_bytes: 2 * 1024 * 1024,
-            max_inputs: 512,
-            max_concurrent: 512,
-            request_timeout: Duration::from_secs(60),
-            truncate_by_default: true,
-            max_connections: 1024,
-            header_read_timeout: Duration::from_secs(10),
-            // Longer than the 60 s idle timeout of common load balancers, so the balancer, not
-            // the server, closes an idle upstream connection (no race on a reused socket).
-            keep_alive_timeout: Duration::from_secs(75),
+        Limits { max_body_bytes: 2 * 1024 * 1024, max_inputs: 512, max_concurrent: 512, max_connections: 1024, truncate_by_default: true }
+    }
+}
+
+/// How long the server waits, one field per wait (grouped as deadpool groups its timeouts).
+/// Change what you need and take the rest from `..Timeouts::default()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Whole-request deadline (504 after it; queued work is cancelled). Default 60 s.
+    pub request: Duration,
+    /// Time a client gets to send a complete request head, counted from its first byte (and,
+    /// on a new connection, from the accept). Default 10 s.
+    pub header_read: Duration,
+    /// Time a kept-alive connection may stay silent between requests before it is closed.
+    /// Default 75 s: longer than the 60 s idle timeout of common load balancers, so the
+    /// balancer, not the server, closes an idle upstream connection (no race on a reused socket).
+    pub keep_alive: Duration,
+    /// How long in-flight requests may run after shutdown starts. The whole shutdown (drain,
+    /// then releasing every model) ends within this plus [`crate::CLOSE_MARGIN`]. Default 30 s.
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request: Duration::from_secs(60),
+            header_read: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(75),
+            shutdown: Duration::from_secs(30),
         }
     }
 }
@@ -52,14 +63,13 @@ pub struct ServerConfig {
     pub default_model: String,
     /// Models loaded before `/ready` reports ready.
     pub preload: Vec<String>,
-    /// Request limits.
+    /// Request sizes and counts.
     pub limits: Limits,
+    /// Request, connection and shutdown timeouts.
+    pub timeouts: Timeouts,
     /// When set, every route except `/health`, `/ready` and `/metrics` needs
     /// `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
-    /// How long in-flight requests may run after shutdown starts. The whole shutdown (drain,
-    /// then releasing every model) ends within this plus [`crate::CLOSE_MARGIN`].
-    pub shutdown_deadline: Duration,
     /// When a preload fails, keep serving (`/ready` stays 503) instead of stopping with
     /// [`crate::ServeError::Preload`]. Default false.
     pub allow_degraded_start: bool,
@@ -73,8 +83,8 @@ impl ServerConfig {
             preload: vec![default_model.clone()],
             default_model,
             limits: Limits::default(),
+            timeouts: Timeouts::default(),
             api_key: None,
-            shutdown_deadline: Duration::from_secs(30),
             allow_degraded_start: false,
         }
     }
@@ -85,7 +95,7 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the limits.
+    /// Sets the request limits.
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
@@ -97,58 +107,15 @@ impl ServerConfig {
         self
     }
 
-    /// Sets the shutdown deadline.
-    pub fn with_shutdown_deadline(mut self, deadline: Duration) -> Self {
-        self.shutdown_deadline = deadline;
+    /// Sets the timeouts.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
         self
     }
 
     /// Keep serving when a preload fails (see [`ServerConfig::allow_degraded_start`]).
     pub fn with_allow_degraded_start(mut self, allow: bool) -> Self {
         self.allow_degraded_start = allow;
-        self
-    }
-}
-
-impl Limits {
-    /// Sets `max_body_bytes`.
-    pub fn with_max_body_bytes(mut self, n: usize) -> Self {
-        self.max_body_bytes = n;
-        self
-    }
-    /// Sets `max_inputs`.
-    pub fn with_max_inputs(mut self, n: usize) -> Self {
-        self.max_inputs = n;
-        self
-    }
-    /// Sets `max_concurrent`.
-    pub fn with_max_concurrent(mut self, n: usize) -> Self {
-        self.max_concurrent = n;
-        self
-    }
-    /// Sets `request_timeout`.
-    pub fn with_request_timeout(mut self, d: Duration) -> Self {
-        self.request_timeout = d;
-        self
-    }
-    /// Sets `max_connections`.
-    pub fn with_max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n;
-        self
-    }
-    /// Sets `header_read_timeout`.
-    pub fn with_header_read_timeout(mut self, d: Duration) -> Self {
-        self.header_read_timeout = d;
-        self
-    }
-    /// Sets `keep_alive_timeout`.
-    pub fn with_keep_alive_timeout(mut self, d: Duration) -> Self {
-        self.keep_alive_timeout = d;
-        self
-    }
-    /// Sets `truncate_by_default`.
-    pub fn with_truncate_by_default(mut self, t: bool) -> Self {
-        self.truncate_by_default = t;
         self
     }
 }

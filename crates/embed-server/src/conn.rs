@@ -20,7 +20,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
@@ -33,12 +32,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
-/// The per-connection timeouts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
-    pub(crate) header_read: Duration,
-    pub(crate) keep_alive: Duration,
-}
+use crate::Timeouts;
 
 /// Why the watcher closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

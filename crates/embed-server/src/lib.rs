@@ -15,7 +15,7 @@
 //!
 //! [`serve`] speaks HTTP/1.1 (hyper) and defends itself: at most `limits.max_connections` open
 //! connections (more wait in the listen backlog), a header-read timeout, an idle keep-alive
-//! timeout, and a shutdown that ends within `shutdown_deadline` plus [`CLOSE_MARGIN`].
+//! timeout, and a shutdown that ends within `Timeouts::shutdown` plus [`CLOSE_MARGIN`].
 //!
 //! ```
 //! # let (_tmp, dir) = embed_testkit::TinyModel::default().write_temp();
@@ -46,7 +46,7 @@ mod metrics;
 mod serve;
 
 pub use app::{router, AppState};
-pub use config::{Limits, ServerConfig};
+pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{ApiError, OpenAiError, ServeError};
 pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};
 pub use metrics::Metrics;

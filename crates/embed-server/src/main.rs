@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use embed_core::{DType, DeviceSpec, ModelOptions, ModelSpec};
 use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig};
-use embed_server::{AppState, Limits, ServerConfig};
+use embed_server::{AppState, Limits, ServerConfig, Timeouts};
 use serde::Deserialize;
 
 /// Serve text-embedding models over HTTP.
@@ -231,16 +231,16 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
     let mut limits = Limits::default();
     let positive = |name: &str, n: usize| if n == 0 { bail!("{name} must be at least 1") } else { Ok(n) };
     if let Some(n) = args.max_inputs.or(file.max_inputs) {
-        limits = limits.with_max_inputs(positive("max_inputs", n)?);
+        limits.max_inputs = positive("max_inputs", n)?;
     }
     if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
-        limits = limits.with_max_body_bytes(positive("max_body_bytes", n)?);
+        limits.max_body_bytes = positive("max_body_bytes", n)?;
     }
     if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
-        limits = limits.with_max_concurrent(positive("max_concurrent", n)?);
+        limits.max_concurrent = positive("max_concurrent", n)?;
     }
     if let Some(n) = args.max_connections.or(file.max_connections) {
-        limits = limits.with_max_connections(positive("max_connections", n)?);
+        limits.max_connections = positive("max_connections", n)?;
     }
     let seconds = |name: &str, s: f64| {
         if s.is_finite() && s > 0.0 {
@@ -249,22 +249,26 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
             bail!("{name} must be a positive number of seconds, not {s}")
         }
     };
+    let mut timeouts = Timeouts::default();
     if let Some(s) = args.header_read_timeout.or(file.header_read_timeout) {
-        limits = limits.with_header_read_timeout(seconds("header_read_timeout", s)?);
+        timeouts.header_read = seconds("header_read_timeout", s)?;
     }
     if let Some(s) = args.keep_alive_timeout.or(file.keep_alive_timeout) {
-        limits = limits.with_keep_alive_timeout(seconds("keep_alive_timeout", s)?);
+        timeouts.keep_alive = seconds("keep_alive_timeout", s)?;
     }
     if let Some(s) = args.request_timeout.or(file.request_timeout) {
-        limits = limits.with_request_timeout(Duration::from_secs(s));
+        timeouts.request = Duration::from_secs(s);
     }
-    limits = limits.with_truncate_by_default(!(args.no_truncate || file.no_truncate.unwrap_or(false)));
+    if let Some(s) = args.shutdown_deadline.or(file.shutdown_deadline) {
+        timeouts.shutdown = Duration::from_secs(s);
+    }
+    limits.truncate_by_default = !(args.no_truncate || file.no_truncate.unwrap_or(false));
     let preload = if !args.preload.is_empty() { args.preload } else { file.preload.unwrap_or_else(|| vec![default_model.clone()]) };
     let config = ServerConfig::new(default_model)
         .with_preload(preload)
         .with_limits(limits)
+        .with_timeouts(timeouts)
         .with_api_key(args.api_key.or(file.api_key))
-        .with_shutdown_deadline(Duration::from_secs(args.shutdown_deadline.or(file.shutdown_deadline).unwrap_or(30)))
         .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false));
     let bind = args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     Ok((pool, registry, config, bind))

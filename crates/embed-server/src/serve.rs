@@ -11,12 +11,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::conn::{serve_connection, Timeouts};
+use crate::conn::serve_connection;
 use crate::error::ServeError;
 use crate::{router, AppState};
 
 /// How long releasing the models may take after the drain deadline: the whole shutdown ends
-/// within `shutdown_deadline + CLOSE_MARGIN` (plus the moment it takes to abort connections).
+/// within `Timeouts::shutdown + CLOSE_MARGIN` (plus the moment it takes to abort connections).
 pub const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What [`serve`] did on the way out.
@@ -36,7 +36,7 @@ pub struct ShutdownReport {
 
 /// Serves `state` on `listener` until `shutdown` resolves: preloads (then `/ready` is 200),
 /// serves, and at shutdown stops accepting, closes idle connections, lets in-flight requests
-/// finish within `config.shutdown_deadline`, closes the connections still open after it, then
+/// finish within `config.timeouts.shutdown`, closes the connections still open after it, then
 /// releases every model within [`CLOSE_MARGIN`].
 ///
 /// Connections: at most `limits.max_connections` are open; at the cap the server stops
@@ -73,7 +73,7 @@ pub async fn serve(
     };
     tokio::pin!(shutdown, preload_failed);
 
-    let timeouts = Timeouts { header_read: config.limits.header_read_timeout, keep_alive: config.limits.keep_alive_timeout };
+    let timeouts = config.timeouts;
     let max_connections = config.limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max_connections));
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -141,7 +141,7 @@ pub async fn serve(
         "shutdown: no new connections; closing idle ones and draining in-flight requests"
     );
     let _ = stop_tx.send(true);
-    let deadline = config.shutdown_deadline;
+    let deadline = config.timeouts.shutdown;
     let drained = tokio::time::timeout(deadline, graceful.shutdown()).await.is_ok();
     let mut cut_short = 0;
     if !drained {

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::Router;
 use base64::Engine;
 use embed_core::FaultInjection;
-use embed_server::{router, Limits, ServerConfig};
+use embed_server::{router, Limits, ServerConfig, Timeouts};
 use serde_json::{json, Value};
 
 use common::inproc::{self, Fixture};
@@ -83,7 +83,7 @@ async fn tei_embed() {
 
 #[tokio::test]
 async fn tei_errors() {
-    let f = fixture_with(|c| c.with_limits(Limits::default().with_max_inputs(4).with_max_body_bytes(4096)), FaultInjection::default());
+    let f = fixture_with(|c| c.with_limits(Limits { max_inputs: 4, max_body_bytes: 4096, ..Limits::default() }), FaultInjection::default());
     let app = app(&f);
     let (s, v) = raw(&app, "/embed", "{\"inputs\": [").await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
@@ -266,7 +266,7 @@ async fn api_key_protects_everything_but_health_and_metrics() {
 async fn overload_gets_429_and_timeouts_504() {
     let faults = FaultInjection { forward_delay: Some(Duration::from_millis(400)), ..Default::default() };
     let f = fixture_with(
-        |c| c.with_limits(Limits::default().with_max_concurrent(1).with_request_timeout(Duration::from_millis(1500))),
+        |c| c.with_limits(Limits { max_concurrent: 1, ..Limits::default() }).with_timeouts(Timeouts { request: Duration::from_millis(1500), ..Timeouts::default() }),
         faults,
     );
     f.state.preload().await.unwrap();
@@ -285,7 +285,7 @@ async fn overload_gets_429_and_timeouts_504() {
     // Four inputs that each take 400 ms in separate forward passes would exceed 1.5 s.
     let inputs: Vec<String> = (0..4).map(|i| "hello ".repeat(10 + i * 10)).collect();
     let f2 = fixture_with(
-        |c| c.with_limits(Limits::default().with_request_timeout(Duration::from_millis(300))),
+        |c| c.with_timeouts(Timeouts { request: Duration::from_millis(300), ..Timeouts::default() }),
         FaultInjection { forward_delay: Some(Duration::from_millis(400)), ..Default::default() },
     );
     f2.state.preload().await.unwrap();

@@ -127,26 +127,9 @@ impl EmbeddingService for FakeService {
             return Err(Error::InvalidSource { source_str: spec.source, reason: "the fake was told to fail".into() });
         }
         let info = ModelInfo {
-            name: spec.name.clone(),
-            source: spec.source.clone(),
             dir: std::path::PathBuf::new(),
-            architecture: "fake".into(),
-            family: embed_core::Family::Bert,
-            kind: embed_core::ModelKind::Embedding,
-            labels: Vec::new(),
-            dimension: self.dim,
-            max_seq_length: 512,
-            pooling: embed_core::Pooling::Mean,
-            normalize: false,
-            device: embed_core::ResolvedDevice::Cpu,
-            device_note: None,
-            dtype: embed_core::DType::F32,
-            weight_bytes: (self.dim * 4) as u64,
-            num_layers: 0,
-            vocab_size: 256,
-            prompts: Default::default(),
             load_duration: self.load_delay,
-            threads: 1,
+            ..ModelInfo::fake(&spec.name, &spec.source, self.dim, (self.dim * 4) as u64)
         };
         guard.0 = None;
         let mut st = self.lock();

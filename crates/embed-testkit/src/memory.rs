@@ -67,7 +67,7 @@ pub struct MemoryDiff {
     pub cpu_allocator: i64,
     /// Weight bytes of live models.
     pub model_weights: i64,
-    /// Live models.
+    /// Change in the number of loaded models (worker threads alive).
     pub live_models: i64,
     /// CUDA allocated bytes (device 0), when CUDA is available at both points.
     pub cuda_allocated: Option<i64>,

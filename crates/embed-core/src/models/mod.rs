@@ -45,11 +45,11 @@ pub enum Family {
     /// BERT and the RoBERTa line (RoBERTa, XLM-RoBERTa, CamemBERT): same layers, different
     /// position ids.
     Bert,
-    /// DistilBERT.
+    /// DistilBERT: BERT's layers without token types or pooler, under other tensor names.
     DistilBert,
     /// MPNet (all-mpnet-base-v2).
     MPNet,
-    /// ModernBERT.
+    /// ModernBERT: pre-norm, rotary, GeGLU, global and sliding-window layers.
     ModernBert,
     /// NomicBERT (nomic-embed-text).
     NomicBert,
