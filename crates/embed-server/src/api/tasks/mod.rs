@@ -137,14 +137,18 @@ pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBo
     Ok(if req.inputs.batch { Json(answers).into_response() } else { Json(answers.remove(0)).into_response() })
 }
 
-/// SPLADE vectors: per input, its non-zero `(index, value)` entries by increasing index.
-pub(crate) async fn embed_sparse(
-    State(state): State<AppState>,
-    JsonBody(req): JsonBody<TextsRequest>,
-) -> Result<Json<Vec<Vec<SparseValue>>>, ApiError> {
+/// A texts request checked and leased: its texts, the model's lease and the options to use.
+struct Prepared {
+    texts: Vec<String>,
+    model: String,
+    lease: Lease,
+    options: EmbedOptions,
+}
+
+async fn prepare(state: &AppState, req: TextsRequest) -> Result<Prepared, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     let texts = req.inputs.0;
-    check_count(texts.len(), &state, "inputs")?;
+    check_count(texts.len(), state, "inputs")?;
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
     let lease = state.lease(&model).await?;
     let options = EmbedOptions {
@@ -152,6 +156,15 @@ pub(crate) async fn embed_sparse(
         truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
         ..Default::default()
     };
+    Ok(Prepared { texts, model, lease, options })
+}
+
+/// SPLADE vectors: per input, its non-zero `(index, value)` entries by increasing index.
+pub(crate) async fn embed_sparse(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<TextsRequest>,
+) -> Result<Json<Vec<Vec<SparseValue>>>, ApiError> {
+    let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
     let queued = state.metrics.queued(&model);
     let out = lease.embed_sparse(&texts, &options).await?;
     drop(queued);
@@ -169,16 +182,7 @@ pub(crate) async fn embed_all(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<TextsRequest>,
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
-    check_direction(req.truncation_direction.as_deref())?;
-    let texts = req.inputs.0;
-    check_count(texts.len(), &state, "inputs")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
-    let lease = state.lease(&model).await?;
-    let options = EmbedOptions {
-        prompt_name: req.prompt_name,
-        truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
-        ..Default::default()
-    };
+    let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
     let queued = state.metrics.queued(&model);
     let out = lease.embed_tokens(&texts, &options).await?;
     drop(queued);
