@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
+use scopeguard::ScopeGuard;
 use tokio::sync::oneshot;
 
 use crate::text::{to_i64, Prepared, TextPrep};
@@ -166,24 +167,10 @@ impl fmt::Debug for DenseEmbeddingService {
     }
 }
 
-/// Resets a `Loading`/`Closing` state if the future driving it is dropped half-way.
-struct StateGuard<'a> {
-    state: &'a Mutex<State>,
-    on_drop: Option<fn() -> State>,
-}
-
-impl StateGuard<'_> {
-    fn disarm(mut self) {
-        self.on_drop = None;
-    }
-}
-
-impl Drop for StateGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(make) = self.on_drop.take() {
-            *lock(self.state) = make();
-        }
-    }
+/// Sets `state` to `make()` if the future driving a load or cleanup is dropped half-way;
+/// defused with `ScopeGuard::into_inner` once the future has set the state itself.
+fn reset_on_drop<'a>(state: &'a Mutex<State>, make: fn() -> State) -> ScopeGuard<&'a Mutex<State>, impl FnOnce(&'a Mutex<State>)> {
+    scopeguard::guard(state, move |state: &'a Mutex<State>| *lock(state) = make())
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -236,7 +223,7 @@ impl EmbeddingService for DenseEmbeddingService {
                 other => return Err(Error::AlreadyLoaded { state: other.public() }),
             }
         }
-        let guard = StateGuard { state: &self.state, on_drop: Some(|| State::Unloaded) };
+        let guard = reset_on_drop(&self.state, || State::Unloaded);
         let started = Instant::now();
 
         let name = spec.name.clone();
@@ -261,7 +248,7 @@ impl EmbeddingService for DenseEmbeddingService {
             exit: Mutex::new(Some((exit, thread))),
         });
         *lock(&self.state) = State::Ready(running);
-        guard.disarm();
+        ScopeGuard::into_inner(guard);
         tracing::info!(model = %info.name, device = %info.device, dtype = %info.dtype,
             weight_bytes = info.weight_bytes, load_ms = info.load_duration.as_millis() as u64, "model loaded");
         Ok(info)
@@ -427,7 +414,7 @@ impl EmbeddingService for DenseEmbeddingService {
         };
         // If this future is dropped from here on, the worker still frees the model (the
         // shutdown is already sent); the guard just records the end state.
-        let guard = StateGuard { state: &self.state, on_drop: Some(|| State::Closed) };
+        let guard = reset_on_drop(&self.state, || State::Closed);
         let _ = running.intake.send(Command::Shutdown);
         let exit = running.exit.lock().unwrap_or_else(|p| p.into_inner()).take();
         let name = running.info.name.clone();

@@ -1,45 +1,15 @@
-//! Fake services and loaders for the crate's unit tests: exact byte counts, panics, services
-//! that die.
+//! The fake loader of the crate's unit tests: exact byte counts, panics on demand; the
+//! services it hands out are embed-testkit's fakes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use embed_core::{CleanupReport, EmbedOptions, EmbeddingService, Embeddings, ModelInfo, ModelSpec, ServiceState, TokenizedText};
+use embed_core::{EmbeddingService, ModelSpec};
+use embed_testkit::FakeService;
 
 use crate::ModelLoader;
-
-pub(crate) struct FakeService {
-    info: ModelInfo,
-    state: Mutex<ServiceState>,
-}
-
-#[async_trait]
-impl EmbeddingService for FakeService {
-    async fn load(&self, _spec: ModelSpec) -> embed_core::Result<ModelInfo> {
-        Err(embed_core::Error::AlreadyLoaded { state: self.state() })
-    }
-    async fn embed_texts(&self, _texts: &[String], _o: &EmbedOptions) -> embed_core::Result<Embeddings> {
-        Ok(Embeddings::default())
-    }
-    async fn tokenize(&self, _texts: &[String], _o: &EmbedOptions) -> embed_core::Result<Vec<TokenizedText>> {
-        Ok(Vec::new())
-    }
-    fn info(&self) -> Option<ModelInfo> {
-        Some(self.info.clone())
-    }
-    fn state(&self) -> ServiceState {
-        *self.state.lock().unwrap()
-    }
-    async fn cleanup(&self) -> embed_core::Result<CleanupReport> {
-        self.begin_cleanup();
-        Ok(CleanupReport { model: Some(self.info.name.clone()), ..Default::default() })
-    }
-    fn begin_cleanup(&self) -> bool {
-        std::mem::replace(&mut *self.state.lock().unwrap(), ServiceState::Closed) == ServiceState::Ready
-    }
-}
 
 /// Loads fake models whose weight bytes are `bytes[name]`; panics for `panic_on`.
 #[derive(Default)]
@@ -59,8 +29,7 @@ impl ModelLoader for FakeLoader {
     }
 }
 
-/// A ready fake model of `bytes` weight bytes.
+/// A ready fake model of `bytes` weight bytes (embed-testkit's fake, loaded at once).
 pub(crate) fn service(name: &str, source: &str, bytes: u64) -> Arc<FakeService> {
-    let info = ModelInfo { dimension: 4, max_seq_length: 8, normalize: true, vocab_size: 10, ..ModelInfo::fake(name, source, 4, bytes) };
-    Arc::new(FakeService { info, state: Mutex::new(ServiceState::Ready) })
+    Arc::new(FakeService::ready(name, source, 4, bytes))
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use embed_core::memory::{accelerator_available, cuda_memory};
 use embed_core::{panic_message, CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
 use futures::FutureExt;
+use scopeguard::ScopeGuard;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -85,46 +86,22 @@ impl Drop for WaitClock<'_> {
     }
 }
 
-/// A caller counted as a waiter of a load; if it goes away before turning into a lease, the
-/// count is given back (cancellation safety).
-struct PendingLease {
-    shared: Arc<Shared>,
-    name: String,
-    id: u64,
-    armed: bool,
-}
+/// A caller counted as a waiter of load `id` of a model: if it goes away before turning into
+/// a lease, the count is given back (cancellation safety). Defused by `ScopeGuard::into_inner`.
+type PendingLease = ScopeGuard<(Arc<Shared>, String, u64), fn((Arc<Shared>, String, u64))>;
 
-impl PendingLease {
-    fn disarm(mut self) -> u64 {
-        self.armed = false;
-        self.id
-    }
-}
-
-impl Drop for PendingLease {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.release(&self.name, self.id);
-        }
-    }
+fn pending_lease(shared: &Arc<Shared>, name: &str, id: u64) -> PendingLease {
+    scopeguard::guard((shared.clone(), name.to_string(), id), |(shared, name, id)| shared.release(&name, id))
 }
 
 /// Puts a model back in service if an `unload(WaitForLeases)` is dropped before releasing it.
-struct DrainGuard {
-    shared: Arc<Shared>,
-    name: String,
-    id: u64,
-    armed: bool,
-}
+type DrainGuard = ScopeGuard<(Arc<Shared>, String, u64), fn((Arc<Shared>, String, u64))>;
 
-impl Drop for DrainGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.shared.lock().undrain(&self.name, self.id);
-        self.shared.changed.notify_waiters();
-    }
+fn drain_guard(shared: &Arc<Shared>, name: &str, id: u64) -> DrainGuard {
+    scopeguard::guard((shared.clone(), name.to_string(), id), |(shared, name, id)| {
+        shared.lock().undrain(&name, id);
+        shared.changed.notify_waiters();
+    })
 }
 
 /// Everything a pool handle shares: the config, the registry, the state behind the lock.
@@ -256,14 +233,14 @@ impl Shared {
                 }
                 Step::Start(cell, id) => {
                     // The guard exists before the next await, so a cancelled caller is uncounted.
-                    let pending = PendingLease { shared: self.clone(), name: w.name.clone(), id, armed: true };
+                    let pending = pending_lease(self, &w.name, id);
                     self.spawn_load(w.spec.clone(), cell.clone(), id);
                     bump(&self.counters.misses);
                     drop(clock);
                     return join(pending, cell).await;
                 }
                 Step::Join(cell, id) => {
-                    let pending = PendingLease { shared: self.clone(), name: w.name.clone(), id, armed: true };
+                    let pending = pending_lease(self, &w.name, id);
                     bump(&self.counters.misses);
                     drop(clock);
                     return join(pending, cell).await;
@@ -473,23 +450,23 @@ impl Shared {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let step = self.lock().unload_step(name, fail_if_leased, drain.as_ref().map(|d| d.id));
+            let step = self.lock().unload_step(name, fail_if_leased, drain.as_ref().map(|d| d.2));
             match step {
                 UnloadStep::Done => {
-                    if let Some(mut d) = drain.take() {
-                        d.armed = false;
+                    if let Some(d) = drain.take() {
+                        ScopeGuard::into_inner(d);
                     }
                     return Ok(None);
                 }
                 UnloadStep::Fail(e) => return Err(e),
                 UnloadStep::Retire(r) => {
-                    if let Some(mut d) = drain.take() {
-                        d.armed = false;
+                    if let Some(d) = drain.take() {
+                        ScopeGuard::into_inner(d);
                     }
                     return Ok(self.spawn_retire(r).await.ok().flatten());
                 }
                 UnloadStep::Drain(id) => {
-                    drain = Some(DrainGuard { shared: self.clone(), name: name.to_string(), id, armed: true });
+                    drain = Some(drain_guard(self, name, id));
                     notified.await;
                 }
                 UnloadStep::Wait => notified.await,
@@ -555,8 +532,7 @@ async fn join(pending: PendingLease, cell: Arc<LoadCell>) -> Result<(Arc<Slot>, 
         tokio::pin!(done);
         done.as_mut().enable();
         if let Some(outcome) = cell.outcome.get() {
-            let name = pending.name.clone();
-            let id = pending.disarm();
+            let (_, name, id) = ScopeGuard::into_inner(pending);
             return match outcome {
                 Ok(slot) => Ok((slot.clone(), id)),
                 Err(failure) => Err(failure.to_error(&name)),

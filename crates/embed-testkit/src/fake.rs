@@ -48,17 +48,6 @@ pub struct FakeService {
     inner: Mutex<Inner>,
 }
 
-/// Releases the model of a load whose future is dropped half-way.
-struct LoadGuard<'a>(Option<&'a FakeService>);
-
-impl Drop for LoadGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(fake) = self.0.take() {
-            fake.release(ServiceState::Unloaded);
-        }
-    }
-}
-
 impl FakeService {
     /// A fake producing `dim`-dimensional vectors.
     pub fn new(dim: usize) -> Self {
@@ -66,6 +55,19 @@ impl FakeService {
             dim,
             load_delay: Duration::ZERO,
             inner: Mutex::new(Inner { state: ServiceState::Unloaded, info: None, holding: false }),
+        }
+    }
+
+    /// A fake that is already loaded (no `load` call, no runtime needed): `name` from `source`,
+    /// `dim`-dimensional vectors, `weight_bytes` as its model's size. It counts in
+    /// [`live_fakes`] until cleaned up or dropped, like a loaded one.
+    pub fn ready(name: &str, source: &str, dim: usize, weight_bytes: u64) -> Self {
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        let info = ModelInfo::fake(name, source, dim, weight_bytes);
+        FakeService {
+            dim,
+            load_delay: Duration::ZERO,
+            inner: Mutex::new(Inner { state: ServiceState::Ready, info: Some(info), holding: true }),
         }
     }
 
@@ -118,7 +120,10 @@ impl EmbeddingService for FakeService {
             *st = Inner { state: ServiceState::Loading, info: None, holding: true };
             LIVE.fetch_add(1, Ordering::SeqCst);
         }
-        let mut guard = LoadGuard(Some(self));
+        // Releases the model if this future is dropped half-way (or the load fails).
+        let guard = scopeguard::guard(self, |fake| {
+            fake.release(ServiceState::Unloaded);
+        });
         if !self.load_delay.is_zero() {
             tokio::time::sleep(self.load_delay).await;
         }
@@ -131,7 +136,7 @@ impl EmbeddingService for FakeService {
             load_duration: self.load_delay,
             ..ModelInfo::fake(&spec.name, &spec.source, self.dim, (self.dim * 4) as u64)
         };
-        guard.0 = None;
+        scopeguard::ScopeGuard::into_inner(guard);
         let mut st = self.lock();
         st.state = ServiceState::Ready;
         st.info = Some(info.clone());
