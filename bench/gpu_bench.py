@@ -16,7 +16,10 @@ directory, then measures on short texts (testdata/corpus.txt) and long ones (~30
 Prints one table and the goals of the GPU speed issue; writes everything to OUT/gpu-bench.json.
 Exits 1 if a goal is missed or a vector disagrees.
 
-usage: gpu_bench.py BUNDLE_DIR OUT_DIR [--shapes minilm,base,large] [--rounds N]
+usage: gpu_bench.py BUNDLE_DIR OUT_DIR [--shapes minilm,base,large,qwen3-0.6b] [--rounds N]
+
+`qwen3-0.6b` (not in the default set) is the decoder issue's Qwen3-Embedding-0.6B-shaped model:
+the server's unset dtype then runs it in bf16 (`DType::preferred`), beside the explicit ones.
 
 `GPU_BENCH_DEVICE=cpu` is a dry run of the plumbing on a machine without a GPU (f16 becomes
 bf16, no utilisation figures); its numbers mean nothing.
@@ -62,6 +65,16 @@ def log(*a):
 
 
 def write_model(shape, tokenizer_dir, out_dir):
+    if shape == "qwen3-0.6b":
+        # The decoder issue's Qwen3-Embedding-0.6B shape, with the qwen3 fixture's tokenizer,
+        # prompts and last-token pooling (bench/decoder_shape.py).
+        import pathlib
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import decoder_shape
+
+        root = pathlib.Path(__file__).resolve().parent.parent
+        decoder_shape.make(root / "testdata/fixtures/qwen3", pathlib.Path(out_dir))
+        return
     from transformers import BertConfig, BertModel
 
     hidden, layers, heads, inter = SHAPES[shape]
