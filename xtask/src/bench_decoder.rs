@@ -10,9 +10,9 @@
 //! 4. the leak check's core and pool layers churning this model (`leak-check --model-dir`).
 //!
 //! Verdicts (non-zero exit when one fails): f32 vectors match sentence-transformers (cosine
-//! >= 0.99999), bf16 within [`BF16_MIN_COSINE`] of f32, the long input's working memory under
-//! [`LONG_INPUT_EXTRA_LIMIT`] above the loaded model, everything released after cleanup, and
-//! the leak check clean. Writes `bench-results/decoder.json`.
+//! at least 0.99999), bf16 within [`BF16_MIN_COSINE`] of f32, the long input's working memory
+//! under [`LONG_INPUT_EXTRA_LIMIT`] above the loaded model, everything released after cleanup,
+//! and the leak check clean. Writes `bench-results/decoder.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
