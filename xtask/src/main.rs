@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_decoder;
+mod cluster_test;
 mod leak_check;
 mod serve;
 mod setup;
@@ -29,6 +30,12 @@ tasks:
                     a Qwen3-Embedding-0.6B-shaped random model on CPU: load, one 4096-token input
                     and 64 short texts in bf16 (time, peak RSS), f32 and sentence-transformers
                     beside it, then the leak check with that model
+  cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]
+                    nginx in front of N (3) debug embed-server replicas on loopback, 16 clients, while
+                    each replica in turn gets SIGTERM and restarts (rolling update), then one gets
+                    SIGKILL; per phase sent/failed/nginx-retried and p50/p99 (S = 30 s per phase);
+                    writes bench-results/cluster-test.json; non-zero exit on any failed request.
+                    Installs nginx-light with apt when nginx is missing (as root)
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";
@@ -43,6 +50,7 @@ fn main() -> Result<()> {
         "setup" => setup::run(&setup::Options::parse(rest)?).map(drop),
         "test" => test::run(rest),
         "serve" => serve::run(rest),
+        "cluster-test" => cluster_test::run(rest),
         "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
         "bench" => bench::run(rest),
         "leak-check" => {

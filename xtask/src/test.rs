@@ -1,11 +1,12 @@
-//! `cargo xtask test`: setup if needed, then every test of the workspace, then the CPU leak
-//! check and its proof that a planted leak is caught. This is what CI runs.
+//! `cargo xtask test`: setup if needed, then every test of the workspace, the CPU leak check and
+//! its proof that a planted leak is caught, the deployment checks, and the cluster test (nginx in
+//! front of three replicas through a rolling restart). This is what CI runs.
 
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
-use crate::{leak_check, setup};
+use crate::{cluster_test, leak_check, setup};
 
 pub(crate) fn run(extra: &[String]) -> Result<()> {
     let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
@@ -35,6 +36,15 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
         bail!("the leak check did NOT catch the planted leak (embed-core feature `planted-leak`)");
     }
     println!("test: planted leak caught, as it must be");
+
+    println!("test: deployment files (deploy/check.py: hadolint, chart render, Kubernetes schemas, invariants)");
+    let status = Command::new(&env.python).current_dir(&env.root).arg("deploy/check.py").status()?;
+    if !status.success() {
+        bail!("deploy/check.py failed; rerun with `.venv/bin/python deploy/check.py`");
+    }
+
+    println!("test: three replicas behind nginx through a rolling restart and a kill (cargo xtask cluster-test)");
+    cluster_test::run(&[]).context("the cluster test failed; rerun with `cargo xtask cluster-test --keep-logs`")?;
     println!("test: all green");
     Ok(())
 }
