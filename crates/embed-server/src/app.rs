@@ -32,6 +32,8 @@ pub struct AppState {
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// Set when shutdown starts: responses ask clients to close their connections.
+    closing: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
     /// What each model said about itself when it was last leased, so read-only routes such as
     /// `/info` never need a lease (which could load one model and evict another).
@@ -47,6 +49,7 @@ impl AppState {
             pool,
             config: Arc::new(config),
             ready: Arc::new(AtomicBool::new(false)),
+            closing: Arc::new(AtomicBool::new(false)),
             permits,
             infos: Arc::default(),
         }
@@ -71,6 +74,13 @@ impl AppState {
     /// Sets readiness (done by [`crate::serve`] after preloading, and cleared at shutdown).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Marks the server as shutting down: `/ready` answers 503 and every response carries
+    /// `Connection: close` (see `Timeouts::shutdown_delay`).
+    pub(crate) fn begin_closing(&self) {
+        self.set_ready(false);
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Loads the configured preload models; ready afterwards.
@@ -190,8 +200,12 @@ fn panic_response(payload: Box<dyn std::any::Any + Send + 'static>) -> Response 
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
     let guard = RequestRecord { metrics: state.metrics.clone(), route, started: Instant::now(), status: None };
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     RequestRecord::finish(guard, resp.status().as_u16());
+    if state.closing.load(Ordering::SeqCst) {
+        // Shutting down: the client's next request goes to a new connection (another replica).
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
     resp
 }
 

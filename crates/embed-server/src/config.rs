@@ -42,6 +42,12 @@ pub struct Timeouts {
     /// How long in-flight requests may run after shutdown starts. The whole shutdown (drain,
     /// then releasing every model) ends within this plus [`crate::CLOSE_MARGIN`]. Default 30 s.
     pub shutdown: Duration,
+    /// How long the server keeps serving after it is told to stop, before it stops accepting:
+    /// `/ready` answers 503 at once so health-checking balancers take the replica out, every
+    /// response carries `Connection: close` so kept-alive connections end after their next
+    /// request, and only then is the listener closed and the drain above begins. Default 0
+    /// (stop accepting at once; on Kubernetes a preStop pause does the same job).
+    pub shutdown_delay: Duration,
 }
 
 impl Default for Timeouts {
@@ -51,6 +57,7 @@ impl Default for Timeouts {
             header_read: Duration::from_secs(10),
             keep_alive: Duration::from_secs(75),
             shutdown: Duration::from_secs(30),
+            shutdown_delay: Duration::ZERO,
         }
     }
 }

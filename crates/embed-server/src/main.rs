@@ -79,6 +79,10 @@ struct Args {
     /// takes at most 5 s more.
     #[arg(long, env = "EMBED_SHUTDOWN_DEADLINE")]
     shutdown_deadline: Option<u64>,
+    /// Seconds to keep serving after SIGINT/SIGTERM with /ready answering 503 and connections
+    /// closing after each response, before new connections are refused (default 0).
+    #[arg(long, env = "EMBED_SHUTDOWN_DELAY")]
+    shutdown_delay: Option<f64>,
     /// Open connections at most (default 1024, lowered to fit the file-descriptor limit); more
     /// clients wait in the listen backlog.
     #[arg(long, env = "EMBED_MAX_CONNECTIONS")]
@@ -113,6 +117,7 @@ struct FileConfig {
     no_truncate: Option<bool>,
     api_key: Option<String>,
     shutdown_deadline: Option<u64>,
+    shutdown_delay: Option<f64>,
     max_connections: Option<usize>,
     header_read_timeout: Option<f64>,
     keep_alive_timeout: Option<f64>,
@@ -261,6 +266,12 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
     }
     if let Some(s) = args.shutdown_deadline.or(file.shutdown_deadline) {
         timeouts.shutdown = Duration::from_secs(s);
+    }
+    if let Some(s) = args.shutdown_delay.or(file.shutdown_delay) {
+        if !(s.is_finite() && s >= 0.0) {
+            bail!("shutdown_delay must be zero or a positive number of seconds, not {s}");
+        }
+        timeouts.shutdown_delay = Duration::from_secs_f64(s);
     }
     limits.truncate_by_default = !(args.no_truncate || file.no_truncate.unwrap_or(false));
     let preload = if !args.preload.is_empty() { args.preload } else { file.preload.unwrap_or_else(|| vec![default_model.clone()]) };

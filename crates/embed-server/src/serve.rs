@@ -35,9 +35,10 @@ pub struct ShutdownReport {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves: preloads (then `/ready` is 200),
-/// serves, and at shutdown stops accepting, closes idle connections, lets in-flight requests
-/// finish within `config.timeouts.shutdown`, closes the connections still open after it, then
-/// releases every model within [`CLOSE_MARGIN`].
+/// serves, and at shutdown (after `config.timeouts.shutdown_delay`, during which it serves on
+/// unready) stops accepting, closes idle connections, lets in-flight requests finish within
+/// `config.timeouts.shutdown`, closes the connections still open after it, then releases every
+/// model within [`CLOSE_MARGIN`].
 ///
 /// Connections: at most `limits.max_connections` are open; at the cap the server stops
 /// accepting and new clients wait in the listen backlog. See [`crate::Limits`] for the timeouts.
@@ -69,6 +70,18 @@ pub async fn serve(
                 std::future::pending().await
             }
             _ => std::future::pending().await,
+        }
+    };
+    // With a shutdown delay, the server first turns unready and asks clients to close their
+    // connections, serving on while balancers move away; the accept loop stops after it.
+    let delay = config.timeouts.shutdown_delay;
+    let closing = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        if !delay.is_zero() {
+            closing.begin_closing();
+            tracing::info!("shutdown: /ready is 503 and connections close after their next response; still serving for {delay:?}");
+            tokio::time::sleep(delay).await;
         }
     };
     tokio::pin!(shutdown, preload_failed);
@@ -133,7 +146,7 @@ pub async fn serve(
 
     // Stop accepting: close the listening socket so balancers see refused connections.
     drop(listener);
-    state.set_ready(false);
+    state.begin_closing();
     let open = max_connections - slots.available_permits();
     tracing::info!(
         connections = open,
