@@ -40,6 +40,8 @@ pub struct PoolConfig {
     pub allow_arbitrary_sources: bool,
     /// Options for models loaded from arbitrary sources.
     pub default_options: ModelOptions,
+    /// Events kept by [`crate::Pool::history`] (the newest; 0 keeps none). Default 256.
+    pub history_len: usize,
 }
 
 /// How long a [`crate::Pool`] waits, one field per wait (grouped as deadpool groups its
@@ -76,6 +78,7 @@ impl Default for PoolConfig {
             maintenance_interval: Some(Duration::from_secs(1)),
             allow_arbitrary_sources: false,
             default_options: ModelOptions::default(),
+            history_len: 256,
         }
     }
 }
@@ -114,6 +117,12 @@ impl PoolConfig {
     /// Sets [`PoolConfig::allow_arbitrary_sources`].
     pub fn with_arbitrary_sources(mut self, allow: bool) -> Self {
         self.allow_arbitrary_sources = allow;
+        self
+    }
+
+    /// Sets [`PoolConfig::history_len`].
+    pub fn with_history_len(mut self, n: usize) -> Self {
+        self.history_len = n;
         self
     }
 

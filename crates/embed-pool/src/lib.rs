@@ -62,6 +62,7 @@ mod config;
 mod error;
 #[cfg(test)]
 mod fakes;
+mod history;
 mod lease;
 mod loader;
 mod memory_release;
@@ -73,6 +74,7 @@ mod tasks;
 
 pub use config::{PoolConfig, PoolTimeouts};
 pub use error::{Limit, PoolError};
+pub use history::{PoolAction, PoolEvent};
 pub use lease::Lease;
 pub use loader::{DenseLoader, ModelLoader};
 pub use pool::{CloseReport, Pool, UnloadMode};

@@ -181,6 +181,12 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         self.shared.stats()
     }
+
+    /// The newest [`PoolConfig::history_len`] loads, failed loads and releases, oldest first,
+    /// each with its cause, size, time and duration: why a request had to wait for a load.
+    pub fn history(&self) -> Vec<crate::PoolEvent> {
+        self.shared.history.snapshot()
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use embed_core::memory::{accelerator_available, cuda_memory};
 use embed_core::{panic_message, CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
@@ -22,7 +22,8 @@ use tokio::time::Instant;
 
 use crate::memory_release::MemoryMark;
 use crate::state::{self, CloseStep, Published, Retire, Slot, Step, UnloadStep, WaitFor, Wanted};
-use crate::{EvictionCounts, ModelLoader, ModelRegistry, ModelSettings, PoolConfig, PoolError, PoolStats};
+use crate::history::History;
+use crate::{EvictionCounts, ModelLoader, ModelRegistry, ModelSettings, PoolAction, PoolConfig, PoolError, PoolEvent, PoolStats};
 
 pub(crate) type State = state::State<LoadCell>;
 
@@ -114,11 +115,14 @@ pub(crate) struct Shared {
     /// finished, the pool closed.
     changed: Notify,
     counters: Counters,
+    /// Recent loads and releases, for [`crate::Pool::history`].
+    pub(crate) history: History,
     maintenance_started: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn new(config: PoolConfig, registry: ModelRegistry, loader: Arc<dyn ModelLoader>) -> Arc<Self> {
+        let config_history_len = config.history_len;
         let shared = Arc::new(Shared {
             config,
             registry: RwLock::new(registry),
@@ -126,6 +130,7 @@ impl Shared {
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             counters: Counters::default(),
+            history: History::new(config_history_len),
             maintenance_started: AtomicBool::new(false),
         });
         shared.ensure_maintenance();
@@ -292,7 +297,17 @@ impl Shared {
                 Err(f) => tracing::warn!(model = %name, error = %f.to_error(&name), "pool failed to load model"),
             }
             match weak.upgrade() {
-                Some(shared) => shared.finish_load(&name, id, &cell, result),
+                Some(shared) => {
+                    shared.history.record(PoolEvent {
+                        model: name.clone(),
+                        action: if result.is_ok() { PoolAction::Loaded } else { PoolAction::LoadFailed },
+                        cause: None,
+                        weight_bytes: result.as_ref().ok().and_then(|s| s.info()).map_or(0, |i| i.weight_bytes),
+                        at: SystemTime::now(),
+                        duration: started.elapsed(),
+                    });
+                    shared.finish_load(&name, id, &cell, result)
+                }
                 None => {
                     if let Ok(service) = result {
                         service.begin_cleanup();
@@ -370,6 +385,7 @@ impl Shared {
         let weak = Arc::downgrade(self);
         let release_timeout = self.config.memory_budget.map(|_| self.config.timeouts.memory_release);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let mark = release_timeout.map(|_| MemoryMark::take(&r.slot));
             let report = match r.slot.service.cleanup().await {
                 Ok(report) => Some(report),
@@ -383,6 +399,14 @@ impl Shared {
                 mark.wait_released(&r.name, r.slot.weight_bytes, timeout).await;
             }
             if let Some(shared) = weak.upgrade() {
+                shared.history.record(PoolEvent {
+                    model: r.name.clone(),
+                    action: PoolAction::Unloaded,
+                    cause: r.cause,
+                    weight_bytes: r.slot.weight_bytes,
+                    at: SystemTime::now(),
+                    duration: started.elapsed(),
+                });
                 let removed = shared.lock().remove(&r.name, r.id);
                 if removed {
                     shared.changed.notify_waiters();

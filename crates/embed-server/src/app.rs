@@ -134,6 +134,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .route("/info", get(tei::info))
         .route("/v1/models", get(openai::models))
         .route("/models", get(admin::models))
+        .route("/models/events", get(admin::events))
         .route("/models/{name}/load", post(admin::load))
         .route("/models/{name}/unload", post(admin::unload))
         .layer(middleware::from_fn_with_state(state.clone(), auth));

@@ -224,6 +224,19 @@ async fn tokenize_info_models_and_admin() {
     let (s, _, _) = call(&app, "POST", "/models/nope/unload", None, &[]).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
+    // The pool's history: other loaded, then released on request.
+    let (s, v, _) = call(&app, "GET", "/models/events", None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let other: Vec<(&str, Value)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["model"] == "other")
+        .map(|e| (e["action"].as_str().unwrap(), e["cause"].clone()))
+        .collect();
+    assert_eq!(other, [("loaded", Value::Null), ("unloaded", json!("explicit"))], "{v}");
+    assert!(v["events"][0]["at"].as_f64().unwrap() > 1.7e9 && v["events"][0]["duration_ms"].as_f64().unwrap() > 0.0, "{v}");
+
     let (s, body, h) = call(&app, "GET", "/metrics", None, &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert!(h["content-type"].to_str().unwrap().starts_with("text/plain"));

@@ -1,4 +1,4 @@
-//! Status and admin routes: `/models`, `/models/{name}/load`, `/models/{name}/unload`,
+//! Status and admin routes: `/models`, `/models/events`, `/models/{name}/load`, `/models/{name}/unload`,
 //! `/health`, `/ready`, `/metrics`.
 
 mod types;
@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use embed_pool::UnloadMode;
 
-use self::types::{Loaded, Models, ServerStatus, UnloadQuery, Unloaded};
+use self::types::{Events, Loaded, Models, ServerStatus, UnloadQuery, Unloaded};
 use super::QueryParams;
 use crate::error::ApiError;
 use crate::AppState;
@@ -19,6 +19,12 @@ use crate::AppState;
 pub(crate) async fn models(State(state): State<AppState>) -> Json<Models> {
     let now = tokio::time::Instant::now();
     Json(Models::new(state.pool.status(), &state.pool.registry(), |name| state.known_info(name), now))
+}
+
+/// The pool's recent history, oldest first: loads, failed loads and releases with their cause,
+/// size, time and duration (why a request had to wait).
+pub(crate) async fn events(State(state): State<AppState>) -> Json<Events> {
+    Json(Events::new(state.pool.history()))
 }
 
 /// Loads `name` if it is not loaded yet, and answers once it is ready.

@@ -2,7 +2,7 @@
 //! are `null`, never left out, so clients can read every key unconditionally.
 
 use embed_core::{ModelInfo, ModelKind};
-use embed_pool::{ModelRegistry, ModelStatus, PoolStatus};
+use embed_pool::{ModelRegistry, ModelStatus, PoolEvent, PoolStatus};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -125,4 +125,39 @@ pub(crate) struct ServerStatus {
     /// Why the server is not ready; absent when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<&'static str>,
+}
+
+/// `GET /models/events` answer: the pool's recent history, oldest first.
+#[derive(Debug, Serialize)]
+pub(crate) struct Events {
+    events: Vec<Event>,
+}
+
+/// One pool event. `cause` is `capacity`, `memory`, `ttl` or `explicit` for releases and null
+/// otherwise; `at` is Unix time in seconds.
+#[derive(Debug, Serialize)]
+struct Event {
+    model: String,
+    action: &'static str,
+    cause: Option<&'static str>,
+    weight_bytes: u64,
+    at: f64,
+    duration_ms: f64,
+}
+
+impl Events {
+    pub(crate) fn new(history: Vec<PoolEvent>) -> Self {
+        let events = history
+            .into_iter()
+            .map(|e| Event {
+                action: e.action.as_str(),
+                cause: e.cause.map(|c| c.as_str()),
+                weight_bytes: e.weight_bytes,
+                at: e.at.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                duration_ms: e.duration.as_secs_f64() * 1000.0,
+                model: e.model,
+            })
+            .collect();
+        Events { events }
+    }
 }
