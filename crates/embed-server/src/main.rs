@@ -57,6 +57,10 @@ struct Args {
     /// Dynamic-batching budget: padded tokens per forward pass.
     #[arg(long, env = "EMBED_MAX_BATCH_TOKENS")]
     max_batch_tokens: Option<usize>,
+    /// libtorch intra-op threads per model on CPU (default: libtorch's, all cores). Set it to
+    /// the container's CPU limit.
+    #[arg(long, env = "EMBED_THREADS")]
+    threads: Option<usize>,
     /// Most inputs in one request.
     #[arg(long, env = "EMBED_MAX_INPUTS")]
     max_inputs: Option<usize>,
@@ -110,6 +114,7 @@ struct FileConfig {
     device: Option<String>,
     dtype: Option<String>,
     max_batch_tokens: Option<usize>,
+    threads: Option<usize>,
     max_inputs: Option<usize>,
     max_body_bytes: Option<usize>,
     max_concurrent: Option<usize>,
@@ -183,6 +188,12 @@ fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketA
     let mut base = ModelOptions { device, dtype, ..Default::default() };
     if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
         base.max_batch_tokens = Some(n);
+    }
+    if let Some(n) = args.threads.or(file.threads) {
+        if n == 0 {
+            bail!("threads must be at least 1");
+        }
+        base.threads = Some(n);
     }
 
     let mut registry = ModelRegistry::new();
@@ -461,6 +472,9 @@ pinned = true
         assert!(bge.settings.pinned);
         assert!(registry.contains("minilm"));
         assert_eq!(registry.get("minilm").unwrap().spec.options.dtype, None, "no dtype: the family's choice");
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "3"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.threads, Some(3), "--threads reaches every model");
+        assert!(build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "0"])).is_err());
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "auto"]);
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, None);
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f16"]);
