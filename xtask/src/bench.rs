@@ -160,7 +160,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(root)
-        .args(["build", "--release", "-q", "-p", "embed-core", "--example", "throughput"])
+        .args(["build", "--release", "-q", "-p", "embed-core", "--example", "throughput", "--example", "linear_ratio"])
         .status()?;
     if !status.success() {
         bail!("building the throughput example failed");
@@ -239,6 +239,20 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "threads": worker_threads, "worst_cosine_vs_st": cos.filter(|c| !c.is_nan()),
         }));
     }
+    // What the machine's matmul gives in bf16 against f32, beside what the model gets.
+    let linear: serde_json::Value = serde_json::from_str(
+        run_capture(Command::new(root.join("target/release/examples/linear_ratio")).arg(threads.to_string()))?.trim(),
+    )?;
+    let model_ratio = med(&bf16s, |r| r.texts_per_s) / med(&f32s, |r| r.texts_per_s);
+    let machine_ratio = linear["ratio"].as_f64().unwrap_or(f64::NAN);
+    println!(
+        "\nmachine ({}): linear 2048x768->3072 bf16 {:.0} GFLOP/s, f32 {:.0} GFLOP/s: bf16/f32 {machine_ratio:.2}; \
+         the model's bf16/f32 {model_ratio:.2}, {:.0} % of the machine's",
+        crate::bench_decoder::cpu_model(),
+        linear["bf16_gflops"].as_f64().unwrap_or(f64::NAN),
+        linear["f32_gflops"].as_f64().unwrap_or(f64::NAN),
+        100.0 * model_ratio / machine_ratio
+    );
     let verdicts = targets(med(&f32s, |r| r.texts_per_s) / st_tps, med(&bf16s, |r| r.texts_per_s) / st_tps, &cos_f32, &cos_bf16);
     println!();
     for (t, ok) in &verdicts {
@@ -250,6 +264,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let path = out_dir.join("bench.json");
     let report = serde_json::json!({
         "model": model_name, "threads": threads, "texts": texts, "results": json,
+        "cpu": crate::bench_decoder::cpu_model(), "linear_layer": linear, "model_bf16_over_f32": model_ratio,
         "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
         "problems": problems,
     });
