@@ -284,12 +284,7 @@ impl EmbeddingService for DenseEmbeddingService {
             if ids.is_empty() {
                 return Err(Error::InvalidTokens { index, reason: "no token ids".into() });
             }
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(Error::InvalidTokens {
-                    index,
-                    reason: format!("token id {bad} is outside the vocabulary of {vocab} tokens"),
-                });
-            }
+            check_vocabulary(index, ids, vocab)?;
             if ids.len() > max && !options.truncate {
                 return Err(Error::InputTooLong { index, tokens: ids.len(), limit: max });
             }
@@ -363,9 +358,7 @@ impl EmbeddingService for DenseEmbeddingService {
         ids.iter()
             .enumerate()
             .map(|(index, seq)| {
-                if let Some(bad) = seq.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(Error::InvalidTokens { index, reason: format!("token id {bad} is outside the vocabulary of {vocab} tokens") });
-                }
+                check_vocabulary(index, seq, vocab)?;
                 running.text.decode(seq, skip_special_tokens)
             })
             .collect()
@@ -478,14 +471,7 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
         return Ok(Classified::default());
     }
     let truncate = options.truncate;
-    let prepared = if inputs.len() <= 16 || tokio::runtime::Handle::try_current().is_err() {
-        running.text.prepare_inputs(inputs, truncate)?
-    } else {
-        let (r, inputs) = (running.clone(), inputs.to_vec());
-        tokio::task::spawn_blocking(move || r.text.prepare_inputs(&inputs, truncate))
-            .await
-            .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })??
-    };
+    let prepared = off_executor(running, inputs, move |text, inputs| text.prepare_inputs(inputs, truncate)).await?;
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
     let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
@@ -534,16 +520,33 @@ fn matryoshka(mut vectors: Vec<Vec<f32>>, keep: usize, normalize: bool) -> Vec<V
     vectors
 }
 
-/// Tokenization is CPU work; large requests do it on the blocking pool, small ones inline.
-async fn prepare_off_executor(running: &Arc<Running>, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+/// Tokenization is CPU work: `prepare` over `inputs` runs on the blocking pool for large
+/// requests, inline for small ones (and outside a runtime).
+async fn off_executor<T: Clone + Send + 'static>(
+    running: &Arc<Running>,
+    inputs: &[T],
+    prepare: impl FnOnce(&TextPrep, &[T]) -> Result<Vec<Prepared>> + Send + 'static,
+) -> Result<Vec<Prepared>> {
     const INLINE_LIMIT: usize = 16;
-    if texts.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
-        return running.text.prepare(texts, options);
+    if inputs.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
+        return prepare(&running.text, inputs);
     }
-    let r = running.clone();
-    let texts = texts.to_vec();
-    let options = options.clone();
-    tokio::task::spawn_blocking(move || r.text.prepare(&texts, &options))
+    let (r, inputs) = (running.clone(), inputs.to_vec());
+    tokio::task::spawn_blocking(move || prepare(&r.text, &inputs))
         .await
         .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
+}
+
+/// Texts tokenized with `options` (prompt and truncation), off the executor when many.
+async fn prepare_off_executor(running: &Arc<Running>, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+    let options = options.clone();
+    off_executor(running, texts, move |text, texts| text.prepare(texts, &options)).await
+}
+
+/// Fails with [`Error::InvalidTokens`] for input `index` when an id is outside the vocabulary.
+fn check_vocabulary(index: usize, ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(bad) => Err(Error::InvalidTokens { index, reason: format!("token id {bad} is outside the vocabulary of {vocab} tokens") }),
+        None => Ok(()),
+    }
 }
