@@ -62,17 +62,9 @@ async fn every_family_matches_sentence_transformers() {
 
 /// Bytes of the tensors of a safetensors file that the model uses (everything but a pooler
 /// head), from the file's own header, at `elt` bytes per element.
+/// The encoder's tensors of a checkpoint (an embedder loads no pooler).
 fn encoder_tensor_bytes(path: &std::path::Path, elt: u64) -> u64 {
-    let raw = std::fs::read(path).unwrap();
-    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).unwrap();
-    header
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| *name != "__metadata__" && !name.contains("pooler."))
-        .map(|(_, t)| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>() * elt)
-        .sum()
+    embed_testkit::safetensors_bytes(path, elt, |name| !name.contains("pooler."))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

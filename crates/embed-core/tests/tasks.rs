@@ -40,6 +40,9 @@ async fn rerankers_match_cross_encoder_logits() {
         let svc = load(name).await;
         let info = svc.info().unwrap();
         assert_eq!((info.kind, info.dimension, info.labels.len(), info.normalize), (ModelKind::Reranker, 1, 1, false), "{name}");
+        // Every tensor of the checkpoint is loaded once: encoder, pooler or classifier.dense, classifier.
+        let file = fixture_dir(name).join("model.safetensors");
+        assert_eq!(info.weight_bytes, embed_testkit::safetensors_bytes(&file, 4, |_| true), "{name}: weight bytes");
         let items = task_reference(name);
         assert!(items.iter().filter(|i| i.truncated).count() >= 2, "{name}: the reference truncates some passages");
         let mut worst = 0.0f32;
@@ -110,6 +113,9 @@ async fn splade_matches_sparse_encoder() {
     let svc = load("bert-splade").await;
     let info = svc.info().unwrap();
     assert_eq!((info.kind, info.dimension), (ModelKind::Sparse, info.vocab_size));
+    // The tied decoder shares the word embeddings: the file's tensors, counted once.
+    let file = fixture_dir("bert-splade").join("model.safetensors");
+    assert_eq!(info.weight_bytes, embed_testkit::safetensors_bytes(&file, 4, |_| true), "weight bytes");
     let items = task_reference("bert-splade");
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let out = svc.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap();

@@ -208,6 +208,21 @@ pub fn task_reference(name: &str) -> Vec<TaskItem> {
         .collect()
 }
 
+/// Bytes the tensors of safetensors file `path` whose names pass `include` take at `elt` bytes
+/// per element (the file's header read; no tensor loaded).
+pub fn safetensors_bytes(path: &std::path::Path, elt: u64, include: impl Fn(&str) -> bool) -> u64 {
+    let raw = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(raw[..8].try_into().expect("8-byte header length")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&raw[8..8 + n]).expect("JSON header");
+    header
+        .as_object()
+        .expect("header object")
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__" && include(name))
+        .map(|(_, t)| t["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dimension")).product::<u64>() * elt)
+        .sum()
+}
+
 /// The reference of fixture `name`'s queries (`query_items`: the raw texts, embedded with the
 /// model's `query` prompt); empty for fixtures without one.
 pub fn fixture_query_reference(name: &str) -> Vec<ReferenceItem> {

@@ -1,8 +1,6 @@
 //! BERT and the RoBERTa line: RoBERTa, XLM-RoBERTa and CamemBERT have BERT's layers and
 //! differ only in their position ids, which start at `pad_token_id + 1`.
 
-use std::path::Path;
-
 use tch::{Device, Kind};
 
 use super::{ArchConfig, Details, Family, Fields, PostNorm};
@@ -48,9 +46,12 @@ pub(crate) fn head_settings(c: &Config) -> (Activation, f64) {
     (c.activation, c.layer_norm_eps)
 }
 
-/// Loads BERT or a RoBERTa-line model; returns it and its weight bytes.
-pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(PostNorm, u64)> {
-    let mut w = Weights::read(path, "embeddings.word_embeddings.weight", device, kind)?;
+/// The tensor whose name gives a BERT-line checkpoint's prefix (`bert.`, `roberta.`, none).
+pub(crate) const ANCHOR: &str = "embeddings.word_embeddings.weight";
+
+/// Loads BERT or a RoBERTa-line encoder from `w` (read with [`ANCHOR`]); what it takes is
+/// counted in `w.bytes`, and a task head may take its own tensors from `w` afterwards.
+pub(crate) fn load(w: &mut Weights, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<PostNorm> {
     let h = a.hidden_size as i64;
     let inter = a.intermediate_size as i64;
     let eps = c.layer_norm_eps;
@@ -78,5 +79,5 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
     }
     let heads = a.num_attention_heads as i64;
     let stack = PostNormStack::new(layers, heads, h / heads, None, device, kind);
-    Ok((PostNorm { emb, stack }, w.bytes))
+    Ok(PostNorm { emb, stack })
 }

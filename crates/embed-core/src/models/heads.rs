@@ -2,8 +2,6 @@
 //! (embedders), a sequence-classification head on the first token (cross-encoders and
 //! classifiers), or the masked-LM head with SPLADE's pooling (sparse encoders).
 
-use std::path::Path;
-
 use tch::{Device, Kind, Tensor};
 
 use super::bert;
@@ -24,8 +22,10 @@ pub(crate) enum Head {
 }
 
 impl Head {
-    /// Reads the head of `dir`'s kind; returns it and its weight bytes.
-    pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+    /// Reads the head of `dir`'s kind; returns it and its weight bytes. A classifier's or
+    /// SPLADE's tensors come from `encoder_file`, the encoder's read of `model.safetensors`,
+    /// with the encoder's word embeddings (which a tied masked-LM decoder shares).
+    pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind, encoder_file: Option<(&mut Weights, &Tensor)>) -> Result<(Head, u64)> {
         match dir.kind {
             ModelKind::Embedding => {
                 let mut head = Vec::with_capacity(dir.dense.len());
@@ -37,8 +37,12 @@ impl Head {
                 }
                 Ok((Head::Pooled(head), bytes))
             }
-            ModelKind::Reranker | ModelKind::Classifier => classifier(dir, device, kind),
-            ModelKind::Sparse => splade(dir, device, kind),
+            ModelKind::Reranker | ModelKind::Classifier | ModelKind::Sparse => {
+                let (w, word) = encoder_file.ok_or_else(|| Error::config(&dir.dir, format!("{} heads are supported for the BERT line only", dir.kind)))?;
+                let before = w.bytes;
+                let head = if dir.kind == ModelKind::Sparse { splade(dir, w, word)? } else { classifier(dir, w)? };
+                Ok((head, w.bytes - before))
+            }
         }
     }
 
@@ -83,14 +87,9 @@ fn project(dense: &[(Linear, DenseActivation)], pooled: Tensor) -> Tensor {
     x
 }
 
-fn encoder_weights<'a>(path: &'a Path, device: Device, kind: Kind) -> Result<Weights<'a>> {
-    Weights::read(path, "embeddings.word_embeddings.weight", device, kind)
-}
-
-fn classifier(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+fn classifier(dir: &ModelDir, w: &mut Weights) -> Result<Head> {
     let h = dir.arch.hidden_size as i64;
     let labels = dir.labels.len() as i64;
-    let mut w = encoder_weights(&dir.weights, device, kind)?;
     let (pre, out) = if w.top(|w| Ok(w.has("classifier.out_proj.weight")))? {
         // RoBERTa line: classifier.dense → tanh → classifier.out_proj.
         w.top(|w| Ok((w.linear("classifier.dense", h, h, true)?, w.linear("classifier.out_proj", labels, h, true)?)))?
@@ -99,28 +98,28 @@ fn classifier(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)>
         let pre = w.linear("pooler.dense", h, h, true)?;
         (pre, w.top(|w| w.linear("classifier", labels, h, true))?)
     };
-    Ok((Head::Classifier { pre, out }, w.bytes))
+    Ok(Head::Classifier { pre, out })
 }
 
-fn splade(dir: &ModelDir, device: Device, kind: Kind) -> Result<(Head, u64)> {
+fn splade(dir: &ModelDir, w: &mut Weights, word: &Tensor) -> Result<Head> {
     let (h, vocab) = (dir.arch.hidden_size as i64, dir.arch.vocab_size as i64);
     let crate::models::Details::Bert(c) = &dir.arch.details else {
         return Err(Error::config(&dir.dir, "SPLADE heads are supported for the BERT line only"));
     };
     let (act, eps) = bert::head_settings(c);
-    let mut w = encoder_weights(&dir.weights, device, kind)?;
     let p = "cls.predictions";
     let (transform, norm) = w.top(|w| Ok((w.linear(&format!("{p}.transform.dense"), h, h, true)?, w.layer_norm(&format!("{p}.transform.LayerNorm"), h, eps, true)?)))?;
-    // The decoder is tied to the word embeddings; checkpoints store it once, under either
-    // name. Here it is a copy of its own (counted in the weight bytes).
+    // The decoder is tied to the word embeddings: checkpoints store it once, under the
+    // decoder's name (older `torch.save` ones) or only as the word embeddings, which it then
+    // shares with the encoder (no second copy).
     let weight = match w.top(|w| Ok(w.has(&format!("{p}.decoder.weight"))))? {
         true => w.top(|w| w.take(&format!("{p}.decoder.weight"), &[vocab, h]))?,
-        false => w.take("embeddings.word_embeddings.weight", &[vocab, h])?,
+        false => word.shallow_clone(),
     };
     let bias_name = match w.top(|w| Ok(w.has(&format!("{p}.bias"))))? {
         true => format!("{p}.bias"),
         false => format!("{p}.decoder.bias"),
     };
     let bias = w.top(|w| w.take(&bias_name, &[vocab]))?;
-    Ok((Head::Splade { transform, act, norm, decoder: Linear { weight, bias: Some(bias) } }, w.bytes))
+    Ok(Head::Splade { transform, act, norm, decoder: Linear { weight, bias: Some(bias) } })
 }

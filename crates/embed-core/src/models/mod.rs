@@ -35,7 +35,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelDir;
 use crate::layers::attention::AttentionPath;
 use crate::layers::block::PostNormStack;
-use crate::layers::{BatchInput, Embeddings};
+use crate::layers::{BatchInput, Embeddings, Weights};
 use crate::{Error, Result};
 
 /// The architectures embed-core implements.
@@ -359,9 +359,16 @@ impl Model {
     /// any error, every tensor read so far is dropped before returning.
     pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Model> {
         let (weights, cfg) = (dir.weights.as_path(), &dir.arch);
+        // A BERT-line checkpoint may carry a task head beside the encoder (classifier, masked
+        // LM): its tensors are taken from the same read of the file.
+        let mut encoder_file = None;
         let (encoder, mut weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
             Details::Bert(c) => {
-                let (m, bytes) = bert::load(weights, cfg, c, device, kind)?;
+                let mut w = Weights::read(weights, bert::ANCHOR, device, kind)?;
+                let m = bert::load(&mut w, cfg, c, device, kind)?;
+                let bytes = w.bytes;
+                // A masked-LM decoder tied to the word embeddings shares them.
+                encoder_file = Some((w, m.emb.word.shallow_clone()));
                 (Box::new(m), bytes)
             }
             Details::DistilBert(c) => {
@@ -393,7 +400,7 @@ impl Model {
                 (Box::new(m), bytes)
             }
         };
-        let (head, head_bytes) = heads::Head::load(dir, device, kind)?;
+        let (head, head_bytes) = heads::Head::load(dir, device, kind, encoder_file.as_mut().map(|(w, word)| (w, &*word)))?;
         weight_bytes += head_bytes;
         Ok(Model { encoder, head, device, weight_bytes })
     }
