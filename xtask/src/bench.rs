@@ -248,7 +248,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     println!(
         "\nmachine ({}): linear 2048x768->3072 bf16 {:.0} GFLOP/s, f32 {:.0} GFLOP/s: bf16/f32 {machine_ratio:.2}; \
          the model's bf16/f32 {model_ratio:.2}, {:.0} % of the machine's",
-        crate::bench_decoder::cpu_model(),
+        cpu_model(),
         linear["bf16_gflops"].as_f64().unwrap_or(f64::NAN),
         linear["f32_gflops"].as_f64().unwrap_or(f64::NAN),
         100.0 * model_ratio / machine_ratio
@@ -264,7 +264,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let path = out_dir.join("bench.json");
     let report = serde_json::json!({
         "model": model_name, "threads": threads, "texts": texts, "results": json,
-        "cpu": crate::bench_decoder::cpu_model(), "linear_layer": linear, "model_bf16_over_f32": model_ratio,
+        "cpu": cpu_model(), "linear_layer": linear, "model_bf16_over_f32": model_ratio,
         "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
         "problems": problems,
     });
@@ -305,6 +305,14 @@ fn extras(cargo: &str, root: &Path) -> Result<()> {
         bail!("load test failed:\n{stderr}");
     }
     Ok(())
+}
+
+/// The CPU's name from `/proc/cpuinfo`, printed with every figure (machines change).
+pub(crate) fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 pub(crate) fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {

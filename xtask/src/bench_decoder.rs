@@ -20,7 +20,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::bench::{check_vectors, flag, read_vectors, run_capture};
+use crate::bench::{check_vectors, cpu_model, flag, read_vectors, run_capture};
 use crate::{leak_check, setup};
 
 /// Short texts embedded in one call: the "batch of 64 short texts".
@@ -39,13 +39,6 @@ const RESIDENT_AFTER_LIMIT: f64 = 64.0 * 1024.0 * 1024.0;
 
 fn mib(b: f64) -> f64 {
     b / (1024.0 * 1024.0)
-}
-
-pub(crate) fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
-        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// The model directory, written on first use (~1.2 GB of bf16 weights, ~15 s).
