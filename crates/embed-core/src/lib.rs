@@ -57,7 +57,8 @@ pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,
-    ModelOptions, ModelSpec, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
+    ModelOptions, ModelSpec, MoveReport, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
+    TokenizedText,
 };
 pub use source::{is_hub_id, ModelSource};
 /// Test hooks (feature `test-util`): failures on demand.

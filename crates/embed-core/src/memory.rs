@@ -196,6 +196,30 @@ impl MemorySnapshot {
 }
 
 static LIVE_MODELS: AtomicUsize = AtomicUsize::new(0);
+static OFFLOADED_HOST_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Host bytes held by the copies of offloaded models' weights (process-wide; see
+/// [`crate::EmbeddingService::offload`]). Pinned memory on CUDA. Zero once every offloaded
+/// model is restored or released.
+pub fn offloaded_host_bytes() -> u64 {
+    OFFLOADED_HOST_BYTES.load(Ordering::SeqCst)
+}
+
+/// Counts the host bytes of an offloaded copy until dropped.
+pub(crate) struct OffloadedBytes(u64);
+
+impl OffloadedBytes {
+    pub(crate) fn new(bytes: u64) -> Self {
+        OFFLOADED_HOST_BYTES.fetch_add(bytes, Ordering::SeqCst);
+        OffloadedBytes(bytes)
+    }
+}
+
+impl Drop for OffloadedBytes {
+    fn drop(&mut self) {
+        OFFLOADED_HOST_BYTES.fetch_sub(self.0, Ordering::SeqCst);
+    }
+}
 static LIVE_WEIGHT_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Number of model worker threads that still own a loaded model (process-wide).

@@ -14,7 +14,7 @@ use crate::text::{to_i64, Prepared, TextPrep};
 use crate::worker::{self, Command, ExitReport, Job, Output, Seq, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
-    ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
+    MoveReport, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
 };
 use crate::{Error, Result};
 
@@ -74,6 +74,30 @@ pub trait EmbeddingService: Send + Sync {
 
     /// Dynamic-batching counters, for services that batch.
     fn batch_stats(&self) -> Option<BatchStats> {
+        None
+    }
+
+    /// Moves the model's weights to host memory (pinned on CUDA) and frees them on the
+    /// device; tokenizer, config and worker stay. Requests queued before it finish first; a
+    /// request that arrives afterwards restores the weights before it runs. Returns once the
+    /// device memory is given back. All or nothing: on an error the model stays on its device.
+    ///
+    /// On a CPU model this copies the weights into fresh host buffers and frees the old ones:
+    /// nothing is gained, which is why `embed-pool` only offloads CUDA models unless told
+    /// otherwise; it exercises the same path for tests and the leak check.
+    async fn offload(&self) -> Result<MoveReport> {
+        Err(unsupported("offload"))
+    }
+
+    /// Moves offloaded weights back to the device (the same tensors, bitwise, in the same
+    /// dtype) and frees the host copy. A no-op when they are on the device. All or nothing:
+    /// if the device has no room, the model stays offloaded and the error says why.
+    async fn restore(&self) -> Result<MoveReport> {
+        Err(unsupported("restore"))
+    }
+
+    /// Where the weights are, for services that can offload them.
+    fn residency(&self) -> Option<Residency> {
         None
     }
 
@@ -209,6 +233,9 @@ impl DenseEmbeddingService {
             padded_tokens: s.padded_tokens.load(Ordering::Relaxed),
             oom_splits: s.oom_splits.load(Ordering::Relaxed),
             packed_attention_batches: s.packed_batches.load(Ordering::Relaxed),
+            offloads: s.offloads.load(Ordering::Relaxed),
+            restores: s.restores.load(Ordering::Relaxed),
+            auto_restores: s.auto_restores.load(Ordering::Relaxed),
         })
     }
 }
@@ -385,6 +412,19 @@ impl EmbeddingService for DenseEmbeddingService {
         self.running().ok().map(|r| r.info.clone())
     }
 
+    async fn offload(&self) -> Result<MoveReport> {
+        move_weights(&self.running()?, Residency::Host).await
+    }
+
+    async fn restore(&self) -> Result<MoveReport> {
+        move_weights(&self.running()?, Residency::Device).await
+    }
+
+    fn residency(&self) -> Option<Residency> {
+        let r = self.running().ok()?;
+        Some(if r.stats.on_host.load(Ordering::SeqCst) { Residency::Host } else { Residency::Device })
+    }
+
     fn state(&self) -> ServiceState {
         lock(&self.state).public()
     }
@@ -476,6 +516,17 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
     let truncated = prepared.iter().map(|p| p.truncated).collect();
     let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
     Ok(Classified { logits, token_counts, truncated })
+}
+
+/// Asks the worker to move the weights and waits for it. Dropping this future does not stop
+/// a move under way: it completes, and the model is where it was asked to go.
+async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveReport> {
+    let (reply, answer) = oneshot::channel();
+    let model = running.info.name.clone();
+    if running.intake.send(Command::Move { to, reply }).is_err() {
+        return Err(Error::ShutDown { model });
+    }
+    answer.await.map_err(|_| Error::ShutDown { model })?
 }
 
 /// Queues `seqs` for the worker and waits for the rows. Dropping this future drops the

@@ -398,6 +398,44 @@ pub struct CleanupReport {
     pub duration: Duration,
 }
 
+/// Where a loaded model's weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Residency {
+    /// On the model's device, serving.
+    Device,
+    /// Offloaded to host memory ([`EmbeddingService::offload`](crate::EmbeddingService::offload)):
+    /// tokenizer, config and worker kept, no weight on the device. The next request, or
+    /// [`EmbeddingService::restore`](crate::EmbeddingService::restore), brings them back.
+    Host,
+}
+
+impl std::fmt::Display for Residency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Residency::Device => "device",
+            Residency::Host => "host",
+        })
+    }
+}
+
+/// What moving a model's weights did ([`EmbeddingService::offload`](crate::EmbeddingService::offload)
+/// and [`EmbeddingService::restore`](crate::EmbeddingService::restore)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct MoveReport {
+    /// Where the weights are now.
+    pub residency: Residency,
+    /// False when they already were there (nothing was copied).
+    pub moved: bool,
+    /// Bytes of the tensors copied (the model's weight bytes).
+    pub tensor_bytes: u64,
+    /// Host memory the offloaded copy holds (pinned on CUDA): the tensors packed back to back
+    /// in 64 MiB buffers, so a little above `tensor_bytes`. Before a restore, what it freed.
+    pub host_bytes: u64,
+    /// Time on the worker thread: the copies, and freeing the memory left behind.
+    pub duration: Duration,
+}
+
 /// Lifecycle of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -444,4 +482,10 @@ pub struct BatchStats {
     /// Forward passes whose attention ran packed (variable-length flash attention, no
     /// padding: CUDA in f16/bf16); the others ran padded attention.
     pub packed_attention_batches: u64,
+    /// Times the weights were offloaded to host memory.
+    pub offloads: u64,
+    /// Times they were restored to the device (asked for, or caused by a request).
+    pub restores: u64,
+    /// Restores a request caused: it arrived while the weights were in host memory.
+    pub auto_restores: u64,
 }

@@ -10,6 +10,7 @@ use super::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention
 use super::ffn::FeedForward;
 use super::rotary::{Rotary, RotaryTable};
 use super::{BatchInput, LayerNorm, Linear};
+use crate::layers::tensor_fields;
 
 pub(crate) struct PostNormBlock {
     /// Q, K and V projections fused into one matmul.
@@ -76,3 +77,6 @@ impl PostNormStack {
         self.attention.get()
     }
 }
+
+tensor_fields!(PostNormBlock: qkv, attn_out, attn_norm, mlp, mlp_norm);
+tensor_fields!(PostNormStack: layers);

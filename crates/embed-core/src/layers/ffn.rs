@@ -3,6 +3,7 @@
 use tch::Tensor;
 
 use super::Linear;
+use crate::layers::tensor_fields;
 
 /// The hidden activation, as `config.json` names it (`hidden_act`, `activation`,
 /// `hidden_activation`).
@@ -80,6 +81,17 @@ impl FeedForward {
         match self {
             FeedForward::Mlp(m) => m.forward(x),
             FeedForward::Glu(g) => g.forward(x),
+        }
+    }
+}
+
+tensor_fields!(Mlp: up, down);
+tensor_fields!(Glu: up, down);
+impl crate::layers::Tensors for FeedForward {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a tch::Tensor>) {
+        match self {
+            FeedForward::Mlp(m) => m.tensors(out),
+            FeedForward::Glu(g) => g.tensors(out),
         }
     }
 }

@@ -13,6 +13,62 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{Error, Result};
 
+/// Every tensor a part of a loaded model holds, as handles: what moving the model between
+/// device and host memory (`crate::models::offload`) must move. A part lists each field that
+/// holds a tensor; the offload tests check the handles cover `weight_bytes` exactly.
+pub(crate) trait Tensors {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>);
+}
+
+impl Tensors for Tensor {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        out.push(self);
+    }
+}
+
+impl<T: Tensors> Tensors for Option<T> {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        if let Some(t) = self {
+            t.tensors(out);
+        }
+    }
+}
+
+impl<T: Tensors> Tensors for Vec<T> {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        for t in self {
+            t.tensors(out);
+        }
+    }
+}
+
+/// `impl Tensors` for a struct from the fields that hold tensors.
+macro_rules! tensor_fields {
+    ($ty:ty: $($field:ident),+) => {
+        impl $crate::layers::Tensors for $ty {
+            fn tensors<'a>(&'a self, out: &mut Vec<&'a tch::Tensor>) {
+                $( $crate::layers::Tensors::tensors(&self.$field, out); )+
+            }
+        }
+    };
+}
+pub(crate) use tensor_fields;
+
+tensor_fields!(Linear: weight, bias);
+tensor_fields!(LayerNorm: weight, bias);
+tensor_fields!(RmsNorm: weight);
+
+impl Tensors for Embeddings {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        self.word.tensors(out);
+        if let Some((table, _)) = &self.position {
+            table.tensors(out);
+        }
+        self.token_type.tensors(out);
+        self.norm.tensors(out);
+    }
+}
+
 /// `x W^T + b`; the bias is absent in the families that drop it (ModernBERT, NomicBERT).
 pub(crate) struct Linear {
     pub(crate) weight: Tensor,

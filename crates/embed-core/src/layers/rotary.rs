@@ -3,27 +3,39 @@
 
 use tch::{Kind, Tensor};
 
-/// The inverse frequencies of one rotary setting: `1 / theta^(2i / dim)`, f32 on the device.
+/// One rotary setting. Its inverse frequencies, `1 / theta^(2i / dim)` (divided by a linear
+/// scaling factor), are computed on the batch's device with each table: the model holds no
+/// tensor for them, so everything it holds on the device is a weight (and moves with the
+/// weights when the model is offloaded).
 pub(crate) struct Rotary {
-    inv_freq: Tensor,
+    head_dim: i64,
+    theta: f64,
+    factor: Option<f64>,
 }
 
 impl Rotary {
-    pub(crate) fn new(head_dim: i64, theta: f64, device: tch::Device) -> Rotary {
-        let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / head_dim as f64;
-        let inv_freq = Tensor::pow_scalar(theta, &exponent).reciprocal();
-        Rotary { inv_freq }
+    pub(crate) fn new(head_dim: i64, theta: f64) -> Rotary {
+        Rotary { head_dim, theta, factor: None }
     }
 
     /// Linear scaling: every frequency divided by `factor` (positions stretched by it).
     pub(crate) fn scaled(self, factor: f64) -> Rotary {
-        Rotary { inv_freq: self.inv_freq / factor }
+        Rotary { factor: Some(factor), ..self }
+    }
+
+    fn inv_freq(&self, device: tch::Device) -> Tensor {
+        let exponent = Tensor::arange_start_step(0, self.head_dim, 2, (Kind::Int64, device)).to_kind(Kind::Float) / self.head_dim as f64;
+        let inv_freq = Tensor::pow_scalar(self.theta, &exponent).reciprocal();
+        match self.factor {
+            Some(f) => inv_freq / f,
+            None => inv_freq,
+        }
     }
 
     /// cos and sin for the first `n` positions of the batch's stream, in `kind`.
     pub(crate) fn table(&self, positions: &Tensor, n: i64, kind: Kind) -> RotaryTable {
         let pos = positions.narrow(0, 0, n).to_kind(Kind::Float);
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
+        let freqs = pos.unsqueeze(1) * self.inv_freq(positions.device()).unsqueeze(0);
         let angles = Tensor::cat(&[&freqs, &freqs], 1);
         RotaryTable { cos: angles.cos().to_kind(kind).unsqueeze(1), sin: angles.sin().to_kind(kind).unsqueeze(1) }
     }

@@ -15,6 +15,7 @@ use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
+use crate::layers::tensor_fields;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -142,7 +143,7 @@ impl Decoder {
             word,
             layers,
             norm,
-            rope: Rotary::new(head_dim, c.rope_theta, device),
+            rope: Rotary::new(head_dim, c.rope_theta),
             heads,
             kv_heads,
             head_dim,
@@ -202,3 +203,6 @@ impl Encoder for Decoder {
         std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
     }
 }
+
+tensor_fields!(Layer: attn_norm, q, k, v, o, q_norm, k_norm, mlp_norm, mlp);
+tensor_fields!(Decoder: word, layers, norm);

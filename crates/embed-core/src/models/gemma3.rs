@@ -16,6 +16,7 @@ use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::{Rotary, RotaryTable};
 use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
+use crate::layers::tensor_fields;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -144,8 +145,8 @@ impl Gemma3 {
             word,
             layers,
             norm: final_norm,
-            global_rope: Rotary::new(head_dim, c.global_theta, device),
-            local_rope: Rotary::new(head_dim, c.local_theta, device),
+            global_rope: Rotary::new(head_dim, c.global_theta),
+            local_rope: Rotary::new(head_dim, c.local_theta),
             heads,
             kv_heads,
             head_dim,
@@ -211,3 +212,6 @@ impl Encoder for Gemma3 {
         std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
     }
 }
+
+tensor_fields!(Layer: input_norm, q, k, v, o, q_norm, k_norm, post_attn_norm, pre_mlp_norm, mlp, post_mlp_norm);
+tensor_fields!(Gemma3: word, layers, norm);

@@ -92,8 +92,8 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
     // NTK scaling as GTE's remote code does it: the base times the factor, and every
     // frequency divided by factor^(2 / head_dim).
     let rope = match c.ntk_factor {
-        None => Rotary::new(head_dim, c.rope_theta, device),
-        Some(f) => Rotary::new(head_dim, c.rope_theta * f, device).scaled(f.powf(2.0 / head_dim as f64)),
+        None => Rotary::new(head_dim, c.rope_theta),
+        Some(f) => Rotary::new(head_dim, c.rope_theta * f).scaled(f.powf(2.0 / head_dim as f64)),
     };
     let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
     Ok((PostNorm { emb, stack }, w.bytes))

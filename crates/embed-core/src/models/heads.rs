@@ -21,6 +21,23 @@ pub(crate) enum Head {
     Splade { transform: Linear, act: Activation, norm: LayerNorm, decoder: Linear },
 }
 
+impl crate::layers::Tensors for Head {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        match self {
+            Head::Pooled(dense) => dense.iter().for_each(|(l, _)| l.tensors(out)),
+            Head::Classifier { pre, out: o } => {
+                pre.tensors(out);
+                o.tensors(out);
+            }
+            Head::Splade { transform, norm, decoder, .. } => {
+                transform.tensors(out);
+                norm.tensors(out);
+                decoder.tensors(out);
+            }
+        }
+    }
+}
+
 impl Head {
     /// Reads the head of `dir`'s kind; returns it and its weight bytes. A classifier's or
     /// SPLADE's tensors come from `encoder_file`, the encoder's read of `model.safetensors`,

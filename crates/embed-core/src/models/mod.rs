@@ -25,6 +25,7 @@ mod heads;
 mod modernbert;
 mod mpnet;
 mod nomic_bert;
+pub(crate) mod offload;
 
 use std::fmt;
 use std::path::Path;
@@ -35,8 +36,9 @@ use tch::{Device, Kind, Tensor};
 use crate::config::ModelDir;
 use crate::layers::attention::AttentionPath;
 use crate::layers::block::PostNormStack;
-use crate::layers::{BatchInput, Embeddings, Weights};
+use crate::layers::{BatchInput, Embeddings, Tensors, Weights};
 use crate::{Error, Result};
+use crate::layers::tensor_fields;
 
 /// The architectures embed-core implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -311,8 +313,9 @@ impl ArchConfig {
     }
 }
 
-/// A loaded encoder of any family. Owns every tensor of the model.
-pub(crate) trait Encoder {
+/// A loaded encoder of any family. Owns every tensor of the model, and lists them all
+/// ([`Tensors`]).
+pub(crate) trait Encoder: Tensors {
     /// Runs the encoder on a batch and returns the last hidden state padded, `[b, len, hidden]`.
     fn forward(&self, t: &BatchInput) -> Tensor;
     /// The attention form the next forward pass runs (after a pass: the form it ran).
@@ -422,8 +425,19 @@ impl Model {
         self.encoder.attention_path()
     }
 
+    /// Handles to every tensor the model holds (encoder and head). A tensor the head shares
+    /// with the encoder (SPLADE's tied decoder) appears twice.
+    pub(crate) fn tensors(&self) -> Vec<Tensor> {
+        let mut all = Vec::new();
+        self.encoder.tensors(&mut all);
+        self.head.tensors(&mut all);
+        all.into_iter().map(Tensor::shallow_clone).collect()
+    }
+
     #[cfg(feature = "planted-leak")]
     pub(crate) fn take_largest_tensor(&mut self) -> Tensor {
         self.encoder.take_largest_tensor()
     }
 }
+
+tensor_fields!(PostNorm: emb, stack);

@@ -13,6 +13,7 @@ use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
+use crate::layers::tensor_fields;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -123,8 +124,8 @@ impl ModernBert {
             layers,
             final_norm,
             attn: SelfAttention { heads, head_dim },
-            global_rope: Rotary::new(head_dim, c.global_theta, device),
-            local_rope: Rotary::new(head_dim, c.local_theta, device),
+            global_rope: Rotary::new(head_dim, c.global_theta),
+            local_rope: Rotary::new(head_dim, c.local_theta),
             half_window: c.half_window,
         };
         Ok((model, w.bytes))
@@ -163,3 +164,6 @@ impl Encoder for ModernBert {
         std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
     }
 }
+
+tensor_fields!(Layer: attn_norm, qkv, attn_out, mlp_norm, mlp);
+tensor_fields!(ModernBert: word, emb_norm, layers, final_norm);

@@ -12,6 +12,7 @@ use crate::layers::block::PostNormBlock;
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
 use crate::layers::{embed, BatchInput, Embeddings, Weights};
 use crate::Result;
+use crate::layers::tensor_fields;
 
 /// The farthest relative distance with its own buckets (MPNet's fixed value).
 const MAX_DISTANCE: i64 = 128;
@@ -139,3 +140,5 @@ impl Encoder for MPNet {
         std::mem::replace(&mut self.emb.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
     }
 }
+
+tensor_fields!(MPNet: emb, layers, relative_bias);

@@ -3,7 +3,7 @@
 //! normalising, answering each caller.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use crate::layers::BatchInput;
 use crate::models::Model;
 use crate::config::Pooling;
 use crate::types::FaultInjection;
-use crate::{memory, panic_message, Error, ResolvedDevice, Result};
+use super::residency::Residence;
+use crate::{memory, panic_message, Error, MoveReport, Residency, ResolvedDevice, Result};
 
 /// One tokenized input, ready for the model.
 pub(crate) struct Seq {
@@ -47,6 +48,8 @@ pub(crate) struct Job {
 
 pub(crate) enum Command {
     Embed(Job),
+    /// Move the weights between the device and host memory (see `residency`).
+    Move { to: Residency, reply: oneshot::Sender<Result<MoveReport>> },
     Shutdown,
 }
 
@@ -60,6 +63,12 @@ pub(crate) struct WorkerStats {
     pub(crate) padded_tokens: AtomicU64,
     pub(crate) oom_splits: AtomicU64,
     pub(crate) packed_batches: AtomicU64,
+    pub(crate) offloads: AtomicU64,
+    pub(crate) restores: AtomicU64,
+    /// Restores a request caused (the weights were on the host when it arrived).
+    pub(crate) auto_restores: AtomicU64,
+    /// The weights are in host memory.
+    pub(crate) on_host: AtomicBool,
 }
 
 pub(crate) struct WorkerConfig {
@@ -86,9 +95,14 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     let gather_limit = (cfg.max_batch_size.max(1) * 32).max(1024);
     let mut last_trim = Instant::now();
     let mut dirty = false;
+    let mut residence = Residence::default();
     'serve: loop {
         let first = match rx.recv_timeout(IDLE_TRIM_AFTER) {
             Ok(Command::Embed(job)) => job,
+            Ok(Command::Move { to, reply }) => {
+                let _ = reply.send(residence.go(model, to, cfg));
+                continue;
+            }
             Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 // Idle: give memory freed by the last passes back to the OS.
@@ -103,12 +117,18 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
         let mut jobs = vec![first];
         let mut seqs = jobs[0].seqs.len();
         let mut stop = false;
+        // A move queued behind these jobs runs after them.
+        let mut then_move = None;
         // Dynamic batching: whatever else is already queued joins this round.
         while seqs < gather_limit {
             match rx.try_recv() {
                 Ok(Command::Embed(job)) => {
                     seqs += job.seqs.len();
                     jobs.push(job);
+                }
+                Ok(Command::Move { to, reply }) => {
+                    then_move = Some((to, reply));
+                    break;
                 }
                 Ok(Command::Shutdown) => {
                     stop = true;
@@ -118,7 +138,22 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
             }
         }
         cfg.stats.queued_jobs.fetch_sub(jobs.len(), Ordering::SeqCst);
-        process(model, jobs, cfg);
+        if residence.on_host() {
+            // Offloaded and asked to work: bring the weights back first.
+            cfg.stats.auto_restores.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = residence.go(model, Residency::Device, cfg) {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone_for_reply()));
+                }
+                jobs = Vec::new();
+            }
+        }
+        if !jobs.is_empty() {
+            process(model, jobs, cfg);
+        }
+        if let Some((to, reply)) = then_move {
+            let _ = reply.send(residence.go(model, to, cfg));
+        }
         // glibc keeps freed activation buffers in its arenas; under steady traffic with shifting
         // batch shapes that retained memory creeps up. Hand it back to the OS at most once per
         // interval (a trim costs about a millisecond), and when the worker goes idle.
@@ -133,11 +168,19 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
         }
     }
     while let Ok(cmd) = rx.try_recv() {
-        if let Command::Embed(job) = cmd {
-            cfg.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.reply.send(Err(Error::ShutDown { model: cfg.model_name.clone() }));
+        match cmd {
+            Command::Embed(job) => {
+                cfg.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.reply.send(Err(Error::ShutDown { model: cfg.model_name.clone() }));
+            }
+            Command::Move { reply, .. } => {
+                let _ = reply.send(Err(Error::ShutDown { model: cfg.model_name.clone() }));
+            }
+            Command::Shutdown => {}
         }
     }
+    // An offloaded model's host copy is freed here, before the model's placeholders.
+    drop(residence);
 }
 
 #[derive(Clone, Copy)]

@@ -6,6 +6,7 @@
 //! and get answers through oneshots.
 
 mod batch;
+mod residency;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Sender};
