@@ -195,6 +195,17 @@ impl MemorySnapshot {
     }
 }
 
+/// The machine's RAM (`MemTotal` of `/proc/meminfo`); 0 where it cannot be read.
+pub fn total_ram_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
 static LIVE_MODELS: AtomicUsize = AtomicUsize::new(0);
 static OFFLOADED_HOST_BYTES: AtomicU64 = AtomicU64::new(0);
 

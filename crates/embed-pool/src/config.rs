@@ -42,6 +42,132 @@ pub struct PoolConfig {
     pub default_options: ModelOptions,
     /// Events kept by [`crate::Pool::history`] (the newest; 0 keeps none). Default 256.
     pub history_len: usize,
+    /// The warm tier: where models evicted from the device go before they are unloaded.
+    pub warm: WarmTier,
+    /// Memory-pressure levels of the CUDA devices, and what the pool does at each.
+    pub pressure: Pressure,
+}
+
+/// When the pool keeps an evicted model warm: its weights in host memory (pinned), tokenizer,
+/// config and worker kept, nothing on the device. A `get` restores it, much faster than a load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WarmMode {
+    /// CUDA models only (a CPU model's weights are in host memory already: nothing to gain).
+    #[default]
+    Auto,
+    /// Never: an evicted model is unloaded.
+    Off,
+    /// CPU models too. Gains nothing on a CPU; tests and the leak check use it to run the
+    /// warm tier's code on machines without a GPU.
+    Always,
+}
+
+/// How much host memory the warm tier may hold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HostBudget {
+    /// Bytes.
+    Bytes(u64),
+    /// A fraction of the machine's RAM (`MemTotal`), e.g. 0.25.
+    FractionOfRam(f64),
+}
+
+impl HostBudget {
+    /// The budget in bytes on this machine.
+    pub fn bytes(self) -> u64 {
+        match self {
+            HostBudget::Bytes(b) => b,
+            HostBudget::FractionOfRam(f) => (embed_core::memory::total_ram_bytes() as f64 * f.clamp(0.0, 1.0)) as u64,
+        }
+    }
+}
+
+/// The warm tier's settings ([`PoolConfig::warm`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmTier {
+    /// When it applies. Default [`WarmMode::Auto`].
+    pub mode: WarmMode,
+    /// Host memory it may hold; the least recently used warm model is unloaded to make room.
+    /// Default: a quarter of the RAM.
+    pub host_budget: HostBudget,
+}
+
+impl Default for WarmTier {
+    fn default() -> Self {
+        WarmTier { mode: WarmMode::Auto, host_budget: HostBudget::FractionOfRam(0.25) }
+    }
+}
+
+/// Memory-pressure thresholds, as fractions of a CUDA device's memory in use (by anyone, from
+/// the driver's free-memory figure). At `high` and above, idle models on the device are
+/// offloaded to the warm tier (least recently used first) until use is back under `moderate`;
+/// at `critical` they are unloaded instead. Leased and pinned models are never touched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    /// Start of the moderate level. Default 0.75.
+    pub moderate: f64,
+    /// Start of the high level. Default 0.90.
+    pub high: f64,
+    /// Start of the critical level. Default 0.97.
+    pub critical: f64,
+    /// How often the background check runs (while some model is on a CUDA device). `None`
+    /// disables it; [`crate::Pool::relieve_pressure`] runs one check. Default 1 s.
+    pub interval: Option<Duration>,
+}
+
+impl Default for Pressure {
+    fn default() -> Self {
+        Pressure { moderate: 0.75, high: 0.90, critical: 0.97, interval: Some(Duration::from_secs(1)) }
+    }
+}
+
+/// A device's memory-pressure level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PressureLevel {
+    /// Below `moderate`.
+    Low,
+    /// Between `moderate` and `high`.
+    Moderate,
+    /// Between `high` and `critical`: idle models are offloaded.
+    High,
+    /// At `critical` or above: idle models are unloaded.
+    Critical,
+}
+
+impl PressureLevel {
+    /// `low`, `moderate`, `high` or `critical`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PressureLevel::Low => "low",
+            PressureLevel::Moderate => "moderate",
+            PressureLevel::High => "high",
+            PressureLevel::Critical => "critical",
+        }
+    }
+
+    /// 0 to 3, for a metrics gauge.
+    pub fn as_number(self) -> u8 {
+        self as u8
+    }
+}
+
+impl Pressure {
+    /// The level of a device with `free` of `total` bytes free.
+    pub fn level(&self, free: u64, total: u64) -> PressureLevel {
+        if total == 0 {
+            return PressureLevel::Low;
+        }
+        let used = 1.0 - free.min(total) as f64 / total as f64;
+        if used >= self.critical {
+            PressureLevel::Critical
+        } else if used >= self.high {
+            PressureLevel::High
+        } else if used >= self.moderate {
+            PressureLevel::Moderate
+        } else {
+            PressureLevel::Low
+        }
+    }
 }
 
 /// How long a [`crate::Pool`] waits, one field per wait (grouped as deadpool groups its
@@ -79,6 +205,8 @@ impl Default for PoolConfig {
             allow_arbitrary_sources: false,
             default_options: ModelOptions::default(),
             history_len: 256,
+            warm: WarmTier::default(),
+            pressure: Pressure::default(),
         }
     }
 }
@@ -123,6 +251,18 @@ impl PoolConfig {
     /// Sets [`PoolConfig::history_len`].
     pub fn with_history_len(mut self, n: usize) -> Self {
         self.history_len = n;
+        self
+    }
+
+    /// Sets [`PoolConfig::warm`].
+    pub fn with_warm_tier(mut self, warm: WarmTier) -> Self {
+        self.warm = warm;
+        self
+    }
+
+    /// Sets [`PoolConfig::pressure`].
+    pub fn with_pressure(mut self, pressure: Pressure) -> Self {
+        self.pressure = pressure;
         self
     }
 

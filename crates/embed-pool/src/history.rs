@@ -1,5 +1,6 @@
 //! The pool's recent history: a bounded ring of what happened to its models (loaded, failed
-//! to load, released, and why), so an operator can see why a request had to wait.
+//! to load, offloaded, restored, released, and why), so an operator can see why a request had
+//! to wait.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -17,15 +18,25 @@ pub enum PoolAction {
     /// It was released: evicted for a reason, or unloaded on request (the duration is the
     /// release's, from the decision until its memory was given back).
     Unloaded,
+    /// Its weights went to host memory (the warm tier); the bytes are the host copy's.
+    Offloaded,
+    /// Its weights came back to the device from the warm tier.
+    Restored,
+    /// A restore failed (it stayed warm, or was released if its service died).
+    RestoreFailed,
 }
 
 impl PoolAction {
-    /// A short lowercase name (`loaded`, `load_failed`, `unloaded`), for logs and APIs.
+    /// A short lowercase name (`loaded`, `load_failed`, `unloaded`, `offloaded`, `restored`,
+    /// `restore_failed`), for logs and APIs.
     pub fn as_str(self) -> &'static str {
         match self {
             PoolAction::Loaded => "loaded",
             PoolAction::LoadFailed => "load_failed",
             PoolAction::Unloaded => "unloaded",
+            PoolAction::Offloaded => "offloaded",
+            PoolAction::Restored => "restored",
+            PoolAction::RestoreFailed => "restore_failed",
         }
     }
 }

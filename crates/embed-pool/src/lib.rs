@@ -67,18 +67,22 @@ mod lease;
 mod loader;
 mod memory_release;
 mod pool;
+mod probe;
 mod registry;
 mod state;
 mod status;
 mod tasks;
 
-pub use config::{PoolConfig, PoolTimeouts};
+pub use config::{HostBudget, PoolConfig, PoolTimeouts, Pressure, PressureLevel, WarmMode, WarmTier};
 pub use error::{Limit, PoolError};
 pub use history::{PoolAction, PoolEvent};
 pub use lease::Lease;
 pub use loader::{DenseLoader, ModelLoader};
 pub use pool::{CloseReport, Pool, UnloadMode};
+pub use probe::{CudaDriver, DeviceMemory};
 pub use registry::{ModelRegistry, ModelSettings, RegisteredModel};
-pub use status::{EvictionCause, EvictionCounts, ModelState, ModelStatus, PoolStats, PoolStatus};
+pub use status::{
+    DevicePressure, EvictionCause, EvictionCounts, ModelState, ModelStatus, PoolStats, PoolStatus, WarmTierStatus,
+};
 
 pub use embed_core;

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use crate::lease::Lease;
 use crate::tasks::Shared;
 use crate::{
-    DenseLoader, ModelLoader, ModelRegistry, ModelSettings, ModelStatus, PoolConfig, PoolError, PoolStats, PoolStatus,
+    CudaDriver, DenseLoader, DeviceMemory, ModelLoader, ModelRegistry, ModelSettings, ModelStatus, PoolConfig, PoolError,
+    PoolStats, PoolStatus, WarmMode, WarmTierStatus,
 };
 
 /// What [`Pool::unload`] does when the model is leased.
@@ -69,7 +70,13 @@ impl Pool {
 
     /// A pool whose models come from `loader`.
     pub fn with_loader(config: PoolConfig, registry: ModelRegistry, loader: impl ModelLoader) -> Self {
-        Pool { shared: Shared::new(config, registry, Arc::new(loader)) }
+        Self::with_parts(config, registry, loader, CudaDriver)
+    }
+
+    /// A pool whose models come from `loader` and that reads CUDA free memory from `memory`
+    /// (for the memory budget and the pressure levels; tests pass a fake).
+    pub fn with_parts(config: PoolConfig, registry: ModelRegistry, loader: impl ModelLoader, memory: impl DeviceMemory) -> Self {
+        Pool { shared: Shared::new(config, registry, Arc::new(loader), Arc::new(memory)) }
     }
 
     /// The limits, budgets and timeouts this pool was created with.
@@ -159,7 +166,9 @@ impl Pool {
             .map(|(name, e)| ModelStatus {
                 name: name.clone(),
                 state: e.state(),
-                weight_bytes: e.bytes(),
+                weight_bytes: e.model_bytes(),
+                device_bytes: e.bytes(),
+                host_bytes: e.host(),
                 leases: e.leases,
                 last_used: Instant::from_std(e.last_used),
                 pinned: e.pinned,
@@ -167,14 +176,45 @@ impl Pool {
                 kind: e.slot().and_then(|s| s.kind),
             })
             .collect();
+        let (closed, host_budget) = (st.closed, st.warm.host_budget);
+        drop(st);
+        let warm_tier = self.warm_tier();
         PoolStatus {
-            weight_bytes: models.iter().map(|m| m.weight_bytes).sum(),
+            weight_bytes: models.iter().map(|m| m.device_bytes).sum(),
+            host_bytes: models.iter().map(|m| m.host_bytes).sum(),
+            host_budget: if warm_tier.enabled { host_budget } else { 0 },
+            warm_tier,
+            pressure: self.shared.pressure(),
             leases: models.iter().map(|m| m.leases).sum(),
             models,
             max_models: self.shared.config.max_models.max(1),
             memory_budget: self.shared.config.memory_budget,
-            closed: st.closed,
+            closed,
         }
+    }
+
+    /// Whether the warm tier is on, and what it applies to (or why it is off).
+    fn warm_tier(&self) -> WarmTierStatus {
+        let budget = self.shared.config.warm.host_budget.bytes();
+        let (enabled, note) = match self.shared.config.warm.mode {
+            WarmMode::Off => (false, "off: configured off".to_string()),
+            _ if budget == 0 => (false, "off: the host budget is 0 bytes".to_string()),
+            WarmMode::Auto if !embed_core::memory::accelerator_available() => {
+                (false, "off: no CUDA device (a CPU model's weights are in host memory already; nothing to gain)".to_string())
+            }
+            WarmMode::Auto => (true, format!("on for CUDA models, {budget} bytes of host memory")),
+            WarmMode::Always => (true, format!("on for every model (CPU ones too), {budget} bytes of host memory")),
+        };
+        WarmTierStatus { enabled, note }
+    }
+
+    /// Runs one memory-pressure check now (the background task runs one every
+    /// [`Pressure::interval`](crate::Pressure::interval)): on each CUDA device at the high
+    /// level, idle models go warm (least recently used first) until use is back under the
+    /// moderate threshold; at the critical level they are unloaded. Leased and pinned models
+    /// are never touched. Waits for the moves; returns the models moved.
+    pub async fn relieve_pressure(&self) -> Vec<String> {
+        self.shared.relieve_pressure().await
     }
 
     /// Counters since the pool was created.

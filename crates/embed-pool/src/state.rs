@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use embed_core::{EmbeddingService, ModelKind, ModelSpec, ResolvedDevice};
 
-use crate::{EvictionCause, Limit, ModelState, PoolConfig, PoolError};
+use crate::{EvictionCause, Limit, ModelState, PoolConfig, PoolError, PressureLevel, WarmMode};
 
 /// A loaded model, shared by its entry and its leases.
 pub(crate) struct Slot {
@@ -36,12 +36,43 @@ impl Slot {
     }
 }
 
+/// The warm tier as the decisions see it: when a model may go warm, and the host budget.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WarmPolicy {
+    pub(crate) mode: WarmMode,
+    pub(crate) host_budget: u64,
+}
+
+impl Default for WarmPolicy {
+    fn default() -> Self {
+        WarmPolicy { mode: WarmMode::Off, host_budget: 0 }
+    }
+}
+
+impl WarmPolicy {
+    /// Whether `slot` may be offloaded instead of unloaded.
+    fn allows(&self, slot: &Slot) -> bool {
+        let device_ok = match self.mode {
+            WarmMode::Off => false,
+            WarmMode::Auto => slot.cuda_index().is_some(),
+            WarmMode::Always => true,
+        };
+        device_ok && slot.weight_bytes <= self.host_budget && slot.service.residency().is_some()
+    }
+}
+
 pub(crate) enum Phase<L> {
     Loading(Arc<L>),
     Ready(Arc<Slot>),
     /// No new leases. `retiring` once its cleanup task runs; before that it waits for leases
     /// to end (`unload(WaitForLeases)`).
     Draining { slot: Arc<Slot>, retiring: bool },
+    /// Its weights are moving to host memory; no leases.
+    Offloading(Arc<Slot>),
+    /// Warm: weights in host memory, nothing on the device, no leases. A `get` restores it.
+    Warm(Arc<Slot>),
+    /// Its weights are moving back to the device; callers wait for it as for a load.
+    Restoring(Arc<L>, Arc<Slot>),
 }
 
 pub(crate) struct Entry<L> {
@@ -59,26 +90,44 @@ pub(crate) struct Entry<L> {
     pub(crate) est_bytes: u64,
     /// CUDA device the model will use, while loading.
     pub(crate) target_cuda: Option<usize>,
+    /// The weights are on the device (false while warm, and while a warm model is unloaded).
+    pub(crate) resident: bool,
+    /// Host bytes of the warm copy (offloading, warm, restoring; the weight bytes until the
+    /// offload reports the real figure).
+    pub(crate) host_bytes: u64,
 }
 
 impl<L> Entry<L> {
+    /// The model's weight bytes (the estimate while loading), wherever they are.
+    pub(crate) fn model_bytes(&self) -> u64 {
+        self.slot().map_or(self.est_bytes, |s| s.weight_bytes)
+    }
+
+    /// Bytes it holds on its device (what the memory budget counts).
     pub(crate) fn bytes(&self) -> u64 {
-        match &self.phase {
-            Phase::Loading(_) => self.est_bytes,
-            Phase::Ready(s) | Phase::Draining { slot: s, .. } => s.weight_bytes,
+        if self.resident {
+            self.model_bytes()
+        } else {
+            0
         }
     }
 
-    fn cuda_index(&self) -> Option<usize> {
-        match &self.phase {
-            Phase::Loading(_) => self.target_cuda,
-            Phase::Ready(s) | Phase::Draining { slot: s, .. } => s.cuda_index(),
+    /// Host bytes of its warm copy.
+    pub(crate) fn host(&self) -> u64 {
+        match self.phase {
+            Phase::Offloading(_) | Phase::Warm(_) | Phase::Restoring(..) => self.host_bytes,
+            Phase::Draining { .. } if !self.resident => self.host_bytes,
+            _ => 0,
         }
+    }
+
+    pub(crate) fn cuda_index(&self) -> Option<usize> {
+        self.slot().map_or(self.target_cuda, |s| s.cuda_index())
     }
 
     pub(crate) fn slot(&self) -> Option<&Arc<Slot>> {
         match &self.phase {
-            Phase::Ready(s) | Phase::Draining { slot: s, .. } => Some(s),
+            Phase::Ready(s) | Phase::Draining { slot: s, .. } | Phase::Offloading(s) | Phase::Warm(s) | Phase::Restoring(_, s) => Some(s),
             Phase::Loading(_) => None,
         }
     }
@@ -87,8 +136,13 @@ impl<L> Entry<L> {
         matches!(self.phase, Phase::Ready(_)) && self.leases == 0 && !self.pinned
     }
 
+    /// Its device memory is on its way back (unload or offload under way).
     fn retiring(&self) -> bool {
-        matches!(self.phase, Phase::Draining { retiring: true, .. })
+        self.resident && matches!(self.phase, Phase::Draining { retiring: true, .. } | Phase::Offloading(_))
+    }
+
+    fn is_warm(&self) -> bool {
+        matches!(self.phase, Phase::Warm(_))
     }
 
     pub(crate) fn state(&self) -> ModelState {
@@ -96,6 +150,9 @@ impl<L> Entry<L> {
             Phase::Loading(_) => ModelState::Loading,
             Phase::Ready(_) => ModelState::Ready,
             Phase::Draining { .. } => ModelState::Draining,
+            Phase::Offloading(_) => ModelState::Offloading,
+            Phase::Warm(_) => ModelState::Warm,
+            Phase::Restoring(..) => ModelState::Restoring,
         }
     }
 
@@ -103,7 +160,7 @@ impl<L> Entry<L> {
     fn retire(&mut self, name: &str, cause: Option<EvictionCause>) -> Retire {
         let slot = self.slot().expect("a loading entry is never retired").clone();
         self.phase = Phase::Draining { slot: slot.clone(), retiring: true };
-        Retire { name: name.to_string(), id: self.id, slot, cause }
+        Retire { name: name.to_string(), id: self.id, slot, cause, offload: false, counted: false }
     }
 }
 
@@ -113,6 +170,10 @@ pub(crate) struct Retire {
     pub(crate) id: u64,
     pub(crate) slot: Arc<Slot>,
     pub(crate) cause: Option<EvictionCause>,
+    /// Offload it to the warm tier (the entry stays) instead of releasing it.
+    pub(crate) offload: bool,
+    /// Its eviction was counted already (a failed offload, released instead).
+    pub(crate) counted: bool,
 }
 
 /// A model the caller asked for, resolved against the registry.
@@ -143,6 +204,8 @@ pub(crate) enum Step<L> {
     Join(Arc<L>, u64),
     /// The caller inserted the loading entry and must start the load.
     Start(Arc<L>, u64),
+    /// The model was warm: the caller must restore it (callers join through the cell).
+    Restore(Arc<L>, u64, Arc<Slot>),
     Evict(Vec<Retire>),
     Wait(WaitFor),
     Fail(PoolError),
@@ -159,12 +222,14 @@ pub(crate) enum UnloadStep {
     Wait,
 }
 
-/// What became of a load that finished with a model, for an entry still in the map.
+/// What became of a load (or restore) that finished with a model, for an entry still in the map.
 pub(crate) enum Published {
     /// The model serves; these idle ones go to bring the pool back within its budget.
     Ready(Vec<Retire>),
-    /// The pool closed while it loaded: release it.
+    /// The pool closed while it loaded (or its restore failed with its service gone): release it.
     Closed(Retire),
+    /// The restore failed; the model stays warm.
+    Failed,
 }
 
 /// One round of `close`.
@@ -178,6 +243,7 @@ pub(crate) struct CloseStep {
 
 pub(crate) struct State<L> {
     pub(crate) entries: HashMap<String, Entry<L>>,
+    pub(crate) warm: WarmPolicy,
     /// Weight bytes of each model the last time it loaded, for the memory budget.
     known_bytes: HashMap<String, u64>,
     pub(crate) closed: bool,
@@ -187,7 +253,7 @@ pub(crate) struct State<L> {
 
 impl<L> Default for State<L> {
     fn default() -> Self {
-        State { entries: HashMap::new(), known_bytes: HashMap::new(), closed: false, next_id: 0, clock: 0 }
+        State { entries: HashMap::new(), warm: WarmPolicy::default(), known_bytes: HashMap::new(), closed: false, next_id: 0, clock: 0 }
     }
 }
 
@@ -241,28 +307,38 @@ impl<L: Default> State<L> {
         if let Some((slot, id)) = self.hit(&w.name, now) {
             return Step::Leased(slot, id);
         }
+        let mut warm = None;
         if let Some(e) = self.entries.get_mut(&w.name) {
             match &e.phase {
-                Phase::Loading(cell) => {
+                Phase::Loading(cell) | Phase::Restoring(cell, _) => {
                     e.leases += 1;
                     return Step::Join(cell.clone(), e.id);
                 }
-                Phase::Draining { .. } => return Step::Wait(WaitFor::Draining),
+                Phase::Draining { .. } | Phase::Offloading(_) => return Step::Wait(WaitFor::Draining),
+                Phase::Warm(slot) => warm = Some(slot.clone()),
                 Phase::Ready(_) => unreachable!("hit() leases or removes ready entries"),
             }
         }
 
         let budget = config.memory_budget;
-        let est = match budget {
-            Some(_) => self.known_bytes.get(&w.name).copied().unwrap_or(w.est_bytes),
-            None => 0,
+        let est = match (&warm, budget) {
+            (Some(slot), _) => slot.weight_bytes,
+            (None, Some(_)) => self.known_bytes.get(&w.name).copied().unwrap_or(w.est_bytes),
+            (None, None) => 0,
+        };
+        // A warm model restores onto the device it was loaded on.
+        let target_cuda = match &warm {
+            Some(slot) => slot.cuda_index(),
+            None => w.cuda,
         };
         if let Some(budget) = budget.filter(|&b| est > b) {
             return Step::Fail(PoolError::ModelTooLarge { name: w.name.clone(), bytes: est, budget });
         }
         let max = config.max_models.max(1);
         let used: u64 = self.entries.values().map(Entry::bytes).sum();
-        let mut need_slots = (self.entries.len() + 1).saturating_sub(max);
+        // Warm models hold no slot: `max_models` counts models on a device.
+        let resident = self.entries.values().filter(|e| e.resident).count();
+        let mut need_slots = (resident + 1).saturating_sub(max);
         let mut need_bytes = budget.map_or(0, |b| (used + est).saturating_sub(b));
         let mut need_cuda = match (budget, cuda_free) {
             (Some(_), Some(free)) => est.saturating_sub(free),
@@ -274,7 +350,7 @@ impl<L: Default> State<L> {
             } else if bytes > 0 {
                 Limit::MemoryBudget(budget.unwrap_or(0))
             } else {
-                Limit::CudaMemory { device: w.cuda.unwrap_or(0), free: cuda_free.unwrap_or(0) }
+                Limit::CudaMemory { device: target_cuda.unwrap_or(0), free: cuda_free.unwrap_or(0) }
             }
         };
         if need_slots == 0 && need_bytes == 0 && need_cuda == 0 {
@@ -282,6 +358,15 @@ impl<L: Default> State<L> {
             self.clock += 1;
             let (id, tick) = (self.next_id, self.clock);
             let cell = Arc::new(L::default());
+            if let Some(slot) = warm {
+                let e = self.entries.get_mut(&w.name).expect("the warm entry is in the map");
+                // The device memory counts as taken from here on; the host copy until the
+                // restore is done.
+                e.phase = Phase::Restoring(cell.clone(), slot.clone());
+                e.resident = true;
+                (e.id, e.leases, e.tick, e.last_used) = (id, 1, tick, now);
+                return Step::Restore(cell, id, slot);
+            }
             self.entries.insert(
                 w.name.clone(),
                 Entry {
@@ -294,6 +379,8 @@ impl<L: Default> State<L> {
                     ttl: w.ttl,
                     est_bytes: est,
                     target_cuda: w.cuda,
+                    resident: true,
+                    host_bytes: 0,
                 },
             );
             return Step::Start(cell, id);
@@ -304,7 +391,7 @@ impl<L: Default> State<L> {
         for e in self.entries.values().filter(|e| e.retiring()) {
             need_slots = need_slots.saturating_sub(1);
             need_bytes = need_bytes.saturating_sub(e.bytes());
-            if w.cuda.is_some() && e.cuda_index() == w.cuda {
+            if target_cuda.is_some() && e.cuda_index() == target_cuda {
                 need_cuda = need_cuda.saturating_sub(e.bytes());
             }
         }
@@ -321,7 +408,7 @@ impl<L: Default> State<L> {
                 break;
             }
             let bytes = e.bytes();
-            let same_cuda = w.cuda.is_some() && e.cuda_index() == w.cuda;
+            let same_cuda = target_cuda.is_some() && e.cuda_index() == target_cuda;
             let helps = need_slots > 0 || (need_bytes > 0 && bytes > 0) || (need_cuda > 0 && same_cuda && bytes > 0);
             if !helps {
                 continue;
@@ -338,14 +425,174 @@ impl<L: Default> State<L> {
             // Evicting some now would not make room; wait for leases to end instead.
             return Step::Wait(WaitFor::Capacity(limit_now(need_slots, need_bytes)));
         }
-        let retires = victims
-            .into_iter()
-            .map(|(name, cause)| {
-                let e = self.entries.get_mut(&name).expect("victim is in the map");
-                e.retire(&name, Some(cause))
-            })
-            .collect();
+        let mut retires = Vec::new();
+        for (name, cause) in victims {
+            self.demote(&name, cause, &mut retires);
+        }
         Step::Evict(retires)
+    }
+
+    /// Host bytes the warm tier holds (offloads under way and restores not finished included).
+    pub(crate) fn host_used(&self) -> u64 {
+        self.entries.values().map(Entry::host).sum()
+    }
+
+    /// Takes the idle model `name` off its device: to the warm tier when the policy allows it
+    /// and the host budget has room (made by unloading the least recently used warm models),
+    /// else unloaded. Pushes the jobs to `out`.
+    fn demote(&mut self, name: &str, cause: EvictionCause, out: &mut Vec<Retire>) {
+        let Some(warm_victims) = self.host_room(name) else {
+            let e = self.entries.get_mut(name).expect("demoted model is in the map");
+            out.push(e.retire(name, Some(cause)));
+            return;
+        };
+        for n in warm_victims {
+            let e = self.entries.get_mut(&n).expect("warm victim is in the map");
+            out.push(e.retire(&n, Some(EvictionCause::Memory)));
+        }
+        let e = self.entries.get_mut(name).expect("demoted model is in the map");
+        let slot = e.slot().expect("only loaded models are demoted").clone();
+        e.phase = Phase::Offloading(slot.clone());
+        e.host_bytes = slot.weight_bytes;
+        out.push(Retire { name: name.to_string(), id: e.id, slot, cause: Some(cause), offload: true, counted: false });
+    }
+
+    /// Whether `name` may go warm: `Some(warm models to unload first)` when the policy allows
+    /// it and the host budget has (or can be given) room for it, least recently used first.
+    fn host_room(&self, name: &str) -> Option<Vec<String>> {
+        let slot = self.entries.get(name).and_then(Entry::slot)?;
+        if !self.warm.allows(slot) {
+            return None;
+        }
+        let (bytes, budget) = (slot.weight_bytes, self.warm.host_budget);
+        let mut used = self.host_used();
+        let mut warm: Vec<(&String, &Entry<L>)> = self.entries.iter().filter(|(n, e)| e.is_warm() && n.as_str() != name).collect();
+        warm.sort_by_key(|(_, e)| e.tick);
+        let mut victims = Vec::new();
+        for (n, e) in warm {
+            if used + bytes <= budget {
+                break;
+            }
+            used -= e.host();
+            victims.push(n.clone());
+        }
+        (used + bytes <= budget).then_some(victims)
+    }
+
+    /// The offload of entry `id` of `name` finished: with the host bytes it holds, or `None`
+    /// when it failed. Returns what to release: the model itself if its offload failed or the
+    /// pool closed meanwhile, and warm models if the real host copy overran the budget.
+    pub(crate) fn offloaded(&mut self, name: &str, id: u64, host_bytes: Option<u64>, cause: Option<EvictionCause>) -> Vec<Retire> {
+        let closed = self.closed;
+        let Some(e) = self.entries.get_mut(name).filter(|e| e.id == id) else { return Vec::new() };
+        let Phase::Offloading(slot) = &e.phase else { return Vec::new() };
+        let slot = slot.clone();
+        match host_bytes {
+            Some(host) if !closed => {
+                e.phase = Phase::Warm(slot);
+                e.resident = false;
+                e.host_bytes = host;
+                let mut out = Vec::new();
+                let budget = self.warm.host_budget;
+                let mut used = self.host_used();
+                if used > budget {
+                    let mut warm: Vec<(String, u64, u64)> = self
+                        .entries
+                        .iter()
+                        .filter(|(n, e)| e.is_warm() && n.as_str() != name)
+                        .map(|(n, e)| (n.clone(), e.tick, e.host()))
+                        .collect();
+                    warm.sort_by_key(|w| w.1);
+                    for (n, _, host) in warm {
+                        if used <= budget {
+                            break;
+                        }
+                        used -= host;
+                        let e = self.entries.get_mut(&n).expect("warm model is in the map");
+                        out.push(e.retire(&n, Some(EvictionCause::Memory)));
+                    }
+                }
+                out
+            }
+            Some(host) => {
+                // Closed while offloading: release it (from the host).
+                e.phase = Phase::Warm(slot);
+                e.resident = false;
+                e.host_bytes = host;
+                vec![Retire { counted: true, ..e.retire(name, cause) }]
+            }
+            None => {
+                e.phase = Phase::Ready(slot);
+                vec![Retire { counted: true, ..e.retire(name, cause) }]
+            }
+        }
+    }
+
+    /// The restore of entry `id` of `name` finished (`ok`) or failed. On success the waiters
+    /// become leases; on failure the model stays warm (or is released, if its service died
+    /// or the pool closed).
+    pub(crate) fn restored(&mut self, name: &str, id: u64, ok: bool) -> Published {
+        let closed = self.closed;
+        let e = self.entries.get_mut(name).filter(|e| e.id == id).expect("restored() needs the current entry");
+        let Phase::Restoring(_, slot) = &e.phase else { unreachable!("restored() needs a restoring entry") };
+        let slot = slot.clone();
+        if ok && !closed {
+            e.host_bytes = 0;
+            e.phase = Phase::Ready(slot);
+            return Published::Ready(Vec::new());
+        }
+        // Waiters get the failure; a fresh id so their pending leases do not touch the entry.
+        self.next_id += 1;
+        e.id = self.next_id;
+        e.leases = 0;
+        if ok {
+            e.host_bytes = 0;
+        } else {
+            e.resident = false;
+            if !closed && slot.service.is_ready() {
+                e.phase = Phase::Warm(slot);
+                return Published::Failed;
+            }
+        }
+        e.phase = Phase::Draining { slot: slot.clone(), retiring: true };
+        Published::Closed(Retire { name: name.to_string(), id: e.id, slot, cause: None, offload: false, counted: false })
+    }
+
+    /// One memory-pressure check of CUDA device `device` at `level`, `need` bytes above the
+    /// moderate threshold: idle models on it (least recently used first) go warm at `High`,
+    /// are unloaded at `Critical`, until `need` is covered. Releases under way count.
+    pub(crate) fn relieve(&mut self, device: usize, level: PressureLevel, need: u64) -> Vec<Retire> {
+        if self.closed || level < PressureLevel::High || need == 0 {
+            return Vec::new();
+        }
+        let on_device = |e: &Entry<L>| e.cuda_index() == Some(device);
+        let under_way: u64 = self.entries.values().filter(|e| e.retiring() && on_device(e)).map(Entry::bytes).sum();
+        let mut need = need.saturating_sub(under_way);
+        let mut candidates: Vec<(String, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.evictable() && on_device(e) && e.bytes() > 0)
+            .map(|(n, e)| (n.clone(), e.tick))
+            .collect();
+        candidates.sort_by_key(|c| c.1);
+        let mut out = Vec::new();
+        for (name, _) in candidates {
+            if need == 0 {
+                break;
+            }
+            let bytes = self.entries[&name].bytes();
+            if level == PressureLevel::Critical {
+                let e = self.entries.get_mut(&name).expect("candidate is in the map");
+                out.push(e.retire(&name, Some(EvictionCause::Pressure)));
+            } else if self.host_room(&name).is_some() {
+                self.demote(&name, EvictionCause::Pressure, &mut out);
+            } else {
+                // High but it cannot go warm: unloading waits for the critical level.
+                continue;
+            }
+            need = need.saturating_sub(bytes);
+        }
+        out
     }
 
     /// True while the loading entry `id` of `name` is still in the map.
@@ -366,7 +613,7 @@ impl<L: Default> State<L> {
             entry.id = self.next_id;
             entry.leases = 0;
             entry.phase = Phase::Draining { slot: slot.clone(), retiring: true };
-            return Published::Closed(Retire { name: name.to_string(), id: entry.id, slot, cause: None });
+            return Published::Closed(Retire { name: name.to_string(), id: entry.id, slot, cause: None, offload: false, counted: false });
         }
         // Waiters become leases here, atomically with publishing the model, so it cannot be
         // evicted before they pick it up.
@@ -395,8 +642,7 @@ impl<L: Default> State<L> {
                 break;
             }
             used -= bytes;
-            let e = self.entries.get_mut(&name).expect("candidate is in the map");
-            retires.push(e.retire(&name, Some(EvictionCause::Memory)));
+            self.demote(&name, EvictionCause::Memory, &mut retires);
         }
         retires
     }
@@ -418,7 +664,8 @@ impl<L: Default> State<L> {
         self.entries
             .iter_mut()
             .filter(|(_, e)| {
-                e.evictable() && e.ttl.is_some_and(|ttl| now.saturating_duration_since(e.last_used) >= ttl)
+                (e.evictable() || (e.is_warm() && !e.pinned))
+                    && e.ttl.is_some_and(|ttl| now.saturating_duration_since(e.last_used) >= ttl)
             })
             .map(|(name, e)| e.retire(name, Some(EvictionCause::Ttl)))
             .collect()
@@ -431,8 +678,9 @@ impl<L: Default> State<L> {
         let ours = draining == Some(e.id);
         let leased = || PoolError::Leased { name: name.to_string(), leases: e.leases };
         match &e.phase {
-            Phase::Loading(_) if fail_if_leased && e.leases > 0 => UnloadStep::Fail(leased()),
-            Phase::Loading(_) => UnloadStep::Wait,
+            Phase::Loading(_) | Phase::Restoring(..) if fail_if_leased && e.leases > 0 => UnloadStep::Fail(leased()),
+            Phase::Loading(_) | Phase::Restoring(..) | Phase::Offloading(_) => UnloadStep::Wait,
+            Phase::Warm(_) => UnloadStep::Retire(e.retire(name, Some(EvictionCause::Explicit))),
             Phase::Ready(_) if e.leases == 0 => UnloadStep::Retire(e.retire(name, Some(EvictionCause::Explicit))),
             Phase::Ready(_) if fail_if_leased => UnloadStep::Fail(leased()),
             Phase::Ready(slot) => {
@@ -460,7 +708,7 @@ impl<L: Default> State<L> {
     pub(crate) fn close_step(&mut self, force: bool) -> CloseStep {
         let mut step = CloseStep { retires: Vec::new(), forced_leases: 0, left: self.entries.len() };
         for (name, e) in self.entries.iter_mut() {
-            let releasable = matches!(e.phase, Phase::Ready(_) | Phase::Draining { retiring: false, .. });
+            let releasable = matches!(e.phase, Phase::Ready(_) | Phase::Warm(_) | Phase::Draining { retiring: false, .. });
             if releasable && (e.leases == 0 || force) {
                 if e.leases > 0 {
                     tracing::warn!(model = %name, leases = e.leases, "close timeout passed; releasing a leased model");

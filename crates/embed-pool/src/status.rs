@@ -15,17 +15,21 @@ pub enum EvictionCause {
     Memory,
     /// It stayed idle longer than its TTL.
     Ttl,
+    /// Its device's memory pressure was high (offloaded) or critical (unloaded).
+    Pressure,
     /// [`crate::Pool::unload`] or [`crate::Pool::close`].
     Explicit,
 }
 
 impl EvictionCause {
-    /// A short lowercase name (`capacity`, `memory`, `ttl`, `explicit`), for logs and metrics.
+    /// A short lowercase name (`capacity`, `memory`, `ttl`, `pressure`, `explicit`), for logs
+    /// and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             EvictionCause::Capacity => "capacity",
             EvictionCause::Memory => "memory",
             EvictionCause::Ttl => "ttl",
+            EvictionCause::Pressure => "pressure",
             EvictionCause::Explicit => "explicit",
         }
     }
@@ -47,6 +51,26 @@ pub enum ModelState {
     Ready,
     /// Leaving the pool: no new leases; released once the current ones end.
     Draining,
+    /// Its weights are moving to host memory (the warm tier).
+    Offloading,
+    /// Warm: weights in host memory, nothing on the device; a `get` restores it.
+    Warm,
+    /// Its weights are moving back to the device; callers wait for it as for a load.
+    Restoring,
+}
+
+impl ModelState {
+    /// A short lowercase name, for logs and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Loading => "loading",
+            ModelState::Ready => "ready",
+            ModelState::Draining => "draining",
+            ModelState::Offloading => "offloading",
+            ModelState::Warm => "warm",
+            ModelState::Restoring => "restoring",
+        }
+    }
 }
 
 /// One model in [`PoolStatus`].
@@ -57,8 +81,12 @@ pub struct ModelStatus {
     pub name: String,
     /// Loading, ready, or on its way out.
     pub state: ModelState,
-    /// Weight bytes it holds (the estimate while loading).
+    /// Its weight bytes (the estimate while loading), wherever they are.
     pub weight_bytes: u64,
+    /// Bytes it holds on its device (0 while warm): what the memory budget counts.
+    pub device_bytes: u64,
+    /// Host bytes of its warm copy (0 unless offloading, warm or restoring).
+    pub host_bytes: u64,
     /// Leases held now (while loading: callers waiting for it).
     pub leases: usize,
     /// When it was last leased or returned.
@@ -81,12 +109,45 @@ pub struct PoolStatus {
     pub max_models: usize,
     /// The memory budget, if any.
     pub memory_budget: Option<u64>,
-    /// Sum of the models' weight bytes.
+    /// Weight bytes on devices (warm models not included): what the memory budget counts.
     pub weight_bytes: u64,
+    /// Host bytes the warm tier holds.
+    pub host_bytes: u64,
+    /// The warm tier's host budget (0 when the tier is off).
+    pub host_budget: u64,
+    /// Whether the warm tier is on, or why it is off.
+    pub warm_tier: WarmTierStatus,
+    /// The memory-pressure level of each CUDA device the pool's models use, from the driver's
+    /// free memory now.
+    pub pressure: Vec<DevicePressure>,
     /// Sum of the models' leases.
     pub leases: usize,
     /// True once [`crate::Pool::close`] was called.
     pub closed: bool,
+}
+
+/// Whether the warm tier is on ([`PoolStatus::warm_tier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WarmTierStatus {
+    /// True when evicted models can go warm.
+    pub enabled: bool,
+    /// What it applies to, or why it is off.
+    pub note: String,
+}
+
+/// One device's memory pressure ([`PoolStatus::pressure`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct DevicePressure {
+    /// The CUDA device index.
+    pub device: usize,
+    /// The level at the configured thresholds.
+    pub level: crate::PressureLevel,
+    /// Free bytes the driver reports.
+    pub free: u64,
+    /// The device's total memory.
+    pub total: u64,
 }
 
 impl PoolStatus {
@@ -106,6 +167,8 @@ pub struct EvictionCounts {
     pub memory: u64,
     /// See [`EvictionCause::Ttl`].
     pub ttl: u64,
+    /// See [`EvictionCause::Pressure`].
+    pub pressure: u64,
     /// See [`EvictionCause::Explicit`].
     pub explicit: u64,
 }
@@ -128,13 +191,14 @@ impl EvictionCounts {
             EvictionCause::Capacity => &mut self.capacity,
             EvictionCause::Memory => &mut self.memory,
             EvictionCause::Ttl => &mut self.ttl,
+            EvictionCause::Pressure => &mut self.pressure,
             EvictionCause::Explicit => &mut self.explicit,
         }
     }
 
     /// All evictions.
     pub fn total(&self) -> u64 {
-        self.capacity + self.memory + self.ttl + self.explicit
+        self.capacity + self.memory + self.ttl + self.pressure + self.explicit
     }
 }
 
@@ -151,8 +215,17 @@ pub struct PoolStats {
     pub loads: u64,
     /// Failed loads (errors, timeouts, panics).
     pub load_failures: u64,
-    /// Models released, by cause.
+    /// Models taken off their device (offloaded to the warm tier or unloaded), and warm models
+    /// unloaded, by cause.
     pub evictions: EvictionCounts,
+    /// Models offloaded to the warm tier.
+    pub offloads: u64,
+    /// Offloads that failed (the model was unloaded instead).
+    pub offload_failures: u64,
+    /// Warm models restored to their device.
+    pub restores: u64,
+    /// Restores that failed (the model stayed warm, or was released if its service died).
+    pub restore_failures: u64,
     /// `get` calls that waited for a lease to end because the pool was full.
     pub capacity_waits: u64,
     /// Total time spent in those waits.

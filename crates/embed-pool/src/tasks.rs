@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use embed_core::memory::{accelerator_available, cuda_memory};
+use embed_core::memory::accelerator_available;
 use embed_core::{panic_message, CleanupReport, DeviceSpec, EmbeddingService, ModelSource, ModelSpec};
 use futures::FutureExt;
 use scopeguard::ScopeGuard;
@@ -21,9 +21,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::memory_release::MemoryMark;
-use crate::state::{self, CloseStep, Published, Retire, Slot, Step, UnloadStep, WaitFor, Wanted};
+use crate::state::{self, CloseStep, Published, Retire, Slot, Step, UnloadStep, WaitFor, Wanted, WarmPolicy};
 use crate::history::History;
-use crate::{EvictionCounts, ModelLoader, ModelRegistry, ModelSettings, PoolAction, PoolConfig, PoolError, PoolEvent, PoolStats};
+use crate::{
+    DeviceMemory, DevicePressure, EvictionCounts, ModelLoader, ModelRegistry, ModelSettings, PoolAction, PoolConfig, PoolError,
+    PoolEvent, PoolStats,
+};
 
 pub(crate) type State = state::State<LoadCell>;
 
@@ -65,6 +68,10 @@ struct Counters {
     capacity_waits: AtomicU64,
     capacity_wait_nanos: AtomicU64,
     exhausted: AtomicU64,
+    offloads: AtomicU64,
+    offload_failures: AtomicU64,
+    restores: AtomicU64,
+    restore_failures: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -117,17 +124,22 @@ pub(crate) struct Shared {
     counters: Counters,
     /// Recent loads and releases, for [`crate::Pool::history`].
     pub(crate) history: History,
+    /// Where CUDA free memory is read.
+    pub(crate) memory: Arc<dyn DeviceMemory>,
     maintenance_started: AtomicBool,
 }
 
 impl Shared {
-    pub(crate) fn new(config: PoolConfig, registry: ModelRegistry, loader: Arc<dyn ModelLoader>) -> Arc<Self> {
+    pub(crate) fn new(config: PoolConfig, registry: ModelRegistry, loader: Arc<dyn ModelLoader>, memory: Arc<dyn DeviceMemory>) -> Arc<Self> {
         let config_history_len = config.history_len;
+        let mut state = State::default();
+        state.warm = WarmPolicy { mode: config.warm.mode, host_budget: config.warm.host_budget.bytes() };
         let shared = Arc::new(Shared {
             config,
             registry: RwLock::new(registry),
             loader,
-            state: Mutex::new(State::default()),
+            memory,
+            state: Mutex::new(state),
             changed: Notify::new(),
             counters: Counters::default(),
             history: History::new(config_history_len),
@@ -215,8 +227,10 @@ impl Shared {
     }
 
     fn cuda_free(&self, w: &Wanted) -> Option<u64> {
-        let device = w.cuda?;
-        cuda_memory(device).ok().map(|m| m.device_free)
+        // A warm model restores onto its own device, whatever the registry says now.
+        let warm_device = self.lock().entries.get(&w.name).and_then(|e| e.cuda_index());
+        let device = warm_device.or(w.cuda)?;
+        self.memory.free_and_total(device).map(|(free, _)| free)
     }
 
     async fn acquire(self: &Arc<Self>, w: &Wanted) -> Result<(Arc<Slot>, u64), PoolError> {
@@ -246,6 +260,13 @@ impl Shared {
                 }
                 Step::Join(cell, id) => {
                     let pending = pending_lease(self, &w.name, id);
+                    bump(&self.counters.misses);
+                    drop(clock);
+                    return join(pending, cell).await;
+                }
+                Step::Restore(cell, id, slot) => {
+                    let pending = pending_lease(self, &w.name, id);
+                    self.spawn_restore(w.name.clone(), slot, cell.clone(), id);
                     bump(&self.counters.misses);
                     drop(clock);
                     return join(pending, cell).await;
@@ -355,6 +376,7 @@ impl Shared {
                             retires.push(retire);
                             let _ = cell.outcome.set(Err(LoadFailure::Closed));
                         }
+                        Published::Failed => unreachable!("publish() never fails"),
                         Published::Ready(trimmed) => {
                             let _ = cell.outcome.set(Ok(slot));
                             retires.extend(trimmed);
@@ -378,9 +400,13 @@ impl Shared {
     /// Releases a model on a task of its own (so a cancelled caller cannot strand the entry),
     /// then removes its entry. The handle yields the cleanup report.
     fn spawn_retire(self: &Arc<Self>, r: Retire) -> JoinHandle<Option<CleanupReport>> {
-        if let Some(cause) = r.cause {
+        if let Some(cause) = r.cause.filter(|_| !r.counted) {
             self.counters.evictions.lock().unwrap_or_else(PoisonError::into_inner).bump(cause);
-            tracing::info!(model = %r.name, %cause, weight_bytes = r.slot.weight_bytes, "pool releasing model");
+            let action = if r.offload { "offloading" } else { "releasing" };
+            tracing::info!(model = %r.name, %cause, weight_bytes = r.slot.weight_bytes, "pool {action} model");
+        }
+        if r.offload {
+            return self.spawn_offload(r);
         }
         let weak = Arc::downgrade(self);
         let release_timeout = self.config.memory_budget.map(|_| self.config.timeouts.memory_release);
@@ -416,6 +442,134 @@ impl Shared {
         })
     }
 
+    /// Offloads a model to the warm tier on a task of its own; the entry stays (warm). If the
+    /// offload fails, the model is released instead.
+    fn spawn_offload(self: &Arc<Self>, r: Retire) -> JoinHandle<Option<CleanupReport>> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = r.slot.service.offload().await;
+            let Some(shared) = weak.upgrade() else { return None };
+            let host = match &result {
+                Ok(report) => {
+                    bump(&shared.counters.offloads);
+                    shared.history.record(PoolEvent {
+                        model: r.name.clone(),
+                        action: PoolAction::Offloaded,
+                        cause: r.cause,
+                        weight_bytes: report.host_bytes,
+                        at: SystemTime::now(),
+                        duration: started.elapsed(),
+                    });
+                    Some(report.host_bytes)
+                }
+                Err(e) => {
+                    bump(&shared.counters.offload_failures);
+                    tracing::warn!(model = %r.name, error = %e, "offload failed; unloading the model instead");
+                    None
+                }
+            };
+            let follow = shared.lock().offloaded(&r.name, r.id, host, r.cause);
+            shared.changed.notify_waiters();
+            for f in follow {
+                drop(shared.spawn_retire(f));
+            }
+            None
+        })
+    }
+
+    /// Restores a warm model on a task of its own (so it reaches every waiter even if the
+    /// caller that started it goes away).
+    fn spawn_restore(self: &Arc<Self>, name: String, slot: Arc<Slot>, cell: Arc<LoadCell>, id: u64) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = AssertUnwindSafe(slot.service.restore()).catch_unwind().await;
+            let failure = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(LoadFailure::Error(Arc::new(e))),
+                Err(panic) => Some(LoadFailure::Panicked(panic_message(panic.as_ref()))),
+            };
+            let Some(shared) = weak.upgrade() else {
+                slot.service.begin_cleanup();
+                return;
+            };
+            shared.history.record(PoolEvent {
+                model: name.clone(),
+                action: if failure.is_none() { PoolAction::Restored } else { PoolAction::RestoreFailed },
+                cause: None,
+                weight_bytes: slot.weight_bytes,
+                at: SystemTime::now(),
+                duration: started.elapsed(),
+            });
+            match &failure {
+                None => {
+                    bump(&shared.counters.restores);
+                    tracing::info!(model = %name, ms = started.elapsed().as_millis() as u64, "pool restored model");
+                }
+                Some(f) => {
+                    bump(&shared.counters.restore_failures);
+                    tracing::warn!(model = %name, error = %f.to_error(&name), "pool failed to restore model");
+                }
+            }
+            let mut retire = None;
+            {
+                let mut st = shared.lock();
+                match st.restored(&name, id, failure.is_none()) {
+                    Published::Ready(_) => {
+                        let _ = cell.outcome.set(Ok(slot));
+                    }
+                    Published::Closed(r) => {
+                        retire = Some(r);
+                        let _ = cell.outcome.set(Err(failure.unwrap_or(LoadFailure::Closed)));
+                    }
+                    Published::Failed => {
+                        let _ = cell.outcome.set(Err(failure.unwrap_or(LoadFailure::Closed)));
+                    }
+                }
+            }
+            cell.done.notify_waiters();
+            shared.changed.notify_waiters();
+            if let Some(r) = retire {
+                drop(shared.spawn_retire(r));
+            }
+        });
+    }
+
+    /// One memory-pressure check of every CUDA device the pool's models use: idle models go
+    /// warm at the high level, are unloaded at the critical one. Waits for those moves and
+    /// returns the models moved.
+    pub(crate) async fn relieve_pressure(self: &Arc<Self>) -> Vec<String> {
+        let mut retires = Vec::new();
+        for p in self.pressure() {
+            let used = p.total.saturating_sub(p.free);
+            let target = (self.config.pressure.moderate.clamp(0.0, 1.0) * p.total as f64) as u64;
+            let need = used.saturating_sub(target);
+            let mut st = self.lock();
+            retires.extend(st.relieve(p.device, p.level, need));
+        }
+        let names = retires.iter().map(|r| r.name.clone()).collect();
+        if !retires.is_empty() {
+            tracing::info!(models = ?names, "memory pressure: taking idle models off their device");
+        }
+        self.retire_all(retires).await;
+        names
+    }
+
+    /// The pressure level of each CUDA device the pool's models are on.
+    pub(crate) fn pressure(&self) -> Vec<DevicePressure> {
+        let mut devices: Vec<usize> = self.lock().entries.values().filter_map(|e| e.cuda_index()).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        devices
+            .into_iter()
+            .filter_map(|device| {
+                let (free, total) = self.memory.free_and_total(device)?;
+                Some(DevicePressure { device, level: self.config.pressure.level(free, total), free, total })
+            })
+            .collect()
+    }
+
     /// Releases every model in `retires` and waits until they are freed.
     async fn retire_all(self: &Arc<Self>, retires: Vec<Retire>) {
         let handles: Vec<_> = retires.into_iter().map(|r| self.spawn_retire(r)).collect();
@@ -436,11 +590,10 @@ impl Shared {
         if self.maintenance_started.load(Ordering::Relaxed) {
             return;
         }
-        let Some(interval) = self.config.maintenance_interval else { return };
-        let needed = self.config.default_ttl.is_some() || self.registry().any_ttl();
-        if !needed {
-            return;
-        }
+        let ttl_interval = self.config.maintenance_interval.filter(|_| self.config.default_ttl.is_some() || self.registry().any_ttl());
+        // Pressure is only watched where there is a device to watch.
+        let pressure_interval = self.config.pressure.interval.filter(|_| accelerator_available() || self.config.warm.mode == crate::WarmMode::Always);
+        let Some(interval) = [ttl_interval, pressure_interval].into_iter().flatten().min() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         if self.maintenance_started.swap(true, Ordering::SeqCst) {
             return;
@@ -458,6 +611,9 @@ impl Shared {
                 let expired = shared.evict_expired_at(Instant::now()).await;
                 if !expired.is_empty() {
                     tracing::debug!(models = ?expired, "idle models expired");
+                }
+                if shared.config.pressure.interval.is_some() {
+                    shared.relieve_pressure().await;
                 }
             }
         });
@@ -545,6 +701,10 @@ impl Shared {
             capacity_waits: get(&c.capacity_waits),
             capacity_wait_time: Duration::from_nanos(get(&c.capacity_wait_nanos)),
             exhausted: get(&c.exhausted),
+            offloads: get(&c.offloads),
+            offload_failures: get(&c.offload_failures),
+            restores: get(&c.restores),
+            restore_failures: get(&c.restore_failures),
         }
     }
 }

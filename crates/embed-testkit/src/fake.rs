@@ -1,15 +1,15 @@
 //! A fake embedding service with live-instance accounting, for testing lifetimes without
 //! libtorch in the loop.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use embed_core::{
-    CleanupReport, EmbedOptions, EmbeddingService, Embeddings, Error, ModelInfo,
-    ModelSpec, ServiceState, TokenizedText,
+    CleanupReport, EmbedOptions, EmbeddingService, Embeddings, Error, ModelInfo, ModelSpec, MoveReport, Residency,
+    ResolvedDevice, ServiceState, TokenizedText,
 };
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -46,15 +46,38 @@ pub struct FakeService {
     dim: usize,
     load_delay: Duration,
     inner: Mutex<Inner>,
+    /// The "weights" are offloaded (see [`FakeService::moves`]).
+    on_host: AtomicBool,
+    offloads: AtomicU64,
+    restores: AtomicU64,
+    /// Requests that arrived while offloaded (a pool must restore a model before leasing it).
+    requests_on_host: AtomicU64,
+    fail_moves: AtomicBool,
+}
+
+static HOST_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes held by offloaded fakes ("host copies" of their weight bytes), process-wide.
+pub fn fake_host_bytes() -> u64 {
+    HOST_BYTES.load(Ordering::SeqCst)
 }
 
 impl FakeService {
     /// A fake producing `dim`-dimensional vectors.
     pub fn new(dim: usize) -> Self {
+        Self::with_inner(dim, Inner { state: ServiceState::Unloaded, info: None, holding: false })
+    }
+
+    fn with_inner(dim: usize, inner: Inner) -> Self {
         FakeService {
             dim,
             load_delay: Duration::ZERO,
-            inner: Mutex::new(Inner { state: ServiceState::Unloaded, info: None, holding: false }),
+            inner: Mutex::new(inner),
+            on_host: AtomicBool::new(false),
+            offloads: AtomicU64::new(0),
+            restores: AtomicU64::new(0),
+            requests_on_host: AtomicU64::new(0),
+            fail_moves: AtomicBool::new(false),
         }
     }
 
@@ -64,11 +87,55 @@ impl FakeService {
     pub fn ready(name: &str, source: &str, dim: usize, weight_bytes: u64) -> Self {
         LIVE.fetch_add(1, Ordering::SeqCst);
         let info = ModelInfo::fake(name, source, dim, weight_bytes);
-        FakeService {
-            dim,
-            load_delay: Duration::ZERO,
-            inner: Mutex::new(Inner { state: ServiceState::Ready, info: Some(info), holding: true }),
+        Self::with_inner(dim, Inner { state: ServiceState::Ready, info: Some(info), holding: true })
+    }
+
+    /// Reports `device` as the model's device (a loaded fake says CPU).
+    pub fn on_device(self, device: ResolvedDevice) -> Self {
+        if let Some(info) = self.lock().info.as_mut() {
+            info.device = device;
         }
+        self
+    }
+
+    /// Offloads and restores since creation, and requests that arrived while offloaded.
+    pub fn moves(&self) -> (u64, u64, u64) {
+        let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        (get(&self.offloads), get(&self.restores), get(&self.requests_on_host))
+    }
+
+    /// Makes `offload` and `restore` fail (as a full host or device would).
+    pub fn fail_moves(&self, fail: bool) {
+        self.fail_moves.store(fail, Ordering::SeqCst);
+    }
+
+    fn weight_bytes(&self) -> u64 {
+        self.lock().info.as_ref().map_or(0, |i| i.weight_bytes)
+    }
+
+    fn go(&self, to: Residency) -> Result<MoveReport, Error> {
+        let state = self.state();
+        if state != ServiceState::Ready {
+            return Err(Error::NotReady { state });
+        }
+        let bytes = self.weight_bytes();
+        let to_host = to == Residency::Host;
+        let moved = self.on_host.load(Ordering::SeqCst) != to_host;
+        if moved && self.fail_moves.load(Ordering::SeqCst) {
+            return Err(Error::Inference { model: "fake".into(), message: "the fake was told to fail moves".into() });
+        }
+        if moved {
+            self.on_host.store(to_host, Ordering::SeqCst);
+            if to_host {
+                HOST_BYTES.fetch_add(bytes, Ordering::SeqCst);
+                self.offloads.fetch_add(1, Ordering::SeqCst);
+            } else {
+                HOST_BYTES.fetch_sub(bytes, Ordering::SeqCst);
+                self.restores.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let b = if moved { bytes } else { 0 };
+        Ok(MoveReport { residency: to, moved, tensor_bytes: b, host_bytes: b, duration: Duration::ZERO })
     }
 
     /// Makes `load` take `delay` (to widen cancellation windows); the fake holds its model
@@ -88,8 +155,12 @@ impl FakeService {
         if !st.holding {
             return false;
         }
+        let bytes = st.info.as_ref().map_or(0, |i| i.weight_bytes);
         *st = Inner { state: next, info: None, holding: false };
         LIVE.fetch_sub(1, Ordering::SeqCst);
+        if self.on_host.swap(false, Ordering::SeqCst) {
+            HOST_BYTES.fetch_sub(bytes, Ordering::SeqCst);
+        }
         true
     }
 
@@ -148,6 +219,11 @@ impl EmbeddingService for FakeService {
         if state != ServiceState::Ready {
             return Err(Error::NotReady { state });
         }
+        if self.on_host.load(Ordering::SeqCst) {
+            // As the real service does: restore, then serve.
+            self.requests_on_host.fetch_add(1, Ordering::SeqCst);
+            self.go(Residency::Device)?;
+        }
         Ok(Embeddings {
             vectors: texts.iter().map(|t| self.vector(t)).collect(),
             token_counts: texts.iter().map(|t| t.len() + 2).collect(),
@@ -164,6 +240,18 @@ impl EmbeddingService for FakeService {
 
     fn info(&self) -> Option<ModelInfo> {
         self.lock().info.clone()
+    }
+
+    async fn offload(&self) -> Result<MoveReport, Error> {
+        self.go(Residency::Host)
+    }
+
+    async fn restore(&self) -> Result<MoveReport, Error> {
+        self.go(Residency::Device)
+    }
+
+    fn residency(&self) -> Option<Residency> {
+        (self.state() == ServiceState::Ready).then(|| if self.on_host.load(Ordering::SeqCst) { Residency::Host } else { Residency::Device })
     }
 
     fn state(&self) -> ServiceState {

@@ -28,7 +28,7 @@ mod tiny;
 
 use std::path::PathBuf;
 
-pub use fake::{fakes_dropped_while_live, live_fakes, FakeService};
+pub use fake::{fake_host_bytes, fakes_dropped_while_live, live_fakes, FakeService};
 pub use tiny::{corrupt_weights, TinyModel};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

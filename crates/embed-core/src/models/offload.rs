@@ -110,16 +110,20 @@ impl HostCopy {
         }
         let mut chunks = Vec::new();
         let mut left = total;
+        let pinned = matches!(device, Device::Cuda(_));
         while left > 0 {
-            let n = left.min(CHUNK_BYTES);
+            // The pinned allocator rounds an allocation up to a power of two: the last chunk is
+            // allocated at that size, so `host_bytes` is what is really held.
+            let n = if pinned { (left.min(CHUNK_BYTES) as u64).next_power_of_two() as i64 } else { left.min(CHUNK_BYTES) };
             let chunk = Tensor::f_empty([n], (Kind::Uint8, Device::Cpu)).map_err(|e| error(name, e))?;
             let chunk = match device {
                 Device::Cuda(_) => chunk.f_pin_memory(device).map_err(|e| error(name, e))?,
                 _ => chunk,
             };
             chunks.push(chunk);
-            left -= n;
+            left -= n.min(left);
         }
+        let host_bytes: i64 = chunks.iter().map(Tensor::numel).sum::<usize>() as i64;
         for e in &entries {
             copy_bytes(&chunks, e.offset, &bytes_of(&e.handle), e.len, true).map_err(|err| error(name, err))?;
         }
@@ -129,11 +133,11 @@ impl HostCopy {
         }
         let copy = HostCopy {
             chunks,
-            host_bytes: total.max(0) as u64,
+            host_bytes: host_bytes as u64,
             tensor_bytes: entries.iter().map(|e| e.len as u64).sum(),
             entries,
             duration: started.elapsed(),
-            _counted: crate::memory::OffloadedBytes::new(total.max(0) as u64),
+            _counted: crate::memory::OffloadedBytes::new(host_bytes as u64),
         };
         // A tensor that is a view of another has a storage of its own handle, which the swap
         // above did not reach: it would keep device memory alive. No family holds one; this
