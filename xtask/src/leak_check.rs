@@ -2,7 +2,8 @@
 //! child process of its own (`embed-server`'s `leak_check` example), prints a verdict table,
 //! writes it as JSON, and exits non-zero on any leak.
 //!
-//! CPU verdicts (after a warm-up cycle): no model or weight bytes left live after any cycle;
+//! CPU verdicts (after a warm-up cycle): no model, weight bytes or host copy of offloaded weights
+//! left live after any cycle (the core and pool layers offload and restore models too);
 //! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; anonymous resident
 //! memory (RssAnon: heap and stacks, not library code pages) within max(24 MiB, 5 %, 2 % of the
 //! largest model's weights). CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
@@ -100,6 +101,9 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
     }
     if r["weights_after"].as_u64() != Some(0) {
         problems.push(format!("{} weight bytes still accounted after a cycle", r["weights_after"]));
+    }
+    if r["offloaded_after"].as_u64() != Some(0) {
+        problems.push(format!("{} host bytes of offloaded weights still held after a cycle", r["offloaded_after"]));
     }
     let alloc_growth = max_alloc - base_alloc;
     let alloc_limit = ALLOCATOR_SLACK_BYTES.max(ALLOCATOR_SLACK_FRACTION * base_alloc);
@@ -204,7 +208,7 @@ mod tests {
 
     fn report() -> serde_json::Value {
         json!({
-            "live_models_after": 0, "weights_after": 0,
+            "live_models_after": 0, "weights_after": 0, "offloaded_after": 0,
             "baseline": {"allocator": 100e6, "resident": 300e6, "cuda_allocated": 5.0, "cuda_reserved": 8.0, "cuda_used": 1e9},
             "max_after": {"allocator": 101e6, "resident": 310e6},
             "after": {"cuda_used": 1e9},
@@ -216,6 +220,14 @@ mod tests {
     fn flat_figures_pass() {
         assert_eq!(verdict(&report(), false), (true, vec![]));
         assert_eq!(verdict(&report(), true), (true, vec![]));
+    }
+
+    #[test]
+    fn a_host_copy_left_after_a_cycle_fails() {
+        let mut r = report();
+        r["offloaded_after"] = json!(1 << 20);
+        let (ok, problems) = verdict(&r, false);
+        assert!(!ok && problems[0].contains("offloaded"), "{problems:?}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use embed_core::memory::{self, MemorySnapshot};
 use embed_core::{DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
-use embed_pool::{ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode};
+use embed_pool::{HostBudget, ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode, WarmMode, WarmTier};
 use embed_testkit::{fixture_dir, minilm_dir, reference, TinyModel};
 
 struct Args {
@@ -56,8 +56,17 @@ async fn sample() -> MemorySnapshot {
 
 async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     let svc = embed_core::DenseEmbeddingService::from_spec(spec(device)).await.expect("load");
-    svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed");
+    let before = svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed").vectors;
     note_peak(peak);
+    // The warm tier's moves: offload and restore, a request that restores, and a release of an
+    // offloaded model (its host copy must go with it).
+    svc.offload().await.expect("offload");
+    note_peak(peak);
+    svc.restore().await.expect("restore");
+    svc.offload().await.expect("offload");
+    let after = svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed after offload").vectors;
+    assert_eq!(before, after, "vectors changed across an offload and restore");
+    svc.offload().await.expect("offload");
     svc.cleanup().await.expect("cleanup");
 }
 
@@ -100,7 +109,10 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
         // A cross-encoder and a SPLADE encoder churn beside the embedders.
         .with("reranker", fixture("bert-reranker"))
         .with("splade", fixture("bert-splade"));
-    let pool = Pool::new(PoolConfig::default().with_max_models(2), registry);
+    // The warm tier on, CPU models too, with room for about one MiniLM: evictions go warm,
+    // gets restore, and the host budget unloads the least recently used warm models.
+    let warm = WarmTier { mode: WarmMode::Always, host_budget: HostBudget::Bytes(120 << 20) };
+    let pool = Pool::new(PoolConfig::default().with_max_models(2).with_warm_tier(warm), registry);
     let churn = vec!["churn".to_string(), "a second text to score".to_string()];
     let opts = EmbedOptions::default();
     for _ in 0..3 {
@@ -119,6 +131,8 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
     pool.evict_expired().await;
     pool.preload("minilm").await.expect("preload");
     pool.unload("minilm", UnloadMode::WaitForLeases).await.expect("unload");
+    let stats = pool.stats();
+    assert!(stats.offloads > 0 && stats.restores > 0, "the pool layer must churn the warm tier: {stats:?}");
     pool.close().await;
 }
 
@@ -178,6 +192,7 @@ async fn main() {
     }
     let mut peak = MemorySnapshot::default();
     let mut after = Vec::new();
+    let mut offloaded_after = 0;
     // Cycle 0 is the warm-up: allocator pools, thread pools, lazily loaded kernels.
     for cycle in 0..=a.cycles {
         match a.layer.as_str() {
@@ -191,6 +206,7 @@ async fn main() {
             }
         }
         let s = sample().await;
+        offloaded_after = offloaded_after.max(memory::offloaded_host_bytes());
         eprintln!("{} cycle {cycle}: anonymous resident {} allocator {} live {}", a.layer, s.resident_anon, s.cpu_allocator, s.live_models);
         after.push(s);
     }
@@ -214,6 +230,7 @@ async fn main() {
         "max_after": {"resident": max_after(|s| s.resident_anon), "allocator": max_after(|s| s.cpu_allocator)},
         "live_models_after": after.iter().map(|s| s.live_models).max().unwrap_or(0),
         "weights_after": after.iter().map(|s| s.model_weights).max().unwrap_or(0),
+        "offloaded_after": offloaded_after,
         "cuda_allocated_after": after.iter().filter_map(|s| s.cuda.map(|c| c.allocated)).collect::<Vec<_>>(),
         "cuda_reserved_after": after.iter().filter_map(|s| s.cuda.map(|c| c.reserved)).collect::<Vec<_>>(),
     });
