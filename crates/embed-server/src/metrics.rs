@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use embed_core::BatchStats;
-use embed_pool::{EvictionCause, Pool};
+use embed_pool::{EvictionCause, ModelState, Pool};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -240,12 +240,34 @@ impl Collector for PoolCollector {
         {
             let c = ConstCounter::new(0u64);
             let mut metric = e.encode_descriptor("embed_pool_evictions", "Evictions by cause", None, c.metric_type())?;
-            for cause in [EvictionCause::Capacity, EvictionCause::Memory, EvictionCause::Ttl, EvictionCause::Explicit] {
+            for cause in [EvictionCause::Capacity, EvictionCause::Memory, EvictionCause::Ttl, EvictionCause::Pressure, EvictionCause::Explicit] {
                 let labels = [("cause", cause.as_str())];
                 ConstCounter::new(stats.evictions.get(cause)).encode(metric.encode_family(&labels)?)?;
             }
         }
         counter(e, "embed_pool_loads", "Model loads", stats.loads)?;
+        counter(e, "embed_pool_offloads", "Models offloaded to the warm tier (host memory)", stats.offloads)?;
+        counter(e, "embed_pool_offload_failures", "Offloads that failed (the model was unloaded instead)", stats.offload_failures)?;
+        counter(e, "embed_pool_restores", "Warm models restored to their device", stats.restores)?;
+        counter(e, "embed_pool_restore_failures", "Restores that failed", stats.restore_failures)?;
+        gauge(e, "embed_pool_warm_models", "Models in the warm tier", to_i64(status.models.iter().filter(|m| m.state == ModelState::Warm).count() as u64))?;
+        gauge(e, "embed_pool_device_weight_bytes", "Weight bytes the pool's models hold on devices (what the memory budget counts)", to_i64(status.weight_bytes))?;
+        gauge(e, "embed_pool_memory_budget_bytes", "The pool's device memory budget (0: none)", to_i64(status.memory_budget.unwrap_or(0)))?;
+        gauge(e, "embed_pool_host_bytes", "Host bytes the warm tier holds", to_i64(status.host_bytes))?;
+        gauge(e, "embed_pool_host_budget_bytes", "The warm tier's host budget (0 when the tier is off)", to_i64(status.host_budget))?;
+        {
+            let g = ConstGauge::new(0i64);
+            let mut metric = e.encode_descriptor(
+                "embed_pool_memory_pressure",
+                "Memory-pressure level of each CUDA device the models use: 0 low, 1 moderate, 2 high, 3 critical",
+                None,
+                g.metric_type(),
+            )?;
+            for p in &status.pressure {
+                let labels = [("device", format!("cuda:{}", p.device))];
+                ConstGauge::new(i64::from(p.level.as_number())).encode(metric.encode_family(&labels)?)?;
+            }
+        }
         counter(e, "embed_pool_load_failures", "Failed model loads", stats.load_failures)?;
         use embed_core::memory as mem;
         gauge(e, "embed_memory_weight_bytes", "Weight bytes of every model in the process", to_i64(mem::live_weight_bytes()))?;

@@ -12,9 +12,33 @@ pub(crate) struct Models {
     loaded: Vec<LoadedModel>,
     registered: Vec<RegistryEntry>,
     max_models: usize,
-    /// Bytes of weights the pool may hold; `null` when unlimited.
+    /// Bytes of weights the pool may hold on devices; `null` when unlimited.
     memory_budget: Option<u64>,
+    /// Weight bytes on devices (what the budget counts; warm models not included).
     weight_bytes: u64,
+    warm_tier: WarmTierBody,
+    /// Memory-pressure level of each CUDA device the models use.
+    pressure: Vec<PressureBody>,
+}
+
+/// The warm tier in `/models`: on or off (and why), its host budget and what it holds.
+#[derive(Debug, Serialize)]
+struct WarmTierBody {
+    enabled: bool,
+    note: String,
+    /// Host bytes it may hold (0 when off).
+    host_budget: u64,
+    /// Host bytes the warm models' weights hold.
+    host_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct PressureBody {
+    device: String,
+    /// `low`, `moderate`, `high` or `critical`.
+    level: &'static str,
+    free_bytes: u64,
+    total_bytes: u64,
 }
 
 impl Models {
@@ -39,6 +63,17 @@ impl Models {
             max_models: status.max_models,
             memory_budget: status.memory_budget,
             weight_bytes: status.weight_bytes,
+            warm_tier: WarmTierBody {
+                enabled: status.warm_tier.enabled,
+                note: status.warm_tier.note,
+                host_budget: status.host_budget,
+                host_bytes: status.host_bytes,
+            },
+            pressure: status
+                .pressure
+                .iter()
+                .map(|p| PressureBody { device: format!("cuda:{}", p.device), level: p.level.as_str(), free_bytes: p.free, total_bytes: p.total })
+                .collect(),
         }
     }
 }
@@ -52,9 +87,14 @@ struct LoadedModel {
     /// What it computes: `embedding`, `reranker`, `classifier` or `sparse` (once loaded).
     kind: Option<ModelKind>,
     dimension: Option<usize>,
-    /// The pool's `ModelState`, lower-case: `loading`, `ready`, ….
-    state: String,
+    /// The pool's `ModelState`: `loading`, `ready`, `draining`, `offloading`, `warm` or
+    /// `restoring`.
+    state: &'static str,
+    /// Its weight bytes, wherever they are.
     weight_bytes: u64,
+    /// Where its weights are now: on its device, or in host memory (warm).
+    device_bytes: u64,
+    host_bytes: u64,
     leases: usize,
     pinned: bool,
     device: Option<String>,
@@ -71,11 +111,13 @@ impl LoadedModel {
             kind: m.kind,
             dimension: info.as_ref().map(|i| i.dimension),
             dtype: info.as_ref().map(|i| i.dtype.to_string()),
-            state: format!("{:?}", m.state).to_lowercase(),
+            state: m.state.as_str(),
             device: m.device.map(|d| d.to_string()),
             idle_seconds: now.saturating_duration_since(m.last_used).as_secs_f64(),
             name: m.name,
             weight_bytes: m.weight_bytes,
+            device_bytes: m.device_bytes,
+            host_bytes: m.host_bytes,
             leases: m.leases,
             pinned: m.pinned,
         }
@@ -133,8 +175,9 @@ pub(crate) struct Events {
     events: Vec<Event>,
 }
 
-/// One pool event. `cause` is `capacity`, `memory`, `ttl` or `explicit` for releases and null
-/// otherwise; `at` is Unix time in seconds.
+/// One pool event. `action` is `loaded`, `load_failed`, `offloaded`, `restored`,
+/// `restore_failed` or `unloaded`; `cause` is `capacity`, `memory`, `ttl`, `pressure` or
+/// `explicit` for offloads and releases, null otherwise; `at` is Unix time in seconds.
 #[derive(Debug, Serialize)]
 struct Event {
     model: String,

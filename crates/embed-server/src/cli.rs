@@ -1,0 +1,449 @@
+//! The server binary's configuration: flags, `EMBED_*` environment variables and the TOML file
+//! (`--config`), in that order of precedence, turned into the pool's and the server's settings.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use embed_core::{DType, DeviceSpec, ModelOptions, ModelSpec};
+use embed_pool::{HostBudget, ModelRegistry, ModelSettings, PoolConfig, Pressure, WarmMode, WarmTier};
+use embed_server::{Limits, ServerConfig, Timeouts};
+use serde::Deserialize;
+
+/// Serve text-embedding models over HTTP.
+///
+/// Routes: POST /embed, /tokenize (TEI); POST /v1/embeddings, GET /v1/models (OpenAI);
+/// GET /models, POST /models/{name}/load|unload (admin); GET /info, /health, /ready, /metrics.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub(crate) struct Args {
+    /// TOML config file (keys as the long flags with '_' for '-', models under [models.NAME]).
+    #[arg(long, env = "EMBED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "EMBED_BIND")]
+    bind: Option<SocketAddr>,
+    /// A model as NAME=SOURCE (a local directory or a hub id); repeatable, or comma-separated in
+    /// EMBED_MODELS.
+    #[arg(long = "model", env = "EMBED_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Model used when a request names none (default: the first model).
+    #[arg(long, env = "EMBED_DEFAULT_MODEL")]
+    default_model: Option<String>,
+    /// Models to load before /ready reports ready (default: the default model).
+    #[arg(long, env = "EMBED_PRELOAD", value_delimiter = ',')]
+    preload: Vec<String>,
+    /// Most models loaded at once (LRU eviction of idle models beyond it).
+    #[arg(long, env = "EMBED_MAX_MODELS")]
+    max_models: Option<usize>,
+    /// Memory budget for model weights, in bytes (suffixes K, M, G accepted).
+    #[arg(long, env = "EMBED_MEMORY_BUDGET")]
+    memory_budget: Option<String>,
+    /// Where models evicted from a CUDA device go: `auto` (the warm tier: weights kept in
+    /// pinned host memory, restored on the next request much faster than a load; CUDA models
+    /// only; the default), `off` (unloaded), `always` (CPU models too; gains nothing).
+    #[arg(long, env = "EMBED_WARM_TIER")]
+    warm_tier: Option<String>,
+    /// Host memory the warm tier may hold: bytes (suffixes K, M, G) or a percentage of the RAM
+    /// (default 25%).
+    #[arg(long, env = "EMBED_HOST_BUDGET")]
+    host_budget: Option<String>,
+    /// Memory-pressure thresholds as fractions of a CUDA device's memory in use,
+    /// MODERATE,HIGH,CRITICAL (default 0.75,0.90,0.97): at high, idle models are offloaded to
+    /// the warm tier; at critical, unloaded.
+    #[arg(long, env = "EMBED_PRESSURE_THRESHOLDS")]
+    pressure_thresholds: Option<String>,
+    /// Unload a model after this many idle seconds (0 = never).
+    #[arg(long, env = "EMBED_IDLE_TTL")]
+    idle_ttl: Option<u64>,
+    /// Device for models: cpu, cuda, cuda:N, auto.
+    #[arg(long, env = "EMBED_DEVICE")]
+    device: Option<String>,
+    /// Precision: f32, f16, bf16, or auto (the default: bf16 for decoder LLMs on CUDA, f32
+    /// otherwise).
+    #[arg(long, env = "EMBED_DTYPE")]
+    dtype: Option<String>,
+    /// Dynamic-batching budget: padded tokens per forward pass.
+    #[arg(long, env = "EMBED_MAX_BATCH_TOKENS")]
+    max_batch_tokens: Option<usize>,
+    /// libtorch intra-op threads per model on CPU (default: libtorch's, all cores). Set it to
+    /// the container's CPU limit.
+    #[arg(long, env = "EMBED_THREADS")]
+    threads: Option<usize>,
+    /// Most inputs in one request.
+    #[arg(long, env = "EMBED_MAX_INPUTS")]
+    max_inputs: Option<usize>,
+    /// Largest request body in bytes.
+    #[arg(long, env = "EMBED_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Requests served at once; more get 429.
+    #[arg(long, env = "EMBED_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+    /// Whole-request timeout in seconds.
+    #[arg(long, env = "EMBED_REQUEST_TIMEOUT")]
+    request_timeout: Option<u64>,
+    /// Reject inputs longer than the model's limit with 422 instead of truncating them.
+    #[arg(long, env = "EMBED_NO_TRUNCATE")]
+    no_truncate: bool,
+    /// Require `Authorization: Bearer <key>` (all routes but /health, /ready, /metrics).
+    #[arg(long, env = "EMBED_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM; releasing the models
+    /// takes at most 5 s more.
+    #[arg(long, env = "EMBED_SHUTDOWN_DEADLINE")]
+    shutdown_deadline: Option<u64>,
+    /// Seconds to keep serving after SIGINT/SIGTERM with /ready answering 503 and connections
+    /// closing after each response, before new connections are refused (default 0).
+    #[arg(long, env = "EMBED_SHUTDOWN_DELAY")]
+    shutdown_delay: Option<f64>,
+    /// Open connections at most (default 1024, lowered to fit the file-descriptor limit); more
+    /// clients wait in the listen backlog.
+    #[arg(long, env = "EMBED_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a client gets to send a complete request head (default 10).
+    #[arg(long, env = "EMBED_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<f64>,
+    /// Seconds an idle keep-alive connection stays open between requests (default 75).
+    #[arg(long, env = "EMBED_KEEP_ALIVE_TIMEOUT")]
+    keep_alive_timeout: Option<f64>,
+    /// Keep serving (with /ready 503) when a preload fails, instead of exiting non-zero.
+    #[arg(long, env = "EMBED_ALLOW_DEGRADED_START")]
+    allow_degraded_start: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    default_model: Option<String>,
+    preload: Option<Vec<String>>,
+    max_models: Option<usize>,
+    memory_budget: Option<String>,
+    warm_tier: Option<String>,
+    host_budget: Option<String>,
+    pressure_thresholds: Option<String>,
+    idle_ttl: Option<u64>,
+    device: Option<String>,
+    dtype: Option<String>,
+    max_batch_tokens: Option<usize>,
+    threads: Option<usize>,
+    max_inputs: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_concurrent: Option<usize>,
+    request_timeout: Option<u64>,
+    no_truncate: Option<bool>,
+    api_key: Option<String>,
+    shutdown_deadline: Option<u64>,
+    shutdown_delay: Option<f64>,
+    max_connections: Option<usize>,
+    header_read_timeout: Option<f64>,
+    keep_alive_timeout: Option<f64>,
+    allow_degraded_start: Option<bool>,
+    #[serde(default)]
+    models: BTreeMap<String, FileModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileModel {
+    source: String,
+    device: Option<String>,
+    dtype: Option<String>,
+    max_seq_length: Option<usize>,
+    pooling: Option<String>,
+    normalize: Option<bool>,
+    query_prefix: Option<String>,
+    document_prefix: Option<String>,
+    ttl: Option<u64>,
+    pinned: Option<bool>,
+}
+
+/// A `--dtype` / `dtype =` value: `auto` (or nothing) leaves the choice to the model's family
+/// and device (`DType::preferred`), anything else must name a precision.
+fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    Ok(Some(s.parse()?))
+}
+
+fn parse_bytes(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mul = match s[i..].to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1u64 << 40,
+                other => bail!("memory budget {s:?}: unknown unit {other:?}"),
+            };
+            (&s[..i], mul)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num.trim().parse().with_context(|| format!("memory budget {s:?} is not a number"))?;
+    Ok((n * mul as f64) as u64)
+}
+
+/// A host budget: bytes (`8G`) or a percentage of the RAM (`25%`).
+fn parse_host_budget(s: &str) -> Result<HostBudget> {
+    match s.trim().strip_suffix('%') {
+        Some(p) => {
+            let p: f64 = p.trim().parse().with_context(|| format!("host budget {s:?} is not a percentage"))?;
+            if !(0.0..=100.0).contains(&p) {
+                bail!("host budget {s:?}: a percentage of the RAM must be between 0 and 100");
+            }
+            Ok(HostBudget::FractionOfRam(p / 100.0))
+        }
+        None => Ok(HostBudget::Bytes(parse_bytes(s)?)),
+    }
+}
+
+/// `MODERATE,HIGH,CRITICAL` fractions, increasing, each in (0, 1].
+fn parse_thresholds(s: &str, base: Pressure) -> Result<Pressure> {
+    let parts: Vec<f64> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f64>().with_context(|| format!("pressure thresholds {s:?}: {p:?} is not a number")))
+        .collect::<Result<_>>()?;
+    let [moderate, high, critical] = parts[..] else { bail!("pressure thresholds {s:?}: expected MODERATE,HIGH,CRITICAL") };
+    if !(0.0 < moderate && moderate < high && high < critical && critical <= 1.0) {
+        bail!("pressure thresholds {s:?}: need 0 < moderate < high < critical <= 1");
+    }
+    Ok(Pressure { moderate, high, critical, ..base })
+}
+
+/// The pool, the models, the server's settings and the address to listen on, from the flags
+/// and the config file (flags win).
+pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketAddr)> {
+    let file: FileConfig = match &args.config {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+        None => FileConfig::default(),
+    };
+    let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
+    let dtype = args.dtype.or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
+    let mut base = ModelOptions { device, dtype, ..Default::default() };
+    if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
+        base.max_batch_tokens = Some(n);
+    }
+    if let Some(n) = args.threads.or(file.threads) {
+        if n == 0 {
+            bail!("threads must be at least 1");
+        }
+        base.threads = Some(n);
+    }
+
+    let mut registry = ModelRegistry::new();
+    let mut order = Vec::new();
+    for (name, m) in file.models {
+        let mut o = base.clone();
+        if let Some(d) = m.device {
+            o.device = d.parse()?;
+        }
+        if let Some(d) = m.dtype {
+            o.dtype = parse_dtype(&d)?;
+        }
+        o.max_seq_length = m.max_seq_length;
+        o.pooling = m.pooling.map(|p| p.parse()).transpose()?;
+        o.normalize = m.normalize;
+        o.query_prefix = m.query_prefix;
+        o.document_prefix = m.document_prefix;
+        let mut settings = ModelSettings::default();
+        if let Some(t) = m.ttl {
+            settings = settings.with_ttl(Duration::from_secs(t));
+        }
+        settings = settings.with_pinned(m.pinned.unwrap_or(false));
+        registry.insert(name.clone(), ModelSpec::new(m.source).named(name.clone()).with_options(o), settings);
+        order.push(name);
+    }
+    for entry in &args.models {
+        let (name, source) = entry.split_once('=').with_context(|| format!("--model {entry:?}: expected NAME=SOURCE"))?;
+        registry.insert(name, ModelSpec::new(source).named(name).with_options(base.clone()), ModelSettings::default());
+        order.push(name.to_string());
+    }
+    if registry.is_empty() {
+        bail!("no models configured: pass --model NAME=SOURCE (or [models.NAME] in --config)");
+    }
+    let default_model = args.default_model.or(file.default_model).unwrap_or_else(|| order[0].clone());
+    if !registry.contains(&default_model) {
+        bail!("default model {default_model:?} is not among the configured models");
+    }
+
+    let mut pool = PoolConfig::default();
+    if let Some(n) = args.max_models.or(file.max_models) {
+        pool = pool.with_max_models(n);
+    }
+    if let Some(b) = args.memory_budget.or(file.memory_budget) {
+        pool = pool.with_memory_budget(Some(parse_bytes(&b)?));
+    }
+    let mut warm = WarmTier::default();
+    if let Some(m) = args.warm_tier.or(file.warm_tier) {
+        warm.mode = match m.trim().to_ascii_lowercase().as_str() {
+            "auto" => WarmMode::Auto,
+            "off" => WarmMode::Off,
+            "always" => WarmMode::Always,
+            other => bail!("warm_tier {other:?}: expected auto, off or always"),
+        };
+    }
+    if let Some(b) = args.host_budget.or(file.host_budget) {
+        warm.host_budget = parse_host_budget(&b)?;
+    }
+    pool = pool.with_warm_tier(warm);
+    if let Some(t) = args.pressure_thresholds.or(file.pressure_thresholds) {
+        let pressure = parse_thresholds(&t, pool.pressure)?;
+        pool = pool.with_pressure(pressure);
+    }
+    if let Some(t) = args.idle_ttl.or(file.idle_ttl) {
+        pool = pool.with_default_ttl((t > 0).then(|| Duration::from_secs(t)));
+    }
+    pool = pool.with_default_options(base);
+
+    let mut limits = Limits::default();
+    let positive = |name: &str, n: usize| if n == 0 { bail!("{name} must be at least 1") } else { Ok(n) };
+    if let Some(n) = args.max_inputs.or(file.max_inputs) {
+        limits.max_inputs = positive("max_inputs", n)?;
+    }
+    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
+        limits.max_body_bytes = positive("max_body_bytes", n)?;
+    }
+    if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
+        limits.max_concurrent = positive("max_concurrent", n)?;
+    }
+    if let Some(n) = args.max_connections.or(file.max_connections) {
+        limits.max_connections = positive("max_connections", n)?;
+    }
+    let seconds = |name: &str, s: f64| {
+        if s.is_finite() && s > 0.0 {
+            Ok(Duration::from_secs_f64(s))
+        } else {
+            bail!("{name} must be a positive number of seconds, not {s}")
+        }
+    };
+    let mut timeouts = Timeouts::default();
+    if let Some(s) = args.header_read_timeout.or(file.header_read_timeout) {
+        timeouts.header_read = seconds("header_read_timeout", s)?;
+    }
+    if let Some(s) = args.keep_alive_timeout.or(file.keep_alive_timeout) {
+        timeouts.keep_alive = seconds("keep_alive_timeout", s)?;
+    }
+    if let Some(s) = args.request_timeout.or(file.request_timeout) {
+        timeouts.request = Duration::from_secs(s);
+    }
+    if let Some(s) = args.shutdown_deadline.or(file.shutdown_deadline) {
+        timeouts.shutdown = Duration::from_secs(s);
+    }
+    if let Some(s) = args.shutdown_delay.or(file.shutdown_delay) {
+        if !(s.is_finite() && s >= 0.0) {
+            bail!("shutdown_delay must be zero or a positive number of seconds, not {s}");
+        }
+        timeouts.shutdown_delay = Duration::from_secs_f64(s);
+    }
+    limits.truncate_by_default = !(args.no_truncate || file.no_truncate.unwrap_or(false));
+    let preload = if !args.preload.is_empty() { args.preload } else { file.preload.unwrap_or_else(|| vec![default_model.clone()]) };
+    let config = ServerConfig::new(default_model)
+        .with_preload(preload)
+        .with_limits(limits)
+        .with_timeouts(timeouts)
+        .with_api_key(args.api_key.or(file.api_key))
+        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false));
+    let bind = args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    Ok((pool, registry, config, bind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{build, parse_bytes, Args};
+    use embed_pool::{HostBudget, WarmMode};
+    use clap::Parser;
+
+    #[test]
+    fn toml_file_flags_and_precedence() {
+        let dir = std::env::temp_dir().join(format!("embed-server-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("server.toml");
+        std::fs::write(
+            &path,
+            r#"
+bind = "0.0.0.0:9000"
+default_model = "bge"
+max_models = 3
+memory_budget = "1.5G"
+idle_ttl = 60
+max_inputs = 64
+api_key = "from-file"
+
+[models.minilm]
+source = "/models/minilm"
+
+[models.bge]
+source = "BAAI/bge-small-en-v1.5"
+dtype = "bf16"
+query_prefix = "Represent this sentence: "
+pinned = true
+"#,
+        )
+        .unwrap();
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--max-inputs", "8"]);
+        let (pool, registry, config, bind) = build(args).unwrap();
+        assert_eq!(config.default_model, "bge");
+        assert_eq!(config.preload, vec!["bge".to_string()]);
+        assert_eq!(bind.port(), 9000);
+        assert_eq!(config.limits.max_inputs, 8, "flags win over the file");
+        assert_eq!(config.api_key.as_deref(), Some("from-file"));
+        assert_eq!(pool.max_models, 3);
+        assert_eq!(pool.memory_budget, Some(3 << 29));
+        let bge = registry.get("bge").unwrap();
+        assert_eq!(bge.spec.options.dtype, Some(embed_core::DType::Bf16));
+        assert_eq!(bge.spec.options.query_prefix.as_deref(), Some("Represent this sentence: "));
+        assert!(bge.settings.pinned);
+        assert!(registry.contains("minilm"));
+        assert_eq!(registry.get("minilm").unwrap().spec.options.dtype, None, "no dtype: the family's choice");
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "3"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.threads, Some(3), "--threads reaches every model");
+        assert!(build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "0"])).is_err());
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "auto"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, None);
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f16"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, Some(embed_core::DType::F16));
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f8"]);
+        assert!(build(args).is_err(), "an unknown precision is refused");
+
+        std::fs::write(&path, "bogus_key = 1\n").unwrap();
+        let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(format!("{err:#}").contains("bogus_key"), "{err:#}");
+        let err = build(Args::parse_from(["embed-server"])).unwrap_err();
+        assert!(err.to_string().contains("no models configured"));
+        let err = build(Args::parse_from(["embed-server", "--model", "oops"])).unwrap_err();
+        assert!(err.to_string().contains("NAME=SOURCE"));
+    }
+
+    #[test]
+    fn warm_tier_and_pressure_settings() {
+        let base = ["embed-server", "--model", "m=/models/m"];
+        let with = |extra: &[&str]| build(Args::parse_from(base.iter().chain(extra))).map(|b| b.0);
+        let pool = with(&[]).unwrap();
+        assert_eq!((pool.warm.mode, pool.warm.host_budget), (WarmMode::Auto, HostBudget::FractionOfRam(0.25)));
+        let pool = with(&["--warm-tier", "off", "--host-budget", "8G", "--pressure-thresholds", "0.5,0.8,0.9"]).unwrap();
+        assert_eq!((pool.warm.mode, pool.warm.host_budget), (WarmMode::Off, HostBudget::Bytes(8 << 30)));
+        assert_eq!((pool.pressure.moderate, pool.pressure.high, pool.pressure.critical), (0.5, 0.8, 0.9));
+        assert_eq!(with(&["--host-budget", "40%"]).unwrap().warm.host_budget, HostBudget::FractionOfRam(0.4));
+        for bad in [["--warm-tier", "sometimes"], ["--host-budget", "140%"], ["--pressure-thresholds", "0.9,0.8,0.95"], ["--pressure-thresholds", "0.5,0.8"]] {
+            assert!(with(&bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("512MB").unwrap(), 512 << 20);
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("lots").is_err());
+    }
+}
