@@ -96,6 +96,16 @@ int embed_accel_empty_host_cache(char* err, size_t err_len) {
   });
 }
 
+// The CUDA host (pinned) allocator's figures: bytes in blocks handed out now, and bytes it holds
+// from the driver (handed out or cached). Returns 0 on success, -1 with a message in `err`.
+int embed_accel_host_stats(int64_t* active_bytes, int64_t* allocated_bytes, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    auto s = at::getHostAllocator(at::kCUDA)->get_stats();
+    *active_bytes = s.active_bytes.current;
+    *allocated_bytes = s.allocated_bytes.current;
+  });
+}
+
 // Attention over sequences packed back to back, without padding: `q`, `k`, `v` are
 // [tokens, heads, head_dim] (last dimension contiguous; f16 or bf16 on CUDA), `cu_seqlens` is
 // int32 [batch + 1] on the same device (0, len0, len0 + len1, ...). Writes a new

@@ -27,6 +27,7 @@ extern "C" {
     fn embed_accel_synchronize(device: c_int, err: *mut c_char, len: usize) -> c_int;
     fn embed_accel_empty_cache(err: *mut c_char, len: usize) -> c_int;
     fn embed_accel_empty_host_cache(err: *mut c_char, len: usize) -> c_int;
+    fn embed_accel_host_stats(active: *mut i64, allocated: *mut i64, err: *mut c_char, len: usize) -> c_int;
 }
 
 fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
@@ -121,6 +122,19 @@ pub fn empty_pinned_host_cache() -> Result<()> {
     }
     // SAFETY: the shim catches every C++ exception.
     call(|e, n| unsafe { embed_accel_empty_host_cache(e, n) })
+}
+
+/// libtorch's CUDA pinned host memory: `(active, held)` bytes, those in blocks handed out now
+/// and those taken from the driver (handed out or cached; [`empty_pinned_host_cache`] gives
+/// the cached ones back). Offloaded models' host copies live there. An error without an
+/// accelerator.
+pub fn pinned_host_memory() -> Result<(u64, u64)> {
+    if !accelerator_available() {
+        return Err(Error::Memory("no CUDA device: no pinned host allocator".into()));
+    }
+    let (mut active, mut held) = (0i64, 0i64);
+    call(|e, n| unsafe { embed_accel_host_stats(&mut active, &mut held, e, n) })?;
+    Ok((active.max(0) as u64, held.max(0) as u64))
 }
 
 /// Resident set size of this process in bytes (from `/proc/self/statm`).

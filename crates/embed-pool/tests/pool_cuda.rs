@@ -111,3 +111,62 @@ async fn cuda_budget_evicts_for_device_memory_and_releases_it() {
     pool.close().await;
     assert_eq!(embed_testkit::memory::wait_for_no_live_models(Duration::from_secs(10)), 0);
 }
+
+/// Memory pressure on a real GPU: three 300 MB models on cuda:0, one leased. A foreign
+/// allocation fills the device until its use is between the high and critical thresholds; one
+/// pressure check offloads the two idle models to the warm tier (their device memory comes
+/// back) and leaves the leased one. Once the foreign allocation is gone, a `get` restores a
+/// warm model, and closing the pool returns allocated bytes to the baseline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-pool --test pool_cuda -- --ignored"]
+async fn pressure_offloads_idle_cuda_models_not_leased_ones() {
+    use embed_pool::{ModelState, Pressure, PressureLevel};
+    embed_testkit::memory::require_cuda();
+    let dirs: Vec<_> = (1..=3).map(|s| big_model(s).write_temp()).collect();
+    let cuda = ModelOptions { device: DeviceSpec::Cuda(0), ..Default::default() };
+    let registry = ["a", "b", "c"]
+        .iter()
+        .zip(&dirs)
+        .fold(ModelRegistry::new(), |r, (n, (_, d))| r.with(*n, ModelSpec::new(d.to_string_lossy()).with_options(cuda.clone())));
+    let pressure = Pressure { moderate: 0.5, high: 0.8, critical: 0.995, interval: None };
+    let pool = Pool::new(PoolConfig::default().with_pressure(pressure), registry);
+    let base = allocated();
+    for n in ["a", "b", "c"] {
+        let lease = pool.get(n).await.unwrap();
+        lease.embed_texts(&["warm up".to_string()], &EmbedOptions::default()).await.unwrap();
+    }
+    let leased = pool.get("a").await.unwrap(); // a is the least recently used, but leased
+    let weights = leased.info().unwrap().weight_bytes;
+    assert!(pool.status().warm_tier.enabled, "{:?}", pool.status().warm_tier);
+
+    // Fill the device to ~90 % in use with a foreign allocation.
+    let m = cuda_memory(0).unwrap();
+    let target_used = (m.device_total as f64 * 0.9) as u64;
+    let fill = target_used.saturating_sub(m.device_total - m.device_free);
+    let foreign = Tensor::empty([fill as i64], (Kind::Uint8, Device::Cuda(0)));
+    let level = pool.status().pressure[0].level;
+    assert_eq!(level, PressureLevel::High, "{:?}", pool.status().pressure);
+    let before = allocated();
+    let moved = pool.relieve_pressure().await;
+    assert_eq!(moved.len(), 2, "both idle models go warm: {moved:?}");
+    assert!(!moved.contains(&"a".to_string()), "the leased model is never moved");
+    let status = pool.status();
+    assert_eq!(status.model("a").unwrap().state, ModelState::Ready);
+    for n in &moved {
+        assert_eq!(status.model(n).unwrap().state, ModelState::Warm, "{n}");
+    }
+    assert_eq!(before - allocated(), 2 * weights, "the two offloaded models' weights left the device exactly");
+    drop(foreign);
+    drop(leased);
+
+    // Restore one, check it serves, then release everything.
+    let t = std::time::Instant::now();
+    let lease = pool.get(&moved[0]).await.unwrap();
+    eprintln!("pressure test: restore of {} ({} MiB) took {:.1} ms", moved[0], mib(weights), t.elapsed().as_secs_f64() * 1e3);
+    lease.embed_texts(&["after the restore".to_string()], &EmbedOptions::default()).await.unwrap();
+    drop(lease);
+    pool.close().await;
+    assert_eq!(live_models(), 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(allocated() <= base + WORKSPACE_SLACK, "allocated {} after close, baseline {}", mib(allocated()), mib(base));
+}
