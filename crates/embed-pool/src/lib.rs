@@ -22,9 +22,19 @@
 //!   [`PoolConfig::allow_arbitrary_sources`] is set, so a client-supplied name such as
 //!   `../../etc` never reaches the file system. Unknown names fail with
 //!   [`PoolError::UnknownModel`].
+//! * **Warm tier**: a model evicted from a CUDA device goes to host memory (pinned) instead of
+//!   being unloaded when [`PoolConfig::warm`] allows it and its host budget has room (the least
+//!   recently used warm models are unloaded to make it); a `get` restores it, single-flight
+//!   like a load, bitwise the same weights, much faster. Warm models hold no slot and no device
+//!   memory. On CPU-only machines it is off ([`WarmMode::Auto`]).
+//! * **Memory pressure**: [`PoolConfig::pressure`] levels from the driver's free memory (read
+//!   through a [`DeviceMemory`]); a background check (or [`Pool::relieve_pressure`]) offloads
+//!   idle models above the high level and unloads them above the critical one, never leased
+//!   or pinned ones.
 //! * **Observability**: [`Pool::status`] (models, state, bytes, leases, last use) and
 //!   [`Pool::stats`] (hits, misses, loads, failures, evictions by [`EvictionCause`], time spent
-//!   waiting for room).
+//!   waiting for room, offloads and restores), [`Pool::history`] (the recent loads, offloads,
+//!   restores and releases with their causes).
 //! * Models are created by a [`ModelLoader`] ([`DenseLoader`] by default), so tests can count
 //!   or fake loads.
 //!
