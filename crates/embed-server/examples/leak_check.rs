@@ -58,14 +58,17 @@ async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     let svc = embed_core::DenseEmbeddingService::from_spec(spec(device)).await.expect("load");
     let before = svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed").vectors;
     note_peak(peak);
-    // The warm tier's moves: offload and restore, a request that restores, and a release of an
-    // offloaded model (its host copy must go with it).
+    // The warm tier's moves: offload and restore, and a request that restores.
     svc.offload().await.expect("offload");
     note_peak(peak);
     svc.restore().await.expect("restore");
     svc.offload().await.expect("offload");
     let after = svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed after offload").vectors;
     assert_eq!(before, after, "vectors changed across an offload and restore");
+    // Released on its device (the planted leak's build keeps a weight of this one alive).
+    svc.cleanup().await.expect("cleanup");
+    // Released while offloaded: its host copy must go with it.
+    let svc = embed_core::DenseEmbeddingService::from_spec(spec(device)).await.expect("load");
     svc.offload().await.expect("offload");
     svc.cleanup().await.expect("cleanup");
 }
