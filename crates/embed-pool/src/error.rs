@@ -110,6 +110,14 @@ pub enum PoolError {
         /// Leases held (or callers waiting for its load) at the time.
         leases: usize,
     },
+    /// [`crate::Pool::offload`] could not move the model to the warm tier.
+    #[error("model {name:?} cannot go to the warm tier: {reason}")]
+    CannotOffload {
+        /// The pool's name for the model.
+        name: String,
+        /// Why: leased, not ready, the tier is off, no host room, or the move failed.
+        reason: String,
+    },
     /// The model is being unloaded and did not finish within the wait timeout.
     #[error("model {name:?} is being unloaded; it did not finish within {waited:?}")]
     Unloading {
@@ -138,6 +146,7 @@ impl PoolError {
             | PoolError::Exhausted { name, .. }
             | PoolError::ModelTooLarge { name, .. }
             | PoolError::Leased { name, .. }
+            | PoolError::CannotOffload { name, .. }
             | PoolError::Unloading { name, .. }
             | PoolError::Closed { name } => name,
         }

@@ -134,6 +134,15 @@ impl Pool {
         self.shared.unload(name, mode == UnloadMode::FailIfLeased).await
     }
 
+    /// Moves the idle model `name` to the warm tier now (pinned models too) and waits until its
+    /// device memory is back. Returns false when there was nothing to move (not in the pool, or
+    /// warm already). Fails with [`PoolError::CannotOffload`] when it is leased or busy, the
+    /// tier does not apply to it, the host budget has no room, or the move failed (the model is
+    /// then unloaded, as an eviction would).
+    pub async fn offload(&self, name: &str) -> Result<bool, PoolError> {
+        self.shared.offload(name).await
+    }
+
     /// Unloads every idle, unpinned model whose TTL has passed, and waits until they are
     /// freed. Returns their names. The background task calls this every
     /// [`PoolConfig::maintenance_interval`]; tests can call it directly (with tokio's paused

@@ -432,9 +432,11 @@ impl<L: Default> State<L> {
         Step::Evict(retires)
     }
 
-    /// Host bytes the warm tier holds (offloads under way and restores not finished included).
+    /// Host bytes the warm tier holds or is about to hold (offloads under way and restores not
+    /// finished included), less those of warm models already being released: what the host
+    /// budget is checked against. (A release under way holds its bytes a moment longer.)
     pub(crate) fn host_used(&self) -> u64 {
-        self.entries.values().map(Entry::host).sum()
+        self.entries.values().filter(|e| !matches!(e.phase, Phase::Draining { .. })).map(Entry::host).sum()
     }
 
     /// Takes the idle model `name` off its device: to the warm tier when the policy allows it
@@ -556,6 +558,32 @@ impl<L: Default> State<L> {
         }
         e.phase = Phase::Draining { slot: slot.clone(), retiring: true };
         Published::Closed(Retire { name: name.to_string(), id: e.id, slot, cause: None, offload: false, counted: false })
+    }
+
+    /// Decides an explicit offload of `name` (`Pool::offload`): the jobs (warm models unloaded
+    /// for room, then the model's offload); none when it is warm already or not in the pool.
+    pub(crate) fn offload_step(&mut self, name: &str) -> Result<Vec<Retire>, PoolError> {
+        let fail = |reason: String| Err(PoolError::CannotOffload { name: name.to_string(), reason });
+        let Some(e) = self.entries.get(name) else { return Ok(Vec::new()) };
+        match &e.phase {
+            Phase::Warm(_) => return Ok(Vec::new()),
+            Phase::Ready(_) if e.leases > 0 => return fail(format!("it has {} active lease(s)", e.leases)),
+            Phase::Ready(slot) if !self.warm.allows(slot) => {
+                return fail(match self.warm.mode {
+                    WarmMode::Off => "the warm tier is off".to_string(),
+                    WarmMode::Auto if slot.cuda_index().is_none() => "it runs on the CPU (its weights are in host memory already)".to_string(),
+                    _ => format!("its {} weight bytes exceed the host budget of {} bytes", slot.weight_bytes, self.warm.host_budget),
+                })
+            }
+            Phase::Ready(_) => {}
+            _ => return fail(format!("it is {}", e.state().as_str())),
+        }
+        if self.host_room(name).is_none() {
+            return fail(format!("the host budget of {} bytes has no room for it (warm models in use)", self.warm.host_budget));
+        }
+        let mut out = Vec::new();
+        self.demote(name, EvictionCause::Explicit, &mut out);
+        Ok(out)
     }
 
     /// One memory-pressure check of CUDA device `device` at `level`, `need` bytes above the

@@ -478,6 +478,20 @@ impl Shared {
         })
     }
 
+    /// `Pool::offload`.
+    pub(crate) async fn offload(self: &Arc<Self>, name: &str) -> Result<bool, PoolError> {
+        let jobs = self.lock().offload_step(name)?;
+        if jobs.is_empty() {
+            return Ok(false);
+        }
+        self.retire_all(jobs).await;
+        // The offload task has set the entry warm, or released it if the move failed.
+        match self.lock().entries.get(name).map(|e| e.state()) {
+            Some(crate::ModelState::Warm) => Ok(true),
+            _ => Err(PoolError::CannotOffload { name: name.to_string(), reason: "the move to host memory failed; the model was unloaded".into() }),
+        }
+    }
+
     /// Restores a warm model on a task of its own (so it reaches every waiter even if the
     /// caller that started it goes away).
     fn spawn_restore(self: &Arc<Self>, name: String, slot: Arc<Slot>, cell: Arc<LoadCell>, id: u64) {

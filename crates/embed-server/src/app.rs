@@ -137,6 +137,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .route("/models/events", get(admin::events))
         .route("/models/{name}/load", post(admin::load))
         .route("/models/{name}/unload", post(admin::unload))
+        .route("/models/{name}/offload", post(admin::offload))
         .layer(middleware::from_fn_with_state(state.clone(), auth));
     let open = Router::new()
         .route("/health", get(admin::health))

@@ -223,7 +223,7 @@ impl From<PoolError> for ApiError {
             }
             PoolError::Exhausted { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).retry_after(1),
             PoolError::ModelTooLarge { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg),
-            PoolError::Leased { .. } => ApiError::new(StatusCode::CONFLICT, msg),
+            PoolError::Leased { .. } | PoolError::CannotOffload { .. } => ApiError::new(StatusCode::CONFLICT, msg),
             PoolError::Load { source, .. } if source.is_out_of_memory() => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, msg)
             }

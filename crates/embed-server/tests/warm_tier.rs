@@ -55,8 +55,19 @@ async fn an_evicted_model_waits_warm_and_comes_back_with_the_same_vectors() {
         .collect();
     assert_eq!(a_events, [("loaded".into(), Value::Null), ("offloaded".into(), json!("capacity")), ("restored".into(), Value::Null)], "{v}");
 
+    // Explicit offload: the idle a goes warm now; again is a no-op; an unknown model is a 404.
+    let post = |path: String| client.post(format!("{base}{path}")).send();
+    let r = post("/models/a/offload".into()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["offloaded"].as_bool(), v["host_bytes"].as_u64().unwrap() > 0), (Some(true), true), "{v}");
+    let v: Value = post("/models/a/offload".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(v["offloaded"], false, "{v}");
+    assert_eq!(post("/models/nope/offload".into()).await.unwrap().status(), 404);
+    assert_eq!(post("/models/a/load".into()).await.unwrap().status(), 200, "load restores a warm model");
+
     let text = get(&client, &base, "/metrics").await.text().await.unwrap();
-    for needle in ["embed_pool_offloads_total 2", "embed_pool_restores_total 1", "embed_pool_warm_models 1", "embed_pool_host_budget_bytes 67108864"] {
+    for needle in ["embed_pool_offloads_total 3", "embed_pool_restores_total 2", "embed_pool_warm_models 1", "embed_pool_host_budget_bytes 67108864"] {
         assert!(text.contains(needle), "metrics lack {needle}:\n{text}");
     }
     server.signal(libc::SIGTERM);

@@ -1,5 +1,5 @@
 //! Status and admin routes: `/models`, `/models/events`, `/models/{name}/load`, `/models/{name}/unload`,
-//! `/health`, `/ready`, `/metrics`.
+//! `/models/{name}/offload`, `/health`, `/ready`, `/metrics`.
 
 mod types;
 
@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use embed_pool::UnloadMode;
 
-use self::types::{Events, Loaded, Models, ServerStatus, UnloadQuery, Unloaded};
+use self::types::{Events, Loaded, Models, Offloaded, ServerStatus, UnloadQuery, Unloaded};
 use super::QueryParams;
 use crate::error::ApiError;
 use crate::AppState;
@@ -49,6 +49,17 @@ pub(crate) async fn unload(
         unloaded: report.is_some(),
         model_weight_bytes: report.map(|r| r.model_weight_bytes).unwrap_or(0),
     }))
+}
+
+/// Moves the idle model `name` to the warm tier (host memory) now; 409 when it cannot go
+/// (leased, busy, a CPU model, the tier off, no host room). A request for it restores it.
+pub(crate) async fn offload(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Offloaded>, ApiError> {
+    if !state.pool.registry().contains(&name) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("unknown model {name:?}: it is not registered")));
+    }
+    let offloaded = state.pool.offload(&name).await?;
+    let host_bytes = state.pool.status().model(&name).map_or(0, |m| m.host_bytes);
+    Ok(Json(Offloaded { model: name, offloaded, host_bytes }))
 }
 
 /// Liveness: answers whenever the server can answer at all.

@@ -160,6 +160,16 @@ pub(crate) struct Unloaded {
     pub(crate) model_weight_bytes: u64,
 }
 
+/// `POST /models/{name}/offload` answer.
+#[derive(Debug, Serialize)]
+pub(crate) struct Offloaded {
+    pub(crate) model: String,
+    /// False when there was nothing to move (not loaded, or warm already).
+    pub(crate) offloaded: bool,
+    /// Host bytes its warm copy holds (0 when it is not warm).
+    pub(crate) host_bytes: u64,
+}
+
 /// `GET /health` and `GET /ready` answers.
 #[derive(Debug, Serialize)]
 pub(crate) struct ServerStatus {
