@@ -6,6 +6,8 @@
 #include <ATen/DeviceAccelerator.h>
 #include <ATen/core/CachingHostAllocator.h>
 #include <ATen/ops/_flash_attention_forward.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -119,6 +121,39 @@ int embed_flash_attention_varlen(const at::Tensor* q, const at::Tensor* k, const
                                                /*dropout_p=*/0.0, /*is_causal=*/false,
                                                /*return_debug_mask=*/false, scale);
     *out = new at::Tensor(std::move(std::get<0>(result)));
+  });
+}
+
+// oneDNN's prepacked linear on the CPU (the ops PyTorch's own CPU freezing uses; registered by
+// libtorch_cpu under the `mkldnn` namespace, not bound by tch, so called through the
+// dispatcher, boxed). `embed_onednn_pack_linear` reorders a [out, in] weight once into the
+// blocked layout oneDNN's GEMM wants for about `batch` rows (an opaque oneDNN tensor);
+// `embed_onednn_linear` runs x W^T + b on it, with `attr` "none" or a fused activation such as
+// "gelu" (`algorithm` "none" or "tanh" for GELU, else null), so no reorder happens per call.
+int embed_onednn_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_reorder_linear_weight", "");
+    torch::jit::Stack stack;
+    stack.emplace_back(*w);
+    stack.emplace_back(batch);
+    op.callBoxed(&stack);
+    *out = new at::Tensor(stack.at(0).toTensor());
+  });
+}
+
+int embed_onednn_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* bias, const char* attr,
+                        const char* algorithm, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    torch::jit::Stack stack;
+    stack.emplace_back(*x);
+    stack.emplace_back(*w);
+    stack.emplace_back(bias != nullptr ? c10::IValue(*bias) : c10::IValue());
+    stack.emplace_back(std::string(attr));
+    stack.emplace_back(c10::List<std::optional<at::Scalar>>());
+    stack.emplace_back(algorithm != nullptr ? c10::IValue(std::string(algorithm)) : c10::IValue());
+    op.callBoxed(&stack);
+    *out = new at::Tensor(stack.at(0).toTensor());
   });
 }
 

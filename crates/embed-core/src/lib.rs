@@ -42,6 +42,7 @@ mod device;
 mod error;
 mod layers;
 pub mod memory;
+pub mod profile;
 mod models;
 mod pooling;
 mod service;

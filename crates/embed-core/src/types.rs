@@ -57,6 +57,11 @@ pub struct ModelOptions {
     /// the worker). libtorch also keeps it as a process-wide default for threads that start
     /// later. `None`: libtorch's default. [`ModelInfo::threads`] reports what the worker uses.
     pub threads: Option<usize>,
+    /// On the CPU in bf16, reorder the linear layers' weights once at load into oneDNN's
+    /// blocked layout (prepacked: no reorder per call, and a following GELU fused into the
+    /// matmul). `None` (the default) and `Some(true)`: on for CPU bf16 models; `Some(false)`:
+    /// off. A prepacked model cannot be offloaded (a CPU model gains nothing from it).
+    pub cpu_prepack: Option<bool>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -85,6 +90,7 @@ impl Default for ModelOptions {
             max_batch_tokens: None,
             max_batch_size: None,
             threads: None,
+            cpu_prepack: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
@@ -348,6 +354,9 @@ pub struct ModelInfo {
     /// Intra-op threads of the worker's forward passes, as libtorch reports them on the worker
     /// thread (see [`ModelOptions::threads`]).
     pub threads: usize,
+    /// The linear layers' weights are prepacked for oneDNN (CPU bf16; see
+    /// [`ModelOptions::cpu_prepack`]).
+    pub cpu_prepacked: bool,
 }
 
 #[cfg(feature = "test-util")]
@@ -377,6 +386,7 @@ impl ModelInfo {
             prompts: BTreeMap::new(),
             load_duration: Duration::ZERO,
             threads: 1,
+            cpu_prepacked: false,
         }
     }
 }

@@ -12,10 +12,12 @@ use embed_testkit::{fixture_dir, fixture_reference, serial, task_reference, FIXT
 
 const CHUNK: u64 = 64 << 20;
 
+/// Loads `name` in `dtype` on the CPU, without oneDNN prepacking (a prepacked model does not
+/// offload; `a_prepacked_cpu_model_refuses_to_offload_and_keeps_serving` checks that).
 async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
     let spec = ModelSpec::new(fixture_dir(name).to_string_lossy())
         .named(name)
-        .with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
+        .with_options(ModelOptions { dtype: Some(dtype), cpu_prepack: Some(false), ..Default::default() });
     DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
 }
 
@@ -116,6 +118,23 @@ async fn requests_racing_offloads_all_get_the_same_vectors() {
             }
         }
     }
+    svc.cleanup().await.unwrap();
+    assert_eq!((offloaded_host_bytes(), live_weight_bytes()), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepacked_cpu_model_refuses_to_offload_and_keeps_serving() {
+    let _s = serial().await;
+    let spec = ModelSpec::new(fixture_dir("bert").to_string_lossy()).with_options(ModelOptions { dtype: Some(DType::Bf16), ..Default::default() });
+    let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
+    let texts: Vec<String> = fixture_reference("bert").into_iter().take(4).map(|i| i.text).collect();
+    let before = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+    match svc.offload().await {
+        Err(embed_core::Error::InvalidOption { name: "cpu_prepack", reason }) => assert!(reason.contains("prepacked"), "{reason}"),
+        other => panic!("expected a cpu_prepack error, got {other:?}"),
+    }
+    assert_eq!(svc.residency(), Some(Residency::Device));
+    assert_eq!(svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors, before);
     svc.cleanup().await.unwrap();
     assert_eq!((offloaded_host_bytes(), live_weight_bytes()), (0, 0));
 }

@@ -33,9 +33,12 @@ impl PostNormBlock {
         rope: Option<&RotaryTable>,
         mask: &Tensor,
     ) -> std::result::Result<Tensor, String> {
-        let ctx = attn.forward(&self.qkv.forward(x), t, mode, rope, mask)?;
-        let a = self.attn_norm.forward(&(self.attn_out.forward(&ctx) + x));
-        Ok(self.mlp_norm.forward(&(self.mlp.forward(&a) + a)))
+        let qkv = self.qkv.forward(x);
+        let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, mask))?;
+        let o = self.attn_out.forward(&ctx);
+        let a = self.attn_norm.forward(&crate::profile::stage("residual", || o + x));
+        let m = self.mlp.forward(&a);
+        Ok(self.mlp_norm.forward(&crate::profile::stage("residual", || m + a)))
     }
 }
 

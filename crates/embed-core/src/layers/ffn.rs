@@ -48,7 +48,14 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        self.down.forward(&self.act.apply(&self.up.forward(x)))
+        let a = match self.up.forward_fused(x, self.act) {
+            Some(a) => a,
+            None => {
+                let h = self.up.forward(x);
+                crate::profile::stage("activation", || self.act.apply(&h))
+            }
+        };
+        self.down.forward(&a)
     }
 }
 
@@ -65,7 +72,7 @@ impl Glu {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.up.forward(x);
         let inter = h.size()[1] / 2;
-        let gated = self.act.apply(&h.narrow(1, 0, inter)) * h.narrow(1, inter, inter);
+        let gated = crate::profile::stage("activation", || self.act.apply(&h.narrow(1, 0, inter)) * h.narrow(1, inter, inter));
         self.down.forward(&gated)
     }
 }
@@ -88,6 +95,13 @@ impl FeedForward {
 tensor_fields!(Mlp: up, down);
 tensor_fields!(Glu: up, down);
 impl crate::layers::Tensors for FeedForward {
+    fn linears<'a>(&'a self, out: &mut Vec<&'a crate::layers::Linear>) {
+        match self {
+            FeedForward::Mlp(m) => m.linears(out),
+            FeedForward::Glu(g) => g.linears(out),
+        }
+    }
+
     fn tensors<'a>(&'a self, out: &mut Vec<&'a tch::Tensor>) {
         match self {
             FeedForward::Mlp(m) => m.tensors(out),

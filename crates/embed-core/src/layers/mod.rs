@@ -4,6 +4,7 @@
 pub(crate) mod attention;
 pub(crate) mod block;
 pub(crate) mod ffn;
+pub(crate) mod onednn;
 pub(crate) mod rotary;
 
 use std::collections::HashMap;
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::profile::stage;
 use crate::{Error, Result};
 
 /// Every tensor a part of a loaded model holds, as handles: what moving the model between
@@ -18,6 +20,8 @@ use crate::{Error, Result};
 /// holds a tensor; the offload tests check the handles cover `weight_bytes` exactly.
 pub(crate) trait Tensors {
     fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>);
+    /// The linear layers among them whose weight is theirs alone (prepacking replaces it).
+    fn linears<'a>(&'a self, _out: &mut Vec<&'a Linear>) {}
 }
 
 impl Tensors for Tensor {
@@ -32,12 +36,24 @@ impl<T: Tensors> Tensors for Option<T> {
             t.tensors(out);
         }
     }
+
+    fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
+        if let Some(t) = self {
+            t.linears(out);
+        }
+    }
 }
 
 impl<T: Tensors> Tensors for Vec<T> {
     fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
         for t in self {
             t.tensors(out);
+        }
+    }
+
+    fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
+        for t in self {
+            t.linears(out);
         }
     }
 }
@@ -49,12 +65,25 @@ macro_rules! tensor_fields {
             fn tensors<'a>(&'a self, out: &mut Vec<&'a tch::Tensor>) {
                 $( $crate::layers::Tensors::tensors(&self.$field, out); )+
             }
+
+            fn linears<'a>(&'a self, out: &mut Vec<&'a $crate::layers::Linear>) {
+                $( $crate::layers::Tensors::linears(&self.$field, out); )+
+            }
         }
     };
 }
 pub(crate) use tensor_fields;
 
-tensor_fields!(Linear: weight, bias);
+impl Tensors for Linear {
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        self.weight.tensors(out);
+        self.bias.tensors(out);
+    }
+
+    fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
+        out.push(self);
+    }
+}
 tensor_fields!(LayerNorm: weight, bias);
 tensor_fields!(RmsNorm: weight);
 
@@ -71,13 +100,48 @@ impl Tensors for Embeddings {
 
 /// `x W^T + b`; the bias is absent in the families that drop it (ModernBERT, NomicBERT).
 pub(crate) struct Linear {
+    /// `[out, in]`; an empty placeholder once prepacked.
     pub(crate) weight: Tensor,
     pub(crate) bias: Option<Tensor>,
+    /// The weight in oneDNN's layout ([`Linear::prepack`]).
+    packed: std::cell::OnceCell<Tensor>,
 }
 
 impl Linear {
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias, packed: std::cell::OnceCell::new() }
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        stage("linear", || match self.packed.get() {
+            Some(p) => onednn::linear(x, p, self.bias.as_ref(), onednn::Fused::None),
+            None => x.linear(&self.weight, self.bias.as_ref()),
+        })
+    }
+
+    /// `act(x W^T + b)` in one oneDNN call when the weight is prepacked and `act` is a GELU;
+    /// `None` otherwise (the caller applies `act` itself).
+    pub(crate) fn forward_fused(&self, x: &Tensor, act: ffn::Activation) -> Option<Tensor> {
+        let p = self.packed.get()?;
+        let fused = match act {
+            ffn::Activation::Gelu => onednn::Fused::Gelu,
+            ffn::Activation::GeluTanh => onednn::Fused::GeluTanh,
+            _ => return None,
+        };
+        Some(stage("linear", || onednn::linear(x, p, self.bias.as_ref(), fused)))
+    }
+
+    /// Reorders the weight once into oneDNN's layout for about `batch` rows and frees the
+    /// dense copy. CPU only.
+    pub(crate) fn prepack(&self, batch: i64) -> std::result::Result<(), String> {
+        if self.packed.get().is_some() {
+            return Ok(());
+        }
+        let packed = onednn::pack(&self.weight, batch)?;
+        let _ = self.packed.set(packed);
+        // Every handle of the dense weight sees the placeholder: its storage is freed.
+        self.weight.shallow_clone().set_data(&Tensor::empty([0], (self.weight.kind(), Device::Cpu)));
+        Ok(())
     }
 
     /// One matmul for several projections of the same input (Q, K, V): rows stacked.
@@ -88,7 +152,7 @@ impl Linear {
         } else {
             None
         };
-        Linear { weight, bias }
+        Linear::new(weight, bias)
     }
 }
 
@@ -102,7 +166,7 @@ pub(crate) struct LayerNorm {
 impl LayerNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         let width = self.weight.size()[0];
-        x.layer_norm([width], Some(&self.weight), self.bias.as_ref(), self.eps, true)
+        stage("layer_norm", || x.layer_norm([width], Some(&self.weight), self.bias.as_ref(), self.eps, true))
     }
 }
 
@@ -118,6 +182,10 @@ pub(crate) struct RmsNorm {
 
 impl RmsNorm {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        stage("rms_norm", || self.forward_inner(x))
+    }
+
+    fn forward_inner(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         let xf = x.to_kind(Kind::Float);
         let var = xf.pow_tensor_scalar(2).mean_dim([-1i64].as_slice(), true, Kind::Float);
@@ -144,6 +212,10 @@ pub(crate) struct Embeddings {
 impl Embeddings {
     /// `[stream, hidden]`, normed, for the batch's whole token stream.
     pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
+        stage("embeddings", || self.forward_inner(t))
+    }
+
+    fn forward_inner(&self, t: &BatchInput) -> Tensor {
         let mut x = embed(&self.word, &t.ids);
         if let Some((table, offset)) = &self.position {
             x += embed(table, &(&t.positions + *offset));
@@ -193,7 +265,7 @@ impl BatchInput {
             t.shallow_clone()
         } else {
             let width = t.size()[1];
-            Tensor::zeros([self.b * self.len, width], (t.kind(), t.device())).index_copy(0, &self.rows, t)
+            stage("index_ops", || Tensor::zeros([self.b * self.len, width], (t.kind(), t.device())).index_copy(0, &self.rows, t))
         }
     }
 
@@ -202,7 +274,7 @@ impl BatchInput {
         if self.is_dense() {
             t
         } else {
-            t.index_select(0, &self.rows)
+            stage("index_ops", || t.index_select(0, &self.rows))
         }
     }
 }
@@ -277,10 +349,9 @@ impl<'a> Weights<'a> {
 
     /// A linear layer `prefix.weight` `[out, inp]` with `prefix.bias` when `bias`.
     pub(crate) fn linear(&mut self, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
-        Ok(Linear {
-            weight: self.take(&format!("{prefix}.weight"), &[out, inp])?,
-            bias: if bias { Some(self.take(&format!("{prefix}.bias"), &[out])?) } else { None },
-        })
+        let weight = self.take(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear::new(weight, bias))
     }
 
     /// Several linear layers of the same input fused into one (`[out; out; …]` rows), e.g. a

@@ -76,10 +76,7 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
         // `up_gate_proj` rows are [up; gate] and the gate is activated: swap the halves so
         // the activated one comes first, as `Glu` expects (same bytes, one copy at load).
         let up_gate = w.linear(&format!("{p}.mlp.up_gate_proj"), 2 * inter, h, false)?;
-        let up = Linear {
-            weight: Tensor::cat(&[up_gate.weight.narrow(0, inter, inter), up_gate.weight.narrow(0, 0, inter)], 0),
-            bias: None,
-        };
+        let up = Linear::new(Tensor::cat(&[up_gate.weight.narrow(0, inter, inter), up_gate.weight.narrow(0, 0, inter)], 0), None);
         layers.push(PostNormBlock {
             qkv: w.linear(&format!("{p}.attention.qkv_proj"), 3 * h, h, true)?,
             attn_out: w.linear(&format!("{p}.attention.o_proj"), h, h, true)?,

@@ -22,6 +22,15 @@ pub(crate) enum Head {
 }
 
 impl crate::layers::Tensors for Head {
+    fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
+        match self {
+            Head::Pooled(dense) => dense.iter().for_each(|(l, _)| out.push(l)),
+            Head::Classifier { pre, out: o } => out.extend([pre, o]),
+            // The decoder's weight is the word embeddings (tied): not prepacked.
+            Head::Splade { transform, .. } => out.push(transform),
+        }
+    }
+
     fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
         match self {
             Head::Pooled(dense) => dense.iter().for_each(|(l, _)| l.tensors(out)),
@@ -138,5 +147,5 @@ fn splade(dir: &ModelDir, w: &mut Weights, word: &Tensor) -> Result<Head> {
         false => format!("{p}.decoder.bias"),
     };
     let bias = w.top(|w| w.take(&bias_name, &[vocab]))?;
-    Ok(Head::Splade { transform, act, norm, decoder: Linear { weight, bias: Some(bias) } })
+    Ok(Head::Splade { transform, act, norm, decoder: Linear::new(weight, Some(bias)) })
 }

@@ -91,6 +91,12 @@ impl HostCopy {
     /// for error messages.
     pub(crate) fn take(model: &Model, name: &str) -> Result<HostCopy> {
         let started = Instant::now();
+        if model.prepacked {
+            return Err(Error::InvalidOption {
+                name: "cpu_prepack",
+                reason: format!("model {name}: its linear weights are prepacked for oneDNN on the CPU and cannot be offloaded (a CPU model gains nothing from it; load with cpu_prepack off to offload anyway)"),
+            });
+        }
         let device = model.device();
         let all = model.tensors();
         // Each storage once (handles sharing a tensor are swapped together).

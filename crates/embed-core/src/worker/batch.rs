@@ -417,13 +417,13 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
         }
     }
     let host = Tensor::from_slice(&host);
-    let all = if dev.is_cuda() {
+    let all = crate::profile::stage("upload", || if dev.is_cuda() {
         // From pinned memory the copy is queued, not waited for: a pageable upload would
         // synchronise the stream and wait for the batch still running.
         host.pin_memory(dev).to_device_(dev, Kind::Int64, true, false)
     } else {
         host
-    };
+    });
     let mut offset = 0;
     let mut section = |n: usize| {
         let t = all.narrow(0, offset, n as i64);
@@ -438,9 +438,9 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let max_seqlen = len.max(filler as i64);
     let tokens = tokens as i64;
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len };
-    let hidden = model.forward(&input);
+    let hidden = crate::profile::stage("forward", || model.forward(&input));
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
-    let pooled = model.head(&hidden, &pool_mask, &lens, cfg.pooling);
+    let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
     let tokens = batch.iter().any(|it| jobs[it.job].output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
     Launched { pooled, tokens, packed: model.attention_path() == AttentionPath::Packed }
 }
@@ -448,9 +448,12 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
 /// Waits for a launched batch and returns one un-normalised row per item (its token states,
 /// flattened, for a job that wants them).
 fn download(launched: Launched, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
-    let pooled = launched.pooled.to_device(tch::Device::Cpu).contiguous();
+    let (pooled, flat) = crate::profile::stage("output", || {
+        let pooled = launched.pooled.to_device(tch::Device::Cpu).contiguous();
+        let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
+        (pooled, flat)
+    });
     let dim = pooled.size()[1] as usize;
-    let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
     let states = launched.tokens.map(|t| t.to_device(tch::Device::Cpu));
     let tokens: usize = batch.iter().map(|it| it.len).sum();
     let padded = batch.len() * batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);

@@ -115,6 +115,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 prompts: dir.prompts.clone(),
                 load_duration: started.elapsed(),
                 threads: tch::get_num_threads().max(0) as usize,
+                cpu_prepacked: model.prepacked,
             };
             let cfg = WorkerConfig {
                 model_name: spec.name.clone(),
@@ -184,7 +185,11 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let dir = ModelDir::read(&dir_path)?;
     let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
-    let model = Model::load(&dir, device.to_tch(), dtype.kind())?;
+    let mut model = Model::load(&dir, device.to_tch(), dtype.kind())?;
+    if device == ResolvedDevice::Cpu && dtype == DType::Bf16 && o.cpu_prepack != Some(false) {
+        // Tuned for a full batch under the CPU token budget.
+        model.prepack(o.max_batch_tokens.unwrap_or(2_048) as i64)?;
+    }
     Ok(Loaded { model, dir, text, device, device_note, dtype })
 }
 
