@@ -71,6 +71,12 @@ async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     let svc = embed_core::DenseEmbeddingService::from_spec(spec(device)).await.expect("load");
     svc.offload().await.expect("offload");
     svc.cleanup().await.expect("cleanup");
+    // bf16 (on the CPU its linear weights are prepacked for oneDNN: opaque tensors of their own).
+    let bf16 = ModelSpec { options: ModelOptions { dtype: Some(embed_core::DType::Bf16), ..spec(device).options }, ..spec(device) };
+    let svc = embed_core::DenseEmbeddingService::from_spec(bf16).await.expect("load bf16");
+    svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed bf16");
+    note_peak(peak);
+    svc.cleanup().await.expect("cleanup");
 }
 
 async fn scoped_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
