@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_decoder;
+mod bench_server;
 mod cluster_test;
 mod leak_check;
 mod serve;
@@ -30,6 +31,9 @@ tasks:
                     a Qwen3-Embedding-0.6B-shaped random model on CPU: load, one 4096-token input
                     and 64 short texts in bf16 (time, peak RSS), f32 and sentence-transformers
                     beside it, then the leak check with that model
+  bench --server [--rounds N] [--clients N] [--per-request K]
+                    the release server on the CPU, the MiniLM in f32 and in bf16 (prepacked),
+                    alternating rounds over HTTP, beside the machine's bf16/f32 linear-layer ratio
   cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]
                     nginx in front of N (3) debug embed-server replicas on loopback, 16 clients, while
                     each replica in turn gets SIGTERM and restarts (rolling update), then one gets
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
         "serve" => serve::run(rest),
         "cluster-test" => cluster_test::run(rest),
         "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
+        "bench" if rest.iter().any(|a| a == "--server") => bench_server::run(rest),
         "bench" => bench::run(rest),
         "leak-check" => {
             if leak_check::run(&leak_check::Options::parse(rest)?)? {

@@ -580,10 +580,10 @@ async fn off_executor<T: Clone + Send + 'static>(
 ) -> Result<Vec<Prepared>> {
     const INLINE_LIMIT: usize = 16;
     if inputs.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
-        return prepare(&running.text, inputs);
+        return crate::profile::stage("tokenize", || prepare(&running.text, inputs));
     }
     let (r, inputs) = (running.clone(), inputs.to_vec());
-    tokio::task::spawn_blocking(move || prepare(&r.text, &inputs))
+    tokio::task::spawn_blocking(move || crate::profile::stage("tokenize", || prepare(&r.text, &inputs)))
         .await
         .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
 }
