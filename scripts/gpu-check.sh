@@ -85,6 +85,7 @@ for f in sorted(out.glob("leak-*.json")):
     base = r["baseline"]["cuda_allocated"]; res = r["baseline"]["cuda_reserved"]
     problems = []
     if r["live_models_after"] or r["weights_after"]: problems.append("models left live")
+    if r["offloaded_after"]: problems.append(f"{r['offloaded_after']} host bytes of offloaded weights left")
     if any(a != base for a in r["cuda_allocated_after"][1:]): problems.append(f"allocated {r['cuda_allocated_after']} vs {base}")
     if any(a != res for a in r["cuda_reserved_after"][1:]): problems.append(f"reserved {r['cuda_reserved_after']} vs {res}")
     if r["after"]["cuda_used"] - r["baseline"]["cuda_used"] > 2 * 1024 * 1024: problems.append("device used memory grew")
