@@ -109,7 +109,8 @@ impl Pool {
     /// Runs `f` with the model `name`, holding a lease until the future it returns completes.
     ///
     /// The `Arc` handed to `f` is for this call only; kept beyond it, it may find the model
-    /// released.
+    /// released, or offloaded to the warm tier (a request then restores it on the device
+    /// outside the pool's accounting, until the pool next restores or releases it).
     pub async fn with<F, Fut, T>(&self, name: &str, f: F) -> Result<T, PoolError>
     where
         F: FnOnce(Arc<dyn EmbeddingService>) -> Fut,

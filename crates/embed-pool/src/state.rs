@@ -57,7 +57,9 @@ impl WarmPolicy {
             WarmMode::Auto => slot.cuda_index().is_some(),
             WarmMode::Always => true,
         };
-        device_ok && slot.weight_bytes <= self.host_budget && slot.service.residency().is_some()
+        // A CPU model prepacked for oneDNN refuses to offload: do not even try.
+        let prepacked = || slot.service.info().is_some_and(|i| i.cpu_prepacked);
+        device_ok && slot.weight_bytes <= self.host_budget && slot.service.residency().is_some() && !prepacked()
     }
 }
 
@@ -160,7 +162,7 @@ impl<L> Entry<L> {
     fn retire(&mut self, name: &str, cause: Option<EvictionCause>) -> Retire {
         let slot = self.slot().expect("a loading entry is never retired").clone();
         self.phase = Phase::Draining { slot: slot.clone(), retiring: true };
-        Retire { name: name.to_string(), id: self.id, slot, cause, offload: false, counted: false }
+        Retire { name: name.to_string(), id: self.id, slot, cause, offload: false, counted: false, resident: self.resident }
     }
 }
 
@@ -174,6 +176,9 @@ pub(crate) struct Retire {
     pub(crate) offload: bool,
     /// Its eviction was counted already (a failed offload, released instead).
     pub(crate) counted: bool,
+    /// Its weights are on the device (false for a warm model): only then does its release
+    /// give device memory back.
+    pub(crate) resident: bool,
 }
 
 /// A model the caller asked for, resolved against the registry.
@@ -427,7 +432,8 @@ impl<L: Default> State<L> {
         }
         let mut retires = Vec::new();
         for (name, cause) in victims {
-            self.demote(&name, cause, &mut retires);
+            // The model asked for may be warm: its own copy is never unloaded to make room.
+            self.demote(&name, cause, &mut retires, Some(&w.name));
         }
         Step::Evict(retires)
     }
@@ -442,8 +448,8 @@ impl<L: Default> State<L> {
     /// Takes the idle model `name` off its device: to the warm tier when the policy allows it
     /// and the host budget has room (made by unloading the least recently used warm models),
     /// else unloaded. Pushes the jobs to `out`.
-    fn demote(&mut self, name: &str, cause: EvictionCause, out: &mut Vec<Retire>) {
-        let Some(warm_victims) = self.host_room(name) else {
+    fn demote(&mut self, name: &str, cause: EvictionCause, out: &mut Vec<Retire>, keep: Option<&str>) {
+        let Some(warm_victims) = self.host_room(name, keep) else {
             let e = self.entries.get_mut(name).expect("demoted model is in the map");
             out.push(e.retire(name, Some(cause)));
             return;
@@ -456,19 +462,24 @@ impl<L: Default> State<L> {
         let slot = e.slot().expect("only loaded models are demoted").clone();
         e.phase = Phase::Offloading(slot.clone());
         e.host_bytes = slot.weight_bytes;
-        out.push(Retire { name: name.to_string(), id: e.id, slot, cause: Some(cause), offload: true, counted: false });
+        out.push(Retire { name: name.to_string(), id: e.id, slot, cause: Some(cause), offload: true, counted: false, resident: true });
     }
 
     /// Whether `name` may go warm: `Some(warm models to unload first)` when the policy allows
     /// it and the host budget has (or can be given) room for it, least recently used first.
-    fn host_room(&self, name: &str) -> Option<Vec<String>> {
+    /// Pinned warm models and `keep` (a warm model about to be restored) are never unloaded.
+    fn host_room(&self, name: &str, keep: Option<&str>) -> Option<Vec<String>> {
         let slot = self.entries.get(name).and_then(Entry::slot)?;
         if !self.warm.allows(slot) {
             return None;
         }
         let (bytes, budget) = (slot.weight_bytes, self.warm.host_budget);
         let mut used = self.host_used();
-        let mut warm: Vec<(&String, &Entry<L>)> = self.entries.iter().filter(|(n, e)| e.is_warm() && n.as_str() != name).collect();
+        let mut warm: Vec<(&String, &Entry<L>)> = self
+            .entries
+            .iter()
+            .filter(|(n, e)| e.is_warm() && !e.pinned && n.as_str() != name && Some(n.as_str()) != keep)
+            .collect();
         warm.sort_by_key(|(_, e)| e.tick);
         let mut victims = Vec::new();
         for (n, e) in warm {
@@ -501,7 +512,7 @@ impl<L: Default> State<L> {
                     let mut warm: Vec<(String, u64, u64)> = self
                         .entries
                         .iter()
-                        .filter(|(n, e)| e.is_warm() && n.as_str() != name)
+                        .filter(|(n, e)| e.is_warm() && !e.pinned && n.as_str() != name)
                         .map(|(n, e)| (n.clone(), e.tick, e.host()))
                         .collect();
                     warm.sort_by_key(|w| w.1);
@@ -512,6 +523,12 @@ impl<L: Default> State<L> {
                         used -= host;
                         let e = self.entries.get_mut(&n).expect("warm model is in the map");
                         out.push(e.retire(&n, Some(EvictionCause::Memory)));
+                    }
+                    if used > budget {
+                        // Its real copy (alignment, the pinned allocator's rounding) overran
+                        // a budget nothing else can give back: it goes too.
+                        let e = self.entries.get_mut(name).expect("offloaded model is in the map");
+                        out.push(Retire { counted: true, ..e.retire(name, cause) });
                     }
                 }
                 out
@@ -557,7 +574,7 @@ impl<L: Default> State<L> {
             }
         }
         e.phase = Phase::Draining { slot: slot.clone(), retiring: true };
-        Published::Closed(Retire { name: name.to_string(), id: e.id, slot, cause: None, offload: false, counted: false })
+        Published::Closed(Retire { name: name.to_string(), id: e.id, slot, cause: None, offload: false, counted: false, resident: e.resident })
     }
 
     /// Decides an explicit offload of `name` (`Pool::offload`): the jobs (warm models unloaded
@@ -578,11 +595,11 @@ impl<L: Default> State<L> {
             Phase::Ready(_) => {}
             _ => return fail(format!("it is {}", e.state().as_str())),
         }
-        if self.host_room(name).is_none() {
+        if self.host_room(name, None).is_none() {
             return fail(format!("the host budget of {} bytes has no room for it (warm models in use)", self.warm.host_budget));
         }
         let mut out = Vec::new();
-        self.demote(name, EvictionCause::Explicit, &mut out);
+        self.demote(name, EvictionCause::Explicit, &mut out, None);
         Ok(out)
     }
 
@@ -612,8 +629,8 @@ impl<L: Default> State<L> {
             if level == PressureLevel::Critical {
                 let e = self.entries.get_mut(&name).expect("candidate is in the map");
                 out.push(e.retire(&name, Some(EvictionCause::Pressure)));
-            } else if self.host_room(&name).is_some() {
-                self.demote(&name, EvictionCause::Pressure, &mut out);
+            } else if self.host_room(&name, None).is_some() {
+                self.demote(&name, EvictionCause::Pressure, &mut out, None);
             } else {
                 // High but it cannot go warm: unloading waits for the critical level.
                 continue;
@@ -641,7 +658,7 @@ impl<L: Default> State<L> {
             entry.id = self.next_id;
             entry.leases = 0;
             entry.phase = Phase::Draining { slot: slot.clone(), retiring: true };
-            return Published::Closed(Retire { name: name.to_string(), id: entry.id, slot, cause: None, offload: false, counted: false });
+            return Published::Closed(Retire { name: name.to_string(), id: entry.id, slot, cause: None, offload: false, counted: false, resident: true });
         }
         // Waiters become leases here, atomically with publishing the model, so it cannot be
         // evicted before they pick it up.
@@ -670,7 +687,7 @@ impl<L: Default> State<L> {
                 break;
             }
             used -= bytes;
-            self.demote(&name, EvictionCause::Memory, &mut retires);
+            self.demote(&name, EvictionCause::Memory, &mut retires, None);
         }
         retires
     }

@@ -412,7 +412,8 @@ impl Shared {
         let release_timeout = self.config.memory_budget.map(|_| self.config.timeouts.memory_release);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let mark = release_timeout.map(|_| MemoryMark::take(&r.slot));
+            // A warm model holds no device memory: there is nothing to wait for.
+            let mark = release_timeout.filter(|_| r.resident).map(|_| MemoryMark::take(&r.slot));
             let report = match r.slot.service.cleanup().await {
                 Ok(report) => Some(report),
                 Err(e) => {
@@ -448,7 +449,10 @@ impl Shared {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = r.slot.service.offload().await;
+            let result = match AssertUnwindSafe(r.slot.service.offload()).catch_unwind().await {
+                Ok(r) => r,
+                Err(panic) => Err(embed_core::Error::WorkerPanicked { model: r.name.clone(), message: panic_message(panic.as_ref()) }),
+            };
             let Some(shared) = weak.upgrade() else { return None };
             let host = match &result {
                 Ok(report) => {

@@ -316,6 +316,40 @@ async fn explicit_offload_moves_idle_models_and_says_why_it_cannot() {
     pool.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_warm_model_never_unloads_its_own_copy_to_make_room() {
+    let _s = serial().await;
+    // One slot, host room for one model: switching between a and b restores each time the
+    // model asked for, unloading the other (no room to keep it warm), never reloading.
+    let loader = Loader::new(&[("a", 100), ("b", 100)]);
+    let pool = Pool::with_parts(config(1, 100), registry(&["a", "b"]), loader.clone(), FakeDevice::new(1 << 30));
+    pool.preload("a").await.unwrap();
+    pool.preload("b").await.unwrap(); // a goes warm
+    settle(&pool).await;
+    pool.preload("a").await.unwrap(); // a restores; b cannot go warm beside it: unloaded
+    settle(&pool).await;
+    assert_eq!((state(&pool, "a"), state(&pool, "b")), (Some(ModelState::Ready), None));
+    let stats = pool.stats();
+    assert_eq!((stats.loads, stats.restores), (2, 1), "a came back from the warm tier, not from disk");
+    assert_eq!(loader.made.lock().unwrap().len(), 2);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_warm_models_are_not_unloaded_for_host_room() {
+    let _s = serial().await;
+    let loader = Loader::new(&[("p", 100), ("a", 100), ("b", 100)]);
+    let reg = registry(&["a", "b"]).with_settings("p", ModelSpec::new("fake/p"), ModelSettings::default().with_pinned(true));
+    let pool = Pool::with_parts(config(2, 150), reg, loader, FakeDevice::new(1 << 30));
+    pool.preload("p").await.unwrap();
+    assert!(pool.offload("p").await.unwrap(), "a pinned model goes warm on request");
+    pool.preload("a").await.unwrap();
+    pool.preload("b").await.unwrap();
+    pool.offload("a").await.expect_err("no host room beside the pinned warm p");
+    assert_eq!(state(&pool, "p"), Some(ModelState::Warm));
+    pool.close().await;
+}
+
 // ---- The state-machine test ----
 
 const NAMES: [&str; 5] = ["m0", "m1", "m2", "m3", "m4"];

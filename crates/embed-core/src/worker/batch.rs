@@ -100,7 +100,7 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
         let first = match rx.recv_timeout(IDLE_TRIM_AFTER) {
             Ok(Command::Embed(job)) => job,
             Ok(Command::Move { to, reply }) => {
-                let _ = reply.send(residence.go(model, to, cfg));
+                let _ = reply.send(residence.go_guarded(model, to, cfg));
                 continue;
             }
             Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -141,7 +141,7 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
         if residence.on_host() {
             // Offloaded and asked to work: bring the weights back first.
             cfg.stats.auto_restores.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = residence.go(model, Residency::Device, cfg) {
+            if let Err(e) = residence.go_guarded(model, Residency::Device, cfg) {
                 for job in jobs {
                     let _ = job.reply.send(Err(e.clone_for_reply()));
                 }
@@ -152,7 +152,7 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
             process(model, jobs, cfg);
         }
         if let Some((to, reply)) = then_move {
-            let _ = reply.send(residence.go(model, to, cfg));
+            let _ = reply.send(residence.go_guarded(model, to, cfg));
         }
         // glibc keeps freed activation buffers in its arenas; under steady traffic with shifting
         // batch shapes that retained memory creeps up. Hand it back to the OS at most once per

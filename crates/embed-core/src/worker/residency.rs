@@ -20,12 +20,31 @@ impl Residence {
         self.host.is_some()
     }
 
+    /// [`Residence::go`], a panic in libtorch turned into the caller's error (the worker lives
+    /// on, its model where the failed move left it).
+    pub(crate) fn go_guarded(&mut self, model: &Model, to: Residency, cfg: &WorkerConfig) -> Result<MoveReport> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.go(model, to, cfg))) {
+            Ok(r) => r,
+            Err(p) => Err(crate::Error::WorkerPanicked { model: cfg.model_name.clone(), message: crate::panic_message(p.as_ref()) }),
+        }
+    }
+
     /// Moves the weights to `to`; a no-op (reported as such) when they are there already.
-    pub(crate) fn go(&mut self, model: &Model, to: Residency, cfg: &WorkerConfig) -> Result<MoveReport> {
+    fn go(&mut self, model: &Model, to: Residency, cfg: &WorkerConfig) -> Result<MoveReport> {
         let started = Instant::now();
         let report = match (to, self.host.take()) {
             (Residency::Host, None) => {
-                let copy = HostCopy::take(model, &cfg.model_name)?;
+                let copy = match HostCopy::take(model, &cfg.model_name) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Pinned chunks allocated before the failure went back to libtorch's
+                        // cache: give them to the driver.
+                        if cfg.device.is_cuda() {
+                            let _ = memory::empty_pinned_host_cache();
+                        }
+                        return Err(e);
+                    }
+                };
                 let report = MoveReport { residency: to, moved: true, tensor_bytes: copy.tensor_bytes, host_bytes: copy.host_bytes, duration: copy.duration };
                 self.host = Some(copy);
                 // The device memory the weights held goes back to the driver, for other models.
