@@ -221,9 +221,10 @@ def server_facts_problems() -> Problems:
             p.append(f"no route {route} (probes and scraping use it)")
     if f'"{QUEUE_METRIC}"' not in src.get("metrics.rs", ""):
         p.append(f"metrics.rs exports no {QUEUE_METRIC} (the HPA scales on it)")
+    binary = src.get("main.rs", "") + src.get("cli.rs", "")
     for env in ("EMBED_API_KEY", "EMBED_CONFIG", "EMBED_BIND", "EMBED_LOG"):
-        if f'"{env}"' not in src.get("main.rs", ""):
-            p.append(f"main.rs does not read {env} (the image or the chart sets it)")
+        if f'"{env}"' not in binary:
+            p.append(f"the server binary (main.rs, cli.rs) does not read {env} (the image or the chart sets it)")
     return p
 
 
