@@ -896,4 +896,94 @@ mod tests {
         assert_eq!((names(&step.retires), step.forced_leases), (vec![("b", Some(EvictionCause::Explicit))], 1));
         assert!(matches!(st.plan(&config, &wanted("c"), None, now), Step::Fail(PoolError::Closed { .. })));
     }
+
+    fn warm(st: &mut St, host_budget: u64) {
+        st.warm = WarmPolicy { mode: WarmMode::Always, host_budget };
+    }
+
+    #[test]
+    fn an_evicted_model_goes_warm_holds_no_slot_and_restores_through_a_cell() {
+        let (mut st, now) = (St::default(), Instant::now());
+        let config = PoolConfig::default().with_max_models(1);
+        warm(&mut st, 1000);
+        load(&mut st, &config, &wanted("a"), 100, now);
+        let Step::Evict(jobs) = st.plan(&config, &wanted("b"), None, now) else { panic!("expected an eviction") };
+        assert_eq!((jobs.len(), jobs[0].name.as_str(), jobs[0].offload, jobs[0].cause), (1, "a", true, Some(EvictionCause::Capacity)));
+        assert_eq!(st.entries["a"].state(), ModelState::Offloading);
+        assert!(matches!(st.plan(&config, &wanted("b"), None, now), Step::Wait(WaitFor::Releasing(_))), "the offload is the room");
+        assert!(st.offloaded("a", jobs[0].id, Some(120), jobs[0].cause).is_empty());
+        assert_eq!((st.entries["a"].state(), st.entries["a"].bytes(), st.host_used()), (ModelState::Warm, 0, 120));
+        // Warm models hold no slot: b loads beside it.
+        load(&mut st, &config, &wanted("b"), 100, now);
+        // Asking for a again evicts b (offloaded too), then restores a through a cell others join.
+        let Step::Evict(jobs) = st.plan(&config, &wanted("a"), None, now) else { panic!("expected an eviction") };
+        assert_eq!(names(&jobs), [("b", Some(EvictionCause::Capacity))]);
+        st.offloaded("b", jobs[0].id, Some(100), jobs[0].cause);
+        let Step::Restore(_, id, _) = st.plan(&config, &wanted("a"), None, now) else { panic!("expected a restore") };
+        let Step::Join(_, joined) = st.plan(&config, &wanted("a"), None, now) else { panic!("expected to join the restore") };
+        assert_eq!(id, joined);
+        assert!(matches!(st.restored("a", id, true), Published::Ready(_)));
+        assert_eq!((st.entries["a"].state(), st.entries["a"].leases, st.entries["a"].bytes()), (ModelState::Ready, 2, 100));
+        assert_eq!(st.host_used(), 100, "b's copy only");
+    }
+
+    #[test]
+    fn host_room_unloads_the_oldest_unpinned_warm_models_and_never_the_one_asked_for() {
+        let (mut st, now) = (St::default(), Instant::now());
+        let config = PoolConfig::default().with_max_models(1);
+        warm(&mut st, 250);
+        let apply = |st: &mut St, jobs: Vec<Retire>| {
+            for j in jobs {
+                if j.offload {
+                    st.offloaded(&j.name, j.id, Some(100), j.cause);
+                } else {
+                    st.remove(&j.name, j.id);
+                }
+            }
+        };
+        // p is pinned: never evicted for room, but it goes warm on request.
+        load(&mut st, &config, &Wanted { pinned: true, ..wanted("p") }, 100, now);
+        let jobs = st.offload_step("p").unwrap();
+        apply(&mut st, jobs);
+        for n in ["a", "b"] {
+            load(&mut st, &config, &wanted(n), 100, now);
+            let Step::Evict(jobs) = st.plan(&config, &wanted("next"), None, now) else { panic!("expected an eviction") };
+            apply(&mut st, jobs);
+        }
+        // p (pinned) and b are warm; a, the oldest unpinned, was unloaded to make room for b.
+        let state = |st: &St, n: &str| st.entries.get(n).map(Entry::state);
+        assert_eq!((state(&st, "p"), state(&st, "a"), state(&st, "b")), (Some(ModelState::Warm), None, Some(ModelState::Warm)));
+        // Restoring b while "next" must leave: "next" cannot go warm without unloading b itself,
+        // which is never done, nor p (pinned): it is unloaded instead.
+        load(&mut st, &config, &wanted("next"), 100, now);
+        let Step::Evict(jobs) = st.plan(&config, &wanted("b"), None, now) else { panic!("expected an eviction") };
+        assert_eq!((names(&jobs), jobs[0].offload), (vec![("next", Some(EvictionCause::Capacity))], false));
+    }
+
+    #[test]
+    fn pressure_moves_only_idle_unpinned_models_offloading_at_high_and_unloading_at_critical() {
+        let (mut st, config, now) = (St::default(), PoolConfig::default(), Instant::now());
+        warm(&mut st, 1000);
+        let on_cuda = |st: &mut St, n: &str| {
+            let e = st.entries.get_mut(n).unwrap();
+            let slot = e.slot().unwrap().clone();
+            let cuda = Arc::new(Slot { device: Some(ResolvedDevice::Cuda(0)), name: slot.name.clone(), service: slot.service.clone(), weight_bytes: slot.weight_bytes, kind: None });
+            e.phase = Phase::Ready(cuda);
+        };
+        for (n, pinned) in [("leased", false), ("pinned", false), ("idle1", false), ("idle2", false)] {
+            load(&mut st, &config, &Wanted { pinned, ..wanted(n) }, 100, now);
+            on_cuda(&mut st, n);
+        }
+        st.entries.get_mut("pinned").unwrap().pinned = true;
+        assert!(st.hit("leased", now).is_some());
+        assert!(st.relieve(0, PressureLevel::Moderate, 500).is_empty(), "moderate: nothing moves");
+        let jobs = st.relieve(0, PressureLevel::High, 150);
+        assert_eq!(jobs.iter().map(|j| (j.name.as_str(), j.offload)).collect::<Vec<_>>(), [("idle1", true), ("idle2", true)]);
+        assert!(st.relieve(0, PressureLevel::High, 150).is_empty(), "offloads under way count");
+        assert!(st.relieve(1, PressureLevel::Critical, 500).is_empty(), "another device");
+        for j in jobs {
+            st.offloaded(&j.name, j.id, Some(100), j.cause);
+        }
+        assert!(st.relieve(0, PressureLevel::Critical, 500).is_empty(), "only the leased and the pinned are left");
+    }
 }
