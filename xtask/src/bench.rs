@@ -39,7 +39,7 @@ fn parse_rounds(stdout: &str) -> Result<Vec<Round>> {
         .collect()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {

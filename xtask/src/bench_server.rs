@@ -11,16 +11,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bench::{cpu_model, flag, run_capture};
+use crate::bench::{cpu_model, flag, median, run_capture};
 use crate::setup;
 
 /// Share of the machine's bf16/f32 linear-layer ratio the server must reach in bf16.
 const GOAL: f64 = 0.8;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let rounds: usize = flag(args, "--rounds").unwrap_or(3);

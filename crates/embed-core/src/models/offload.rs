@@ -16,8 +16,6 @@
 //! Both directions are all or nothing: if a host buffer or a device tensor cannot be
 //! allocated, what was done so far is undone and the model stays where it was.
 
-use std::time::{Duration, Instant};
-
 use tch::{Device, Kind, Tensor};
 
 use super::Model;
@@ -46,8 +44,6 @@ pub(crate) struct HostCopy {
     pub(crate) host_bytes: u64,
     /// Bytes of the tensors copied (the model's weight bytes).
     pub(crate) tensor_bytes: u64,
-    /// How long the copy took (copies, synchronisation, freeing the device memory excluded).
-    pub(crate) duration: Duration,
     /// Counts `host_bytes` in [`crate::memory::offloaded_host_bytes`] while the copy lives.
     _counted: crate::memory::OffloadedBytes,
 }
@@ -90,7 +86,6 @@ impl HostCopy {
     /// Copies every tensor of `model` to host memory and frees them on the device. `name` is
     /// for error messages.
     pub(crate) fn take(model: &Model, name: &str) -> Result<HostCopy> {
-        let started = Instant::now();
         if model.prepacked {
             return Err(Error::InvalidOption {
                 name: "cpu_prepack",
@@ -142,7 +137,6 @@ impl HostCopy {
             host_bytes: host_bytes as u64,
             tensor_bytes: entries.iter().map(|e| e.len as u64).sum(),
             entries,
-            duration: started.elapsed(),
             _counted: crate::memory::OffloadedBytes::new(host_bytes as u64),
         };
         // A tensor that is a view of another has a storage of its own handle, which the swap
@@ -159,8 +153,7 @@ impl HostCopy {
 
     /// Allocates every tensor on `device` again and copies its bytes back. On failure the
     /// model keeps its placeholders and the copy is handed back with the error.
-    pub(crate) fn restore(self, device: Device, name: &str) -> std::result::Result<Duration, (HostCopy, Error)> {
-        let started = Instant::now();
+    pub(crate) fn restore(self, device: Device, name: &str) -> std::result::Result<(), (HostCopy, Error)> {
         let mut restored = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let fresh = Tensor::f_empty(e.shape.as_slice(), (e.kind, device))
@@ -177,11 +170,11 @@ impl HostCopy {
         for (mut e, t) in entries.into_iter().zip(restored) {
             e.handle.set_data(&t);
         }
-        Ok(started.elapsed())
+        Ok(())
     }
 
     /// Restores after a failed `take`; the error is the reason it could not.
     fn put_back(self, device: Device, name: &str) -> Result<()> {
-        self.restore(device, name).map(|_| ()).map_err(|(_, e)| e)
+        self.restore(device, name).map_err(|(_, e)| e)
     }
 }

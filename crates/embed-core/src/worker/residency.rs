@@ -45,7 +45,7 @@ impl Residence {
                         return Err(e);
                     }
                 };
-                let report = MoveReport { residency: to, moved: true, tensor_bytes: copy.tensor_bytes, host_bytes: copy.host_bytes, duration: copy.duration };
+                let report = MoveReport { residency: to, moved: true, tensor_bytes: copy.tensor_bytes, host_bytes: copy.host_bytes, duration: started.elapsed() };
                 self.host = Some(copy);
                 // The device memory the weights held goes back to the driver, for other models.
                 release_cached(cfg.device);
@@ -55,7 +55,7 @@ impl Residence {
             (Residency::Device, Some(copy)) => {
                 let (tensor_bytes, host_bytes) = (copy.tensor_bytes, copy.host_bytes);
                 match copy.restore(model.device(), &cfg.model_name) {
-                    Ok(_) => {}
+                    Ok(()) => {}
                     Err((copy, e)) => {
                         self.host = Some(copy);
                         release_cached(cfg.device);

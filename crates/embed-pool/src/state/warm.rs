@@ -68,23 +68,26 @@ impl<L: Default> State<L> {
         if !self.warm.allows(slot) {
             return None;
         }
-        let (bytes, budget) = (slot.weight_bytes, self.warm.host_budget);
-        let mut used = self.host_used();
-        let mut warm: Vec<(&String, &Entry<L>)> = self
-            .entries
-            .iter()
-            .filter(|(n, e)| e.is_warm() && !e.pinned && n.as_str() != name && Some(n.as_str()) != keep)
-            .collect();
+        let room = self.warm.host_budget.checked_sub(slot.weight_bytes)?;
+        let (victims, used) = self.warm_victims(&[Some(name), keep], self.host_used(), room);
+        (used <= room).then_some(victims)
+    }
+
+    /// The least recently used warm models to unload, pinned ones and `except` never, until
+    /// `used` host bytes are at most `limit`; with the bytes left in use.
+    fn warm_victims(&self, except: &[Option<&str>], mut used: u64, limit: u64) -> (Vec<String>, u64) {
+        let mut warm: Vec<(&String, &Entry<L>)> =
+            self.entries.iter().filter(|(n, e)| e.is_warm() && !e.pinned && !except.contains(&Some(n.as_str()))).collect();
         warm.sort_by_key(|(_, e)| e.tick);
         let mut victims = Vec::new();
         for (n, e) in warm {
-            if used + bytes <= budget {
+            if used <= limit {
                 break;
             }
             used -= e.host();
             victims.push(n.clone());
         }
-        (used + bytes <= budget).then_some(victims)
+        (victims, used)
     }
 
     /// The offload of entry `id` of `name` finished: with the host bytes it holds, or `None`
@@ -100,31 +103,17 @@ impl<L: Default> State<L> {
                 e.phase = Phase::Warm(slot);
                 e.resident = false;
                 e.host_bytes = host;
-                let mut out = Vec::new();
                 let budget = self.warm.host_budget;
-                let mut used = self.host_used();
+                let (victims, used) = self.warm_victims(&[Some(name)], self.host_used(), budget);
+                let mut out: Vec<Retire> = victims
+                    .iter()
+                    .map(|n| self.entries.get_mut(n).expect("warm model is in the map").retire(n, Some(EvictionCause::Memory)))
+                    .collect();
                 if used > budget {
-                    let mut warm: Vec<(String, u64, u64)> = self
-                        .entries
-                        .iter()
-                        .filter(|(n, e)| e.is_warm() && !e.pinned && n.as_str() != name)
-                        .map(|(n, e)| (n.clone(), e.tick, e.host()))
-                        .collect();
-                    warm.sort_by_key(|w| w.1);
-                    for (n, _, host) in warm {
-                        if used <= budget {
-                            break;
-                        }
-                        used -= host;
-                        let e = self.entries.get_mut(&n).expect("warm model is in the map");
-                        out.push(e.retire(&n, Some(EvictionCause::Memory)));
-                    }
-                    if used > budget {
-                        // Its real copy (alignment, the pinned allocator's rounding) overran
-                        // a budget nothing else can give back: it goes too.
-                        let e = self.entries.get_mut(name).expect("offloaded model is in the map");
-                        out.push(Retire { counted: true, ..e.retire(name, cause) });
-                    }
+                    // Its real copy (alignment, the pinned allocator's rounding) overran a
+                    // budget nothing else can give back: it goes too.
+                    let e = self.entries.get_mut(name).expect("offloaded model is in the map");
+                    out.push(Retire { counted: true, ..e.retire(name, cause) });
                 }
                 out
             }
