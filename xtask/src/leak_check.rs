@@ -6,7 +6,10 @@
 //! left live after any cycle (the core and pool layers offload and restore models too);
 //! C-allocator in-use bytes within max(8 MiB, 3 %) of the post-warm-up level; anonymous resident
 //! memory (RssAnon: heap and stacks, not library code pages) within max(24 MiB, 5 %, 2 % of the
-//! largest model's weights). CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
+//! largest model's weights). The child freezes glibc's malloc thresholds first, so freed memory
+//! goes back to the OS at once and RSS is not moved by the arenas' hysteresis (with glibc's
+//! dynamic thresholds it stepped 20-40 MiB between cycles on fresh machines, allocator flat).
+//! CUDA verdicts: caching-allocator allocated bytes exactly back to the baseline
 //! after every cycle, reserved bytes back to the baseline (cleanup empties the cache), and
 //! device-level used memory within 2 MiB of the baseline (the process's context overhead).
 

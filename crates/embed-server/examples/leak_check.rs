@@ -123,7 +123,8 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
     // and the host budget unloads the least recently used warm models. (The core layer moves
     // the MiniLM itself. With a 90 MB MiniLM copy held beside two loaded models, this
     // process's anonymous RSS stepped by up to 30 MiB once on a fresh CI machine while the
-    // allocator's figure stayed within 0.1 MiB: noise from glibc's arenas, kept out of here.)
+    // allocator's figure stayed within 0.1 MiB: glibc's arena hysteresis, before this child
+    // froze its malloc thresholds.)
     let warm = WarmTier { mode: WarmMode::Always, host_budget: HostBudget::Bytes(48 << 20) };
     let pool = Pool::new(PoolConfig::default().with_max_models(2).with_warm_tier(warm), registry);
     let churn = vec!["churn".to_string(), "a second text to score".to_string()];
@@ -192,6 +193,9 @@ fn note_peak(peak: &mut MemorySnapshot) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // Freed memory goes back to the OS at once, so anonymous RSS shows what is retained rather
+    // than glibc's arena hysteresis (see `freeze_malloc_thresholds`).
+    assert!(memory::freeze_malloc_thresholds(128 << 10), "glibc refused mallopt");
     let a = args();
     if matches!(a.device, DeviceSpec::Cuda(_)) && embed_core::cuda_device_count() == 0 {
         eprintln!("--device cuda asked for, but libtorch sees no CUDA device");

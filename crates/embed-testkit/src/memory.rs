@@ -25,6 +25,12 @@ pub fn require_cuda() {
 
 /// Returns freed heap to the OS and takes a snapshot, so resident figures reflect live data.
 pub fn settled_snapshot() -> MemorySnapshot {
+    static FROZEN: std::sync::Once = std::sync::Once::new();
+    // Resident memory then follows what is in use (see `freeze_malloc_thresholds`); the first
+    // snapshot is a warm-up level, taken before later frees trim the arenas.
+    FROZEN.call_once(|| {
+        embed_core::memory::freeze_malloc_thresholds(128 << 10);
+    });
     trim_cpu_heap();
     MemorySnapshot::now()
 }
