@@ -492,6 +492,9 @@ pub struct BatchStats {
     /// Forward passes whose attention ran packed (variable-length flash attention, no
     /// padding: CUDA in f16/bf16); the others ran padded attention.
     pub packed_attention_batches: u64,
+    /// Forward passes whose padded attention ran in several runs of similar length, each at
+    /// its own padded length (CPU encoders; `EMBED_CPU_ATTENTION=padded` turns it off).
+    pub length_grouped_batches: u64,
     /// Times the weights were offloaded to host memory.
     pub offloads: u64,
     /// Times they were restored to the device (asked for, or caused by a request).

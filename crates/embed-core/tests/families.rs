@@ -32,6 +32,14 @@ async fn every_family_matches_sentence_transformers() {
         let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
         assert_eq!(out.token_counts, counts, "{name}: token counts");
         let worst = assert_cosines(&format!("{name} (batched) vs sentence-transformers"), &out.vectors, &expected, 0.99999);
+        // The encoders' padded attention ran in runs of similar length (their masks, window
+        // and relative-position bias cut to each run); the decoders' attention pads the batch.
+        let grouped = svc.batch_stats().unwrap().length_grouped_batches;
+        if family == "decoder" || family == "gemma3" {
+            assert_eq!(grouped, 0, "{name}: decoders do not group attention by length");
+        } else {
+            assert!(grouped > 0, "{name}: no batch of mixed lengths ran its attention in length groups");
+        }
 
         // Every text alone: no padding at all.
         let mut alone = Vec::with_capacity(texts.len());

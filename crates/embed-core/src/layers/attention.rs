@@ -26,7 +26,7 @@ use std::os::raw::{c_char, c_int, c_void};
 use tch::{Device, Kind, Tensor};
 
 use super::rotary::RotaryTable;
-use super::BatchInput;
+use super::{BatchInput, LenGroup};
 
 extern "C" {
     fn embed_flash_attention_varlen(
@@ -190,6 +190,24 @@ pub(crate) fn heads_padded(x: &Tensor, t: &BatchInput) -> Tensor {
     t.pad(&x.reshape([-1, heads * head_dim])).view([t.b, t.len, heads, head_dim]).transpose(1, 2)
 }
 
+/// A padded batch's attention mask (broadcast to `[b, heads, len, len]`: a key mask, a window
+/// or a float bias) cut to one run of rows and its length.
+fn group_mask(mask: &Tensor, b: i64, len: i64, g: &LenGroup) -> Tensor {
+    let size = mask.size();
+    let mut m = mask.shallow_clone();
+    if size.len() == 4 {
+        if size[0] == b && b > 1 {
+            m = m.narrow(0, g.first, g.count);
+        }
+        for dim in [2, 3] {
+            if size[dim] == len && len > 1 {
+                m = m.narrow(dim as i64, 0, g.len);
+            }
+        }
+    }
+    m
+}
+
 /// Multi-head self-attention over fused `[n, 3 * hidden]` projections (Q, K, V in that order).
 pub(crate) struct SelfAttention {
     pub(crate) heads: i64,
@@ -228,10 +246,22 @@ impl SelfAttention {
                 let (b, len) = (t.b, t.len);
                 let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
                 let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-                let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, Some(scale), false)
-                    .transpose(1, 2)
-                    .reshape([b * len, hidden]);
-                Ok(t.unpad(ctx))
+                let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor| {
+                    Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, Some(scale), false)
+                };
+                if t.groups.is_empty() {
+                    let ctx = sdpa(&q, &k, &v, mask).transpose(1, 2).reshape([b * len, hidden]);
+                    return Ok(t.unpad(ctx));
+                }
+                // Each run of similar lengths on its own padded length. Every real token lies
+                // inside its run's length, so the rows unpad reads are all written.
+                let ctx = Tensor::empty([b, len, self.heads, self.head_dim], (q.kind(), q.device()));
+                for g in &t.groups {
+                    let part = |x: &Tensor| x.narrow(0, g.first, g.count).narrow(2, 0, g.len);
+                    let c = sdpa(&part(&q), &part(&k), &part(&v), &group_mask(mask, b, len, g));
+                    ctx.narrow(0, g.first, g.count).narrow(1, 0, g.len).copy_(&c.transpose(1, 2));
+                }
+                Ok(t.unpad(ctx.view([b * len, hidden])))
             }
         }
     }

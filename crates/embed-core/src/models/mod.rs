@@ -320,6 +320,11 @@ pub(crate) trait Encoder: Tensors {
     fn forward(&self, t: &BatchInput) -> Tensor;
     /// The attention form the next forward pass runs (after a pass: the form it ran).
     fn attention_path(&self) -> AttentionPath;
+    /// Whether its padded attention honours [`BatchInput::groups`] (the families on
+    /// `SelfAttention`); the others are given none.
+    fn groups_by_length(&self) -> bool {
+        false
+    }
     /// The largest tensor (the word embeddings), for the planted-leak test build.
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor;
@@ -339,6 +344,10 @@ impl Encoder for PostNorm {
 
     fn attention_path(&self) -> AttentionPath {
         self.stack.attention_path()
+    }
+
+    fn groups_by_length(&self) -> bool {
+        true
     }
 
     #[cfg(feature = "planted-leak")]
@@ -425,6 +434,11 @@ impl Model {
 
     pub(crate) fn attention_path(&self) -> AttentionPath {
         self.encoder.attention_path()
+    }
+
+    /// See [`Encoder::groups_by_length`].
+    pub(crate) fn groups_by_length(&self) -> bool {
+        self.encoder.groups_by_length()
     }
 
     /// Reorders every linear layer's weight once into oneDNN's layout (CPU; worth it in bf16,

@@ -159,6 +159,10 @@ impl Encoder for ModernBert {
         AttentionPath::Padded
     }
 
+    fn groups_by_length(&self) -> bool {
+        true
+    }
+
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor {
         std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))

@@ -135,6 +135,10 @@ impl Encoder for MPNet {
         AttentionPath::Padded
     }
 
+    fn groups_by_length(&self) -> bool {
+        true
+    }
+
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor {
         std::mem::replace(&mut self.emb.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))

@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::layers::attention::AttentionPath;
-use crate::layers::BatchInput;
+use crate::layers::{length_groups, BatchInput};
 use crate::models::Model;
 use crate::config::Pooling;
 use crate::types::FaultInjection;
@@ -63,6 +63,7 @@ pub(crate) struct WorkerStats {
     pub(crate) padded_tokens: AtomicU64,
     pub(crate) oom_splits: AtomicU64,
     pub(crate) packed_batches: AtomicU64,
+    pub(crate) grouped_batches: AtomicU64,
     pub(crate) offloads: AtomicU64,
     pub(crate) restores: AtomicU64,
     /// Restores a request caused (the weights were on the host when it arrived).
@@ -181,6 +182,20 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     }
     // An offloaded model's host copy is freed here, before the model's placeholders.
     drop(residence);
+}
+
+/// `EMBED_CPU_ATTENTION=padded` pads every CPU batch to its longest sequence (the behaviour
+/// before length groups, for benchmarks and diagnosis); unset or `grouped`, the default.
+fn group_cpu_attention() -> bool {
+    static GROUPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GROUPED.get_or_init(|| match std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default().as_str() {
+        "" | "grouped" => true,
+        "padded" => false,
+        other => {
+            tracing::warn!("EMBED_CPU_ATTENTION={other:?} is not grouped or padded; using grouped");
+            true
+        }
+    })
 }
 
 #[derive(Clone, Copy)]
@@ -437,7 +452,17 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let (mask, pool_mask) = (mask.view([b, len]), pool_mask.view([b, len]));
     let max_seqlen = len.max(filler as i64);
     let tokens = tokens as i64;
-    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len };
+    // Padded attention on the CPU runs each run of similar lengths at its own length (on a GPU
+    // the extra launches would cost more than the padding saves).
+    let groups = if !packed && !dev.is_cuda() && model.groups_by_length() && group_cpu_attention() {
+        length_groups(&batch.iter().map(|it| it.len).collect::<Vec<_>>())
+    } else {
+        Vec::new()
+    };
+    if !groups.is_empty() {
+        cfg.stats.grouped_batches.fetch_add(1, Ordering::Relaxed);
+    }
+    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups };
     let hidden = crate::profile::stage("forward", || model.forward(&input));
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
     let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
