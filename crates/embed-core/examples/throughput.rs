@@ -36,11 +36,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let load_s = t0.elapsed().as_secs_f64();
     let worker_threads = svc.info().map(|i| i.threads).unwrap_or(0);
     let opts = EmbedOptions::default();
+    // `EMBED_REQUEST_TEXTS=N`: the corpus in sequential requests of N texts (the server's view).
+    let per_request: Option<usize> = std::env::var("EMBED_REQUEST_TEXTS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0);
     svc.embed_texts(&texts[..texts.len().min(WARM_UP_TEXTS)], &opts).await?;
     let mut last = None;
     for round in 0..rounds {
         let t = Instant::now();
-        let out = svc.embed_texts(&texts, &opts).await?;
+        let out = match per_request {
+            None => svc.embed_texts(&texts, &opts).await?,
+            Some(n) => {
+                // One request after another, as a lone client of a server sends them.
+                let mut all = svc.embed_texts(&texts[..n.min(texts.len())], &opts).await?;
+                for chunk in texts[n.min(texts.len())..].chunks(n) {
+                    let part = svc.embed_texts(chunk, &opts).await?;
+                    all.vectors.extend(part.vectors);
+                    all.token_counts.extend(part.token_counts);
+                }
+                all
+            }
+        };
         let s = t.elapsed().as_secs_f64();
         println!(
             "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3},\"threads\":{worker_threads}}}",
