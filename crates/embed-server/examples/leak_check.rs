@@ -118,14 +118,12 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
         // A cross-encoder and a SPLADE encoder churn beside the embedders.
         .with("reranker", fixture("bert-reranker"))
         .with("splade", fixture("bert-splade"));
-    // The warm tier on, CPU models too, with room for the small models but not the MiniLM
-    // (larger than the budget: unloaded, as before the tier): evictions go warm, gets restore,
-    // and the host budget unloads the least recently used warm models. (The core layer moves
-    // the MiniLM itself. With a 90 MB MiniLM copy held beside two loaded models, this
-    // process's anonymous RSS stepped by up to 30 MiB once on a fresh CI machine while the
-    // allocator's figure stayed within 0.1 MiB: glibc's arena hysteresis, before this child
-    // froze its malloc thresholds.)
-    let warm = WarmTier { mode: WarmMode::Always, host_budget: HostBudget::Bytes(48 << 20) };
+    // The warm tier on, CPU models too, with room for the MiniLM's copy (90 MB) beside a small
+    // one: evictions go warm, gets restore, and the host budget unloads the least recently used
+    // warm models. (Before this child froze its malloc thresholds, a MiniLM copy held here made
+    // anonymous RSS step by up to 30 MiB on fresh machines, allocator flat, and the budget was
+    // cut to the small models.)
+    let warm = WarmTier { mode: WarmMode::Always, host_budget: HostBudget::Bytes(120 << 20) };
     let pool = Pool::new(PoolConfig::default().with_max_models(2).with_warm_tier(warm), registry);
     let churn = vec!["churn".to_string(), "a second text to score".to_string()];
     let opts = EmbedOptions::default();
