@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Embeddings, ModelOptions, ModelSpec};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,11 +46,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             None => svc.embed_texts(&texts, &opts).await?,
             Some(n) => {
                 // One request after another, as a lone client of a server sends them.
-                let mut all = svc.embed_texts(&texts[..n.min(texts.len())], &opts).await?;
-                for chunk in texts[n.min(texts.len())..].chunks(n) {
+                let mut all = Embeddings::default();
+                for chunk in texts.chunks(n) {
                     let part = svc.embed_texts(chunk, &opts).await?;
                     all.vectors.extend(part.vectors);
                     all.token_counts.extend(part.token_counts);
+                    all.truncated.extend(part.truncated);
                 }
                 all
             }

@@ -196,11 +196,11 @@ fn group_mask(mask: &Tensor, b: i64, len: i64, g: &LenGroup) -> Tensor {
     let size = mask.size();
     let mut m = mask.shallow_clone();
     if size.len() == 4 {
-        if size[0] == b && b > 1 {
+        if size[0] == b {
             m = m.narrow(0, g.first, g.count);
         }
         for dim in [2, 3] {
-            if size[dim] == len && len > 1 {
+            if size[dim] == len {
                 m = m.narrow(dim as i64, 0, g.len);
             }
         }

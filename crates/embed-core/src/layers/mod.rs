@@ -273,10 +273,10 @@ const GROUP_SPLIT_BELOW: f64 = 0.75;
 /// the padded length, is not paid at the longest sequence's length by every short one. One
 /// run for the whole batch gives an empty list. Any order is correct: each run is padded to
 /// its own longest.
-pub(crate) fn length_groups(lens: &[usize]) -> Vec<LenGroup> {
+pub(crate) fn length_groups(lens: &[i64]) -> Vec<LenGroup> {
     let mut groups: Vec<LenGroup> = Vec::new();
     for (row, &n) in lens.iter().enumerate() {
-        let n = n.max(1) as i64;
+        let n = n.max(1);
         match groups.last_mut() {
             Some(g) if (n as f64) >= GROUP_SPLIT_BELOW * g.len as f64 => {
                 g.count += 1;
@@ -448,13 +448,13 @@ mod tests {
 
     #[test]
     fn any_order_covers_every_row_within_its_runs_length() {
-        let lens = [3usize, 50, 4, 4, 60, 2, 9];
+        let lens = [3i64, 50, 4, 4, 60, 2, 9];
         let groups = length_groups(&lens);
         let mut next = 0;
         for grp in &groups {
             assert_eq!(grp.first, next, "runs are consecutive");
             for row in grp.first..grp.first + grp.count {
-                assert!(lens[row as usize].max(1) as i64 <= grp.len, "row {row} is longer than its run");
+                assert!(lens[row as usize].max(1) <= grp.len, "row {row} is longer than its run");
             }
             next += grp.count;
         }

@@ -454,8 +454,9 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let tokens = tokens as i64;
     // Padded attention on the CPU runs each run of similar lengths at its own length (on a GPU
     // the extra launches would cost more than the padding saves).
+    let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
     let groups = if !packed && !dev.is_cuda() && model.groups_by_length() && group_cpu_attention() {
-        length_groups(&batch.iter().map(|it| it.len).collect::<Vec<_>>())
+        length_groups(&lens)
     } else {
         Vec::new()
     };
@@ -464,7 +465,6 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     }
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups };
     let hidden = crate::profile::stage("forward", || model.forward(&input));
-    let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
     let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
     let tokens = batch.iter().any(|it| jobs[it.job].output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
     Launched { pooled, tokens, packed: model.attention_path() == AttentionPath::Packed }
