@@ -18,6 +18,9 @@ fn main() {
         .warnings(false)
         .flag("-std=c++17")
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+        // The int8 linear's passes run on libtorch's OpenMP threads (ATen's `parallel_for` is
+        // inline OpenMP), linked against the libgomp libtorch ships, so one runtime is loaded.
+        .flag("-fopenmp")
         .include(&include_dir)
         .include(include_dir.join("torch/csrc/api/include"))
         .file("shim/accel.cpp")
@@ -25,6 +28,7 @@ fn main() {
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=c10");
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
 
     // Dependents read this as DEP_EMBED_CORE_LIBTORCH_LIB.
     println!("cargo:libtorch_lib={}", lib_dir.display());

@@ -1,5 +1,5 @@
 //! Where the CPU forward pass spends its time, f32 beside bf16 (plain, and prepacked for
-//! oneDNN as loaded by default), stage by stage (see
+//! oneDNN as loaded by default) and int8, stage by stage (see
 //! `embed_core::profile`): each linear layer together, attention, norms, activations,
 //! residual adds, the padding-free index ops, upload, head and output copy.
 //!
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: Option<usize> = args.get(3).map(|s| s.parse()).transpose()?;
     let texts: Vec<String> = std::fs::read_to_string(corpus)?.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
 
-    let dtypes = [(DType::F32, None), (DType::Bf16, Some(false)), (DType::Bf16, None)];
+    let dtypes = [(DType::F32, None), (DType::Bf16, Some(false)), (DType::Bf16, None), (DType::Int8, None)];
     let mut services = Vec::new();
     for (dtype, cpu_prepack) in dtypes {
         let options = ModelOptions { dtype: Some(dtype), threads, cpu_prepack, ..Default::default() };
@@ -63,8 +63,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default();
     println!("{} texts, {rounds} rounds, threads {}, {cpu}", texts.len(), threads.map_or("default".into(), |t| t.to_string()));
     println!(
-        "{:<12} {:>9} {:>12} {:>12} {:>9} {:>9} {:>7} {:>7}",
-        "stage", "f32 ms", "bf16 plain", "bf16 packed", "f32/plain", "f32/packed", "f32 %", "bf16 %"
+        "{:<12} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "stage", "f32 ms", "bf16 plain", "bf16 packed", "int8", "f32/plain", "f32/packed", "f32/int8", "f32 %", "bf16 %"
     );
     let ms = |i: usize, name: &str| per_pass(stages[i].get(name).copied().unwrap_or_default());
     let walls: Vec<f64> = wall.iter().map(|w| per_pass(*w)).collect();
@@ -72,19 +72,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A stage a variant does not have (the GELU fused into the matmul) shows "-".
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
     for name in &names {
-        let (a, b, c) = (ms(0, name), ms(1, name), ms(2, name));
+        let (a, b, c, d) = (ms(0, name), ms(1, name), ms(2, name), ms(3, name));
         println!(
-            "{name:<12} {a:>9.1} {b:>12.1} {c:>12.1} {:>9} {:>9} {:>6.1}% {:>6.1}%",
+            "{name:<12} {a:>9.1} {b:>12.1} {c:>12.1} {d:>9.1} {:>9} {:>9} {:>9} {:>6.1}% {:>6.1}%",
             ratio(a, b),
             ratio(a, c),
+            ratio(a, d),
             100.0 * a / walls[0],
             100.0 * c / walls[2]
         );
-        rows.push(serde_json::json!({"stage": name, "f32_ms": a, "bf16_plain_ms": b, "bf16_prepacked_ms": c}));
+        rows.push(serde_json::json!({"stage": name, "f32_ms": a, "bf16_plain_ms": b, "bf16_prepacked_ms": c, "int8_ms": d}));
     }
-    println!("{:<12} {:>9.1} {:>12.1} {:>12.1} {:>9.2} {:>9.2}", "wall", walls[0], walls[1], walls[2], walls[0] / walls[1], walls[0] / walls[2]);
+    println!(
+        "{:<12} {:>9.1} {:>12.1} {:>12.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+        "wall",
+        walls[0],
+        walls[1],
+        walls[2],
+        walls[3],
+        walls[0] / walls[1],
+        walls[0] / walls[2],
+        walls[0] / walls[3]
+    );
     let json = serde_json::json!({"cpu": cpu, "texts": texts.len(), "rounds": rounds,
-        "wall_ms": {"f32": walls[0], "bf16_plain": walls[1], "bf16_prepacked": walls[2]}, "stages": rows});
+        "wall_ms": {"f32": walls[0], "bf16_plain": walls[1], "bf16_prepacked": walls[2], "int8": walls[3]}, "stages": rows});
     println!("{json}");
     Ok(())
 }

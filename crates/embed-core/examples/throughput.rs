@@ -1,6 +1,6 @@
 //! Measures `embed_texts` throughput over a corpus; used by `cargo xtask bench`.
 //!
-//! `cargo run --release -p embed-core --example throughput -- MODEL_DIR CORPUS [f32|bf16] [ROUNDS] [OUT.json]`
+//! `cargo run --release -p embed-core --example throughput -- MODEL_DIR CORPUS [f32|bf16|int8] [ROUNDS] [OUT.json]`
 //! Prints one JSON line per round: texts/s, tokens/s, the intra-op threads the model's worker
 //! runs with, and writes the vectors' file when asked. `EMBED_THREADS=N` sets the worker's
 //! thread count (`ModelOptions::threads`); the first 64 texts are embedded once before timing,

@@ -134,6 +134,21 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
+/// Why this CPU cannot run int8, or `None` when it can. oneDNN's int8 GEMM needs VNNI
+/// (AVX-512 VNNI or AVX-VNNI; every AMX CPU has it): without it the u8 × s8 products are summed
+/// in pairs into saturating 16-bit registers, and full-range 8-bit values overflow them.
+pub fn int8_unsupported_reason() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni") {
+            return None;
+        }
+        Some("this CPU lacks VNNI (AVX-512 VNNI or AVX-VNNI), which int8's GEMM needs to sum 8-bit products without saturating; use bf16 or f32".into())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("int8 is built for x86-64 CPUs with VNNI; use f32 or bf16".into())
+}
+
 /// Floating-point precision of the weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -145,6 +160,11 @@ pub enum DType {
     F16,
     /// bfloat16 (CUDA, and CPUs with AVX-512 BF16 / AMX).
     Bf16,
+    /// int8 linear layers on the CPU: weights quantized at load (symmetric, per output
+    /// channel) from the checkpoint, activations quantized per token on every call, oneDNN's
+    /// int8 GEMM (VNNI / AMX). The word embeddings are stored in int8 per row; lookups,
+    /// norms, attention and pooling run in f32.
+    Int8,
 }
 
 impl DType {
@@ -153,6 +173,8 @@ impl DType {
             DType::F32 => tch::Kind::Float,
             DType::F16 => tch::Kind::Half,
             DType::Bf16 => tch::Kind::BFloat16,
+            // Loaded and run in f32; the linear weights are quantized after loading.
+            DType::Int8 => tch::Kind::Float,
         }
     }
 
@@ -175,6 +197,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F16 | DType::Bf16 => 2,
+            DType::Int8 => 1,
         }
     }
 }
@@ -186,6 +209,7 @@ impl FromStr for DType {
             "f32" | "float32" | "fp32" | "float" => Ok(DType::F32),
             "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
             "bf16" | "bfloat16" => Ok(DType::Bf16),
+            "int8" | "i8" | "qint8" => Ok(DType::Int8),
             _ => Err(Error::InvalidDtype(s.to_string())),
         }
     }
@@ -210,6 +234,7 @@ impl fmt::Display for DType {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Bf16 => "bf16",
+            DType::Int8 => "int8",
         })
     }
 }
@@ -248,7 +273,9 @@ mod tests {
     fn parses_dtypes() {
         assert_eq!("bf16".parse::<DType>().unwrap(), DType::Bf16);
         assert_eq!("float16".parse::<DType>().unwrap(), DType::F16);
-        assert!(matches!("int8".parse::<DType>(), Err(Error::InvalidDtype(_))));
+        assert_eq!("int8".parse::<DType>().unwrap(), DType::Int8);
+        assert_eq!(DType::Int8.to_string(), "int8");
+        assert!(matches!("int4".parse::<DType>(), Err(Error::InvalidDtype(_))));
         assert_eq!(DType::Bf16.to_string().parse::<DType>().unwrap(), DType::Bf16);
     }
 }

@@ -95,7 +95,7 @@ pub enum Error {
     #[error("invalid device {0:?} (expected cpu, cuda, cuda:N or auto)")]
     InvalidDevice(String),
     /// A dtype string that does not parse.
-    #[error("invalid dtype {0:?} (expected f32, f16 or bf16)")]
+    #[error("invalid dtype {0:?} (expected f32, f16, bf16 or int8)")]
     InvalidDtype(String),
     /// CUDA was asked for explicitly but is not usable. Never silently replaced by CPU.
     #[error("device {requested} was requested but {reason}")]

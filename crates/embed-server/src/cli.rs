@@ -62,8 +62,8 @@ pub(crate) struct Args {
     /// Device for models: cpu, cuda, cuda:N, auto.
     #[arg(long, env = "EMBED_DEVICE")]
     device: Option<String>,
-    /// Precision: f32, f16, bf16, or auto (the default: bf16 for decoder LLMs on CUDA, f32
-    /// otherwise).
+    /// Precision: f32, f16, bf16, int8 (CPU: int8 linear layers, calibrated at load), or auto
+    /// (the default: bf16 for decoder LLMs on CUDA, f32 otherwise).
     #[arg(long, env = "EMBED_DTYPE")]
     dtype: Option<String>,
     /// Dynamic-batching budget: padded tokens per forward pass.
@@ -380,6 +380,10 @@ api_key = "from-file"
 [models.minilm]
 source = "/models/minilm"
 
+[models.minilm-int8]
+source = "/models/minilm"
+dtype = "int8"
+
 [models.bge]
 source = "BAAI/bge-small-en-v1.5"
 dtype = "bf16"
@@ -403,6 +407,7 @@ pinned = true
         assert!(bge.settings.pinned);
         assert!(registry.contains("minilm"));
         assert_eq!(registry.get("minilm").unwrap().spec.options.dtype, None, "no dtype: the family's choice");
+        assert_eq!(registry.get("minilm-int8").unwrap().spec.options.dtype, Some(embed_core::DType::Int8), "per model");
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "3"]);
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.threads, Some(3), "--threads reaches every model");
         assert!(build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "0"])).is_err());
@@ -410,6 +415,8 @@ pinned = true
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, None);
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f16"]);
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, Some(embed_core::DType::F16));
+        let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "int8"]);
+        assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, Some(embed_core::DType::Int8));
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f8"]);
         assert!(build(args).is_err(), "an unknown precision is refused");
 

@@ -103,8 +103,14 @@ pub(crate) struct Linear {
     /// `[out, in]`; an empty placeholder once prepacked.
     pub(crate) weight: Tensor,
     pub(crate) bias: Option<Tensor>,
-    /// The weight in oneDNN's layout ([`Linear::prepack`]).
-    packed: std::cell::OnceCell<Tensor>,
+    /// The weight in oneDNN's layout ([`Linear::prepack`], [`Linear::quantize`]).
+    packed: std::cell::OnceCell<Packed>,
+}
+
+/// A weight reordered for oneDNN, in the model's float kind or in int8.
+enum Packed {
+    Float(Tensor),
+    Int8(onednn::Int8Weight),
 }
 
 impl Linear {
@@ -113,14 +119,16 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        observe(self, x);
         stage("linear", || match self.packed.get() {
-            Some(p) => onednn::linear(x, p, self.bias.as_ref(), onednn::Fused::None),
+            Some(Packed::Float(p)) => onednn::linear(x, p, self.bias.as_ref(), onednn::Fused::None),
+            Some(Packed::Int8(w)) => w.linear(x, self.bias.as_ref(), onednn::Fused::None),
             None => x.linear(&self.weight, self.bias.as_ref()),
         })
     }
 
-    /// `act(x W^T + b)` in one oneDNN call when the weight is prepacked and `act` is a GELU;
-    /// `None` otherwise (the caller applies `act` itself).
+    /// `act(x W^T + b)` in one call when the weight is prepacked and `act` is a GELU; `None`
+    /// otherwise (the caller applies `act` itself).
     pub(crate) fn forward_fused(&self, x: &Tensor, act: ffn::Activation) -> Option<Tensor> {
         let p = self.packed.get()?;
         let fused = match act {
@@ -128,7 +136,10 @@ impl Linear {
             ffn::Activation::GeluTanh => onednn::Fused::GeluTanh,
             _ => return None,
         };
-        Some(stage("linear", || onednn::linear(x, p, self.bias.as_ref(), fused)))
+        Some(stage("linear", || match p {
+            Packed::Float(p) => onednn::linear(x, p, self.bias.as_ref(), fused),
+            Packed::Int8(w) => w.linear(x, self.bias.as_ref(), fused),
+        }))
     }
 
     /// Reorders the weight once into oneDNN's layout for about `batch` rows and frees the
@@ -138,10 +149,30 @@ impl Linear {
             return Ok(());
         }
         let packed = onednn::pack(&self.weight, batch)?;
+        self.replace_weight(Packed::Float(packed));
+        Ok(())
+    }
+
+    /// Quantizes the weight to int8 per output channel, prepacks it for oneDNN's int8 GEMM at
+    /// about `batch` rows and frees the dense copy; returns the bytes freed and the bytes the
+    /// int8 weight holds. CPU only; the bias stays as it is (f32).
+    /// `seen` is what [`observe_inputs`] recorded for this layer, if it ran.
+    pub(crate) fn quantize(&self, batch: i64, seen: Option<&Observed>) -> std::result::Result<(u64, u64), String> {
+        if self.packed.get().is_some() {
+            return Err("the weight is already prepacked".into());
+        }
+        let (out, inp) = self.weight.size2().map_err(|e| e.to_string())?;
+        let freed = (self.weight.numel() * self.weight.kind().elt_size_in_bytes()) as u64;
+        let q = onednn::Int8Weight::quantize(&self.weight, batch, seen)?;
+        let held = q.bytes(out, inp);
+        self.replace_weight(Packed::Int8(q));
+        Ok((freed, held))
+    }
+
+    fn replace_weight(&self, packed: Packed) {
         let _ = self.packed.set(packed);
         // Every handle of the dense weight sees the placeholder: its storage is freed.
         self.weight.shallow_clone().set_data(&Tensor::empty([0], (self.weight.kind(), Device::Cpu)));
-        Ok(())
     }
 
     /// One matmul for several projections of the same input (Q, K, V): rows stacked.
@@ -154,6 +185,64 @@ impl Linear {
         };
         Linear::new(weight, bias)
     }
+}
+
+/// What a linear layer saw as input during int8's calibration ([`observe_inputs`]).
+pub(crate) struct Observed {
+    /// f32 `[in]`: each input channel's largest magnitude.
+    pub(crate) amax: Tensor,
+    /// f32 `[rows, in]`: the first input rows (at most [`OBSERVED_ROWS`]), to measure
+    /// candidate quantizations on.
+    pub(crate) rows: Tensor,
+}
+
+/// Input rows kept per layer in calibration.
+const OBSERVED_ROWS: i64 = 512;
+
+/// [`Observed`] per linear layer, keyed by the layer's address.
+pub(crate) type Calibration = HashMap<usize, Observed>;
+
+thread_local! {
+    /// Set while [`observe_inputs`] runs on this thread.
+    static OBSERVED: std::cell::RefCell<Option<Calibration>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns what every [`Linear`] it called saw as input: int8's calibration. The
+/// layers must not move before the map is used.
+pub(crate) fn observe_inputs<T>(f: impl FnOnce() -> T) -> (T, Calibration) {
+    OBSERVED.with(|o| *o.borrow_mut() = Some(HashMap::new()));
+    // Cleared also when `f` panics.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            OBSERVED.with(|o| o.borrow_mut().take());
+        }
+    }
+    let reset = Reset;
+    let out = f();
+    let seen = OBSERVED.with(|o| o.borrow_mut().take()).unwrap_or_default();
+    drop(reset);
+    (out, seen)
+}
+
+fn observe(linear: &Linear, x: &Tensor) {
+    OBSERVED.with(|o| {
+        if let Some(seen) = o.borrow_mut().as_mut() {
+            let k = x.size().last().copied().unwrap_or(0);
+            let x = x.detach().to_kind(Kind::Float).reshape([-1, k]);
+            let amax = x.abs().amax([0], false);
+            let key = linear as *const Linear as usize;
+            let merged = match seen.remove(&key) {
+                Some(prev) => {
+                    let room = (OBSERVED_ROWS - prev.rows.size()[0]).clamp(0, x.size()[0]);
+                    let rows = if room > 0 { Tensor::cat(&[prev.rows, x.narrow(0, 0, room)], 0) } else { prev.rows };
+                    Observed { amax: prev.amax.maximum(&amax), rows }
+                }
+                None => Observed { amax, rows: x.narrow(0, 0, x.size()[0].min(OBSERVED_ROWS)).copy() },
+            };
+            seen.insert(key, merged);
+        }
+    });
 }
 
 /// LayerNorm over the last dimension, with or without a bias.
@@ -207,6 +296,9 @@ pub(crate) struct Embeddings {
     /// Absent where `type_vocab_size` is 0.
     pub(crate) token_type: Option<Tensor>,
     pub(crate) norm: LayerNorm,
+    /// The word table in int8, one symmetric scale per row ([`Embeddings::quantize_words`]):
+    /// `(rows [vocab, hidden] int8, scales [vocab] f32)`; `word` is then an empty placeholder.
+    pub(crate) word_int8: std::cell::OnceCell<(Tensor, Tensor)>,
 }
 
 impl Embeddings {
@@ -216,7 +308,11 @@ impl Embeddings {
     }
 
     fn forward_inner(&self, t: &BatchInput) -> Tensor {
-        let mut x = embed(&self.word, &t.ids);
+        let mut x = match self.word_int8.get() {
+            // Rows come back in f32: only the table is stored in int8.
+            Some((rows, scales)) => embed(rows, &t.ids).to_kind(Kind::Float) * embed(scales, &t.ids),
+            None => embed(&self.word, &t.ids),
+        };
         if let Some((table, offset)) = &self.position {
             x += embed(table, &(&t.positions + *offset));
         }
@@ -224,6 +320,22 @@ impl Embeddings {
             x += embed(table, &t.type_ids);
         }
         self.norm.forward(&x)
+    }
+}
+
+impl Embeddings {
+    /// Stores the word table in int8 with one scale per row and frees the float table; returns
+    /// the bytes freed and the bytes the int8 table holds. Positions and token types (small)
+    /// stay as they are. Not for a table something else shares (a tied decoder).
+    pub(crate) fn quantize_words(&self) -> (u64, u64) {
+        let w = self.word.to_kind(Kind::Float);
+        let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
+        let rows = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+        let freed = (self.word.numel() * self.word.kind().elt_size_in_bytes()) as u64;
+        let held = (rows.numel() + scales.numel() * 4) as u64;
+        let _ = self.word_int8.set((rows, scales));
+        self.word.shallow_clone().set_data(&Tensor::empty([0], (self.word.kind(), self.word.device())));
+        (freed, held)
     }
 }
 

@@ -1,12 +1,31 @@
 //! oneDNN's prepacked linear on the CPU, through the C++ shim (`shim/accel.cpp`): the weight
 //! is reordered once, at load, into the blocked layout oneDNN's bf16 GEMM wants, instead of on
-//! every call; a following GELU can be fused into the same call.
+//! every call; a following GELU can be fused into the same call. In int8 ([`Int8Weight`]) the
+//! weight is quantized per output channel and prepacked for oneDNN's int8 GEMM, and the
+//! activations are quantized per row on every call.
 
 use std::ffi::{c_char, c_void, CString};
 
 use tch::Tensor;
 
+use super::Observed;
+
 extern "C" {
+    fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
+    #[allow(clippy::too_many_arguments)]
+    fn embed_int8_linear(
+        x: *const c_void,
+        x_mul: *const c_void,
+        w: *const c_void,
+        w_scales: *const c_void,
+        w_zeros: *const c_void,
+        colsum: *const c_void,
+        bias: *const c_void,
+        gelu: i32,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn embed_onednn_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn embed_onednn_linear(
         x: *const c_void,
@@ -79,4 +98,193 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     // A failure here is a libtorch error like any other op's: tch panics on those too, and the
     // worker turns a panic into the batch's error.
     finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
+}
+
+/// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
+fn simulate_weight(w: &Tensor) -> Tensor {
+    let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
+    (w / &scales).round().clamp(-127, 127) * scales
+}
+
+/// `x` rounded as the int8 linear quantizes its input rows (per row, asymmetric, 255 steps
+/// over the row's range widened to hold 0), in f32: what `shim/accel.cpp` computes.
+fn simulate_activations(x: &Tensor) -> Tensor {
+    let lo = x.amin([1], true).clamp_max(0.0);
+    let hi = x.amax([1], true).clamp_min(0.0);
+    let step = ((&hi - &lo) / 255.0).clamp_min(1e-30);
+    let zero = (-&lo / &step).round();
+    (((x / &step).round() + &zero).clamp(0, 255) - zero) * step
+}
+
+/// A linear layer's weight in int8: symmetric per output channel (`w ≈ q * scale`, `q` in
+/// [-127, 127]), prepacked for oneDNN's int8 GEMM.
+pub(crate) struct Int8Weight {
+    packed: Tensor,
+    /// f32 `[in]`: multiplies each input channel before it is quantized (the inverse of the
+    /// smoothing factor the weight's columns were multiplied by; ones without calibration).
+    x_mul: Tensor,
+    /// f32 `[out]`.
+    scales: Tensor,
+    /// int64 zeros `[out]` (the op takes per-channel zero points).
+    zeros: Tensor,
+    /// f32 `[out]`: each output channel's scale times the sum of its int8 weights, which
+    /// corrects the GEMM for each input row's own zero point.
+    colsum: Tensor,
+}
+
+impl Int8Weight {
+    /// Quantizes `w` (`[out, in]`, any float kind, on the CPU) and prepacks it for about
+    /// `batch` rows of input.
+    ///
+    /// With calibration inputs (`seen`), outlier input channels are smoothed as in SmoothQuant:
+    /// channel c of the input is divided by `s_c = (amax_x_c)^α / (amax_w_c)^(1-α)` and column c
+    /// of the weight multiplied by it, so one loud channel no longer sets every token's
+    /// quantization step alone. α is chosen per layer, from none, 0.25, 0.5 and 0.75, as the one
+    /// whose quantized output is closest to the f32 output on the calibration rows: smoothing
+    /// helps most layers and hurts some.
+    pub(crate) fn quantize(w: &Tensor, batch: i64, seen: Option<&Observed>) -> Result<Int8Weight, String> {
+        let w = w.to_kind(tch::Kind::Float);
+        let inp = w.size()[1];
+        let ones = || Tensor::ones([inp], (tch::Kind::Float, tch::Device::Cpu));
+        let (w, x_mul) = match seen {
+            Some(seen) => {
+                let exact = seen.rows.matmul(&w.tr());
+                let norm = f64::try_from(exact.norm()).unwrap_or(0.0).max(1e-30);
+                let w_amax = w.abs().amax([0], false).clamp_min(1e-5);
+                let x_amax = seen.amax.clamp_min(1e-5);
+                let mut best: Option<(f64, Tensor, Tensor)> = None;
+                for alpha in [0.0, 0.25, 0.5, 0.75] {
+                    let s = if alpha == 0.0 { ones() } else { x_amax.pow_tensor_scalar(alpha) / w_amax.pow_tensor_scalar(1.0 - alpha) };
+                    let ws = &w * &s;
+                    let x_mul = s.reciprocal();
+                    let got = simulate_activations(&(&seen.rows * &x_mul)).matmul(&simulate_weight(&ws).tr());
+                    let err = f64::try_from((got - &exact).norm()).unwrap_or(f64::INFINITY) / norm;
+                    if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
+                        best = Some((err, ws, x_mul));
+                    }
+                }
+                let (_, ws, x_mul) = best.expect("four candidates");
+                (ws, x_mul)
+            }
+            None => (w, ones()),
+        };
+        let scales = w.abs().amax([1], false).clamp_min(1e-12) / 127.0;
+        let q = (&w / scales.unsqueeze(1)).round().clamp(-127, 127).to_kind(tch::Kind::Int8);
+        let mut out: *mut c_void = std::ptr::null_mut();
+        let mut err = [0 as c_char; 1024];
+        // SAFETY: as in `pack`.
+        let rc = unsafe { embed_int8_pack_linear(q.as_ptr().cast(), batch, &mut out, err.as_mut_ptr(), err.len()) };
+        let packed = finish(rc, out, &err)?;
+        let zeros = Tensor::zeros(scales.size(), (tch::Kind::Int64, tch::Device::Cpu));
+        let colsum = q.to_kind(tch::Kind::Float).sum_dim_intlist(&[1i64][..], false, tch::Kind::Float) * &scales;
+        Ok(Int8Weight { packed, x_mul: x_mul.contiguous(), scales, zeros, colsum })
+    }
+
+    /// Bytes it holds: one per weight, plus each output channel's scale, zero point and column
+    /// sum and each input channel's multiplier.
+    pub(crate) fn bytes(&self, out: i64, inp: i64) -> u64 {
+        (out * inp + out * (4 + 8 + 4) + inp * 4) as u64
+    }
+
+    /// `act(x W^T + b)` for f32 `x`; the bias is f32 too.
+    pub(crate) fn linear(&self, x: &Tensor, bias: Option<&Tensor>, fused: Fused) -> Tensor {
+        let gelu = match fused {
+            Fused::None => 0,
+            Fused::Gelu => 1,
+            Fused::GeluTanh => 2,
+        };
+        let mut out: *mut c_void = std::ptr::null_mut();
+        let mut err = [0 as c_char; 1024];
+        // SAFETY: as in `pack`; a null bias is none.
+        let rc = unsafe {
+            embed_int8_linear(
+                x.as_ptr().cast(),
+                self.x_mul.as_ptr().cast(),
+                self.packed.as_ptr().cast(),
+                self.scales.as_ptr().cast(),
+                self.zeros.as_ptr().cast(),
+                self.colsum.as_ptr().cast(),
+                bias.map_or(std::ptr::null(), |b| b.as_ptr().cast()),
+                gelu,
+                &mut out,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN int8 linear failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Kind, Tensor};
+
+    use super::*;
+
+    fn max_abs(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).unwrap()
+    }
+
+    /// Inputs with what int8 must survive: an outlier channel, a one-sided row, a zero row.
+    fn inputs(rows: i64, k: i64) -> Tensor {
+        tch::manual_seed(7);
+        let x = Tensor::randn([rows, k], (Kind::Float, tch::Device::Cpu));
+        let _ = x.narrow(1, 3, 1).g_mul_scalar_(40.0);
+        let _ = x.narrow(0, 1, 1).abs_();
+        let _ = x.narrow(0, 2, 1).zero_();
+        x
+    }
+
+    #[test]
+    fn int8_linear_computes_what_its_rounding_says() {
+        let (rows, k, n) = (37, 64, 96);
+        let x = inputs(rows, k);
+        let w = Tensor::randn([n, k], (Kind::Float, tch::Device::Cpu)) * 0.1;
+        let b = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
+        let q = Int8Weight::quantize(&w, rows, None).unwrap();
+        let got = q.linear(&x, Some(&b), Fused::None);
+        assert_eq!(got.size(), [rows, n]);
+        // The kernel's passes (zero points, row scales, column sums) against the same rounding
+        // done in f32 ops: only float summation order differs.
+        let expected = simulate_activations(&x).matmul(&simulate_weight(&w).tr()) + &b;
+        let tol = 1e-4 * f64::try_from(expected.abs().max()).unwrap();
+        assert!(max_abs(&got, &expected) <= tol, "kernel vs simulation: {}", max_abs(&got, &expected));
+        // The zero row gives the bias alone; without a bias the same output less the bias.
+        assert!(max_abs(&got.get(2), &b) <= 1e-6);
+        let unbiased = q.linear(&x, None, Fused::None);
+        assert!(max_abs(&(unbiased + &b), &got) <= 1e-4);
+        // And int8 is near the exact product: per-token rounding of 255 steps.
+        let exact = x.matmul(&w.tr()) + &b;
+        let rel = max_abs(&got, &exact) / f64::try_from(exact.abs().max()).unwrap();
+        assert!(rel < 0.02, "int8 vs exact: {rel}");
+    }
+
+    #[test]
+    fn calibrated_smoothing_never_does_worse_on_its_calibration_rows() {
+        let (rows, k, n) = (64, 128, 48);
+        let x = inputs(rows, k);
+        let w = Tensor::randn([n, k], (Kind::Float, tch::Device::Cpu)) * 0.1;
+        let exact = x.matmul(&w.tr());
+        let err = |q: &Int8Weight| f64::try_from((q.linear(&x, None, Fused::None) - &exact).norm()).unwrap();
+        let plain = Int8Weight::quantize(&w, rows, None).unwrap();
+        let seen = Observed { amax: x.abs().amax([0], false), rows: x.copy() };
+        let smoothed = Int8Weight::quantize(&w, rows, Some(&seen)).unwrap();
+        assert!(err(&smoothed) <= err(&plain) * 1.0001, "smoothed {} vs plain {}", err(&smoothed), err(&plain));
+        // With an outlier channel 40x the others, smoothing is chosen and helps.
+        assert!(err(&smoothed) < 0.8 * err(&plain), "smoothed {} vs plain {}", err(&smoothed), err(&plain));
+    }
+
+    #[test]
+    fn fused_gelu_is_gelu_of_the_output() {
+        let x = inputs(33, 64) * 0.2;
+        let w = Tensor::randn([80, 64], (Kind::Float, tch::Device::Cpu)) * 0.3;
+        let b = Tensor::randn([80], (Kind::Float, tch::Device::Cpu));
+        let q = Int8Weight::quantize(&w, 33, None).unwrap();
+        let y = q.linear(&x, Some(&b), Fused::None);
+        for (fused, approximate) in [(Fused::Gelu, "none"), (Fused::GeluTanh, "tanh")] {
+            let got = q.linear(&x, Some(&b), fused);
+            let d = max_abs(&got, &y.gelu(approximate));
+            assert!(d <= 2e-6 * f64::try_from(y.abs().max()).unwrap().max(1.0), "{approximate}: {d}");
+        }
+    }
 }

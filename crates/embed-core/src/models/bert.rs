@@ -60,6 +60,7 @@ pub(crate) fn load(w: &mut Weights, a: &ArchConfig, c: &Config, device: Device, 
         position: Some((w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?, c.position_offset)),
         token_type: w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?,
         norm: w.layer_norm("embeddings.LayerNorm", h, eps, true)?,
+        word_int8: Default::default(),
     };
     let mut layers = Vec::with_capacity(a.num_hidden_layers);
     for i in 0..a.num_hidden_layers {

@@ -45,6 +45,7 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
         position: Some((w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?, 0)),
         token_type: None,
         norm: w.layer_norm("embeddings.LayerNorm", h, eps, true)?,
+        word_int8: Default::default(),
     };
     let mut layers = Vec::with_capacity(a.num_hidden_layers);
     for i in 0..a.num_hidden_layers {

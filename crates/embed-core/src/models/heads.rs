@@ -48,6 +48,11 @@ impl crate::layers::Tensors for Head {
 }
 
 impl Head {
+    /// Whether the head shares the encoder's word embeddings (SPLADE's tied decoder).
+    pub(crate) fn ties_word_embeddings(&self) -> bool {
+        matches!(self, Head::Splade { .. })
+    }
+
     /// Reads the head of `dir`'s kind; returns it and its weight bytes. A classifier's or
     /// SPLADE's tensors come from `encoder_file`, the encoder's read of `model.safetensors`,
     /// with the encoder's word embeddings (which a tied masked-LM decoder shares).

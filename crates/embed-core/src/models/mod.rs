@@ -325,6 +325,10 @@ pub(crate) trait Encoder: Tensors {
     fn groups_by_length(&self) -> bool {
         false
     }
+    /// Its word, position and token-type tables, where it has the shared [`Embeddings`].
+    fn embeddings(&self) -> Option<&Embeddings> {
+        None
+    }
     /// The largest tensor (the word embeddings), for the planted-leak test build.
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor;
@@ -350,6 +354,10 @@ impl Encoder for PostNorm {
         true
     }
 
+    fn embeddings(&self) -> Option<&Embeddings> {
+        Some(&self.emb)
+    }
+
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor {
         std::mem::replace(&mut self.emb.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
@@ -366,6 +374,8 @@ pub(crate) struct Model {
     pub(crate) weight_bytes: u64,
     /// The linear layers' weights are in oneDNN's layout ([`Model::prepack`]).
     pub(crate) prepacked: bool,
+    /// The model is quantized to int8 ([`Model::quantize_int8`]).
+    pub(crate) int8: bool,
 }
 
 impl Model {
@@ -416,7 +426,7 @@ impl Model {
         };
         let (head, head_bytes) = heads::Head::load(dir, device, kind, encoder_file.as_mut().map(|(w, word)| (w, &*word)))?;
         weight_bytes += head_bytes;
-        Ok(Model { encoder, head, device, weight_bytes, prepacked: false })
+        Ok(Model { encoder, head, device, weight_bytes, prepacked: false, int8: false })
     }
 
     pub(crate) fn device(&self) -> Device {
@@ -452,6 +462,29 @@ impl Model {
             l.prepack(batch).map_err(|e| Error::Inference { model: String::new(), message: format!("prepacking a linear layer for oneDNN failed: {e}") })?;
         }
         self.prepacked = true;
+        Ok(())
+    }
+
+    /// Quantizes the model to int8 on the CPU: every linear layer's weight per output channel
+    /// (smoothed as the calibration's inputs say, where the layer ran in it), prepacked for
+    /// oneDNN's int8 GEMM at about `batch` rows, and the word embeddings per row
+    /// (unless a tied decoder shares them). Embeddings' lookups, norms, attention and pooling
+    /// stay in f32. `weight_bytes` becomes what the model holds now.
+    pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::layers::Calibration) -> Result<()> {
+        let mut linears = Vec::new();
+        self.encoder.linears(&mut linears);
+        self.head.linears(&mut linears);
+        let fail = |e: String| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
+        for l in linears {
+            let (freed, held) = l.quantize(batch, seen.get(&(l as *const _ as usize))).map_err(fail)?;
+            self.weight_bytes = self.weight_bytes - freed + held;
+        }
+        if let (Some(emb), false) = (self.encoder.embeddings(), self.head.ties_word_embeddings()) {
+            let (freed, held) = emb.quantize_words();
+            self.weight_bytes = self.weight_bytes - freed + held;
+        }
+        self.prepacked = true;
+        self.int8 = true;
         Ok(())
     }
 

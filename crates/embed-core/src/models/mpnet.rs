@@ -67,6 +67,7 @@ impl MPNet {
             position: Some((w.take("embeddings.position_embeddings.weight", &[c.max_position_embeddings as i64, h])?, c.position_offset)),
             token_type: None,
             norm: w.layer_norm("embeddings.LayerNorm", h, eps, true)?,
+            word_int8: Default::default(),
         };
         let relative_bias = w.take("encoder.relative_attention_bias.weight", &[c.buckets, heads])?;
         let mut layers = Vec::with_capacity(a.num_hidden_layers);
@@ -133,6 +134,10 @@ impl Encoder for MPNet {
 
     fn attention_path(&self) -> AttentionPath {
         AttentionPath::Padded
+    }
+
+    fn embeddings(&self) -> Option<&Embeddings> {
+        Some(&self.emb)
     }
 
     fn groups_by_length(&self) -> bool {

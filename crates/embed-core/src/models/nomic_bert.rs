@@ -89,6 +89,7 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
         position: None,
         token_type: w.optional_table("embeddings.token_type_embeddings.weight", c.type_vocab_size, h)?,
         norm: w.layer_norm("emb_ln", h, eps, true)?,
+        word_int8: Default::default(),
     };
     let mut layers = Vec::with_capacity(a.num_hidden_layers);
     for i in 0..a.num_hidden_layers {

@@ -86,6 +86,12 @@ impl HostCopy {
     /// Copies every tensor of `model` to host memory and frees them on the device. `name` is
     /// for error messages.
     pub(crate) fn take(model: &Model, name: &str) -> Result<HostCopy> {
+        if model.int8 {
+            return Err(Error::InvalidOption {
+                name: "dtype",
+                reason: format!("model {name}: its weights are quantized to int8 and prepacked for oneDNN on the CPU and cannot be offloaded (a CPU model gains nothing from it)"),
+            });
+        }
         if model.prepacked {
             return Err(Error::InvalidOption {
                 name: "cpu_prepack",

@@ -205,7 +205,7 @@ struct Item {
     len: usize,
 }
 
-fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
+pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
     // A caller that went away (cancelled future, disconnected client) gets no work done.
     let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
     let mut items: Vec<Item> = jobs

@@ -6,6 +6,7 @@
 //! and get answers through oneshots.
 
 mod batch;
+mod calibrate;
 mod residency;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -181,14 +182,36 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             reason: "half-precision matmuls on CPU are emulated and slow; use bf16 or f32".into(),
         });
     }
+    if o.dtype == Some(DType::Int8) {
+        if device.is_cuda() {
+            return Err(Error::UnsupportedDtype {
+                dtype: DType::Int8.to_string(),
+                device: device.to_string(),
+                reason: "int8 runs on the CPU (oneDNN's int8 GEMM) in this release; on CUDA use bf16 or f16".into(),
+            });
+        }
+        if let Some(reason) = crate::device::int8_unsupported_reason() {
+            return Err(Error::UnsupportedDtype { dtype: DType::Int8.to_string(), device: device.to_string(), reason });
+        }
+        if o.cpu_prepack == Some(false) {
+            return Err(Error::InvalidOption {
+                name: "cpu_prepack",
+                reason: "int8 needs its weights prepacked for oneDNN; leave cpu_prepack on or unset".into(),
+            });
+        }
+    }
     let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
     let dir = ModelDir::read(&dir_path)?;
     let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
     let mut model = Model::load(&dir, device.to_tch(), dtype.kind())?;
+    // Tuned for a full batch under the CPU token budget.
+    let rows = o.max_batch_tokens.unwrap_or(2_048) as i64;
     if device == ResolvedDevice::Cpu && dtype == DType::Bf16 && o.cpu_prepack != Some(false) {
-        // Tuned for a full batch under the CPU token budget.
-        model.prepack(o.max_batch_tokens.unwrap_or(2_048) as i64)?;
+        model.prepack(rows)?;
+    }
+    if dtype == DType::Int8 {
+        calibrate::quantize_int8(&mut model, &text, o.pooling.unwrap_or(dir.pooling), rows)?;
     }
     Ok(Loaded { model, dir, text, device, device_note, dtype })
 }

@@ -1,0 +1,69 @@
+//! int8's calibration at load: one f32 forward pass over a fixed set of short, varied texts
+//! records each linear layer's largest input per channel, which sets the layer's smoothing
+//! (see `layers::onednn::Int8Weight::quantize`); then the model is quantized.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+
+use super::batch::{self, Job, Output, WorkerConfig};
+use crate::config::Pooling;
+use crate::layers::observe_inputs;
+use crate::models::Model;
+use crate::text::TextPrep;
+use crate::{EmbedOptions, Error, ResolvedDevice, Result};
+
+/// Short texts of many kinds (questions, prose, code, logs, numbers, other scripts): what sets
+/// the activations' per-channel ranges is the model's own outlier channels, which any text
+/// shows, more than the topic. Fixed, so a model quantizes the same way on every load.
+const CALIBRATION_TEXTS: &[&str] = &[
+    "How do I reset my password?",
+    "The weather today is sunny with a light breeze from the west.",
+    "Stock prices rose sharply after the quarterly earnings report beat expectations.",
+    "The cat sat on the mat.",
+    "Quantum computers use qubits, which can hold a superposition of states.",
+    "She has played the violin in the city orchestra for twenty years.",
+    "What time does the last train to Berlin leave on Sundays?",
+    "Add two cups of flour and stir gently until the batter is smooth.",
+    "The patient was given antibiotics for a bacterial infection.",
+    "ERROR 2024-03-01T12:00:03Z connection refused on port 8080 (retry 3/5)",
+    "I love this product, it works great and arrived a day early!",
+    "The treaty was signed in 1648, ending thirty years of war in Europe.",
+    "def add(a, b):\n    return a + b",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Le chat dort sur la table de la cuisine.",
+    "Der Zug nach München hat heute zwanzig Minuten Verspätung.",
+    "東京は日本の首都です。",
+    "The committee will meet again next Tuesday to vote on the budget.",
+    "Total: 3 items, $42.50 including tax; order #58213.",
+    "Can a neural network approximate any continuous function?",
+    "Rivers carry sediment from the mountains down to the sea.",
+    "A minimal Rust program prints hello world with println!.",
+    "Why is the sky blue during the day but red at sunset?",
+    "Please find attached the signed contract and the invoice for March.",
+];
+
+/// Calibrates `model` (loaded in f32 on the CPU) on [`CALIBRATION_TEXTS`] and quantizes it to
+/// int8 for batches of about `rows` token rows.
+pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling, rows: i64) -> Result<()> {
+    let texts: Vec<String> = CALIBRATION_TEXTS.iter().map(|t| t.to_string()).collect();
+    let prepared = text.prepare(&texts, &EmbedOptions { truncate: true, ..Default::default() })?;
+    let (tx, mut rx) = oneshot::channel();
+    let job = Job { seqs: prepared.into_iter().map(|p| p.seq).collect(), output: Output::Head, normalize: false, reply: tx };
+    let cfg = WorkerConfig {
+        model_name: String::new(),
+        device: ResolvedDevice::Cpu,
+        pooling,
+        max_batch_tokens: rows.max(1) as usize,
+        max_batch_size: CALIBRATION_TEXTS.len(),
+        faults: Default::default(),
+        stats: Arc::default(),
+    };
+    let ((), seen) = observe_inputs(|| batch::process(model, vec![job], &cfg));
+    match rx.try_recv() {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(Error::Inference { model: String::new(), message: "int8 calibration pass returned nothing".into() }),
+    }
+    model.quantize_int8(rows, &seen)
+}
