@@ -155,3 +155,47 @@ mod tests {
         assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
     }
 }
+
+/// What a model's weights will take once loaded in `dtype`, from the header of `dir`'s
+/// `model.safetensors` (no tensor data is read): each floating-point tensor at `dtype`'s width,
+/// except that in int8 only matrices are 1 byte per element (norms and biases stay f32).
+/// `None` for `dtype` counts the file's own widths. `None` when the file is missing or its
+/// header unreadable. Dense modules and a family's own skipped tensors are not counted: an
+/// estimate for budgeting before a load, not the figure a loaded model reports.
+pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(dir.join("model.safetensors")).ok()?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).ok()?;
+    let len = u64::from_le_bytes(len);
+    // A real header is kilobytes; refuse to allocate for a corrupt length.
+    if len > 100 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&header).ok()?;
+    let mut total = 0u64;
+    for (name, t) in &header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape: Vec<u64> = t.get("shape")?.as_array()?.iter().map(|d| d.as_u64()).collect::<Option<_>>()?;
+        let numel: u64 = shape.iter().product();
+        let stored = match t.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let float = matches!(t.get("dtype")?.as_str()?, "F64" | "F32" | "F16" | "BF16");
+        let width = match dtype {
+            Some(crate::DType::Int8) if float && shape.len() >= 2 => 1,
+            Some(crate::DType::Int8) if float => 4,
+            Some(d) if float => d.size_of() as u64,
+            _ => stored,
+        };
+        total += numel * width;
+    }
+    Some(total)
+}

@@ -53,6 +53,10 @@ async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
     let bytes = info.weight_bytes;
     assert_eq!(live_weight_bytes(), bytes);
     let share = bytes as f64 / f32_bytes as f64;
+    // What a pool budgets with before a load: the header's estimate for each precision.
+    let estimate = |d| embed_core::estimate_weight_bytes(&minilm_dir(), Some(d)).unwrap() as f64;
+    assert!((estimate(DType::F32) / f32_bytes as f64 - 1.0).abs() < 0.02, "f32 estimate {} vs {f32_bytes}", estimate(DType::F32));
+    assert!((estimate(DType::Int8) / bytes as f64 - 1.0).abs() < 0.05, "int8 estimate {} vs {bytes}", estimate(DType::Int8));
     let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
     let loaded = settled_snapshot();
     // What the allocator holds for the model against what it reports. Beside the weights a

@@ -208,7 +208,7 @@ impl Shared {
         let budgeted = self.config.memory_budget.is_some();
         let est_bytes = match settings.weight_bytes_hint {
             Some(b) => b,
-            None if budgeted => safetensors_size(&spec.source),
+            None if budgeted => safetensors_size(&spec.source, spec.options.dtype),
             None => 0,
         };
         let cuda = match spec.options.device {
@@ -617,9 +617,11 @@ impl Drop for Shared {
     }
 }
 
-fn safetensors_size(source: &str) -> u64 {
+/// The weight bytes a local model will hold in `dtype` (from its safetensors header: an int8
+/// model counts a quarter of its f32 file), or 0 where nothing on disk says.
+fn safetensors_size(source: &str, dtype: Option<embed_core::DType>) -> u64 {
     match ModelSource::parse(source) {
-        Ok(ModelSource::Local(dir)) => std::fs::metadata(dir.join("model.safetensors")).map_or(0, |m| m.len()),
+        Ok(ModelSource::Local(dir)) => embed_core::estimate_weight_bytes(&dir, dtype).unwrap_or(0),
         _ => 0,
     }
 }

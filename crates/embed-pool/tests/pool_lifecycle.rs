@@ -258,3 +258,39 @@ async fn close_during_a_load_releases_it() {
     assert!(pool.status().models.is_empty());
     assert_eq!(live_models(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_counts_int8_models_at_their_quantized_size() {
+    let _s = embed_testkit::serial().await;
+    if embed_core::int8_unsupported_reason().is_some() {
+        return; // embed-core's int8 tests check the refusal on such a CPU.
+    }
+    let dir = embed_testkit::minilm_dir();
+    let spec = |dtype| embed_core::ModelSpec::new(dir.to_string_lossy()).with_options(embed_core::ModelOptions { dtype: Some(dtype), ..Default::default() });
+    let registry = embed_pool::ModelRegistry::new()
+        .with("a", spec(embed_core::DType::Int8))
+        .with("b", spec(embed_core::DType::Int8))
+        .with("f32", spec(embed_core::DType::F32));
+    // Two int8 MiniLMs (~24 MB each) fit where one f32 MiniLM (~90 MB) does not.
+    let budget = 60 << 20;
+    let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(budget)), registry);
+    let (a, b) = (pool.get("a").await.unwrap(), pool.get("b").await.unwrap());
+    let status = pool.status();
+    for name in ["a", "b"] {
+        let bytes = status.model(name).unwrap().weight_bytes;
+        assert!(bytes < 30 << 20, "{name}: an int8 MiniLM counts {bytes} bytes");
+    }
+    assert_eq!(pool.stats().evictions.total(), 0, "both fit");
+    let texts = vec!["int8 in a pool".to_string()];
+    assert_eq!(a.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors[0].len(), 384);
+    drop((a, b));
+    match pool.get("f32").await {
+        Err(PoolError::ModelTooLarge { name, bytes, budget: limit }) => {
+            assert_eq!((name.as_str(), limit), ("f32", budget));
+            assert!(bytes > 80 << 20, "the f32 estimate is {bytes}");
+        }
+        other => panic!("expected ModelTooLarge, got {other:?}"),
+    }
+    pool.close().await;
+    assert_eq!(live_models(), 0);
+}
