@@ -1,5 +1,5 @@
-//! `cargo xtask bench`: embed-core against sentence-transformers on the same corpus, model,
-//! torch build, thread count and warm-up, pair by pair in one run. Prints texts/s, tokens/s and
+//! `cargo xtask bench`: embed-core (f32, bf16, int8) against sentence-transformers on the same
+//! corpus, model, torch build, thread count and warm-up, pair by pair in one run. Prints texts/s, tokens/s and
 //! ratios (medians over rounds), checks every pair's vectors against that pair's
 //! sentence-transformers vectors (cosine, item by item), and writes `bench-results/bench.json`.
 //! Exits non-zero when a target is missed, a vector does not match, or a side ran with another
@@ -20,6 +20,8 @@ struct Round {
     load_s: f64,
     /// Intra-op threads the side ran with, as torch reported them where inference runs.
     threads: u64,
+    /// The model's weight bytes as loaded (embed-core sides; 0 where not reported).
+    weight_bytes: u64,
 }
 
 fn parse_rounds(stdout: &str) -> Result<Vec<Round>> {
@@ -34,6 +36,7 @@ fn parse_rounds(stdout: &str) -> Result<Vec<Round>> {
                 tokens_per_s: f("tokens_per_s")?,
                 load_s: f("load_s")?,
                 threads: v["threads"].as_u64().with_context(|| format!("threads missing in {l:?}"))?,
+                weight_bytes: v["weight_bytes"].as_u64().unwrap_or(0),
             })
         })
         .collect()
@@ -86,6 +89,36 @@ fn parse_vectors(text: &str) -> Result<Vec<Vec<f64>>> {
         .collect()
 }
 
+/// Each item's `k` nearest neighbours under `got` against those under `reference` (cosine, the
+/// item itself left out): the share of items with the same set, and the mean share kept.
+pub(crate) fn same_top_k(got: &[Vec<f64>], reference: &[Vec<f64>], k: usize) -> (f64, f64) {
+    let unit = |v: &[Vec<f64>]| -> Vec<Vec<f64>> {
+        v.iter().map(|x| {
+            let n = x.iter().map(|p| p * p).sum::<f64>().sqrt().max(1e-30);
+            x.iter().map(|p| p / n).collect()
+        }).collect()
+    };
+    let top = |v: &[Vec<f64>], i: usize| -> Vec<usize> {
+        let mut s: Vec<(f64, usize)> = (0..v.len()).filter(|&j| j != i).map(|j| (v[i].iter().zip(&v[j]).map(|(a, b)| a * b).sum(), j)).collect();
+        let k = k.min(s.len());
+        s.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
+        let mut set: Vec<usize> = s[..k].iter().map(|&(_, j)| j).collect();
+        set.sort_unstable();
+        set
+    };
+    let (a, b) = (unit(got), unit(reference));
+    if a.len() != b.len() || a.len() <= k {
+        return (f64::NAN, f64::NAN);
+    }
+    let (mut same, mut kept) = (0usize, 0usize);
+    for i in 0..a.len() {
+        let (x, y) = (top(&a, i), top(&b, i));
+        same += usize::from(x == y);
+        kept += x.iter().filter(|j| y.contains(j)).count();
+    }
+    (same as f64 / a.len() as f64, kept as f64 / (a.len() * k) as f64)
+}
+
 /// Compares `got` with `reference` item by item: the same number of vectors, each of the same
 /// length, each with cosine at least `min`. NaN fails (a fold with `f64::min` would skip it).
 /// Returns the worst cosine, or every failing item in the error.
@@ -119,8 +152,21 @@ pub(crate) fn check_vectors(got: &[Vec<f64>], reference: &[Vec<f64>], min: f64) 
     }
 }
 
+/// The figures the verdicts judge.
+struct Measured<'a> {
+    f32_ratio: f64,
+    bf16_ratio: f64,
+    int8_ratio: f64,
+    cos_f32: &'a Result<f64, String>,
+    cos_bf16: &'a Result<f64, String>,
+    cos_int8: &'a Result<f64, String>,
+    /// int8's weight bytes over f32's.
+    int8_weights: f64,
+}
+
 /// The verdicts: `(what, met)` per target. Ratios and cosines that are NaN count as missed.
-fn targets(f32_ratio: f64, bf16_ratio: f64, cos_f32: &Result<f64, String>, cos_bf16: &Result<f64, String>) -> Vec<(String, bool)> {
+fn targets(m: &Measured) -> Vec<(String, bool)> {
+    let Measured { f32_ratio, bf16_ratio, int8_ratio, cos_f32, cos_bf16, cos_int8, int8_weights } = *m;
     let cos = |name: &str, min: f64, r: &Result<f64, String>| match r {
         Ok(c) => (format!("{name} cosine >= {min} (worst {c:.6})"), *c >= min),
         Err(e) => (format!("{name} cosine >= {min}: {e}"), false),
@@ -130,11 +176,15 @@ fn targets(f32_ratio: f64, bf16_ratio: f64, cos_f32: &Result<f64, String>, cos_b
         cos("f32", F32_MIN_COSINE, cos_f32),
         (format!("bf16 >= 3x sentence-transformers ({bf16_ratio:.2}x)"), bf16_ratio >= 3.0),
         cos("bf16", BF16_MIN_COSINE, cos_bf16),
+        (format!("int8 >= 4x sentence-transformers ({int8_ratio:.2}x)"), int8_ratio >= 4.0),
+        cos("int8", INT8_MIN_COSINE, cos_int8),
+        (format!("int8 weights <= 30 % of f32's ({:.1} %)", 100.0 * int8_weights), int8_weights <= 0.30),
     ]
 }
 
 const F32_MIN_COSINE: f64 = 0.99999;
 const BF16_MIN_COSINE: f64 = 0.9995;
+const INT8_MIN_COSINE: f64 = 0.995;
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let pairs: usize = flag(args, "--pairs").unwrap_or(3);
@@ -170,10 +220,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut st = Vec::new();
     let mut f32s = Vec::new();
     let mut bf16s = Vec::new();
+    let mut int8s = Vec::new();
+    // int8's top-5 neighbours over the corpus against f32's, per pair: (same set, kept).
+    let mut int8_top5 = Vec::new();
     // Worst cosine over every pair (each pair's vectors against that pair's sentence-transformers
     // vectors); the first failure is kept.
     let mut cos_f32: Result<f64, String> = Ok(1.0);
     let mut cos_bf16: Result<f64, String> = Ok(1.0);
+    let mut cos_int8: Result<f64, String> = Ok(1.0);
     for pair in 0..pairs {
         println!("bench: pair {}/{pairs} ({rounds} timed rounds each, {threads} threads)", pair + 1);
         let st_vec = out_dir.join(format!("vectors-st-{pair}.json"));
@@ -188,7 +242,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             .env("TOKENIZERS_PARALLELISM", "false");
         st.extend(parse_rounds(&run_capture(&mut py)?)?);
         let st_vectors = read_vectors(&st_vec)?;
-        for (dtype, sink, cos, min) in [("f32", &mut f32s, &mut cos_f32, F32_MIN_COSINE), ("bf16", &mut bf16s, &mut cos_bf16, BF16_MIN_COSINE)] {
+        let sides = [
+            ("f32", &mut f32s, &mut cos_f32, F32_MIN_COSINE),
+            ("bf16", &mut bf16s, &mut cos_bf16, BF16_MIN_COSINE),
+            ("int8", &mut int8s, &mut cos_int8, INT8_MIN_COSINE),
+        ];
+        for (dtype, sink, cos, min) in sides {
             let vec_path = out_dir.join(format!("vectors-{dtype}-{pair}.json"));
             let mut rs = Command::new(&rust_bin);
             rs.arg(&model_dir).arg(&corpus).arg(dtype).arg(rounds.to_string()).arg(&vec_path).env("EMBED_THREADS", threads.to_string());
@@ -199,10 +258,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 (Err(e), _) | (_, Err(e)) => Err(e),
             };
         }
+        let f32_vectors = read_vectors(&out_dir.join(format!("vectors-f32-{pair}.json")))?;
+        int8_top5.push(same_top_k(&read_vectors(&out_dir.join(format!("vectors-int8-{pair}.json")))?, &f32_vectors, 5));
     }
 
     let mut problems = Vec::new();
-    for (name, rs) in [("sentence-transformers", &st), ("embed-core f32", &f32s), ("embed-core bf16", &bf16s)] {
+    for (name, rs) in [("sentence-transformers", &st), ("embed-core f32", &f32s), ("embed-core bf16", &bf16s), ("embed-core int8", &int8s)] {
         if rs.len() != pairs * rounds {
             problems.push(format!("{name}: {} timed rounds reported, expected {}", rs.len(), pairs * rounds));
         }
@@ -218,27 +279,44 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ("sentence-transformers f32", &st, None),
         ("embed-core f32", &f32s, Some(show(&cos_f32))),
         ("embed-core bf16", &bf16s, Some(show(&cos_bf16))),
+        ("embed-core int8", &int8s, Some(show(&cos_int8))),
     ];
     let texts = std::fs::read_to_string(&corpus)?.lines().filter(|l| !l.trim().is_empty()).count();
     println!("\n{model_name}, CPU, {threads} threads, {texts} texts (testdata/corpus.txt), medians of {} rounds", pairs * rounds);
-    println!("{:<28} {:>10} {:>11} {:>9} {:>8} {:>8} {:>14}", "implementation", "texts/s", "tokens/s", "vs ST", "load s", "threads", "worst cos/ST");
+    println!(
+        "{:<28} {:>10} {:>11} {:>9} {:>8} {:>8} {:>14} {:>11}",
+        "implementation", "texts/s", "tokens/s", "vs ST", "load s", "threads", "worst cos/ST", "weights MB"
+    );
     let mut json = Vec::new();
     for (name, rounds, cos) in lines {
         let tps = med(rounds, |r| r.texts_per_s);
         let toks = med(rounds, |r| r.tokens_per_s);
         let load = med(rounds, |r| r.load_s);
         let worker_threads = rounds.first().map(|r| r.threads).unwrap_or(0);
+        let weight_bytes = rounds.first().map(|r| r.weight_bytes).unwrap_or(0);
+        let weights = if weight_bytes > 0 { format!("{:.1}", weight_bytes as f64 / 1e6) } else { "-".into() };
         let cos_s = match cos {
             None => "-".to_string(),
             Some(c) if c.is_nan() => "MISMATCH".to_string(),
             Some(c) => format!("{c:.6}"),
         };
-        println!("{name:<28} {tps:>10.1} {toks:>11.1} {:>8.2}x {load:>8.3} {worker_threads:>8} {cos_s:>14}", tps / st_tps);
+        println!("{name:<28} {tps:>10.1} {toks:>11.1} {:>8.2}x {load:>8.3} {worker_threads:>8} {cos_s:>14} {weights:>11}", tps / st_tps);
         json.push(serde_json::json!({
             "name": name, "texts_per_s": tps, "tokens_per_s": toks, "ratio_vs_st": tps / st_tps, "load_s": load,
             "threads": worker_threads, "worst_cosine_vs_st": cos.filter(|c| !c.is_nan()),
+            "weight_bytes": (weight_bytes > 0).then_some(weight_bytes),
         }));
     }
+    let top5_same = median(int8_top5.iter().map(|t| t.0).collect());
+    let top5_kept = median(int8_top5.iter().map(|t| t.1).collect());
+    println!(
+        "int8 retrieval over the corpus: each text's top-5 neighbours under int8 are f32's set for {:.1} % of texts, \
+         {:.1} % of the neighbours kept",
+        100.0 * top5_same,
+        100.0 * top5_kept
+    );
+    let weights_of = |r: &[Round]| r.first().map_or(f64::NAN, |r| r.weight_bytes as f64);
+    let int8_weights = weights_of(&int8s) / weights_of(&f32s);
     // What the machine's matmul gives in bf16 against f32, beside what the model gets.
     let linear: serde_json::Value = serde_json::from_str(
         run_capture(Command::new(root.join("target/release/examples/linear_ratio")).arg(threads.to_string()))?.trim(),
@@ -253,7 +331,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         linear["f32_gflops"].as_f64().unwrap_or(f64::NAN),
         100.0 * model_ratio / machine_ratio
     );
-    let verdicts = targets(med(&f32s, |r| r.texts_per_s) / st_tps, med(&bf16s, |r| r.texts_per_s) / st_tps, &cos_f32, &cos_bf16);
+    let ratio = |r: &[Round]| med(r, |r| r.texts_per_s) / st_tps;
+    let verdicts = targets(&Measured {
+        f32_ratio: ratio(&f32s),
+        bf16_ratio: ratio(&bf16s),
+        int8_ratio: ratio(&int8s),
+        cos_f32: &cos_f32,
+        cos_bf16: &cos_bf16,
+        cos_int8: &cos_int8,
+        int8_weights,
+    });
     println!();
     for (t, ok) in &verdicts {
         println!("target {t}: {}", if *ok { "met" } else { "MISSED" });
@@ -265,6 +352,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let report = serde_json::json!({
         "model": model_name, "threads": threads, "texts": texts, "results": json,
         "cpu": cpu_model(), "linear_layer": linear, "model_bf16_over_f32": model_ratio,
+        "int8_top5_vs_f32": {"same_set": top5_same, "kept": top5_kept},
         "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
         "problems": problems,
     });
@@ -343,7 +431,7 @@ mod tests {
         let one = rows(&[&[1.0, 0.0, 0.0], &[0.0, f64::NAN, 0.8]]);
         assert!(check_vectors(&one, &rows(GOOD), 0.9).unwrap_err().contains("item 1"));
         // And a NaN result misses its target.
-        let t = targets(2.0, 4.0, &check_vectors(&nan, &rows(GOOD), 0.9), &Ok(1.0));
+        let t = targets(&measured(2.0, 4.0, &check_vectors(&nan, &rows(GOOD), 0.9), &Ok(1.0)));
         assert!(!t[1].1, "{t:?}");
     }
 
@@ -364,14 +452,33 @@ mod tests {
         assert!(check_vectors(&zero, &rows(GOOD), 0.9).is_err());
     }
 
+    /// f32 and bf16 as given; int8 meeting its targets.
+    fn measured<'a>(f32_ratio: f64, bf16_ratio: f64, cos_f32: &'a Result<f64, String>, cos_bf16: &'a Result<f64, String>) -> Measured<'a> {
+        const INT8_OK: Result<f64, String> = Ok(0.999);
+        Measured { f32_ratio, bf16_ratio, int8_ratio: 4.5, cos_f32, cos_bf16, cos_int8: &INT8_OK, int8_weights: 0.26 }
+    }
+
     #[test]
     fn missed_targets_are_reported() {
-        let all = targets(2.0, 4.0, &Ok(1.0), &Ok(0.9999));
+        let all = targets(&measured(2.0, 4.0, &Ok(1.0), &Ok(0.9999)));
         assert!(all.iter().all(|(_, ok)| *ok), "{all:?}");
-        let slow = targets(1.2, f64::NAN, &Ok(1.0), &Ok(0.9999));
+        let slow = targets(&measured(1.2, f64::NAN, &Ok(1.0), &Ok(0.9999)));
         assert_eq!(slow.iter().filter(|(_, ok)| !ok).count(), 2, "{slow:?}");
-        let bad = targets(2.0, 4.0, &Ok(0.9), &Err("pair 2: item 3: cosine NaN".into()));
+        let bad = targets(&measured(2.0, 4.0, &Ok(0.9), &Err("pair 2: item 3: cosine NaN".into())));
         assert!(!bad[1].1 && !bad[3].1, "{bad:?}");
+        let int8 = Measured { int8_ratio: 3.2, int8_weights: f64::NAN, cos_int8: &Ok(0.99), ..measured(2.0, 4.0, &Ok(1.0), &Ok(0.9999)) };
+        assert_eq!(targets(&int8).iter().filter(|(_, ok)| !ok).count(), 3, "speed, cosine and weights missed");
+    }
+
+    #[test]
+    fn top_k_agreement_counts_sets_and_kept_neighbours() {
+        // Four points on a line: each one's nearest neighbour is the adjacent one.
+        let line = rows(&[&[1.0, 0.0, 0.0], &[0.9, 0.1, 0.0], &[0.5, 0.5, 0.0], &[0.0, 1.0, 0.0]]);
+        assert_eq!(same_top_k(&line, &line, 1), (1.0, 1.0));
+        // Swap the second and third points' places: items 0 and 3 now see other neighbours.
+        let moved = rows(&[&[1.0, 0.0, 0.0], &[0.5, 0.5, 0.0], &[0.9, 0.1, 0.0], &[0.0, 1.0, 0.0]]);
+        let (same, kept) = same_top_k(&moved, &line, 1);
+        assert!(same < 1.0 && (same - kept).abs() < 1e-12, "{same} {kept}");
     }
 
     #[test]
@@ -388,7 +495,9 @@ mod tests {
     #[test]
     fn rounds_need_every_figure_and_the_thread_count() {
         let line = r#"{"impl":"embed-core","texts_per_s":10.5,"tokens_per_s":100.0,"load_s":0.2,"threads":4}"#;
-        assert_eq!(parse_rounds(line).unwrap(), vec![Round { texts_per_s: 10.5, tokens_per_s: 100.0, load_s: 0.2, threads: 4 }]);
+        assert_eq!(parse_rounds(line).unwrap(), vec![Round { texts_per_s: 10.5, tokens_per_s: 100.0, load_s: 0.2, threads: 4, weight_bytes: 0 }]);
+        let int8 = r#"{"texts_per_s":10.5,"tokens_per_s":100.0,"load_s":0.2,"threads":4,"weight_bytes":23768040}"#;
+        assert_eq!(parse_rounds(int8).unwrap()[0].weight_bytes, 23_768_040);
         assert!(parse_rounds(r#"{"texts_per_s":10.5,"tokens_per_s":100.0,"load_s":0.2}"#).is_err());
         assert_eq!(parse_rounds("batch stats: none\n").unwrap(), vec![]);
     }

@@ -35,6 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let svc = DenseEmbeddingService::from_spec(spec).await?;
     let load_s = t0.elapsed().as_secs_f64();
     let worker_threads = svc.info().map(|i| i.threads).unwrap_or(0);
+    let weight_bytes = svc.info().map(|i| i.weight_bytes).unwrap_or(0);
     let opts = EmbedOptions::default();
     // `EMBED_REQUEST_TEXTS=N`: the corpus in sequential requests of N texts (the server's view).
     let per_request: Option<usize> = std::env::var("EMBED_REQUEST_TEXTS").ok().and_then(|s| s.parse().ok()).filter(|&n| n > 0);
@@ -58,7 +59,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         let s = t.elapsed().as_secs_f64();
         println!(
-            "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3},\"threads\":{worker_threads}}}",
+            "{{\"impl\":\"embed-core\",\"dtype\":\"{dtype}\",\"round\":{round},\"texts\":{},\"tokens\":{},\"seconds\":{s:.4},\"texts_per_s\":{:.1},\"tokens_per_s\":{:.1},\"load_s\":{load_s:.3},\"threads\":{worker_threads},\"weight_bytes\":{weight_bytes}}}",
             texts.len(),
             out.total_tokens(),
             texts.len() as f64 / s,
