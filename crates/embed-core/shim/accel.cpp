@@ -256,6 +256,38 @@ void scale_rows(float* y, int64_t rows, int64_t n, const float* scales, const fl
   }
 }
 
+// As scale_rows without an activation, then the residual added and the row LayerNorm-ed:
+// y[r] = LayerNorm(s_r * (y[r] + c_r * colsum) + bias + res[r]) * gamma + beta, the row's
+// mean and variance taken in the same pass while it is in cache.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void scale_rows_add_norm(float* y, int64_t rows, int64_t n, const float* scales, const float* shifts,
+                         const float* colsum, const float* bias, const float* res, const float* gamma,
+                         const float* beta, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * n;
+    const float* rr = res + r * n;
+    const float s = scales[r];
+    const float sc = s * shifts[r];
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = yr[j] * s + (sc * colsum[j] + bias[j]) + rr[j];
+      yr[j] = v;
+      sum += v;
+    }
+    const float mean = sum / static_cast<float>(n);
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < n; ++j) {
+      const float d = yr[j] - mean;
+      sq += d * d;
+    }
+    const float inv = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) yr[j] = (yr[j] - mean) * inv * gamma[j] + beta[j];
+  }
+}
+
 // Rows per task: enough work per thread to amortize the fork.
 constexpr int64_t kRowGrain = 16;
 }  // namespace
@@ -277,9 +309,13 @@ int embed_int8_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out,
 // int8 row's sum) ([out]); `x_mul` (f32 [in])
 // multiplies each input channel before quantizing (smoothing: the weight's columns carry the
 // inverse); `bias` f32 [out] or null; `gelu` 0 for none, 1 for exact GELU, 2 for its tanh
-// approximation (fused into the output pass).
+// approximation (fused into the output pass). With `residual` (f32, x's rows by out) and
+// `ln_weight` (f32 [out]) the output pass instead adds the residual and applies LayerNorm with
+// `ln_weight`, `ln_bias` (f32 [out] or null) and `eps`: a post-norm block's
+// `LayerNorm(x W^T + b + residual)` in one pass over the output.
 int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Tensor* w, const at::Tensor* w_scales,
-                      const at::Tensor* w_zeros, const at::Tensor* colsum, const at::Tensor* bias, int gelu, at::Tensor** out,
+                      const at::Tensor* w_zeros, const at::Tensor* colsum, const at::Tensor* bias, int gelu,
+                      const at::Tensor* residual, const at::Tensor* ln_weight, const at::Tensor* ln_bias, double eps, at::Tensor** out,
                       char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     TORCH_CHECK(x->scalar_type() == at::kFloat, "int8 linear: input must be f32, got ", x->scalar_type());
@@ -326,9 +362,26 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
     const at::Tensor bc = bias != nullptr ? bias->contiguous() : at::zeros({n}, y.options());
     TORCH_CHECK(bc.scalar_type() == at::kFloat && bc.numel() == n, "int8 linear: bias must be f32 [", n, "]");
     const float* bp = bc.const_data_ptr<float>();
-    at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
-      scale_rows(yp + b * n, e - b, n, sp + b, cp + b, csp, bp, gelu);
-    });
+    if (residual != nullptr && ln_weight != nullptr) {
+      TORCH_CHECK(gelu == 0, "int8 linear: an activation and a residual LayerNorm together");
+      const auto rc = residual->contiguous();
+      TORCH_CHECK(rc.scalar_type() == at::kFloat && rc.numel() == rows * n, "int8 linear: residual must be f32 with the output's shape");
+      const auto gc = ln_weight->contiguous();
+      const auto betac = ln_bias != nullptr ? ln_bias->contiguous() : at::zeros({n}, y.options());
+      TORCH_CHECK(gc.scalar_type() == at::kFloat && gc.numel() == n && betac.scalar_type() == at::kFloat && betac.numel() == n,
+                  "int8 linear: LayerNorm weight and bias must be f32 [", n, "]");
+      const float* rp = rc.const_data_ptr<float>();
+      const float* gp = gc.const_data_ptr<float>();
+      const float* betap = betac.const_data_ptr<float>();
+      const float feps = static_cast<float>(eps);
+      at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
+        scale_rows_add_norm(yp + b * n, e - b, n, sp + b, cp + b, csp, bp, rp + b * n, gp, betap, feps);
+      });
+    } else {
+      at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
+        scale_rows(yp + b * n, e - b, n, sp + b, cp + b, csp, bp, gelu);
+      });
+    }
     auto sizes = x->sizes().vec();
     sizes.back() = n;
     *out = new at::Tensor(y.view(sizes));

@@ -35,10 +35,8 @@ impl PostNormBlock {
     ) -> std::result::Result<Tensor, String> {
         let qkv = self.qkv.forward(x);
         let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, mask))?;
-        let o = self.attn_out.forward(&ctx);
-        let a = self.attn_norm.forward(&crate::profile::stage("residual", || o + x));
-        let m = self.mlp.forward(&a);
-        Ok(self.mlp_norm.forward(&crate::profile::stage("residual", || m + a)))
+        let a = self.attn_out.forward_add_norm(&ctx, x, &self.attn_norm);
+        Ok(self.mlp.forward_add_norm(&a, &self.mlp_norm))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use tch::Tensor;
 
-use super::Linear;
+use super::{LayerNorm, Linear};
 use crate::layers::tensor_fields;
 
 /// The hidden activation, as `config.json` names it (`hidden_act`, `activation`,
@@ -48,14 +48,17 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        let a = match self.up.forward_fused(x, self.act) {
+        self.down.forward(&self.hidden(x))
+    }
+
+    fn hidden(&self, x: &Tensor) -> Tensor {
+        match self.up.forward_fused(x, self.act) {
             Some(a) => a,
             None => {
                 let h = self.up.forward(x);
                 crate::profile::stage("activation", || self.act.apply(&h))
             }
-        };
-        self.down.forward(&a)
+        }
     }
 }
 
@@ -70,10 +73,13 @@ pub(crate) struct Glu {
 
 impl Glu {
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        self.down.forward(&self.hidden(x))
+    }
+
+    fn hidden(&self, x: &Tensor) -> Tensor {
         let h = self.up.forward(x);
         let inter = h.size()[1] / 2;
-        let gated = crate::profile::stage("activation", || self.act.apply(&h.narrow(1, 0, inter)) * h.narrow(1, inter, inter));
-        self.down.forward(&gated)
+        crate::profile::stage("activation", || self.act.apply(&h.narrow(1, 0, inter)) * h.narrow(1, inter, inter))
     }
 }
 
@@ -88,6 +94,15 @@ impl FeedForward {
         match self {
             FeedForward::Mlp(m) => m.forward(x),
             FeedForward::Glu(g) => g.forward(x),
+        }
+    }
+
+    /// `norm(forward(x) + x)`, the post-norm block's second half (fused where the down
+    /// projection is int8; see [`Linear::forward_add_norm`]).
+    pub(crate) fn forward_add_norm(&self, x: &Tensor, norm: &LayerNorm) -> Tensor {
+        match self {
+            FeedForward::Mlp(m) => m.down.forward_add_norm(&m.hidden(x), x, norm),
+            FeedForward::Glu(g) => g.down.forward_add_norm(&g.hidden(x), x, norm),
         }
     }
 }

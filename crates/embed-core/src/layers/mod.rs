@@ -142,6 +142,17 @@ impl Linear {
         }))
     }
 
+    /// `norm(x W^T + b + residual)`: a post-norm block's projection, residual and LayerNorm,
+    /// in one pass over the output for an int8 weight, as three steps otherwise.
+    pub(crate) fn forward_add_norm(&self, x: &Tensor, residual: &Tensor, norm: &LayerNorm) -> Tensor {
+        if let Some(Packed::Int8(w)) = self.packed.get() {
+            observe(self, x);
+            return stage("linear", || w.linear_add_norm(x, self.bias.as_ref(), residual, norm));
+        }
+        let y = self.forward(x);
+        norm.forward(&stage("residual", || y + residual))
+    }
+
     /// Reorders the weight once into oneDNN's layout for about `batch` rows and frees the
     /// dense copy. CPU only.
     pub(crate) fn prepack(&self, batch: i64) -> std::result::Result<(), String> {
@@ -197,7 +208,7 @@ pub(crate) struct Observed {
 }
 
 /// Input rows kept per layer in calibration.
-const OBSERVED_ROWS: i64 = 512;
+const OBSERVED_ROWS: i64 = 128;
 
 /// [`Observed`] per linear layer, keyed by the layer's address.
 pub(crate) type Calibration = HashMap<usize, Observed>;

@@ -22,6 +22,10 @@ extern "C" {
         colsum: *const c_void,
         bias: *const c_void,
         gelu: i32,
+        residual: *const c_void,
+        ln_weight: *const c_void,
+        ln_bias: *const c_void,
+        eps: f64,
         out: *mut *mut c_void,
         err: *mut c_char,
         len: usize,
@@ -193,9 +197,25 @@ impl Int8Weight {
             Fused::Gelu => 1,
             Fused::GeluTanh => 2,
         };
+        self.call(x, bias, gelu, None)
+    }
+
+    /// `norm(x W^T + b + residual)` in one output pass: a post-norm block's residual and
+    /// LayerNorm fused into the linear layer before them. All f32; `residual` has the output's
+    /// shape.
+    pub(crate) fn linear_add_norm(&self, x: &Tensor, bias: Option<&Tensor>, residual: &Tensor, norm: &super::LayerNorm) -> Tensor {
+        self.call(x, bias, 0, Some((residual, norm)))
+    }
+
+    fn call(&self, x: &Tensor, bias: Option<&Tensor>, gelu: i32, add_norm: Option<(&Tensor, &super::LayerNorm)>) -> Tensor {
+        let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr().cast::<c_void>());
+        let (residual, ln_weight, ln_bias, eps) = match add_norm {
+            Some((r, n)) => (Some(r), Some(&n.weight), n.bias.as_ref(), n.eps),
+            None => (None, None, None, 0.0),
+        };
         let mut out: *mut c_void = std::ptr::null_mut();
         let mut err = [0 as c_char; 1024];
-        // SAFETY: as in `pack`; a null bias is none.
+        // SAFETY: as in `pack`; a null pointer is an absent optional.
         let rc = unsafe {
             embed_int8_linear(
                 x.as_ptr().cast(),
@@ -204,8 +224,12 @@ impl Int8Weight {
                 self.scales.as_ptr().cast(),
                 self.zeros.as_ptr().cast(),
                 self.colsum.as_ptr().cast(),
-                bias.map_or(std::ptr::null(), |b| b.as_ptr().cast()),
+                ptr(bias),
                 gelu,
+                ptr(residual),
+                ptr(ln_weight),
+                ptr(ln_bias),
+                eps,
                 &mut out,
                 err.as_mut_ptr(),
                 err.len(),
@@ -285,6 +309,22 @@ mod tests {
             let got = q.linear(&x, Some(&b), fused);
             let d = max_abs(&got, &y.gelu(approximate));
             assert!(d <= 2e-6 * f64::try_from(y.abs().max()).unwrap().max(1.0), "{approximate}: {d}");
+        }
+    }
+
+    #[test]
+    fn fused_residual_layer_norm_is_layer_norm_of_the_sum() {
+        let (rows, k, n) = (29, 64, 48);
+        let x = inputs(rows, k);
+        let w = Tensor::randn([n, k], (Kind::Float, tch::Device::Cpu)) * 0.2;
+        let b = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
+        let residual = Tensor::randn([rows, n], (Kind::Float, tch::Device::Cpu)) * 3.0;
+        let q = Int8Weight::quantize(&w, rows, None).unwrap();
+        for bias in [Some(Tensor::randn([n], (Kind::Float, tch::Device::Cpu))), None] {
+            let norm = super::super::LayerNorm { weight: Tensor::rand([n], (Kind::Float, tch::Device::Cpu)) + 0.5, bias, eps: 1e-12 };
+            let got = q.linear_add_norm(&x, Some(&b), &residual, &norm);
+            let expected = (q.linear(&x, Some(&b), Fused::None) + &residual).layer_norm([n], Some(&norm.weight), norm.bias.as_ref(), norm.eps, false);
+            assert!(max_abs(&got, &expected) <= 1e-5, "{}", max_abs(&got, &expected));
         }
     }
 }
