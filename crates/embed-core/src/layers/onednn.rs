@@ -104,6 +104,9 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
 }
 
+/// Output channels the smoothing candidates are measured on (at most).
+const PROBE_CHANNELS: i64 = 256;
+
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
 fn simulate_weight(w: &Tensor) -> Tensor {
     let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
@@ -152,23 +155,25 @@ impl Int8Weight {
         let ones = || Tensor::ones([inp], (tch::Kind::Float, tch::Device::Cpu));
         let (w, x_mul) = match seen {
             Some(seen) => {
-                let exact = seen.rows.matmul(&w.tr());
+                // Each output channel is quantized on its own, so a spread of them (every
+                // step-th row, across fused Q, K and V alike) measures the candidates.
+                let out = w.size()[0];
+                let probe = w.slice(0, 0, out, (out / PROBE_CHANNELS).max(1));
+                let exact = seen.rows.matmul(&probe.tr());
                 let norm = f64::try_from(exact.norm()).unwrap_or(0.0).max(1e-30);
                 let w_amax = w.abs().amax([0], false).clamp_min(1e-5);
                 let x_amax = seen.amax.clamp_min(1e-5);
-                let mut best: Option<(f64, Tensor, Tensor)> = None;
+                let mut best: Option<(f64, Tensor)> = None;
                 for alpha in [0.0, 0.25, 0.5, 0.75] {
                     let s = if alpha == 0.0 { ones() } else { x_amax.pow_tensor_scalar(alpha) / w_amax.pow_tensor_scalar(1.0 - alpha) };
-                    let ws = &w * &s;
-                    let x_mul = s.reciprocal();
-                    let got = simulate_activations(&(&seen.rows * &x_mul)).matmul(&simulate_weight(&ws).tr());
+                    let got = simulate_activations(&(&seen.rows / &s)).matmul(&simulate_weight(&(&probe * &s)).tr());
                     let err = f64::try_from((got - &exact).norm()).unwrap_or(f64::INFINITY) / norm;
-                    if best.as_ref().is_none_or(|(e, _, _)| err < *e) {
-                        best = Some((err, ws, x_mul));
+                    if best.as_ref().is_none_or(|(e, _)| err < *e) {
+                        best = Some((err, s));
                     }
                 }
-                let (_, ws, x_mul) = best.expect("four candidates");
-                (ws, x_mul)
+                let (_, s) = best.expect("four candidates");
+                (&w * &s, s.reciprocal())
             }
             None => (w, ones()),
         };
