@@ -131,16 +131,17 @@ pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
     }
 }
 
-/// The worst cosine int8 must reach against f32 on fixture `name`. Measured on an AMD EPYC:
-/// BERT-shaped 0.9995–0.9999; modernbert 0.9978, gemma3 0.9990, qwen3 0.9973; gte 0.9941,
-/// qwen2 0.9948 (bidirectional 0.9959), mistral 0.9889; nomic-bert 0.9448. The fixtures'
-/// tokenizers know only their reference texts, so int8's calibration texts reach them mostly
-/// as unknown tokens and calibrate them poorly; the drawn-sensitive rotary fixtures show it
-/// most (calibrated on its own texts instead, nomic-bert reaches 0.9854, gte 0.9967). The real
-/// MiniLM is held to the 0.995.
+/// The worst cosine int8 must reach against f32 on fixture `name`. Measured on an AMD EPYC
+/// (the calibration as committed): BERT-shaped 0.9994–0.9999; modernbert 0.9992, gemma3
+/// 0.9994, qwen3 0.9977; gte 0.9922, qwen2 0.9937 (bidirectional 0.9910), mistral 0.9873;
+/// nomic-bert 0.935. The fixtures' tokenizers know only their reference texts, so int8's
+/// calibration texts reach them mostly as unknown tokens and calibrate them poorly; the
+/// drawn-sensitive rotary fixtures show it most (calibrated on its own texts instead,
+/// nomic-bert reached 0.985). The real MiniLM is held to the 0.995, the real MPNet to a
+/// mean of 0.99 (`real_models.rs`).
 pub fn fixture_int8_min_cosine(name: &str) -> f64 {
     match name {
-        "nomic-bert" => 0.92,
+        "nomic-bert" => 0.90,
         "gte" | "qwen2" | "qwen2-bidirectional" | "mistral" => 0.98,
         "modernbert" | "gemma3" | "qwen3" => 0.995,
         _ => 0.998,

@@ -202,13 +202,13 @@ impl Linear {
 pub(crate) struct Observed {
     /// f32 `[in]`: each input channel's largest magnitude.
     pub(crate) amax: Tensor,
-    /// f32 `[rows, in]`: the first input rows (at most [`OBSERVED_ROWS`]), to measure
-    /// candidate quantizations on.
+    /// f32 `[rows, in]`: input rows spread over the calibration batch (at most about
+    /// [`OBSERVED_ROWS`]), to measure candidate quantizations on.
     pub(crate) rows: Tensor,
 }
 
 /// Input rows kept per layer in calibration.
-const OBSERVED_ROWS: i64 = 128;
+const OBSERVED_ROWS: i64 = 256;
 
 /// [`Observed`] per linear layer, keyed by the layer's address.
 pub(crate) type Calibration = HashMap<usize, Observed>;
@@ -242,6 +242,9 @@ fn observe(linear: &Linear, x: &Tensor) {
             let k = x.size().last().copied().unwrap_or(0);
             let x = x.detach().to_kind(Kind::Float).reshape([-1, k]);
             let amax = x.abs().amax([0], false);
+            // Rows spread over the whole batch (it is sorted by length), not its first ones.
+            let n = x.size()[0];
+            let x = x.slice(0, 0, n, (n / OBSERVED_ROWS).max(1));
             let key = linear as *const Linear as usize;
             let merged = match seen.remove(&key) {
                 Some(prev) => {

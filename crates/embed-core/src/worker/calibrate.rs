@@ -13,9 +13,10 @@ use crate::models::Model;
 use crate::text::TextPrep;
 use crate::{EmbedOptions, Error, ResolvedDevice, Result};
 
-/// Short texts of many kinds (questions, prose, code, logs, numbers, other scripts): what sets
-/// the activations' per-channel ranges is the model's own outlier channels, which any text
-/// shows, more than the topic. Fixed, so a model quantizes the same way on every load.
+/// Texts of many kinds (questions, prose, code, logs, numbers, other scripts; short and
+/// passage-length): what sets the activations' per-channel ranges is the model's own outlier
+/// channels, which any text shows, more than the topic. Fixed, so a model quantizes the same
+/// way on every load.
 const CALIBRATION_TEXTS: &[&str] = &[
     "How do I reset my password?",
     "The weather today is sunny with a light breeze from the west.",
@@ -41,6 +42,34 @@ const CALIBRATION_TEXTS: &[&str] = &[
     "A minimal Rust program prints hello world with println!.",
     "Why is the sky blue during the day but red at sunset?",
     "Please find attached the signed contract and the invoice for March.",
+    // Passages of a few hundred tokens, as retrieval chunks are: long inputs grow activations
+    // that short ones never show.
+    "The city council met on Thursday evening to discuss the new transit plan. Residents had \
+     raised concerns about the cost of the project, the noise during construction, and the loss \
+     of parking along the main street. The planning office presented three options: a light rail \
+     line along the river, an expanded bus network with dedicated lanes, and a mixed approach that \
+     would begin with buses and reserve land for rail later. Each option was compared on cost, \
+     travel time, emissions and the number of households within walking distance of a stop. \
+     After two hours of public comment the council voted to study the mixed approach in more \
+     detail, and asked for a report on financing, including federal grants, a local sales tax \
+     and fares, before the end of the year.",
+    "To install the package, download the archive for your platform and unpack it into a \
+     directory on your path. The first run creates a configuration file in your home directory; \
+     edit it to set the data directory, the number of worker threads and the log level. If the \
+     service fails to start, check that the port is free and that the user has permission to \
+     write to the data directory. Logs are written to standard error by default and can be sent \
+     to a file with the --log-file option. Upgrades keep the configuration but may migrate the \
+     data directory; back it up first. For production use, run the service under a supervisor \
+     that restarts it on failure, and monitor the health endpoint, which reports the version, the \
+     uptime and the state of each background task.",
+    "Mitochondria are membrane-bound organelles found in most eukaryotic cells. They generate \
+     most of the cell's supply of adenosine triphosphate, which is used as a source of chemical \
+     energy, through oxidative phosphorylation. Mitochondria have their own small genome, \
+     inherited in most species from the mother only, and they divide independently of the cell. \
+     Their number varies widely by tissue: muscle and liver cells may contain thousands, while \
+     mature red blood cells contain none. Defects in mitochondrial function are linked to a range \
+     of diseases, and the organelles also take part in signalling, in the regulation of the cell \
+     cycle and in programmed cell death.",
 ];
 
 /// Calibrates `model` (loaded in f32 on the CPU) on [`CALIBRATION_TEXTS`] and quantizes it to
