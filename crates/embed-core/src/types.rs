@@ -62,6 +62,11 @@ pub struct ModelOptions {
     /// matmul). `None` (the default) and `Some(true)`: on for CPU bf16 models; `Some(false)`:
     /// off. A prepacked model cannot be offloaded (a CPU model gains nothing from it).
     pub cpu_prepack: Option<bool>,
+    /// int8 only: the texts to calibrate on (a sample of what the model will embed, tens to a
+    /// few hundred), instead of the built-in mix of short texts and passages. Quantization then
+    /// fits the activations this model really sees: worth it for a domain or a language the
+    /// built-in texts do not cover.
+    pub int8_calibration: Option<Vec<String>>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -91,6 +96,7 @@ impl Default for ModelOptions {
             max_batch_size: None,
             threads: None,
             cpu_prepack: None,
+            int8_calibration: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }

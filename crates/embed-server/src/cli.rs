@@ -157,6 +157,8 @@ struct FileModel {
     normalize: Option<bool>,
     query_prefix: Option<String>,
     document_prefix: Option<String>,
+    /// int8: a file of texts to calibrate on, one per line (see `ModelOptions::int8_calibration`).
+    int8_calibration: Option<std::path::PathBuf>,
     ttl: Option<u64>,
     pinned: Option<bool>,
 }
@@ -253,6 +255,10 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         o.normalize = m.normalize;
         o.query_prefix = m.query_prefix;
         o.document_prefix = m.document_prefix;
+        if let Some(path) = m.int8_calibration {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("model {name}: reading int8_calibration {}", path.display()))?;
+            o.int8_calibration = Some(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect());
+        }
         let mut settings = ModelSettings::default();
         if let Some(t) = m.ttl {
             settings = settings.with_ttl(Duration::from_secs(t));
@@ -366,6 +372,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("embed-server-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("server.toml");
+        let calibration = dir.join("calibration.txt");
+        std::fs::write(&calibration, "first text\n\n  \nsecond text\n").unwrap();
         std::fs::write(
             &path,
             r#"
@@ -383,13 +391,15 @@ source = "/models/minilm"
 [models.minilm-int8]
 source = "/models/minilm"
 dtype = "int8"
+int8_calibration = "CALIBRATION"
 
 [models.bge]
 source = "BAAI/bge-small-en-v1.5"
 dtype = "bf16"
 query_prefix = "Represent this sentence: "
 pinned = true
-"#,
+"#
+            .replace("CALIBRATION", calibration.to_str().unwrap()),
         )
         .unwrap();
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--max-inputs", "8"]);
@@ -407,7 +417,9 @@ pinned = true
         assert!(bge.settings.pinned);
         assert!(registry.contains("minilm"));
         assert_eq!(registry.get("minilm").unwrap().spec.options.dtype, None, "no dtype: the family's choice");
-        assert_eq!(registry.get("minilm-int8").unwrap().spec.options.dtype, Some(embed_core::DType::Int8), "per model");
+        let int8 = &registry.get("minilm-int8").unwrap().spec.options;
+        assert_eq!(int8.dtype, Some(embed_core::DType::Int8), "per model");
+        assert_eq!(int8.int8_calibration.as_deref(), Some(&["first text".to_string(), "second text".to_string()][..]), "blank lines dropped");
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "3"]);
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.threads, Some(3), "--threads reaches every model");
         assert!(build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "0"])).is_err());

@@ -47,10 +47,6 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        self.down.forward(&self.hidden(x))
-    }
-
     fn hidden(&self, x: &Tensor) -> Tensor {
         match self.up.forward_fused(x, self.act) {
             Some(a) => a,
@@ -90,14 +86,7 @@ pub(crate) enum FeedForward {
 }
 
 impl FeedForward {
-    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        match self {
-            FeedForward::Mlp(m) => m.forward(x),
-            FeedForward::Glu(g) => g.forward(x),
-        }
-    }
-
-    /// `norm(forward(x) + x)`, the post-norm block's second half (fused where the down
+    /// `norm(ffn(x) + x)`, the post-norm block's second half (fused where the down
     /// projection is int8; see [`Linear::forward_add_norm`]).
     pub(crate) fn forward_add_norm(&self, x: &Tensor, norm: &LayerNorm) -> Tensor {
         match self {

@@ -72,10 +72,14 @@ const CALIBRATION_TEXTS: &[&str] = &[
      cycle and in programmed cell death.",
 ];
 
-/// Calibrates `model` (loaded in f32 on the CPU) on [`CALIBRATION_TEXTS`] and quantizes it to
-/// int8 for batches of about `rows` token rows.
-pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling, rows: i64) -> Result<()> {
-    let texts: Vec<String> = CALIBRATION_TEXTS.iter().map(|t| t.to_string()).collect();
+/// Calibrates `model` (loaded in f32 on the CPU) on `texts` (or [`CALIBRATION_TEXTS`]) and
+/// quantizes it to int8 for batches of about `rows` token rows.
+pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling, rows: i64, texts: Option<&[String]>) -> Result<()> {
+    let texts: Vec<String> = match texts {
+        Some(t) => t.to_vec(),
+        None => CALIBRATION_TEXTS.iter().map(|t| t.to_string()).collect(),
+    };
+    let count = texts.len();
     let prepared = text.prepare(&texts, &EmbedOptions { truncate: true, ..Default::default() })?;
     let (tx, mut rx) = oneshot::channel();
     let job = Job { seqs: prepared.into_iter().map(|p| p.seq).collect(), output: Output::Head, normalize: false, reply: tx };
@@ -84,7 +88,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
         device: ResolvedDevice::Cpu,
         pooling,
         max_batch_tokens: rows.max(1) as usize,
-        max_batch_size: CALIBRATION_TEXTS.len(),
+        max_batch_size: count.max(1),
         faults: Default::default(),
         stats: Arc::default(),
     };

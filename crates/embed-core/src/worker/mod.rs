@@ -182,6 +182,9 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             reason: "half-precision matmuls on CPU are emulated and slow; use bf16 or f32".into(),
         });
     }
+    if o.int8_calibration.is_some() && o.dtype != Some(DType::Int8) {
+        return Err(Error::InvalidOption { name: "int8_calibration", reason: "calibrates int8 models only; set dtype int8 or drop it".into() });
+    }
     if o.dtype == Some(DType::Int8) {
         if device.is_cuda() {
             return Err(Error::UnsupportedDtype {
@@ -192,6 +195,9 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
         }
         if let Some(reason) = crate::device::int8_unsupported_reason() {
             return Err(Error::UnsupportedDtype { dtype: DType::Int8.to_string(), device: device.to_string(), reason });
+        }
+        if o.int8_calibration.as_ref().is_some_and(|t| t.iter().all(|t| t.trim().is_empty())) {
+            return Err(Error::InvalidOption { name: "int8_calibration", reason: "holds no text; give some texts or leave it unset".into() });
         }
         if o.cpu_prepack == Some(false) {
             return Err(Error::InvalidOption {
@@ -211,7 +217,7 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
         model.prepack(rows)?;
     }
     if dtype == DType::Int8 {
-        calibrate::quantize_int8(&mut model, &text, o.pooling.unwrap_or(dir.pooling), rows)?;
+        calibrate::quantize_int8(&mut model, &text, o.pooling.unwrap_or(dir.pooling), rows, o.int8_calibration.as_deref())?;
     }
     Ok(Loaded { model, dir, text, device, device_note, dtype })
 }
