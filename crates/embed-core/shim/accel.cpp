@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <vector>
 
 namespace {
 void write_error(char* err, size_t len, const char* msg) {
@@ -385,6 +386,119 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
     auto sizes = x->sizes().vec();
     sizes.back() = n;
     *out = new at::Tensor(y.view(sizes));
+  });
+}
+
+// A post-norm block's `LayerNorm(x + residual)` on the CPU in one pass over each row, for f32
+// and bf16 activations (LayerNorm's statistics in f32 either way): ATen's add and layer_norm
+// read and write the whole tensor two or three times. Same shapes, contiguous rows.
+extern "C++" {
+namespace {
+inline float load_f(const float* p, int64_t j) { return p[j]; }
+inline float load_f(const uint16_t* p, int64_t j) {
+  const uint32_t bits = static_cast<uint32_t>(p[j]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store_f(float* p, int64_t j, float v) { p[j] = v; }
+// The value as the activation dtype holds it: a bf16 sum is rounded before LayerNorm sees it,
+// as libtorch's separate add would round it (the numerics stay those of the unfused ops).
+inline float as_stored(const float*, float v) { return v; }
+inline float as_stored(const uint16_t*, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store_f(uint16_t* p, int64_t j, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  // Round to nearest even, as libtorch converts f32 to bf16.
+  p[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void add_norm_rows_t(const T* x, const T* res, int64_t rows, int64_t n,
+                                                           const T* gamma, const T* beta, float eps, T* out,
+                                                           float* row) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * n;
+    const T* rr = res + r * n;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = as_stored(xr, load_f(xr, j) + load_f(rr, j));
+      row[j] = v;
+      sum += v;
+    }
+    const float mean = sum / static_cast<float>(n);
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < n; ++j) {
+      const float d = row[j] - mean;
+      sq += d * d;
+    }
+    const float inv = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
+    T* o = out + r * n;
+    if (beta != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j) + load_f(beta, j));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j));
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_norm_rows_f32(const float* x, const float* res, int64_t rows, int64_t n, const float* gamma, const float* beta,
+                       float eps, float* out, float* row) {
+  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_norm_rows_bf16(const uint16_t* x, const uint16_t* res, int64_t rows, int64_t n, const uint16_t* gamma,
+                        const uint16_t* beta, float eps, uint16_t* out, float* row) {
+  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
+}
+}  // namespace
+}  // extern "C++"
+
+// `LayerNorm(x + residual)` over the last dimension with `weight` and `bias` (or null), all of
+// one dtype (f32 or bf16) on the CPU; a new tensor of x's shape in `*out`.
+int embed_add_layer_norm(const at::Tensor* x, const at::Tensor* residual, const at::Tensor* weight,
+                         const at::Tensor* bias, double eps, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    const auto kind = x->scalar_type();
+    TORCH_CHECK(kind == at::kFloat || kind == at::kBFloat16, "add_layer_norm: f32 or bf16, got ", kind);
+    TORCH_CHECK(x->device().is_cpu() && residual->sizes() == x->sizes() && residual->scalar_type() == kind,
+                "add_layer_norm: residual must match x on the CPU");
+    const int64_t n = x->size(-1);
+    TORCH_CHECK(weight->numel() == n && weight->scalar_type() == kind, "add_layer_norm: weight must be [", n, "] of x's dtype");
+    TORCH_CHECK(bias == nullptr || (bias->numel() == n && bias->scalar_type() == kind), "add_layer_norm: bias must be [", n, "] of x's dtype");
+    const auto xc = x->contiguous();
+    const auto rc = residual->contiguous();
+    const auto wc = weight->contiguous();
+    const auto bc = bias != nullptr ? bias->contiguous() : at::Tensor();
+    auto y = at::empty(x->sizes(), xc.options());
+    const int64_t rows = n == 0 ? 0 : xc.numel() / n;
+    const float feps = static_cast<float>(eps);
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
+      std::vector<float> row(static_cast<size_t>(n));
+      if (kind == at::kFloat) {
+        add_norm_rows_f32(xc.const_data_ptr<float>() + b * n, rc.const_data_ptr<float>() + b * n, e - b, n,
+                          wc.const_data_ptr<float>(), bias != nullptr ? bc.const_data_ptr<float>() : nullptr, feps,
+                          y.mutable_data_ptr<float>() + b * n, row.data());
+      } else {
+        auto p = [](const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.const_data_ptr()); };
+        add_norm_rows_bf16(p(xc) + b * n, p(rc) + b * n, e - b, n, p(wc), bias != nullptr ? p(bc) : nullptr, feps,
+                           reinterpret_cast<uint16_t*>(y.mutable_data_ptr()) + b * n, row.data());
+      }
+    });
+    *out = new at::Tensor(std::move(y));
   });
 }
 

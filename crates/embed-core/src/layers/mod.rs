@@ -142,14 +142,19 @@ impl Linear {
         }))
     }
 
-    /// `norm(x W^T + b + residual)`: a post-norm block's projection, residual and LayerNorm,
-    /// in one pass over the output for an int8 weight, as three steps otherwise.
+    /// `norm(x W^T + b + residual)`: a post-norm block's projection, residual and LayerNorm.
+    /// For an int8 weight all in the output pass of the matmul; on the CPU in f32 and bf16 the
+    /// residual and LayerNorm in one pass after it (`onednn::add_layer_norm`); elsewhere as
+    /// libtorch's ops.
     pub(crate) fn forward_add_norm(&self, x: &Tensor, residual: &Tensor, norm: &LayerNorm) -> Tensor {
         if let Some(Packed::Int8(w)) = self.packed.get() {
             observe(self, x);
             return stage("linear", || w.linear_add_norm(x, self.bias.as_ref(), residual, norm));
         }
         let y = self.forward(x);
+        if y.device() == Device::Cpu && matches!(y.kind(), Kind::Float | Kind::BFloat16) && fused_cpu_norm() {
+            return stage("residual_norm", || onednn::add_layer_norm(&y, residual, norm));
+        }
         norm.forward(&stage("residual", || y + residual))
     }
 
@@ -196,6 +201,13 @@ impl Linear {
         };
         Linear::new(weight, bias)
     }
+}
+
+/// Whether CPU post-norm blocks fuse the residual into LayerNorm (`EMBED_CPU_FUSED_NORM=0`
+/// turns it off, for comparison). Read once.
+fn fused_cpu_norm() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("EMBED_CPU_FUSED_NORM").map_or(true, |v| v != "0"))
 }
 
 /// What a linear layer saw as input during int8's calibration ([`observe_inputs`]).

@@ -11,6 +11,16 @@ use tch::Tensor;
 use super::Observed;
 
 extern "C" {
+    fn embed_add_layer_norm(
+        x: *const c_void,
+        residual: *const c_void,
+        weight: *const c_void,
+        bias: *const c_void,
+        eps: f64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> i32;
     fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn embed_int8_linear(
@@ -102,6 +112,27 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     // A failure here is a libtorch error like any other op's: tch panics on those too, and the
     // worker turns a panic into the batch's error.
     finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
+}
+
+/// `norm(x + residual)` in one pass over each row (f32 or bf16 on the CPU, `norm`'s tensors of
+/// the same dtype): a post-norm block's residual and LayerNorm.
+pub(crate) fn add_layer_norm(x: &Tensor, residual: &Tensor, norm: &super::LayerNorm) -> Tensor {
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let mut err = [0 as c_char; 1024];
+    // SAFETY: as in `pack`; a null bias is none.
+    let rc = unsafe {
+        embed_add_layer_norm(
+            x.as_ptr().cast(),
+            residual.as_ptr().cast(),
+            norm.weight.as_ptr().cast(),
+            norm.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr().cast()),
+            norm.eps,
+            &mut out,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    finish(rc, out, &err).unwrap_or_else(|e| panic!("fused residual LayerNorm failed: {e}"))
 }
 
 /// Output channels the smoothing candidates are measured on (at most).
