@@ -363,4 +363,22 @@ mod tests {
             assert!(max_abs(&got, &expected) <= 1e-5, "{}", max_abs(&got, &expected));
         }
     }
+
+    #[test]
+    fn fused_add_layer_norm_matches_libtorch_in_f32_and_bf16() {
+        tch::manual_seed(3);
+        let (rows, n) = (19, 96);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let x = (Tensor::randn([rows, n], (Kind::Float, tch::Device::Cpu)) * 4.0).to_kind(kind);
+            let r = Tensor::randn([rows, n], (Kind::Float, tch::Device::Cpu)).to_kind(kind);
+            for bias in [Some(Tensor::randn([n], (Kind::Float, tch::Device::Cpu)).to_kind(kind)), None] {
+                let norm = super::super::LayerNorm { weight: (Tensor::rand([n], (Kind::Float, tch::Device::Cpu)) + 0.5).to_kind(kind), bias, eps: 1e-5 };
+                let got = add_layer_norm(&x, &r, &norm).to_kind(Kind::Float);
+                let expected = (&x + &r).layer_norm([n], Some(&norm.weight), norm.bias.as_ref(), norm.eps, false).to_kind(Kind::Float);
+                // f32: summation order only; bf16: at most one rounding step of the output.
+                let tol = if kind == Kind::Float { 1e-5 } else { 0.02 };
+                assert!(max_abs(&got, &expected) <= tol, "{kind:?}: {}", max_abs(&got, &expected));
+            }
+        }
+    }
 }
