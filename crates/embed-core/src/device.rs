@@ -134,9 +134,47 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
-/// Why this CPU cannot run int8, or `None` when it can. oneDNN's int8 GEMM needs VNNI
-/// (AVX-512 VNNI or AVX-VNNI; every AMX CPU has it): without it the u8 × s8 products are summed
-/// in pairs into saturating 16-bit registers, and full-range 8-bit values overflow them.
+/// How an int8 model computes ([`DType::Int8`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Int8Kernel {
+    /// CPU with VNNI: activations quantized per token, oneDNN's u8 × s8 GEMM.
+    OneDnn,
+    /// Weights stored in int8, dequantized for each matmul into the activations' kind (bf16 on
+    /// CUDA, f32 on the CPU): a quarter (CUDA: half) of the weight memory, not faster.
+    WeightOnly,
+}
+
+impl Int8Kernel {
+    /// The kernel an int8 model runs with on `device`: `asked` if it can run there, else
+    /// oneDNN's on a CPU with VNNI and weight-only elsewhere.
+    pub(crate) fn choose(device: ResolvedDevice, asked: Option<Int8Kernel>) -> Result<Int8Kernel> {
+        let onednn_refused = if device.is_cuda() { Some("oneDNN's int8 GEMM runs on the CPU".to_string()) } else { int8_unsupported_reason() };
+        match (asked, onednn_refused) {
+            (Some(Int8Kernel::OneDnn), Some(reason)) => {
+                Err(Error::UnsupportedDtype { dtype: "int8 (onednn)".into(), device: device.to_string(), reason })
+            }
+            (Some(k), _) => Ok(k),
+            (None, Some(_)) => Ok(Int8Kernel::WeightOnly),
+            (None, None) => Ok(Int8Kernel::OneDnn),
+        }
+    }
+}
+
+impl FromStr for Int8Kernel {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "onednn" => Ok(Int8Kernel::OneDnn),
+            "weight-only" | "weight_only" => Ok(Int8Kernel::WeightOnly),
+            _ => Err(Error::InvalidOption { name: "int8_kernel", reason: format!("{s:?}: expected onednn or weight-only") }),
+        }
+    }
+}
+
+/// Why this CPU cannot run oneDNN's int8 GEMM, or `None` when it can: it needs VNNI (AVX-512
+/// VNNI or AVX-VNNI; every AMX CPU has it); without it the u8 × s8 products are summed in pairs
+/// into saturating 16-bit registers, and full-range 8-bit values overflow them. Such a CPU runs
+/// int8 weight-only ([`Int8Kernel::WeightOnly`]).
 pub fn int8_unsupported_reason() -> Option<String> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -160,20 +198,25 @@ pub enum DType {
     F16,
     /// bfloat16 (CUDA, and CPUs with AVX-512 BF16 / AMX).
     Bf16,
-    /// int8 linear layers on the CPU: weights quantized at load (symmetric, per output
-    /// channel) from the checkpoint, activations quantized per token on every call, oneDNN's
-    /// int8 GEMM (VNNI / AMX). The word embeddings are stored in int8 per row; lookups,
-    /// norms, attention and pooling run in f32.
+    /// int8 weights, quantized at load (symmetric, per output channel) from the checkpoint;
+    /// the word embeddings in int8 per row. On a CPU with VNNI the activations are quantized
+    /// per token on every call too and the matmuls run on oneDNN's int8 GEMM, with lookups,
+    /// norms, attention and pooling in f32 ([`Int8Kernel::OneDnn`]); on CUDA, and on CPUs
+    /// without VNNI, the weights are dequantized into bf16 (CUDA) or f32 activations for each
+    /// matmul ([`Int8Kernel::WeightOnly`]).
     Int8,
 }
 
 impl DType {
-    pub(crate) fn kind(self) -> tch::Kind {
+    /// The kind a model of this dtype is loaded and runs its activations in on `device`.
+    pub(crate) fn kind(self, device: ResolvedDevice) -> tch::Kind {
         match self {
             DType::F32 => tch::Kind::Float,
             DType::F16 => tch::Kind::Half,
             DType::Bf16 => tch::Kind::BFloat16,
-            // Loaded and run in f32; the linear weights are quantized after loading.
+            // The linear weights are quantized after loading; activations in bf16 on CUDA
+            // (weight-only int8), in f32 on the CPU.
+            DType::Int8 if device.is_cuda() => tch::Kind::BFloat16,
             DType::Int8 => tch::Kind::Float,
         }
     }

@@ -67,6 +67,10 @@ pub struct ModelOptions {
     /// fits the activations this model really sees: worth it for a domain or a language the
     /// built-in texts do not cover.
     pub int8_calibration: Option<Vec<String>>,
+    /// int8 only: how it computes. `None` picks oneDNN's int8 GEMM on a CPU with VNNI and
+    /// weight-only elsewhere (CUDA, other CPUs); `WeightOnly` on such a CPU trades oneDNN's
+    /// speed for f32 activations (closer to f32, a quarter of its weight memory, no faster).
+    pub int8_kernel: Option<crate::Int8Kernel>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -97,6 +101,7 @@ impl Default for ModelOptions {
             threads: None,
             cpu_prepack: None,
             int8_calibration: None,
+            int8_kernel: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
@@ -363,6 +368,8 @@ pub struct ModelInfo {
     /// The linear layers' weights are prepacked for oneDNN (CPU bf16; see
     /// [`ModelOptions::cpu_prepack`]).
     pub cpu_prepacked: bool,
+    /// For an int8 model, how it computes: oneDNN's int8 GEMM or weight-only.
+    pub int8_kernel: Option<crate::Int8Kernel>,
 }
 
 #[cfg(feature = "test-util")]
@@ -393,6 +400,7 @@ impl ModelInfo {
             load_duration: Duration::ZERO,
             threads: 1,
             cpu_prepacked: false,
+            int8_kernel: None,
         }
     }
 }

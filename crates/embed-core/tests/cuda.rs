@@ -40,9 +40,14 @@ async fn cuda_matches_cpu_and_releases_exactly() {
     warm.cleanup().await.unwrap();
     let base = cuda_memory(0).unwrap();
 
-    for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::F16, 0.999), (DType::Bf16, 0.995)] {
+    // int8 on CUDA is weight-only: int8 weights dequantized into bf16 for each matmul.
+    let mut weights = std::collections::HashMap::new();
+    for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::F16, 0.999), (DType::Bf16, 0.995), (DType::Int8, 0.99)] {
         let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
         assert_eq!(svc.info().unwrap().device, embed_core::ResolvedDevice::Cuda(0));
+        let int8_kernel = svc.info().unwrap().int8_kernel;
+        assert_eq!(int8_kernel, (dtype == DType::Int8).then_some(embed_core::Int8Kernel::WeightOnly), "{dtype}");
+        weights.insert(dtype, svc.info().unwrap().weight_bytes);
         let during = cuda_memory(0).unwrap();
         assert!(during.allocated >= base.allocated + svc.info().unwrap().weight_bytes, "weights are on the GPU");
         let got = svc.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
@@ -55,6 +60,9 @@ async fn cuda_matches_cpu_and_releases_exactly() {
         assert_eq!(report.cuda_reserved_after, Some(after.reserved));
         eprintln!("{dtype}: worst cosine {worst:.6}, allocated {} -> {} -> {}", base.allocated, during.allocated, after.allocated);
     }
+    // Weight memory: int8 about a quarter of f32's and well under bf16's.
+    assert!(weights[&DType::Int8] * 10 <= weights[&DType::F32] * 3, "int8 {} vs f32 {}", weights[&DType::Int8], weights[&DType::F32]);
+    assert!(weights[&DType::Int8] * 10 <= weights[&DType::Bf16] * 6, "int8 {} vs bf16 {}", weights[&DType::Int8], weights[&DType::Bf16]);
     assert_eq!(live_models(), 0);
 }
 

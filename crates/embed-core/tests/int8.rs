@@ -4,20 +4,27 @@
 //! close to its f32 self; the options that cannot work are refused with typed errors.
 
 use embed_core::memory::live_weight_bytes;
-use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Int8Kernel, ModelOptions, ModelSpec};
 use embed_testkit::memory::{assert_weights_freed, settled_snapshot};
 use embed_testkit::{
     assert_cosines, cosine, fixture_dir, fixture_int8_min_cosine, fixture_reference, minilm_dir, reference, same_top_k, serial, FIXTURES,
 };
 
-/// True when this CPU runs int8; otherwise checks that asking for it is refused with a typed
-/// error that says why, and the caller stops there.
-async fn int8_runs_here() -> bool {
+/// True when this CPU runs oneDNN's int8 GEMM (VNNI); otherwise checks that asking for that
+/// kernel is refused with a typed error that says why, that int8 still loads (weight-only),
+/// and the caller stops there.
+async fn onednn_runs_here() -> bool {
     let Some(reason) = embed_core::int8_unsupported_reason() else { return true };
-    let options = ModelOptions { dtype: Some(DType::Int8), ..Default::default() };
-    let err = DenseEmbeddingService::from_spec(ModelSpec::new(minilm_dir().to_string_lossy()).with_options(options)).await.unwrap_err();
-    assert!(matches!(&err, Error::UnsupportedDtype { dtype, .. } if dtype == "int8"), "{err}");
-    eprintln!("int8 not run: {reason}");
+    let spec = |kernel| {
+        let options = ModelOptions { dtype: Some(DType::Int8), int8_kernel: kernel, ..Default::default() };
+        DenseEmbeddingService::from_spec(ModelSpec::new(minilm_dir().to_string_lossy()).with_options(options))
+    };
+    let err = spec(Some(Int8Kernel::OneDnn)).await.unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedDtype { .. }), "{err}");
+    let svc = spec(None).await.unwrap();
+    assert_eq!(svc.info().unwrap().int8_kernel, Some(Int8Kernel::WeightOnly));
+    svc.cleanup().await.unwrap();
+    eprintln!("oneDNN int8 not run: {reason}");
     false
 }
 
@@ -29,7 +36,7 @@ async fn load(dir: &std::path::Path, dtype: DType) -> DenseEmbeddingService {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
     let _s = serial().await;
-    if !int8_runs_here().await {
+    if !onednn_runs_here().await {
         return;
     }
     let items = reference();
@@ -48,7 +55,7 @@ async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
     let before = settled_snapshot();
     let svc = load(&minilm_dir(), DType::Int8).await;
     let info = svc.info().unwrap();
-    assert_eq!(info.dtype, DType::Int8);
+    assert_eq!((info.dtype, info.int8_kernel), (DType::Int8, Some(Int8Kernel::OneDnn)));
     assert!(info.cpu_prepacked, "int8 weights are prepacked for oneDNN");
     let bytes = info.weight_bytes;
     assert_eq!(live_weight_bytes(), bytes);
@@ -100,7 +107,7 @@ async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_matches_f32_for_every_family() {
     let _s = serial().await;
-    if !int8_runs_here().await {
+    if !onednn_runs_here().await {
         return;
     }
     for &name in FIXTURES {
@@ -125,7 +132,7 @@ async fn int8_matches_f32_for_every_family() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_without_prepacking_is_refused() {
     let _s = serial().await;
-    if !int8_runs_here().await {
+    if !onednn_runs_here().await {
         return;
     }
     let options = ModelOptions { dtype: Some(DType::Int8), cpu_prepack: Some(false), ..Default::default() };
@@ -137,7 +144,7 @@ async fn int8_without_prepacking_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_int8_model_refuses_to_offload_and_keeps_serving() {
     let _s = serial().await;
-    if !int8_runs_here().await {
+    if !onednn_runs_here().await {
         return;
     }
     let svc = load(&fixture_dir("bert"), DType::Int8).await;
@@ -156,7 +163,7 @@ async fn an_int8_model_refuses_to_offload_and_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn int8_calibrates_on_the_callers_texts_when_given() {
     let _s = serial().await;
-    if !int8_runs_here().await {
+    if !onednn_runs_here().await {
         return;
     }
     // nomic-bert's fixture tokenizer knows only its reference texts, so the built-in calibration
@@ -188,4 +195,66 @@ async fn int8_calibrates_on_the_callers_texts_when_given() {
         assert!(matches!(err, Error::InvalidOption { name: "int8_calibration", .. }), "{err}");
     }
     assert_eq!(live_weight_bytes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
+    let _s = serial().await;
+    // What CUDA and CPUs without VNNI run, asked for here: int8 weights dequantized into f32
+    // for each matmul. Closer to f32 than oneDNN's int8 (no activation rounding), no faster.
+    let items = reference();
+    let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
+    let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
+    let options = |kernel| ModelOptions { dtype: Some(DType::Int8), int8_kernel: kernel, ..Default::default() };
+    let f32_svc = load(&minilm_dir(), DType::F32).await;
+    let f32_bytes = f32_svc.info().unwrap().weight_bytes;
+    let f32_out = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+    f32_svc.cleanup().await.unwrap();
+    let spec = ModelSpec::new(minilm_dir().to_string_lossy()).with_options(options(Some(Int8Kernel::WeightOnly)));
+    let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
+    let info = svc.info().unwrap();
+    assert_eq!((info.dtype, info.int8_kernel, info.cpu_prepacked), (DType::Int8, Some(Int8Kernel::WeightOnly), false));
+    assert_eq!(live_weight_bytes(), info.weight_bytes);
+    let share = info.weight_bytes as f64 / f32_bytes as f64;
+    let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+    let worst = out.iter().zip(&expected).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
+    let top = same_top_k(&out, &f32_out, 5);
+    eprintln!(
+        "weight-only int8 MiniLM: worst cosine {worst:.5}; top-5 as f32's: same set {:.1} %, kept {:.1} %; weights {:.1} % of f32",
+        100.0 * top.same_set,
+        100.0 * top.overlap,
+        100.0 * share
+    );
+    assert!(share <= 0.30, "weights {:.1} % of f32's", 100.0 * share);
+    assert_cosines("weight-only int8 vs sentence-transformers f32", &out, &expected, 0.997);
+    assert!(top.overlap >= 0.95, "kept {:.1} % of f32's top-5", 100.0 * top.overlap);
+    let err = svc.offload().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidOption { name: "dtype", .. }), "{err}");
+    svc.cleanup().await.unwrap();
+    assert_eq!(live_weight_bytes(), 0);
+
+    // Every family in weight-only int8 stays close to its f32 self.
+    for &name in FIXTURES {
+        let texts: Vec<String> = fixture_reference(name).into_iter().map(|i| i.text).collect();
+        let f32_svc = load(&fixture_dir(name), DType::F32).await;
+        let expected = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        f32_svc.cleanup().await.unwrap();
+        let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(options(Some(Int8Kernel::WeightOnly)));
+        let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
+        let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        let worst = assert_cosines(&format!("{name}: weight-only int8 vs f32"), &got, &expected, fixture_int8_min_cosine(name));
+        eprintln!("{name:>20}: weight-only int8 vs f32 worst cosine {worst:.5}");
+        svc.cleanup().await.unwrap();
+    }
+    assert_eq!(live_weight_bytes(), 0);
+
+    // The kernel is for int8 models; calibration is for oneDNN's.
+    for (dtype, kernel, calibration, name) in [
+        (DType::F32, Some(Int8Kernel::WeightOnly), None, "int8_kernel"),
+        (DType::Int8, Some(Int8Kernel::WeightOnly), Some(vec!["a text".to_string()]), "int8_calibration"),
+    ] {
+        let o = ModelOptions { dtype: Some(dtype), int8_kernel: kernel, int8_calibration: calibration, ..Default::default() };
+        let err = DenseEmbeddingService::from_spec(ModelSpec::new(minilm_dir().to_string_lossy()).with_options(o)).await.unwrap_err();
+        assert!(matches!(&err, Error::InvalidOption { name: n, .. } if *n == name), "{err}");
+    }
 }

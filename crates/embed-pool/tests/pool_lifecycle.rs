@@ -262,9 +262,6 @@ async fn close_during_a_load_releases_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_budget_counts_int8_models_at_their_quantized_size() {
     let _s = embed_testkit::serial().await;
-    if embed_core::int8_unsupported_reason().is_some() {
-        return; // embed-core's int8 tests check the refusal on such a CPU.
-    }
     let dir = embed_testkit::minilm_dir();
     let spec = |dtype| embed_core::ModelSpec::new(dir.to_string_lossy()).with_options(embed_core::ModelOptions { dtype: Some(dtype), ..Default::default() });
     let registry = embed_pool::ModelRegistry::new()

@@ -77,9 +77,9 @@ async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed bf16");
     note_peak(peak);
     svc.cleanup().await.expect("cleanup");
-    // int8 on a CPU that runs it: quantized, prepacked weights and the calibration pass's
-    // buffers. (On CUDA, or a CPU without VNNI, int8 is refused at load: nothing to release.)
-    if device == DeviceSpec::Cpu && embed_core::int8_unsupported_reason().is_none() {
+    // int8: on a CPU with VNNI quantized, prepacked weights and the calibration pass's buffers;
+    // on CUDA (and other CPUs) weight-only int8.
+    {
         let int8 = ModelSpec { options: ModelOptions { dtype: Some(embed_core::DType::Int8), ..spec(device).options }, ..spec(device) };
         let svc = embed_core::DenseEmbeddingService::from_spec(int8).await.expect("load int8");
         svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed int8");

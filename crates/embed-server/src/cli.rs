@@ -159,6 +159,8 @@ struct FileModel {
     document_prefix: Option<String>,
     /// int8: a file of texts to calibrate on, one per line (see `ModelOptions::int8_calibration`).
     int8_calibration: Option<std::path::PathBuf>,
+    /// int8: "onednn" or "weight-only" (see `ModelOptions::int8_kernel`).
+    int8_kernel: Option<String>,
     ttl: Option<u64>,
     pinned: Option<bool>,
 }
@@ -255,6 +257,7 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         o.normalize = m.normalize;
         o.query_prefix = m.query_prefix;
         o.document_prefix = m.document_prefix;
+        o.int8_kernel = m.int8_kernel.map(|k| k.parse()).transpose()?;
         if let Some(path) = m.int8_calibration {
             let text = std::fs::read_to_string(&path).with_context(|| format!("model {name}: reading int8_calibration {}", path.display()))?;
             o.int8_calibration = Some(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect());
@@ -393,6 +396,11 @@ source = "/models/minilm"
 dtype = "int8"
 int8_calibration = "CALIBRATION"
 
+[models.minilm-int8-exact]
+source = "/models/minilm"
+dtype = "int8"
+int8_kernel = "weight-only"
+
 [models.bge]
 source = "BAAI/bge-small-en-v1.5"
 dtype = "bf16"
@@ -420,6 +428,8 @@ pinned = true
         let int8 = &registry.get("minilm-int8").unwrap().spec.options;
         assert_eq!(int8.dtype, Some(embed_core::DType::Int8), "per model");
         assert_eq!(int8.int8_calibration.as_deref(), Some(&["first text".to_string(), "second text".to_string()][..]), "blank lines dropped");
+        let exact = &registry.get("minilm-int8-exact").unwrap().spec.options;
+        assert_eq!((exact.dtype, exact.int8_kernel), (Some(embed_core::DType::Int8), Some(embed_core::Int8Kernel::WeightOnly)));
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "3"]);
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.threads, Some(3), "--threads reaches every model");
         assert!(build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--threads", "0"])).is_err());

@@ -107,10 +107,13 @@ pub(crate) struct Linear {
     packed: std::cell::OnceCell<Packed>,
 }
 
-/// A weight reordered for oneDNN, in the model's float kind or in int8.
+/// A weight reordered for oneDNN, in the model's float kind or in int8; or int8 weights used
+/// as they are (weight-only: dequantized into the activations' kind for each matmul).
 enum Packed {
     Float(Tensor),
     Int8(onednn::Int8Weight),
+    /// `(q, scales)`: int8 `[out, in]` and the per-channel scales `[out]` in the model's kind.
+    Int8WeightOnly(Tensor, Tensor),
 }
 
 impl Linear {
@@ -123,6 +126,8 @@ impl Linear {
         stage("linear", || match self.packed.get() {
             Some(Packed::Float(p)) => onednn::linear(x, p, self.bias.as_ref(), onednn::Fused::None),
             Some(Packed::Int8(w)) => w.linear(x, self.bias.as_ref(), onednn::Fused::None),
+            // int8 values are exact in f16, bf16 and f32: the product is the quantized weight's.
+            Some(Packed::Int8WeightOnly(q, scales)) => x.linear(&(q.to_kind(x.kind()) * scales.unsqueeze(1)), self.bias.as_ref()),
             None => x.linear(&self.weight, self.bias.as_ref()),
         })
     }
@@ -130,7 +135,7 @@ impl Linear {
     /// `act(x W^T + b)` in one call when the weight is prepacked and `act` is a GELU; `None`
     /// otherwise (the caller applies `act` itself).
     pub(crate) fn forward_fused(&self, x: &Tensor, act: ffn::Activation) -> Option<Tensor> {
-        let p = self.packed.get()?;
+        let p = self.packed.get().filter(|p| !matches!(p, Packed::Int8WeightOnly(..)))?;
         let fused = match act {
             ffn::Activation::Gelu => onednn::Fused::Gelu,
             ffn::Activation::GeluTanh => onednn::Fused::GeluTanh,
@@ -139,6 +144,7 @@ impl Linear {
         Some(stage("linear", || match p {
             Packed::Float(p) => onednn::linear(x, p, self.bias.as_ref(), fused),
             Packed::Int8(w) => w.linear(x, self.bias.as_ref(), fused),
+            Packed::Int8WeightOnly(..) => unreachable!("filtered above"),
         }))
     }
 
@@ -185,10 +191,29 @@ impl Linear {
         Ok((freed, held))
     }
 
+    /// Quantizes the weight to int8 per output channel (symmetric) and keeps it as it is, on
+    /// its device, with the scales in the weight's kind; every matmul dequantizes it (exactly)
+    /// into the activations' kind. For CUDA, and CPUs without VNNI. Returns the bytes freed and
+    /// the bytes held.
+    pub(crate) fn quantize_weight_only(&self) -> std::result::Result<(u64, u64), String> {
+        if self.packed.get().is_some() {
+            return Err("the weight is already prepacked".into());
+        }
+        let kind = self.weight.kind();
+        let freed = (self.weight.numel() * kind.elt_size_in_bytes()) as u64;
+        let w = self.weight.to_kind(Kind::Float);
+        let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
+        let q = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+        let scales = scales.squeeze_dim(1).to_kind(kind);
+        let held = (q.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
+        self.replace_weight(Packed::Int8WeightOnly(q, scales));
+        Ok((freed, held))
+    }
+
     fn replace_weight(&self, packed: Packed) {
         let _ = self.packed.set(packed);
         // Every handle of the dense weight sees the placeholder: its storage is freed.
-        self.weight.shallow_clone().set_data(&Tensor::empty([0], (self.weight.kind(), Device::Cpu)));
+        self.weight.shallow_clone().set_data(&Tensor::empty([0], (self.weight.kind(), self.weight.device())));
     }
 
     /// One matmul for several projections of the same input (Q, K, V): rows stacked.
@@ -323,7 +348,8 @@ pub(crate) struct Embeddings {
     pub(crate) token_type: Option<Tensor>,
     pub(crate) norm: LayerNorm,
     /// The word table in int8, one symmetric scale per row ([`Embeddings::quantize_words`]):
-    /// `(rows [vocab, hidden] int8, scales [vocab] f32)`; `word` is then an empty placeholder.
+    /// `(rows [vocab, hidden] int8, scales [vocab, 1] in the table's kind)`; `word` is then an
+    /// empty placeholder.
     pub(crate) word_int8: std::cell::OnceCell<(Tensor, Tensor)>,
 }
 
@@ -336,7 +362,7 @@ impl Embeddings {
     fn forward_inner(&self, t: &BatchInput) -> Tensor {
         let mut x = match self.word_int8.get() {
             // Rows come back in f32: only the table is stored in int8.
-            Some((rows, scales)) => embed(rows, &t.ids).to_kind(Kind::Float) * embed(scales, &t.ids),
+            Some((rows, scales)) => embed(rows, &t.ids).to_kind(scales.kind()) * embed(scales, &t.ids),
             None => embed(&self.word, &t.ids),
         };
         if let Some((table, offset)) = &self.position {
@@ -354,11 +380,14 @@ impl Embeddings {
     /// the bytes freed and the bytes the int8 table holds. Positions and token types (small)
     /// stay as they are. Not for a table something else shares (a tied decoder).
     pub(crate) fn quantize_words(&self) -> (u64, u64) {
+        let kind = self.word.kind();
         let w = self.word.to_kind(Kind::Float);
         let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
         let rows = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
-        let freed = (self.word.numel() * self.word.kind().elt_size_in_bytes()) as u64;
-        let held = (rows.numel() + scales.numel() * 4) as u64;
+        // Scales in the table's kind: lookups come back in the model's kind.
+        let scales = scales.to_kind(kind);
+        let freed = (self.word.numel() * kind.elt_size_in_bytes()) as u64;
+        let held = (rows.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
         let _ = self.word_int8.set((rows, scales));
         self.word.shallow_clone().set_data(&Tensor::empty([0], (self.word.kind(), self.word.device())));
         (freed, held)

@@ -467,23 +467,35 @@ impl Model {
 
     /// Quantizes the model to int8 on the CPU: every linear layer's weight per output channel
     /// (smoothed as the calibration's inputs say, where the layer ran in it), prepacked for
-    /// oneDNN's int8 GEMM at about `batch` rows, and the word embeddings per row
-    /// (unless a tied decoder shares them). Embeddings' lookups, norms, attention and pooling
-    /// stay in f32. `weight_bytes` becomes what the model holds now.
+    /// oneDNN's int8 GEMM at about `batch` rows, and the word embeddings per row (unless a tied
+    /// decoder shares them). Embeddings' lookups, norms, attention and pooling stay in f32.
+    /// `weight_bytes` becomes what the model holds now.
     pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::layers::Calibration) -> Result<()> {
+        self.quantize_with(|l| l.quantize(batch, seen.get(&(l as *const _ as usize))))?;
+        self.prepacked = true;
+        Ok(())
+    }
+
+    /// Quantizes the model's weights to int8 where they are (CUDA, or a CPU without VNNI):
+    /// every linear layer's weight per output channel and the word embeddings per row, used by
+    /// dequantizing into the activations' kind. `weight_bytes` becomes what the model holds.
+    pub(crate) fn quantize_int8_weight_only(&mut self) -> Result<()> {
+        self.quantize_with(|l| l.quantize_weight_only())
+    }
+
+    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::layers::Linear) -> std::result::Result<(u64, u64), String>) -> Result<()> {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
         let fail = |e: String| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
         for l in linears {
-            let (freed, held) = l.quantize(batch, seen.get(&(l as *const _ as usize))).map_err(fail)?;
+            let (freed, held) = quantize(l).map_err(fail)?;
             self.weight_bytes = self.weight_bytes - freed + held;
         }
         if let (Some(emb), false) = (self.encoder.embeddings(), self.head.ties_word_embeddings()) {
             let (freed, held) = emb.quantize_words();
             self.weight_bytes = self.weight_bytes - freed + held;
         }
-        self.prepacked = true;
         self.int8 = true;
         Ok(())
     }

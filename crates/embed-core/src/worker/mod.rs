@@ -85,7 +85,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                     return;
                 }
             };
-            let Loaded { model, dir, text, device, device_note, dtype } = loaded;
+            let Loaded { model, dir, text, device, device_note, dtype, int8_kernel } = loaded;
             let max_seq_length = text.max_seq_length;
             let live = LiveModel::new(model.weight_bytes);
             let o = &spec.options;
@@ -117,6 +117,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 load_duration: started.elapsed(),
                 threads: tch::get_num_threads().max(0) as usize,
                 cpu_prepacked: model.prepacked,
+                int8_kernel,
             };
             let cfg = WorkerConfig {
                 model_name: spec.name.clone(),
@@ -155,6 +156,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
 }
 
 struct Loaded {
+    int8_kernel: Option<crate::device::Int8Kernel>,
     model: Model,
     dir: ModelDir,
     text: TextPrep,
@@ -185,21 +187,21 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     if o.int8_calibration.is_some() && o.dtype != Some(DType::Int8) {
         return Err(Error::InvalidOption { name: "int8_calibration", reason: "calibrates int8 models only; set dtype int8 or drop it".into() });
     }
-    if o.dtype == Some(DType::Int8) {
-        if device.is_cuda() {
-            return Err(Error::UnsupportedDtype {
-                dtype: DType::Int8.to_string(),
-                device: device.to_string(),
-                reason: "int8 runs on the CPU (oneDNN's int8 GEMM) in this release; on CUDA use bf16 or f16".into(),
-            });
-        }
-        if let Some(reason) = crate::device::int8_unsupported_reason() {
-            return Err(Error::UnsupportedDtype { dtype: DType::Int8.to_string(), device: device.to_string(), reason });
-        }
+    if o.int8_kernel.is_some() && o.dtype != Some(DType::Int8) {
+        return Err(Error::InvalidOption { name: "int8_kernel", reason: "applies to int8 models only; set dtype int8 or drop it".into() });
+    }
+    let int8 = if o.dtype == Some(DType::Int8) { Some(crate::device::Int8Kernel::choose(device, o.int8_kernel)?) } else { None };
+    if let Some(kernel) = int8 {
         if o.int8_calibration.as_ref().is_some_and(|t| t.iter().all(|t| t.trim().is_empty())) {
             return Err(Error::InvalidOption { name: "int8_calibration", reason: "holds no text; give some texts or leave it unset".into() });
         }
-        if o.cpu_prepack == Some(false) {
+        if kernel == crate::device::Int8Kernel::WeightOnly && o.int8_calibration.is_some() {
+            return Err(Error::InvalidOption {
+                name: "int8_calibration",
+                reason: format!("int8 on {device} is weight-only (dequantized for each matmul), which needs no calibration"),
+            });
+        }
+        if kernel == crate::device::Int8Kernel::OneDnn && o.cpu_prepack == Some(false) {
             return Err(Error::InvalidOption {
                 name: "cpu_prepack",
                 reason: "int8 needs its weights prepacked for oneDNN; leave cpu_prepack on or unset".into(),
@@ -210,16 +212,20 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let dir = ModelDir::read(&dir_path)?;
     let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
-    let mut model = Model::load(&dir, device.to_tch(), dtype.kind())?;
+    let mut model = Model::load(&dir, device.to_tch(), dtype.kind(device))?;
     // Tuned for a full batch under the CPU token budget.
     let rows = o.max_batch_tokens.unwrap_or(2_048) as i64;
     if device == ResolvedDevice::Cpu && dtype == DType::Bf16 && o.cpu_prepack != Some(false) {
         model.prepack(rows)?;
     }
-    if dtype == DType::Int8 {
-        calibrate::quantize_int8(&mut model, &text, o.pooling.unwrap_or(dir.pooling), rows, o.int8_calibration.as_deref())?;
+    match int8 {
+        Some(crate::device::Int8Kernel::OneDnn) => {
+            calibrate::quantize_int8(&mut model, &text, o.pooling.unwrap_or(dir.pooling), rows, o.int8_calibration.as_deref())?
+        }
+        Some(crate::device::Int8Kernel::WeightOnly) => model.quantize_int8_weight_only()?,
+        None => {}
     }
-    Ok(Loaded { model, dir, text, device, device_note, dtype })
+    Ok(Loaded { model, dir, text, device, device_note, dtype, int8_kernel: int8 })
 }
 
 fn release_device(device: ResolvedDevice) -> (Option<u64>, Option<u64>) {
