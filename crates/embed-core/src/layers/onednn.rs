@@ -381,4 +381,25 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn odd_shapes_and_a_single_row() {
+        // Widths no SIMD lane or oneDNN block divides, one row, and a 3-D input.
+        for (rows, k, n) in [(1, 37, 29), (5, 3, 130), (17, 129, 1)] {
+            let x = Tensor::randn([rows, k], (Kind::Float, tch::Device::Cpu));
+            let w = Tensor::randn([n, k], (Kind::Float, tch::Device::Cpu));
+            let b = Tensor::randn([n], (Kind::Float, tch::Device::Cpu));
+            let q = Int8Weight::quantize(&w, rows, None).unwrap();
+            let got = q.linear(&x, Some(&b), Fused::None);
+            let expected = simulate_activations(&x).matmul(&simulate_weight(&w).tr()) + &b;
+            let tol = 1e-4 * f64::try_from(expected.abs().max()).unwrap().max(1.0);
+            assert!(max_abs(&got, &expected) <= tol, "{rows}x{k}->{n}: {}", max_abs(&got, &expected));
+        }
+        let x = Tensor::randn([2, 3, 16], (Kind::Float, tch::Device::Cpu));
+        let w = Tensor::randn([8, 16], (Kind::Float, tch::Device::Cpu));
+        let q = Int8Weight::quantize(&w, 6, None).unwrap();
+        let got = q.linear(&x, None, Fused::None);
+        assert_eq!(got.size(), [2, 3, 8]);
+        assert!(max_abs(&got.reshape([6, 8]), &q.linear(&x.reshape([6, 16]), None, Fused::None)) == 0.0);
+    }
 }
