@@ -118,9 +118,9 @@ async fn int8_matches_f32_for_every_family() {
         f32_svc.cleanup().await.unwrap();
         let svc = load(&fixture_dir(name), DType::Int8).await;
         let bytes = svc.info().unwrap().weight_bytes;
-        // The fixtures' vocabularies are large beside their layers; the families without the
-        // shared `Embeddings` (ModernBERT, the decoders) keep their word table in f32.
-        assert!(bytes < f32_bytes * 2 / 3, "{name}: int8 weights {bytes} bytes, f32 {f32_bytes}");
+        // Every family's linear weights and word table in int8 (measured 30-39 % of f32: the
+        // tiny fixtures' norms, biases and position tables weigh more than a real model's).
+        assert!(bytes * 100 <= f32_bytes * 40, "{name}: int8 weights {bytes} bytes, f32 {f32_bytes}");
         let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
         let worst = assert_cosines(&format!("{name}: int8 vs f32"), &got, &expected, fixture_int8_min_cosine(name));
         eprintln!("{name:>20}: int8 vs f32 worst cosine {worst:.5}, weights {:.1} % of f32", 100.0 * bytes as f64 / f32_bytes as f64);

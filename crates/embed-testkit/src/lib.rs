@@ -132,9 +132,9 @@ pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
 }
 
 /// The worst cosine int8 must reach against f32 on fixture `name`. Measured on an AMD EPYC
-/// (the calibration as committed): BERT-shaped 0.9994–0.9999; modernbert 0.9992, gemma3
-/// 0.9994, qwen3 0.9977; gte 0.9922, qwen2 0.9937 (bidirectional 0.9910), mistral 0.9873;
-/// nomic-bert 0.935. The fixtures' tokenizers know only their reference texts, so int8's
+/// (the calibration as committed, word tables in int8): BERT-shaped 0.9994–0.9999; modernbert
+/// 0.9984, gemma3 0.9984, qwen3 0.9969; gte 0.9922, qwen2 0.9893 (bidirectional 0.9869),
+/// mistral 0.9910; nomic-bert 0.935. The fixtures' tokenizers know only their reference texts, so int8's
 /// calibration texts reach them mostly as unknown tokens and calibrate them poorly; the
 /// drawn-sensitive rotary fixtures show it most (calibrated on its own texts instead,
 /// nomic-bert reached 0.985). The real MiniLM is held to the 0.995, the real MPNet to a
@@ -142,7 +142,7 @@ pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
 pub fn fixture_int8_min_cosine(name: &str) -> f64 {
     match name {
         "nomic-bert" => 0.90,
-        "gte" | "qwen2" | "qwen2-bidirectional" | "mistral" => 0.98,
+        "gte" | "qwen2" | "qwen2-bidirectional" | "mistral" => 0.975,
         "modernbert" | "gemma3" | "qwen3" => 0.995,
         _ => 0.998,
     }

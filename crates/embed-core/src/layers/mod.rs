@@ -350,7 +350,7 @@ pub(crate) struct Embeddings {
     /// The word table in int8, one symmetric scale per row ([`Embeddings::quantize_words`]):
     /// `(rows [vocab, hidden] int8, scales [vocab, 1] in the table's kind)`; `word` is then an
     /// empty placeholder.
-    pub(crate) word_int8: std::cell::OnceCell<(Tensor, Tensor)>,
+    pub(crate) word_int8: Int8Table,
 }
 
 impl Embeddings {
@@ -360,11 +360,7 @@ impl Embeddings {
     }
 
     fn forward_inner(&self, t: &BatchInput) -> Tensor {
-        let mut x = match self.word_int8.get() {
-            // Rows come back in f32: only the table is stored in int8.
-            Some((rows, scales)) => embed(rows, &t.ids).to_kind(scales.kind()) * embed(scales, &t.ids),
-            None => embed(&self.word, &t.ids),
-        };
+        let mut x = lookup(&self.word, &self.word_int8, &t.ids);
         if let Some((table, offset)) = &self.position {
             x += embed(table, &(&t.positions + *offset));
         }
@@ -376,21 +372,39 @@ impl Embeddings {
 }
 
 impl Embeddings {
-    /// Stores the word table in int8 with one scale per row and frees the float table; returns
-    /// the bytes freed and the bytes the int8 table holds. Positions and token types (small)
-    /// stay as they are. Not for a table something else shares (a tied decoder).
+    /// Stores the word table in int8 with one scale per row (see [`quantize_table`]).
+    /// Positions and token types (small) stay as they are.
     pub(crate) fn quantize_words(&self) -> (u64, u64) {
-        let kind = self.word.kind();
-        let w = self.word.to_kind(Kind::Float);
-        let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
-        let rows = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
-        // Scales in the table's kind: lookups come back in the model's kind.
-        let scales = scales.to_kind(kind);
-        let freed = (self.word.numel() * kind.elt_size_in_bytes()) as u64;
-        let held = (rows.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
-        let _ = self.word_int8.set((rows, scales));
-        self.word.shallow_clone().set_data(&Tensor::empty([0], (self.word.kind(), self.word.device())));
-        (freed, held)
+        quantize_table(&self.word, &self.word_int8)
+    }
+}
+
+/// An embedding table's int8 form, once made: `(rows [vocab, hidden] int8, scales [vocab, 1]
+/// in the table's kind)`.
+pub(crate) type Int8Table = std::cell::OnceCell<(Tensor, Tensor)>;
+
+/// Stores `table` in int8 with one symmetric scale per row in `cell` and frees the float
+/// table (its handles see an empty placeholder); returns the bytes freed and the bytes the int8
+/// table holds. Not for a table something else shares (a tied decoder).
+pub(crate) fn quantize_table(table: &Tensor, cell: &Int8Table) -> (u64, u64) {
+    let kind = table.kind();
+    let w = table.to_kind(Kind::Float);
+    let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
+    let rows = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+    // Scales in the table's kind: lookups come back in the model's kind.
+    let scales = scales.to_kind(kind);
+    let freed = (table.numel() * kind.elt_size_in_bytes()) as u64;
+    let held = (rows.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
+    let _ = cell.set((rows, scales));
+    table.shallow_clone().set_data(&Tensor::empty([0], (kind, table.device())));
+    (freed, held)
+}
+
+/// Rows `ids` of `table`, or of its int8 form where [`quantize_table`] made one.
+pub(crate) fn lookup(table: &Tensor, int8: &Int8Table, ids: &Tensor) -> Tensor {
+    match int8.get() {
+        Some((rows, scales)) => embed(rows, ids).to_kind(scales.kind()) * embed(scales, ids),
+        None => embed(table, ids),
     }
 }
 

@@ -13,7 +13,7 @@ use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{heads_padded, key_mask, AttentionPath};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
-use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
+use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
 use crate::layers::tensor_fields;
 
@@ -94,6 +94,8 @@ struct Layer {
 
 pub(crate) struct Decoder {
     word: Tensor,
+    /// The word table in int8 (int8 models).
+    word_int8: crate::layers::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     rope: Rotary,
@@ -141,6 +143,7 @@ impl Decoder {
         AttentionPath::choose(device, kind, head_dim, false);
         let model = Decoder {
             word,
+            word_int8: Default::default(),
             layers,
             norm,
             rope: Rotary::new(head_dim, c.rope_theta),
@@ -159,7 +162,7 @@ impl Decoder {
 impl Encoder for Decoder {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let mut x = embed(&self.word, &t.ids).narrow(0, 0, n);
+        let mut x = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let rope = self.rope.table(&t.positions, n, x.kind());
         // Right padding: causal attention never lets a real token see padding. A sliding
         // window narrows it further (key j visible from query i when i - window < j <= i); a
@@ -192,6 +195,10 @@ impl Encoder for Decoder {
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
+    }
+
+    fn quantize_word_table(&self) -> (u64, u64) {
+        crate::layers::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

@@ -14,7 +14,7 @@ use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{heads_padded, key_mask, window_mask, AttentionPath};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::{Rotary, RotaryTable};
-use crate::layers::{embed, BatchInput, Linear, RmsNorm, Weights};
+use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
 use crate::layers::tensor_fields;
 
@@ -93,6 +93,8 @@ struct Layer {
 
 pub(crate) struct Gemma3 {
     word: Tensor,
+    /// The word table in int8 (int8 models).
+    word_int8: crate::layers::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     global_rope: Rotary,
@@ -143,6 +145,7 @@ impl Gemma3 {
         AttentionPath::choose(device, kind, head_dim, false);
         let model = Gemma3 {
             word,
+            word_int8: Default::default(),
             layers,
             norm: final_norm,
             global_rope: Rotary::new(head_dim, c.global_theta),
@@ -178,7 +181,7 @@ impl Gemma3 {
 impl Encoder for Gemma3 {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let e = embed(&self.word, &t.ids).narrow(0, 0, n);
+        let e = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let kind = e.kind();
         // The scale rounded to the weights' dtype first, as the reference does.
         let scale = Tensor::from((self.hidden as f64).sqrt() as f32).to_kind(kind).to_device(e.device());
@@ -201,6 +204,10 @@ impl Encoder for Gemma3 {
             x = &x + layer.post_mlp_norm.forward(&layer.mlp.forward(&layer.pre_mlp_norm.forward(&x)));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
+    }
+
+    fn quantize_word_table(&self) -> (u64, u64) {
+        crate::layers::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

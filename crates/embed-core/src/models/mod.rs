@@ -325,10 +325,9 @@ pub(crate) trait Encoder: Tensors {
     fn groups_by_length(&self) -> bool {
         false
     }
-    /// Its word, position and token-type tables, where it has the shared [`Embeddings`].
-    fn embeddings(&self) -> Option<&Embeddings> {
-        None
-    }
+    /// Stores its word table in int8 (`layers::quantize_table`); returns the bytes freed and
+    /// held.
+    fn quantize_word_table(&self) -> (u64, u64);
     /// The largest tensor (the word embeddings), for the planted-leak test build.
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor;
@@ -354,8 +353,8 @@ impl Encoder for PostNorm {
         true
     }
 
-    fn embeddings(&self) -> Option<&Embeddings> {
-        Some(&self.emb)
+    fn quantize_word_table(&self) -> (u64, u64) {
+        self.emb.quantize_words()
     }
 
     #[cfg(feature = "planted-leak")]
@@ -492,8 +491,8 @@ impl Model {
             let (freed, held) = quantize(l).map_err(fail)?;
             self.weight_bytes = self.weight_bytes - freed + held;
         }
-        if let (Some(emb), false) = (self.encoder.embeddings(), self.head.ties_word_embeddings()) {
-            let (freed, held) = emb.quantize_words();
+        if !self.head.ties_word_embeddings() {
+            let (freed, held) = self.encoder.quantize_word_table();
             self.weight_bytes = self.weight_bytes - freed + held;
         }
         self.int8 = true;

@@ -11,7 +11,7 @@ use super::{ArchConfig, Details, Encoder, Family, Fields};
 use crate::layers::attention::{key_mask, window_mask, AttentionPath, Mode, SelfAttention};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
-use crate::layers::{embed, BatchInput, LayerNorm, Linear, Weights};
+use crate::layers::{BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
 use crate::layers::tensor_fields;
 
@@ -82,6 +82,8 @@ struct Layer {
 
 pub(crate) struct ModernBert {
     word: Tensor,
+    /// The word table in int8 (int8 models).
+    word_int8: crate::layers::Int8Table,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
@@ -120,6 +122,7 @@ impl ModernBert {
         AttentionPath::choose(device, kind, head_dim, false);
         let model = ModernBert {
             word,
+            word_int8: Default::default(),
             emb_norm,
             layers,
             final_norm,
@@ -134,7 +137,7 @@ impl ModernBert {
 
 impl Encoder for ModernBert {
     fn forward(&self, t: &BatchInput) -> Tensor {
-        let mut x = self.emb_norm.forward(&embed(&self.word, &t.ids).narrow(0, 0, t.tokens));
+        let mut x = self.emb_norm.forward(&crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
         let kind = x.kind();
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
         let local = (self.local_rope.table(&t.positions, t.tokens, kind), window_mask(t, self.half_window));
@@ -153,6 +156,10 @@ impl Encoder for ModernBert {
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&self.final_norm.forward(&x)).view([t.b, t.len, hidden])
+    }
+
+    fn quantize_word_table(&self) -> (u64, u64) {
+        crate::layers::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

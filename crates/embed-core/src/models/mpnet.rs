@@ -136,8 +136,8 @@ impl Encoder for MPNet {
         AttentionPath::Padded
     }
 
-    fn embeddings(&self) -> Option<&Embeddings> {
-        Some(&self.emb)
+    fn quantize_word_table(&self) -> (u64, u64) {
+        self.emb.quantize_words()
     }
 
     fn groups_by_length(&self) -> bool {
