@@ -162,15 +162,94 @@ int embed_onednn_linear(const at::Tensor* x, const at::Tensor* w, const at::Tens
   });
 }
 
+// A post-norm block's `LayerNorm(x + residual)` on the CPU in one pass over each row, for f32
+// and bf16 activations (LayerNorm's statistics in f32 either way): ATen's add and layer_norm
+// read and write the whole tensor two or three times. Same shapes, contiguous rows.
+extern "C++" {
+namespace {
+inline float load_f(const float* p, int64_t j) { return p[j]; }
+inline float load_f(const uint16_t* p, int64_t j) {
+  const uint32_t bits = static_cast<uint32_t>(p[j]) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store_f(float* p, int64_t j, float v) { p[j] = v; }
+// The value as the activation dtype holds it: a bf16 sum is rounded before LayerNorm sees it,
+// as libtorch's separate add would round it (the numerics stay those of the unfused ops).
+inline float as_stored(const float*, float v) { return v; }
+inline float as_stored(const uint16_t*, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline void store_f(uint16_t* p, int64_t j, float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  // Round to nearest even, as libtorch converts f32 to bf16.
+  p[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void add_norm_rows_t(const T* x, const T* res, int64_t rows, int64_t n,
+                                                           const T* gamma, const T* beta, float eps, T* out,
+                                                           float* row) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * n;
+    const T* rr = res + r * n;
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = as_stored(xr, load_f(xr, j) + load_f(rr, j));
+      row[j] = v;
+      sum += v;
+    }
+    const float mean = sum / static_cast<float>(n);
+    float sq = 0.f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < n; ++j) {
+      const float d = row[j] - mean;
+      sq += d * d;
+    }
+    const float inv = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
+    T* o = out + r * n;
+    if (beta != nullptr) {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j) + load_f(beta, j));
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j));
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_norm_rows_f32(const float* x, const float* res, int64_t rows, int64_t n, const float* gamma, const float* beta,
+                       float eps, float* out, float* row) {
+  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void add_norm_rows_bf16(const uint16_t* x, const uint16_t* res, int64_t rows, int64_t n, const uint16_t* gamma,
+                        const uint16_t* beta, float eps, uint16_t* out, float* row) {
+  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
+}
+}  // namespace
+}  // extern "C++"
+
 // int8 linear layers on the CPU: weights int8, symmetric per output channel, prepacked once for
 // oneDNN (`onednn::qlinear_pointwise`, registered by libtorch_cpu); activations quantized per
 // row (per token, asymmetric) to uint8 on every call, which is what oneDNN's fast u8s8 kernels
 // take. The op takes one zero point for the whole input, so the GEMM runs with 128 and the
 // output pass corrects each row for its own zero point (using the weight's column sums); the
-// same pass multiplies each row by its scale and adds the bias. Outlier input channels are tamed as in SmoothQuant: a per-channel factor
-// calibrated at load moves part of their range from the activations into the weight's columns.
-// Both passes are plain loops, vectorized by the compiler for each of
-// AVX-512, AVX2 and baseline x86-64 (picked at load), and run on libtorch's OpenMP threads.
+// same pass multiplies each row by its scale and adds the bias. Outlier input channels are
+// tamed as in SmoothQuant: a per-channel factor calibrated at load moves part of their range
+// from the activations into the weight's columns. Both passes are plain loops, vectorized by
+// the compiler for each of AVX-512, AVX2 and baseline x86-64 (picked at load), and run on
+// libtorch's OpenMP threads.
 namespace {
 // Per row r: the range of x * mul, widened to hold 0, in 255 steps of s_r from the zero point
 // zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r and
@@ -257,38 +336,6 @@ void scale_rows(float* y, int64_t rows, int64_t n, const float* scales, const fl
   }
 }
 
-// As scale_rows without an activation, then the residual added and the row LayerNorm-ed:
-// y[r] = LayerNorm(s_r * (y[r] + c_r * colsum) + bias + res[r]) * gamma + beta, the row's
-// mean and variance taken in the same pass while it is in cache.
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void scale_rows_add_norm(float* y, int64_t rows, int64_t n, const float* scales, const float* shifts,
-                         const float* colsum, const float* bias, const float* res, const float* gamma,
-                         const float* beta, float eps) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* yr = y + r * n;
-    const float* rr = res + r * n;
-    const float s = scales[r];
-    const float sc = s * shifts[r];
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = yr[j] * s + (sc * colsum[j] + bias[j]) + rr[j];
-      yr[j] = v;
-      sum += v;
-    }
-    const float mean = sum / static_cast<float>(n);
-    float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = 0; j < n; ++j) {
-      const float d = yr[j] - mean;
-      sq += d * d;
-    }
-    const float inv = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) yr[j] = (yr[j] - mean) * inv * gamma[j] + beta[j];
-  }
-}
-
 // Rows per task: enough work per thread to amortize the fork.
 constexpr int64_t kRowGrain = 16;
 }  // namespace
@@ -368,15 +415,21 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
       const auto rc = residual->contiguous();
       TORCH_CHECK(rc.scalar_type() == at::kFloat && rc.numel() == rows * n, "int8 linear: residual must be f32 with the output's shape");
       const auto gc = ln_weight->contiguous();
-      const auto betac = ln_bias != nullptr ? ln_bias->contiguous() : at::zeros({n}, y.options());
-      TORCH_CHECK(gc.scalar_type() == at::kFloat && gc.numel() == n && betac.scalar_type() == at::kFloat && betac.numel() == n,
-                  "int8 linear: LayerNorm weight and bias must be f32 [", n, "]");
+      const auto betac = ln_bias != nullptr ? ln_bias->contiguous() : at::Tensor();
+      TORCH_CHECK(gc.scalar_type() == at::kFloat && gc.numel() == n, "int8 linear: LayerNorm weight must be f32 [", n, "]");
+      TORCH_CHECK(ln_bias == nullptr || (betac.scalar_type() == at::kFloat && betac.numel() == n),
+                  "int8 linear: LayerNorm bias must be f32 [", n, "]");
       const float* rp = rc.const_data_ptr<float>();
       const float* gp = gc.const_data_ptr<float>();
-      const float* betap = betac.const_data_ptr<float>();
+      const float* betap = ln_bias != nullptr ? betac.const_data_ptr<float>() : nullptr;
       const float feps = static_cast<float>(eps);
       at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
-        scale_rows_add_norm(yp + b * n, e - b, n, sp + b, cp + b, csp, bp, rp + b * n, gp, betap, feps);
+        std::vector<float> row(static_cast<size_t>(n));
+        // Row by row, while each is in cache: scale and bias, then residual and LayerNorm.
+        for (int64_t r = b; r < e; ++r) {
+          scale_rows(yp + r * n, 1, n, sp + r, cp + r, csp, bp, 0);
+          add_norm_rows_f32(yp + r * n, rp + r * n, 1, n, gp, betap, feps, yp + r * n, row.data());
+        }
       });
     } else {
       at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
@@ -389,83 +442,6 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
   });
 }
 
-// A post-norm block's `LayerNorm(x + residual)` on the CPU in one pass over each row, for f32
-// and bf16 activations (LayerNorm's statistics in f32 either way): ATen's add and layer_norm
-// read and write the whole tensor two or three times. Same shapes, contiguous rows.
-extern "C++" {
-namespace {
-inline float load_f(const float* p, int64_t j) { return p[j]; }
-inline float load_f(const uint16_t* p, int64_t j) {
-  const uint32_t bits = static_cast<uint32_t>(p[j]) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void store_f(float* p, int64_t j, float v) { p[j] = v; }
-// The value as the activation dtype holds it: a bf16 sum is rounded before LayerNorm sees it,
-// as libtorch's separate add would round it (the numerics stay those of the unfused ops).
-inline float as_stored(const float*, float v) { return v; }
-inline float as_stored(const uint16_t*, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  bits = ((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline void store_f(uint16_t* p, int64_t j, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  // Round to nearest even, as libtorch converts f32 to bf16.
-  p[j] = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-
-template <typename T>
-__attribute__((always_inline)) inline void add_norm_rows_t(const T* x, const T* res, int64_t rows, int64_t n,
-                                                           const T* gamma, const T* beta, float eps, T* out,
-                                                           float* row) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * n;
-    const T* rr = res + r * n;
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; ++j) {
-      const float v = as_stored(xr, load_f(xr, j) + load_f(rr, j));
-      row[j] = v;
-      sum += v;
-    }
-    const float mean = sum / static_cast<float>(n);
-    float sq = 0.f;
-#pragma omp simd reduction(+ : sq)
-    for (int64_t j = 0; j < n; ++j) {
-      const float d = row[j] - mean;
-      sq += d * d;
-    }
-    const float inv = 1.f / std::sqrt(sq / static_cast<float>(n) + eps);
-    T* o = out + r * n;
-    if (beta != nullptr) {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j) + load_f(beta, j));
-    } else {
-#pragma omp simd
-      for (int64_t j = 0; j < n; ++j) store_f(o, j, (row[j] - mean) * inv * load_f(gamma, j));
-    }
-  }
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void add_norm_rows_f32(const float* x, const float* res, int64_t rows, int64_t n, const float* gamma, const float* beta,
-                       float eps, float* out, float* row) {
-  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-void add_norm_rows_bf16(const uint16_t* x, const uint16_t* res, int64_t rows, int64_t n, const uint16_t* gamma,
-                        const uint16_t* beta, float eps, uint16_t* out, float* row) {
-  add_norm_rows_t(x, res, rows, n, gamma, beta, eps, out, row);
-}
-}  // namespace
-}  // extern "C++"
 
 // `LayerNorm(x + residual)` over the last dimension with `weight` and `bias` (or null), all of
 // one dtype (f32 or bf16) on the CPU; a new tensor of x's shape in `*out`.
