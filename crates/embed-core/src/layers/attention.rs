@@ -104,32 +104,11 @@ pub(crate) fn flash_varlen(
     max_len: i64,
     scale: f64,
 ) -> std::result::Result<Tensor, String> {
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, catches every C++
-    // exception, and on success hands over a new heap-allocated tensor that tch's `Tensor` then
-    // owns (and frees with `delete`, as for any tensor libtorch returns).
-    let rc = unsafe {
-        embed_flash_attention_varlen(
-            q.as_ptr().cast(),
-            k.as_ptr().cast(),
-            v.as_ptr().cast(),
-            cu_seqlens.as_ptr().cast(),
-            max_len,
-            scale,
-            &mut out,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    if rc == 0 && !out.is_null() {
-        // SAFETY: see above; `out` is a fresh tensor handle owned by nobody else.
-        Ok(unsafe { Tensor::from_ptr(out.cast()) })
-    } else {
-        // SAFETY: the shim always NUL-terminates within the buffer.
-        let msg = unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) };
-        Err(msg.to_string_lossy().into_owned())
-    }
+    // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them and catches every
+    // C++ exception.
+    super::shim_tensor(|out, err, len| unsafe {
+        embed_flash_attention_varlen(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), cu_seqlens.as_ptr().cast(), max_len, scale, out, err, len)
+    })
 }
 
 /// The layout one forward pass runs in.

@@ -201,9 +201,7 @@ impl Linear {
         }
         let kind = self.weight.kind();
         let freed = (self.weight.numel() * kind.elt_size_in_bytes()) as u64;
-        let w = self.weight.to_kind(Kind::Float);
-        let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
-        let q = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+        let (q, scales) = quantize_rows(&self.weight);
         let scales = scales.squeeze_dim(1).to_kind(kind);
         let held = (q.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
         self.replace_weight(Packed::Int8WeightOnly(q, scales));
@@ -379,6 +377,32 @@ impl Embeddings {
     }
 }
 
+/// Runs a shim entry point that hands over a new tensor: `call(out, err, err_len)` calls it
+/// with the slot for the tensor and a buffer for its error message, and returns its code.
+pub(crate) fn shim_tensor(call: impl FnOnce(*mut *mut std::ffi::c_void, *mut std::ffi::c_char, usize) -> i32) -> Result<Tensor, String> {
+    let mut out: *mut std::ffi::c_void = std::ptr::null_mut();
+    let mut err = [0 as std::ffi::c_char; 1024];
+    let rc = call(&mut out, err.as_mut_ptr(), err.len());
+    if rc == 0 && !out.is_null() {
+        // SAFETY: on success the shim hands over a fresh heap-allocated `at::Tensor`, owned by
+        // nobody else; tch's `Tensor` owns it from here (and frees it with `delete`).
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    } else {
+        // SAFETY: the shim always NUL-terminates within the buffer.
+        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+    }
+}
+
+/// The rows of `w` (`[rows, cols]`, any float kind) in int8, symmetric, one scale per row:
+/// `(q int8 [rows, cols], scales f32 [rows, 1])` with `w ≈ q * scales` and `q` in [-127, 127].
+/// The one rounding that every int8 weight and table (and its simulation) goes through.
+pub(crate) fn quantize_rows(w: &Tensor) -> (Tensor, Tensor) {
+    let w = w.to_kind(Kind::Float);
+    let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
+    let q = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+    (q, scales)
+}
+
 /// An embedding table's int8 form, once made: `(rows [vocab, hidden] int8, scales [vocab, 1]
 /// in the table's kind)`.
 pub(crate) type Int8Table = std::cell::OnceCell<(Tensor, Tensor)>;
@@ -388,9 +412,7 @@ pub(crate) type Int8Table = std::cell::OnceCell<(Tensor, Tensor)>;
 /// table holds. Not for a table something else shares (a tied decoder).
 pub(crate) fn quantize_table(table: &Tensor, cell: &Int8Table) -> (u64, u64) {
     let kind = table.kind();
-    let w = table.to_kind(Kind::Float);
-    let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
-    let rows = (&w / &scales).round().clamp(-127, 127).to_kind(Kind::Int8);
+    let (rows, scales) = quantize_rows(table);
     // Scales in the table's kind: lookups come back in the model's kind.
     let scales = scales.to_kind(kind);
     let freed = (table.numel() * kind.elt_size_in_bytes()) as u64;

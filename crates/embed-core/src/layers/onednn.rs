@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void, CString};
 
 use tch::Tensor;
 
-use super::Observed;
+use super::{quantize_rows, shim_tensor, Observed};
 
 extern "C" {
     fn embed_add_layer_norm(
@@ -53,26 +53,16 @@ extern "C" {
     ) -> i32;
 }
 
-/// Takes the tensor the shim handed over, or its error message.
-fn finish(rc: i32, out: *mut c_void, err: &[c_char]) -> Result<Tensor, String> {
-    if rc == 0 && !out.is_null() {
-        // SAFETY: on success the shim hands over a fresh heap-allocated `at::Tensor`, owned by
-        // nobody else; tch's `Tensor` owns it from here (and frees it with `delete`).
-        Ok(unsafe { Tensor::from_ptr(out.cast()) })
-    } else {
-        // SAFETY: the shim always NUL-terminates within the buffer.
-        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
-    }
+/// A tensor handle for the shim, or null for an absent optional.
+fn ptr(t: Option<&Tensor>) -> *const c_void {
+    t.map_or(std::ptr::null(), |t| t.as_ptr().cast())
 }
 
 /// `w` (`[out, in]`, contiguous, on the CPU) reordered for oneDNN's GEMM at about `batch` rows.
 pub(crate) fn pack(w: &Tensor, batch: i64) -> Result<Tensor, String> {
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them and catches every
-    // C++ exception.
-    let rc = unsafe { embed_onednn_pack_linear(w.as_ptr().cast(), batch, &mut out, err.as_mut_ptr(), err.len()) };
-    finish(rc, out, &err)
+    // SAFETY (here and in every call below): tch tensor handles are `at::Tensor*`; the shim
+    // only reads them, takes null for an absent optional, and catches every C++ exception.
+    shim_tensor(|out, err, len| unsafe { embed_onednn_pack_linear(w.as_ptr().cast(), batch, out, err, len) })
 }
 
 /// A fused activation after the matmul.
@@ -94,45 +84,23 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     };
     let attr = CString::new(attr).expect("no NUL");
     let algorithm = algorithm.map(|a| CString::new(a).expect("no NUL"));
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: as in `pack`; a null bias or algorithm is the op's `None`.
-    let rc = unsafe {
-        embed_onednn_linear(
-            x.as_ptr().cast(),
-            packed.as_ptr().cast(),
-            bias.map_or(std::ptr::null(), |b| b.as_ptr().cast()),
-            attr.as_ptr(),
-            algorithm.as_ref().map_or(std::ptr::null(), |a| a.as_ptr()),
-            &mut out,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
+    let algorithm = algorithm.as_ref().map_or(std::ptr::null(), |a| a.as_ptr());
+    // SAFETY: as in `pack`; a null algorithm is the op's `None`.
+    let y = shim_tensor(|out, err, len| unsafe {
+        embed_onednn_linear(x.as_ptr().cast(), packed.as_ptr().cast(), ptr(bias), attr.as_ptr(), algorithm, out, err, len)
+    });
     // A failure here is a libtorch error like any other op's: tch panics on those too, and the
     // worker turns a panic into the batch's error.
-    finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
+    y.unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
 }
 
 /// `norm(x + residual)` in one pass over each row (f32 or bf16 on the CPU, `norm`'s tensors of
 /// the same dtype): a post-norm block's residual and LayerNorm.
 pub(crate) fn add_layer_norm(x: &Tensor, residual: &Tensor, norm: &super::LayerNorm) -> Tensor {
-    let mut out: *mut c_void = std::ptr::null_mut();
-    let mut err = [0 as c_char; 1024];
-    // SAFETY: as in `pack`; a null bias is none.
-    let rc = unsafe {
-        embed_add_layer_norm(
-            x.as_ptr().cast(),
-            residual.as_ptr().cast(),
-            norm.weight.as_ptr().cast(),
-            norm.bias.as_ref().map_or(std::ptr::null(), |b| b.as_ptr().cast()),
-            norm.eps,
-            &mut out,
-            err.as_mut_ptr(),
-            err.len(),
-        )
-    };
-    finish(rc, out, &err).unwrap_or_else(|e| panic!("fused residual LayerNorm failed: {e}"))
+    let (w, b) = (norm.weight.as_ptr().cast(), ptr(norm.bias.as_ref()));
+    // SAFETY: as in `pack`.
+    shim_tensor(|out, err, len| unsafe { embed_add_layer_norm(x.as_ptr().cast(), residual.as_ptr().cast(), w, b, norm.eps, out, err, len) })
+        .unwrap_or_else(|e| panic!("fused residual LayerNorm failed: {e}"))
 }
 
 /// Output channels the smoothing candidates are measured on (at most).
@@ -140,8 +108,8 @@ const PROBE_CHANNELS: i64 = 256;
 
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
 fn simulate_weight(w: &Tensor) -> Tensor {
-    let scales = w.abs().amax([1], true).clamp_min(1e-12) / 127.0;
-    (w / &scales).round().clamp(-127, 127) * scales
+    let (q, scales) = quantize_rows(w);
+    q.to_kind(tch::Kind::Float) * scales
 }
 
 /// `x` rounded as the int8 linear quantizes its input rows (per row, asymmetric, 255 steps
@@ -208,13 +176,10 @@ impl Int8Weight {
             }
             None => (w, ones()),
         };
-        let scales = w.abs().amax([1], false).clamp_min(1e-12) / 127.0;
-        let q = (&w / scales.unsqueeze(1)).round().clamp(-127, 127).to_kind(tch::Kind::Int8);
-        let mut out: *mut c_void = std::ptr::null_mut();
-        let mut err = [0 as c_char; 1024];
+        let (q, scales) = quantize_rows(&w);
+        let scales = scales.squeeze_dim(1);
         // SAFETY: as in `pack`.
-        let rc = unsafe { embed_int8_pack_linear(q.as_ptr().cast(), batch, &mut out, err.as_mut_ptr(), err.len()) };
-        let packed = finish(rc, out, &err)?;
+        let packed = shim_tensor(|out, err, len| unsafe { embed_int8_pack_linear(q.as_ptr().cast(), batch, out, err, len) })?;
         let zeros = Tensor::zeros(scales.size(), (tch::Kind::Int64, tch::Device::Cpu));
         let colsum = q.to_kind(tch::Kind::Float).sum_dim_intlist(&[1i64][..], false, tch::Kind::Float) * &scales;
         Ok(Int8Weight { packed, x_mul: x_mul.contiguous(), scales, zeros, colsum })
@@ -244,15 +209,12 @@ impl Int8Weight {
     }
 
     fn call(&self, x: &Tensor, bias: Option<&Tensor>, gelu: i32, add_norm: Option<(&Tensor, &super::LayerNorm)>) -> Tensor {
-        let ptr = |t: Option<&Tensor>| t.map_or(std::ptr::null(), |t| t.as_ptr().cast::<c_void>());
         let (residual, ln_weight, ln_bias, eps) = match add_norm {
             Some((r, n)) => (Some(r), Some(&n.weight), n.bias.as_ref(), n.eps),
             None => (None, None, None, 0.0),
         };
-        let mut out: *mut c_void = std::ptr::null_mut();
-        let mut err = [0 as c_char; 1024];
-        // SAFETY: as in `pack`; a null pointer is an absent optional.
-        let rc = unsafe {
+        // SAFETY: as in `pack`.
+        let y = shim_tensor(|out, err, len| unsafe {
             embed_int8_linear(
                 x.as_ptr().cast(),
                 self.x_mul.as_ptr().cast(),
@@ -266,12 +228,12 @@ impl Int8Weight {
                 ptr(ln_weight),
                 ptr(ln_bias),
                 eps,
-                &mut out,
-                err.as_mut_ptr(),
-                err.len(),
+                out,
+                err,
+                len,
             )
-        };
-        finish(rc, out, &err).unwrap_or_else(|e| panic!("oneDNN int8 linear failed: {e}"))
+        });
+        y.unwrap_or_else(|e| panic!("oneDNN int8 linear failed: {e}"))
     }
 }
 
