@@ -28,6 +28,16 @@ async fn onednn_runs_here() -> bool {
     false
 }
 
+/// Embeds `texts` with `dir`'s model loaded in `dtype`, releases it, and returns the vectors
+/// and the model's weight bytes.
+async fn embed_once(dir: &std::path::Path, dtype: DType, texts: &[String]) -> (Vec<Vec<f32>>, u64) {
+    let svc = load(dir, dtype).await;
+    let bytes = svc.info().unwrap().weight_bytes;
+    let vectors = svc.embed_texts(texts, &EmbedOptions::default()).await.unwrap().vectors;
+    svc.cleanup().await.unwrap();
+    (vectors, bytes)
+}
+
 async fn load(dir: &std::path::Path, dtype: DType) -> DenseEmbeddingService {
     let options = ModelOptions { dtype: Some(dtype), ..Default::default() };
     DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap()
@@ -43,14 +53,9 @@ async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
 
-    let f32_svc = load(&minilm_dir(), DType::F32).await;
-    let f32_bytes = f32_svc.info().unwrap().weight_bytes;
-    let f32_out = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-    f32_svc.cleanup().await.unwrap();
+    let (f32_out, f32_bytes) = embed_once(&minilm_dir(), DType::F32, &texts).await;
     // bf16 beside it, for scale: the same-top-5 count is strict where neighbours nearly tie.
-    let bf16_svc = load(&minilm_dir(), DType::Bf16).await;
-    let bf16_out = bf16_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-    bf16_svc.cleanup().await.unwrap();
+    let (bf16_out, _) = embed_once(&minilm_dir(), DType::Bf16, &texts).await;
 
     let before = settled_snapshot();
     let svc = load(&minilm_dir(), DType::Int8).await;
@@ -112,10 +117,7 @@ async fn int8_matches_f32_for_every_family() {
     }
     for &name in FIXTURES {
         let texts: Vec<String> = fixture_reference(name).into_iter().map(|i| i.text).collect();
-        let f32_svc = load(&fixture_dir(name), DType::F32).await;
-        let expected = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-        let f32_bytes = f32_svc.info().unwrap().weight_bytes;
-        f32_svc.cleanup().await.unwrap();
+        let (expected, f32_bytes) = embed_once(&fixture_dir(name), DType::F32, &texts).await;
         let svc = load(&fixture_dir(name), DType::Int8).await;
         let bytes = svc.info().unwrap().weight_bytes;
         // Every family's linear weights and word table in int8 (measured 30-39 % of f32: the
@@ -171,9 +173,7 @@ async fn int8_calibrates_on_the_callers_texts_when_given() {
     // the built-in calibration (item 4, left out of these) comes out far closer.
     let texts: Vec<String> = fixture_reference("nomic-bert").into_iter().map(|i| i.text).collect();
     let dir = fixture_dir("nomic-bert");
-    let f32_svc = load(&dir, DType::F32).await;
-    let expected = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-    f32_svc.cleanup().await.unwrap();
+    let (expected, _) = embed_once(&dir, DType::F32, &texts).await;
     let worst = |v: &[Vec<f32>]| v.iter().zip(&expected).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
     let builtin = load(&dir, DType::Int8).await;
     let with_builtin = builtin.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
@@ -206,10 +206,7 @@ async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
     let options = |kernel| ModelOptions { dtype: Some(DType::Int8), int8_kernel: kernel, ..Default::default() };
-    let f32_svc = load(&minilm_dir(), DType::F32).await;
-    let f32_bytes = f32_svc.info().unwrap().weight_bytes;
-    let f32_out = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-    f32_svc.cleanup().await.unwrap();
+    let (f32_out, f32_bytes) = embed_once(&minilm_dir(), DType::F32, &texts).await;
     let spec = ModelSpec::new(minilm_dir().to_string_lossy()).with_options(options(Some(Int8Kernel::WeightOnly)));
     let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
     let info = svc.info().unwrap();
@@ -236,9 +233,7 @@ async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
     // Every family in weight-only int8 stays close to its f32 self.
     for &name in FIXTURES {
         let texts: Vec<String> = fixture_reference(name).into_iter().map(|i| i.text).collect();
-        let f32_svc = load(&fixture_dir(name), DType::F32).await;
-        let expected = f32_svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
-        f32_svc.cleanup().await.unwrap();
+        let (expected, _) = embed_once(&fixture_dir(name), DType::F32, &texts).await;
         let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(options(Some(Int8Kernel::WeightOnly)));
         let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
         let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
