@@ -11,7 +11,9 @@ fn main() {
     );
     let include_dir = lib_dir.join("../include");
 
-    println!("cargo:rerun-if-changed=shim/accel.cpp");
+    for f in ["shim/accel.cpp", "shim/attention_cpu.cpp", "shim/common.h"] {
+        println!("cargo:rerun-if-changed={f}");
+    }
     cc::Build::new()
         .cpp(true)
         .pic(true)
@@ -24,6 +26,7 @@ fn main() {
         .include(&include_dir)
         .include(include_dir.join("torch/csrc/api/include"))
         .file("shim/accel.cpp")
+        .file("shim/attention_cpu.cpp")
         .compile("embed_accel");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=c10");

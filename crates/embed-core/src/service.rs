@@ -234,6 +234,7 @@ impl DenseEmbeddingService {
             oom_splits: s.oom_splits.load(Ordering::Relaxed),
             packed_attention_batches: s.packed_batches.load(Ordering::Relaxed),
             length_grouped_batches: s.grouped_batches.load(Ordering::Relaxed),
+            varlen_attention_batches: s.varlen_batches.load(Ordering::Relaxed),
             offloads: s.offloads.load(Ordering::Relaxed),
             restores: s.restores.load(Ordering::Relaxed),
             auto_restores: s.auto_restores.load(Ordering::Relaxed),

@@ -6,66 +6,16 @@
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
-use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_query_reference, fixture_reference, serial, FIXTURES};
+use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, serial, FIXTURES};
 
-async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
-    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
-    DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
-}
+mod family_parity;
+
+use family_parity::load;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_matches_sentence_transformers() {
     let _s = serial().await;
-    for &name in FIXTURES {
-        let svc = load(name, DType::F32).await;
-        let info = svc.info().unwrap();
-        let (model_type, family) = fixture_model_type_and_family(name);
-        assert_eq!((info.architecture.as_str(), info.family.to_string().as_str()), (model_type, family), "{name}");
-        let items = fixture_reference(name);
-        assert!(items.len() >= 40, "{name}: {} reference texts", items.len());
-        assert_eq!(info.dimension, items[0].embedding.len(), "{name}: dimension");
-        let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
-        let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
-        let counts: Vec<usize> = items.iter().map(|i| i.token_count).collect();
-
-        // All texts in one call: length-sorted mixed batches with padding.
-        let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
-        assert_eq!(out.token_counts, counts, "{name}: token counts");
-        let worst = assert_cosines(&format!("{name} (batched) vs sentence-transformers"), &out.vectors, &expected, 0.99999);
-        // The encoders' padded attention ran in runs of similar length (their masks, window
-        // and relative-position bias cut to each run); the decoders' attention pads the batch.
-        let grouped = svc.batch_stats().unwrap().length_grouped_batches;
-        if family == "decoder" || family == "gemma3" {
-            assert_eq!(grouped, 0, "{name}: decoders do not group attention by length");
-        } else {
-            assert!(grouped > 0, "{name}: no batch of mixed lengths ran its attention in length groups");
-        }
-
-        // Every text alone: no padding at all.
-        let mut alone = Vec::with_capacity(texts.len());
-        for t in &texts {
-            alone.push(svc.embed_texts(std::slice::from_ref(t), &EmbedOptions::default()).await.unwrap().vectors.remove(0));
-        }
-        let worst_alone = assert_cosines(&format!("{name} (one by one) vs sentence-transformers"), &alone, &expected, 0.99999);
-        // Padding must not change a vector (batch invariance).
-        for (i, (a, b)) in alone.iter().zip(&out.vectors).enumerate() {
-            let d = embed_testkit::max_abs_diff(a, b);
-            assert!(d <= 1e-5, "{name}: text {i} alone vs in the mixed batch differ by {d}");
-        }
-        eprintln!("{name:>12}: worst cosine batched {worst:.8}, alone {worst_alone:.8}");
-
-        // Queries with the model's query prompt (decoder embedders' instructions).
-        let queries = fixture_query_reference(name);
-        if !queries.is_empty() {
-            let texts: Vec<String> = queries.iter().map(|i| i.text.clone()).collect();
-            let out = svc.embed_texts(&texts, &EmbedOptions::query()).await.unwrap();
-            assert_eq!(out.token_counts, queries.iter().map(|i| i.token_count).collect::<Vec<_>>(), "{name}: query token counts");
-            let expected: Vec<Vec<f32>> = queries.iter().map(|i| i.embedding.clone()).collect();
-            let worst = assert_cosines(&format!("{name} queries (prompted) vs sentence-transformers"), &out.vectors, &expected, 0.99999);
-            eprintln!("{name:>12}: queries with the query prompt, worst cosine {worst:.8}");
-        }
-        svc.cleanup().await.unwrap();
-    }
+    family_parity::every_family_matches_sentence_transformers().await;
 }
 
 /// Bytes of the tensors of a safetensors file that the model uses (everything but a pooler

@@ -41,6 +41,17 @@ extern "C" {
         len: usize,
     ) -> c_int;
     fn embed_sdp_disable_cudnn();
+    fn embed_cpu_attention_varlen(
+        qkv: *const c_void,
+        cu_seqlens: *const c_void,
+        batch: i64,
+        heads: i64,
+        half_window: i64,
+        scale: f64,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        len: usize,
+    ) -> c_int;
 }
 
 /// Which attention form a loaded model runs.
@@ -109,6 +120,54 @@ pub(crate) fn flash_varlen(
     super::shim_tensor(|out, err, len| unsafe {
         embed_flash_attention_varlen(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), cu_seqlens.as_ptr().cast(), max_len, scale, out, err, len)
     })
+}
+
+/// Self-attention of the batch's sequences on the CPU, each over its own tokens only (the
+/// shim's variable-length kernel): `qkv` is `[tokens, 3 * hidden]` (f32 or bf16), sequence `s`
+/// of `b` on rows `cu_seqlens[s]..cu_seqlens[s + 1]` (int32); `half_window` restricts each query
+/// to keys within that distance. Returns `[tokens, hidden]` in qkv's kind.
+pub(crate) fn cpu_varlen(
+    qkv: &Tensor,
+    cu_seqlens: &Tensor,
+    b: i64,
+    heads: i64,
+    half_window: Option<i64>,
+    scale: f64,
+) -> std::result::Result<Tensor, String> {
+    // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
+    // shape and bound, and catches every C++ exception.
+    super::shim_tensor(|out, err, len| unsafe {
+        embed_cpu_attention_varlen(qkv.as_ptr().cast(), cu_seqlens.as_ptr().cast(), b, heads, half_window.unwrap_or(-1), scale, out, err, len)
+    })
+}
+
+/// What a padded attention call masks its scores with.
+#[derive(Clone, Copy)]
+pub(crate) enum Scores<'a> {
+    /// The key mask (`key_mask`): each sequence sees all of its own tokens.
+    Keys(&'a Tensor),
+    /// A sliding window (`window_mask`) of this half width within each sequence.
+    Window(&'a Tensor, i64),
+    /// An additive float bias (`-inf` at masked keys): padded SDPA only.
+    Bias(&'a Tensor),
+}
+
+impl Scores<'_> {
+    fn mask(&self) -> &Tensor {
+        match self {
+            Scores::Keys(m) | Scores::Window(m, _) | Scores::Bias(m) => m,
+        }
+    }
+
+    /// The variable-length kernel's window: `Some(None)` for a whole sequence, `None` where the
+    /// kernel cannot take the scores.
+    fn varlen_window(&self) -> Option<Option<i64>> {
+        match self {
+            Scores::Keys(_) => Some(None),
+            Scores::Window(_, w) => Some(Some(*w)),
+            Scores::Bias(_) => None,
+        }
+    }
 }
 
 /// The layout one forward pass runs in.
@@ -194,16 +253,18 @@ pub(crate) struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// Returns the context `[n, hidden]`. `rope` rotates Q and K; `mask` (padded mode only) is
-    /// a boolean mask or an additive float bias broadcast to `[b, heads, len, len]`.
+    /// Returns the context `[n, hidden]`. `rope` rotates Q and K; `scores` (padded mode only)
+    /// holds a boolean mask or an additive float bias broadcast to `[b, heads, len, len]`. On
+    /// the CPU a batch marked `varlen` runs key masks and windows without padding.
     pub(crate) fn forward(
         &self,
         qkv: &Tensor,
         t: &BatchInput,
         mode: Mode,
         rope: Option<&RotaryTable>,
-        mask: &Tensor,
+        scores: Scores,
     ) -> std::result::Result<Tensor, String> {
+        let mask = scores.mask();
         let n = qkv.size()[0];
         let hidden = self.heads * self.head_dim;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -222,6 +283,9 @@ impl SelfAttention {
                 Ok(ctx.reshape([n, hidden]))
             }
             Mode::Padded => {
+                if let (true, Some(window)) = (t.varlen, scores.varlen_window()) {
+                    return cpu_varlen(&qkv, &t.cu_seqlens, t.b, self.heads, window, scale);
+                }
                 let (b, len) = (t.b, t.len);
                 let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
                 let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
@@ -243,5 +307,76 @@ impl SelfAttention {
                 Ok(t.unpad(ctx.view([b * len, hidden])))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reference: each sequence alone through libtorch's SDPA under an explicit mask.
+    fn sdpa_reference(qkv: &Tensor, lens: &[i64], heads: i64, half_window: Option<i64>, scale: f64) -> Tensor {
+        let d = qkv.size()[1] / (3 * heads);
+        let mut out = Vec::new();
+        let mut start = 0;
+        for &len in lens {
+            let x = qkv.narrow(0, start, len).to_kind(Kind::Float).view([len, 3, heads, d]).permute([1, 2, 0, 3]);
+            let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu));
+            let dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).abs();
+            let mask = dist.le(half_window.unwrap_or(len)).view([1, len, len]);
+            let ctx = Tensor::scaled_dot_product_attention(&x.get(0), &x.get(1), &x.get(2), Some(&mask), 0.0, false, Some(scale), false);
+            out.push(ctx.transpose(0, 1).reshape([len, heads * d]));
+            start += len;
+        }
+        Tensor::cat(&out, 0)
+    }
+
+    fn cu_seqlens(lens: &[i64]) -> Tensor {
+        let mut cu = vec![0i32];
+        for &l in lens {
+            cu.push(cu.last().unwrap() + l as i32);
+        }
+        Tensor::from_slice(&cu)
+    }
+
+    /// The kernel against SDPA: lengths below, at and past one vector of keys (16), head sizes
+    /// that are and are not a multiple of 16, whole sequences and sliding windows, f32 and bf16.
+    #[test]
+    fn cpu_varlen_matches_sdpa_per_sequence() {
+        tch::manual_seed(7);
+        let lens = [40i64, 17, 16, 5, 1, 23];
+        let tokens: i64 = lens.iter().sum();
+        for (heads, d) in [(3i64, 20i64), (2, 32), (1, 64)] {
+            let scale = 1.0 / (d as f64).sqrt();
+            let qkv = Tensor::randn([tokens, 3 * heads * d], (Kind::Float, Device::Cpu)) * 2.0;
+            for window in [None, Some(3), Some(0)] {
+                let expected = sdpa_reference(&qkv, &lens, heads, window, scale);
+                let got = cpu_varlen(&qkv, &cu_seqlens(&lens), lens.len() as i64, heads, window, scale).unwrap();
+                assert_eq!(got.size(), [tokens, heads * d]);
+                let diff = (&got - &expected).abs().max().double_value(&[]);
+                assert!(diff <= 2e-5, "f32, heads {heads}, head size {d}, window {window:?}: max difference {diff}");
+
+                let half = qkv.to_kind(Kind::BFloat16);
+                let expected = sdpa_reference(&half, &lens, heads, window, scale);
+                let got = cpu_varlen(&half, &cu_seqlens(&lens), lens.len() as i64, heads, window, scale).unwrap();
+                assert_eq!(got.kind(), Kind::BFloat16);
+                // Two bf16 steps (2^-8 of the largest output each): the output's own rounding
+                // and the sums' different order.
+                let diff = (got.to_kind(Kind::Float) - &expected).abs().max().double_value(&[]);
+                let bound = expected.abs().max().double_value(&[]) / 128.0;
+                assert!(diff <= bound, "bf16, heads {heads}, head size {d}, window {window:?}: max difference {diff} > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_varlen_refuses_bounds_that_do_not_fit() {
+        let qkv = Tensor::zeros([10, 3 * 2 * 8], (Kind::Float, Device::Cpu));
+        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 7]), 2, 2, None, 1.0).unwrap_err();
+        assert!(err.contains("cu_seqlens spans 11 rows, qkv has 10"), "{err}");
+        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 5, None, 1.0).unwrap_err();
+        assert!(err.contains("not Q, K and V of 5 heads"), "{err}");
+        let err = cpu_varlen(&qkv.to_kind(Kind::Double), &cu_seqlens(&[4, 6]), 2, 2, None, 1.0).unwrap_err();
+        assert!(err.contains("f32 or bf16"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use tch::{Device, Kind, Tensor};
 
-use super::attention::{key_mask, run_encoder, AttentionPath, Mode, SelfAttention};
+use super::attention::{key_mask, run_encoder, AttentionPath, Mode, Scores, SelfAttention};
 use super::ffn::FeedForward;
 use super::rotary::{Rotary, RotaryTable};
 use super::{BatchInput, LayerNorm, Linear};
@@ -23,7 +23,7 @@ pub(crate) struct PostNormBlock {
 
 impl PostNormBlock {
     /// `x` is `[n, hidden]` (see [`Mode`]); `rope` rotates Q and K where the family uses rotary
-    /// positions; `mask` is the padded layout's attention mask.
+    /// positions; `scores` holds the padded layout's attention mask.
     pub(crate) fn forward(
         &self,
         x: &Tensor,
@@ -31,10 +31,10 @@ impl PostNormBlock {
         t: &BatchInput,
         mode: Mode,
         rope: Option<&RotaryTable>,
-        mask: &Tensor,
+        scores: Scores,
     ) -> std::result::Result<Tensor, String> {
         let qkv = self.qkv.forward(x);
-        let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, mask))?;
+        let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, scores))?;
         let a = self.attn_out.forward_add_norm(&ctx, x, &self.attn_norm);
         Ok(self.mlp.forward_add_norm(&a, &self.mlp_norm))
     }
@@ -68,7 +68,7 @@ impl PostNormStack {
             };
             let rope = self.rope.as_ref().map(|r| r.table(&t.positions, x.size()[0], x.kind()));
             for layer in &self.layers {
-                x = layer.forward(&x, &self.attn, t, mode, rope.as_ref(), &mask)?;
+                x = layer.forward(&x, &self.attn, t, mode, rope.as_ref(), Scores::Keys(&mask))?;
             }
             Ok(x)
         })

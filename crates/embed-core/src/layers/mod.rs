@@ -458,6 +458,9 @@ pub(crate) struct BatchInput {
     /// Runs of rows whose padded attention runs on their own length (see [`length_groups`]);
     /// empty: the whole batch at `len`.
     pub(crate) groups: Vec<LenGroup>,
+    /// CPU attention runs the variable-length kernel (`attention::cpu_varlen`) where the
+    /// scores allow it.
+    pub(crate) varlen: bool,
 }
 
 /// Consecutive rows `first..first + count` of a padded batch, the longest `len` tokens.

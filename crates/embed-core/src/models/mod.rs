@@ -325,6 +325,11 @@ pub(crate) trait Encoder: Tensors {
     fn groups_by_length(&self) -> bool {
         false
     }
+    /// Whether every attention call of its forward pass can run the CPU's variable-length
+    /// kernel (scores masked by keys or a sliding window only: no additive bias).
+    fn varlen_attention(&self) -> bool {
+        false
+    }
     /// Stores its word table in int8 (`layers::quantize_table`); returns the bytes freed and
     /// held.
     fn quantize_word_table(&self) -> (u64, u64);
@@ -350,6 +355,10 @@ impl Encoder for PostNorm {
     }
 
     fn groups_by_length(&self) -> bool {
+        true
+    }
+
+    fn varlen_attention(&self) -> bool {
         true
     }
 
@@ -448,6 +457,11 @@ impl Model {
     /// See [`Encoder::groups_by_length`].
     pub(crate) fn groups_by_length(&self) -> bool {
         self.encoder.groups_by_length()
+    }
+
+    /// See [`Encoder::varlen_attention`].
+    pub(crate) fn varlen_attention(&self) -> bool {
+        self.encoder.varlen_attention()
     }
 
     /// Reorders every linear layer's weight once into oneDNN's layout (CPU; worth it in bf16,

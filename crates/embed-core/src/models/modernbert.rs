@@ -8,7 +8,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, window_mask, AttentionPath, Mode, SelfAttention};
+use crate::layers::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{BatchInput, LayerNorm, Linear, Weights};
@@ -142,14 +142,18 @@ impl Encoder for ModernBert {
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
         let local = (self.local_rope.table(&t.positions, t.tokens, kind), window_mask(t, self.half_window));
         for layer in &self.layers {
-            let (rope, mask) = if layer.local { (&local.0, &local.1) } else { (&global.0, &global.1) };
+            let (rope, scores) = if layer.local {
+                (&local.0, Scores::Window(&local.1, self.half_window))
+            } else {
+                (&global.0, Scores::Keys(&global.1))
+            };
             let h = match &layer.attn_norm {
                 Some(norm) => norm.forward(&x),
                 None => x.shallow_clone(),
             };
             let ctx = self
                 .attn
-                .forward(&layer.qkv.forward(&h), t, Mode::Padded, Some(rope), mask)
+                .forward(&layer.qkv.forward(&h), t, Mode::Padded, Some(rope), scores)
                 .unwrap_or_else(|msg| panic!("{msg}"));
             x += layer.attn_out.forward(&ctx);
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
@@ -167,6 +171,10 @@ impl Encoder for ModernBert {
     }
 
     fn groups_by_length(&self) -> bool {
+        true
+    }
+
+    fn varlen_attention(&self) -> bool {
         true
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, AttentionPath, Mode, SelfAttention};
+use crate::layers::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
 use crate::layers::block::PostNormBlock;
 use crate::layers::ffn::{Activation, FeedForward, Mlp};
 use crate::layers::{embed, BatchInput, Embeddings, Weights};
@@ -126,7 +126,7 @@ impl Encoder for MPNet {
         let bias = self.score_bias(t, x.kind());
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, &bias).unwrap_or_else(|msg| panic!("{msg}"));
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, Scores::Bias(&bias)).unwrap_or_else(|msg| panic!("{msg}"));
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&x).view([t.b, t.len, hidden])

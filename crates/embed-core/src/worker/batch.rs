@@ -64,6 +64,7 @@ pub(crate) struct WorkerStats {
     pub(crate) oom_splits: AtomicU64,
     pub(crate) packed_batches: AtomicU64,
     pub(crate) grouped_batches: AtomicU64,
+    pub(crate) varlen_batches: AtomicU64,
     pub(crate) offloads: AtomicU64,
     pub(crate) restores: AtomicU64,
     /// Restores a request caused (the weights were on the host when it arrived).
@@ -184,16 +185,29 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     drop(residence);
 }
 
-/// `EMBED_CPU_ATTENTION=padded` pads every CPU batch to its longest sequence (the behaviour
-/// before length groups, for benchmarks and diagnosis); unset or `grouped`, the default.
-fn group_cpu_attention() -> bool {
-    static GROUPED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *GROUPED.get_or_init(|| match std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default().as_str() {
-        "" | "grouped" => true,
-        "padded" => false,
+/// How CPU batches run attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CpuAttention {
+    /// The shim's variable-length kernel where the family's scores allow it (key masks and
+    /// sliding windows), length groups for the others: the default.
+    Varlen,
+    /// Padded SDPA in runs of similar length.
+    Grouped,
+    /// Padded SDPA over the whole batch at its longest sequence.
+    Padded,
+}
+
+/// `EMBED_CPU_ATTENTION`: unset or `varlen` (the default), `grouped` or `padded` (the earlier
+/// behaviours, for benchmarks and diagnosis). Read once per process.
+fn cpu_attention() -> CpuAttention {
+    static MODE: std::sync::OnceLock<CpuAttention> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default().as_str() {
+        "" | "varlen" => CpuAttention::Varlen,
+        "grouped" => CpuAttention::Grouped,
+        "padded" => CpuAttention::Padded,
         other => {
-            tracing::warn!("EMBED_CPU_ATTENTION={other:?} is not grouped or padded; using grouped");
-            true
+            tracing::warn!("EMBED_CPU_ATTENTION={other:?} is not varlen, grouped or padded; using varlen");
+            CpuAttention::Varlen
         }
     })
 }
@@ -452,18 +466,25 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let (mask, pool_mask) = (mask.view([b, len]), pool_mask.view([b, len]));
     let max_seqlen = len.max(filler as i64);
     let tokens = tokens as i64;
-    // Padded attention on the CPU runs each run of similar lengths at its own length (on a GPU
-    // the extra launches would cost more than the padding saves).
+    // On the CPU attention runs without padding where the family allows, else each run of
+    // similar lengths at its own length (on a GPU the extra launches would cost more than the
+    // padding saves).
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
-    let groups = if !packed && !dev.is_cuda() && model.groups_by_length() && group_cpu_attention() {
+    let on_cpu = !packed && !dev.is_cuda();
+    let mode = cpu_attention();
+    let varlen = on_cpu && mode == CpuAttention::Varlen && model.varlen_attention();
+    let groups = if on_cpu && !varlen && mode != CpuAttention::Padded && model.groups_by_length() {
         length_groups(&lens)
     } else {
         Vec::new()
     };
+    if varlen {
+        cfg.stats.varlen_batches.fetch_add(1, Ordering::Relaxed);
+    }
     if !groups.is_empty() {
         cfg.stats.grouped_batches.fetch_add(1, Ordering::Relaxed);
     }
-    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups };
+    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups, varlen };
     let hidden = crate::profile::stage("forward", || model.forward(&input));
     let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
     let tokens = batch.iter().any(|it| jobs[it.job].output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
