@@ -7,8 +7,8 @@
 //
 // Per (sequence, head), on one thread: K is transposed into a [head_dim, len] scratch and V
 // copied to [len, head_dim] (both f32), then for each query the scores q.k over the keys in
-// reach (all of the sequence, or a sliding window), their softmax in f32 and the weighted sum of
-// V. Every inner loop runs over a contiguous f32 row without a horizontal reduction in the
+// reach (all of the sequence, or a sliding window), plus a learned bias per distance where the
+// family has one (MPNet), their softmax in f32 and the weighted sum of V. Every inner loop runs over a contiguous f32 row without a horizontal reduction in the
 // dot products, so the compiler vectorizes each for AVX-512, AVX2 and baseline x86-64 (picked
 // at load). Inputs f32 or bf16; the output has the input's dtype (bf16 rounded to nearest even,
 // as libtorch rounds).
@@ -56,7 +56,7 @@ int64_t scratch_floats(int64_t max_len, int64_t d) {
 template <typename T>
 __attribute__((always_inline)) inline void attend_t(const T* qkv, int64_t start, int64_t len, int64_t h,
                                                     int64_t heads, int64_t d, float scale, int64_t half_window,
-                                                    T* out, float* scratch) {
+                                                    const float* bias, int64_t center, T* out, float* scratch) {
   const int64_t hidden = heads * d;
   const int64_t stride = 3 * hidden;
   const int64_t lp = padded_len(len);
@@ -95,6 +95,16 @@ __attribute__((always_inline)) inline void attend_t(const T* qkv, int64_t start,
         for (int64_t k = 0; k < kQueries; ++k) acc[k] += qs[k * d + c] * kc;
       }
       for (int64_t k = 0; k < kQueries; ++k) store16(p + k * lp + jb, acc[k]);
+    }
+    // A learned bias per query-key distance (MPNet): row h of the table, distance j - i at
+    // center + j - i.
+    if (bias != nullptr) {
+      for (int64_t k = 0; k < kQueries; ++k) {
+        float* pk = p + k * lp;
+        const float* bk = bias + h * (2 * center + 1) + center - qi[k];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) pk[j] += bk[j];
+      }
     }
     float inv[kQueries];
     int64_t from = len, to = 0;
@@ -136,14 +146,14 @@ __attribute__((always_inline)) inline void attend_t(const T* qkv, int64_t start,
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void attend_f32(const float* qkv, int64_t start, int64_t len, int64_t h, int64_t heads, int64_t d, float scale,
-                int64_t half_window, float* out, float* scratch) {
-  attend_t(qkv, start, len, h, heads, d, scale, half_window, out, scratch);
+                int64_t half_window, const float* bias, int64_t center, float* out, float* scratch) {
+  attend_t(qkv, start, len, h, heads, d, scale, half_window, bias, center, out, scratch);
 }
 
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void attend_bf16(const uint16_t* qkv, int64_t start, int64_t len, int64_t h, int64_t heads, int64_t d, float scale,
-                 int64_t half_window, uint16_t* out, float* scratch) {
-  attend_t(qkv, start, len, h, heads, d, scale, half_window, out, scratch);
+                 int64_t half_window, const float* bias, int64_t center, uint16_t* out, float* scratch) {
+  attend_t(qkv, start, len, h, heads, d, scale, half_window, bias, center, out, scratch);
 }
 }  // namespace
 
@@ -153,10 +163,13 @@ extern "C" {
 // head_dim]: each row Q, K, V, heads contiguous within each; f32 or bf16, CPU), sequence s on
 // rows cu_seqlens[s] .. cu_seqlens[s + 1] (`cu_seqlens` int32, at least batch + 1 entries, the
 // last of them equal to tokens). `half_window` >= 0 restricts query i to keys j with
-// |i - j| <= half_window; -1 lets it see its whole sequence. Writes a new [tokens, heads *
-// head_dim] tensor of qkv's dtype to `*out`.
+// |i - j| <= half_window; -1 lets it see its whole sequence. `rel_bias` (or null), f32 [heads,
+// 2 c + 1] with c >= the longest sequence's length - 1, is added to the scaled scores: entry
+// c + j - i for query i and key j. Writes a new [tokens, heads * head_dim] tensor of qkv's dtype
+// to `*out`.
 int embed_cpu_attention_varlen(const at::Tensor* qkv, const at::Tensor* cu_seqlens, int64_t batch, int64_t heads,
-                               int64_t half_window, double scale, at::Tensor** out, char* err, size_t err_len) {
+                               int64_t half_window, const at::Tensor* rel_bias, double scale, at::Tensor** out,
+                               char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
     const auto kind = qkv->scalar_type();
     TORCH_CHECK(qkv->device().is_cpu() && qkv->dim() == 2, "cpu attention: qkv must be a 2-D CPU tensor");
@@ -177,6 +190,16 @@ int embed_cpu_attention_varlen(const at::Tensor* qkv, const at::Tensor* cu_seqle
     }
     TORCH_CHECK(cu[0] == 0 && cu[batch] == tokens, "cpu attention: cu_seqlens spans ", cu[batch], " rows, qkv has ",
                 tokens);
+    at::Tensor bc;
+    int64_t center = 0;
+    if (rel_bias != nullptr) {
+      bc = rel_bias->contiguous();
+      TORCH_CHECK(bc.device().is_cpu() && bc.scalar_type() == at::kFloat && bc.dim() == 2 && bc.size(0) == heads &&
+                      bc.size(1) % 2 == 1 && bc.size(1) >= 2 * max_len - 1,
+                  "cpu attention: rel_bias must be f32 [", heads, ", odd >= ", 2 * max_len - 1, "], got ", bc.sizes());
+      center = (bc.size(1) - 1) / 2;
+    }
+    const float* bp = rel_bias != nullptr ? bc.const_data_ptr<float>() : nullptr;
     const auto x = qkv->contiguous();
     auto y = at::empty({tokens, heads * d}, x.options());
     const float fscale = static_cast<float>(scale);
@@ -197,10 +220,10 @@ int embed_cpu_attention_varlen(const at::Tensor* qkv, const at::Tensor* cu_seqle
         const int64_t len = cu[s + 1] - start;
         for (int64_t h = 0; h < heads && len > 0; ++h) {
           if (kind == at::kFloat) {
-            attend_f32(static_cast<const float*>(in), start, len, h, heads, d, fscale, half_window,
+            attend_f32(static_cast<const float*>(in), start, len, h, heads, d, fscale, half_window, bp, center,
                        static_cast<float*>(o), mine);
           } else {
-            attend_bf16(static_cast<const uint16_t*>(in), start, len, h, heads, d, fscale, half_window,
+            attend_bf16(static_cast<const uint16_t*>(in), start, len, h, heads, d, fscale, half_window, bp, center,
                         static_cast<uint16_t*>(o), mine);
           }
         }

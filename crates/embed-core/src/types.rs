@@ -507,12 +507,11 @@ pub struct BatchStats {
     /// padding: CUDA in f16/bf16); the others ran padded attention.
     pub packed_attention_batches: u64,
     /// Forward passes whose padded attention ran in several runs of similar length, each at
-    /// its own padded length (CPU, MPNet's relative-position bias; every encoder family with
-    /// `EMBED_CPU_ATTENTION=grouped`; `padded` turns it off).
+    /// its own padded length (CPU encoders with `EMBED_CPU_ATTENTION=grouped`).
     pub length_grouped_batches: u64,
     /// Forward passes whose attention ran on the CPU without padding, each sequence over its
-    /// own tokens (the encoders whose scores take a key mask or a sliding window;
-    /// `EMBED_CPU_ATTENTION=grouped` or `padded` turns it off).
+    /// own tokens (every encoder family by default; `EMBED_CPU_ATTENTION=grouped` or `padded`
+    /// turns it off).
     pub varlen_attention_batches: u64,
     /// Times the weights were offloaded to host memory.
     pub offloads: u64,

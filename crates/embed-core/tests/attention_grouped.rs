@@ -1,7 +1,7 @@
 //! Every family against sentence-transformers with the CPU's attention in length groups
-//! (`EMBED_CPU_ATTENTION=grouped`): the padded SDPA path that MPNet always takes, and every
-//! other encoder when its variable-length kernel is switched off. Its own test binary, because
-//! the mode is read once per process.
+//! (`EMBED_CPU_ATTENTION=grouped`): padded SDPA with each run of similar lengths at its own
+//! length, the path every encoder took before the variable-length kernel and still takes when
+//! it is switched off. Its own test binary, because the mode is read once per process.
 
 mod family_parity;
 

@@ -47,6 +47,7 @@ extern "C" {
         batch: i64,
         heads: i64,
         half_window: i64,
+        rel_bias: *const c_void,
         scale: f64,
         out: *mut *mut c_void,
         err: *mut c_char,
@@ -125,19 +126,22 @@ pub(crate) fn flash_varlen(
 /// Self-attention of the batch's sequences on the CPU, each over its own tokens only (the
 /// shim's variable-length kernel): `qkv` is `[tokens, 3 * hidden]` (f32 or bf16), sequence `s`
 /// of `b` on rows `cu_seqlens[s]..cu_seqlens[s + 1]` (int32); `half_window` restricts each query
-/// to keys within that distance. Returns `[tokens, hidden]` in qkv's kind.
+/// to keys within that distance; `rel_bias` (f32 `[heads, 2c + 1]`, see [`Scores::Relative`]) is
+/// added to the scaled scores. Returns `[tokens, hidden]` in qkv's kind.
 pub(crate) fn cpu_varlen(
     qkv: &Tensor,
     cu_seqlens: &Tensor,
     b: i64,
     heads: i64,
     half_window: Option<i64>,
+    rel_bias: Option<&Tensor>,
     scale: f64,
 ) -> std::result::Result<Tensor, String> {
+    let bias = rel_bias.map_or(std::ptr::null(), |t| t.as_ptr().cast());
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
     // shape and bound, and catches every C++ exception.
     super::shim_tensor(|out, err, len| unsafe {
-        embed_cpu_attention_varlen(qkv.as_ptr().cast(), cu_seqlens.as_ptr().cast(), b, heads, half_window.unwrap_or(-1), scale, out, err, len)
+        embed_cpu_attention_varlen(qkv.as_ptr().cast(), cu_seqlens.as_ptr().cast(), b, heads, half_window.unwrap_or(-1), bias, scale, out, err, len)
     })
 }
 
@@ -150,21 +154,27 @@ pub(crate) enum Scores<'a> {
     Window(&'a Tensor, i64),
     /// An additive float bias (`-inf` at masked keys): padded SDPA only.
     Bias(&'a Tensor),
+    /// A learned bias per query-key distance, f32 `[heads, 2c + 1]`: entry `c + j - i` for
+    /// query `i` and key `j` (`c` at least the longest sequence's length - 1). The
+    /// variable-length kernel's form of a distance bias; a batch not marked `varlen` is given
+    /// [`Scores::Bias`] instead.
+    Relative(&'a Tensor),
 }
 
 impl Scores<'_> {
     fn mask(&self) -> &Tensor {
         match self {
-            Scores::Keys(m) | Scores::Window(m, _) | Scores::Bias(m) => m,
+            Scores::Keys(m) | Scores::Window(m, _) | Scores::Bias(m) | Scores::Relative(m) => m,
         }
     }
 
-    /// The variable-length kernel's window: `Some(None)` for a whole sequence, `None` where the
-    /// kernel cannot take the scores.
-    fn varlen_window(&self) -> Option<Option<i64>> {
+    /// What the variable-length kernel takes, `(window, distance bias)`; `None` where it cannot
+    /// take the scores.
+    fn varlen(&self) -> Option<(Option<i64>, Option<&Tensor>)> {
         match self {
-            Scores::Keys(_) => Some(None),
-            Scores::Window(_, w) => Some(Some(*w)),
+            Scores::Keys(_) => Some((None, None)),
+            Scores::Window(_, w) => Some((Some(*w), None)),
+            Scores::Relative(table) => Some((None, Some(table))),
             Scores::Bias(_) => None,
         }
     }
@@ -283,8 +293,11 @@ impl SelfAttention {
                 Ok(ctx.reshape([n, hidden]))
             }
             Mode::Padded => {
-                if let (true, Some(window)) = (t.varlen, scores.varlen_window()) {
-                    return cpu_varlen(&qkv, &t.cu_seqlens, t.b, self.heads, window, scale);
+                if let (true, Some((window, bias))) = (t.varlen, scores.varlen()) {
+                    return cpu_varlen(&qkv, &t.cu_seqlens, t.b, self.heads, window, bias, scale);
+                }
+                if let Scores::Relative(_) = scores {
+                    return Err("a distance-bias table reached padded attention (the batch is not varlen)".into());
                 }
                 let (b, len) = (t.b, t.len);
                 let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
@@ -315,7 +328,7 @@ mod tests {
     use super::*;
 
     /// Reference: each sequence alone through libtorch's SDPA under an explicit mask.
-    fn sdpa_reference(qkv: &Tensor, lens: &[i64], heads: i64, half_window: Option<i64>, scale: f64) -> Tensor {
+    fn sdpa_reference(qkv: &Tensor, lens: &[i64], heads: i64, half_window: Option<i64>, rel: Option<&Tensor>, scale: f64) -> Tensor {
         let d = qkv.size()[1] / (3 * heads);
         let mut out = Vec::new();
         let mut start = 0;
@@ -323,7 +336,14 @@ mod tests {
             let x = qkv.narrow(0, start, len).to_kind(Kind::Float).view([len, 3, heads, d]).permute([1, 2, 0, 3]);
             let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu));
             let dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).abs();
-            let mask = dist.le(half_window.unwrap_or(len)).view([1, len, len]);
+            let mut mask = dist.le(half_window.unwrap_or(len)).view([1, len, len]);
+            if let Some(table) = rel {
+                // [heads, len, len]: entry c + j - i of each head's row, -inf outside the window.
+                let c = (table.size()[1] - 1) / 2;
+                let index = pos.unsqueeze(0) - pos.unsqueeze(1) + c;
+                let bias = table.index_select(1, &index.flatten(0, 1)).view([heads, len, len]);
+                mask = bias.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+            }
             let ctx = Tensor::scaled_dot_product_attention(&x.get(0), &x.get(1), &x.get(2), Some(&mask), 0.0, false, Some(scale), false);
             out.push(ctx.transpose(0, 1).reshape([len, heads * d]));
             start += len;
@@ -349,22 +369,25 @@ mod tests {
         for (heads, d) in [(3i64, 20i64), (2, 32), (1, 64)] {
             let scale = 1.0 / (d as f64).sqrt();
             let qkv = Tensor::randn([tokens, 3 * heads * d], (Kind::Float, Device::Cpu)) * 2.0;
-            for window in [None, Some(3), Some(0)] {
-                let expected = sdpa_reference(&qkv, &lens, heads, window, scale);
-                let got = cpu_varlen(&qkv, &cu_seqlens(&lens), lens.len() as i64, heads, window, scale).unwrap();
+            // A distance bias as MPNet's (wider than needed: c = 41 for sequences up to 40).
+            let table = Tensor::randn([heads, 83], (Kind::Float, Device::Cpu));
+            for (window, rel) in [(None, None), (Some(3), None), (Some(0), None), (None, Some(&table))] {
+                let what = format!("heads {heads}, head size {d}, window {window:?}, distance bias {}", rel.is_some());
+                let expected = sdpa_reference(&qkv, &lens, heads, window, rel, scale);
+                let got = cpu_varlen(&qkv, &cu_seqlens(&lens), lens.len() as i64, heads, window, rel, scale).unwrap();
                 assert_eq!(got.size(), [tokens, heads * d]);
                 let diff = (&got - &expected).abs().max().double_value(&[]);
-                assert!(diff <= 2e-5, "f32, heads {heads}, head size {d}, window {window:?}: max difference {diff}");
+                assert!(diff <= 2e-5, "f32, {what}: max difference {diff}");
 
                 let half = qkv.to_kind(Kind::BFloat16);
-                let expected = sdpa_reference(&half, &lens, heads, window, scale);
-                let got = cpu_varlen(&half, &cu_seqlens(&lens), lens.len() as i64, heads, window, scale).unwrap();
+                let expected = sdpa_reference(&half, &lens, heads, window, rel, scale);
+                let got = cpu_varlen(&half, &cu_seqlens(&lens), lens.len() as i64, heads, window, rel, scale).unwrap();
                 assert_eq!(got.kind(), Kind::BFloat16);
                 // Two bf16 steps (2^-8 of the largest output each): the output's own rounding
                 // and the sums' different order.
                 let diff = (got.to_kind(Kind::Float) - &expected).abs().max().double_value(&[]);
                 let bound = expected.abs().max().double_value(&[]) / 128.0;
-                assert!(diff <= bound, "bf16, heads {heads}, head size {d}, window {window:?}: max difference {diff} > {bound}");
+                assert!(diff <= bound, "bf16, {what}: max difference {diff} > {bound}");
             }
         }
     }
@@ -372,11 +395,15 @@ mod tests {
     #[test]
     fn cpu_varlen_refuses_bounds_that_do_not_fit() {
         let qkv = Tensor::zeros([10, 3 * 2 * 8], (Kind::Float, Device::Cpu));
-        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 7]), 2, 2, None, 1.0).unwrap_err();
+        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 7]), 2, 2, None, None, 1.0).unwrap_err();
         assert!(err.contains("cu_seqlens spans 11 rows, qkv has 10"), "{err}");
-        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 5, None, 1.0).unwrap_err();
+        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 5, None, None, 1.0).unwrap_err();
         assert!(err.contains("not Q, K and V of 5 heads"), "{err}");
-        let err = cpu_varlen(&qkv.to_kind(Kind::Double), &cu_seqlens(&[4, 6]), 2, 2, None, 1.0).unwrap_err();
+        let err = cpu_varlen(&qkv.to_kind(Kind::Double), &cu_seqlens(&[4, 6]), 2, 2, None, None, 1.0).unwrap_err();
         assert!(err.contains("f32 or bf16"), "{err}");
+        // A distance table too narrow for the longest sequence (6 tokens need 11 entries).
+        let narrow = Tensor::zeros([2, 9], (Kind::Float, Device::Cpu));
+        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 2, None, Some(&narrow), 1.0).unwrap_err();
+        assert!(err.contains("rel_bias must be f32 [2, odd >= 11]"), "{err}");
     }
 }

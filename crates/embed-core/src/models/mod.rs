@@ -325,8 +325,9 @@ pub(crate) trait Encoder: Tensors {
     fn groups_by_length(&self) -> bool {
         false
     }
-    /// Whether every attention call of its forward pass can run the CPU's variable-length
-    /// kernel (scores masked by keys or a sliding window only: no additive bias).
+    /// Whether its forward pass runs the CPU's variable-length kernel on a batch marked
+    /// [`BatchInput::varlen`] (the families on `SelfAttention`: key masks, sliding windows,
+    /// a distance bias).
     fn varlen_attention(&self) -> bool {
         false
     }

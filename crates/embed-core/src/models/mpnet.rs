@@ -95,20 +95,28 @@ impl MPNet {
     /// The additive attention bias of the padded layout, `[b, heads, len, len]`: the learned
     /// bias of each query-key distance, and minus infinity at padding keys.
     fn score_bias(&self, t: &BatchInput, kind: Kind) -> Tensor {
-        let buckets = relative_buckets(t.len, self.buckets).to_device(self.relative_bias.device());
+        let pos = Tensor::arange(t.len, (Kind::Int64, Device::Cpu));
+        let buckets = relative_buckets(pos.unsqueeze(0) - pos.unsqueeze(1), self.buckets).to_device(self.relative_bias.device());
         // [len, len, heads] -> [1, heads, len, len]
         let bias = embed(&self.relative_bias, &buckets).permute([2, 0, 1]).unsqueeze(0).to_kind(kind);
         bias.masked_fill(&key_mask(t).logical_not(), f64::NEG_INFINITY)
     }
+
+    /// The same bias as the CPU's variable-length attention takes it: per head, one entry per
+    /// distance `-(len - 1)..=len - 1` (f32 `[heads, 2 len - 1]`, rounded to the model's kind
+    /// first, as the padded path adds it).
+    fn distance_table(&self, t: &BatchInput, kind: Kind) -> Tensor {
+        let distance = Tensor::arange_start(1 - t.len, t.len, (Kind::Int64, Device::Cpu));
+        let buckets = relative_buckets(distance, self.buckets).to_device(self.relative_bias.device());
+        embed(&self.relative_bias, &buckets).transpose(0, 1).to_kind(kind).to_kind(Kind::Float).contiguous()
+    }
 }
 
-/// The bucket of every (query, key) distance for sequences of `len` tokens: T5's
+/// The bucket of each key - query distance in `relative` (int64, any shape): T5's
 /// bidirectional scheme as MPNet uses it (half the buckets per direction, exact below a
 /// quarter of them, logarithmic up to `MAX_DISTANCE`). Computed with libtorch's float32 ops in
 /// the reference's order, so the rounding at bucket edges is the same.
-fn relative_buckets(len: i64, buckets: i64) -> Tensor {
-    let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu));
-    let relative = pos.unsqueeze(0) - pos.unsqueeze(1); // key - query
+fn relative_buckets(relative: Tensor, buckets: i64) -> Tensor {
     let half = buckets / 2;
     let n = -relative;
     let negative = n.lt(0).to_kind(Kind::Int64) * half;
@@ -123,10 +131,13 @@ fn relative_buckets(len: i64, buckets: i64) -> Tensor {
 impl Encoder for MPNet {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let x = self.emb.forward(t).narrow(0, 0, t.tokens);
-        let bias = self.score_bias(t, x.kind());
+        // The CPU's variable-length attention takes the bias per distance; padded attention
+        // takes it laid out over the batch.
+        let bias = if t.varlen { self.distance_table(t, x.kind()) } else { self.score_bias(t, x.kind()) };
+        let scores = if t.varlen { Scores::Relative(&bias) } else { Scores::Bias(&bias) };
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, Scores::Bias(&bias)).unwrap_or_else(|msg| panic!("{msg}"));
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|msg| panic!("{msg}"));
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&x).view([t.b, t.len, hidden])
@@ -141,6 +152,10 @@ impl Encoder for MPNet {
     }
 
     fn groups_by_length(&self) -> bool {
+        true
+    }
+
+    fn varlen_attention(&self) -> bool {
         true
     }
 

@@ -10,9 +10,9 @@ pub(crate) async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
 }
 
 /// The attention the CPU ran for a family under this process's `EMBED_CPU_ATTENTION`: by
-/// default the variable-length kernel for every encoder whose scores take a key mask or a
-/// sliding window, length groups for MPNet (its relative-position bias); `grouped`, length
-/// groups for every encoder; `padded`, neither. Decoders pad their batches in every mode.
+/// default the variable-length kernel for every encoder (key masks, ModernBERT's sliding
+/// windows, MPNet's distance bias); `grouped`, length groups for every encoder; `padded`,
+/// neither. Decoders pad their batches in every mode.
 fn assert_cpu_attention_ran(name: &str, family: &str, stats: &BatchStats) {
     let mode = std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default();
     let decoder = family == "decoder" || family == "gemma3";
@@ -20,7 +20,6 @@ fn assert_cpu_attention_ran(name: &str, family: &str, stats: &BatchStats) {
         _ if decoder => (false, false),
         "grouped" => (false, true),
         "padded" => (false, false),
-        _ if family == "mpnet" => (false, true),
         _ => (true, false),
     };
     let ran = (stats.varlen_attention_batches > 0, stats.length_grouped_batches > 0);
