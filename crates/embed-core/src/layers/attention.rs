@@ -42,11 +42,15 @@ extern "C" {
     ) -> c_int;
     fn embed_sdp_disable_cudnn();
     fn embed_cpu_attention_varlen(
-        qkv: *const c_void,
+        q: *const c_void,
+        k: *const c_void,
+        v: *const c_void,
         cu_seqlens: *const c_void,
         batch: i64,
         heads: i64,
-        half_window: i64,
+        kv_heads: i64,
+        left: i64,
+        right: i64,
         rel_bias: *const c_void,
         scale: f64,
         out: *mut *mut c_void,
@@ -123,26 +127,95 @@ pub(crate) fn flash_varlen(
     })
 }
 
+/// Which keys a query at position `i` of its sequence sees: `i - left ..= i + right` (`None`:
+/// unbounded on that side), always within the sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reach {
+    pub(crate) left: Option<i64>,
+    pub(crate) right: Option<i64>,
+}
+
+impl Reach {
+    /// Every token of the sequence (an encoder's key mask).
+    pub(crate) const ALL: Reach = Reach { left: None, right: None };
+
+    /// Keys within `half` positions either way (a bidirectional sliding window).
+    pub(crate) fn window(half: i64) -> Reach {
+        Reach { left: Some(half), right: Some(half) }
+    }
+
+    /// The query and the keys before it; with `window`, only the last `window` of them
+    /// (`i - window < j <= i`).
+    pub(crate) fn causal(window: Option<i64>) -> Reach {
+        Reach { left: window.map(|w| w - 1), right: Some(0) }
+    }
+}
+
 /// Self-attention of the batch's sequences on the CPU, each over its own tokens only (the
-/// shim's variable-length kernel): `qkv` is `[tokens, 3 * hidden]` (f32 or bf16), sequence `s`
-/// of `b` on rows `cu_seqlens[s]..cu_seqlens[s + 1]` (int32); `half_window` restricts each query
-/// to keys within that distance; `rel_bias` (f32 `[heads, 2c + 1]`, see [`Scores::Relative`]) is
-/// added to the scaled scores. Returns `[tokens, hidden]` in qkv's kind.
+/// shim's variable-length kernel). `q` is `[tokens, heads * head_dim]`, `k` and `v` `[tokens,
+/// kv_heads * head_dim]` (`kv_heads` dividing `heads`: grouped-query attention), f32 or bf16,
+/// each row's values contiguous (views of one fused projection will do); sequence `s` of `b` on
+/// rows `cu_seqlens[s]..cu_seqlens[s + 1]` (int32). `rel_bias` (f32 `[heads, 2c + 1]`, see
+/// [`Scores::Relative`]) is added to the scaled scores. Returns `[tokens, heads * head_dim]` in
+/// q's kind.
 pub(crate) fn cpu_varlen(
-    qkv: &Tensor,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (heads, kv_heads): (i64, i64),
     cu_seqlens: &Tensor,
     b: i64,
-    heads: i64,
-    half_window: Option<i64>,
+    reach: Reach,
     rel_bias: Option<&Tensor>,
     scale: f64,
 ) -> std::result::Result<Tensor, String> {
     let bias = rel_bias.map_or(std::ptr::null(), |t| t.as_ptr().cast());
+    let (left, right) = (reach.left.unwrap_or(-1), reach.right.unwrap_or(-1));
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
-    // shape and bound, and catches every C++ exception.
+    // shape, stride and bound, and catches every C++ exception.
     super::shim_tensor(|out, err, len| unsafe {
-        embed_cpu_attention_varlen(qkv.as_ptr().cast(), cu_seqlens.as_ptr().cast(), b, heads, half_window.unwrap_or(-1), bias, scale, out, err, len)
+        embed_cpu_attention_varlen(
+            q.as_ptr().cast(),
+            k.as_ptr().cast(),
+            v.as_ptr().cast(),
+            cu_seqlens.as_ptr().cast(),
+            b,
+            heads,
+            kv_heads,
+            left,
+            right,
+            bias,
+            scale,
+            out,
+            err,
+            len,
+        )
     })
+}
+
+/// [`cpu_varlen`] on one fused projection `[tokens, 3 * hidden]` (Q, K, V in that order).
+fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_bias: Option<&Tensor>, scale: f64) -> std::result::Result<Tensor, String> {
+    let hidden = qkv.size()[1] / 3;
+    let part = |i: i64| qkv.narrow(1, i * hidden, hidden);
+    cpu_varlen((&part(0), &part(1), &part(2)), (heads, heads), &t.cu_seqlens, t.b, reach, rel_bias, scale)
+}
+
+/// Attention over separate Q `[n, heads, head_dim]` and K, V `[n, kv_heads, head_dim]` (the
+/// decoder families' layout, grouped-query where `kv_heads < heads`), `n` the real tokens:
+/// the CPU's variable-length kernel over `reach` on a batch marked `varlen`, else padded SDPA
+/// under `mask` (`None`: causal). `scale` defaults to `1 / sqrt(head_dim)`. Returns
+/// `[n, heads * head_dim]`.
+pub(crate) fn split_heads(q: &Tensor, k: &Tensor, v: &Tensor, t: &BatchInput, reach: Reach, mask: Option<&Tensor>, scale: Option<f64>) -> Tensor {
+    let (n, heads, d) = (q.size()[0], q.size()[1], q.size()[2]);
+    let kv_heads = k.size()[1];
+    if t.varlen {
+        let flat = |x: &Tensor| x.reshape([n, -1]);
+        let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+        return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|msg| panic!("{msg}"));
+    }
+    let (q, k, v) = (heads_padded(q, t), heads_padded(k, t), heads_padded(v, t));
+    let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), scale, heads != kv_heads)
+        .transpose(1, 2)
+        .reshape([t.b * t.len, heads * d]);
+    t.unpad(ctx)
 }
 
 /// What a padded attention call masks its scores with.
@@ -168,13 +241,13 @@ impl Scores<'_> {
         }
     }
 
-    /// What the variable-length kernel takes, `(window, distance bias)`; `None` where it cannot
+    /// What the variable-length kernel takes, `(reach, distance bias)`; `None` where it cannot
     /// take the scores.
-    fn varlen(&self) -> Option<(Option<i64>, Option<&Tensor>)> {
+    fn varlen(&self) -> Option<(Reach, Option<&Tensor>)> {
         match self {
-            Scores::Keys(_) => Some((None, None)),
-            Scores::Window(_, w) => Some((Some(*w), None)),
-            Scores::Relative(table) => Some((None, Some(table))),
+            Scores::Keys(_) => Some((Reach::ALL, None)),
+            Scores::Window(_, w) => Some((Reach::window(*w), None)),
+            Scores::Relative(table) => Some((Reach::ALL, Some(table))),
             Scores::Bias(_) => None,
         }
     }
@@ -293,8 +366,8 @@ impl SelfAttention {
                 Ok(ctx.reshape([n, hidden]))
             }
             Mode::Padded => {
-                if let (true, Some((window, bias))) = (t.varlen, scores.varlen()) {
-                    return cpu_varlen(&qkv, &t.cu_seqlens, t.b, self.heads, window, bias, scale);
+                if let (true, Some((reach, bias))) = (t.varlen, scores.varlen()) {
+                    return cpu_varlen_fused(&qkv, self.heads, t, reach, bias, scale);
                 }
                 if let Scores::Relative(_) = scores {
                     return Err("a distance-bias table reached padded attention (the batch is not varlen)".into());
@@ -327,24 +400,34 @@ impl SelfAttention {
 mod tests {
     use super::*;
 
-    /// Reference: each sequence alone through libtorch's SDPA under an explicit mask.
-    fn sdpa_reference(qkv: &Tensor, lens: &[i64], heads: i64, half_window: Option<i64>, rel: Option<&Tensor>, scale: f64) -> Tensor {
-        let d = qkv.size()[1] / (3 * heads);
+    /// Reference: each sequence alone through libtorch's SDPA under an explicit mask (and the
+    /// distance bias as a float mask), key-value heads repeated for their query heads.
+    fn sdpa_reference(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[i64], (heads, kv_heads): (i64, i64), reach: Reach, rel: Option<&Tensor>, scale: f64) -> Tensor {
+        let d = q.size()[1] / heads;
         let mut out = Vec::new();
         let mut start = 0;
         for &len in lens {
-            let x = qkv.narrow(0, start, len).to_kind(Kind::Float).view([len, 3, heads, d]).permute([1, 2, 0, 3]);
+            let rows = |x: &Tensor, h: i64| {
+                let x = x.narrow(0, start, len).to_kind(Kind::Float).view([len, h, d]).transpose(0, 1);
+                x.repeat_interleave_self_int(heads / h, Some(0), None)
+            };
             let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu));
-            let dist = (pos.unsqueeze(1) - pos.unsqueeze(0)).abs();
-            let mut mask = dist.le(half_window.unwrap_or(len)).view([1, len, len]);
+            let ahead = pos.unsqueeze(0) - pos.unsqueeze(1); // [i, j] = j - i
+            let mut mask = Tensor::ones([len, len], (Kind::Bool, Device::Cpu));
+            if let Some(l) = reach.left {
+                mask = mask.logical_and(&(-&ahead).le(l));
+            }
+            if let Some(r) = reach.right {
+                mask = mask.logical_and(&ahead.le(r));
+            }
+            let mut mask = mask.view([1, len, len]);
             if let Some(table) = rel {
-                // [heads, len, len]: entry c + j - i of each head's row, -inf outside the window.
+                // [heads, len, len]: entry c + j - i of each head's row, -inf out of reach.
                 let c = (table.size()[1] - 1) / 2;
-                let index = pos.unsqueeze(0) - pos.unsqueeze(1) + c;
-                let bias = table.index_select(1, &index.flatten(0, 1)).view([heads, len, len]);
+                let bias = table.index_select(1, &(&ahead + c).flatten(0, 1)).view([heads, len, len]);
                 mask = bias.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
             }
-            let ctx = Tensor::scaled_dot_product_attention(&x.get(0), &x.get(1), &x.get(2), Some(&mask), 0.0, false, Some(scale), false);
+            let ctx = Tensor::scaled_dot_product_attention(&rows(q, heads), &rows(k, kv_heads), &rows(v, kv_heads), Some(&mask), 0.0, false, Some(scale), false);
             out.push(ctx.transpose(0, 1).reshape([len, heads * d]));
             start += len;
         }
@@ -359,51 +442,85 @@ mod tests {
         Tensor::from_slice(&cu)
     }
 
-    /// The kernel against SDPA: lengths below, at and past one vector of keys (16), head sizes
-    /// that are and are not a multiple of 16, whole sequences and sliding windows, f32 and bf16.
+    /// `q`, `k`, `v` through the kernel and through SDPA, in f32 and in bf16.
+    fn check(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[i64], heads: (i64, i64), reach: Reach, rel: Option<&Tensor>, what: &str) {
+        let d = q.size()[1] / heads.0;
+        let scale = 1.0 / (d as f64).sqrt();
+        let cu = cu_seqlens(lens);
+        let b = lens.len() as i64;
+        let expected = sdpa_reference(q, k, v, lens, heads, reach, rel, scale);
+        let got = cpu_varlen((q, k, v), heads, &cu, b, reach, rel, scale).unwrap();
+        assert_eq!(got.size(), expected.size());
+        let diff = (&got - &expected).abs().max().double_value(&[]);
+        assert!(diff <= 2e-5, "f32, {what}: max difference {diff}");
+
+        let half = |x: &Tensor| x.to_kind(Kind::BFloat16);
+        let (q, k, v) = (half(q), half(k), half(v));
+        let expected = sdpa_reference(&q, &k, &v, lens, heads, reach, rel, scale);
+        let got = cpu_varlen((&q, &k, &v), heads, &cu, b, reach, rel, scale).unwrap();
+        assert_eq!(got.kind(), Kind::BFloat16);
+        // Two bf16 steps (2^-8 of the largest output each): the output's own rounding and the
+        // sums' different order.
+        let diff = (got.to_kind(Kind::Float) - &expected).abs().max().double_value(&[]);
+        let bound = expected.abs().max().double_value(&[]) / 128.0;
+        assert!(diff <= bound, "bf16, {what}: max difference {diff} > {bound}");
+    }
+
+    /// The kernel against SDPA on one fused QKV projection (the encoders' layout, read through
+    /// strided views): lengths below, at and past one vector of keys (16), head sizes that are
+    /// and are not a multiple of 16, whole sequences, sliding windows, a distance bias.
     #[test]
-    fn cpu_varlen_matches_sdpa_per_sequence() {
+    fn cpu_varlen_matches_sdpa_on_a_fused_projection() {
         tch::manual_seed(7);
         let lens = [40i64, 17, 16, 5, 1, 23];
         let tokens: i64 = lens.iter().sum();
         for (heads, d) in [(3i64, 20i64), (2, 32), (1, 64)] {
-            let scale = 1.0 / (d as f64).sqrt();
             let qkv = Tensor::randn([tokens, 3 * heads * d], (Kind::Float, Device::Cpu)) * 2.0;
+            let part = |i: i64| qkv.narrow(1, i * heads * d, heads * d);
             // A distance bias as MPNet's (wider than needed: c = 41 for sequences up to 40).
             let table = Tensor::randn([heads, 83], (Kind::Float, Device::Cpu));
-            for (window, rel) in [(None, None), (Some(3), None), (Some(0), None), (None, Some(&table))] {
-                let what = format!("heads {heads}, head size {d}, window {window:?}, distance bias {}", rel.is_some());
-                let expected = sdpa_reference(&qkv, &lens, heads, window, rel, scale);
-                let got = cpu_varlen(&qkv, &cu_seqlens(&lens), lens.len() as i64, heads, window, rel, scale).unwrap();
-                assert_eq!(got.size(), [tokens, heads * d]);
-                let diff = (&got - &expected).abs().max().double_value(&[]);
-                assert!(diff <= 2e-5, "f32, {what}: max difference {diff}");
-
-                let half = qkv.to_kind(Kind::BFloat16);
-                let expected = sdpa_reference(&half, &lens, heads, window, rel, scale);
-                let got = cpu_varlen(&half, &cu_seqlens(&lens), lens.len() as i64, heads, window, rel, scale).unwrap();
-                assert_eq!(got.kind(), Kind::BFloat16);
-                // Two bf16 steps (2^-8 of the largest output each): the output's own rounding
-                // and the sums' different order.
-                let diff = (got.to_kind(Kind::Float) - &expected).abs().max().double_value(&[]);
-                let bound = expected.abs().max().double_value(&[]) / 128.0;
-                assert!(diff <= bound, "bf16, {what}: max difference {diff} > {bound}");
+            for (reach, rel) in [(Reach::ALL, None), (Reach::window(3), None), (Reach::window(0), None), (Reach::ALL, Some(&table))] {
+                let what = format!("heads {heads}, head size {d}, {reach:?}, distance bias {}", rel.is_some());
+                check(&part(0), &part(1), &part(2), &lens, (heads, heads), reach, rel, &what);
             }
         }
     }
 
+    /// Decoders' layout: separate Q, K and V, four query heads on two key-value heads, causal
+    /// with and without a window, and bidirectional.
     #[test]
-    fn cpu_varlen_refuses_bounds_that_do_not_fit() {
-        let qkv = Tensor::zeros([10, 3 * 2 * 8], (Kind::Float, Device::Cpu));
-        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 7]), 2, 2, None, None, 1.0).unwrap_err();
-        assert!(err.contains("cu_seqlens spans 11 rows, qkv has 10"), "{err}");
-        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 5, None, None, 1.0).unwrap_err();
-        assert!(err.contains("not Q, K and V of 5 heads"), "{err}");
-        let err = cpu_varlen(&qkv.to_kind(Kind::Double), &cu_seqlens(&[4, 6]), 2, 2, None, None, 1.0).unwrap_err();
+    fn cpu_varlen_matches_sdpa_with_grouped_query_heads() {
+        tch::manual_seed(11);
+        let lens = [33i64, 16, 9, 1];
+        let tokens: i64 = lens.iter().sum();
+        let (heads, kv_heads, d) = (4i64, 2i64, 24i64);
+        let q = Tensor::randn([tokens, heads * d], (Kind::Float, Device::Cpu)) * 2.0;
+        let k = Tensor::randn([tokens, kv_heads * d], (Kind::Float, Device::Cpu)) * 2.0;
+        let v = Tensor::randn([tokens, kv_heads * d], (Kind::Float, Device::Cpu));
+        for reach in [Reach::causal(None), Reach::causal(Some(4)), Reach::causal(Some(1)), Reach::ALL] {
+            check(&q, &k, &v, &lens, (heads, kv_heads), reach, None, &format!("{reach:?}"));
+        }
+    }
+
+    #[test]
+    fn cpu_varlen_refuses_what_does_not_fit() {
+        let zeros = |n: i64, w: i64| Tensor::zeros([n, w], (Kind::Float, Device::Cpu));
+        let (q, kv) = (zeros(10, 16), zeros(10, 16));
+        let run = |q: &Tensor, k: &Tensor, heads, lens: &[i64], rel: Option<&Tensor>| {
+            cpu_varlen((q, k, k), heads, &cu_seqlens(lens), lens.len() as i64, Reach::ALL, rel, 1.0).unwrap_err()
+        };
+        let err = run(&q, &kv, (2, 2), &[4, 7], None);
+        assert!(err.contains("cu_seqlens spans 11 rows, q has 10"), "{err}");
+        let err = run(&q, &kv, (5, 5), &[4, 6], None);
+        assert!(err.contains("16 query columns are not 5 heads sharing 5 key-value heads"), "{err}");
+        let err = run(&q, &zeros(10, 24), (2, 2), &[4, 6], None);
+        assert!(err.contains("k and v must have 2 heads of 8"), "{err}");
+        let err = run(&q, &zeros(9, 16), (2, 2), &[4, 6], None);
+        assert!(err.contains("one dtype and row count"), "{err}");
+        let err = run(&q.to_kind(Kind::Double), &kv.to_kind(Kind::Double), (2, 2), &[4, 6], None);
         assert!(err.contains("f32 or bf16"), "{err}");
         // A distance table too narrow for the longest sequence (6 tokens need 11 entries).
-        let narrow = Tensor::zeros([2, 9], (Kind::Float, Device::Cpu));
-        let err = cpu_varlen(&qkv, &cu_seqlens(&[4, 6]), 2, 2, None, Some(&narrow), 1.0).unwrap_err();
+        let err = run(&q, &kv, (2, 2), &[4, 6], Some(&zeros(2, 9)));
         assert!(err.contains("rel_bias must be f32 [2, odd >= 11]"), "{err}");
     }
 }

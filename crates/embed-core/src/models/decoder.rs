@@ -10,7 +10,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{heads_padded, key_mask, AttentionPath};
+use crate::layers::attention::{key_mask, split_heads, AttentionPath, Reach};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::Rotary;
 use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
@@ -176,7 +176,7 @@ impl Encoder for Decoder {
         } else {
             Some(key_mask(t))
         };
-        let gqa = self.kv_heads != self.heads;
+        let reach = if self.causal { Reach::causal(self.sliding_window) } else { Reach::ALL };
         for layer in &self.layers {
             let h = layer.attn_norm.forward(&x);
             let mut q = layer.q.forward(&h).view([n, self.heads, self.head_dim]);
@@ -187,11 +187,8 @@ impl Encoder for Decoder {
                 k = kn.forward(&k);
             }
             let (q, k) = (rope.apply(&q), rope.apply(&k));
-            let (q, k, v) = (heads_padded(&q, t), heads_padded(&k, t), heads_padded(&v, t));
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), 0.0, mask.is_none(), None, gqa)
-                .transpose(1, 2)
-                .reshape([t.b * t.len, self.heads * self.head_dim]);
-            x += layer.o.forward(&t.unpad(ctx));
+            let ctx = crate::profile::stage("attention", || split_heads(&q, &k, &v, t, reach, mask.as_ref(), None));
+            x += layer.o.forward(&ctx);
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
@@ -203,6 +200,10 @@ impl Encoder for Decoder {
 
     fn attention_path(&self) -> AttentionPath {
         AttentionPath::Padded
+    }
+
+    fn varlen_attention(&self) -> bool {
+        true
     }
 
     #[cfg(feature = "planted-leak")]

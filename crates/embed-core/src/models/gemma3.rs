@@ -11,7 +11,7 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
 use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{heads_padded, key_mask, window_mask, AttentionPath};
+use crate::layers::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
 use crate::layers::ffn::{Activation, Glu};
 use crate::layers::rotary::{Rotary, RotaryTable};
 use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
@@ -164,6 +164,15 @@ impl Gemma3 {
     /// The attention mask of a global or a sliding layer, never showing a padding key. A
     /// sliding layer with window W lets query i see key j when `|i - j| <= W / 2`
     /// (bidirectional, as transformers halves the window then) or `0 <= i - j < W` (causal).
+    /// What [`Gemma3::mask`] lets a query see, as the CPU's variable-length kernel takes it.
+    fn reach(&self, sliding: bool) -> Reach {
+        match (self.bidirectional, sliding) {
+            (true, false) => Reach::ALL,
+            (true, true) => Reach::window(self.window / 2),
+            (false, sliding) => Reach::causal(sliding.then_some(self.window)),
+        }
+    }
+
     fn mask(&self, t: &BatchInput, sliding: bool) -> Tensor {
         match (self.bidirectional, sliding) {
             (true, false) => key_mask(t),
@@ -188,19 +197,16 @@ impl Encoder for Gemma3 {
         let mut x = e * scale;
         let global: (RotaryTable, Tensor) = (self.global_rope.table(&t.positions, n, kind), self.mask(t, false));
         let local: (RotaryTable, Tensor) = (self.local_rope.table(&t.positions, n, kind), self.mask(t, true));
-        let gqa = self.kv_heads != self.heads;
         for layer in &self.layers {
             let (rope, mask) = if layer.sliding { (&local.0, &local.1) } else { (&global.0, &global.1) };
+            let reach = self.reach(layer.sliding);
             let h = layer.input_norm.forward(&x);
             let q = layer.q_norm.forward(&layer.q.forward(&h).view([n, self.heads, self.head_dim]));
             let k = layer.k_norm.forward(&layer.k.forward(&h).view([n, self.kv_heads, self.head_dim]));
             let v = layer.v.forward(&h).view([n, self.kv_heads, self.head_dim]);
             let (q, k) = (rope.apply(&q), rope.apply(&k));
-            let (q, k, v) = (heads_padded(&q, t), heads_padded(&k, t), heads_padded(&v, t));
-            let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(mask), 0.0, false, Some(self.query_scale), gqa)
-                .transpose(1, 2)
-                .reshape([t.b * t.len, self.heads * self.head_dim]);
-            x += layer.post_attn_norm.forward(&layer.o.forward(&t.unpad(ctx)));
+            let ctx = crate::profile::stage("attention", || split_heads(&q, &k, &v, t, reach, Some(mask), Some(self.query_scale)));
+            x += layer.post_attn_norm.forward(&layer.o.forward(&ctx));
             x = &x + layer.post_mlp_norm.forward(&layer.mlp.forward(&layer.pre_mlp_norm.forward(&x)));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])
@@ -212,6 +218,10 @@ impl Encoder for Gemma3 {
 
     fn attention_path(&self) -> AttentionPath {
         AttentionPath::Padded
+    }
+
+    fn varlen_attention(&self) -> bool {
+        true
     }
 
     #[cfg(feature = "planted-leak")]

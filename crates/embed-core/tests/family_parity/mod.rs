@@ -10,15 +10,14 @@ pub(crate) async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
 }
 
 /// The attention the CPU ran for a family under this process's `EMBED_CPU_ATTENTION`: by
-/// default the variable-length kernel for every encoder (key masks, ModernBERT's sliding
-/// windows, MPNet's distance bias); `grouped`, length groups for every encoder; `padded`,
-/// neither. Decoders pad their batches in every mode.
+/// default the variable-length kernel for every family (key masks, sliding windows, MPNet's
+/// distance bias, the decoders' causal and grouped-query heads); `grouped`, length groups for
+/// the encoders and padded batches for the decoders; `padded`, padded batches for all.
 fn assert_cpu_attention_ran(name: &str, family: &str, stats: &BatchStats) {
     let mode = std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default();
     let decoder = family == "decoder" || family == "gemma3";
     let (varlen, grouped) = match mode.as_str() {
-        _ if decoder => (false, false),
-        "grouped" => (false, true),
+        "grouped" => (false, !decoder),
         "padded" => (false, false),
         _ => (true, false),
     };
