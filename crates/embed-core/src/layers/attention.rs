@@ -402,7 +402,7 @@ mod tests {
 
     /// Reference: each sequence alone through libtorch's SDPA under an explicit mask (and the
     /// distance bias as a float mask), key-value heads repeated for their query heads.
-    fn sdpa_reference(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[i64], (heads, kv_heads): (i64, i64), reach: Reach, rel: Option<&Tensor>, scale: f64) -> Tensor {
+    fn sdpa_reference((q, k, v): (&Tensor, &Tensor, &Tensor), lens: &[i64], (heads, kv_heads): (i64, i64), reach: Reach, rel: Option<&Tensor>, scale: f64) -> Tensor {
         let d = q.size()[1] / heads;
         let mut out = Vec::new();
         let mut start = 0;
@@ -443,12 +443,12 @@ mod tests {
     }
 
     /// `q`, `k`, `v` through the kernel and through SDPA, in f32 and in bf16.
-    fn check(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[i64], heads: (i64, i64), reach: Reach, rel: Option<&Tensor>, what: &str) {
+    fn check((q, k, v): (&Tensor, &Tensor, &Tensor), lens: &[i64], heads: (i64, i64), reach: Reach, rel: Option<&Tensor>, what: &str) {
         let d = q.size()[1] / heads.0;
         let scale = 1.0 / (d as f64).sqrt();
         let cu = cu_seqlens(lens);
         let b = lens.len() as i64;
-        let expected = sdpa_reference(q, k, v, lens, heads, reach, rel, scale);
+        let expected = sdpa_reference((q, k, v), lens, heads, reach, rel, scale);
         let got = cpu_varlen((q, k, v), heads, &cu, b, reach, rel, scale).unwrap();
         assert_eq!(got.size(), expected.size());
         let diff = (&got - &expected).abs().max().double_value(&[]);
@@ -456,7 +456,7 @@ mod tests {
 
         let half = |x: &Tensor| x.to_kind(Kind::BFloat16);
         let (q, k, v) = (half(q), half(k), half(v));
-        let expected = sdpa_reference(&q, &k, &v, lens, heads, reach, rel, scale);
+        let expected = sdpa_reference((&q, &k, &v), lens, heads, reach, rel, scale);
         let got = cpu_varlen((&q, &k, &v), heads, &cu, b, reach, rel, scale).unwrap();
         assert_eq!(got.kind(), Kind::BFloat16);
         // Two bf16 steps (2^-8 of the largest output each): the output's own rounding and the
@@ -481,7 +481,7 @@ mod tests {
             let table = Tensor::randn([heads, 83], (Kind::Float, Device::Cpu));
             for (reach, rel) in [(Reach::ALL, None), (Reach::window(3), None), (Reach::window(0), None), (Reach::ALL, Some(&table))] {
                 let what = format!("heads {heads}, head size {d}, {reach:?}, distance bias {}", rel.is_some());
-                check(&part(0), &part(1), &part(2), &lens, (heads, heads), reach, rel, &what);
+                check((&part(0), &part(1), &part(2)), &lens, (heads, heads), reach, rel, &what);
             }
         }
     }
@@ -498,7 +498,7 @@ mod tests {
         let k = Tensor::randn([tokens, kv_heads * d], (Kind::Float, Device::Cpu)) * 2.0;
         let v = Tensor::randn([tokens, kv_heads * d], (Kind::Float, Device::Cpu));
         for reach in [Reach::causal(None), Reach::causal(Some(4)), Reach::causal(Some(1)), Reach::ALL] {
-            check(&q, &k, &v, &lens, (heads, kv_heads), reach, None, &format!("{reach:?}"));
+            check((&q, &k, &v), &lens, (heads, kv_heads), reach, None, &format!("{reach:?}"));
         }
     }
 
