@@ -42,7 +42,7 @@ inline v16 load16(const float* p) {
   return v;
 }
 
-inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void store16(float* p, const v16& v) { std::memcpy(p, &v, sizeof v); }
 
 // Queries handled together: their accumulators are independent, so the FMAs overlap instead of
 // waiting on each other, and each row of K and V loaded serves all of them.
@@ -98,16 +98,23 @@ __attribute__((always_inline)) inline void attend_t(const Job<T>& job, int64_t s
     for (int64_t i0 = 0; i0 < len; i0 += kQueries) {
       // Past the sequence's end the last query is computed again and not stored.
       int64_t qi[kQueries], lo[kQueries], hi[kQueries];
+      int64_t from = len, to = 0;
       for (int64_t k = 0; k < kQueries; ++k) {
         qi[k] = std::min(i0 + k, len - 1);
         // The keys query qi sees: [lo, hi).
         lo[k] = job.left < 0 ? 0 : std::max<int64_t>(0, qi[k] - job.left);
         hi[k] = job.right < 0 ? len : std::min<int64_t>(len, qi[k] + job.right + 1);
+        from = std::min(from, lo[k]);
+        to = std::max(to, hi[k]);
         const T* qr = job.q + (start + qi[k]) * job.q_stride + h * d;
         for (int64_t c = 0; c < d; ++c) qs[k * d + c] = load_f(qr, c) * job.scale;
       }
+      // Only the blocks of keys some of these queries see (a causal query sees none after
+      // itself, a window none outside it).
+      const int64_t jfirst = from / kLanes * kLanes;
+      const int64_t jend = padded_len(to);
       // Scores, sixteen keys at a time, summed over the head's dimensions in registers.
-      for (int64_t jb = 0; jb < lp; jb += kLanes) {
+      for (int64_t jb = jfirst; jb < jend; jb += kLanes) {
         v16 acc[kQueries] = {};
         for (int64_t c = 0; c < d; ++c) {
           const v16 kc = load16(kt + c * lp + jb);
@@ -122,27 +129,24 @@ __attribute__((always_inline)) inline void attend_t(const Job<T>& job, int64_t s
           float* pk = p + k * lp;
           const float* bk = job.bias + h * (2 * job.center + 1) + job.center - qi[k];
 #pragma omp simd
-          for (int64_t j = 0; j < len; ++j) pk[j] += bk[j];
+          for (int64_t j = from; j < to; ++j) pk[j] += bk[j];
         }
       }
       float inv[kQueries];
-      int64_t from = len, to = 0;
       for (int64_t k = 0; k < kQueries; ++k) {
         float* pk = p + k * lp;
         const int64_t l = lo[k], u = hi[k];
         float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-        for (int64_t j = 0; j < lp; ++j) m = std::max(m, (j >= l && j < u) ? pk[j] : -INFINITY);
+        for (int64_t j = jfirst; j < jend; ++j) m = std::max(m, (j >= l && j < u) ? pk[j] : -INFINITY);
         float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < lp; ++j) {
+        for (int64_t j = jfirst; j < jend; ++j) {
           const float e = (j >= l && j < u) ? exp_approx(pk[j] - m) : 0.f;
           pk[j] = e;
           sum += e;
         }
         inv[k] = 1.f / sum;
-        from = std::min(from, l);
-        to = std::max(to, u);
       }
       // The weighted sums of V, sixteen dimensions at a time in registers (a query's weight is
       // zero outside its own keys).
