@@ -204,18 +204,20 @@ fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_
 /// under `mask` (`None`: causal). `scale` defaults to `1 / sqrt(head_dim)`. Returns
 /// `[n, heads * head_dim]`.
 pub(crate) fn split_heads(q: &Tensor, k: &Tensor, v: &Tensor, t: &BatchInput, reach: Reach, mask: Option<&Tensor>, scale: Option<f64>) -> Tensor {
-    let (n, heads, d) = (q.size()[0], q.size()[1], q.size()[2]);
-    let kv_heads = k.size()[1];
-    if t.varlen {
-        let flat = |x: &Tensor| x.reshape([n, -1]);
-        let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-        return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|msg| panic!("{msg}"));
-    }
-    let (q, k, v) = (heads_padded(q, t), heads_padded(k, t), heads_padded(v, t));
-    let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), scale, heads != kv_heads)
-        .transpose(1, 2)
-        .reshape([t.b * t.len, heads * d]);
-    t.unpad(ctx)
+    crate::profile::stage("attention", || {
+        let (n, heads, d) = (q.size()[0], q.size()[1], q.size()[2]);
+        let kv_heads = k.size()[1];
+        if t.varlen {
+            let flat = |x: &Tensor| x.reshape([n, -1]);
+            let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
+            return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|msg| panic!("{msg}"));
+        }
+        let (q, k, v) = (heads_padded(q, t), heads_padded(k, t), heads_padded(v, t));
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), scale, heads != kv_heads)
+            .transpose(1, 2)
+            .reshape([t.b * t.len, heads * d]);
+        t.unpad(ctx)
+    })
 }
 
 /// What a padded attention call masks its scores with.

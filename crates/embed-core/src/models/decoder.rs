@@ -187,7 +187,7 @@ impl Encoder for Decoder {
                 k = kn.forward(&k);
             }
             let (q, k) = (rope.apply(&q), rope.apply(&k));
-            let ctx = crate::profile::stage("attention", || split_heads(&q, &k, &v, t, reach, mask.as_ref(), None));
+            let ctx = split_heads(&q, &k, &v, t, reach, mask.as_ref(), None);
             x += layer.o.forward(&ctx);
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }

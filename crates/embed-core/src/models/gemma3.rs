@@ -164,15 +164,6 @@ impl Gemma3 {
     /// The attention mask of a global or a sliding layer, never showing a padding key. A
     /// sliding layer with window W lets query i see key j when `|i - j| <= W / 2`
     /// (bidirectional, as transformers halves the window then) or `0 <= i - j < W` (causal).
-    /// What [`Gemma3::mask`] lets a query see, as the CPU's variable-length kernel takes it.
-    fn reach(&self, sliding: bool) -> Reach {
-        match (self.bidirectional, sliding) {
-            (true, false) => Reach::ALL,
-            (true, true) => Reach::window(self.window / 2),
-            (false, sliding) => Reach::causal(sliding.then_some(self.window)),
-        }
-    }
-
     fn mask(&self, t: &BatchInput, sliding: bool) -> Tensor {
         match (self.bidirectional, sliding) {
             (true, false) => key_mask(t),
@@ -183,6 +174,15 @@ impl Gemma3 {
                 let causal = if sliding { d.ge(0).logical_and(&d.lt(self.window)) } else { d.ge(0) };
                 causal.view([1, 1, t.len, t.len]).logical_and(&key_mask(t))
             }
+        }
+    }
+
+    /// What [`Gemma3::mask`] lets a query see, as the CPU's variable-length kernel takes it.
+    fn reach(&self, sliding: bool) -> Reach {
+        match (self.bidirectional, sliding) {
+            (true, false) => Reach::ALL,
+            (true, true) => Reach::window(self.window / 2),
+            (false, sliding) => Reach::causal(sliding.then_some(self.window)),
         }
     }
 }
@@ -205,7 +205,7 @@ impl Encoder for Gemma3 {
             let k = layer.k_norm.forward(&layer.k.forward(&h).view([n, self.kv_heads, self.head_dim]));
             let v = layer.v.forward(&h).view([n, self.kv_heads, self.head_dim]);
             let (q, k) = (rope.apply(&q), rope.apply(&k));
-            let ctx = crate::profile::stage("attention", || split_heads(&q, &k, &v, t, reach, Some(mask), Some(self.query_scale)));
+            let ctx = split_heads(&q, &k, &v, t, reach, Some(mask), Some(self.query_scale));
             x += layer.post_attn_norm.forward(&layer.o.forward(&ctx));
             x = &x + layer.post_mlp_norm.forward(&layer.mlp.forward(&layer.pre_mlp_norm.forward(&x)));
         }

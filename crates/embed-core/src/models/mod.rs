@@ -326,8 +326,8 @@ pub(crate) trait Encoder: Tensors {
         false
     }
     /// Whether its forward pass runs the CPU's variable-length kernel on a batch marked
-    /// [`BatchInput::varlen`] (the families on `SelfAttention`: key masks, sliding windows,
-    /// a distance bias).
+    /// [`BatchInput::varlen`] (key masks, sliding windows, MPNet's distance bias, the decoders'
+    /// causal and grouped-query heads).
     fn varlen_attention(&self) -> bool {
         false
     }

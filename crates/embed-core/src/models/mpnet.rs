@@ -133,8 +133,14 @@ impl Encoder for MPNet {
         let x = self.emb.forward(t).narrow(0, 0, t.tokens);
         // The CPU's variable-length attention takes the bias per distance; padded attention
         // takes it laid out over the batch.
-        let bias = if t.varlen { self.distance_table(t, x.kind()) } else { self.score_bias(t, x.kind()) };
-        let scores = if t.varlen { Scores::Relative(&bias) } else { Scores::Bias(&bias) };
+        let bias;
+        let scores = if t.varlen {
+            bias = self.distance_table(t, x.kind());
+            Scores::Relative(&bias)
+        } else {
+            bias = self.score_bias(t, x.kind());
+            Scores::Bias(&bias)
+        };
         let mut x = x;
         for layer in &self.layers {
             x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|msg| panic!("{msg}"));

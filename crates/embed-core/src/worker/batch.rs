@@ -188,8 +188,8 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
 /// How CPU batches run attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CpuAttention {
-    /// The shim's variable-length kernel where the family's scores allow it (key masks and
-    /// sliding windows), length groups for the others: the default.
+    /// The shim's variable-length kernel for the families that run it (every one now, see
+    /// `Encoder::varlen_attention`), length groups for any other: the default.
     Varlen,
     /// Padded SDPA in runs of similar length.
     Grouped,
