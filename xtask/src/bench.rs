@@ -89,34 +89,53 @@ fn parse_vectors(text: &str) -> Result<Vec<Vec<f64>>> {
         .collect()
 }
 
+/// Cosine margin of a near tie (as `embed_testkit::NEAR_TIE_COSINE`): neighbours whose
+/// similarities differ by less than this swap places unnoticed by a search user.
+pub(crate) const NEAR_TIE_COSINE: f64 = 0.005;
+
 /// Each item's `k` nearest neighbours under `got` against those under `reference` (cosine, the
-/// item itself left out): the share of items with the same set, and the mean share kept.
-pub(crate) fn same_top_k(got: &[Vec<f64>], reference: &[Vec<f64>], k: usize) -> (f64, f64) {
+/// item itself left out): the share of items with the same set, the mean share kept, and the
+/// share whose top `k` under `got` all sit, by `reference`'s similarities, within
+/// [`NEAR_TIE_COSINE`] of `reference`'s k-th neighbour (the same set up to near ties).
+pub(crate) fn same_top_k(got: &[Vec<f64>], reference: &[Vec<f64>], k: usize) -> TopK {
     let unit = |v: &[Vec<f64>]| -> Vec<Vec<f64>> {
         v.iter().map(|x| {
             let n = x.iter().map(|p| p * p).sum::<f64>().sqrt().max(1e-30);
             x.iter().map(|p| p / n).collect()
         }).collect()
     };
-    let top = |v: &[Vec<f64>], i: usize| -> Vec<usize> {
-        let mut s: Vec<(f64, usize)> = (0..v.len()).filter(|&j| j != i).map(|j| (v[i].iter().zip(&v[j]).map(|(a, b)| a * b).sum(), j)).collect();
+    let dot = |a: &[f64], b: &[f64]| -> f64 { a.iter().zip(b).map(|(x, y)| x * y).sum() };
+    // The top k as a sorted set, and the k-th similarity.
+    let top = |v: &[Vec<f64>], i: usize| -> (Vec<usize>, f64) {
+        let mut s: Vec<(f64, usize)> = (0..v.len()).filter(|&j| j != i).map(|j| (dot(&v[i], &v[j]), j)).collect();
         let k = k.min(s.len());
         s.select_nth_unstable_by(k.saturating_sub(1), |a, b| b.0.total_cmp(&a.0));
+        let kth = s[k.saturating_sub(1)].0;
         let mut set: Vec<usize> = s[..k].iter().map(|&(_, j)| j).collect();
         set.sort_unstable();
-        set
+        (set, kth)
     };
     let (a, b) = (unit(got), unit(reference));
-    if a.len() != b.len() || a.len() <= k {
-        return (f64::NAN, f64::NAN);
+    if a.len() != b.len() || a.len() <= k || k == 0 {
+        return TopK { same_set: f64::NAN, kept: f64::NAN, near_tie: f64::NAN };
     }
-    let (mut same, mut kept) = (0usize, 0usize);
+    let (mut same, mut kept, mut near) = (0usize, 0usize, 0usize);
     for i in 0..a.len() {
-        let (x, y) = (top(&a, i), top(&b, i));
+        let ((x, _), (y, kth)) = (top(&a, i), top(&b, i));
         same += usize::from(x == y);
         kept += x.iter().filter(|j| y.contains(j)).count();
+        near += usize::from(x.iter().all(|&j| dot(&b[i], &b[j]) >= kth - NEAR_TIE_COSINE));
     }
-    (same as f64 / a.len() as f64, kept as f64 / (a.len() * k) as f64)
+    let n = a.len() as f64;
+    TopK { same_set: same as f64 / n, kept: kept as f64 / (n * k as f64), near_tie: near as f64 / n }
+}
+
+/// See [`same_top_k`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TopK {
+    pub(crate) same_set: f64,
+    pub(crate) kept: f64,
+    pub(crate) near_tie: f64,
 }
 
 /// Compares `got` with `reference` item by item: the same number of vectors, each of the same
@@ -307,12 +326,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             "weight_bytes": (weight_bytes > 0).then_some(weight_bytes),
         }));
     }
-    let top5_same = median(int8_top5.iter().map(|t| t.0).collect());
-    let top5_kept = median(int8_top5.iter().map(|t| t.1).collect());
+    let top5_same = median(int8_top5.iter().map(|t| t.same_set).collect());
+    let top5_kept = median(int8_top5.iter().map(|t| t.kept).collect());
+    let top5_near = median(int8_top5.iter().map(|t| t.near_tie).collect());
     println!(
-        "int8 retrieval over the corpus: each text's top-5 neighbours under int8 are f32's set for {:.1} % of texts, \
-         {:.1} % of the neighbours kept",
+        "int8 retrieval over the corpus: each text's top-5 neighbours under int8 are f32's set for {:.1} % of texts \
+         ({:.1} % up to near ties, within {NEAR_TIE_COSINE} cosine of f32's 5th), {:.1} % of the neighbours kept",
         100.0 * top5_same,
+        100.0 * top5_near,
         100.0 * top5_kept
     );
     let weights_of = |r: &[Round]| r.first().map_or(f64::NAN, |r| r.weight_bytes as f64);
@@ -352,7 +373,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let report = serde_json::json!({
         "model": model_name, "threads": threads, "texts": texts, "results": json,
         "cpu": cpu_model(), "linear_layer": linear, "model_bf16_over_f32": model_ratio,
-        "int8_top5_vs_f32": {"same_set": top5_same, "kept": top5_kept},
+        "int8_top5_vs_f32": {"same_set": top5_same, "kept": top5_kept, "near_tie": top5_near, "near_tie_cosine": NEAR_TIE_COSINE},
         "targets": verdicts.iter().map(|(t, ok)| serde_json::json!({"target": t, "met": ok})).collect::<Vec<_>>(),
         "problems": problems,
     });
@@ -474,11 +495,18 @@ mod tests {
     fn top_k_agreement_counts_sets_and_kept_neighbours() {
         // Four points on a line: each one's nearest neighbour is the adjacent one.
         let line = rows(&[&[1.0, 0.0, 0.0], &[0.9, 0.1, 0.0], &[0.5, 0.5, 0.0], &[0.0, 1.0, 0.0]]);
-        assert_eq!(same_top_k(&line, &line, 1), (1.0, 1.0));
-        // Swap the second and third points' places: items 0 and 3 now see other neighbours.
+        assert_eq!(same_top_k(&line, &line, 1), TopK { same_set: 1.0, kept: 1.0, near_tie: 1.0 });
+        // Swap the second and third points' places: items 0 and 3 now see other neighbours,
+        // far from ties.
         let moved = rows(&[&[1.0, 0.0, 0.0], &[0.5, 0.5, 0.0], &[0.9, 0.1, 0.0], &[0.0, 1.0, 0.0]]);
-        let (same, kept) = same_top_k(&moved, &line, 1);
-        assert!(same < 1.0 && (same - kept).abs() < 1e-12, "{same} {kept}");
+        let t = same_top_k(&moved, &line, 1);
+        assert!(t.same_set < 1.0 && (t.same_set - t.kept).abs() < 1e-12 && t.near_tie == t.same_set, "{t:?}");
+        // Item 0's two nearest neighbours nearly tie (cosines 0.99875 and 0.99846): a swap
+        // between them misses the same set but is a near tie; item 3's does not move.
+        let close = rows(&[&[1.0, 0.0, 0.0], &[1.0, 0.05, 0.0], &[1.0, 0.0, 0.0555], &[0.0, 0.0, 1.0]]);
+        let swapped = rows(&[&[1.0, 0.0, 0.0], &[1.0, 0.06, 0.0], &[1.0, 0.0, 0.05], &[0.0, 0.0, 1.0]]);
+        let t = same_top_k(&swapped, &close, 1);
+        assert!(t.same_set < 1.0 && t.near_tie == 1.0, "{t:?}");
     }
 
     #[test]

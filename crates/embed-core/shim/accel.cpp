@@ -201,26 +201,110 @@ void add_norm_rows_bf16(const uint16_t* x, const uint16_t* res, int64_t rows, in
 // row (per token, asymmetric) to uint8 on every call, which is what oneDNN's fast u8s8 kernels
 // take. The op takes one zero point for the whole input, so the GEMM runs with 128 and the
 // output pass corrects each row for its own zero point (using the weight's column sums); the
-// same pass multiplies each row by its scale and adds the bias. Outlier input channels are
-// tamed as in SmoothQuant: a per-channel factor calibrated at load moves part of their range
-// from the activations into the weight's columns. Both passes are plain loops, vectorized by
-// the compiler for each of AVX-512, AVX2 and baseline x86-64 (picked at load), and run on
+// same pass multiplies each row by its scale and adds the bias. Two transforms of the input,
+// both undone by the weight, which carries their inverse from load: a per-channel factor
+// (SmoothQuant's smoothing, calibrated at load) moves part of an outlier channel's range into
+// the weight's column; and a Hadamard transform over blocks of channels spreads what remains
+// of any channel's range over its whole block, so a row's quantization step follows its
+// typical value rather than its largest one. Both passes are plain loops, vectorized by the
+// compiler for each of AVX-512, AVX2 and baseline x86-64 (picked at load), and run on
 // libtorch's OpenMP threads.
+extern "C++" {
 namespace {
-// Per row r: the range of x * mul, widened to hold 0, in 255 steps of s_r from the zero point
-// zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r and
-// c_r = 128 - zp_r, what the GEMM's fixed zero point of 128 leaves to correct.
+// The four butterfly stages within one vector of 16 (h = 1, 2, 4, 8), in place: lane j's
+// partner is j ^ h; the lane with bit h clear takes partner + self, the other partner - self.
+__attribute__((always_inline)) inline void butterflies16(v16& x) {
+  const v16i p1 = {1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14};
+  const v16i p2 = {2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13};
+  const v16i p4 = {4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11};
+  const v16i p8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7};
+  const v16 s1 = {1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1};
+  const v16 s2 = {1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1};
+  const v16 s4 = {1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1};
+  const v16 s8 = {1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, -1, -1};
+  x = __builtin_shuffle(x, p1) + s1 * x;
+  x = __builtin_shuffle(x, p2) + s2 * x;
+  x = __builtin_shuffle(x, p4) + s4 * x;
+  x = __builtin_shuffle(x, p8) + s8 * x;
+}
+
+// v = (x * mul) times the Sylvester Hadamard matrix of order 16 NV, block by block
+// (unnormalized: each butterfly stage h maps (a, b) at distance h to (a + b, a - b); the stages
+// commute), and [lo, hi] widened to hold every value of v. A block's NV vectors stay in
+// registers through all its stages.
+template <int NV>
+__attribute__((always_inline)) inline void hadamard_row(const float* x, const float* mul, int64_t k, float* v, float& lo,
+                                                        float& hi) {
+  v16 vlo = {}, vhi = {};
+  for (int64_t base = 0; base < k; base += NV * kLanes) {
+    v16 r[NV];
+    for (int i = 0; i < NV; ++i) {
+      r[i] = load16(x + base + i * kLanes) * load16(mul + base + i * kLanes);
+      butterflies16(r[i]);
+    }
+    for (int h = 1; h < NV; h <<= 1)
+      for (int i = 0; i < NV; i += 2 * h)
+        for (int j = i; j < i + h; ++j) {
+          const v16 a = r[j], b = r[j + h];
+          r[j] = a + b;
+          r[j + h] = a - b;
+        }
+    for (int i = 0; i < NV; ++i) {
+      vlo = r[i] < vlo ? r[i] : vlo;
+      vhi = r[i] > vhi ? r[i] : vhi;
+      store16(v + base + i * kLanes, r[i]);
+    }
+  }
+  for (int64_t j = 0; j < kLanes; ++j) {
+    lo = std::min(lo, vlo[j]);
+    hi = std::max(hi, vhi[j]);
+  }
+}
+
+// The same for any power-of-two block, one stage at a time over memory (blocks under 16 or
+// over 128, which the Rust side does not pick).
+inline void hadamard_row_any(const float* x, const float* mul, int64_t k, int64_t block, float* v, float& lo, float& hi) {
+  for (int64_t j = 0; j < k; ++j) v[j] = x[j] * mul[j];
+  for (int64_t base = 0; base < k; base += block)
+    for (int64_t h = 1; h < block; h <<= 1)
+      for (int64_t i = base; i < base + block; i += 2 * h)
+        for (int64_t j = i; j < i + h; ++j) {
+          const float a = v[j], b = v[j + h];
+          v[j] = a + b;
+          v[j + h] = a - b;
+        }
+  for (int64_t j = 0; j < k; ++j) {
+    lo = std::min(lo, v[j]);
+    hi = std::max(hi, v[j]);
+  }
+}
+
+// Per row r: v = x * mul, then (with `block` > 0) v times the block Hadamard matrix (`mul`
+// carries its normalization); v's range, widened to hold 0, in 255 steps of s_r from the zero
+// point zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r
+// and c_r = 128 - zp_r, what the GEMM's fixed zero point of 128 leaves to correct. `v` is
+// scratch of k floats.
 __attribute__((target_clones("avx512f", "avx2", "default")))
-void quantize_rows(const float* x, int64_t rows, int64_t k, const float* mul, uint8_t* q, float* scales,
-                   float* shifts) {
+void quantize_rows(const float* x, int64_t rows, int64_t k, const float* mul, int64_t block, uint8_t* q, float* scales,
+                   float* shifts, float* v) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * k;
     float lo = 0.f, hi = 0.f;
+    switch (block) {
+      case 0:
+      case 1:
 #pragma omp simd reduction(min : lo) reduction(max : hi)
-    for (int64_t j = 0; j < k; ++j) {
-      const float v = xr[j] * mul[j];
-      lo = std::min(lo, v);
-      hi = std::max(hi, v);
+        for (int64_t j = 0; j < k; ++j) {
+          v[j] = xr[j] * mul[j];
+          lo = std::min(lo, v[j]);
+          hi = std::max(hi, v[j]);
+        }
+        break;
+      case 16: hadamard_row<1>(xr, mul, k, v, lo, hi); break;
+      case 32: hadamard_row<2>(xr, mul, k, v, lo, hi); break;
+      case 64: hadamard_row<4>(xr, mul, k, v, lo, hi); break;
+      case 128: hadamard_row<8>(xr, mul, k, v, lo, hi); break;
+      default: hadamard_row_any(xr, mul, k, block, v, lo, hi);
     }
     const float s = hi > lo ? (hi - lo) / 255.f : 1.f;
     const float inv = 1.f / s;
@@ -229,8 +313,8 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, const float* mul, ui
     uint8_t* qr = q + r * k;
 #pragma omp simd
     for (int64_t j = 0; j < k; ++j) {
-      const float v = std::min(std::max(std::nearbyint(xr[j] * mul[j] * inv) + zp, 0.f), 255.f);
-      qr[j] = static_cast<uint8_t>(static_cast<int32_t>(v));
+      const float c = std::min(std::max(std::nearbyint(v[j] * inv) + zp, 0.f), 255.f);
+      qr[j] = static_cast<uint8_t>(static_cast<int32_t>(c));
     }
     scales[r] = s;
     shifts[r] = 128.f - zp;
@@ -279,6 +363,7 @@ void scale_rows(float* y, int64_t rows, int64_t n, const float* scales, const fl
 // Rows per task: enough work per thread to amortize the fork.
 constexpr int64_t kRowGrain = 16;
 }  // namespace
+}  // extern "C++"
 
 // Prepacks an int8 weight ([out, in], values in [-127, 127]) for about `batch` rows of input.
 int embed_int8_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out, char* err, size_t err_len) {
@@ -294,14 +379,14 @@ int embed_int8_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out,
 
 // y = x W^T + b for f32 `x` ([..., in]) on a weight from `embed_int8_pack_linear` with its f32
 // per-channel scales `w_scales`, int64 zero points `w_zeros` and f32 `colsum` (w_scale times the
-// int8 row's sum) ([out]); `x_mul` (f32 [in])
-// multiplies each input channel before quantizing (smoothing: the weight's columns carry the
-// inverse); `bias` f32 [out] or null; `gelu` 0 for none, 1 for exact GELU, 2 for its tanh
+// int8 row's sum) ([out]); `x_mul` (f32 [in]) multiplies each input channel and `block` (0, or
+// a power of two dividing in) names the Hadamard transform then applied to the row before it is
+// quantized (the weight carries their inverse); `bias` f32 [out] or null; `gelu` 0 for none, 1 for exact GELU, 2 for its tanh
 // approximation (fused into the output pass). With `residual` (f32, x's rows by out) and
 // `ln_weight` (f32 [out]) the output pass instead adds the residual and applies LayerNorm with
 // `ln_weight`, `ln_bias` (f32 [out] or null) and `eps`: a post-norm block's
 // `LayerNorm(x W^T + b + residual)` in one pass over the output.
-int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Tensor* w, const at::Tensor* w_scales,
+int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, int64_t block, const at::Tensor* w, const at::Tensor* w_scales,
                       const at::Tensor* w_zeros, const at::Tensor* colsum, const at::Tensor* bias, int gelu,
                       const at::Tensor* residual, const at::Tensor* ln_weight, const at::Tensor* ln_bias, double eps, at::Tensor** out,
                       char* err, size_t err_len) {
@@ -312,6 +397,8 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
     const int64_t rows = k == 0 ? 0 : xc.numel() / k;
     TORCH_CHECK(x_mul->scalar_type() == at::kFloat && x_mul->is_contiguous() && x_mul->numel() == k,
                 "int8 linear: x_mul must be contiguous f32 [", k, "]");
+    TORCH_CHECK(block == 0 || (block > 0 && (block & (block - 1)) == 0 && k % block == 0),
+                "int8 linear: Hadamard block ", block, " is not a power of two dividing ", k);
     const float* mp = x_mul->const_data_ptr<float>();
     auto q = at::empty({rows, k}, xc.options().dtype(at::kByte));
     auto sx = at::empty({rows}, xc.options());
@@ -321,7 +408,8 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, const at::Te
     float* sp = sx.mutable_data_ptr<float>();
     float* cp = cx.mutable_data_ptr<float>();
     at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
-      quantize_rows(xp + b * k, e - b, k, mp, qp + b * k, sp + b, cp + b);
+      std::vector<float> v(static_cast<size_t>(k));
+      quantize_rows(xp + b * k, e - b, k, mp, block, qp + b * k, sp + b, cp + b, v.data());
     });
     static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_pointwise", "");
     torch::jit::Stack stack;

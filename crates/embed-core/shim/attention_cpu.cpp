@@ -26,23 +26,7 @@
 using namespace embed_shim;
 
 namespace {
-// Key positions are laid out in whole vectors of this many floats (one AVX-512 register): the
-// score loops then run full vectors only, which matters when a sequence is shorter than one.
-constexpr int64_t kLanes = 16;
-
 int64_t padded_len(int64_t len) { return (len + kLanes - 1) / kLanes * kLanes; }
-
-// Sixteen floats as one value: GCC's generic vectors, compiled for each clone's ISA (one zmm,
-// two ymm, four xmm). Accumulators of this type stay in registers across the reduction loops.
-typedef float v16 __attribute__((vector_size(kLanes * sizeof(float))));
-
-inline v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store16(float* p, const v16& v) { std::memcpy(p, &v, sizeof v); }
 
 // Queries handled together: their accumulators are independent, so the FMAs overlap instead of
 // waiting on each other, and each row of K and V loaded serves all of them.

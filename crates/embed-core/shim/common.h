@@ -1,5 +1,6 @@
 // What the shim's translation units share: the exception guard every entry point runs its body
-// in, and scalar helpers the compiler vectorizes (bf16 loads and stores, e^x).
+// in, scalar helpers the compiler vectorizes (bf16 loads and stores, e^x), and a vector of
+// sixteen floats.
 #pragma once
 
 #include <algorithm>
@@ -70,5 +71,23 @@ inline float exp_approx(float x) {
   std::memcpy(&two_n, &bits, sizeof two_n);
   return p * two_n;
 }
+
+// Floats in one AVX-512 register. (Attention lays key positions out in whole vectors of this
+// many, so its score loops run full vectors only, which matters when a sequence is shorter than
+// one.)
+constexpr int64_t kLanes = 16;
+
+// Sixteen floats as one value: GCC's generic vectors, compiled for each clone's ISA (one zmm,
+// two ymm, four xmm). Accumulators of this type stay in registers across the reduction loops.
+typedef float v16 __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t v16i __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store16(float* p, const v16& v) { std::memcpy(p, &v, sizeof v); }
 
 }  // namespace embed_shim

@@ -80,26 +80,36 @@ async fn int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
         held <= bytes + (24 << 20),
         "an int8 MiniLM with {bytes} bytes of weights grew the allocator by {held} bytes"
     );
-    let worst = out.vectors.iter().zip(&expected).map(|(a, b)| cosine(a, b)).fold(1.0, f64::min);
+    let cosines: Vec<f64> = out.vectors.iter().zip(&expected).map(|(a, b)| cosine(a, b)).collect();
+    let worst = cosines.iter().copied().fold(1.0, f64::min);
+    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
     let top = same_top_k(&out.vectors, &f32_out, 5);
     let bf16_top = same_top_k(&bf16_out, &f32_out, 5);
     eprintln!(
-        "int8 MiniLM: worst cosine {worst:.5}; top-5 as f32's: same set for {:.1} % of {} texts, {:.1} % of the \
-         neighbours kept (bf16: {:.1} %, {:.1} %); weights {bytes} bytes ({:.1} % of f32), allocator +{:.1} MiB",
+        "int8 MiniLM: cosine worst {worst:.5}, mean {mean:.6}; top-5 as f32's: same set for {:.1} % of {} texts \
+         ({:.1} % up to near ties), {:.1} % of the neighbours kept (bf16: {:.1} %, {:.1} %, {:.1} %); weights {bytes} \
+         bytes ({:.1} % of f32), allocator +{:.1} MiB",
         100.0 * top.same_set,
         texts.len(),
+        100.0 * top.near_tie,
         100.0 * top.overlap,
         100.0 * bf16_top.same_set,
+        100.0 * bf16_top.near_tie,
         100.0 * bf16_top.overlap,
         100.0 * share,
         held as f64 / 1048576.0
     );
     assert!(share <= 0.30, "int8 weights take {:.1} % of f32's ({bytes} of {f32_bytes} bytes)", 100.0 * share);
-    assert_cosines("int8 vs sentence-transformers f32", &out.vectors, &expected, 0.995);
-    // Measured on an AMD EPYC: 84.2 % same sets, 96.8 % kept (bf16 94.7 %, 98.9 %). Many of
-    // these texts share no topic, so their 5th and 6th neighbours nearly tie (8 of 38 within
-    // 0.002 cosine) and swap under any rounding; the bounds leave room for another CPU's
-    // kernels and fail on anything worse than rounding.
+    // Measured on an AMD EPYC: worst 0.99916, mean 0.99972 (without the Hadamard transform of
+    // the activations 0.99652 and 0.99917).
+    assert_cosines("int8 vs sentence-transformers f32", &out.vectors, &expected, 0.998);
+    assert!(mean >= 0.9995, "int8 vs sentence-transformers f32: mean cosine {mean}");
+    // Measured on an AMD EPYC: 78.9 % same sets, 100 % up to near ties, 95.8 % kept (bf16
+    // 94.7 %, 100 %, 98.9 %). Many of these texts share no topic, so their 5th and 6th
+    // neighbours nearly tie (10 of 38 within 0.003 cosine, 2 within 1e-4) and swap under any
+    // rounding: the strict count moves by a text or two with each change of rounding, so its
+    // bound leaves room; a swap past a near tie is a real loss, and none is allowed.
+    assert!(top.near_tie >= 0.97, "int8 keeps f32's top-5 set up to near ties for only {:.1} % of the texts", 100.0 * top.near_tie);
     assert!(top.overlap >= 0.93, "int8 keeps only {:.1} % of f32's top-5 neighbours", 100.0 * top.overlap);
     assert!(top.same_set >= 0.70, "int8 keeps f32's top-5 set for only {:.1} % of the texts", 100.0 * top.same_set);
     assert_eq!(out.token_counts, items.iter().map(|i| i.token_count).collect::<Vec<_>>(), "token counts");
@@ -124,8 +134,13 @@ async fn int8_matches_f32_for_every_family() {
         // tiny fixtures' norms, biases and position tables weigh more than a real model's).
         assert!(bytes * 100 <= f32_bytes * 40, "{name}: int8 weights {bytes} bytes, f32 {f32_bytes}");
         let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        let mean = got.iter().zip(&expected).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64;
+        eprintln!("{name:>20}: int8 vs f32 mean cosine {mean:.6}, weights {:.1} % of f32", 100.0 * bytes as f64 / f32_bytes as f64);
+        // Measured 0.9973 (qwen2-bidirectional) to 0.99995: random fixtures whose tokenizers
+        // read the built-in calibration texts as unknown tokens.
+        assert!(mean >= 0.996, "{name}: int8 vs f32 mean cosine {mean}");
         let worst = assert_cosines(&format!("{name}: int8 vs f32"), &got, &expected, fixture_int8_min_cosine(name));
-        eprintln!("{name:>20}: int8 vs f32 worst cosine {worst:.5}, weights {:.1} % of f32", 100.0 * bytes as f64 / f32_bytes as f64);
+        eprintln!("{name:>20}: int8 vs f32 worst cosine {worst:.5}");
         svc.cleanup().await.unwrap();
         assert_eq!(live_weight_bytes(), 0);
     }
@@ -201,7 +216,9 @@ async fn int8_calibrates_on_the_callers_texts_when_given() {
 async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
     let _s = serial().await;
     // What CUDA and CPUs without VNNI run, asked for here: int8 weights dequantized into f32
-    // for each matmul. Closer to f32 than oneDNN's int8 (no activation rounding), no faster.
+    // for each matmul: no activation rounding, but its weights are rounded without the Hadamard
+    // transform, which leaves it further from f32 than oneDNN's int8 (worst 0.9973 against
+    // 0.9992 here), and no faster.
     let items = reference();
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();

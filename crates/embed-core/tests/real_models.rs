@@ -29,8 +29,9 @@ async fn all_mpnet_base_v2_matches_sentence_transformers() {
 }
 
 /// The BERT-base-shaped int8 check: mean cosine to sentence-transformers' f32 vectors
-/// at least 0.99, weights under 30 % of f32's; and no text below 0.975 (measured on an AMD EPYC:
-/// mean 0.9973, worst 0.982-0.988, on the long repetitive texts).
+/// at least 0.99 (held here to 0.999), weights under 30 % of f32's; and no text below 0.995.
+/// Measured on an AMD EPYC: mean 0.99959, worst 0.99789; without the Hadamard transform
+/// (`EMBED_INT8_HADAMARD=0`) mean 0.99727, worst 0.98183, on the long repetitive texts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs `cargo xtask setup --model all-mpnet-base-v2`; run with --ignored"]
 async fn all_mpnet_base_v2_in_int8_stays_close_to_sentence_transformers() {
@@ -64,8 +65,8 @@ async fn all_mpnet_base_v2_in_int8_stays_close_to_sentence_transformers() {
         100.0 * share,
         info.load_duration.as_secs_f64()
     );
-    assert!(mean >= 0.99, "mean cosine {mean}");
-    assert_cosines("all-mpnet-base-v2 int8 vs sentence-transformers", &out.vectors, &expected, 0.975);
+    assert!(mean >= 0.999, "mean cosine {mean}");
+    assert_cosines("all-mpnet-base-v2 int8 vs sentence-transformers", &out.vectors, &expected, 0.995);
     assert!(share <= 0.30, "int8 weights {:.1} % of f32's", 100.0 * share);
     svc.cleanup().await.unwrap();
 }
