@@ -279,6 +279,39 @@ inline void hadamard_row_any(const float* x, const float* mul, int64_t k, int64_
   }
 }
 
+// v = x * mul, then (with `block` > 1) v times the block Hadamard matrix; [lo, hi] widened to
+// hold every value of v.
+__attribute__((always_inline)) inline void transform_row(const float* x, const float* mul, int64_t k, int64_t block,
+                                                         float* v, float& lo, float& hi) {
+  switch (block) {
+    case 0:
+    case 1:
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+      for (int64_t j = 0; j < k; ++j) {
+        v[j] = x[j] * mul[j];
+        lo = std::min(lo, v[j]);
+        hi = std::max(hi, v[j]);
+      }
+      break;
+    case 16: hadamard_row<1>(x, mul, k, v, lo, hi); break;
+    case 32: hadamard_row<2>(x, mul, k, v, lo, hi); break;
+    case 64: hadamard_row<4>(x, mul, k, v, lo, hi); break;
+    case 128: hadamard_row<8>(x, mul, k, v, lo, hi); break;
+    default: hadamard_row_any(x, mul, k, block, v, lo, hi);
+  }
+}
+
+// Each row of x ([rows, k]) times `mul`, then times the block Hadamard matrix, into `out`: what
+// a weight's rows go through at load (with `mul` the normalization), the same arithmetic as the
+// quantize pass applies to every input row.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void hadamard_rows_f32(const float* x, int64_t rows, int64_t k, const float* mul, int64_t block, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float lo = 0.f, hi = 0.f;
+    transform_row(x + r * k, mul, k, block, out + r * k, lo, hi);
+  }
+}
+
 // Per row r: v = x * mul, then (with `block` > 0) v times the block Hadamard matrix (`mul`
 // carries its normalization); v's range, widened to hold 0, in 255 steps of s_r from the zero
 // point zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r
@@ -290,22 +323,7 @@ void quantize_rows(const float* x, int64_t rows, int64_t k, const float* mul, in
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * k;
     float lo = 0.f, hi = 0.f;
-    switch (block) {
-      case 0:
-      case 1:
-#pragma omp simd reduction(min : lo) reduction(max : hi)
-        for (int64_t j = 0; j < k; ++j) {
-          v[j] = xr[j] * mul[j];
-          lo = std::min(lo, v[j]);
-          hi = std::max(hi, v[j]);
-        }
-        break;
-      case 16: hadamard_row<1>(xr, mul, k, v, lo, hi); break;
-      case 32: hadamard_row<2>(xr, mul, k, v, lo, hi); break;
-      case 64: hadamard_row<4>(xr, mul, k, v, lo, hi); break;
-      case 128: hadamard_row<8>(xr, mul, k, v, lo, hi); break;
-      default: hadamard_row_any(xr, mul, k, block, v, lo, hi);
-    }
+    transform_row(xr, mul, k, block, v, lo, hi);
     const float s = hi > lo ? (hi - lo) / 255.f : 1.f;
     const float inv = 1.f / s;
     // An all-zero row sits at the GEMM's own zero point: nothing to correct.
@@ -374,6 +392,29 @@ int embed_int8_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out,
     stack.emplace_back(std::vector<int64_t>{batch, w->size(1)});
     op.callBoxed(&stack);
     *out = new at::Tensor(stack.at(0).toTensor());
+  });
+}
+
+// The rows of f32 `x` ([rows, k], any row-contiguous layout) times the block-diagonal Hadamard
+// matrix of order-`block` blocks (a power of two dividing k), normalized by 1 / sqrt(block):
+// orthogonal and symmetric, its own inverse. A new f32 tensor in `*out`.
+int embed_hadamard_rows(const at::Tensor* x, int64_t block, at::Tensor** out, char* err, size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(x->scalar_type() == at::kFloat && x->dim() == 2, "Hadamard rows: input must be 2-D f32, got ",
+                x->scalar_type(), " with ", x->dim(), " dimensions");
+    const int64_t k = x->size(1);
+    TORCH_CHECK(block > 0 && (block & (block - 1)) == 0 && k % block == 0, "Hadamard rows: block ", block,
+                " is not a power of two dividing ", k);
+    const auto xc = x->contiguous();
+    auto y = at::empty({xc.size(0), k}, xc.options());
+    const std::vector<float> mul(static_cast<size_t>(k), static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))));
+    const float* xp = xc.const_data_ptr<float>();
+    const float* mp = mul.data();
+    float* yp = y.mutable_data_ptr<float>();
+    at::parallel_for(0, xc.size(0), kRowGrain, [&](int64_t b, int64_t e) {
+      hadamard_rows_f32(xp + b * k, e - b, k, mp, block, yp + b * k);
+    });
+    *out = new at::Tensor(y);
   });
 }
 

@@ -22,6 +22,7 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> i32;
+    fn embed_hadamard_rows(x: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     #[allow(clippy::too_many_arguments)]
     fn embed_int8_linear(
@@ -130,17 +131,15 @@ pub(crate) fn hadamard_block(k: i64) -> i64 {
 /// The rows of `x` (`[rows, k]`, f32) times the block-diagonal Hadamard matrix of order-`block`
 /// blocks, normalized (orthogonal and symmetric, so its own inverse): what the shim applies to
 /// each input row (with the normalization in `x_mul`), and what a weight's rows go through so
-/// that the product is unchanged. `block` 0 returns `x`.
+/// that the product is unchanged. Computed by the shim's own butterflies (7 additions per value
+/// for blocks of 128). `block` 0 returns `x`.
 pub(crate) fn hadamard_rows(x: &Tensor, block: i64) -> Tensor {
     if block == 0 {
         return x.shallow_clone();
     }
-    let mut h = Tensor::ones([1, 1], (tch::Kind::Float, tch::Device::Cpu));
-    while h.size()[0] < block {
-        h = Tensor::cat(&[Tensor::cat(&[&h, &h], 1), Tensor::cat(&[&h, &(-&h)], 1)], 0);
-    }
-    let (rows, k) = (x.size()[0], x.size()[1]);
-    (x.reshape([rows, k / block, block]).matmul(&h) / (block as f64).sqrt()).reshape([rows, k])
+    // SAFETY: as in `pack`.
+    shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), block, out, err, len) })
+        .unwrap_or_else(|e| panic!("Hadamard transform failed: {e}"))
 }
 
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
@@ -425,6 +424,19 @@ mod tests {
         let (hx, hw) = (hadamard_rows(&x, 32), hadamard_rows(&w, 32));
         assert!(max_abs(&hadamard_rows(&hx, 32), &x) <= 1e-5);
         assert!(max_abs(&hx.matmul(&hw.tr()), &x.matmul(&w.tr())) <= 1e-4);
+        // Against the dense Sylvester matrix, for every path of the shim (scalar butterflies
+        // under 16, lane shuffles at 16, whole vectors above).
+        for block in [2i64, 8, 16, 32, 64, 128] {
+            let mut h = Tensor::ones([1, 1], (Kind::Float, tch::Device::Cpu));
+            while h.size()[0] < block {
+                h = Tensor::cat(&[Tensor::cat(&[&h, &h], 1), Tensor::cat(&[&h, &(-&h)], 1)], 0);
+            }
+            let x = Tensor::randn([3, 2 * block], (Kind::Float, tch::Device::Cpu));
+            let dense = x.reshape([3, 2, block]).matmul(&h).reshape([3, 2 * block]) / (block as f64).sqrt();
+            assert!(max_abs(&hadamard_rows(&x, block), &dense) <= 1e-5, "block {block}");
+        }
+        let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err();
+        assert!(e.contains("block 64 is not a power of two dividing 96"), "{e}");
         // Block by block: the second block of the output depends on the second block only.
         let y = hadamard_rows(&x.narrow(1, 32, 32).contiguous(), 32);
         assert!(max_abs(&hx.narrow(1, 32, 32), &y) <= 1e-6);
