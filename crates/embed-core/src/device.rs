@@ -137,7 +137,8 @@ pub fn cuda_device_count() -> usize {
 /// How an int8 model computes ([`DType::Int8`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Int8Kernel {
-    /// CPU with VNNI: activations quantized per token, oneDNN's u8 × s8 GEMM.
+    /// CPU with VNNI: activations quantized per token (after a block Hadamard transform the
+    /// weight carries the inverse of), oneDNN's u8 × s8 GEMM.
     OneDnn,
     /// Weights stored in int8, dequantized for each matmul into the activations' kind (bf16 on
     /// CUDA, f32 on the CPU): a quarter (CUDA: half) of the weight memory, not faster.

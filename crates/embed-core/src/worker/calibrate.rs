@@ -1,6 +1,7 @@
 //! int8's calibration at load: one f32 forward pass over a fixed set of short, varied texts
-//! records each linear layer's largest input per channel, which sets the layer's smoothing
-//! (see `layers::onednn::Int8Weight::quantize`); then the model is quantized.
+//! records each linear layer's inputs (largest value per channel, and a sample of rows), on
+//! which the layer's smoothing and Hadamard transform are chosen (see
+//! `layers::onednn::Int8Weight::quantize`); then the model is quantized.
 
 use std::sync::Arc;
 
