@@ -216,9 +216,8 @@ async fn int8_calibrates_on_the_callers_texts_when_given() {
 async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
     let _s = serial().await;
     // What CUDA and CPUs without VNNI run, asked for here: int8 weights dequantized into f32
-    // for each matmul: no activation rounding, but its weights are rounded without the Hadamard
-    // transform, which leaves it further from f32 than oneDNN's int8 (worst 0.9973 against
-    // 0.9992 here), and no faster.
+    // for each matmul: no activation rounding, no faster. Measured on an AMD EPYC: worst cosine
+    // 0.99915 (0.99731 with the weights rounded without the Hadamard transform).
     let items = reference();
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
@@ -240,7 +239,7 @@ async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
         100.0 * share
     );
     assert!(share <= 0.30, "weights {:.1} % of f32's", 100.0 * share);
-    assert_cosines("weight-only int8 vs sentence-transformers f32", &out, &expected, 0.997);
+    assert_cosines("weight-only int8 vs sentence-transformers f32", &out, &expected, 0.998);
     assert!(top.overlap >= 0.95, "kept {:.1} % of f32's top-5", 100.0 * top.overlap);
     let err = svc.offload().await.unwrap_err();
     assert!(matches!(err, Error::InvalidOption { name: "dtype", .. }), "{err}");
@@ -254,8 +253,9 @@ async fn weight_only_int8_keeps_f32_activations_in_a_quarter_of_the_memory() {
         let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(options(Some(Int8Kernel::WeightOnly)));
         let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
         let got = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        let mean = got.iter().zip(&expected).map(|(a, b)| cosine(a, b)).sum::<f64>() / got.len() as f64;
         let worst = assert_cosines(&format!("{name}: weight-only int8 vs f32"), &got, &expected, fixture_int8_min_cosine(name));
-        eprintln!("{name:>20}: weight-only int8 vs f32 worst cosine {worst:.5}");
+        eprintln!("{name:>20}: weight-only int8 vs f32 worst cosine {worst:.5}, mean {mean:.6}");
         svc.cleanup().await.unwrap();
     }
     assert_eq!(live_weight_bytes(), 0);

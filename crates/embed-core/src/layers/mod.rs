@@ -112,8 +112,10 @@ pub(crate) struct Linear {
 enum Packed {
     Float(Tensor),
     Int8(onednn::Int8Weight),
-    /// `(q, scales)`: int8 `[out, in]` and the per-channel scales `[out]` in the model's kind.
-    Int8WeightOnly(Tensor, Tensor),
+    /// `(q, scales, block)`: int8 `[out, in]`, the per-channel scales `[out]` in the model's
+    /// kind, and the Hadamard block its rows were rounded in (0: none; CPU only), which each
+    /// dequantization undoes.
+    Int8WeightOnly(Tensor, Tensor, i64),
 }
 
 impl Linear {
@@ -127,7 +129,11 @@ impl Linear {
             Some(Packed::Float(p)) => onednn::linear(x, p, self.bias.as_ref(), onednn::Fused::None),
             Some(Packed::Int8(w)) => w.linear(x, self.bias.as_ref(), onednn::Fused::None),
             // int8 values are exact in f16, bf16 and f32: the product is the quantized weight's.
-            Some(Packed::Int8WeightOnly(q, scales)) => x.linear(&(q.to_kind(x.kind()) * scales.unsqueeze(1)), self.bias.as_ref()),
+            Some(Packed::Int8WeightOnly(q, scales, 0)) => x.linear(&(q.to_kind(x.kind()) * scales.unsqueeze(1)), self.bias.as_ref()),
+            Some(Packed::Int8WeightOnly(q, scales, block)) => {
+                let w = q.to_kind(Kind::Float) * scales.to_kind(Kind::Float).unsqueeze(1);
+                x.linear(&onednn::hadamard_rows(&w, *block).to_kind(x.kind()), self.bias.as_ref())
+            }
             None => x.linear(&self.weight, self.bias.as_ref()),
         })
     }
@@ -192,19 +198,20 @@ impl Linear {
     }
 
     /// Quantizes the weight to int8 per output channel (symmetric) and keeps it as it is, on
-    /// its device, with the scales in the weight's kind; every matmul dequantizes it (exactly)
-    /// into the activations' kind. For CUDA, and CPUs without VNNI. Returns the bytes freed and
-    /// the bytes held.
+    /// its device, with the scales in the weight's kind; every matmul dequantizes it into the
+    /// activations' kind (on the CPU, transformed back where [`onednn::round_weight_only`]
+    /// rounded it in the Hadamard basis). For CUDA, and CPUs without VNNI.
+    /// Returns the bytes freed and the bytes held.
     pub(crate) fn quantize_weight_only(&self) -> std::result::Result<(u64, u64), String> {
         if self.packed.get().is_some() {
             return Err("the weight is already prepacked".into());
         }
         let kind = self.weight.kind();
         let freed = (self.weight.numel() * kind.elt_size_in_bytes()) as u64;
-        let (q, scales) = quantize_rows(&self.weight);
+        let (q, scales, block) = onednn::round_weight_only(&self.weight.to_kind(Kind::Float), self.weight.device() == Device::Cpu);
         let scales = scales.squeeze_dim(1).to_kind(kind);
         let held = (q.numel() + scales.numel() * kind.elt_size_in_bytes()) as u64;
-        self.replace_weight(Packed::Int8WeightOnly(q, scales));
+        self.replace_weight(Packed::Int8WeightOnly(q, scales, block));
         Ok((freed, held))
     }
 

@@ -142,6 +142,30 @@ pub(crate) fn hadamard_rows(x: &Tensor, block: i64) -> Tensor {
         .unwrap_or_else(|e| panic!("Hadamard transform failed: {e}"))
 }
 
+/// `w` (f32 `[out, in]`) rounded for weight-only int8: `(q, scales [out, 1], block)`, with `w`
+/// ≈ `hadamard_rows(q * scales, block)`. On the CPU (`cpu`) the rows are rounded after the block
+/// Hadamard transform where that keeps the weight closer than rounding it as it is: a trained
+/// layer's heavy-tailed rows round finer transformed, rows as flat as a uniform draw finer as
+/// they are (the transform makes them Gaussian). Undoing it per matmul is the shim's
+/// butterflies, a few additions per weight against the matmul's `rows` products.
+pub(crate) fn round_weight_only(w: &Tensor, cpu: bool) -> (Tensor, Tensor, i64) {
+    let block = if cpu { hadamard_block(w.size()[1]) } else { 0 };
+    if block == 0 {
+        let (q, scales) = quantize_rows(w);
+        return (q, scales, 0);
+    }
+    let rounded = |block| {
+        let rows = hadamard_rows(w, block);
+        let (q, scales) = quantize_rows(&rows);
+        // The transform is orthogonal: the rounding error is the same in either basis.
+        let err = f64::try_from((q.to_kind(tch::Kind::Float) * &scales - rows).norm()).unwrap_or(f64::INFINITY);
+        (q, scales, block, err)
+    };
+    let (plain, transformed) = (rounded(0), rounded(block));
+    let (q, scales, block, _) = if transformed.3 < plain.3 { transformed } else { plain };
+    (q, scales, block)
+}
+
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
 fn simulate_weight(w: &Tensor) -> Tensor {
     let (q, scales) = quantize_rows(w);
@@ -457,6 +481,29 @@ mod tests {
         };
         let (plain, rotated) = (err(0), err(128));
         assert!(rotated < 0.5 * plain, "rotated {rotated} vs plain {plain}");
+    }
+
+    #[test]
+    fn weight_only_rounds_in_the_basis_that_keeps_the_weight_closer() {
+        let x = Tensor::randn([16, 128], (Kind::Float, tch::Device::Cpu));
+        // `w` rounded as it is: what weight-only int8 computes without the transform.
+        let plain = |w: &Tensor| x.matmul(&simulate_weight(w).tr());
+        let weight_only = |w: &Tensor| {
+            let l = super::super::Linear::new(w.copy(), None);
+            l.quantize_weight_only().unwrap();
+            l.forward(&x)
+        };
+        // Heavy-tailed rows, as a trained layer's: a few large weights per row set its step.
+        tch::manual_seed(11);
+        let heavy = Tensor::randn([32, 128], (Kind::Float, tch::Device::Cpu)) * 0.05;
+        let _ = heavy.narrow(1, 7, 2).g_mul_scalar_(12.0);
+        let exact = x.matmul(&heavy.tr());
+        let (got, base) = (weight_only(&heavy), plain(&heavy));
+        let err = |y: &Tensor| f64::try_from((y - &exact).norm()).unwrap();
+        assert!(err(&got) < 0.5 * err(&base), "transformed {} vs plain {}", err(&got), err(&base));
+        // Flat rows (a uniform draw) round finer as they are: the weight is left untransformed.
+        let flat = Tensor::rand([32, 128], (Kind::Float, tch::Device::Cpu)) - 0.5;
+        assert!(max_abs(&weight_only(&flat), &plain(&flat)) <= 1e-5);
     }
 
     #[test]
