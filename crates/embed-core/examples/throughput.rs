@@ -31,6 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = std::env::var("EMBED_MAX_BATCH_SIZE").ok().and_then(|s| s.parse().ok()) {
         options.max_batch_size = Some(n);
     }
+    // `EMBED_INT8_KERNEL=weight-only` (or `onednn`): which int8 kernel, for comparison.
+    if let Ok(k) = std::env::var("EMBED_INT8_KERNEL") {
+        options.int8_kernel = Some(k.parse()?);
+    }
     let spec = ModelSpec::new(model.as_str()).with_options(options);
     let svc = DenseEmbeddingService::from_spec(spec).await?;
     let load_s = t0.elapsed().as_secs_f64();

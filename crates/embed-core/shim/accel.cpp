@@ -312,6 +312,24 @@ void hadamard_rows_f32(const float* x, int64_t rows, int64_t k, const float* mul
   }
 }
 
+// Row r of int8 `q` ([rows, k]) times scales[r], then times the block Hadamard matrix (`mul`
+// its normalization), into f32 `out`: a weight-only int8 weight dequantized and transformed back
+// in one pass.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void dequant_hadamard_rows(const int8_t* q, int64_t rows, int64_t k, const float* scales, const float* mul, int64_t block,
+                           float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = out + r * k;
+    const int8_t* qr = q + r * k;
+    const float s = scales[r];
+#pragma omp simd
+    for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(qr[j]) * s;
+    float lo = 0.f, hi = 0.f;
+    // In place: each block is loaded whole before it is stored.
+    transform_row(o, mul, k, block, o, lo, hi);
+  }
+}
+
 // Per row r: v = x * mul, then (with `block` > 0) v times the block Hadamard matrix (`mul`
 // carries its normalization); v's range, widened to hold 0, in 255 steps of s_r from the zero
 // point zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r
@@ -413,6 +431,31 @@ int embed_hadamard_rows(const at::Tensor* x, int64_t block, at::Tensor** out, ch
     float* yp = y.mutable_data_ptr<float>();
     at::parallel_for(0, xc.size(0), kRowGrain, [&](int64_t b, int64_t e) {
       hadamard_rows_f32(xp + b * k, e - b, k, mp, block, yp + b * k);
+    });
+    *out = new at::Tensor(y);
+  });
+}
+
+// int8 `q` ([out, in], contiguous) times its f32 per-row `scales` ([out]), then each row times
+// the block Hadamard matrix of order `block` (normalized; a power of two dividing in): a
+// weight-only int8 weight rounded in the Hadamard basis, back in f32 in one pass.
+int embed_int8_dequant_hadamard(const at::Tensor* q, const at::Tensor* scales, int64_t block, at::Tensor** out, char* err,
+                                size_t err_len) {
+  return guarded(err, err_len, [&] {
+    TORCH_CHECK(q->scalar_type() == at::kChar && q->dim() == 2 && q->is_contiguous(),
+                "int8 dequantize: weight must be contiguous 2-D int8");
+    const int64_t rows = q->size(0), k = q->size(1);
+    TORCH_CHECK(scales->scalar_type() == at::kFloat && scales->is_contiguous() && scales->numel() == rows,
+                "int8 dequantize: scales must be contiguous f32 [", rows, "]");
+    TORCH_CHECK(block > 0 && (block & (block - 1)) == 0 && k % block == 0, "int8 dequantize: block ", block,
+                " is not a power of two dividing ", k);
+    auto y = at::empty({rows, k}, scales->options());
+    const std::vector<float> mul(static_cast<size_t>(k), static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))));
+    const int8_t* qp = q->const_data_ptr<int8_t>();
+    const float* sp = scales->const_data_ptr<float>();
+    float* yp = y.mutable_data_ptr<float>();
+    at::parallel_for(0, rows, kRowGrain, [&](int64_t b, int64_t e) {
+      dequant_hadamard_rows(qp + b * k, e - b, k, sp + b, mul.data(), block, yp + b * k);
     });
     *out = new at::Tensor(y);
   });

@@ -131,8 +131,7 @@ impl Linear {
             // int8 values are exact in f16, bf16 and f32: the product is the quantized weight's.
             Some(Packed::Int8WeightOnly(q, scales, 0)) => x.linear(&(q.to_kind(x.kind()) * scales.unsqueeze(1)), self.bias.as_ref()),
             Some(Packed::Int8WeightOnly(q, scales, block)) => {
-                let w = q.to_kind(Kind::Float) * scales.to_kind(Kind::Float).unsqueeze(1);
-                x.linear(&onednn::hadamard_rows(&w, *block).to_kind(x.kind()), self.bias.as_ref())
+                x.linear(&onednn::dequant_hadamard(q, &scales.to_kind(Kind::Float), *block).to_kind(x.kind()), self.bias.as_ref())
             }
             None => x.linear(&self.weight, self.bias.as_ref()),
         })

@@ -22,6 +22,7 @@ extern "C" {
         err: *mut c_char,
         len: usize,
     ) -> i32;
+    fn embed_int8_dequant_hadamard(q: *const c_void, scales: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn embed_hadamard_rows(x: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
     #[allow(clippy::too_many_arguments)]
@@ -164,6 +165,15 @@ pub(crate) fn round_weight_only(w: &Tensor, cpu: bool) -> (Tensor, Tensor, i64) 
     let (plain, transformed) = (rounded(0), rounded(block));
     let (q, scales, block, _) = if transformed.3 < plain.3 { transformed } else { plain };
     (q, scales, block)
+}
+
+/// The f32 weight a [`round_weight_only`] rounding with `block` > 0 stands for:
+/// `hadamard_rows(q * scales, block)` (`q` int8 `[out, in]` contiguous, `scales` f32 `[out]`),
+/// in one pass of the shim.
+pub(crate) fn dequant_hadamard(q: &Tensor, scales: &Tensor, block: i64) -> Tensor {
+    // SAFETY: as in `pack`.
+    shim_tensor(|out, err, len| unsafe { embed_int8_dequant_hadamard(q.as_ptr().cast(), scales.as_ptr().cast(), block, out, err, len) })
+        .unwrap_or_else(|e| panic!("int8 dequantization failed: {e}"))
 }
 
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
@@ -461,6 +471,10 @@ mod tests {
         }
         let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err();
         assert!(e.contains("block 64 is not a power of two dividing 96"), "{e}");
+        // Dequantizing in the shim's one pass is scaling, then the same transform.
+        let (q, scales) = quantize_rows(&w);
+        let d = dequant_hadamard(&q, &scales.squeeze_dim(1), 32);
+        assert!(max_abs(&d, &hadamard_rows(&(q.to_kind(Kind::Float) * &scales), 32)) <= 1e-5);
         // Block by block: the second block of the output depends on the second block only.
         let y = hadamard_rows(&x.narrow(1, 32, 32).contiguous(), 32);
         assert!(max_abs(&hx.narrow(1, 32, 32), &y) <= 1e-6);
