@@ -496,8 +496,8 @@ mod tests {
         // Four points on a line: each one's nearest neighbour is the adjacent one.
         let line = rows(&[&[1.0, 0.0, 0.0], &[0.9, 0.1, 0.0], &[0.5, 0.5, 0.0], &[0.0, 1.0, 0.0]]);
         assert_eq!(same_top_k(&line, &line, 1), TopK { same_set: 1.0, kept: 1.0, near_tie: 1.0 });
-        // Swap the second and third points' places: items 0 and 3 now see other neighbours,
-        // far from ties.
+        // Swap the second and third points' places: every item now sees another nearest
+        // neighbour, none of them near a tie.
         let moved = rows(&[&[1.0, 0.0, 0.0], &[0.5, 0.5, 0.0], &[0.9, 0.1, 0.0], &[0.0, 1.0, 0.0]]);
         let t = same_top_k(&moved, &line, 1);
         assert!(t.same_set < 1.0 && (t.same_set - t.kept).abs() < 1e-12 && t.near_tie == t.same_set, "{t:?}");

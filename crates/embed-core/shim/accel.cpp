@@ -332,9 +332,9 @@ void dequant_hadamard_rows(const int8_t* q, int64_t rows, int64_t k, const float
 
 // Per row r: v = x * mul, then (with `block` > 0) v times the block Hadamard matrix (`mul`
 // carries its normalization); v's range, widened to hold 0, in 255 steps of s_r from the zero
-// point zp_r (asymmetric: a one-sided row such as a GELU output keeps all 8 bits). Writes s_r
-// and c_r = 128 - zp_r, what the GEMM's fixed zero point of 128 leaves to correct. `v` is
-// scratch of k floats.
+// point zp_r (asymmetric: a one-sided row, such as a GELU output left untransformed, keeps all 8
+// bits). Writes s_r and c_r = 128 - zp_r, what the GEMM's fixed zero point of 128 leaves to
+// correct. `v` is scratch of k floats.
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void quantize_rows(const float* x, int64_t rows, int64_t k, const float* mul, int64_t block, uint8_t* q, float* scales,
                    float* shifts, float* v) {
@@ -413,13 +413,14 @@ int embed_int8_pack_linear(const at::Tensor* w, int64_t batch, at::Tensor** out,
   });
 }
 
-// The rows of f32 `x` ([rows, k], any row-contiguous layout) times the block-diagonal Hadamard
+// The rows of f32 `x` ([rows, k], any layout) times the block-diagonal Hadamard
 // matrix of order-`block` blocks (a power of two dividing k), normalized by 1 / sqrt(block):
 // orthogonal and symmetric, its own inverse. A new f32 tensor in `*out`.
 int embed_hadamard_rows(const at::Tensor* x, int64_t block, at::Tensor** out, char* err, size_t err_len) {
   return guarded(err, err_len, [&] {
-    TORCH_CHECK(x->scalar_type() == at::kFloat && x->dim() == 2, "Hadamard rows: input must be 2-D f32, got ",
-                x->scalar_type(), " with ", x->dim(), " dimensions");
+    TORCH_CHECK(x->scalar_type() == at::kFloat && x->dim() == 2 && x->device().is_cpu(),
+                "Hadamard rows: input must be 2-D f32 on the CPU, got ", x->scalar_type(), " with ", x->dim(),
+                " dimensions on ", x->device());
     const int64_t k = x->size(1);
     TORCH_CHECK(block > 0 && (block & (block - 1)) == 0 && k % block == 0, "Hadamard rows: block ", block,
                 " is not a power of two dividing ", k);
@@ -442,8 +443,9 @@ int embed_hadamard_rows(const at::Tensor* x, int64_t block, at::Tensor** out, ch
 int embed_int8_dequant_hadamard(const at::Tensor* q, const at::Tensor* scales, int64_t block, at::Tensor** out, char* err,
                                 size_t err_len) {
   return guarded(err, err_len, [&] {
-    TORCH_CHECK(q->scalar_type() == at::kChar && q->dim() == 2 && q->is_contiguous(),
-                "int8 dequantize: weight must be contiguous 2-D int8");
+    TORCH_CHECK(q->scalar_type() == at::kChar && q->dim() == 2 && q->is_contiguous() && q->device().is_cpu(),
+                "int8 dequantize: weight must be contiguous 2-D int8 on the CPU");
+    TORCH_CHECK(scales->device().is_cpu(), "int8 dequantize: scales must be on the CPU");
     const int64_t rows = q->size(0), k = q->size(1);
     TORCH_CHECK(scales->scalar_type() == at::kFloat && scales->is_contiguous() && scales->numel() == rows,
                 "int8 dequantize: scales must be contiguous f32 [", rows, "]");
@@ -465,13 +467,14 @@ int embed_int8_dequant_hadamard(const at::Tensor* q, const at::Tensor* scales, i
 // per-channel scales `w_scales`, int64 zero points `w_zeros` and f32 `colsum` (w_scale times the
 // int8 row's sum) ([out]); `x_mul` (f32 [in]) multiplies each input channel and `block` (0, or
 // a power of two dividing in) names the Hadamard transform then applied to the row before it is
-// quantized (the weight carries their inverse); `bias` f32 [out] or null; `gelu` 0 for none, 1 for exact GELU, 2 for its tanh
-// approximation (fused into the output pass). With `residual` (f32, x's rows by out) and
+// quantized (the weight carries their inverse); `bias` f32 [out] or null; `gelu` 0 for none, 1
+// for exact GELU, 2 for its tanh approximation (fused into the output pass). With `residual`
+// (f32, x's rows by out) and
 // `ln_weight` (f32 [out]) the output pass instead adds the residual and applies LayerNorm with
 // `ln_weight`, `ln_bias` (f32 [out] or null) and `eps`: a post-norm block's
 // `LayerNorm(x W^T + b + residual)` in one pass over the output.
-int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, int64_t block, const at::Tensor* w, const at::Tensor* w_scales,
-                      const at::Tensor* w_zeros, const at::Tensor* colsum, const at::Tensor* bias, int gelu,
+int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, int64_t block, const at::Tensor* w,
+                      const at::Tensor* w_scales, const at::Tensor* w_zeros, const at::Tensor* colsum, const at::Tensor* bias, int gelu,
                       const at::Tensor* residual, const at::Tensor* ln_weight, const at::Tensor* ln_bias, double eps, at::Tensor** out,
                       char* err, size_t err_len) {
   return guarded(err, err_len, [&] {

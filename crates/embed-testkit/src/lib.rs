@@ -131,17 +131,19 @@ pub fn fixture_bf16_min_cosine(name: &str) -> f64 {
     }
 }
 
-/// The worst cosine int8 must reach against f32 on fixture `name`. Measured on an AMD EPYC
-/// (the calibration as committed, word tables in int8): BERT-shaped 0.9994–0.9999; modernbert
-/// 0.9984, gemma3 0.9984, qwen3 0.9969; gte 0.9922, qwen2 0.9893 (bidirectional 0.9869),
-/// mistral 0.9910; nomic-bert 0.935. The fixtures' tokenizers know only their reference texts, so int8's
-/// calibration texts reach them mostly as unknown tokens and calibrate them poorly; the
-/// drawn-sensitive rotary fixtures show it most (calibrated on its own texts instead,
-/// nomic-bert reached 0.985). The real MiniLM is held to the 0.995, the real MPNet to a
-/// mean of 0.99 (`real_models.rs`).
+/// The worst cosine int8 (oneDNN's, and weight-only) must reach against f32 on fixture `name`.
+/// Measured on an AMD EPYC with the Hadamard transform (the calibration as committed, word
+/// tables in int8), oneDNN / weight-only: BERT-shaped 0.9994–0.9999; modernbert 0.9985 /
+/// 0.9985, gemma3 0.9992 / 0.9991, qwen3 0.9964 / 0.9979; gte 0.9877 / 0.9973, qwen2 0.9861 /
+/// 0.9965, mistral 0.9872 / 0.9921; nomic-bert 0.9921 / 0.9935 (0.935 with oneDNN before the
+/// transform); qwen2-bidirectional 0.9676 / 0.9822 — one text, where before the transform it
+/// was 0.9869 / 0.9911, while its mean cosine stayed 0.9972 against 0.9974: a tail of random
+/// weights under a calibration that reaches these fixtures mostly as unknown tokens (their
+/// tokenizers know only their reference texts). The real MiniLM is held to 0.998, the real MPNet
+/// to a mean of 0.999 (`real_models.rs`).
 pub fn fixture_int8_min_cosine(name: &str) -> f64 {
     match name {
-        "nomic-bert" => 0.90,
+        "nomic-bert" => 0.98,
         "qwen2-bidirectional" => 0.96,
         "gte" | "qwen2" | "mistral" => 0.975,
         "modernbert" | "gemma3" | "qwen3" => 0.995,
