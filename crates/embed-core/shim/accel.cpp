@@ -398,6 +398,14 @@ void scale_rows(float* y, int64_t rows, int64_t n, const float* scales, const fl
 
 // Rows per task: enough work per thread to amortize the fork.
 constexpr int64_t kRowGrain = 16;
+
+// Whether `block` can be a Hadamard block over k channels: a power of two dividing k.
+bool is_block_of(int64_t block, int64_t k) { return block > 0 && (block & (block - 1)) == 0 && k % block == 0; }
+
+// The per-channel multiplier that normalizes the block Hadamard transform of k channels.
+std::vector<float> hadamard_normalization(int64_t k, int64_t block) {
+  return std::vector<float>(static_cast<size_t>(k), static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))));
+}
 }  // namespace
 }  // extern "C++"
 
@@ -422,11 +430,10 @@ int embed_hadamard_rows(const at::Tensor* x, int64_t block, at::Tensor** out, ch
                 "Hadamard rows: input must be 2-D f32 on the CPU, got ", x->scalar_type(), " with ", x->dim(),
                 " dimensions on ", x->device());
     const int64_t k = x->size(1);
-    TORCH_CHECK(block > 0 && (block & (block - 1)) == 0 && k % block == 0, "Hadamard rows: block ", block,
-                " is not a power of two dividing ", k);
+    TORCH_CHECK(is_block_of(block, k), "Hadamard rows: block ", block, " is not a power of two dividing ", k);
     const auto xc = x->contiguous();
     auto y = at::empty({xc.size(0), k}, xc.options());
-    const std::vector<float> mul(static_cast<size_t>(k), static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))));
+    const auto mul = hadamard_normalization(k, block);
     const float* xp = xc.const_data_ptr<float>();
     const float* mp = mul.data();
     float* yp = y.mutable_data_ptr<float>();
@@ -449,10 +456,9 @@ int embed_int8_dequant_hadamard(const at::Tensor* q, const at::Tensor* scales, i
     const int64_t rows = q->size(0), k = q->size(1);
     TORCH_CHECK(scales->scalar_type() == at::kFloat && scales->is_contiguous() && scales->numel() == rows,
                 "int8 dequantize: scales must be contiguous f32 [", rows, "]");
-    TORCH_CHECK(block > 0 && (block & (block - 1)) == 0 && k % block == 0, "int8 dequantize: block ", block,
-                " is not a power of two dividing ", k);
+    TORCH_CHECK(is_block_of(block, k), "int8 dequantize: block ", block, " is not a power of two dividing ", k);
     auto y = at::empty({rows, k}, scales->options());
-    const std::vector<float> mul(static_cast<size_t>(k), static_cast<float>(1.0 / std::sqrt(static_cast<double>(block))));
+    const auto mul = hadamard_normalization(k, block);
     const int8_t* qp = q->const_data_ptr<int8_t>();
     const float* sp = scales->const_data_ptr<float>();
     float* yp = y.mutable_data_ptr<float>();
@@ -484,8 +490,8 @@ int embed_int8_linear(const at::Tensor* x, const at::Tensor* x_mul, int64_t bloc
     const int64_t rows = k == 0 ? 0 : xc.numel() / k;
     TORCH_CHECK(x_mul->scalar_type() == at::kFloat && x_mul->is_contiguous() && x_mul->numel() == k,
                 "int8 linear: x_mul must be contiguous f32 [", k, "]");
-    TORCH_CHECK(block == 0 || (block > 0 && (block & (block - 1)) == 0 && k % block == 0),
-                "int8 linear: Hadamard block ", block, " is not a power of two dividing ", k);
+    TORCH_CHECK(block == 0 || is_block_of(block, k), "int8 linear: Hadamard block ", block,
+                " is not a power of two dividing ", k);
     const float* mp = x_mul->const_data_ptr<float>();
     auto q = at::empty({rows, k}, xc.options().dtype(at::kByte));
     auto sx = at::empty({rows}, xc.options());
