@@ -28,11 +28,15 @@ for line in sys.stdin:
 bundle() {
     rm -rf gpu-bundle && mkdir -p gpu-bundle
     cargo build -q -p embed-server --example leak_check
+    # The leak verdict is xtask's own code (`cargo xtask leak-verdict`), carried as a binary.
+    cargo build -q -p xtask
     cp "$(test_binary embed-core cuda)" gpu-bundle/core-cuda-tests
     cp "$(test_binary embed-core cuda_attention)" gpu-bundle/core-cuda-attention-tests
     cp "$(test_binary embed-pool pool_cuda)" gpu-bundle/pool-cuda-tests
     cp target/debug/examples/leak_check gpu-bundle/leak_check
-    strip gpu-bundle/core-cuda-tests gpu-bundle/core-cuda-attention-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check
+    cp target/debug/xtask gpu-bundle/xtask
+    strip gpu-bundle/core-cuda-tests gpu-bundle/core-cuda-attention-tests gpu-bundle/pool-cuda-tests gpu-bundle/leak_check \
+        gpu-bundle/xtask
     du -sh gpu-bundle
     local bytes
     bytes=$(du -sb gpu-bundle | cut -f1)
@@ -73,26 +77,31 @@ run() {
         tail -n 1 "$out/leak-$layer.json"
     done
     rm -rf "$model"
-    # The verdicts are computed here by the same rules as `cargo xtask leak-check --device cuda`:
-    python3 - "$out" <<'PY' || status=1
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1]); bad = 0
-for f in sorted(out.glob("leak-*.json")):
-    lines = f.read_text().strip().splitlines()
-    if not lines:
-        print(f"{f.name}: the leak-check child failed (see {f.with_suffix('.log').name})"); bad += 1; continue
-    r = json.loads(lines[-1])
-    base = r["baseline"]["cuda_allocated"]; res = r["baseline"]["cuda_reserved"]
-    problems = []
-    if r["live_models_after"] or r["weights_after"]: problems.append("models left live")
-    if r["offloaded_after"]: problems.append(f"{r['offloaded_after']} host bytes of offloaded weights left")
-    if any(a != base for a in r["cuda_allocated_after"][1:]): problems.append(f"allocated {r['cuda_allocated_after']} vs {base}")
-    if any(a != res for a in r["cuda_reserved_after"][1:]): problems.append(f"reserved {r['cuda_reserved_after']} vs {res}")
-    if r["after"]["cuda_used"] - r["baseline"]["cuda_used"] > 2 * 1024 * 1024: problems.append("device used memory grew")
-    print(f"{r['layer']:<8} cuda allocated {base} -> {r['after']['cuda_allocated']}  reserved {res} -> {r['after']['cuda_reserved']}  {'ok' if not problems else 'LEAK ' + '; '.join(problems)}")
-    bad += bool(problems)
-sys.exit(1 if bad else 0)
+    # The verdicts: `cargo xtask leak-verdict`, the code `cargo xtask leak-check` judges with
+    # (xtask/src/leak_check.rs: models, weights and offloaded host copies left; allocator and
+    # anonymous-RSS growth; CUDA allocated/reserved back to the baseline after every cycle, with
+    # at least two figures; device used memory). An empty report (a failed child) fails too.
+    ./gpu-bundle/xtask leak-verdict --device cuda "$out"/leak-{core,scoped,pool,server}.json \
+        | tee "$out/leak-verdict.txt" || status=1
+    # Self-test: the same verdict on a copy of the core report with 256 MiB of host allocator
+    # growth planted (a host or pinned-memory leak) must fail, and for that reason.
+    local planted="$out/leak-selftest-planted.json"
+    python3 - "$out/leak-core.json" "$planted" <<'PY' || status=1
+import json, sys
+lines = open(sys.argv[1]).read().strip().splitlines()
+r = json.loads(lines[-1]) if lines else {}
+r.setdefault("max_after", {})["allocator"] = (r.get("baseline", {}).get("allocator") or 0) + 256 * 1024 * 1024
+open(sys.argv[2], "w").write(json.dumps(r) + "\n")
 PY
+    if ./gpu-bundle/xtask leak-verdict --device cuda "$planted" > "$out/leak-selftest.txt"; then
+        echo "gpu-check: the leak verdict PASSED a report with planted allocator growth" | tee -a "$out/leak-selftest.txt"
+        status=1
+    elif ! grep -q "allocator in-use bytes grew" "$out/leak-selftest.txt"; then
+        echo "gpu-check: the leak verdict failed the planted report, but not on allocator growth" | tee -a "$out/leak-selftest.txt"
+        status=1
+    else
+        echo "gpu-check: leak verdict self-test: planted allocator growth caught"
+    fi
     echo "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED)"
     exit $status
 }

@@ -154,10 +154,7 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
     let cuda = opts.device.starts_with("cuda");
     let mut results = Vec::new();
     let mut all_ok = true;
-    println!(
-        "{:<8} {:>7} {:>12} {:>12} {:>12} {:>12}  verdict ({} cycles on {}, after a warm-up cycle)",
-        "layer", "", "baseline MiB", "peak MiB", "after MiB", "leaked MiB", opts.cycles, opts.device
-    );
+    print_header(opts.cycles, &opts.device);
     for layer in &opts.layers {
         let mut cmd = Command::new(&child);
         cmd.args([layer.as_str(), "--cycles", &opts.cycles.to_string(), "--device", &opts.device]).env_remove("LD_LIBRARY_PATH");
@@ -173,27 +170,8 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().context("child printed nothing")?;
         let r: serde_json::Value = serde_json::from_str(line).with_context(|| format!("child output {line:?}"))?;
-        let (ok, problems) = verdict(&r, cuda);
-        all_ok &= ok;
-        let rows: Vec<(&str, [&str; 2])> = if cuda {
-            vec![("alloc", ["allocator", "allocator"]), ("anon", ["resident", "resident"]), ("cuda", ["cuda_allocated", "cuda_allocated"]), ("cuda-res", ["cuda_reserved", "cuda_reserved"])]
-        } else {
-            vec![("alloc", ["allocator", "allocator"]), ("anon", ["resident", "resident"])]
-        };
-        for (i, (label, [b, a])) in rows.iter().enumerate() {
-            let base = num(&r, &["baseline", b]);
-            let after = num(&r, &["after", a]);
-            let peak = num(&r, &["peak", b]);
-            let leaked = after.zip(base).map(|(a, b)| a - b);
-            let v = if i == 0 { if ok { "ok" } else { "LEAK" } } else { "" };
-            println!("{:<8} {label:>7} {:>12} {:>12} {:>12} {:>12}  {v}", if i == 0 { layer.as_str() } else { "" }, mib(base), mib(peak), mib(after), mib(leaked));
-        }
-        for p in &problems {
-            println!("         ! {p}");
-        }
-        let mut r = r;
-        r["verdict"] = serde_json::json!(if ok { "ok" } else { "leak" });
-        r["problems"] = serde_json::json!(problems);
+        let r = judge_and_print(layer, r, cuda);
+        all_ok &= r["verdict"] == "ok";
         results.push(r);
     }
     if let Some(path) = &opts.json {
@@ -201,6 +179,90 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
         println!("leak-check: wrote {}", path.display());
     }
     println!("leak-check: {}", if all_ok { "no leaks" } else { "LEAKS FOUND" });
+    Ok(all_ok)
+}
+
+fn print_header(cycles: impl std::fmt::Display, device: &str) {
+    println!(
+        "{:<8} {:>7} {:>12} {:>12} {:>12} {:>12}  verdict ({cycles} cycles on {device}, after a warm-up cycle)",
+        "layer", "", "baseline MiB", "peak MiB", "after MiB", "leaked MiB"
+    );
+}
+
+/// Runs [`verdict`] on one child's report, prints its rows of the table and its problems, and
+/// returns the report with `verdict` ("ok" or "leak") and `problems` added.
+fn judge_and_print(layer: &str, mut r: serde_json::Value, cuda: bool) -> serde_json::Value {
+    let (ok, problems) = verdict(&r, cuda);
+    let rows: Vec<(&str, &str)> = if cuda {
+        vec![("alloc", "allocator"), ("anon", "resident"), ("cuda", "cuda_allocated"), ("cuda-res", "cuda_reserved")]
+    } else {
+        vec![("alloc", "allocator"), ("anon", "resident")]
+    };
+    for (i, (label, key)) in rows.iter().enumerate() {
+        let base = num(&r, &["baseline", key]);
+        let after = num(&r, &["after", key]);
+        let peak = num(&r, &["peak", key]);
+        let leaked = after.zip(base).map(|(a, b)| a - b);
+        let v = if i == 0 { if ok { "ok" } else { "LEAK" } } else { "" };
+        println!("{:<8} {label:>7} {:>12} {:>12} {:>12} {:>12}  {v}", if i == 0 { layer } else { "" }, mib(base), mib(peak), mib(after), mib(leaked));
+    }
+    for p in &problems {
+        println!("         ! {p}");
+    }
+    r["verdict"] = serde_json::json!(if ok { "ok" } else { "leak" });
+    r["problems"] = serde_json::json!(problems);
+    r
+}
+
+/// `cargo xtask leak-verdict --device cpu|cuda FILE...`: the verdict of [`run`] on reports the
+/// `leak_check` child wrote elsewhere (the GPU machine has no cargo: `scripts/gpu-check.sh`
+/// carries this binary and runs it on the children's output files). Each file's last line is
+/// one child's JSON report; a file without one fails. True when every layer passed.
+pub(crate) fn verdict_files(args: &[String]) -> Result<bool> {
+    let mut device = "cpu".to_string();
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--device" => device = it.next().context("--device needs a value")?.clone(),
+            f if f.starts_with("--") => bail!("leak-verdict: unknown option {f:?} (--device cpu|cuda FILE...)"),
+            f => files.push(PathBuf::from(f)),
+        }
+    }
+    if files.is_empty() {
+        bail!("leak-verdict: no report files given (--device cpu|cuda FILE...)");
+    }
+    let cuda = device.starts_with("cuda");
+    let cycles = |r: &serde_json::Value| r["cycles"].as_u64().map_or("?".to_string(), |c| c.to_string());
+    let mut all_ok = true;
+    let mut header = false;
+    for f in &files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+        let report = text.lines().rev().find(|l| !l.trim().is_empty()).map(serde_json::from_str::<serde_json::Value>);
+        let r = match report {
+            Some(Ok(r)) if r.is_object() => r,
+            Some(Ok(_)) | Some(Err(_)) => {
+                println!("{name:<8} LEAK     ! {}: the last line is not a leak-check report", f.display());
+                all_ok = false;
+                continue;
+            }
+            None => {
+                println!("{name:<8} LEAK     ! {}: empty (the leak-check child failed; see its log)", f.display());
+                all_ok = false;
+                continue;
+            }
+        };
+        if !header {
+            print_header(cycles(&r), &device);
+            header = true;
+        }
+        let layer = r["layer"].as_str().map_or(name, String::from);
+        // A report from a CUDA run is judged by the CUDA rules too, whatever --device said.
+        let cuda = cuda || r["device"].as_str().is_some_and(|d| d.starts_with("cuda"));
+        all_ok &= judge_and_print(&layer, r, cuda)["verdict"] == "ok";
+    }
+    println!("leak-verdict: {}", if all_ok { "no leaks" } else { "LEAKS FOUND" });
     Ok(all_ok)
 }
 
@@ -277,6 +339,41 @@ mod tests {
         let mut r = report();
         r["max_after"]["resident"] = json!(null);
         assert!(!verdict(&r, false).0);
+    }
+
+    /// `leak-verdict` (what scripts/gpu-check.sh runs on the GPU machine) on report files.
+    #[test]
+    fn report_files_get_the_same_verdict() {
+        let dir = std::env::temp_dir().join(format!("leak-verdict-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let judge = |device: &str, files: &[String]| {
+            let mut args = vec!["--device".to_string(), device.to_string()];
+            args.extend(files.iter().cloned());
+            verdict_files(&args).unwrap()
+        };
+        let mut cuda = report();
+        cuda["device"] = json!("cuda:0");
+        let flat = write("flat.json", format!("child log line\n{cuda}\n"));
+        assert!(judge("cuda", std::slice::from_ref(&flat)));
+        // Host allocator growth on a CUDA run (a pinned or host-side leak) fails.
+        let mut host = cuda.clone();
+        host["max_after"]["allocator"] = json!(100e6 + 256.0 * 1024.0 * 1024.0);
+        let host = write("host.json", format!("{host}\n"));
+        assert!(!judge("cuda", &[flat.clone(), host]));
+        // One CUDA figure after the warm-up is not enough, even when --device says cpu.
+        let mut short = cuda.clone();
+        short["cuda_allocated_after"] = json!([5.0]);
+        assert!(!judge("cpu", &[write("short.json", format!("{short}\n"))]));
+        // A failed child leaves an empty file; that fails rather than being passed over.
+        assert!(!judge("cuda", &[flat, write("empty.json", String::new())]));
+        assert!(!judge("cuda", &[write("garbage.json", "not json\n".into())]));
+        assert!(verdict_files(&["--device".into(), "cuda".into()]).is_err(), "no files given");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -24,6 +24,9 @@ tasks:
              [--model-dir DIR]
                     run each layer for N cycles in a child process; non-zero exit on any leak
                     (with DIR's model instead of the MiniLM)
+  leak-verdict [--device cpu|cuda] FILE...
+                    the leak-check verdict on reports the leak_check child wrote (each file's last
+                    line); what scripts/gpu-check.sh runs on the GPU machine, which has no cargo
   bench [--pairs N] [--rounds N] [--threads N] [--core-only] [--model NAME]
                     embed-core vs sentence-transformers throughput, pair by pair; then the pool's
                     lease/swap times and HTTP vs in-process throughput (unless --core-only)
@@ -63,6 +66,13 @@ fn main() -> Result<()> {
                 Ok(())
             } else {
                 bail!("leak-check found leaks")
+            }
+        }
+        "leak-verdict" => {
+            if leak_check::verdict_files(rest)? {
+                Ok(())
+            } else {
+                bail!("leak-verdict found leaks")
             }
         }
         "help" | "--help" | "-h" => {
