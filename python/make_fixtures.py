@@ -9,8 +9,8 @@ usage (from the repository root, after `cargo xtask setup` and
     .venv/bin/python python/make_fixtures.py --check              # regenerate in memory and compare
     .venv/bin/python python/make_fixtures.py --only mpnet [--check]   # one family (repeatable)
 
-Not part of CI: the generated directories are committed and the Rust tests read those. This script
-records how they were made and `--check` shows they are reproducible.
+The generated directories are committed and the Rust tests read those. This script records how they
+were made and `--check` shows they are reproducible; `cargo xtask test` runs `--check --only bert`.
 
 Families (testdata/fixtures/<name>/): bert (WordPiece, CLS pooling + Normalize, weights saved with
 a `bert.` prefix), roberta (byte-level BPE, mean, weights saved with a `roberta.` prefix),
@@ -1067,6 +1067,18 @@ def hub_forward(directory: pathlib.Path, ids: list) -> torch.Tensor:
     return x
 
 
+def worst_of(values) -> float:
+    """The largest of `values` (0.0 for none), or NaN as soon as one is NaN: `max()` keeps a NaN
+    only when it comes first, so a NaN anywhere else would pass a `<= tolerance` check."""
+    worst = 0.0
+    for v in values:
+        v = float(v)
+        if math.isnan(v):
+            return math.nan
+        worst = max(worst, v)
+    return worst
+
+
 def hub_check(name: str, directory: pathlib.Path, vectors, pooling: str, normalized: bool) -> None:
     """Every reference embedding again, from `hub_forward` on the Hub files."""
     tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
@@ -1078,7 +1090,7 @@ def hub_check(name: str, directory: pathlib.Path, vectors, pooling: str, normali
             pooled = hidden[0] if pooling == "cls" else hidden.mean(0)
             if normalized:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            worst = max(worst, float((pooled - torch.as_tensor(vec)).abs().max()))
+            worst = worst_of([worst, float((pooled - torch.as_tensor(vec)).abs().max())])
     print(f"make_fixtures: {name}: the remote code's forward pass from the Hub files: max abs difference {worst:.1e}")
     if not worst <= 1e-5:
         raise SystemExit(f"make_fixtures: {name}: transformers' port and the Hub forward pass disagree by {worst:g}")
@@ -1200,7 +1212,7 @@ def decoder_checks(name: str, directory: pathlib.Path, model: SentenceTransforme
         f"make_fixtures: {name}: eager vs sdpa attention {worst_eager:.1e}; each text alone vs all {len(texts)} in one "
         f"left-padded batch {worst_batch:.1e}; prompt as text vs prompt_name {worst_text:.1e} (max abs differences)"
     )
-    if not max(worst_eager, worst_batch, worst_text) <= 1e-5:
+    if not worst_of([worst_eager, worst_batch, worst_text]) <= 1e-5:
         raise SystemExit(f"make_fixtures: {name}: eager / batched / prompt-as-text embeddings differ by more than 1e-5")
 
 
@@ -1316,7 +1328,7 @@ def gemma3_checks(directory: pathlib.Path, model: SentenceTransformer, vectors, 
         f"make_fixtures: gemma3: eager vs sdpa attention {worst_eager:.1e}; each text alone vs all {len(texts)} in one "
         f"{model.tokenizer.padding_side}-padded batch {worst_batch:.1e}; prompt as text vs prompt_name {worst_text:.1e} (max abs differences)"
     )
-    if not max(worst_eager, worst_batch, worst_text) <= 1e-5:
+    if not worst_of([worst_eager, worst_batch, worst_text]) <= 1e-5:
         raise SystemExit("make_fixtures: gemma3: eager / batched / prompt-as-text embeddings differ by more than 1e-5")
 
 
@@ -1607,11 +1619,11 @@ def check_reference(new: dict, old: dict, tolerance: float) -> tuple:
         if len(a["embedding"]) != len(b["embedding"]):
             problems.append(f"item {i}: dimension {len(a['embedding'])} vs committed {len(b['embedding'])}")
             continue
-        diff = max(abs(x - y) for x, y in zip(a["embedding"], b["embedding"]))
+        diff = worst_of(abs(x - y) for x, y in zip(a["embedding"], b["embedding"]))
         # `not <=` so that a NaN counts as a mismatch.
         if not diff <= tolerance:
             problems.append(f"item {i} {a['text'][:40]!r}: max abs difference {diff:g} > {tolerance:g}")
-        worst = max(worst, diff)
+        worst = worst_of([worst, diff])
     return problems, worst
 
 

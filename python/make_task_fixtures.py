@@ -265,10 +265,10 @@ def compute_reranker(name: str, directory: pathlib.Path) -> dict:
         for i, (q, t) in enumerate(pairs):
             # Each pair alone, unpadded: "longest_first" as CrossEncoder, and "only_second".
             x = hf_tok(q, t, truncation="longest_first", max_length=MAX_LENGTH, return_tensors="pt")
-            worst = max(worst, abs(float(model(**x).logits[0, 0]) - float(logits[i])))
+            worst = mf.worst_of([worst, abs(float(model(**x).logits[0, 0]) - float(logits[i]))])
             y = hf_tok(q, t, truncation="only_second", max_length=MAX_LENGTH, return_tensors="pt")
             if x["input_ids"].shape == y["input_ids"].shape and torch.equal(x["input_ids"], y["input_ids"]):
-                worst_second = max(worst_second, abs(float(model(**y).logits[0, 0]) - float(logits[i])))
+                worst_second = mf.worst_of([worst_second, abs(float(model(**y).logits[0, 0]) - float(logits[i]))])
             else:
                 differ.append(i)
     print(
@@ -276,7 +276,7 @@ def compute_reranker(name: str, directory: pathlib.Path) -> dict:
         f"{worst:.1e} (longest_first), {worst_second:.1e} (only_second, the pairs where it gives the same tokens); "
         f"only_second tokenises pair(s) {differ} differently"
     )
-    if not max(worst, worst_second) <= 1e-5:
+    if not mf.worst_of([worst, worst_second]) <= 1e-5:
         raise SystemExit(f"make_task_fixtures: {name}: CrossEncoder and the plain transformers forward disagree")
     assert differ == [len(pairs) - 1], differ  # only the long-query pair
     truncated = [n > MAX_LENGTH for n in full]
@@ -415,10 +415,10 @@ def check_reference(new: dict, old: dict, tolerance: float) -> tuple:
                 if y is None or len(x) != len(y):
                     problems.append(f"item {i}: {key}: {len(x)} values vs committed {y if y is None else len(y)}")
                     continue
-                diff = max((abs(p - q) for p, q in zip(x, y)), default=0.0)
+                diff = mf.worst_of(abs(p - q) for p, q in zip(x, y))
                 if not diff <= tolerance:  # `not <=` so that a NaN counts as a mismatch
                     problems.append(f"item {i}: {key}: max abs difference {diff:g} > {tolerance:g}")
-                worst = max(worst, diff)
+                worst = mf.worst_of([worst, diff])
             elif x != y:
                 problems.append(f"item {i}: {key}: computed {x!r}, committed {y!r}")
     return problems, worst

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup if needed, then every test of the workspace, the CPU leak check and
-//! its proof that a planted leak is caught, the deployment checks, and the cluster test (nginx in
-//! front of three replicas through a rolling restart). This is what CI runs.
+//! its proof that a planted leak is caught, the deployment checks, a `--check` of the fixture
+//! generators, and the cluster test (nginx in front of three replicas through a rolling restart).
+//! This is what CI runs.
 
 use std::process::Command;
 
@@ -41,6 +42,18 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     let status = Command::new(&env.python).current_dir(&env.root).arg("deploy/check.py").status()?;
     if !status.success() {
         bail!("deploy/check.py failed; rerun with `.venv/bin/python deploy/check.py`");
+    }
+
+    // Fixture provenance: one random family's generator and the real MiniLM's reference, each
+    // recomputed and compared with the committed files (about 25 s). The generators need the
+    // pinned transformers / sentence-transformers of python/requirements-bench.txt.
+    let bench_env = setup::run(&setup::Options { bench: true, models: Vec::new() })?;
+    for script in [&["python/make_fixtures.py", "--check", "--only", "bert"][..], &["python/make_reference.py", "--check"]] {
+        println!("test: fixture provenance ({} {})", script[0], script[1..].join(" "));
+        let status = Command::new(&bench_env.python).current_dir(&env.root).args(script).status()?;
+        if !status.success() {
+            bail!("{} --check failed; rerun with `.venv/bin/python {}`", script[0], script.join(" "));
+        }
     }
 
     println!("test: three replicas behind nginx through a rolling restart and a kill (cargo xtask cluster-test)");
