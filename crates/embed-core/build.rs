@@ -38,4 +38,24 @@ fn main() {
     // For the linking test.
     println!("cargo:rustc-env=EMBED_LIBTORCH_LIB={}", lib_dir.display());
     link_libtorch(&lib_dir);
+    test_cpu_cfgs();
+}
+
+/// What the CPU that builds the tests can run, for their `#[cfg_attr(not(…), ignore = "…")]`:
+/// a kernel this CPU cannot run is listed as an ignored test with the reason, instead of a test
+/// that passes without checking it. The tests are built and run on one machine (`cargo xtask
+/// test`, CI); the library itself decides at run time (`int8_unsupported_reason`,
+/// `cpu_prepack_unsupported_reason`).
+fn test_cpu_cfgs() {
+    println!("cargo::rustc-check-cfg=cfg(embed_cpu_vnni)");
+    println!("cargo::rustc-check-cfg=cfg(embed_cpu_bf16_prepack)");
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("x86_64") {
+        if std::is_x86_feature_detected!("avx512vnni") || std::is_x86_feature_detected!("avxvnni") {
+            println!("cargo::rustc-cfg=embed_cpu_vnni");
+        }
+        if std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512dq") {
+            println!("cargo::rustc-cfg=embed_cpu_bf16_prepack");
+        }
+    }
 }

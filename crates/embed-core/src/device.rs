@@ -188,6 +188,22 @@ pub fn int8_unsupported_reason() -> Option<String> {
     Some("int8 is built for x86-64 CPUs with VNNI; use f32 or bf16".into())
 }
 
+/// Why this CPU cannot prepack bf16 linear weights for oneDNN ([`crate::ModelOptions::cpu_prepack`]),
+/// or `None` when it can: oneDNN's bf16 reorder needs AVX-512 BW, VL and DQ (or AVX-NE-CONVERT).
+/// Without them a bf16 model runs libtorch's plain bf16 matmul, unprepacked.
+pub fn cpu_prepack_unsupported_reason() -> Option<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vl") && std::is_x86_feature_detected!("avx512dq");
+        if avx512 {
+            return None;
+        }
+        Some("this CPU lacks AVX-512 BW/VL/DQ, which oneDNN's bf16 weight prepacking needs".into())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Some("oneDNN bf16 prepacking is built for x86-64 CPUs with AVX-512".into())
+}
+
 /// Floating-point precision of the weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]

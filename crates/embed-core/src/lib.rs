@@ -53,7 +53,7 @@ mod worker;
 
 pub use config::Pooling;
 pub use models::{supported_model_types, Family};
-pub use device::{cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
+pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use types::{

@@ -59,8 +59,10 @@ pub struct ModelOptions {
     pub threads: Option<usize>,
     /// On the CPU in bf16, reorder the linear layers' weights once at load into oneDNN's
     /// blocked layout (prepacked: no reorder per call, and a following GELU fused into the
-    /// matmul). `None` (the default) and `Some(true)`: on for CPU bf16 models; `Some(false)`:
-    /// off. A prepacked model cannot be offloaded (a CPU model gains nothing from it).
+    /// matmul). `None` (the default): on for CPU bf16 models where the CPU can (AVX-512 BW/VL/DQ,
+    /// see [`crate::cpu_prepack_unsupported_reason`]), off elsewhere; `Some(true)`: on, and a
+    /// load on a CPU that cannot fails with [`crate::Error::InvalidOption`]; `Some(false)`: off.
+    /// A prepacked model cannot be offloaded (a CPU model gains nothing from it).
     pub cpu_prepack: Option<bool>,
     /// int8 only: the texts to calibrate on (a sample of what the model will embed, tens to a
     /// few hundred), instead of the built-in mix of short texts and passages. Quantization then

@@ -91,38 +91,59 @@ async fn every_family_and_head_moves_every_weight_byte_and_comes_back_bitwise() 
     }
 }
 
+/// Requests and offloads race; every request gets the vectors it would have got alone. The model
+/// starts offloaded, so the first request's round must restore it (`auto_restores`); the
+/// offloads racing after that move it back and forth, and every move is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_racing_offloads_all_get_the_same_vectors() {
     let _s = serial().await;
     let svc = std::sync::Arc::new(load("bert", DType::F32).await);
     let texts: Vec<String> = fixture_reference("bert").into_iter().map(|i| i.text).collect();
     let expected = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+    let before = svc.batch_stats().unwrap();
+    assert!(svc.offload().await.unwrap().moved);
     let mut tasks = Vec::new();
     for i in 0..24 {
         let (svc, texts) = (svc.clone(), texts.clone());
         tasks.push(tokio::spawn(async move {
             if i % 3 == 0 {
-                svc.offload().await.map(|_| None)
+                svc.offload().await.map(|m| Err(m.moved))
             } else {
-                svc.embed_texts(&texts[i..i + 8], &EmbedOptions::default()).await.map(|e| Some((i, e.vectors)))
+                svc.embed_texts(&texts[i..i + 8], &EmbedOptions::default()).await.map(|e| Ok((i, e.vectors)))
             }
         }));
     }
+    let (mut answered, mut moved_offloads) = (0, 0);
     for t in tasks {
-        if let Some((i, vectors)) = t.await.unwrap().unwrap() {
-            // Batches form differently than in the one-call reference, so compare as the
-            // batching tests do (batch invariance within 1e-5), not bitwise.
-            for (k, v) in vectors.iter().enumerate() {
-                let d = embed_testkit::max_abs_diff(v, &expected[i + k]);
-                assert!(d <= 1e-5, "text {} after racing offloads differs by {d}", i + k);
+        match t.await.unwrap().unwrap() {
+            Ok((i, vectors)) => {
+                answered += 1;
+                // Batches form differently than in the one-call reference, so compare as the
+                // batching tests do (batch invariance within 1e-5), not bitwise.
+                for (k, v) in vectors.iter().enumerate() {
+                    let d = embed_testkit::max_abs_diff(v, &expected[i + k]);
+                    assert!(d <= 1e-5, "text {} after racing offloads differs by {d}", i + k);
+                }
             }
+            Err(moved) => moved_offloads += u64::from(moved),
         }
     }
+    assert_eq!(answered, 16);
+    let stats = svc.batch_stats().unwrap();
+    let (offloads, restores, auto) =
+        (stats.offloads - before.offloads, stats.restores - before.restores, stats.auto_restores - before.auto_restores);
+    // Requests made the only restores, each counted once, and every offload that moved counted.
+    assert!(auto >= 1, "no request restored the offloaded model: {stats:?}");
+    assert_eq!(restores, auto, "restores other than the requests' own: {stats:?}");
+    assert_eq!(offloads, 1 + moved_offloads, "{stats:?}");
+    let on_host = u64::from(svc.residency() == Some(Residency::Host));
+    assert_eq!(offloads, restores + on_host, "offloads and restores alternate: {stats:?}");
     svc.cleanup().await.unwrap();
     assert_eq!((offloaded_host_bytes(), live_weight_bytes()), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(not(embed_cpu_bf16_prepack), ignore = "oneDNN bf16 prepacking needs AVX-512 BW/VL/DQ, which the CPU that built these tests lacks")]
 async fn a_prepacked_cpu_model_refuses_to_offload_and_keeps_serving() {
     let _s = serial().await;
     let spec = ModelSpec::new(fixture_dir("bert").to_string_lossy()).with_options(ModelOptions { dtype: Some(DType::Bf16), ..Default::default() });

@@ -365,6 +365,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
     fn int8_linear_computes_what_its_rounding_says() {
         let (rows, k, n) = (37, 64, 96);
         let x = inputs(rows, k);
@@ -391,6 +392,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
     fn calibrated_smoothing_never_does_worse_on_its_calibration_rows() {
         let (rows, k, n) = (64, 128, 48);
         let x = inputs(rows, k);
@@ -540,6 +542,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
     fn odd_shapes_and_a_single_row() {
         // Widths no SIMD lane or oneDNN block divides, one row, and a 3-D input; inputs of three
         // Hadamard blocks of 128 and of 16.

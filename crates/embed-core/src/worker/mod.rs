@@ -215,8 +215,14 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
     let mut model = Model::load(&dir, device.to_tch(), dtype.kind(device))?;
     // Tuned for a full batch under the CPU token budget.
     let rows = o.max_batch_tokens.unwrap_or(2_048) as i64;
-    if device == ResolvedDevice::Cpu && dtype == DType::Bf16 && o.cpu_prepack != Some(false) {
-        model.prepack(rows)?;
+    if device == ResolvedDevice::Cpu && dtype == DType::Bf16 {
+        match (o.cpu_prepack, crate::device::cpu_prepack_unsupported_reason()) {
+            (Some(false), _) => {}
+            (None, None) | (Some(true), None) => model.prepack(rows)?,
+            // The default on a CPU that cannot: plain bf16 matmuls (`ModelInfo::cpu_prepacked` false).
+            (None, Some(reason)) => tracing::debug!(model = %spec.name, "bf16 weights not prepacked: {reason}"),
+            (Some(true), Some(reason)) => return Err(Error::InvalidOption { name: "cpu_prepack", reason }),
+        }
     }
     match int8 {
         Some(crate::device::Int8Kernel::OneDnn) => {
