@@ -7,11 +7,17 @@ usage:
       151 669, q/k RMSNorm, tied embeddings, bf16 weights as the Hub checkpoint stores them) with
       random weights. Tokenizer, prompts, last-token pooling and Normalize come from the small
       qwen3 fixture (FIXTURE_DIR), so no download is needed; max_seq_length is 8192.
+  decoder_shape.py shard MODEL_DIR OUT_DIR SHARDS
+      Copies MODEL_DIR to OUT_DIR with model.safetensors split into SHARDS files
+      (model-0000i-of-0000N.safetensors, tensors in name order, about equal bytes each) and a
+      model.safetensors.index.json (metadata.total_size, weight_map), the layout the Hub serves
+      Qwen3-Embedding-4B/8B and e5-mistral-7b in. One shard's tensors are in memory at a time.
   decoder_shape.py st MODEL_DIR TEXTS THREADS VECTORS_OUT.json
       Embeds the texts (one per line) with sentence-transformers in f32 on CPU, once to warm up
       and once timed; prints one JSON line and writes the vectors.
 """
 import json
+import math
 import pathlib
 import shutil
 import sys
@@ -60,6 +66,41 @@ def make(fixture: pathlib.Path, out: pathlib.Path) -> None:
     print(f"{out}: {params / 1e6:.0f} M parameters")
 
 
+def shard(model_dir: pathlib.Path, out: pathlib.Path, shards: int) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    if (out / "model.safetensors.index.json").exists():
+        print(f"{out}: already there")
+        return
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp, ignore=lambda d, names: [n for n in names if pathlib.Path(d) == model_dir and n in {"model.safetensors", "reference.json"}])
+    with safe_open(model_dir / "model.safetensors", framework="pt") as f:
+        names = sorted(f.keys())
+        sizes = {n: f.get_slice(n).get_shape() for n in names}
+        dtypes = {n: f.get_slice(n).get_dtype() for n in names}
+        width = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8}
+        nbytes = {n: width[dtypes[n]] * math.prod(sizes[n]) for n in names}
+        total = sum(nbytes.values())
+        groups, filled = [[] for _ in range(shards)], 0
+        g = 0
+        for i, n in enumerate(names):
+            if g + 1 < shards and groups[g] and (filled >= total * (g + 1) // shards or len(names) - i == shards - g - 1):
+                g += 1
+            filled += nbytes[n]
+            groups[g].append(n)
+        weight_map = {}
+        for i, group in enumerate(groups):
+            file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({n: f.get_tensor(n) for n in group}, tmp / file, metadata={"format": "pt"})
+            weight_map.update({n: file for n in group})
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(f"{out}: {shards} shards, {total / 1e6:.0f} MB")
+
+
 def st(model_dir: str, texts_path: str, threads: int, vectors_out: str) -> None:
     from sentence_transformers import SentenceTransformer
 
@@ -81,6 +122,8 @@ def st(model_dir: str, texts_path: str, threads: int, vectors_out: str) -> None:
 def main() -> None:
     if sys.argv[1] == "make":
         make(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
+    elif sys.argv[1] == "shard":
+        shard(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4]))
     elif sys.argv[1] == "st":
         st(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5])
     else:

@@ -1,6 +1,7 @@
 //! Reading a Hugging Face / sentence-transformers model directory.
 //!
-//! Layout: `config.json` (architecture), `model.safetensors`, `tokenizer.json`, and optionally the
+//! Layout: `config.json` (architecture), `model.safetensors` (or `model.safetensors.index.json` and
+//! its shards), `tokenizer.json`, and optionally the
 //! sentence-transformers files `modules.json`, `1_Pooling/config.json`, `sentence_bert_config.json`
 //! and `config_sentence_transformers.json` (prompts).
 
@@ -85,7 +86,7 @@ pub(crate) struct ModelDir {
     pub(crate) prompts: BTreeMap<String, String>,
     /// The prompt applied when the caller names none.
     pub(crate) default_prompt_name: Option<String>,
-    /// Path of `model.safetensors`.
+    /// Path of `model.safetensors`, or of `model.safetensors.index.json` for sharded weights.
     pub(crate) weights: PathBuf,
     /// Path of `tokenizer.json`.
     pub(crate) tokenizer: PathBuf,
@@ -134,10 +135,13 @@ impl ModelDir {
             });
         }
         let config_path = require_file(dir.join("config.json"), "")?;
-        let weights = require_file(
-            dir.join("model.safetensors"),
-            " (only safetensors weights are supported; convert pytorch_model.bin first)",
-        )?;
+        let weights = crate::layers::weights::checkpoint_in(dir).ok_or_else(|| Error::MissingFile {
+            path: dir.join(crate::layers::weights::SINGLE_FILE),
+            hint: format!(
+                " (nor {}: only safetensors weights are supported; convert pytorch_model.bin first)",
+                crate::layers::weights::INDEX_FILE
+            ),
+        })?;
         let tokenizer = require_file(
             dir.join("tokenizer.json"),
             " (a fast-tokenizer tokenizer.json is required)",
@@ -364,7 +368,30 @@ impl DenseModule {
     }
 }
 
+/// The pooling of a `Pooling` module's `config.json`, in either format: the
+/// `pooling_mode_*` booleans (sentence-transformers up to 5), or sentence-transformers 6's
+/// `"pooling_mode": "mean"` (a name, or a list of one name). Where a file has both, they must agree.
 fn pooling_from_config(pc: &Value, path: &Path) -> Result<Pooling> {
+    let unsupported = |mode: &str| Error::config(path, format!("pooling mode {mode} is not supported (mean, cls, max, lasttoken)"));
+    let named = match pc.get("pooling_mode") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Array(a)) => match a.as_slice() {
+            [Value::String(s)] => Some(s.clone()),
+            [] => return Err(Error::config(path, "\"pooling_mode\" is an empty list")),
+            _ => return Err(Error::config(path, "several pooling modes at once (concatenated pooling) are not supported")),
+        },
+        Some(other) => return Err(Error::config(path, format!("\"pooling_mode\" must be a name, not {other}"))),
+    };
+    let named = match named.as_deref() {
+        None => None,
+        Some("mean" | "mean_tokens") => Some(Pooling::Mean),
+        Some("cls" | "cls_token") => Some(Pooling::Cls),
+        Some("max" | "max_tokens") => Some(Pooling::Max),
+        Some("lasttoken" | "last_token") => Some(Pooling::LastToken),
+        Some(m @ ("mean_sqrt_len_tokens" | "weightedmean" | "weightedmean_tokens")) => return Err(unsupported(m)),
+        Some(m) => return Err(Error::config(path, format!("unknown pooling mode {m:?} (mean, cls, max, lasttoken)"))),
+    };
     let modes = [
         ("pooling_mode_mean_tokens", Pooling::Mean),
         ("pooling_mode_cls_token", Pooling::Cls),
@@ -372,12 +399,54 @@ fn pooling_from_config(pc: &Value, path: &Path) -> Result<Pooling> {
         ("pooling_mode_lasttoken", Pooling::LastToken),
     ];
     let on: Vec<Pooling> = modes.iter().filter(|(k, _)| opt_bool(pc, k)).map(|(_, p)| *p).collect();
-    if opt_bool(pc, "pooling_mode_mean_sqrt_len_tokens") || opt_bool(pc, "pooling_mode_weightedmean_tokens") {
-        return Err(Error::config(path, "pooling modes mean_sqrt_len and weightedmean are not supported"));
+    if opt_bool(pc, "pooling_mode_mean_sqrt_len_tokens") {
+        return Err(unsupported("mean_sqrt_len_tokens"));
     }
-    match on.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Error::config(path, "no pooling mode is enabled")),
-        _ => Err(Error::config(path, "several pooling modes at once (concatenated pooling) are not supported")),
+    if opt_bool(pc, "pooling_mode_weightedmean_tokens") {
+        return Err(unsupported("weightedmean"));
+    }
+    match (named, on.as_slice()) {
+        (Some(p), []) => Ok(p),
+        (Some(p), [q]) if p == *q => Ok(p),
+        (Some(p), _) => Err(Error::config(path, format!("\"pooling_mode\" says {p}, the pooling_mode_* flags say otherwise"))),
+        (None, [one]) => Ok(*one),
+        (None, []) => Err(Error::config(path, "no pooling mode is enabled")),
+        (None, _) => Err(Error::config(path, "several pooling modes at once (concatenated pooling) are not supported")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{pooling_from_config, Pooling};
+    use serde_json::json;
+
+    fn pool(v: serde_json::Value) -> Result<Pooling, String> {
+        pooling_from_config(&v, std::path::Path::new("1_Pooling/config.json")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn sentence_transformers_6_names_the_mode() {
+        let v6 = |m: &str| json!({"embedding_dimension": 32, "pooling_mode": m, "include_prompt": true});
+        assert_eq!(pool(v6("mean")), Ok(Pooling::Mean));
+        assert_eq!(pool(v6("cls")), Ok(Pooling::Cls));
+        assert_eq!(pool(v6("max")), Ok(Pooling::Max));
+        assert_eq!(pool(v6("lasttoken")), Ok(Pooling::LastToken));
+        assert_eq!(pool(json!({"pooling_mode": ["cls"]})), Ok(Pooling::Cls));
+        let err = pool(v6("weightedmean")).unwrap_err();
+        assert!(err.contains("weightedmean") && err.contains("not supported"), "{err}");
+        let err = pool(v6("median")).unwrap_err();
+        assert!(err.contains("unknown pooling mode \"median\""), "{err}");
+        let err = pool(json!({"pooling_mode": ["mean", "max"]})).unwrap_err();
+        assert!(err.contains("concatenated"), "{err}");
+    }
+
+    #[test]
+    fn the_older_flags_still_read_and_must_agree_with_a_name() {
+        assert_eq!(pool(json!({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false})), Ok(Pooling::Cls));
+        assert_eq!(pool(json!({"pooling_mode": "mean", "pooling_mode_mean_tokens": true})), Ok(Pooling::Mean));
+        let err = pool(json!({"pooling_mode": "mean", "pooling_mode_cls_token": true})).unwrap_err();
+        assert!(err.contains("say otherwise"), "{err}");
+        let err = pool(json!({"word_embedding_dimension": 32})).unwrap_err();
+        assert!(err.contains("no pooling mode"), "{err}");
     }
 }

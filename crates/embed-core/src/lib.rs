@@ -61,7 +61,7 @@ pub use types::{
     ModelOptions, ModelSpec, MoveReport, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
     TokenizedText,
 };
-pub use source::{estimate_weight_bytes, is_hub_id, ModelSource};
+pub use source::{estimate_weight_bytes, hub_commit, is_hub_id, ModelSource};
 /// Test hooks (feature `test-util`): failures on demand.
 #[cfg(feature = "test-util")]
 pub use types::FaultInjection;

@@ -11,21 +11,28 @@ pub enum ModelSource {
     Local(PathBuf),
     /// A hub id such as `sentence-transformers/all-MiniLM-L6-v2`, resolved through the local
     /// Hugging Face cache and downloaded when the network allows.
-    Hub(String),
+    Hub {
+        /// `org/name`.
+        id: String,
+        /// A branch, tag or commit (`org/name@revision`); the repo's default branch when `None`.
+        revision: Option<String>,
+    },
 }
 
-/// Files fetched for a hub model; optional ones may be absent upstream.
-const REQUIRED_FILES: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
+/// Files fetched for every hub model when the repo has them, beside the weights and the files
+/// `modules.json` names. `config.json` and `tokenizer.json` are required.
+const REQUIRED_FILES: &[&str] = &["config.json", "tokenizer.json"];
 const OPTIONAL_FILES: &[&str] = &[
+    "tokenizer_config.json",
+    "special_tokens_map.json",
     "modules.json",
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
-    "1_Pooling/config.json",
 ];
 
 impl ModelSource {
     /// Interprets `s`: an existing directory (or anything that looks like a path) is local;
-    /// `org/name` is a hub id.
+    /// `org/name` or `org/name@revision` is a hub id.
     pub fn parse(s: &str) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidSource { source_str: s.to_string(), reason: reason.into() };
         if s.trim().is_empty() {
@@ -39,10 +46,19 @@ impl ModelSource {
         if looks_like_path {
             return Err(invalid("no such directory"));
         }
-        if is_hub_id(s) {
-            Ok(ModelSource::Hub(s.to_string()))
+        let (id, revision) = match s.split_once('@') {
+            Some((id, rev)) => (id, Some(rev)),
+            None => (s, None),
+        };
+        if let Some(rev) = revision {
+            if !is_revision(rev) {
+                return Err(invalid("the revision after '@' must be a branch, tag or commit (letters, digits, '.', '_', '-', '/')"));
+            }
+        }
+        if is_hub_id(id) {
+            Ok(ModelSource::Hub { id: id.to_string(), revision: revision.map(String::from) })
         } else {
-            Err(invalid("neither an existing directory nor a hub id of the form org/name"))
+            Err(invalid("neither an existing directory nor a hub id of the form org/name[@revision]"))
         }
     }
 
@@ -51,7 +67,7 @@ impl ModelSource {
     pub fn resolve(&self) -> Result<PathBuf> {
         match self {
             ModelSource::Local(p) => Ok(p.clone()),
-            ModelSource::Hub(id) => resolve_hub(id),
+            ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref()),
         }
     }
 }
@@ -60,7 +76,8 @@ impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelSource::Local(p) => write!(f, "{}", p.display()),
-            ModelSource::Hub(id) => f.write_str(id),
+            ModelSource::Hub { id, revision: None } => f.write_str(id),
+            ModelSource::Hub { id, revision: Some(r) } => write!(f, "{id}@{r}"),
         }
     }
 }
@@ -81,42 +98,199 @@ pub fn is_hub_id(s: &str) -> bool {
     ok(org) && ok(name)
 }
 
+/// A branch, tag or commit name: what git allows that is also safe in a URL path and a cache
+/// directory name (`refs/pr/1` included; no `..`, no leading `/` or `.`).
+fn is_revision(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 200
+        && !r.starts_with(['/', '.'])
+        && !r.ends_with('/')
+        && !r.contains("..")
+        && !r.contains("//")
+        && r.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+}
+
+/// The commit a model directory resolved from the hub cache holds (`…/snapshots/<commit>`).
+pub fn hub_commit(dir: &Path) -> Option<String> {
+    let parent = dir.parent()?;
+    if parent.file_name()? != "snapshots" {
+        return None;
+    }
+    let name = dir.file_name()?.to_str()?;
+    (name.len() >= 7 && name.chars().all(|c| c.is_ascii_hexdigit())).then(|| name.to_string())
+}
+
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes"))
 }
 
-fn resolve_hub(id: &str) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
-    let cache_dir = cache.path().clone();
-    let repo = cache.model(id.to_string());
-    if let Some(config) = repo.get("config.json") {
-        if REQUIRED_FILES.iter().all(|f| repo.get(f).is_some()) {
-            return Ok(config.parent().expect("cached file has a parent").to_path_buf());
+/// The hub token: `HF_TOKEN`, else the file `HF_TOKEN_PATH` names, else the cache's `token`
+/// file (`$HF_HOME/token`, what `huggingface-cli login` writes). Never logged.
+fn hub_token(cache: &hf_hub::Cache) -> Option<String> {
+    let clean = |t: String| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(t) = std::env::var("HF_TOKEN").ok().and_then(clean) {
+        return Some(t);
+    }
+    if let Some(path) = std::env::var_os("HF_TOKEN_PATH") {
+        return std::fs::read_to_string(path).ok().and_then(clean);
+    }
+    cache.token().and_then(clean)
+}
+
+/// Where a needed file comes from: the cache alone (offline), or the cache then the hub.
+trait Fetch {
+    /// The local path of `file`; `Ok(None)` when the repo does not have it (or, offline, the
+    /// cache does not).
+    fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>>;
+}
+
+struct CacheOnly(hf_hub::CacheRepo);
+
+impl Fetch for CacheOnly {
+    fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>> {
+        Ok(self.0.get(file))
+    }
+}
+
+struct Online<'a> {
+    cache: hf_hub::CacheRepo,
+    remote: hf_hub::api::sync::ApiRepo,
+    failed: &'a dyn Fn(String) -> Error,
+}
+
+impl Fetch for Online<'_> {
+    fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>> {
+        if let Some(p) = self.cache.get(file) {
+            return Ok(Some(p));
+        }
+        match self.remote.download_with_progress(file, LogProgress::default()) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) => match status_of(&e) {
+                Some(404) => Ok(None),
+                Some(401 | 403) => Err((self.failed)(format!(
+                    "the hub refused {file} (HTTP {}): the repo is gated or private, or the revision is not yours to read; \
+                     set HF_TOKEN (or HF_TOKEN_PATH, or log in) to a token with access",
+                    status_of(&e).unwrap_or_default()
+                ))),
+                _ => Err((self.failed)(format!("{file}: {e}"))),
+            },
         }
     }
-    if offline() {
-        return Err(Error::ModelNotAvailable {
-            id: id.into(),
-            cache: cache_dir,
-            reason: "HF_HUB_OFFLINE is set".into(),
-        });
+}
+
+fn status_of(e: &hf_hub::api::sync::ApiError) -> Option<u16> {
+    match e {
+        hf_hub::api::sync::ApiError::RequestError(r) => match &**r {
+            ureq::Error::Status(code, _) => Some(*code),
+            _ => None,
+        },
+        _ => None,
     }
-    let not_available = |reason: String| Error::ModelNotAvailable { id: id.into(), cache: cache_dir.clone(), reason };
+}
+
+/// Logs a download's progress (bytes, rate) at most every five seconds, and its end.
+#[derive(Default)]
+struct LogProgress {
+    file: String,
+    size: usize,
+    done: usize,
+    started: Option<std::time::Instant>,
+    last: Option<std::time::Instant>,
+}
+
+impl hf_hub::api::Progress for LogProgress {
+    fn init(&mut self, size: usize, filename: &str) {
+        (self.file, self.size, self.done) = (filename.to_string(), size, 0);
+        let now = std::time::Instant::now();
+        (self.started, self.last) = (Some(now), Some(now));
+        tracing::info!(file = %self.file, bytes = size, "downloading from the hub");
+    }
+
+    fn update(&mut self, size: usize) {
+        self.done += size;
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|l| now.duration_since(l).as_secs() >= 5) {
+            self.last = Some(now);
+            let secs = self.started.map_or(0.0, |s| now.duration_since(s).as_secs_f64()).max(1e-3);
+            tracing::info!(file = %self.file, done = self.done, of = self.size, mib_per_s = format!("{:.1}", self.done as f64 / secs / 1048576.0), "downloading");
+        }
+    }
+
+    fn finish(&mut self) {
+        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64()).max(1e-3);
+        tracing::info!(file = %self.file, bytes = self.done, mib_per_s = format!("{:.1}", self.done as f64 / secs / 1048576.0), "downloaded");
+    }
+}
+
+/// Fetches everything a model needs: the fixed files, the weights (the single file, or the index
+/// and every shard it names), and every module directory `modules.json` lists (its
+/// `config.json` and weights). Returns the snapshot directory.
+fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<PathBuf> {
+    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE};
+    let mut dir = None;
+    for file in REQUIRED_FILES {
+        let p = f.fetch(file)?.ok_or_else(|| missing(format!("the repo has no {file}")))?;
+        dir.get_or_insert_with(|| p.parent().expect("a cached file has a parent").to_path_buf());
+    }
+    let dir = dir.expect("REQUIRED_FILES is not empty");
+    for file in OPTIONAL_FILES {
+        f.fetch(file)?;
+    }
+    if f.fetch(SINGLE_FILE)?.is_none() {
+        let index = f
+            .fetch(INDEX_FILE)?
+            .ok_or_else(|| missing(format!("the repo has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)")))?;
+        let (shards, _, _) = read_index(&index)?;
+        for shard in shards {
+            f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
+        }
+    }
+    if let Some(modules) = dir.join("modules.json").is_file().then(|| dir.join("modules.json")) {
+        let text = std::fs::read_to_string(&modules).map_err(|e| Error::io(&modules, e))?;
+        let list: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::config(&modules, e.to_string()))?;
+        for m in list.as_array().into_iter().flatten() {
+            let path = m.get("path").and_then(serde_json::Value::as_str).unwrap_or("");
+            let kind = m.get("type").and_then(serde_json::Value::as_str).unwrap_or("");
+            // The Transformer module is the repo's root, fetched above.
+            if path.is_empty() || path.split('/').any(|p| p.is_empty() || p == "..") {
+                continue;
+            }
+            let config = f.fetch(&format!("{path}/config.json"))?;
+            let dense = kind.rsplit('.').next() == Some("Dense");
+            if dense || config.is_some() {
+                let weights = f.fetch(&format!("{path}/{SINGLE_FILE}"))?;
+                if dense && (config.is_none() || weights.is_none()) {
+                    return Err(missing(format!("the Dense module {path:?} needs config.json and {SINGLE_FILE}")));
+                }
+            }
+        }
+    }
+    Ok(dir)
+}
+
+fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
+    let cache = hf_hub::Cache::from_env();
+    let cache_dir = cache.path().clone();
+    let repo = match revision {
+        Some(r) => hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()),
+        None => hf_hub::Repo::model(id.to_string()),
+    };
+    let shown = match revision {
+        Some(r) => format!("{id}@{r}"),
+        None => id.to_string(),
+    };
+    let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
+    if offline() {
+        let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
+        return fetch_model(&mut CacheOnly(cache.repo(repo)), &offline_missing);
+    }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(true)
+        .with_progress(false)
+        .with_token(hub_token(&cache))
         .build()
         .map_err(|e| not_available(e.to_string()))?;
-    let remote = api.model(id.to_string());
-    let mut dir = None;
-    for f in REQUIRED_FILES {
-        let p = remote.get(f).map_err(|e| not_available(format!("{f}: {e}")))?;
-        dir.get_or_insert_with(|| p.parent().expect("downloaded file has a parent").to_path_buf());
-    }
-    for f in OPTIONAL_FILES {
-        // Optional files are genuinely optional upstream; a 404 is not an error.
-        let _ = remote.get(f);
-    }
-    Ok(dir.expect("REQUIRED_FILES is not empty"))
+    let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
+    fetch_model(&mut online, &not_available)
 }
 
 #[cfg(test)]
@@ -136,8 +310,10 @@ mod tests {
     fn parse_sources() {
         let dir = std::env::temp_dir();
         assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Local(dir.clone()));
-        assert!(matches!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub(_)));
-        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname"] {
+        assert_eq!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: None });
+        assert_eq!(ModelSource::parse("org/model@v1.2").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: Some("v1.2".into()) });
+        assert_eq!(ModelSource::parse("org/model@refs/pr/1").unwrap().to_string(), "org/model@refs/pr/1");
+        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
             assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
         }
     }
@@ -149,22 +325,56 @@ mod tests {
         // and no other unit test in this crate reads them.
         std::env::set_var("HF_HOME", &tmp);
         std::env::set_var("HF_HUB_OFFLINE", "1");
-        let err = ModelSource::Hub("org/not-cached".into()).resolve().unwrap_err();
+        let err = ModelSource::Hub { id: "org/not-cached".into(), revision: None }.resolve().unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, Error::ModelNotAvailable { .. }), "{msg}");
         assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
     }
 }
 
-/// What a model's weights will take once loaded in `dtype`, from the header of `dir`'s
-/// `model.safetensors` (no tensor data is read): each floating-point tensor at `dtype`'s width,
-/// except that in int8 only matrices are 1 byte per element (norms and biases stay f32).
-/// `None` for `dtype` counts the file's own widths. `None` when the file is missing or its
-/// header unreadable. Dense modules and a family's own skipped tensors are not counted: an
-/// estimate for budgeting before a load, not the figure a loaded model reports.
+/// What a model's weights will take once loaded in `dtype`, from the headers of `dir`'s
+/// `model.safetensors`, or of every shard its `model.safetensors.index.json` names (no tensor
+/// data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
+/// matrices are 1 byte per element (norms and biases stay f32). `None` for `dtype` counts the
+/// files' own widths. A sharded model whose shards are not all present yet is estimated from the
+/// index's `metadata.total_size`, rescaled from `config.json`'s `torch_dtype`. `None` when
+/// nothing readable is there. Dense modules and a family's own skipped tensors are not counted:
+/// an estimate for budgeting before a load, not the figure a loaded model reports.
 pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<u64> {
+    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE};
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return header_estimate(&single, dtype);
+    }
+    let (files, _, total) = read_index(&dir.join(INDEX_FILE)).ok()?;
+    let shards: Option<Vec<u64>> = files.iter().map(|f| header_estimate(&dir.join(f), dtype)).collect();
+    match (shards, total) {
+        (Some(sizes), _) => Some(sizes.iter().sum()),
+        (None, Some(total)) => {
+            let stored = std::fs::read_to_string(dir.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|c| c.get("torch_dtype").or_else(|| c.get("dtype")).and_then(|d| d.as_str()).map(str::to_owned));
+            let stored: u64 = match stored.as_deref() {
+                Some("float16" | "bfloat16") => 2,
+                Some("float64") => 8,
+                _ => 4,
+            };
+            let width = match dtype {
+                None => stored,
+                Some(crate::DType::Int8) => 1,
+                Some(d) => d.size_of() as u64,
+            };
+            Some(total / stored * width)
+        }
+        (None, None) => None,
+    }
+}
+
+/// [`estimate_weight_bytes`] for one safetensors file, from its header alone.
+fn header_estimate(path: &Path, dtype: Option<crate::DType>) -> Option<u64> {
     use std::io::Read;
-    let mut file = std::fs::File::open(dir.join("model.safetensors")).ok()?;
+    let mut file = std::fs::File::open(path).ok()?;
     let mut len = [0u8; 8];
     file.read_exact(&mut len).ok()?;
     let len = u64::from_le_bytes(len);

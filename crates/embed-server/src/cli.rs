@@ -150,6 +150,8 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileModel {
     source: String,
+    /// A hub branch, tag or commit to pin (the same as `source = "org/name@revision"`).
+    revision: Option<String>,
     device: Option<String>,
     dtype: Option<String>,
     max_seq_length: Option<usize>,
@@ -267,7 +269,12 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
             settings = settings.with_ttl(Duration::from_secs(t));
         }
         settings = settings.with_pinned(m.pinned.unwrap_or(false));
-        registry.insert(name.clone(), ModelSpec::new(m.source).named(name.clone()).with_options(o), settings);
+        let source = match &m.revision {
+            None => m.source,
+            Some(_) if m.source.contains('@') => bail!("model {name}: give the revision either in `source` (after '@') or as `revision`, not both"),
+            Some(rev) => format!("{}@{rev}", m.source),
+        };
+        registry.insert(name.clone(), ModelSpec::new(source).named(name.clone()).with_options(o), settings);
         order.push(name);
     }
     for entry in &args.models {

@@ -17,10 +17,14 @@
 //!   item, lengths checked, NaN failing.
 //! * [`strategies`]: proptest strategies for texts (unicode, empty, whitespace, very long).
 //! * [`fixture_dir`] / [`fixture_reference`]: the per-family fixtures of `testdata/fixtures`.
+//! * [`checkpoints`]: fixtures laid out as the Hub ships larger models (sharded safetensors).
+//! * [`hub::StandInHub`]: a loopback stand-in for the Hugging Face hub's file endpoints.
 //! * [`serial`]: one test at a time in a binary whose tests read process-wide counters;
 //!   [`eventually`]: wait for a condition with a deadline.
 
+pub mod checkpoints;
 pub mod cleanup;
+pub mod hub;
 mod fake;
 pub mod memory;
 pub mod strategies;

@@ -6,14 +6,16 @@ pub(crate) mod block;
 pub(crate) mod ffn;
 pub(crate) mod onednn;
 pub(crate) mod rotary;
+pub(crate) mod weights;
+
+pub(crate) use weights::Weights;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::profile::stage;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Every tensor a part of a loaded model holds, as handles: what moving the model between
 /// device and host memory (`crate::models::offload`) must move. A part lists each field that
@@ -525,114 +527,6 @@ impl BatchInput {
         } else {
             stage("index_ops", || t.index_select(0, &self.rows))
         }
-    }
-}
-
-/// The tensors of a safetensors file by name, taken one by one onto the model's device and
-/// dtype, with the bytes counted. On any error everything read so far is dropped.
-pub(crate) struct Weights<'a> {
-    map: HashMap<String, Tensor>,
-    prefix: String,
-    path: &'a Path,
-    device: Device,
-    kind: Kind,
-    /// Bytes held on the device by the tensors taken so far.
-    pub(crate) bytes: u64,
-}
-
-impl<'a> Weights<'a> {
-    /// Reads every tensor of `path` (to CPU). Checkpoints name their tensors with or without
-    /// the head model's prefix (`bert.`, `roberta.`, `model.`, …): the prefix is whatever
-    /// precedes `anchor`, a tensor every checkpoint of the family has.
-    pub(crate) fn read(path: &'a Path, anchor: &str, device: Device, kind: Kind) -> Result<Self> {
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| Error::InvalidWeights { path: path.into(), reason: e.to_string() })?;
-        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-        let mut found: Vec<&String> = map.keys().filter(|k| k.ends_with(anchor)).collect();
-        // The shortest match: a checkpoint with several heads keeps the encoder's at the top.
-        found.sort_by_key(|k| k.len());
-        let prefix = match found.first() {
-            Some(k) => k[..k.len() - anchor.len()].to_string(),
-            None => {
-                return Err(Error::WeightsMismatch {
-                    path: path.into(),
-                    reason: format!("no tensor named {anchor:?} (with or without a prefix): not this model family's weights"),
-                })
-            }
-        };
-        Ok(Weights { map, prefix, path, device, kind, bytes: 0 })
-    }
-
-    fn mismatch(&self, reason: String) -> Error {
-        Error::WeightsMismatch { path: self.path.into(), reason }
-    }
-
-    /// Runs `f` with names taken from the checkpoint's top level, outside the encoder's prefix
-    /// (a task head's `classifier.*` or `cls.predictions.*` beside `bert.*`).
-    pub(crate) fn top<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let prefix = std::mem::take(&mut self.prefix);
-        let result = f(self);
-        self.prefix = prefix;
-        result
-    }
-
-    /// Whether the checkpoint has tensor `name` (under the prefix).
-    pub(crate) fn has(&self, name: &str) -> bool {
-        self.map.contains_key(&format!("{}{name}", self.prefix))
-    }
-
-    /// Takes tensor `name`, checks its shape, moves it to the device in the model's dtype.
-    pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let full = format!("{}{name}", self.prefix);
-        let t = self.map.remove(&full).ok_or_else(|| self.mismatch(format!("tensor {full:?} is missing")))?;
-        if t.size() != shape {
-            return Err(self.mismatch(format!("tensor {full:?} has shape {:?}, the config implies {shape:?}", t.size())));
-        }
-        if !t.is_floating_point() {
-            return Err(self.mismatch(format!("tensor {full:?} has non-float dtype {:?}", t.kind())));
-        }
-        let t = t.to_device(self.device).to_kind(self.kind).contiguous();
-        self.bytes += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
-        Ok(t)
-    }
-
-    /// A linear layer `prefix.weight` `[out, inp]` with `prefix.bias` when `bias`.
-    pub(crate) fn linear(&mut self, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
-        let weight = self.take(&format!("{prefix}.weight"), &[out, inp])?;
-        let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(Linear::new(weight, bias))
-    }
-
-    /// Several linear layers of the same input fused into one (`[out; out; …]` rows), e.g. a
-    /// checkpoint's separate Q, K and V. The parts are dropped once fused; the fused copy has
-    /// their size, so the byte count stays right.
-    pub(crate) fn fused_linear(&mut self, prefixes: &[String], out: i64, inp: i64, bias: bool) -> Result<Linear> {
-        let parts = prefixes.iter().map(|p| self.linear(p, out, inp, bias)).collect::<Result<Vec<Linear>>>()?;
-        Ok(Linear::fuse(parts))
-    }
-
-    /// An embedding table `name` of `rows` rows, absent when `rows` is 0 (token types).
-    pub(crate) fn optional_table(&mut self, name: &str, rows: usize, width: i64) -> Result<Option<Tensor>> {
-        if rows == 0 {
-            Ok(None)
-        } else {
-            self.take(name, &[rows as i64, width]).map(Some)
-        }
-    }
-
-    /// An RMSNorm `prefix.weight` of `width`.
-    pub(crate) fn rms_norm(&mut self, prefix: &str, width: i64, eps: f64) -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: self.take(&format!("{prefix}.weight"), &[width])?, eps, gemma: false })
-    }
-
-    /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.
-    pub(crate) fn layer_norm(&mut self, prefix: &str, width: i64, eps: f64, bias: bool) -> Result<LayerNorm> {
-        let (w, b) = if self.has(&format!("{prefix}.gamma")) { ("gamma", "beta") } else { ("weight", "bias") };
-        Ok(LayerNorm {
-            weight: self.take(&format!("{prefix}.{w}"), &[width])?,
-            bias: if bias { Some(self.take(&format!("{prefix}.{b}"), &[width])?) } else { None },
-            eps,
-        })
     }
 }
 

@@ -94,6 +94,8 @@ impl Token {
 pub(crate) struct Info {
     model_id: String,
     model_source: String,
+    /// The hub commit the model was resolved to (TEI's field), for a model loaded by hub id.
+    model_sha: Option<String>,
     model_type: ModelType,
     /// Extension: `embedding`, `reranker`, `classifier` or `sparse`.
     kind: ModelKind,
@@ -119,6 +121,7 @@ impl Info {
             family: info.family.to_string(),
             device: info.device.to_string(),
             dtype: info.dtype.to_string(),
+            model_sha: embed_core::hub_commit(&info.dir),
             model_id: info.name,
             model_source: info.source,
             architecture: info.architecture,

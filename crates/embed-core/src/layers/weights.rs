@@ -1,0 +1,303 @@
+//! A checkpoint's tensors by name: one `model.safetensors`, or the shards that a
+//! `model.safetensors.index.json` names (as the Hub publishes models past a few GB).
+//!
+//! Every file is memory-mapped and only its header is parsed up front. A tensor's bytes are copied
+//! out when a family takes it, converted to the model's device and dtype, and the mapped pages
+//! are handed back to the kernel, so host memory while loading stays near the model's own size
+//! (on CUDA, near one tensor) instead of the whole checkpoint plus the model.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+use super::{LayerNorm, Linear, RmsNorm};
+use crate::{Error, Result};
+
+/// A single-file checkpoint's name.
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+/// A sharded checkpoint's index: `{"metadata": {"total_size": …}, "weight_map": {tensor: shard}}`.
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The weights file of model directory `dir`: `model.safetensors`, else the sharded index
+/// (transformers prefers the single file when both exist; so do we). `None` when neither is there.
+pub(crate) fn checkpoint_in(dir: &Path) -> Option<PathBuf> {
+    [SINGLE_FILE, INDEX_FILE].into_iter().map(|f| dir.join(f)).find(|p| p.is_file())
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> Error {
+    Error::InvalidWeights { path: path.into(), reason: reason.into() }
+}
+
+/// The shard files an index names, in first-seen order, and the tensor → shard map.
+/// Shard names must be plain file names beside the index.
+pub(crate) fn read_index(index: &Path) -> Result<(Vec<String>, HashMap<String, String>, Option<u64>)> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| invalid(index, format!("not JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid(index, "no \"weight_map\" object"))?;
+    let mut files: Vec<String> = Vec::new();
+    let mut names = HashMap::with_capacity(map.len());
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| invalid(index, format!("the shard of {tensor:?} is not a file name")))?;
+        let plain = Path::new(file).file_name().is_some_and(|f| f == std::ffi::OsStr::new(file));
+        if !plain || file.starts_with('.') {
+            return Err(invalid(index, format!("shard {file:?} is not a plain file name beside the index")));
+        }
+        if !files.iter().any(|f| f == file) {
+            files.push(file.to_string());
+        }
+        names.insert(tensor.clone(), file.to_string());
+    }
+    if files.is_empty() {
+        return Err(invalid(index, "the weight map is empty"));
+    }
+    let total = v.get("metadata").and_then(|m| m.get("total_size")).and_then(Value::as_u64);
+    Ok((files, names, total))
+}
+
+/// One mapped file.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+}
+
+impl Shard {
+    fn open(path: PathBuf, named_by: Option<&Path>) -> Result<Shard> {
+        let file = std::fs::File::open(&path).map_err(|e| match (e.kind(), named_by) {
+            (std::io::ErrorKind::NotFound, Some(index)) => Error::MissingFile {
+                path: path.clone(),
+                hint: format!(" (a shard named by {})", index.file_name().unwrap_or_default().to_string_lossy()),
+            },
+            _ => Error::io(&path, e),
+        })?;
+        // SAFETY: the map is read-only and private to this loader; a file changed underneath
+        // while loading gives wrong weights (as any reader would), not unsoundness in our code,
+        // since every byte is copied out before use and never handed out by reference.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        Ok(Shard { path, map })
+    }
+
+    /// Drops the pages of `range` from this process (they are read again from the file if
+    /// touched). Best effort: failure only costs memory.
+    fn release(&self, start: usize, end: usize) {
+        // SAFETY: the map is a read-only file mapping; after MADV_DONTNEED a later read faults
+        // the same bytes back in from the file, so no reference into the map sees changed data.
+        let _ = unsafe { self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
+    }
+}
+
+/// Where one tensor's bytes are.
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<i64>,
+    /// Byte range in the shard's map.
+    start: usize,
+    end: usize,
+}
+
+/// Every tensor of a checkpoint (single file or shards), by name, not yet read.
+pub(crate) struct Checkpoint {
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Opens `path`: a safetensors file, or a sharded index (by its `.index.json` name). Checks
+    /// every header, that no tensor is in two files, and that the index and the shards agree.
+    pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
+        let is_index = path.file_name().is_some_and(|f| f.to_string_lossy().ends_with(".index.json"));
+        if !is_index {
+            let mut ck = Checkpoint { shards: Vec::new(), entries: HashMap::new() };
+            ck.add(Shard::open(path.to_path_buf(), None)?)?;
+            return Ok(ck);
+        }
+        let (files, names, _) = read_index(path)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut ck = Checkpoint { shards: Vec::with_capacity(files.len()), entries: HashMap::new() };
+        for f in &files {
+            ck.add(Shard::open(dir.join(f), Some(path))?)?;
+        }
+        for (tensor, file) in &names {
+            match ck.entries.get(tensor) {
+                Some(e) if ck.shards[e.shard].path.file_name() == Some(std::ffi::OsStr::new(file)) => {}
+                Some(e) => {
+                    let held = ck.shards[e.shard].path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                    return Err(invalid(path, format!("tensor {tensor:?} is mapped to {file}, but {held} holds it")));
+                }
+                None => return Err(invalid(path, format!("tensor {tensor:?} is mapped to {file}, which does not hold it"))),
+            }
+        }
+        Ok(ck)
+    }
+
+    fn add(&mut self, shard: Shard) -> Result<()> {
+        let (header, meta) = SafeTensors::read_metadata(&shard.map).map_err(|e| invalid(&shard.path, format!("{e:?}")))?;
+        let base = 8 + header;
+        let index = self.shards.len();
+        for (name, info) in meta.tensors() {
+            if let Some(other) = self.entries.get(&name) {
+                let first = self.shards[other.shard].path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                return Err(invalid(&shard.path, format!("tensor {name:?} is also in {first}")));
+            }
+            let (start, end) = info.data_offsets;
+            let shape = info.shape.iter().map(|&d| d as i64).collect();
+            self.entries.insert(name, Entry { shard: index, dtype: info.dtype, shape, start: base + start, end: base + end });
+        }
+        self.shards.push(shard);
+        Ok(())
+    }
+
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// Copies tensor `name` out of its file (to host memory, in the stored dtype) and releases
+    /// the mapped pages. `None` when the checkpoint has no such tensor.
+    fn read(&mut self, name: &str) -> Option<Result<(Tensor, PathBuf)>> {
+        let e = self.entries.remove(name)?;
+        let shard = &self.shards[e.shard];
+        let Some(kind) = kind_of(e.dtype) else {
+            return Some(Err(invalid(&shard.path, format!("tensor {name:?} has dtype {:?}, which libtorch cannot hold", e.dtype))));
+        };
+        let t = Tensor::f_from_data_size(&shard.map[e.start..e.end], &e.shape, kind)
+            .map_err(|err| invalid(&shard.path, format!("tensor {name:?}: {err}")));
+        shard.release(e.start, e.end);
+        Some(t.map(|t| (t, shard.path.clone())))
+    }
+}
+
+fn kind_of(d: Dtype) -> Option<Kind> {
+    Some(match d {
+        Dtype::BOOL => Kind::Bool,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::I8 => Kind::Int8,
+        Dtype::I16 => Kind::Int16,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I32 => Kind::Int,
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::I64 => Kind::Int64,
+        _ => return None,
+    })
+}
+
+/// The tensors of a checkpoint by name, taken one by one onto the model's device and dtype,
+/// with the bytes counted. On any error everything taken so far is dropped by the caller.
+pub(crate) struct Weights<'a> {
+    ck: Checkpoint,
+    prefix: String,
+    path: &'a Path,
+    device: Device,
+    kind: Kind,
+    /// Bytes held on the device by the tensors taken so far.
+    pub(crate) bytes: u64,
+}
+
+impl<'a> Weights<'a> {
+    /// Opens `path` (a safetensors file or a sharded index). Checkpoints name their tensors with
+    /// or without the head model's prefix (`bert.`, `roberta.`, `model.`, …): the prefix is
+    /// whatever precedes `anchor`, a tensor every checkpoint of the family has.
+    pub(crate) fn read(path: &'a Path, anchor: &str, device: Device, kind: Kind) -> Result<Self> {
+        let ck = Checkpoint::open(path)?;
+        let mut found: Vec<&String> = ck.names().filter(|k| k.ends_with(anchor)).collect();
+        // The shortest match: a checkpoint with several heads keeps the encoder's at the top.
+        found.sort_by_key(|k| k.len());
+        let prefix = match found.first() {
+            Some(k) => k[..k.len() - anchor.len()].to_string(),
+            None => {
+                return Err(Error::WeightsMismatch {
+                    path: path.into(),
+                    reason: format!("no tensor named {anchor:?} (with or without a prefix): not this model family's weights"),
+                })
+            }
+        };
+        Ok(Weights { ck, prefix, path, device, kind, bytes: 0 })
+    }
+
+    fn mismatch(&self, reason: String) -> Error {
+        Error::WeightsMismatch { path: self.path.into(), reason }
+    }
+
+    /// Runs `f` with names taken from the checkpoint's top level, outside the encoder's prefix
+    /// (a task head's `classifier.*` or `cls.predictions.*` beside `bert.*`).
+    pub(crate) fn top<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let prefix = std::mem::take(&mut self.prefix);
+        let result = f(self);
+        self.prefix = prefix;
+        result
+    }
+
+    /// Whether the checkpoint has tensor `name` (under the prefix).
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.ck.contains(&format!("{}{name}", self.prefix))
+    }
+
+    /// Takes tensor `name`, checks its shape, moves it to the device in the model's dtype.
+    pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let full = format!("{}{name}", self.prefix);
+        let (t, file) = self.ck.read(&full).ok_or_else(|| self.mismatch(format!("tensor {full:?} is missing")))??;
+        if t.size() != shape {
+            return Err(Error::WeightsMismatch {
+                path: file,
+                reason: format!("tensor {full:?} has shape {:?}, the config implies {shape:?}", t.size()),
+            });
+        }
+        if !t.is_floating_point() {
+            return Err(Error::WeightsMismatch { path: file, reason: format!("tensor {full:?} has non-float dtype {:?}", t.kind()) });
+        }
+        let t = t.to_device(self.device).to_kind(self.kind).contiguous();
+        self.bytes += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        Ok(t)
+    }
+
+    /// A linear layer `prefix.weight` `[out, inp]` with `prefix.bias` when `bias`.
+    pub(crate) fn linear(&mut self, prefix: &str, out: i64, inp: i64, bias: bool) -> Result<Linear> {
+        let weight = self.take(&format!("{prefix}.weight"), &[out, inp])?;
+        let bias = if bias { Some(self.take(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear::new(weight, bias))
+    }
+
+    /// Several linear layers of the same input fused into one (`[out; out; …]` rows), e.g. a
+    /// checkpoint's separate Q, K and V. The parts are dropped once fused; the fused copy has
+    /// their size, so the byte count stays right.
+    pub(crate) fn fused_linear(&mut self, prefixes: &[String], out: i64, inp: i64, bias: bool) -> Result<Linear> {
+        let parts = prefixes.iter().map(|p| self.linear(p, out, inp, bias)).collect::<Result<Vec<Linear>>>()?;
+        Ok(Linear::fuse(parts))
+    }
+
+    /// An embedding table `name` of `rows` rows, absent when `rows` is 0 (token types).
+    pub(crate) fn optional_table(&mut self, name: &str, rows: usize, width: i64) -> Result<Option<Tensor>> {
+        if rows == 0 {
+            Ok(None)
+        } else {
+            self.take(name, &[rows as i64, width]).map(Some)
+        }
+    }
+
+    /// An RMSNorm `prefix.weight` of `width`.
+    pub(crate) fn rms_norm(&mut self, prefix: &str, width: i64, eps: f64) -> Result<RmsNorm> {
+        Ok(RmsNorm { weight: self.take(&format!("{prefix}.weight"), &[width])?, eps, gemma: false })
+    }
+
+    /// A LayerNorm `prefix.weight` (or the old `gamma`/`beta` names), with a bias when `bias`.
+    pub(crate) fn layer_norm(&mut self, prefix: &str, width: i64, eps: f64, bias: bool) -> Result<LayerNorm> {
+        let (w, b) = if self.has(&format!("{prefix}.gamma")) { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok(LayerNorm {
+            weight: self.take(&format!("{prefix}.{w}"), &[width])?,
+            bias: if bias { Some(self.take(&format!("{prefix}.{b}"), &[width])?) } else { None },
+            eps,
+        })
+    }
+}
