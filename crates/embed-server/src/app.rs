@@ -127,6 +127,11 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .route("/v2/rerank", post(tasks::cohere_rerank))
         .route("/tokenize", post(tei::tokenize))
         .route("/v1/embeddings", post(openai::embeddings))
+        // text-embeddings-inference's other routes: SageMaker's, Vertex AI's, OpenAI's without `/v1`.
+        .route("/similarity", post(tei::similarity))
+        .route("/invocations", post(tasks::root))
+        .route("/vertex", post(tasks::vertex))
+        .route("/embeddings", post(openai::embeddings))
         .layer(middleware::from_fn_with_state(state.clone(), overload))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     let protected = Router::new()
@@ -142,6 +147,9 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
     let open = Router::new()
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
+        // SageMaker's health check: 200 once it may send requests, as TEI (which only listens
+        // once its model is loaded) answers it.
+        .route("/ping", get(admin::ready))
         .route("/metrics", get(admin::metrics));
     Router::new()
         .merge(protected)
@@ -232,7 +240,7 @@ impl Drop for RequestRecord {
     }
 }
 
-/// Bearer-token check; `/health`, `/ready`, `/metrics` are outside it. The scheme is
+/// Bearer-token check; `/health`, `/ready`, `/ping`, `/metrics` are outside it. The scheme is
 /// case-insensitive (RFC 9110); a 401 carries `WWW-Authenticate: Bearer` (RFC 6750).
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(key) = state.config.api_key.as_deref() else { return next.run(req).await };

@@ -1,5 +1,6 @@
 //! API errors and the two shapes they are sent in: TEI's `{"error","error_type"}` (TEI and
-//! admin routes) and OpenAI's `{"error":{"message","type","param","code"}}` (`/v1/` routes).
+//! admin routes) and OpenAI's `{"error":{"message","type","param","code"}}` (`/v1/` and `/v2/`
+//! routes, and `/embeddings`).
 //!
 //! A handler picks the shape by its return type: TEI and admin handlers return [`ApiError`],
 //! OpenAI handlers [`OpenAiError`], into which `?` converts every error they meet. Responses
@@ -59,9 +60,10 @@ impl ApiError {
     }
 
     /// The response for a request to `path` where no handler chose the shape (extractor
-    /// rejections, fallbacks, middleware): OpenAI's under `/v1/`, TEI's elsewhere.
+    /// rejections, fallbacks, middleware): OpenAI's under `/v1/` and `/v2/` and on
+    /// `/embeddings` (TEI's OpenAI route without the prefix), TEI's elsewhere.
     pub(crate) fn into_response_for(self, path: &str) -> Response {
-        if path.starts_with("/v1/") || path.starts_with("/v2/") {
+        if path.starts_with("/v1/") || path.starts_with("/v2/") || path == "/embeddings" {
             OpenAiError(self).into_response()
         } else {
             self.into_response()

@@ -1,9 +1,10 @@
 //! The task routes over the task fixtures (a cross-encoder, a classifier, a SPLADE encoder)
 //! beside a sentence embedder: every route's shape and its errors, results equal to the
 //! references sentence-transformers computed, `POST /` dispatching by kind, and Cohere's own
-//! Python client against `/v1/rerank` and `/v2/rerank`.
+//! Python client against `/v1/rerank` and `/v2/rerank`; TEI's remaining routes in `tei_compat`.
 
 mod common;
+mod tei_compat;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Request handlers, one module per API (`tei`, `openai`, `admin`), each with its handlers in
+//! Request handlers, one module per API (`tei`, `openai`, `tasks`, `admin`), each with its handlers in
 //! `mod.rs` and its request and response bodies in `types.rs`; here, the extractors and checks
 //! they share.
 
@@ -77,6 +77,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| json_error(e.path().to_string(), e.into_inner()))?;
     de.end().map_err(|e| json_error(String::new(), e))?;
     Ok(value)
+}
+
+/// A JSON value already parsed (a body `POST /` routes by its shape, a `/vertex` instance) as
+/// `T`, with the errors [`parse_json`] gives for a body.
+pub(crate) fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| json_error(e.path().to_string(), e.into_inner()))
 }
 
 fn json_error(path: String, e: serde_json::Error) -> ApiError {

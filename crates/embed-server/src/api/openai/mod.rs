@@ -1,4 +1,4 @@
-//! OpenAI-compatible routes: `/v1/embeddings`, `/v1/models`.
+//! OpenAI-compatible routes: `/v1/embeddings` (also `/embeddings`, as TEI serves it), `/v1/models`.
 
 mod types;
 

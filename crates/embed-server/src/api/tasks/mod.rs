@@ -1,7 +1,8 @@
 //! Routes for every kind of model beside `/embed`, with text-embeddings-inference's shapes:
 //! `/rerank` (cross-encoders), `/predict` (classifiers and cross-encoders), `/embed_sparse`
-//! (SPLADE), `/embed_all` (per-token vectors), `/decode`, `POST /` (the model's main task, for
-//! clients given only a base URL); and Cohere's / Jina's `/v1/rerank` (also `/v2/rerank`).
+//! (SPLADE), `/embed_all` (per-token vectors), `/decode`, `POST /` and SageMaker's
+//! `POST /invocations` (the model's main task, for clients given only a base URL), Vertex AI's
+//! `POST /vertex` (a list of those); and Cohere's / Jina's `/v1/rerank` (also `/v2/rerank`).
 //!
 //! A model asked for another kind's work answers 400 naming its kind and what it can do.
 
@@ -11,16 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
 use axum::Json;
 use embed_core::{Classified, ClassifyInput, EmbedOptions, ModelKind};
 use embed_pool::Lease;
+use serde_json::Value;
 
 use self::types::{
-    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, PredictRequest, Prediction, Rank,
-    RerankRequest, SparseValue, TextsRequest, Usage,
+    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, PredictRequest, Prediction, Predictions,
+    Rank, RerankRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
 };
-use super::{check_count, parse_json, JsonBody};
+use super::{check_count, from_value, parse_json, JsonBody};
 use crate::error::{ApiError, OpenAiError};
 use crate::AppState;
 
@@ -101,7 +102,7 @@ pub(crate) async fn cohere_rerank(
 /// Classifies each input (a text or a pair): every label's probability (softmax; sigmoid for
 /// a one-label cross-encoder), or the logits with `raw_scores`, best first. A batch gets one
 /// list per input.
-pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBody<PredictRequest>) -> Result<Response, ApiError> {
+pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBody<PredictRequest>) -> Result<Json<Predictions>, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     check_count(req.inputs.items.len(), &state, "inputs")?;
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
@@ -134,7 +135,7 @@ pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBo
             p
         })
         .collect();
-    Ok(if req.inputs.batch { Json(answers).into_response() } else { Json(answers.remove(0)).into_response() })
+    Ok(Json(if req.inputs.batch { Predictions::Batch(answers) } else { Predictions::One(answers.remove(0)) }))
 }
 
 /// A texts request checked and leased: its texts, the model's lease and the options to use.
@@ -198,17 +199,97 @@ pub(crate) async fn decode(State(state): State<AppState>, JsonBody(req): JsonBod
     Ok(Json(lease.decode(&req.ids.0, req.skip_special_tokens).await?))
 }
 
-/// `POST /`: what the model (the body's `model`, else the default) is for: `/embed` for an
-/// embedder, `/rerank` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for
-/// SPLADE, with that route's body.
-pub(crate) async fn root(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let named: serde_json::Value = parse_json(&body)?;
-    let model = named.get("model").and_then(|m| m.as_str()).map(String::from).unwrap_or_else(|| state.config.default_model.clone());
+/// The route a body for `POST /`, `/invocations` or a `/vertex` instance goes to. TEI picks by
+/// the model's kind, except on `/vertex`, where a rerank body (`query` and `texts`) is tried
+/// first; here both go by kind and shape alike, and an embedder's body whose `inputs` is an
+/// object (`source_sentence`, `sentences`) is a `/similarity` one (TEI needs `TASK` for that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Embed,
+    Similarity,
+    Rerank,
+    Predict,
+    EmbedSparse,
+}
+
+impl Task {
+    fn of(kind: ModelKind, body: &Value) -> Task {
+        if body.get("query").is_some() && body.get("texts").is_some() {
+            // Whatever the model: one that cannot rerank answers 400 wrong_model_kind.
+            return Task::Rerank;
+        }
+        match kind {
+            ModelKind::Reranker | ModelKind::Classifier => Task::Predict,
+            ModelKind::Sparse => Task::EmbedSparse,
+            ModelKind::Embedding if body.get("inputs").is_some_and(Value::is_object) => Task::Similarity,
+            ModelKind::Embedding => Task::Embed,
+        }
+    }
+}
+
+/// Answers `body` with the route that fits the model it names (the default if none) and its
+/// shape; the model is loaded first if needed, to learn its kind.
+async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError> {
+    let model = body.get("model").and_then(Value::as_str).map_or_else(|| state.config.default_model.clone(), String::from);
     let kind = state.lease(&model).await?.info().map_or(ModelKind::Embedding, |i| i.kind);
-    Ok(match kind {
-        ModelKind::Embedding => super::tei::embed(State(state), JsonBody(parse_json(&body)?)).await?.into_response(),
-        ModelKind::Reranker => rerank(State(state), JsonBody(parse_json(&body)?)).await?.into_response(),
-        ModelKind::Classifier => predict(State(state), JsonBody(parse_json(&body)?)).await?,
-        ModelKind::Sparse => embed_sparse(State(state), JsonBody(parse_json(&body)?)).await?.into_response(),
+    let state = State(state.clone());
+    Ok(match Task::of(kind, &body) {
+        Task::Embed => TaskAnswer::Embed(super::tei::embed(state, JsonBody(from_value(body)?)).await?.0),
+        Task::Similarity => TaskAnswer::Similarity(super::tei::similarity(state, JsonBody(from_value(body)?)).await?.0),
+        Task::Rerank => TaskAnswer::Rerank(rerank(state, JsonBody(from_value(body)?)).await?.0),
+        Task::Predict => TaskAnswer::Predict(predict(state, JsonBody(from_value(body)?)).await?.0),
+        Task::EmbedSparse => TaskAnswer::EmbedSparse(embed_sparse(state, JsonBody(from_value(body)?)).await?.0),
     })
+}
+
+/// `POST /` and SageMaker's `POST /invocations`: what the model (the body's `model`, else the
+/// default) is for, with that route's body: `/embed` (or `/similarity`) for an embedder,
+/// `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for
+/// SPLADE.
+pub(crate) async fn root(State(state): State<AppState>, body: Bytes) -> Result<Json<TaskAnswer>, ApiError> {
+    dispatch(&state, parse_json(&body)?).await.map(Json)
+}
+
+/// Vertex AI's `POST /vertex`: each of `instances` answered as `POST /` would answer it (run
+/// together, so the model batches them), as `predictions` in order. The first failing instance
+/// fails the request, its message and `param` naming it.
+pub(crate) async fn vertex(State(state): State<AppState>, JsonBody(req): JsonBody<VertexRequest>) -> Result<Json<VertexResponse>, ApiError> {
+    check_count(req.instances.len(), &state, "instances")?;
+    let answers = req.instances.into_iter().enumerate().map(|(i, instance)| {
+        let state = &state;
+        async move {
+            dispatch(state, instance).await.map_err(|e| ApiError {
+                message: format!("instances[{i}]: {}", e.message),
+                param: Some(e.param.map_or_else(|| format!("instances[{i}]"), |p| format!("instances[{i}].{p}")).into()),
+                ..e
+            })
+        }
+    });
+    let predictions = futures::future::try_join_all(answers).await?;
+    Ok(Json(VertexResponse { predictions }))
+}
+
+#[cfg(test)]
+mod tests {
+    use embed_core::ModelKind;
+    use serde_json::json;
+
+    use super::Task;
+
+    #[test]
+    fn bodies_go_by_kind_and_shape() {
+        let embed = json!({"inputs": ["a", "b"]});
+        let similarity = json!({"inputs": {"source_sentence": "a", "sentences": ["b"]}});
+        let rerank = json!({"query": "q", "texts": ["a"]});
+        let predict = json!({"inputs": [["a", "b"]]});
+        assert_eq!(Task::of(ModelKind::Embedding, &embed), Task::Embed);
+        assert_eq!(Task::of(ModelKind::Embedding, &similarity), Task::Similarity);
+        assert_eq!(Task::of(ModelKind::Embedding, &rerank), Task::Rerank, "refused by rerank with wrong_model_kind");
+        assert_eq!(Task::of(ModelKind::Reranker, &rerank), Task::Rerank);
+        assert_eq!(Task::of(ModelKind::Reranker, &predict), Task::Predict);
+        assert_eq!(Task::of(ModelKind::Classifier, &predict), Task::Predict);
+        assert_eq!(Task::of(ModelKind::Classifier, &rerank), Task::Rerank);
+        assert_eq!(Task::of(ModelKind::Sparse, &embed), Task::EmbedSparse);
+        assert_eq!(Task::of(ModelKind::Sparse, &json!("not an object")), Task::EmbedSparse);
+    }
 }

@@ -1,6 +1,6 @@
-//! Bodies of the task routes: TEI's `/rerank`, `/predict`, `/embed_sparse`, `/embed_all` and
-//! `/decode` with TEI's field names, and the Cohere / Jina rerank shape of `/v1/rerank` that
-//! LangChain's and LlamaIndex's rerankers send.
+//! Bodies of the task routes: TEI's `/rerank`, `/predict`, `/embed_sparse`, `/embed_all`,
+//! `/decode` and `/vertex` with TEI's field names, and the Cohere / Jina rerank shape of
+//! `/v1/rerank` that LangChain's and LlamaIndex's rerankers send.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -171,6 +171,39 @@ impl<'de> Deserialize<'de> for PredictInputs {
 pub(crate) struct Prediction {
     pub(crate) score: f32,
     pub(crate) label: String,
+}
+
+/// A `/predict` answer: one list of labels for one input, a list of them for a batch.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum Predictions {
+    One(Vec<Prediction>),
+    Batch(Vec<Vec<Prediction>>),
+}
+
+/// What `POST /`, `POST /invocations` and each `/vertex` instance answer: the body of the route
+/// the request went to.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub(crate) enum TaskAnswer {
+    Embed(Vec<Vec<f32>>),
+    Similarity(Vec<f32>),
+    Rerank(Vec<Rank>),
+    Predict(Predictions),
+    EmbedSparse(Vec<Vec<SparseValue>>),
+}
+
+/// `POST /vertex`: Vertex AI's envelope, each instance a body for `POST /`. Vertex's
+/// `parameters` is accepted and ignored, as TEI does.
+#[derive(Debug, Deserialize)]
+pub(crate) struct VertexRequest {
+    pub(crate) instances: Vec<Value>,
+}
+
+/// The `/vertex` answer: one prediction per instance, in order.
+#[derive(Debug, Serialize)]
+pub(crate) struct VertexResponse {
+    pub(crate) predictions: Vec<TaskAnswer>,
 }
 
 /// `POST /embed_sparse` and `POST /embed_all`.

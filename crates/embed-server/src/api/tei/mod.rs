@@ -1,4 +1,4 @@
-//! text-embeddings-inference compatible routes: `/embed`, `/tokenize`, `/info`.
+//! text-embeddings-inference compatible routes: `/embed`, `/similarity`, `/tokenize`, `/info`.
 
 mod types;
 
@@ -10,7 +10,7 @@ use axum::Json;
 use embed_core::EmbedOptions;
 use embed_pool::Lease;
 
-use self::types::{EmbedRequest, Info, Token, TokenizeRequest};
+use self::types::{EmbedRequest, Info, SimilarityRequest, Token, TokenizeRequest};
 use super::{check_count, JsonBody};
 use crate::error::ApiError;
 use crate::AppState;
@@ -45,6 +45,53 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     Ok(Json(out.vectors))
 }
 
+/// The cosine similarity of `inputs.source_sentence` to each of `inputs.sentences`, in order.
+/// All of them go to the model in one `/embed` request (its checks, limits and prompts apply,
+/// the source counting as one input).
+pub(crate) async fn similarity(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<SimilarityRequest>,
+) -> Result<Json<Vec<f32>>, ApiError> {
+    let SimilarityRequest { inputs, parameters, model } = req;
+    if inputs.sentences.is_empty() {
+        return Err(ApiError::invalid("inputs", "`inputs.sentences` is an empty list; send at least one sentence to compare"));
+    }
+    let parameters = parameters.unwrap_or_default();
+    let texts = std::iter::once(inputs.source_sentence).chain(inputs.sentences).collect();
+    let request = EmbedRequest {
+        inputs: StringOrList(texts),
+        // Cosine does not need unit vectors; TEI leaves them as pooled too.
+        normalize: Some(false),
+        truncate: parameters.truncate,
+        prompt_name: parameters.prompt_name,
+        truncation_direction: parameters.truncation_direction,
+        instruction: None,
+        mode: None,
+        model,
+        dimensions: None,
+    };
+    let Json(vectors) = embed(State(state), JsonBody(request)).await?;
+    let (source, others) = vectors.split_first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model returned no vectors"))?;
+    Ok(Json(others.iter().map(|v| cosine(source, v)).collect()))
+}
+
+/// Cosine similarity, accumulated in f64; 0 when either vector is zero.
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        dot += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    let norms = (aa * bb).sqrt();
+    if norms > 0.0 {
+        (dot / norms) as f32
+    } else {
+        0.0
+    }
+}
+
 /// Splits each input into tokens as `model` would see them (with the prompt's prefix, if named).
 pub(crate) async fn tokenize(
     State(state): State<AppState>,
@@ -67,4 +114,18 @@ pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<Info>, Ap
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("default model {name:?} has not been loaded yet"))
     })?;
     Ok(Json(Info::new(info, &state.config.limits)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cosine;
+
+    #[test]
+    fn cosine_ignores_length_and_gives_zero_for_a_zero_vector() {
+        assert!((cosine(&[1.0, 0.0], &[3.0, 0.0]) - 1.0).abs() < 1e-7);
+        assert!((cosine(&[1.0, 0.0], &[0.0, 2.0])).abs() < 1e-7);
+        assert!((cosine(&[1.0, 1.0], &[-2.0, -2.0]) + 1.0).abs() < 1e-7);
+        assert!((cosine(&[1.0, 2.0], &[2.0, 1.0]) - 0.8).abs() < 1e-7);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 2.0]), 0.0);
+    }
 }

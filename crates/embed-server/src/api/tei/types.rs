@@ -39,6 +39,39 @@ pub(crate) struct EmbedRequest {
     pub(crate) dimensions: Option<usize>,
 }
 
+/// `POST /similarity`: TEI's body, the Hugging Face Inference API's sentence-similarity task.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimilarityRequest {
+    pub(crate) inputs: SimilarityInputs,
+    #[serde(default)]
+    pub(crate) parameters: Option<SimilarityParameters>,
+    /// Extension: the model to use (default: the server's default model).
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+}
+
+/// The sentence to compare the others with, and the others.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimilarityInputs {
+    pub(crate) source_sentence: String,
+    pub(crate) sentences: Vec<String>,
+}
+
+/// `/similarity`'s `parameters`, as in TEI; each means what it means on `/embed`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SimilarityParameters {
+    #[serde(default)]
+    pub(crate) truncate: Option<bool>,
+    /// Accepted for compatibility; only `right` is supported.
+    #[serde(default)]
+    pub(crate) truncation_direction: Option<String>,
+    #[serde(default)]
+    pub(crate) prompt_name: Option<String>,
+}
+
 /// `POST /tokenize`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

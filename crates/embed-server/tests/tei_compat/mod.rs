@@ -1,0 +1,236 @@
+//! text-embeddings-inference's routes beyond `/embed` (part of the `tasks` test binary, whose
+//! fixtures cover every model kind): `/similarity`, SageMaker's `/invocations` and `/ping`,
+//! `/embeddings`, Vertex AI's `/vertex`. Answers are checked against the routes they stand for
+//! and against cosines computed here; errors by status, shape and the field they name.
+
+use axum::http::StatusCode;
+use embed_core::FaultInjection;
+use embed_server::{Limits, ServerConfig};
+use serde_json::{json, Value};
+
+use super::common::inproc::{self, send};
+use super::{app, post};
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// `a` and `b` are the same JSON, numbers equal within `tol` (batched together or apart, a
+/// vector's last digits may differ).
+#[track_caller]
+fn assert_close(a: &Value, b: &Value, tol: f64, at: &str) {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: lengths differ");
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert_close(x, y, tol, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{at}: fields differ");
+            for (k, v) in x {
+                assert_close(v, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+#[track_caller]
+fn assert_tei_error(v: &Value, status: StatusCode, want: StatusCode, needle: &str) {
+    assert_eq!(status, want, "{v}");
+    let msg = v["error"].as_str().unwrap_or_else(|| panic!("not a TEI error: {v}"));
+    assert!(v["error_type"].is_string(), "{v}");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similarity_is_the_cosine_of_the_embeddings() {
+    let app = app("bert");
+    let source = "a cat sat on the mat";
+    let sentences = ["the cat is on the mat", "stock markets fell sharply today", "mat", "a dog chased the cat"];
+    let all: Vec<&str> = std::iter::once(source).chain(sentences).collect();
+    let (status, embedded) = post(&app, "/embed", json!({"inputs": all})).await;
+    assert_eq!(status, 200, "{embedded}");
+    let vectors: Vec<Vec<f64>> = embedded.as_array().unwrap().iter().map(floats).collect();
+    let expected: Vec<f64> = vectors[1..].iter().map(|v| cosine(&vectors[0], v)).collect();
+    assert!(expected.windows(2).all(|w| (w[0] - w[1]).abs() > 1e-3), "the sentences should differ: {expected:?}");
+
+    let body = json!({"inputs": {"source_sentence": source, "sentences": sentences}});
+    let (status, v) = post(&app, "/similarity", body.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let got = floats(&v);
+    assert_eq!(got.len(), sentences.len(), "{v}");
+    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+        assert!((g - e).abs() < 1e-5, "sentence {i}: {g} vs cosine {e}");
+    }
+    // TEI's `parameters`, and the `model` extension.
+    let with_parameters = json!({
+        "model": "bert",
+        "inputs": {"source_sentence": source, "sentences": sentences},
+        "parameters": {"truncate": true, "truncation_direction": "Right", "prompt_name": null},
+    });
+    let (status, v) = post(&app, "/similarity", with_parameters).await;
+    assert_eq!(status, 200, "{v}");
+    assert_close(&v, &json!(got), 1e-6, "with parameters");
+    // SageMaker's and the base URL's routes take the same body on an embedder.
+    for path in ["/invocations", "/"] {
+        let (status, v) = post(&app, path, body.clone()).await;
+        assert_eq!(status, 200, "{path}: {v}");
+        assert_close(&v, &json!(got), 1e-6, path);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn similarity_refuses_bad_bodies_and_the_wrong_kind() {
+    let app = app("bert");
+    for (body, needle) in [
+        (json!({"inputs": {"source_sentence": "a", "sentences": []}}), "sentences"),
+        (json!({"inputs": {"sentences": ["a"]}}), "source_sentence"),
+        (json!({"inputs": {"source_sentence": "a", "sentences": "b"}}), "sentences"),
+        (json!({"inputs": "a"}), "inputs"),
+        (json!({"inputs": {"source_sentence": "a", "sentences": ["b"]}, "truncate": true}), "truncate"),
+        (json!({"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"prompt_name": "nope"}}), "nope"),
+        (json!({"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"truncation_direction": "left"}}), "left"),
+    ] {
+        let (status, v) = post(&app, "/similarity", body.clone()).await;
+        assert_tei_error(&v, status, StatusCode::UNPROCESSABLE_ENTITY, needle);
+    }
+    let (status, v) = post(&app, "/similarity", json!({"model": "reranker", "inputs": {"source_sentence": "a", "sentences": ["b"]}})).await;
+    assert_tei_error(&v, status, StatusCode::BAD_REQUEST, "reranker");
+    let (status, v) = post(&app, "/similarity", json!({"model": "nope", "inputs": {"source_sentence": "a", "sentences": ["b"]}})).await;
+    assert_tei_error(&v, status, StatusCode::NOT_FOUND, "nope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_answer_as_the_models_own_route() {
+    let app = app("bert");
+    let texts = ["the first text", "a second, longer text about the weather"];
+    for (route, body) in [
+        ("/embed", json!({"inputs": texts})),
+        ("/embed", json!({"inputs": texts[0], "normalize": false})),
+        ("/rerank", json!({"model": "reranker", "query": "what is the weather", "texts": texts})),
+        ("/predict", json!({"model": "reranker", "inputs": [["what is the weather", texts[1]]]})),
+        ("/predict", json!({"model": "classifier", "inputs": texts[1]})),
+        ("/embed_sparse", json!({"model": "splade", "inputs": texts})),
+    ] {
+        let (status, want) = post(&app, route, body.clone()).await;
+        assert_eq!(status, 200, "{route} {body}: {want}");
+        let (status, got) = post(&app, "/invocations", body.clone()).await;
+        assert_eq!(status, 200, "/invocations {body}: {got}");
+        assert_eq!(got, want, "/invocations {body} answers as {route}");
+    }
+    // A rerank body for a model that cannot rerank: the rerank route's refusal.
+    let (status, v) = post(&app, "/invocations", json!({"query": "q", "texts": ["a"]})).await;
+    assert_tei_error(&v, status, StatusCode::BAD_REQUEST, "embedding");
+    let (status, v) = post(&app, "/invocations", json!({"inputs": []})).await;
+    assert_tei_error(&v, status, StatusCode::UNPROCESSABLE_ENTITY, "empty");
+    let (status, v, _) = send(&app, "POST", "/invocations", Some("{\"inputs\": ["), &[]).await;
+    assert_tei_error(&v, status, StatusCode::BAD_REQUEST, "JSON");
+    let (status, v) = post(&app, "/invocations", json!({"model": "nope", "inputs": "a"})).await;
+    assert_tei_error(&v, status, StatusCode::NOT_FOUND, "nope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vertex_predictions_are_each_instances_answer() {
+    let app = app("bert");
+    let cases = [
+        ("/embed", json!({"inputs": ["one text", "and another"]})),
+        ("/embed", json!({"inputs": "unnormalised", "normalize": false})),
+        ("/similarity", json!({"inputs": {"source_sentence": "a cat", "sentences": ["a dog", "the stock market"]}})),
+        ("/rerank", json!({"model": "reranker", "query": "cats", "texts": ["a cat", "a car"], "return_text": true})),
+        ("/predict", json!({"model": "classifier", "inputs": [["good"], ["bad"]]})),
+        ("/embed_sparse", json!({"model": "splade", "inputs": "sparse text"})),
+    ];
+    let mut want = Vec::new();
+    for (route, body) in &cases {
+        let (status, v) = post(&app, route, body.clone()).await;
+        assert_eq!(status, 200, "{route} {body}: {v}");
+        want.push(v);
+    }
+    let instances: Vec<Value> = cases.iter().map(|(_, body)| body.clone()).collect();
+    let (status, v) = post(&app, "/vertex", json!({"instances": instances, "parameters": {}})).await;
+    assert_eq!(status, 200, "{v}");
+    let predictions = v["predictions"].as_array().unwrap_or_else(|| panic!("no predictions: {v}"));
+    assert_eq!(predictions.len(), cases.len(), "one prediction per instance: {v}");
+    for (i, (got, want)) in predictions.iter().zip(&want).enumerate() {
+        assert_close(got, want, 1e-5, &format!("predictions[{i}] ({})", cases[i].0));
+    }
+
+    // The first failing instance fails the request and is named.
+    let (status, v) = post(&app, "/vertex", json!({"instances": [{"inputs": "fine"}, {"inputs": 3}]})).await;
+    assert_tei_error(&v, status, StatusCode::UNPROCESSABLE_ENTITY, "instances[1]");
+    let (status, v) = post(&app, "/vertex", json!({"instances": [{"query": "q", "texts": ["a"]}]})).await;
+    assert_tei_error(&v, status, StatusCode::BAD_REQUEST, "instances[0]");
+    let (status, v) = post(&app, "/vertex", json!({"instances": []})).await;
+    assert_tei_error(&v, status, StatusCode::UNPROCESSABLE_ENTITY, "instances");
+    let (status, v) = post(&app, "/vertex", json!({"inputs": "not an envelope"})).await;
+    assert_tei_error(&v, status, StatusCode::UNPROCESSABLE_ENTITY, "instances");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_is_v1_embeddings_with_openais_errors() {
+    let app = app("bert");
+    let body = json!({"input": ["hello", "world"], "model": "bert", "encoding_format": "float"});
+    let (status, want) = post(&app, "/v1/embeddings", body.clone()).await;
+    assert_eq!(status, 200, "{want}");
+    let (status, got) = post(&app, "/embeddings", body).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got, want);
+    // OpenAI's error shape, from the handler and from the body's rejection alike.
+    let (status, v) = post(&app, "/embeddings", json!({"input": [], "model": "bert"})).await;
+    assert_eq!((status, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("input")), "{v}");
+    let (status, v, _) = send(&app, "POST", "/embeddings", Some("not json"), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("JSON")), "{v}");
+    let (status, v) = post(&app, "/embeddings", json!({"input": "x", "model": "reranker"})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("wrong_model_kind")), "{v}");
+}
+
+#[tokio::test]
+async fn ping_is_open_and_ready_the_new_routes_need_the_key_and_keep_the_limits() {
+    let limits = Limits { max_inputs: 3, ..Limits::default() };
+    let f = inproc::fixture(2, |c: ServerConfig| c.with_api_key(Some("s3cret".into())).with_limits(limits), FaultInjection::default(), |r| r);
+    let app = &f.app;
+    let (status, v, _) = send(app, "GET", "/ping", None, &[]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready before preload, and no key needed: {v}");
+    f.state.preload().await.unwrap();
+    let (status, v, _) = send(app, "GET", "/ping", None, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+
+    let similarity = |n: usize| json!({"inputs": {"source_sentence": "s", "sentences": vec!["x"; n]}}).to_string();
+    let routes = [
+        ("/similarity", similarity(2)),
+        ("/invocations", json!({"inputs": "x"}).to_string()),
+        ("/vertex", json!({"instances": [{"inputs": "x"}]}).to_string()),
+        ("/embeddings", json!({"input": "x"}).to_string()),
+    ];
+    let key = [("authorization", "Bearer s3cret")];
+    for (path, body) in &routes {
+        let (status, v, h) = send(app, "POST", path, Some(body), &[]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {v}");
+        assert_eq!(h["www-authenticate"], "Bearer", "{path}");
+        let message = if *path == "/embeddings" { &v["error"]["message"] } else { &v["error"] };
+        assert!(message.as_str().is_some_and(|m| m.contains("API key")), "{path}: {v}");
+        let (status, v, _) = send(app, "POST", path, Some(body), &key).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+    }
+    // The source sentence counts as an input (as in TEI): 3 sentences and the source are 4 > 3.
+    let (status, v, _) = send(app, "POST", "/similarity", Some(&similarity(3)), &key).await;
+    assert_tei_error(&v, status, StatusCode::PAYLOAD_TOO_LARGE, "max_inputs");
+    let four = json!({"instances": vec![json!({"inputs": "x"}); 4]}).to_string();
+    let (status, v, _) = send(app, "POST", "/vertex", Some(&four), &key).await;
+    assert_tei_error(&v, status, StatusCode::PAYLOAD_TOO_LARGE, "max_inputs");
+    f.state.pool().close().await;
+}
