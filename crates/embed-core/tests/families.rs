@@ -2,10 +2,11 @@
 //! `testdata/fixtures` (small random models with real tokenizer types, written by
 //! `python/make_fixtures.py`) must give the reference embeddings (worst cosine >= 0.99999,
 //! f32 on CPU) and token counts, alone and in mixed batches; their weights are counted to the
-//! byte and freed on cleanup.
+//! byte and freed on cleanup (the C allocator back to its level before the load).
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
+use embed_testkit::memory::{settled_snapshot, MemorySnapshot};
 use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, serial, FIXTURES};
 
 mod family_parity;
@@ -25,23 +26,62 @@ fn encoder_tensor_bytes(path: &std::path::Path, elt: u64) -> u64 {
     embed_testkit::safetensors_bytes(path, elt, |name| !name.contains("pooler."))
 }
 
+/// One load / embed / cleanup cycle of fixture `name` in `dtype` (`elt` bytes per element):
+/// the weights counted to the byte against the file, the counters back to zero after cleanup,
+/// and the C allocator's in-use bytes at three settled points (before the load, loaded after an
+/// embed call, after the cleanup).
+async fn weight_cycle(name: &str, dtype: DType, elt: u64) -> (u64, [MemorySnapshot; 3]) {
+    let before = settled_snapshot();
+    let svc = load(name, dtype).await;
+    let bytes = svc.info().unwrap().weight_bytes;
+    // The encoder's tensors, and those of any sentence-transformers Dense module.
+    let expected = encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt) + dense_bytes(name, elt);
+    assert_eq!(bytes, expected, "{name} {dtype}: weight bytes vs the file's encoder tensors");
+    assert_eq!(live_weight_bytes(), bytes, "{name} {dtype}");
+    svc.embed_texts(&["one short text".to_string()], &EmbedOptions::default()).await.unwrap();
+    let loaded = settled_snapshot();
+    let report = svc.cleanup().await.unwrap();
+    assert_eq!(report.model_weight_bytes, bytes);
+    assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0), "{name} {dtype}: after cleanup");
+    (bytes, [before, loaded, settled_snapshot()])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_family_counts_its_weights_exactly_and_frees_them() {
     let _s = serial().await;
+    let mut cycles = 0;
     for &name in FIXTURES {
         for (dtype, elt) in [(DType::F32, 4), (DType::Bf16, 2)] {
-            let svc = load(name, dtype).await;
-            let bytes = svc.info().unwrap().weight_bytes;
-            // The encoder's tensors, and those of any sentence-transformers Dense module.
-            let expected = encoder_tensor_bytes(&fixture_dir(name).join("model.safetensors"), elt) + dense_bytes(name, elt);
-            assert_eq!(bytes, expected, "{name} {dtype}: weight bytes vs the file's encoder tensors");
-            assert_eq!(live_weight_bytes(), bytes, "{name} {dtype}");
-            svc.embed_texts(&["one short text".to_string()], &EmbedOptions::default()).await.unwrap();
-            let report = svc.cleanup().await.unwrap();
-            assert_eq!(report.model_weight_bytes, bytes);
-            assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0), "{name} {dtype}: after cleanup");
+            // The first cycle of a family and dtype warms up what stays for the process (libtorch's
+            // and oneDNN's first-use state, the tokenizers' shared tables: up to 160 KiB, more than
+            // these fixtures' weights); the second is measured.
+            weight_cycle(name, dtype, elt).await;
+            let (bytes, [before, loaded, released]) = weight_cycle(name, dtype, elt).await;
+            // Freed as measured by the allocator, not by the service's own counters: the
+            // allocator held the weights while loaded, and after the cleanup it is back to its
+            // level before the load within a quarter of the weights. Measured on 2 cores: at most
+            // +10 KiB (bert f32; the others under 4 KiB) against an allowance of 25–234 KiB; with
+            // `--features planted-leak` (the word embeddings kept alive) +51 to +300 KiB, every
+            // family and dtype over it. The fall across the release alone
+            // (`memory::assert_weights_freed`) cannot tell here: besides the weights it frees
+            // 0.45–3.1 MiB of other per-model state (the tokenizer, mostly), more than 1.9 times
+            // these fixtures' weights, so it passes with every weight leaked.
+            let held = loaded.cpu_allocator.saturating_sub(before.cpu_allocator);
+            assert!(held >= bytes, "{name} {dtype}: the allocator held {held} bytes with {bytes} bytes of weights loaded");
+            let retained = released.cpu_allocator as i64 - before.cpu_allocator as i64;
+            eprintln!("{name:>20} {dtype:>4}: weights {bytes:>7} B, allocator +{held:>7} B loaded, {retained:>+6} B after cleanup");
+            assert!(
+                retained <= (bytes / 4) as i64,
+                "{name} {dtype}: C-allocator in-use bytes {} -> {} B across a load and cleanup of {bytes} B of weights \
+                 (+{retained} B, allowed {} B): the weights were not freed",
+                before.cpu_allocator,
+                released.cpu_allocator,
+                bytes / 4
+            );
+            cycles += 1;
         }
     }
+    assert_eq!(cycles, 2 * FIXTURES.len(), "every family measured in f32 and bf16");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@
 
 use embed_core::memory::{live_models, live_weight_bytes};
 use embed_core::{ClassifyInput, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelKind, ModelSpec};
-use embed_testkit::{fixture_dir, fixture_reference, serial, task_reference, TaskItem};
+use embed_testkit::{assert_max_abs_diff, fixture_dir, fixture_reference, max_abs_diff, serial, task_reference, TaskItem};
 
 async fn load(name: &str) -> DenseEmbeddingService {
     DenseEmbeddingService::from_spec(ModelSpec::new(fixture_dir(name).to_string_lossy()).named(name))
@@ -15,9 +15,9 @@ async fn load(name: &str) -> DenseEmbeddingService {
         .unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
 }
 
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+/// The reference rows of `items` (logits of a cross-encoder or classifier).
+fn reference_logits(items: &[&TaskItem]) -> Vec<Vec<f32>> {
+    items.iter().map(|i| i.logits.clone()).collect()
 }
 
 /// The reference items grouped by query, in first-seen order (one rerank call per query).
@@ -45,28 +45,40 @@ async fn rerankers_match_cross_encoder_logits() {
         assert_eq!(info.weight_bytes, embed_testkit::safetensors_bytes(&file, 4, |_| true), "{name}: weight bytes");
         let items = task_reference(name);
         assert!(items.iter().filter(|i| i.truncated).count() >= 2, "{name}: the reference truncates some passages");
+        assert!(items.iter().all(|i| i.logits.len() == 1), "{name}: one reference logit per pair");
+        // The largest difference seen; NaN-propagating, so a NaN logit cannot hide behind it.
         let mut worst = 0.0f32;
+        let mut pairs_checked = 0;
         for (query, group) in by_query(&items) {
             let texts: Vec<String> = group.iter().map(|i| i.text.clone()).collect();
             let out = svc.rerank(&query, &texts, &EmbedOptions::default()).await.unwrap();
-            for (k, it) in group.iter().enumerate() {
-                let d = max_diff(&out.logits[k], &it.logits);
-                assert!(d <= 1e-4, "{name}: {query:?} / {:?}: logit {:?}, reference {:?}", it.text, out.logits[k], it.logits);
-                worst = worst.max(d);
-                assert_eq!(out.token_counts[k], it.token_count, "{name}: token count of {:?}", it.text);
-                assert_eq!(out.truncated[k], it.truncated, "{name}: truncation of {:?}", it.text);
+            let n = group.len();
+            let lens = (out.logits.len(), out.token_counts.len(), out.truncated.len());
+            assert_eq!(lens, (n, n, n), "{name}: {query:?}: (logits, token counts, truncation flags) for {n} pairs");
+            // Lengths, then every logit within 1e-4; a NaN fails.
+            let d = assert_max_abs_diff(&format!("{name}: {query:?} logits vs CrossEncoder"), &out.logits, &reference_logits(&group), 1e-4);
+            worst = if d.is_nan() || d > worst { d } else { worst };
+            let counts: Vec<usize> = group.iter().map(|i| i.token_count).collect();
+            assert_eq!(out.token_counts, counts, "{name}: {query:?}: token counts");
+            let truncated: Vec<bool> = group.iter().map(|i| i.truncated).collect();
+            assert_eq!(out.truncated, truncated, "{name}: {query:?}: truncation");
+            // The score is the sigmoid of the logit, as CrossEncoder.predict gives by default
+            // (written so that a NaN score or logit fails).
+            let scores = out.scores();
+            assert_eq!(scores.len(), n, "{name}: one score per pair");
+            for (s, l) in scores.iter().zip(&out.logits) {
+                let d = (s[0] - 1.0 / (1.0 + (-l[0]).exp())).abs();
+                assert!(d < 1e-6, "{name}: score {s:?} of logit {l:?}");
             }
-            // The score is the sigmoid of the logit, as CrossEncoder.predict gives by default.
-            for (s, l) in out.scores().iter().zip(&out.logits) {
-                assert!((s[0] - 1.0 / (1.0 + (-l[0]).exp())).abs() < 1e-6);
-            }
+            pairs_checked += n;
         }
-        // All pairs in one classify call: batched with padding, same logits.
+        assert_eq!(pairs_checked, items.len(), "{name}: every reference pair reranked");
+        assert!(worst <= 1e-4, "{name}: worst logit difference {worst}");
+        // All pairs in one classify call: batched with padding, same logits, one row per pair.
         let pairs: Vec<ClassifyInput> = items.iter().map(|i| ClassifyInput::Pair(i.query.clone().unwrap(), i.text.clone())).collect();
         let all = svc.classify(&pairs, &EmbedOptions::default()).await.unwrap();
-        for (got, it) in all.logits.iter().zip(&items) {
-            assert!(max_diff(got, &it.logits) <= 1e-4, "{name}: batched {:?}", it.text);
-        }
+        let all_items: Vec<&TaskItem> = items.iter().collect();
+        assert_max_abs_diff(&format!("{name}: batched classify logits vs CrossEncoder"), &all.logits, &reference_logits(&all_items), 1e-4);
         eprintln!("{name}: {} pairs, worst logit difference {worst:.2e}", items.len());
         svc.cleanup().await.unwrap();
     }
@@ -93,14 +105,20 @@ async fn the_classifier_gives_its_logits_and_labels() {
     assert_eq!(info.labels, vec!["negative", "neutral", "positive"]);
     let items = task_reference("bert-classifier");
     let inputs: Vec<ClassifyInput> = items.iter().map(|i| ClassifyInput::Text(i.text.clone())).collect();
+    assert!(!items.is_empty() && items.iter().all(|i| i.logits.len() == 3), "one reference logit per label");
     let out = svc.classify(&inputs, &EmbedOptions::default()).await.unwrap();
-    for ((got, it), count) in out.logits.iter().zip(&items).zip(&out.token_counts) {
-        assert!(max_diff(got, &it.logits) <= 1e-4, "{:?}: {got:?} vs {:?}", it.text, it.logits);
-        assert_eq!(*count, it.token_count, "{:?}", it.text);
+    // One row per input (lengths checked), every logit within 1e-4; a NaN fails.
+    let all_items: Vec<&TaskItem> = items.iter().collect();
+    let worst = assert_max_abs_diff("classifier logits vs the reference", &out.logits, &reference_logits(&all_items), 1e-4);
+    let counts: Vec<usize> = items.iter().map(|i| i.token_count).collect();
+    assert_eq!(out.token_counts, counts, "token counts");
+    let scores = out.scores();
+    assert_eq!(scores.len(), items.len(), "one score row per input");
+    for s in &scores {
+        // A NaN sum fails (`<` is false for NaN).
+        assert!(s.len() == 3 && (s.iter().sum::<f32>() - 1.0).abs() < 1e-5, "softmax over the labels: {s:?}");
     }
-    for s in out.scores() {
-        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-5, "softmax over the labels: {s:?}");
-    }
+    eprintln!("bert-classifier: {} texts, worst logit difference {worst:.2e}", items.len());
     // A classifier does not rerank: that needs a one-label cross-encoder.
     let err = svc.rerank("q", &["t".to_string()], &EmbedOptions::default()).await.unwrap_err();
     assert!(matches!(err, Error::WrongKind { kind: ModelKind::Classifier, operation: "rerank", .. }), "{err}");
@@ -119,12 +137,19 @@ async fn splade_matches_sparse_encoder() {
     let items = task_reference("bert-splade");
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let out = svc.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap();
+    let n = items.len();
+    assert!(n > 0, "the SPLADE reference has items");
+    assert_eq!((out.vectors.len(), out.token_counts.len(), out.truncated.len()), (n, n, n), "(vectors, token counts, truncation flags) for {n} texts");
+    // NaN-propagating: a NaN value makes `worst` NaN, and NaN fails `worst <= 1e-4` below.
     let mut worst = 0.0f32;
-    for ((got, it), count) in out.vectors.iter().zip(&items).zip(&out.token_counts) {
+    for (got, it) in out.vectors.iter().zip(&items) {
+        assert!(!it.indices.is_empty(), "{:?}: the reference has non-zero entries", it.text);
         assert_eq!(got.indices, it.indices, "{:?}: non-zero entries", it.text);
-        worst = worst.max(max_diff(&got.values, &it.values));
-        assert_eq!(*count, it.token_count, "{:?}", it.text);
+        let d = max_abs_diff(&got.values, &it.values);
+        worst = if d.is_nan() || d > worst { d } else { worst };
     }
+    let counts: Vec<usize> = items.iter().map(|i| i.token_count).collect();
+    assert_eq!(out.token_counts, counts, "token counts");
     assert!(worst <= 1e-4, "worst SPLADE value difference {worst}");
     assert!(out.truncated.iter().filter(|t| **t).count() >= 2, "the long texts are truncated");
     eprintln!("bert-splade: {} texts, worst value difference {worst:.2e}", items.len());
@@ -170,6 +195,8 @@ async fn token_vectors_are_the_states_pooling_sees() {
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let out = svc.embed_tokens(&texts, &EmbedOptions::default()).await.unwrap();
     let hidden = svc.info().unwrap().dimension;
+    assert!(!items.is_empty(), "the bert reference has items");
+    assert_eq!(out.vectors.len(), items.len(), "one token-vector list per text");
     for (tokens, it) in out.vectors.iter().zip(&items) {
         assert_eq!(tokens.len(), it.token_count, "{:?}: one vector per token", it.text);
         assert!(tokens.iter().all(|t| t.len() == hidden));

@@ -141,10 +141,11 @@ async fn openai_embeddings() {
     let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "hello", "model": "tiny", "encoding_format": "base64"})), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let bytes = base64::engine::general_purpose::STANDARD.decode(v["data"][0]["embedding"].as_str().unwrap()).unwrap();
-    let decoded: Vec<f32> = bytes.chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-    for (a, b) in decoded.iter().zip(&floats) {
-        assert!((a - b).abs() < 1e-6, "base64 and float encodings agree");
-    }
+    assert_eq!(bytes.len(), 4 * floats.len(), "base64 holds one little-endian f32 per dimension");
+    let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    // Lengths checked, and a NaN on either side fails.
+    let d = embed_testkit::max_abs_diff(&decoded, &floats);
+    assert!(d < 1e-6, "base64 and float encodings differ by {d}");
 
     // Token arrays: the ids of "hello" as the tokenizer gives them.
     let (_, tok, _) = call(&app, "POST", "/tokenize", Some(json!({"inputs": "hello"})), &[]).await;

@@ -29,6 +29,7 @@ fn assert_cpu_attention_ran(name: &str, family: &str, stats: &BatchStats) {
 /// counts, in one mixed call and text by text, the same vector either way (<= 1e-5), and the
 /// query prompt where the model has one.
 pub(crate) async fn every_family_matches_sentence_transformers() {
+    let mut prompted = 0;
     for &name in FIXTURES {
         let svc = load(name, DType::F32).await;
         let info = svc.info().unwrap();
@@ -60,9 +61,16 @@ pub(crate) async fn every_family_matches_sentence_transformers() {
         }
         eprintln!("{name:>12}: worst cosine batched {worst:.8}, alone {worst_alone:.8}");
 
-        // Queries with the model's query prompt (decoder embedders' instructions).
+        // Queries with the model's query prompt (decoder embedders' instructions). Every decoder
+        // has one and its fixture must carry prompted query items: the check cannot drop out
+        // because a fixture lost them or a prompt stopped being read.
+        let decoder = family == "decoder" || family == "gemma3";
+        let query_prompt = info.prompts.get("query").filter(|p| !p.is_empty());
+        assert_eq!(query_prompt.is_some(), decoder, "{name} ({family}): a non-empty query prompt iff a decoder; prompts {:?}", info.prompts);
         let queries = fixture_query_reference(name);
-        if !queries.is_empty() {
+        assert_eq!(!queries.is_empty(), query_prompt.is_some(), "{name}: {} prompted query items in the reference, query prompt {query_prompt:?}", queries.len());
+        if query_prompt.is_some() {
+            prompted += 1;
             let texts: Vec<String> = queries.iter().map(|i| i.text.clone()).collect();
             let out = svc.embed_texts(&texts, &EmbedOptions::query()).await.unwrap();
             assert_eq!(out.token_counts, queries.iter().map(|i| i.token_count).collect::<Vec<_>>(), "{name}: query token counts");
@@ -72,5 +80,8 @@ pub(crate) async fn every_family_matches_sentence_transformers() {
         }
         svc.cleanup().await.unwrap();
     }
+    let decoders = FIXTURES.iter().filter(|n| matches!(fixture_model_type_and_family(n).1, "decoder" | "gemma3")).count();
+    assert!(decoders >= 5, "the decoder fixtures (qwen3, qwen2, qwen2-bidirectional, mistral, gemma3): {decoders}");
+    assert_eq!(prompted, decoders, "every decoder's prompted queries were checked");
 }
 
