@@ -8,10 +8,10 @@
 //! * `weight_only_*`: int8 weights dequantized into f32 for each matmul (what CUDA and CPUs
 //!   without VNNI run). Every machine runs these.
 //! * `onednn_*`: oneDNN's u8 × s8 GEMM (the default on a CPU with VNNI), which needs VNNI.
-//!   Gated with `#[ignore]` (libtest cannot skip a test at run time): a CI run lists them as
-//!   ignored rather than passing them unchecked where the CPU lacks VNNI. Run them on a CPU with
-//!   VNNI: `cargo test -p embed-core --test int8 -- --ignored onednn`; run without VNNI they
-//!   fail and say why.
+//!   Where the CPU that builds the tests lacks VNNI (embed-core's build script sets
+//!   `embed_cpu_vnni` where it has it), they are `#[ignore]`d with that reason: a CI run lists
+//!   them as ignored rather than passing them unchecked; on a VNNI CPU they run by default. Run
+//!   with `--ignored onednn` on a CPU without VNNI, they fail and say why.
 
 use embed_core::memory::live_weight_bytes;
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Int8Kernel, ModelOptions, ModelSpec};
@@ -158,7 +158,7 @@ async fn minilm_keeps_retrieval_quality(kernel: Int8Kernel) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CPU with VNNI; run with --ignored onednn"]
+#[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
 async fn onednn_int8_minilm_keeps_retrieval_quality_in_under_a_third_of_the_memory() {
     let _s = serial().await;
     require_onednn();
@@ -235,7 +235,7 @@ async fn every_family_matches_f32(kernel: Int8Kernel) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CPU with VNNI; run with --ignored onednn"]
+#[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
 async fn onednn_int8_matches_f32_for_every_family() {
     let _s = serial().await;
     require_onednn();
@@ -249,7 +249,7 @@ async fn weight_only_int8_matches_f32_for_every_family() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CPU with VNNI; run with --ignored onednn"]
+#[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
 async fn onednn_int8_without_prepacking_is_refused() {
     let _s = serial().await;
     require_onednn();
@@ -295,7 +295,7 @@ async fn refuses_to_offload_and_keeps_serving(kernel: Int8Kernel) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CPU with VNNI; run with --ignored onednn"]
+#[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
 async fn onednn_int8_model_refuses_to_offload_and_keeps_serving() {
     let _s = serial().await;
     require_onednn();
@@ -309,7 +309,7 @@ async fn weight_only_int8_model_refuses_to_offload_and_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CPU with VNNI; run with --ignored onednn"]
+#[cfg_attr(not(embed_cpu_vnni), ignore = "oneDNN int8 GEMM needs VNNI, which the CPU that built these tests lacks")]
 async fn onednn_int8_calibrates_on_the_callers_texts_when_given() {
     let _s = serial().await;
     require_onednn();
