@@ -20,7 +20,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::api::{admin, openai, tasks, tei};
+use crate::api::{admin, cohere, openai, tasks, tei};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ServerConfig;
@@ -125,6 +125,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         .route("/decode", post(tasks::decode))
         .route("/v1/rerank", post(tasks::cohere_rerank))
         .route("/v2/rerank", post(tasks::cohere_rerank))
+        .route("/v2/embed", post(cohere::embed))
         .route("/tokenize", post(tei::tokenize))
         .route("/v1/embeddings", post(openai::embeddings))
         // text-embeddings-inference's other routes: SageMaker's, Vertex AI's, OpenAI's without `/v1`.

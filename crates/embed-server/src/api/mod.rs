@@ -1,8 +1,9 @@
-//! Request handlers, one module per API (`tei`, `openai`, `tasks`, `admin`), each with its handlers in
+//! Request handlers, one module per API (`tei`, `openai`, `cohere`, `tasks`, `admin`), each with its handlers in
 //! `mod.rs` and its request and response bodies in `types.rs`; here, the extractors and checks
 //! they share.
 
 pub(crate) mod admin;
+pub(crate) mod cohere;
 pub(crate) mod openai;
 pub(crate) mod tasks;
 pub(crate) mod tei;

@@ -1,11 +1,14 @@
 //! text-embeddings-inference's routes beyond `/embed` (part of the `tasks` test binary, whose
 //! fixtures cover every model kind): `/similarity`, SageMaker's `/invocations` and `/ping`,
-//! `/embeddings`, Vertex AI's `/vertex`. Answers are checked against the routes they stand for
-//! and against cosines computed here; errors by status, shape and the field they name.
+//! `/embeddings`, Vertex AI's `/vertex`, and Cohere's `/v2/embed`. Answers are checked against
+//! the routes they stand for, against cosines computed here, and (for Cohere's quantized
+//! encodings) against the float vectors quantized here; errors by status, shape and field.
 
 use axum::http::StatusCode;
-use embed_core::FaultInjection;
+use base64::Engine;
+use embed_core::{FaultInjection, ModelSpec};
 use embed_server::{Limits, ServerConfig};
+use embed_testkit::TinyModel;
 use serde_json::{json, Value};
 
 use super::common::inproc::{self, send};
@@ -215,13 +218,15 @@ async fn ping_is_open_and_ready_the_new_routes_need_the_key_and_keep_the_limits(
         ("/invocations", json!({"inputs": "x"}).to_string()),
         ("/vertex", json!({"instances": [{"inputs": "x"}]}).to_string()),
         ("/embeddings", json!({"input": "x"}).to_string()),
+        ("/v2/embed", json!({"texts": ["x"]}).to_string()),
     ];
     let key = [("authorization", "Bearer s3cret")];
     for (path, body) in &routes {
         let (status, v, h) = send(app, "POST", path, Some(body), &[]).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {v}");
         assert_eq!(h["www-authenticate"], "Bearer", "{path}");
-        let message = if *path == "/embeddings" { &v["error"]["message"] } else { &v["error"] };
+        let openai = *path == "/embeddings" || path.starts_with("/v2/");
+        let message = if openai { &v["error"]["message"] } else { &v["error"] };
         assert!(message.as_str().is_some_and(|m| m.contains("API key")), "{path}: {v}");
         let (status, v, _) = send(app, "POST", path, Some(body), &key).await;
         assert_eq!(status, StatusCode::OK, "{path}: {v}");
@@ -233,4 +238,138 @@ async fn ping_is_open_and_ready_the_new_routes_need_the_key_and_keep_the_limits(
     let (status, v, _) = send(app, "POST", "/vertex", Some(&four), &key).await;
     assert_tei_error(&v, status, StatusCode::PAYLOAD_TOO_LARGE, "max_inputs");
     f.state.pool().close().await;
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_i64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_embed_types_are_the_float_vectors_quantized() {
+    let app = app("bert");
+    let texts = ["the first text to embed", "another, rather different sentence about rivers"];
+    let all_types = ["float", "int8", "uint8", "binary", "ubinary", "base64"];
+    let body = json!({"model": "bert", "texts": texts, "input_type": "search_document", "embedding_types": all_types});
+    let (status, v) = post(&app, "/v2/embed", body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!((v["response_type"].as_str(), v["meta"]["api_version"]["version"].as_str()), (Some("embeddings_by_type"), Some("2")), "{v}");
+    assert_eq!(v["texts"], json!(texts));
+    assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    let (_, tokens) = post(&app, "/tokenize", json!({"model": "bert", "inputs": texts})).await;
+    let token_count: usize = tokens.as_array().unwrap().iter().map(|t| t.as_array().unwrap().len()).sum();
+    assert_eq!(v["meta"]["billed_units"]["input_tokens"].as_u64(), Some(token_count as u64), "{v}");
+
+    // float: what /embed gives (normalised; this model has no document prompt).
+    let (_, embedded) = post(&app, "/embed", json!({"model": "bert", "inputs": texts})).await;
+    let e = &v["embeddings"];
+    assert_close(&e["float"], &embedded, 1e-6, "float");
+    for (i, float) in e["float"].as_array().unwrap().iter().enumerate() {
+        let x: Vec<f32> = floats(float).into_iter().map(|x| x as f32).collect();
+        let d = x.len();
+        // int8: scaled so the largest magnitude is 127, rounded; uint8: the same plus 128.
+        let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let int8: Vec<i64> = x.iter().map(|v| (v / max * 127.0).round() as i64).collect();
+        assert_eq!(ints(&e["int8"][i]), int8, "int8[{i}]");
+        assert!(int8.iter().any(|q| q.abs() == 127), "the full range is used");
+        assert_eq!(ints(&e["uint8"][i]), int8.iter().map(|q| q + 128).collect::<Vec<_>>(), "uint8[{i}]");
+        let q: Vec<f64> = int8.iter().map(|&q| q as f64).collect();
+        assert!(cosine(&q, &floats(float)) > 0.999, "int8 keeps the direction");
+        // ubinary: bit k of byte j (highest first) says whether dimension 8j+k is positive.
+        let ubinary = ints(&e["ubinary"][i]);
+        assert_eq!(ubinary.len(), d.div_ceil(8), "ubinary[{i}]");
+        for (k, v) in x.iter().enumerate() {
+            let bit = (ubinary[k / 8] >> (7 - k % 8)) & 1;
+            assert_eq!(bit == 1, *v > 0.0, "ubinary[{i}] dimension {k} ({v})");
+        }
+        assert!(ubinary.iter().all(|b| (0..=255).contains(b)));
+        assert_eq!(ints(&e["binary"][i]), ubinary.iter().map(|b| b - 128).collect::<Vec<_>>(), "binary[{i}]");
+        // base64: the little-endian f32 bytes.
+        let bytes = base64::engine::general_purpose::STANDARD.decode(e["base64"][i].as_str().unwrap()).unwrap();
+        let decoded: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(decoded, x, "base64[{i}]");
+    }
+
+    // Only what was asked for; float by default.
+    let (status, v) = post(&app, "/v2/embed", json!({"model": "bert", "texts": texts, "embedding_types": ["ubinary"]})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["embeddings"].as_object().unwrap().keys().collect::<Vec<_>>(), ["ubinary"], "{v}");
+    let (status, v) = post(&app, "/v2/embed", json!({"model": "bert", "texts": texts})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["embeddings"].as_object().unwrap().keys().collect::<Vec<_>>(), ["float"], "{v}");
+
+    // output_dimension: the first N dimensions, re-normalised, in every encoding.
+    let (status, v) = post(&app, "/v2/embed", json!({"model": "bert", "texts": texts, "output_dimension": 12, "embedding_types": ["float", "ubinary"]})).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, cut) = post(&app, "/embed", json!({"model": "bert", "inputs": texts, "dimensions": 12})).await;
+    assert_close(&v["embeddings"]["float"], &cut, 1e-6, "output_dimension");
+    assert_eq!(ints(&v["embeddings"]["ubinary"][0]).len(), 2, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_input_types_pick_the_models_prompts() {
+    let (dir, path) = TinyModel {
+        prompts: vec![("query".into(), "q: ".into()), ("document".into(), "d: ".into()), ("Classification".into(), "classify: ".into())],
+        ..TinyModel::default()
+    }
+    .write_temp();
+    let f = inproc::fixture(3, |c| c, FaultInjection::default(), |r| r.with("prompted", ModelSpec::new(path.to_string_lossy()).named("prompted")));
+    let text = "a sentence to embed";
+    let embed = |extra: Value| {
+        let mut body = json!({"model": "prompted", "inputs": [text]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let plain = send(&f.app, "POST", "/embed", Some(&embed(json!({})).to_string()), &[]).await.1;
+    for (input_type, want) in [
+        (json!("search_query"), embed(json!({"prompt_name": "query"}))),
+        (json!("search_document"), embed(json!({"prompt_name": "document"}))),
+        (json!("classification"), embed(json!({"prompt_name": "Classification"}))),
+        (json!("clustering"), embed(json!({}))),
+        (Value::Null, embed(json!({}))),
+    ] {
+        let (status, want, _) = send(&f.app, "POST", "/embed", Some(&want.to_string()), &[]).await;
+        assert_eq!(status, 200, "{want}");
+        let body = json!({"model": "prompted", "texts": [text], "input_type": input_type});
+        let (status, got, _) = send(&f.app, "POST", "/v2/embed", Some(&body.to_string()), &[]).await;
+        assert_eq!(status, 200, "{input_type}: {got}");
+        assert_close(&got["embeddings"]["float"], &want, 1e-6, &input_type.to_string());
+        if input_type == "search_query" || input_type == "classification" {
+            let d = embed_testkit::max_abs_diff(&floats(&got["embeddings"]["float"][0]).iter().map(|&x| x as f32).collect::<Vec<_>>(), &floats(&plain[0]).iter().map(|&x| x as f32).collect::<Vec<_>>());
+            assert!(d > 1e-3, "{input_type} adds a prompt");
+        }
+    }
+    f.state.pool().close().await;
+    drop(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_embed_refuses_what_it_cannot_do_by_name() {
+    let app = app("bert");
+    let long = "hello world ".repeat(200);
+    for (body, param) in [
+        (json!({"texts": []}), "texts"),
+        (json!({"input_type": "search_query"}), "texts"),
+        (json!({"texts": ["a"], "images": ["data:image/png;base64,AAAA"]}), "images"),
+        (json!({"inputs": [{"content": [{"type": "text", "text": "a"}]}]}), "inputs"),
+        (json!({"texts": ["a"], "max_tokens": 10}), "max_tokens"),
+        (json!({"texts": ["a"], "truncate": "START"}), "truncate"),
+        (json!({"texts": ["a"], "truncate": "MIDDLE"}), "truncate"),
+        (json!({"texts": [long], "truncate": "NONE"}), "input"),
+        (json!({"texts": ["a"], "embedding_types": []}), "embedding_types"),
+        (json!({"texts": ["a"], "embedding_types": ["float16"]}), "embedding_types"),
+        (json!({"texts": ["a"], "input_type": "image"}), "input_type"),
+        (json!({"texts": ["a"], "input_type": "poetry"}), "input_type"),
+        (json!({"texts": ["a"], "output_dimension": 0}), "output_dimension"),
+        (json!({"texts": ["a"], "output_dimension": 1000}), "output_dimension"),
+        (json!({"texts": ["a"], "model": "reranker"}), "model"),
+    ] {
+        let (status, v) = post(&app, "/v2/embed", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"]["message"].is_string(), "OpenAI's shape, as on /v2/rerank: {v}");
+        assert_eq!(v["error"]["param"].as_str(), Some(param), "{body}: {v}");
+    }
+    let (status, v) = post(&app, "/v2/embed", json!({"texts": ["a"], "model": "reranker"})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("wrong_model_kind")), "{v}");
+    let (status, v) = post(&app, "/v2/embed", json!({"texts": [long], "truncate": "END"})).await;
+    assert_eq!(status, 200, "END cuts the end: {v}");
 }

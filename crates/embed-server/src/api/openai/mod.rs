@@ -2,6 +2,8 @@
 
 mod types;
 
+pub(crate) use self::types::{EmbeddingVector, EncodingFormat};
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;

@@ -130,10 +130,10 @@ struct Embedding {
     embedding: EmbeddingVector,
 }
 
-/// One vector in the requested [`EncodingFormat`].
+/// One vector in the requested [`EncodingFormat`] (also Cohere's `float` and `base64`).
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-enum EmbeddingVector {
+pub(crate) enum EmbeddingVector {
     /// Each number is written as the f64 equal to the f32 (`0.10000000149011612`, not `0.1`),
     /// so a client reading doubles gets exactly the model's values, as from base64.
     Float(#[serde(serialize_with = "f32s_as_f64s")] Vec<f32>),
@@ -141,7 +141,7 @@ enum EmbeddingVector {
 }
 
 impl EmbeddingVector {
-    fn new(v: Vec<f32>, format: EncodingFormat) -> Self {
+    pub(crate) fn new(v: Vec<f32>, format: EncodingFormat) -> Self {
         match format {
             EncodingFormat::Float => EmbeddingVector::Float(v),
             EncodingFormat::Base64 => {

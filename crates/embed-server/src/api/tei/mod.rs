@@ -7,7 +7,7 @@ pub(crate) use self::types::StringOrList;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use embed_core::EmbedOptions;
+use embed_core::{EmbedOptions, Embeddings};
 use embed_pool::Lease;
 
 use self::types::{EmbedRequest, Info, SimilarityRequest, Token, TokenizeRequest};
@@ -37,12 +37,17 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
         dimensions: req.dimensions,
     };
-    let queued = state.metrics.queued(&model);
-    let out = lease.embed_texts(&texts, &options).await?;
+    Ok(Json(embed_on(&state, &lease, &texts, &options).await?.vectors))
+}
+
+/// Embeds `texts` with the leased model, counted in the metrics while queued and when done.
+pub(crate) async fn embed_on(state: &AppState, lease: &Lease, texts: &[String], options: &EmbedOptions) -> Result<Embeddings, ApiError> {
+    let queued = state.metrics.queued(Lease::name(lease));
+    let out = lease.embed_texts(texts, options).await?;
     drop(queued);
-    let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
-    state.metrics.record_embedding(Lease::name(&lease), instance, texts.len(), out.total_tokens(), lease.batch_stats());
-    Ok(Json(out.vectors))
+    let instance = std::sync::Arc::as_ptr(&Lease::service(lease)) as *const () as usize;
+    state.metrics.record_embedding(Lease::name(lease), instance, texts.len(), out.total_tokens(), lease.batch_stats());
+    Ok(out)
 }
 
 /// The cosine similarity of `inputs.source_sentence` to each of `inputs.sentences`, in order.
