@@ -141,7 +141,6 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let short_s = |v: &Value| num(v, &["short", "seconds"]);
     let st_s = num(&st, &["seconds"])?;
     println!("\nQwen3-Embedding-0.6B-shaped (random weights, {} MB in bf16), CPU {cpu}, {threads} threads", (num(&bf16, &["weight_bytes"])? / 1e6).round());
-    println!("{:<36} {:>9} {:>10} {:>14} {:>14}", "step", "seconds", "tokens/s", "peak RSS MiB", "vs loaded MiB");
     let loaded = num(&bf16, &["loaded_resident"])?;
     // Peak RSS while loading above what the process held before, against the weight bytes.
     let load_rise = |v: &Value| -> Result<f64> { Ok(num(v, &["load_peak_resident"])? - num(v, &["before", "resident"])?) };
