@@ -139,6 +139,48 @@ fn verdict(r: &serde_json::Value, cuda: bool) -> (bool, Vec<String>) {
 }
 
 pub(crate) fn run(opts: &Options) -> Result<bool> {
+    let reports = run_reports(opts)?;
+    if opts.plant_leak {
+        match planted_leak_caught(&reports) {
+            Ok(()) => println!("leak-check: the planted leak was caught by the allocator and RSS figures, as planted"),
+            Err(e) => println!("leak-check: the planted leak was NOT caught as planted: {e:#}"),
+        }
+    }
+    Ok(reports.iter().all(|r| r["verdict"] == "ok"))
+}
+
+/// What the verdict says of the planted leak (embed-core's `planted-leak`: the largest weight
+/// tensor of every model kept alive after cleanup, while every counter says it was freed).
+const PLANTED_PROBLEMS: [&str; 2] = ["allocator in-use bytes grew", "anonymous resident memory grew"];
+
+/// Whether `reports` (of a `--plant-leak` run) caught the planted leak the way it leaks: every
+/// layer failed on allocator and anonymous-RSS growth, and on nothing else (the counters do not
+/// see the leaked tensor, so a counter problem or a missing figure means something other than
+/// the planted leak failed, and the proof would prove nothing).
+pub(crate) fn planted_leak_caught(reports: &[serde_json::Value]) -> Result<()> {
+    if reports.is_empty() {
+        bail!("no layer was checked");
+    }
+    for r in reports {
+        let layer = r["layer"].as_str().unwrap_or("?");
+        let problems: Vec<&str> = r["problems"].as_array().map(|a| a.iter().filter_map(|p| p.as_str()).collect()).unwrap_or_default();
+        if r["verdict"] != "leak" {
+            bail!("layer {layer}: verdict {}, not leak", r["verdict"]);
+        }
+        for wanted in PLANTED_PROBLEMS {
+            if !problems.iter().any(|p| p.starts_with(wanted)) {
+                bail!("layer {layer}: no \"{wanted} …\" among its problems {problems:?}");
+            }
+        }
+        if let Some(other) = problems.iter().find(|p| !PLANTED_PROBLEMS.iter().any(|w| p.starts_with(w))) {
+            bail!("layer {layer}: failed for something the planted leak does not do: {other:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the layers and returns each one's report, with its `verdict` and `problems`.
+pub(crate) fn run_reports(opts: &Options) -> Result<Vec<serde_json::Value>> {
     let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(&cargo);
@@ -153,7 +195,6 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
     let child = env.root.join("target/debug/examples/leak_check");
     let cuda = opts.device.starts_with("cuda");
     let mut results = Vec::new();
-    let mut all_ok = true;
     print_header(opts.cycles, &opts.device);
     for layer in &opts.layers {
         let mut cmd = Command::new(&child);
@@ -170,16 +211,17 @@ pub(crate) fn run(opts: &Options) -> Result<bool> {
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = stdout.lines().last().context("child printed nothing")?;
         let r: serde_json::Value = serde_json::from_str(line).with_context(|| format!("child output {line:?}"))?;
-        let r = judge_and_print(layer, r, cuda);
-        all_ok &= r["verdict"] == "ok";
+        let mut r = judge_and_print(layer, r, cuda);
+        r["layer"] = serde_json::json!(layer);
         results.push(r);
     }
     if let Some(path) = &opts.json {
         std::fs::write(path, serde_json::to_string_pretty(&serde_json::json!({"device": opts.device, "cycles": opts.cycles, "planted_leak": opts.plant_leak, "layers": results}))?)?;
         println!("leak-check: wrote {}", path.display());
     }
+    let all_ok = results.iter().all(|r| r["verdict"] == "ok");
     println!("leak-check: {}", if all_ok { "no leaks" } else { "LEAKS FOUND" });
-    Ok(all_ok)
+    Ok(results)
 }
 
 fn print_header(cycles: impl std::fmt::Display, device: &str) {
@@ -374,6 +416,43 @@ mod tests {
         assert!(!judge("cuda", &[write("garbage.json", "not json\n".into())]));
         assert!(verdict_files(&["--device".into(), "cuda".into()]).is_err(), "no files given");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The planted-leak proof accepts the failure the planted leak causes, and no other.
+    #[test]
+    fn the_planted_leak_proof_wants_the_planted_failure() {
+        let judged = |r: serde_json::Value| {
+            let (ok, problems) = verdict(&r, false);
+            let mut r = r;
+            r["verdict"] = json!(if ok { "ok" } else { "leak" });
+            r["problems"] = json!(problems);
+            r["layer"] = json!("core");
+            r
+        };
+        // A leaked tensor: allocator and RSS grow, every counter says freed.
+        let mut planted = report();
+        planted["max_after"]["allocator"] = json!(100e6 + 94e6);
+        planted["max_after"]["resident"] = json!(300e6 + 94e6);
+        assert!(planted_leak_caught(&[judged(planted.clone())]).is_ok());
+        // A clean run is no proof.
+        assert!(planted_leak_caught(&[judged(report())]).is_err());
+        assert!(planted_leak_caught(&[]).is_err());
+        // Failing for another reason is no proof either: a model the counters still see, a
+        // missing figure, or only one of the two figures the leak moves.
+        let mut counted = planted.clone();
+        counted["live_models_after"] = json!(1);
+        let err = planted_leak_caught(&[judged(counted)]).unwrap_err().to_string();
+        assert!(err.contains("does not do") && err.contains("still live"), "{err}");
+        let mut missing = planted.clone();
+        missing["baseline"].as_object_mut().unwrap().remove("resident");
+        assert!(planted_leak_caught(&[judged(missing)]).is_err());
+        let mut rss_only = planted.clone();
+        rss_only["max_after"]["allocator"] = json!(100e6);
+        let err = planted_leak_caught(&[judged(rss_only)]).unwrap_err().to_string();
+        assert!(err.contains("allocator in-use bytes grew"), "{err}");
+        let mut allocator_only = planted;
+        allocator_only["max_after"]["resident"] = json!(300e6);
+        assert!(planted_leak_caught(&[judged(allocator_only)]).is_err());
     }
 
     #[test]

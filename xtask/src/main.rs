@@ -38,11 +38,14 @@ tasks:
                     the release server on the CPU, the MiniLM in f32 and in bf16 (prepacked),
                     alternating rounds over HTTP, beside the machine's bf16/f32 linear-layer ratio
   cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]
+             [--negative-control]
                     nginx in front of N (3) debug embed-server replicas on loopback, 16 clients, while
                     each replica in turn gets SIGTERM and restarts (rolling update), then one gets
                     SIGKILL; per phase sent/failed/nginx-retried and p50/p99 (S = 30 s per phase);
                     writes bench-results/cluster-test.json; non-zero exit on any failed request.
-                    Installs nginx-light with apt when nginx is missing (as root)
+                    Builds embed-server first. Installs nginx-light with apt when nginx is missing
+                    (as root). --negative-control: a ~20 s run with nginx not retrying, which must
+                    lose requests through the restarts (the proof that the check can fail)
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";

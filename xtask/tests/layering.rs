@@ -1,6 +1,8 @@
 //! The workspace's layering, checked from the manifests: embed-core at the bottom, embed-scoped
 //! and embed-pool siblings on it (neither knows the other), embed-server on embed-pool;
-//! embed-testkit only as a dev-dependency; nothing depends on xtask. Module boundaries inside
+//! embed-testkit only as a dev-dependency; nothing depends on xtask. Every dependency table
+//! counts (platform-specific `[target.*]` ones and build-dependencies too), and a renamed
+//! dependency counts as the package it names. Module boundaries inside
 //! the crates are checked from the sources (the tests below `dependencies_flow_one_way`).
 //! If this fails, an arrow points the wrong way: move the code, not the test.
 
@@ -10,51 +12,164 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn manifest(root: &Path, krate: &str) -> toml::Table {
-    let dir = if krate == "xtask" { root.join("xtask") } else { root.join("crates").join(krate) };
-    std::fs::read_to_string(dir.join("Cargo.toml")).unwrap().parse().unwrap()
+/// The crates whose manifests the layering is about.
+const CRATES: [&str; 6] = ["embed-core", "embed-scoped", "embed-pool", "embed-server", "embed-testkit", "xtask"];
+
+/// The workspace's manifests: the root's and each crate's.
+struct Manifests {
+    root: toml::Table,
+    crates: Vec<(&'static str, toml::Table)>,
 }
 
-fn deps(m: &toml::Table, section: &str) -> Vec<String> {
-    m.get(section).and_then(|d| d.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default()
+impl Manifests {
+    fn read() -> Self {
+        let root = root();
+        let read = |path: PathBuf| -> toml::Table {
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).parse().unwrap()
+        };
+        let crates = CRATES
+            .iter()
+            .map(|&k| (k, read(if k == "xtask" { root.join("xtask/Cargo.toml") } else { root.join("crates").join(k).join("Cargo.toml") })))
+            .collect();
+        Manifests { root: read(root.join("Cargo.toml")), crates }
+    }
+
+    fn get(&self, krate: &str) -> &toml::Table {
+        &self.crates.iter().find(|(k, _)| *k == krate).unwrap_or_else(|| panic!("no manifest for {krate}")).1
+    }
+
+    fn get_mut(&mut self, krate: &str) -> &mut toml::Table {
+        &mut self.crates.iter_mut().find(|(k, _)| *k == krate).unwrap_or_else(|| panic!("no manifest for {krate}")).1
+    }
+
+    /// The packages `krate` depends on in `kind` (`dependencies`, `dev-dependencies` or
+    /// `build-dependencies`), each by the package it names: the platform-specific tables
+    /// (`[target.'cfg(unix)'.dependencies]`) and the old underscore spellings count too, and a
+    /// renamed dependency (`web = { package = "axum" }`, directly or through the
+    /// `[workspace.dependencies]` entry that `workspace = true` inherits) counts as its package.
+    fn deps(&self, krate: &str, kind: &str) -> Vec<String> {
+        let m = self.get(krate);
+        let mut spellings = vec![kind.to_string()];
+        if kind.contains('-') {
+            spellings.push(kind.replace('-', "_"));
+        }
+        let mut sections: Vec<&toml::Table> = vec![m];
+        for platform in m.get("target").and_then(|t| t.as_table()).into_iter().flat_map(|t| t.values()) {
+            sections.push(platform.as_table().expect("[target.*] is a table"));
+        }
+        let tables = sections.iter().flat_map(|section| spellings.iter().filter_map(|s| section.get(s).and_then(|d| d.as_table())));
+        let inherited = self.root.get("workspace").and_then(|w| w.get("dependencies")).and_then(|d| d.as_table());
+        let mut out = Vec::new();
+        for table in tables {
+            for (key, spec) in table {
+                let from_workspace = match spec.get("workspace").and_then(|w| w.as_bool()) {
+                    Some(true) => inherited.and_then(|w| w.get(key)),
+                    _ => None,
+                };
+                let package = spec.get("package").or_else(|| from_workspace.and_then(|w| w.get("package")));
+                out.push(package.and_then(|p| p.as_str()).unwrap_or(key).to_string());
+            }
+        }
+        out
+    }
+
+    /// Every arrow that points the wrong way, as a sentence.
+    fn layering_problems(&self) -> Vec<String> {
+        // What each library crate may depend on among the workspace's crates (normal and build
+        // dependencies); dev-dependencies may add embed-testkit and lower crates.
+        let allowed: &[(&str, &[&str])] = &[
+            ("embed-core", &[]),
+            ("embed-scoped", &["embed-core"]),
+            ("embed-pool", &["embed-core"]),
+            ("embed-server", &["embed-core", "embed-pool"]),
+            ("embed-testkit", &["embed-core"]),
+        ];
+        let mut problems = Vec::new();
+        for (krate, may) in allowed {
+            for dep in self.deps(krate, "dependencies").into_iter().chain(self.deps(krate, "build-dependencies")) {
+                if CRATES.contains(&dep.as_str()) && !may.contains(&dep.as_str()) {
+                    problems.push(format!("{krate} depends on {dep}; it may depend on {may:?} only"));
+                }
+            }
+        }
+        let forbidden: &[(&str, &[&str], &str)] = &[
+            ("embed-core", &["axum", "dashmap", "tower", "hyper", "reqwest"], "embed-core knows nothing of HTTP or pools"),
+            ("embed-scoped", &["axum", "tower", "hyper"], "it must not know about HTTP"),
+            ("embed-pool", &["axum", "tower", "hyper"], "it must not know about HTTP"),
+        ];
+        for (krate, names, why) in forbidden {
+            for dep in self.deps(krate, "dependencies").into_iter().chain(self.deps(krate, "build-dependencies")) {
+                if names.contains(&dep.as_str()) {
+                    problems.push(format!("{krate} depends on {dep} ({why})"));
+                }
+            }
+        }
+        for krate in CRATES {
+            for kind in ["dependencies", "dev-dependencies", "build-dependencies"] {
+                if self.deps(krate, kind).iter().any(|d| d == "xtask") {
+                    problems.push(format!("{krate} depends on xtask ({kind})"));
+                }
+            }
+        }
+        problems
+    }
 }
 
 #[test]
 fn dependencies_flow_one_way() {
-    let root = root();
-    // What each library crate may depend on among the workspace's crates (normal and build
-    // dependencies); dev-dependencies may add embed-testkit and lower crates.
-    let allowed: &[(&str, &[&str])] = &[
-        ("embed-core", &[]),
-        ("embed-scoped", &["embed-core"]),
-        ("embed-pool", &["embed-core"]),
-        ("embed-server", &["embed-core", "embed-pool"]),
-        ("embed-testkit", &["embed-core"]),
-    ];
-    let workspace: Vec<&str> = allowed.iter().map(|(k, _)| *k).chain(["xtask"]).collect();
-    for (krate, may) in allowed {
-        let m = manifest(&root, krate);
-        for dep in deps(&m, "dependencies").iter().chain(deps(&m, "build-dependencies").iter()) {
-            if workspace.contains(&dep.as_str()) {
-                assert!(may.contains(&dep.as_str()), "{krate} depends on {dep}; it may depend on {may:?} only");
+    let problems = Manifests::read().layering_problems();
+    assert!(problems.is_empty(), "arrows pointing the wrong way:\n{}", problems.join("\n"));
+}
+
+/// Merges the TOML `snippet` into `m` (tables merged, other values replaced).
+fn plant(m: &mut toml::Table, snippet: &str) {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
             }
         }
     }
-    let core = manifest(&root, "embed-core");
-    for forbidden in ["axum", "dashmap", "tower", "hyper", "reqwest"] {
-        assert!(!deps(&core, "dependencies").iter().any(|d| d == forbidden), "embed-core depends on {forbidden}");
-    }
-    for krate in ["embed-scoped", "embed-pool"] {
-        let m = manifest(&root, krate);
-        for forbidden in ["axum", "tower", "hyper"] {
-            assert!(!deps(&m, "dependencies").iter().any(|d| d == forbidden), "{krate} must not know about HTTP ({forbidden})");
+    merge(m, snippet.parse().expect("snippet is TOML"));
+}
+
+/// The manifest check can fail: a back-edge planted in each place the old check did not read
+/// (a platform-specific table, a build-dependency, a renamed dependency, one renamed through
+/// the workspace's table) is reported.
+#[test]
+fn the_manifest_check_sees_platform_build_and_renamed_dependencies() {
+    let clean = Manifests::read();
+    assert!(clean.layering_problems().is_empty());
+    let cases: &[(&str, Option<&str>, &str, &str)] = &[
+        ("embed-core", None, "[target.'cfg(unix)'.dependencies]\nembed-pool = { workspace = true }", "embed-core depends on embed-pool"),
+        ("embed-scoped", None, "[target.x86_64-unknown-linux-gnu.build-dependencies]\nembed-pool = { path = \"../embed-pool\" }", "embed-scoped depends on embed-pool"),
+        ("embed-pool", None, "[dependencies]\nscoped = { package = \"embed-scoped\", path = \"../embed-scoped\" }", "embed-pool depends on embed-scoped"),
+        ("embed-testkit", None, "[build_dependencies]\nembed-server = { path = \"../embed-server\" }", "embed-testkit depends on embed-server"),
+        (
+            "embed-core",
+            Some("[workspace.dependencies]\nweb = { version = \"0.8\", package = \"axum\" }"),
+            "[dependencies]\nweb = { workspace = true }",
+            "embed-core depends on axum",
+        ),
+        (
+            "embed-pool",
+            Some("[workspace.dependencies]\nserver = { path = \"crates/embed-server\", package = \"embed-server\" }"),
+            "[target.'cfg(target_os = \"linux\")'.dependencies]\nserver = { workspace = true }",
+            "embed-pool depends on embed-server",
+        ),
+        ("embed-server", None, "[target.'cfg(unix)'.dev-dependencies]\ntools = { package = \"xtask\", path = \"../../xtask\" }", "embed-server depends on xtask"),
+    ];
+    for (krate, workspace, snippet, expected) in cases {
+        let mut m = Manifests::read();
+        if let Some(w) = workspace {
+            plant(&mut m.root, w);
         }
-    }
-    for krate in workspace {
-        let m = manifest(&root, krate);
-        for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
-            assert!(!deps(&m, section).iter().any(|d| d == "xtask"), "{krate} depends on xtask");
-        }
+        plant(m.get_mut(krate), snippet);
+        let problems = m.layering_problems();
+        assert!(problems.iter().any(|p| p.starts_with(expected)), "planted in {krate}:\n{snippet}\nnot reported; got {problems:?}");
     }
 }
 

@@ -1,6 +1,6 @@
-//! Packed (variable-length flash) attention on CUDA. Gated like `cuda.rs`: these tests need a
-//! GPU and `EMBED_TEST_CUDA=1` (`scripts/gpu-check.sh run` sets it and passes `--ignored`);
-//! with the variable set and no GPU they fail instead of passing silently.
+//! Packed (variable-length flash) attention on CUDA. Gated like `cuda.rs`: `#[ignore]`d, so CPU
+//! CI lists them as ignored; `--ignored` runs them (`scripts/gpu-check.sh run` does), and then
+//! `require_cuda` fails them on a machine without a GPU instead of letting them pass silently.
 //!
 //! * f16/bf16 on CUDA run packed attention for every batch, and every vector agrees with CPU
 //!   f32 and with the padded path (`EMBED_CUDA_ATTENTION=padded`) on the same GPU, text by text,
@@ -31,7 +31,7 @@ async fn embed(dir: &std::path::Path, device: DeviceSpec, dtype: DType) -> (Vec<
 }
 
 #[tokio::test]
-#[ignore = "needs a CUDA GPU: EMBED_TEST_CUDA=1 cargo test --test cuda_attention -- --ignored"]
+#[ignore = "needs a CUDA GPU; run with cargo test -p embed-core --test cuda_attention -- --ignored"]
 async fn packed_attention_matches_padded_and_cpu() {
     require_cuda();
     let (_tmp, dir) = TinyModel::minilm_shaped().write_temp();

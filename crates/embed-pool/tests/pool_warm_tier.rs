@@ -1,10 +1,12 @@
 //! The warm tier and memory pressure against fake services that report a CUDA device and a
 //! fake driver's free memory: residency transitions, the host budget, leased models never
 //! moved, pressure levels, restore failures, and a random-sequence state-machine test of the
-//! invariants (budgets never exceeded, leased models never moved, history complete).
-//! `pool_warm_cpu.rs` runs the warm tier with real models on the CPU; `pool_cuda.rs` on a GPU.
+//! invariants (budgets never exceeded, leased models never moved, history complete) against a
+//! reference model of the tier. Real models: `embed-core`'s `tests/offload.rs` moves their
+//! weights on the CPU, `embed-server`'s `tests/warm_tier.rs` runs the warm tier through the
+//! server on the CPU, and `pool_cuda.rs` runs it on a GPU.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use embed_core::{EmbedOptions, EmbeddingService, ModelSpec, ResolvedDevice};
 use embed_pool::{
     DeviceMemory, EvictionCause, HostBudget, Lease, ModelLoader, ModelRegistry, ModelSettings, ModelState, Pool, PoolAction,
-    PoolConfig, PoolError, PoolTimeouts, Pressure, PressureLevel, UnloadMode, WarmMode, WarmTier,
+    PoolConfig, PoolError, PoolStats, PoolTimeouts, Pressure, PressureLevel, UnloadMode, WarmMode, WarmTier,
 };
 use embed_testkit::{fake_host_bytes, live_fakes, serial, FakeService};
 use proptest::prelude::*;
@@ -351,8 +353,27 @@ async fn pinned_warm_models_are_not_unloaded_for_host_room() {
 }
 
 // ---- The state-machine test ----
+//
+// Random sequences of get, drop, preload, unload, memory-pressure checks and failing moves, each
+// step checked against a reference model of the warm tier written as plainly as possible
+// (`Reference`): which models are on the device, warm or gone, their leases and LRU order, what
+// each call returns, which models go warm or are unloaded and why, and every counter. A pool that
+// refused everything, never offloaded or never restored disagrees with it at the first step that
+// should have worked; the test also requires that the cases as a whole leased, offloaded,
+// restored, failed moves, ran out of room and relieved pressure, so the reference cannot have
+// been agreeing with a pool that did nothing.
+//
+// Each case runs on one thread on tokio's paused clock, as `pool_state_machine.rs` does: waits for
+// room end at once and the pool's tasks run in a fixed order, so every step's outcome is exact.
+// The fake driver's figure does not move when the pool frees memory (a real device's does), so
+// the device is used only for the length of each pressure check; the free-memory part of a get's
+// plan is left to `state.rs`'s unit tests.
 
 const NAMES: [&str; 5] = ["m0", "m1", "m2", "m3", "m4"];
+/// The fake device's size: a pressure check at `pct` percent uses `pct * 10` bytes of it.
+const DEVICE_BYTES: u64 = 1000;
+/// How long a get waits for room (on the paused clock: no real time passes).
+const WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -360,7 +381,7 @@ enum Op {
     Drop(usize),
     Preload(usize),
     Unload(usize),
-    /// Device use in percent, then one pressure check.
+    /// Device use in percent, for one pressure check.
     Pressure(u64),
     /// Make the model's moves fail (or work again).
     FailMoves(usize, bool),
@@ -377,21 +398,378 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-async fn run_case(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64; 5], ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// Where a model is, in the reference.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum At {
+    Device { leases: usize },
+    Warm,
+}
+
+#[derive(Debug, Clone)]
+struct RefModel {
+    at: At,
+    /// LRU clock value of its last lease, return, load or restore.
+    tick: u64,
+    /// Its fake was told to fail moves (a fresh load makes a fresh fake).
+    fail_moves: bool,
+}
+
+/// The pool's counters that the reference predicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counts {
+    hits: u64,
+    misses: u64,
+    loads: u64,
+    offloads: u64,
+    offload_failures: u64,
+    restores: u64,
+    restore_failures: u64,
+    exhausted: u64,
+    capacity: u64,
+    memory: u64,
+    pressure: u64,
+    explicit: u64,
+}
+
+impl Counts {
+    fn of(s: &PoolStats) -> Self {
+        let e = s.evictions;
+        Counts {
+            hits: s.hits,
+            misses: s.misses,
+            loads: s.loads,
+            offloads: s.offloads,
+            offload_failures: s.offload_failures,
+            restores: s.restores,
+            restore_failures: s.restore_failures,
+            exhausted: s.exhausted,
+            capacity: e.capacity,
+            memory: e.memory,
+            pressure: e.pressure,
+            explicit: e.explicit,
+        }
+    }
+}
+
+/// What a `get` or `preload` should return.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Ok,
+    Exhausted,
+    TooLarge,
+    RestoreFailed,
+}
+
+/// A release decided under the pool's lock and done on a task: an unload, or an offload (which
+/// unloads the model instead when its fake fails moves).
+#[derive(Debug)]
+enum Job {
+    Unload(usize, EvictionCause),
+    Offload(usize, EvictionCause),
+}
+
+impl Job {
+    fn model(&self) -> usize {
+        match *self {
+            Job::Unload(m, _) | Job::Offload(m, _) => m,
+        }
+    }
+}
+
+/// What the pool should do, written as plainly as possible.
+#[derive(Debug)]
+struct Reference {
+    max: usize,
+    host_budget: u64,
+    budget: Option<u64>,
+    sizes: [u64; 5],
+    clock: u64,
+    models: BTreeMap<usize, RefModel>,
+    counts: Counts,
+    /// Successful gets and preloads, and gets refused as too large: progress, not pool counters.
+    leases: u64,
+    too_large: u64,
+}
+
+impl Reference {
+    fn new(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64; 5]) -> Self {
+        Reference { max, host_budget, budget, sizes, clock: 0, models: BTreeMap::new(), counts: Counts::default(), leases: 0, too_large: 0 }
+    }
+
+    fn touch(&mut self, m: usize) {
+        self.clock += 1;
+        self.models.get_mut(&m).expect("touched model is in the reference").tick = self.clock;
+    }
+
+    /// The models `keep` accepts, least recently used first.
+    fn lru(&self, keep: impl Fn(&RefModel) -> bool) -> Vec<usize> {
+        let mut v: Vec<(u64, usize)> = self.models.iter().filter(|(_, r)| keep(r)).map(|(m, r)| (r.tick, *m)).collect();
+        v.sort();
+        v.into_iter().map(|(_, m)| m).collect()
+    }
+
+    fn idle_on_device(r: &RefModel) -> bool {
+        r.at == At::Device { leases: 0 }
+    }
+
+    /// Models on the device and their bytes.
+    fn on_device(&self) -> (usize, u64) {
+        let on: Vec<usize> = self.models.iter().filter(|(_, r)| matches!(r.at, At::Device { .. })).map(|(m, _)| *m).collect();
+        (on.len(), on.iter().map(|m| self.sizes[*m]).sum())
+    }
+
+    fn warm_bytes(&self) -> u64 {
+        self.models.iter().filter(|(_, r)| r.at == At::Warm).map(|(m, _)| self.sizes[*m]).sum()
+    }
+
+    /// Whether the idle `m` may go warm: `Some(warm models to unload first)`, least recently used
+    /// first and never `keep` (a warm model about to be restored), or `None` when it is larger
+    /// than the host budget or there is no room even then. Offloads decided earlier in the same
+    /// step (`jobs`) hold their host bytes already.
+    fn host_room(&self, m: usize, keep: Option<usize>, jobs: &[Job]) -> Option<Vec<usize>> {
+        let room = self.host_budget.checked_sub(self.sizes[m])?;
+        let offloading: u64 = jobs.iter().filter(|j| matches!(j, Job::Offload(..))).map(|j| self.sizes[j.model()]).sum();
+        let mut used = self.warm_bytes() + offloading;
+        let mut victims = Vec::new();
+        for w in self.lru(|r| r.at == At::Warm) {
+            if used <= room {
+                break;
+            }
+            if Some(w) != keep {
+                used -= self.sizes[w];
+                victims.push(w);
+            }
+        }
+        (used <= room).then_some(victims)
+    }
+
+    /// Takes the idle `m` off the device: warm when the host budget has (or can be given) room,
+    /// else unloaded.
+    fn demote(&mut self, m: usize, cause: EvictionCause, keep: Option<usize>, jobs: &mut Vec<Job>) {
+        match self.host_room(m, keep, jobs) {
+            Some(victims) => {
+                for w in victims {
+                    self.models.remove(&w);
+                    jobs.push(Job::Unload(w, EvictionCause::Memory));
+                }
+                jobs.push(Job::Offload(m, cause));
+            }
+            None => {
+                self.models.remove(&m);
+                jobs.push(Job::Unload(m, cause));
+            }
+        }
+    }
+
+    /// The pool's tasks do the jobs: each is one eviction of its cause.
+    fn run(&mut self, jobs: &[Job]) {
+        for job in jobs {
+            let (Job::Unload(_, cause) | Job::Offload(_, cause)) = *job;
+            match cause {
+                EvictionCause::Capacity => self.counts.capacity += 1,
+                EvictionCause::Memory => self.counts.memory += 1,
+                EvictionCause::Pressure => self.counts.pressure += 1,
+                EvictionCause::Explicit => self.counts.explicit += 1,
+                other => panic!("the reference never evicts for {other:?}"),
+            }
+            if let Job::Offload(m, _) = *job {
+                if self.models[&m].fail_moves {
+                    self.counts.offload_failures += 1;
+                    self.models.remove(&m);
+                } else {
+                    self.counts.offloads += 1;
+                    self.models.get_mut(&m).expect("offloaded model").at = At::Warm;
+                }
+            }
+        }
+    }
+
+    fn get(&mut self, m: usize) -> Expect {
+        let expect = self.plan_get(m);
+        match expect {
+            Expect::Ok => self.leases += 1,
+            Expect::TooLarge => self.too_large += 1,
+            _ => {}
+        }
+        expect
+    }
+
+    fn plan_get(&mut self, m: usize) -> Expect {
+        if let Some(RefModel { at: At::Device { leases }, .. }) = self.models.get_mut(&m) {
+            *leases += 1;
+            self.counts.hits += 1;
+            self.touch(m);
+            return Expect::Ok;
+        }
+        let warm = self.models.contains_key(&m);
+        // What the plan counts for it: its warm copy's size, or under a memory budget its
+        // (exact) size hint; nothing otherwise.
+        let est = if warm || self.budget.is_some() { self.sizes[m] } else { 0 };
+        if self.budget.is_some_and(|b| est > b) {
+            return Expect::TooLarge;
+        }
+        loop {
+            let (resident, used) = self.on_device();
+            let mut need_slots = (resident + 1).saturating_sub(self.max);
+            let mut need_bytes = self.budget.map_or(0, |b| (used + est).saturating_sub(b));
+            if need_slots == 0 && need_bytes == 0 {
+                break;
+            }
+            let mut victims = Vec::new();
+            for v in self.lru(Self::idle_on_device) {
+                if need_slots == 0 && need_bytes == 0 {
+                    break;
+                }
+                let cause = if need_slots > 0 { EvictionCause::Capacity } else { EvictionCause::Memory };
+                need_slots = need_slots.saturating_sub(1);
+                need_bytes = need_bytes.saturating_sub(self.sizes[v]);
+                victims.push((v, cause));
+            }
+            if need_slots > 0 || need_bytes > 0 {
+                // Evicting what is idle would not make room: the pool waits for leases, which
+                // nobody returns here, and gives up.
+                self.counts.exhausted += 1;
+                return Expect::Exhausted;
+            }
+            let mut jobs = Vec::new();
+            for (v, cause) in victims {
+                self.demote(v, cause, Some(m), &mut jobs);
+            }
+            self.run(&jobs);
+        }
+        self.counts.misses += 1;
+        if warm {
+            self.touch(m);
+            if self.models[&m].fail_moves {
+                // The restore failed: the model stays warm.
+                self.counts.restore_failures += 1;
+                return Expect::RestoreFailed;
+            }
+            self.models.get_mut(&m).expect("restored model").at = At::Device { leases: 1 };
+            self.counts.restores += 1;
+        } else {
+            self.models.insert(m, RefModel { at: At::Device { leases: 1 }, tick: 0, fail_moves: false });
+            self.touch(m);
+            self.counts.loads += 1;
+        }
+        Expect::Ok
+    }
+
+    fn release(&mut self, m: usize) {
+        match &mut self.models.get_mut(&m).expect("leased model").at {
+            At::Device { leases } => *leases -= 1,
+            At::Warm => panic!("leased model {m} is warm in the reference"),
+        }
+        self.touch(m);
+    }
+
+    /// `unload(FailIfLeased)`: `Ok(true)` released, `Ok(false)` not in the pool, `Err(leases)`.
+    fn unload(&mut self, m: usize) -> Result<bool, usize> {
+        match self.models.get(&m).map(|r| r.at) {
+            None => Ok(false),
+            Some(At::Device { leases }) if leases > 0 => Err(leases),
+            Some(_) => {
+                self.models.remove(&m);
+                self.counts.explicit += 1;
+                Ok(true)
+            }
+        }
+    }
+
+    /// One pressure check with `used` bytes of the device in use: the models it moves, in the
+    /// pool's order (warm models unloaded for host room before the model that needed it).
+    fn pressure(&mut self, used: u64) -> Vec<usize> {
+        let thresholds = Pressure::default();
+        let level = thresholds.level(DEVICE_BYTES - used, DEVICE_BYTES);
+        let mut need = used.saturating_sub((thresholds.moderate * DEVICE_BYTES as f64) as u64);
+        if level < PressureLevel::High || need == 0 {
+            return Vec::new();
+        }
+        let mut jobs = Vec::new();
+        for v in self.lru(Self::idle_on_device) {
+            if need == 0 {
+                break;
+            }
+            if level == PressureLevel::Critical {
+                self.models.remove(&v);
+                jobs.push(Job::Unload(v, EvictionCause::Pressure));
+            } else if self.host_room(v, None, &jobs).is_some() {
+                self.demote(v, EvictionCause::Pressure, None, &mut jobs);
+            } else {
+                // High, but it cannot go warm: unloading waits for the critical level.
+                continue;
+            }
+            need = need.saturating_sub(self.sizes[v]);
+        }
+        self.run(&jobs);
+        jobs.iter().map(Job::model).collect()
+    }
+}
+
+/// A get's or preload's result against the reference's; the value when both succeeded.
+fn outcome<T>(op: &Op, expected: Expect, got: Result<T, PoolError>) -> Result<Option<T>, TestCaseError> {
+    let agrees = matches!(
+        (&expected, &got),
+        (Expect::Ok, Ok(_))
+            | (Expect::Exhausted, Err(PoolError::Exhausted { .. }))
+            | (Expect::TooLarge, Err(PoolError::ModelTooLarge { .. }))
+            | (Expect::RestoreFailed, Err(PoolError::Load { .. }))
+    );
+    prop_assert!(agrees, "{:?}: expected {:?}, got {:?}", op, expected, got.as_ref().map(|_| ()));
+    Ok(got.ok())
+}
+
+/// The pool after a step against the reference, and the invariants that hold whatever the step.
+fn check(pool: &Pool, r: &Reference, held: &[(usize, Lease)], budget: Option<u64>) -> Result<(), TestCaseError> {
+    let st = pool.status();
+    let got: Vec<(String, ModelState, usize)> = st.models.iter().map(|m| (m.name.clone(), m.state, m.leases)).collect();
+    let want: Vec<(String, ModelState, usize)> = r
+        .lru(|_| true)
+        .into_iter()
+        .map(|m| match r.models[&m].at {
+            At::Device { leases } => (NAMES[m].to_string(), ModelState::Ready, leases),
+            At::Warm => (NAMES[m].to_string(), ModelState::Warm, 0),
+        })
+        .collect();
+    prop_assert_eq!(got, want, "models, their states, leases or LRU order differ from the reference");
+    let stats = pool.stats();
+    prop_assert_eq!(Counts::of(&stats), r.counts, "counters differ from the reference");
+    prop_assert_eq!((stats.load_failures, stats.evictions.ttl), (0, 0));
+    prop_assert_eq!((st.weight_bytes, st.host_bytes), (r.on_device().1, r.warm_bytes()), "device and host bytes");
+
+    // The invariants, whatever the reference says.
+    let resident = st.models.iter().filter(|m| m.state != ModelState::Warm).count();
+    prop_assert!(resident <= r.max, "{} models on the device, max {}", resident, r.max);
+    prop_assert!(st.host_bytes <= r.host_budget, "warm tier holds {} of {} host bytes", st.host_bytes, r.host_budget);
+    prop_assert_eq!(st.host_bytes, fake_host_bytes(), "the pool's host bytes are the fakes'");
+    if let Some(b) = budget {
+        prop_assert!(st.weight_bytes <= b, "{} device bytes over the budget {}", st.weight_bytes, b);
+    }
+    for (m, lease) in held {
+        prop_assert_eq!(st.model(NAMES[*m]).map(|s| s.state), Some(ModelState::Ready), "leased {} moved", NAMES[*m]);
+        prop_assert_eq!(lease.residency(), Some(embed_core::Residency::Device));
+    }
+    prop_assert_eq!(live_fakes(), st.models.len(), "each model in the pool holds one service, warm ones too");
+    Ok(())
+}
+
+async fn run_case(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64; 5], ops: Vec<Op>) -> Result<Reference, TestCaseError> {
     let sized: Vec<(&str, u64)> = NAMES.iter().copied().zip(sizes).collect();
     let loader = Loader::new(&sized);
-    let device = FakeDevice::new(1000);
-    let cfg = config(max, host_budget).with_memory_budget(budget).with_timeouts(PoolTimeouts { wait: Duration::from_millis(50), ..PoolTimeouts::default() });
+    let device = FakeDevice::new(DEVICE_BYTES);
+    let cfg = config(max, host_budget).with_memory_budget(budget).with_timeouts(PoolTimeouts { wait: WAIT, ..PoolTimeouts::default() });
     // Exact size hints: the memory budget is enforced on estimates, and these are exact.
     let registry = sized.iter().fold(ModelRegistry::new(), |r, (n, b)| {
         r.with_settings(*n, ModelSpec::new(format!("fake/{n}")), ModelSettings::default().with_weight_bytes_hint(*b))
     });
     let pool = Pool::with_parts(cfg, registry, loader.clone(), device.clone());
+    let mut r = Reference::new(max, host_budget, budget, sizes);
     let mut held: Vec<(usize, Lease)> = Vec::new();
-    for op in ops {
-        match op {
+    for op in &ops {
+        match *op {
             Op::Get(m) => {
-                if let Ok(lease) = pool.get(NAMES[m]).await {
+                let expected = r.get(m);
+                if let Some(lease) = outcome(op, expected, pool.get(NAMES[m]).await)? {
                     // A lease always finds its model on the device.
                     prop_assert_eq!(lease.residency(), Some(embed_core::Residency::Device), "{:?}", op);
                     prop_assert!(lease.embed_texts(&["t".into()], &EmbedOptions::default()).await.is_ok());
@@ -400,39 +778,45 @@ async fn run_case(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64
             }
             Op::Drop(i) => {
                 if !held.is_empty() {
-                    drop(held.remove(i % held.len()));
+                    let (m, lease) = held.remove(i % held.len());
+                    drop(lease);
+                    r.release(m);
                 }
             }
             Op::Preload(m) => {
-                let _ = pool.preload(NAMES[m]).await;
+                // A preload is a get whose lease is returned at once.
+                let expected = r.get(m);
+                if outcome(op, expected, pool.preload(NAMES[m]).await)?.is_some() {
+                    r.release(m);
+                }
             }
             Op::Unload(m) => {
-                let _ = pool.unload(NAMES[m], UnloadMode::FailIfLeased).await;
+                let got = pool.unload(NAMES[m], UnloadMode::FailIfLeased).await;
+                let agrees = match r.unload(m) {
+                    Ok(true) => matches!(got, Ok(Some(_))),
+                    Ok(false) => matches!(got, Ok(None)),
+                    Err(n) => matches!(got, Err(PoolError::Leased { leases, .. }) if leases == n),
+                };
+                prop_assert!(agrees, "{:?}: got {:?}", op, got.map(|r| r.is_some()));
             }
             Op::Pressure(pct) => {
-                device.set_used(pct * 10);
-                pool.relieve_pressure().await;
+                device.set_used(pct * DEVICE_BYTES / 100);
+                let moved = pool.relieve_pressure().await;
+                device.set_used(0);
+                let expected: Vec<&str> = r.pressure(pct * DEVICE_BYTES / 100).into_iter().map(|m| NAMES[m]).collect();
+                prop_assert_eq!(moved, expected, "{:?}: models moved", op);
             }
             Op::FailMoves(m, fail) => {
                 if let Some((_, f)) = loader.made.lock().unwrap().iter().rev().find(|(n, _)| n == NAMES[m]) {
                     f.fail_moves(fail);
                 }
+                if let Some(x) = r.models.get_mut(&m) {
+                    x.fail_moves = fail;
+                }
             }
         }
         settle(&pool).await;
-        let st = pool.status();
-        let resident = st.models.iter().filter(|m| m.state != ModelState::Warm).count();
-        prop_assert!(resident <= max, "{} models on the device, max {}", resident, max);
-        prop_assert!(st.host_bytes <= host_budget, "warm tier holds {} of {} host bytes", st.host_bytes, host_budget);
-        prop_assert_eq!(st.host_bytes, fake_host_bytes(), "the pool's host bytes are the fakes'");
-        if let Some(b) = budget {
-            prop_assert!(st.weight_bytes <= b, "{} device bytes over the budget {}", st.weight_bytes, b);
-        }
-        for (m, lease) in &held {
-            prop_assert_eq!(st.model(NAMES[*m]).map(|s| s.state), Some(ModelState::Ready), "leased {} moved", NAMES[*m]);
-            prop_assert_eq!(lease.residency(), Some(embed_core::Residency::Device));
-        }
-        prop_assert_eq!(live_fakes(), st.models.len(), "each model in the pool holds one service, warm ones too");
+        check(&pool, &r, &held, budget)?;
     }
     // Nobody was ever asked to work while offloaded: the pool restored before leasing.
     for f in loader.all() {
@@ -446,17 +830,18 @@ async fn run_case(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64
     prop_assert_eq!(count(PoolAction::Offloaded), stats.offloads);
     prop_assert_eq!(count(PoolAction::Restored), stats.restores);
     prop_assert_eq!(count(PoolAction::RestoreFailed), stats.restore_failures);
-    prop_assert_eq!(count(PoolAction::Unloaded) as u64 + stats.offloads, stats.evictions.total());
+    prop_assert_eq!(count(PoolAction::Unloaded) + stats.offloads, stats.evictions.total());
     held.clear();
     pool.close().await;
     prop_assert_eq!((live_fakes(), fake_host_bytes()), (0, 0));
-    Ok(())
+    Ok(r)
 }
 
 #[test]
 fn warm_tier_keeps_its_invariants_under_random_sequences() {
     let _s = embed_testkit::serial_blocking();
-    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+    const CASES: u32 = 1000;
+    let mut runner = TestRunner::new(Config { cases: CASES, failure_persistence: None, ..Config::default() });
     let strategy = (
         1usize..=3,
         0u64..=400,
@@ -464,10 +849,49 @@ fn warm_tier_keeps_its_invariants_under_random_sequences() {
         proptest::array::uniform5(1u64..=150),
         proptest::collection::vec(op(), 1..40),
     );
+    // What the cases did, summed.
+    let total = Mutex::new((Counts::default(), 0u64, 0u64));
     runner
         .run(&strategy, |(max, host, budget, sizes, ops)| {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(run_case(max, host, budget, sizes, ops))
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+            let r = rt.block_on(run_case(max, host, budget, sizes, ops))?;
+            let mut t = total.lock().unwrap();
+            let c = &mut t.0;
+            for (sum, n) in [
+                (&mut c.offloads, r.counts.offloads),
+                (&mut c.offload_failures, r.counts.offload_failures),
+                (&mut c.restores, r.counts.restores),
+                (&mut c.restore_failures, r.counts.restore_failures),
+                (&mut c.exhausted, r.counts.exhausted),
+                (&mut c.capacity, r.counts.capacity),
+                (&mut c.memory, r.counts.memory),
+                (&mut c.pressure, r.counts.pressure),
+                (&mut c.explicit, r.counts.explicit),
+            ] {
+                *sum += n;
+            }
+            t.1 += r.leases;
+            t.2 += r.too_large;
+            Ok(())
         })
         .unwrap();
+    // Every kind of step the invariants are about happened, and the pool did what the
+    // reference said each time.
+    let (c, leases, too_large) = total.into_inner().unwrap();
+    println!("{CASES} cases: {leases} leases, {too_large} refused as too large, {c:?}");
+    for (what, n) in [
+        ("successful gets and preloads", leases),
+        ("gets refused as larger than the memory budget", too_large),
+        ("offloads", c.offloads),
+        ("failed offloads", c.offload_failures),
+        ("restores", c.restores),
+        ("failed restores", c.restore_failures),
+        ("gets that found no room", c.exhausted),
+        ("capacity evictions", c.capacity),
+        ("memory evictions (budget or host room)", c.memory),
+        ("pressure evictions", c.pressure),
+        ("explicit unloads", c.explicit),
+    ] {
+        assert!(n > 0, "no {what} in {CASES} cases: the sequences did not exercise the warm tier");
+    }
 }

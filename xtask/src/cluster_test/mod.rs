@@ -7,7 +7,12 @@
 //! retried on another replica (from its access log's `$upstream_status`), why upstream attempts
 //! failed (its error log) and p50/p99 latency; writes `bench-results/cluster-test.json`; and exits
 //! non-zero on any failed client request. An operator's setup (passive health checks, retries on
-//! connection errors, 502 and 503, also for POST) must give zero.
+//! connection errors, 502 and 503, also for POST) must give zero. `--negative-control` (which
+//! `cargo xtask test` runs too) is the proof that this can fail: a short run with nginx not
+//! retrying, which passes only when the restarts cost the clients requests.
+//!
+//! The server binary is built first (`cargo build`; a no-op when it is up to date), so a run on
+//! its own never tests a stale `target/debug/embed-server`.
 //!
 //! Everything listens on 127.0.0.1 on free ports and lives in a temp dir (nginx's prefix, the
 //! logs), printed on failure (`--keep-logs` keeps it always). nginx and every replica run in a
@@ -38,7 +43,7 @@ use process::{free_port, pause, shutdown_facts, since_offset, tail, CatchInterru
 use report::{json_report, print_table, report_phases, PhaseReport};
 use traffic::{client, StopOnDrop, Traffic};
 
-const USAGE: &str = "cargo xtask cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]";
+const USAGE: &str = "cargo xtask cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs] [--negative-control]";
 
 /// Seconds in-flight requests get after SIGTERM (`--shutdown-deadline`); the fixture model
 /// answers in milliseconds, so a replica that needs this long is itself a finding.
@@ -64,11 +69,27 @@ struct Options {
     keep_logs: bool,
     /// Hidden: nginx without `proxy_next_upstream` (no retries), to show that the check fails.
     no_retry: bool,
+    /// The negative control ([`negative_control`]): `--no-retry` on a short run that passes
+    /// only if the restarts made client requests fail.
+    negative_control: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Self> {
-        let mut o = Options { steady_secs: 5.0, phase_secs: 30.0, settle_secs: 3.0, clients: 16, replicas: 3, keep_logs: false, no_retry: false };
+        let mut o = Options {
+            steady_secs: 5.0,
+            phase_secs: 30.0,
+            settle_secs: 3.0,
+            clients: 16,
+            replicas: 3,
+            keep_logs: false,
+            no_retry: false,
+            negative_control: false,
+        };
+        if args.iter().any(|a| a == "--negative-control") {
+            // Short: two replicas, a few clients, seconds per phase (options below still apply).
+            o = Options { steady_secs: 1.0, phase_secs: 3.0, settle_secs: 1.0, clients: 4, replicas: 2, no_retry: true, negative_control: true, ..o };
+        }
         let mut it = args.iter();
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{USAGE}")).cloned();
@@ -80,6 +101,7 @@ impl Options {
                 "--replicas" => o.replicas = value(a)?.parse().context("--replicas")?,
                 "--keep-logs" => o.keep_logs = true,
                 "--no-retry" => o.no_retry = true,
+                "--negative-control" => {}
                 other => bail!("cluster-test: unknown option {other:?}\n{USAGE}"),
             }
         }
@@ -94,6 +116,9 @@ impl Options {
         // With one replica a restart leaves nginx nowhere to send requests.
         if !(2..=16).contains(&o.replicas) {
             bail!("--replicas must be 2 to 16");
+        }
+        if o.negative_control && !o.no_retry {
+            bail!("--negative-control runs nginx without retries");
         }
         Ok(o)
     }
@@ -193,17 +218,81 @@ fn drive(opts: &Options, traffic: &Traffic, replicas: &mut [Replica], probe: &ur
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let opts = Options::parse(args)?;
+    if opts.negative_control {
+        return check_negative_control(&opts);
+    }
+    let Ran { reports, dir } = cluster(&opts)?;
+    let failed: usize = reports.iter().map(|r| r.failed).sum();
+    let empty: Vec<&str> = reports.iter().filter(|r| r.sent == 0).map(|r| r.name).collect();
+    if !empty.is_empty() {
+        bail!("cluster-test: no requests were sent in phase(s) {empty:?}; logs in {}", dir.display());
+    }
+    if failed > 0 {
+        bail!(
+            "cluster-test: {failed} client request(s) failed; logs (nginx access/error logs, one per replica) in {}\n\
+             rerun with `cargo xtask cluster-test --keep-logs`",
+            dir.display()
+        );
+    }
+    if opts.keep_logs {
+        println!("cluster-test: logs kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!("cluster-test: zero failed requests through the rolling update and the kill");
+    Ok(())
+}
+
+/// The negative control `cargo xtask test` runs after the cluster test: the same cluster for a
+/// few seconds per phase (two replicas, four clients, about 20 s in all), with nginx configured
+/// not to retry. The restarts must then reach the clients as failed requests, and only the
+/// restarts: the steady phase before them must have none. If the control passes with zero
+/// failures, the cluster test's "zero failed requests" cannot fail either, and proves nothing.
+pub(crate) fn negative_control() -> Result<()> {
+    check_negative_control(&Options::parse(&["--negative-control".to_string()])?)
+}
+
+fn check_negative_control(opts: &Options) -> Result<()> {
+    let Ran { reports, dir } = cluster(opts)?;
+    let verdict = negative_control_verdict(&reports);
+    if verdict.is_ok() && !opts.keep_logs {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let lost = verdict.with_context(|| format!("cluster-test --negative-control: logs in {}", dir.display()))?;
+    println!("cluster-test: negative control: without retries the restarts lost {lost} client request(s), as they must");
+    Ok(())
+}
+
+/// The control's verdict on its phases: the number of requests the restarts lost.
+fn negative_control_verdict(reports: &[PhaseReport]) -> Result<usize> {
+    if let Some(r) = reports.iter().find(|r| r.sent == 0) {
+        bail!("no requests were sent in phase {}", r.name);
+    }
+    let steady = reports.iter().find(|r| r.name == PHASES[0]).context("no steady phase")?;
+    if steady.failed > 0 {
+        bail!("{} request(s) failed in the steady phase, before any restart: the cluster itself is broken", steady.failed);
+    }
+    let lost: usize = reports.iter().filter(|r| r.name != PHASES[0]).map(|r| r.failed).sum();
+    if lost == 0 {
+        bail!("nginx without retries lost no request through the restarts and the kill: the cluster test's zero-failures check could not fail");
+    }
+    Ok(lost)
+}
+
+/// What a run left: its phases and its temp dir (logs).
+struct Ran {
+    reports: Vec<PhaseReport>,
+    dir: std::path::PathBuf,
+}
+
+/// Builds the server, runs the cluster through the phases, prints the table and (for the real
+/// test, not the negative control) writes `bench-results/cluster-test.json`. Judging is the
+/// caller's.
+fn cluster(opts: &Options) -> Result<Ran> {
     let run_started = Instant::now();
     let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
     let root = &env.root;
-    let bin = root.join("target/debug/embed-server");
-    if !bin.exists() {
-        println!("cluster-test: {} is missing; building it (cargo build -p embed-server)", bin.display());
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        if !Command::new(&cargo).current_dir(root).args(["build", "-p", "embed-server"]).status()?.success() {
-            bail!("building embed-server failed");
-        }
-    }
+    let bin = build_server(root)?;
     let fixture = root.join("testdata/fixtures/bert");
     if !fixture.join("config.json").exists() {
         bail!("the fixture model {} is missing", fixture.display());
@@ -222,40 +311,47 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let result = {
         let _interrupts = CatchInterrupts::install();
-        run_in(&opts, &bin, &fixture, &nginx_bin, &build, &dir, started)
+        run_in(opts, &bin, &fixture, &nginx_bin, &build, &dir, started)
     };
     let wall_s = run_started.elapsed().as_secs_f64();
     match result {
         Ok((reports, tl)) => {
             let failed: usize = reports.iter().map(|r| r.failed).sum();
-            let empty: Vec<&str> = reports.iter().filter(|r| r.sent == 0).map(|r| r.name).collect();
-            let passed = failed == 0 && empty.is_empty();
-            print_table(&reports, &opts);
-            let out = root.join("bench-results");
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("cluster-test.json");
-            std::fs::write(&path, format!("{:#}\n", json_report(&opts, &reports, &tl, passed, wall_s, &dir)))?;
-            println!("\ncluster-test: wrote {} ({wall_s:.1} s in all)", path.display());
-            if !empty.is_empty() {
-                bail!("cluster-test: no requests were sent in phase(s) {empty:?}; logs in {}", dir.display());
-            }
-            if failed > 0 {
-                bail!(
-                    "cluster-test: {failed} client request(s) failed; logs (nginx access/error logs, one per replica) in {}\n\
-                     rerun with `cargo xtask cluster-test --keep-logs`",
-                    dir.display()
-                );
-            }
-            if opts.keep_logs {
-                println!("cluster-test: logs kept in {}", dir.display());
+            let passed = failed == 0 && reports.iter().all(|r| r.sent > 0);
+            print_table(&reports, opts);
+            if !opts.negative_control {
+                let out = root.join("bench-results");
+                std::fs::create_dir_all(&out)?;
+                let path = out.join("cluster-test.json");
+                std::fs::write(&path, format!("{:#}\n", json_report(opts, &reports, &tl, passed, wall_s, &dir)))?;
+                println!("\ncluster-test: wrote {} ({wall_s:.1} s in all)", path.display());
             } else {
-                let _ = std::fs::remove_dir_all(&dir);
+                println!("\ncluster-test: negative control ran in {wall_s:.1} s");
             }
-            println!("cluster-test: zero failed requests through the rolling update and the kill");
-            Ok(())
+            Ok(Ran { reports, dir })
         }
         Err(e) => Err(e.context(format!("cluster-test failed; logs in {} (rerun with `cargo xtask cluster-test`)", dir.display()))),
     }
+}
+
+/// Builds the `embed-server` binary the replicas run, so that a run on its own never tests a
+/// stale one (cargo does nothing when it is up to date). It is built together with the
+/// leak-check child (`--example leak_check`), which turns on the dev-dependencies' features for
+/// the whole build: the binary then shares its dependencies with that child, which `cargo xtask
+/// test` has just built, and only the binary itself is compiled here rather than every crate
+/// again with another feature set.
+fn build_server(root: &Path) -> Result<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = ["build", "-q", "-p", "embed-server", "--bin", "embed-server", "--example", "leak_check"];
+    println!("cluster-test: building the server (cargo {})", args.join(" "));
+    if !Command::new(&cargo).current_dir(root).args(args).status()?.success() {
+        bail!("building embed-server failed (cargo {})", args.join(" "));
+    }
+    let bin = root.join("target/debug/embed-server");
+    if !bin.exists() {
+        bail!("cargo built embed-server, but {} is missing", bin.display());
+    }
+    Ok(bin)
 }
 
 /// Starts the cluster, drives the phases under load, stops everything and reads nginx's logs.
@@ -340,5 +436,24 @@ mod tests {
         for bad in [&["--replicas", "1"][..], &["--phase-secs", "0"], &["--phase-secs", "NaN"], &["--clients"], &["--bogus"]] {
             assert!(Options::parse(&args(bad)).is_err(), "{bad:?} accepted");
         }
+        // The negative control is short and never retries; explicit options still apply.
+        let o = Options::parse(&args(&["--negative-control"])).unwrap();
+        assert_eq!((o.no_retry, o.replicas, o.clients, o.phase_secs + o.steady_secs + o.settle_secs), (true, 2, 4, 5.0));
+        assert_eq!(Options::parse(&args(&["--negative-control", "--clients", "6"])).unwrap().clients, 6);
+    }
+
+    /// The control passes only on failures the restarts caused.
+    #[test]
+    fn the_negative_control_wants_failures_from_the_restarts_only() {
+        let verdict = |phases: [(usize, usize); 3]| {
+            let reports: Vec<PhaseReport> = PHASES.iter().zip(phases).map(|(n, (sent, failed))| PhaseReport::fake(n, sent, failed)).collect();
+            negative_control_verdict(&reports)
+        };
+        assert_eq!(verdict([(100, 0), (300, 4), (300, 9)]).unwrap(), 13);
+        assert_eq!(verdict([(100, 0), (300, 0), (300, 2)]).unwrap(), 2);
+        let err = verdict([(100, 0), (300, 0), (300, 0)]).unwrap_err().to_string();
+        assert!(err.contains("could not fail"), "{err}");
+        assert!(verdict([(100, 3), (300, 4), (300, 9)]).unwrap_err().to_string().contains("steady"));
+        assert!(verdict([(100, 0), (0, 0), (300, 9)]).is_err(), "a phase without requests");
     }
 }

@@ -32,6 +32,14 @@ pub(super) struct PhaseReport {
     first_failures: Vec<String>,
 }
 
+#[cfg(test)]
+impl PhaseReport {
+    /// A phase with these client counts and nothing else, for verdict tests.
+    pub(super) fn fake(name: &'static str, sent: usize, failed: usize) -> Self {
+        PhaseReport { name, secs: 1.0, sent, failed, p50_ms: None, p99_ms: None, max_ms: None, nginx: NginxPhase::default(), first_failures: Vec::new() }
+    }
+}
+
 pub(super) fn report_phases(samples: &[Sample], nginx: Vec<NginxPhase>, bounds: &[(f64, f64)]) -> Vec<PhaseReport> {
     nginx
         .into_iter()
