@@ -240,8 +240,7 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
         let index = f
             .fetch(INDEX_FILE)?
             .ok_or_else(|| missing(format!("the repo has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)")))?;
-        let (shards, _, _) = read_index(&index)?;
-        for shard in shards {
+        for shard in read_index(&index)?.files {
             f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
         }
     }
@@ -346,7 +345,8 @@ pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<
     if single.is_file() {
         return header_estimate(&single, dtype);
     }
-    let (files, _, total) = read_index(&dir.join(INDEX_FILE)).ok()?;
+    let index = read_index(&dir.join(INDEX_FILE)).ok()?;
+    let (files, total) = (index.files, index.total_size);
     let shards: Option<Vec<u64>> = files.iter().map(|f| header_estimate(&dir.join(f), dtype)).collect();
     match (shards, total) {
         (Some(sizes), _) => Some(sizes.iter().sum()),

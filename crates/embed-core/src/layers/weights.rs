@@ -32,9 +32,18 @@ fn invalid(path: &Path, reason: impl Into<String>) -> Error {
     Error::InvalidWeights { path: path.into(), reason: reason.into() }
 }
 
-/// The shard files an index names, in first-seen order, and the tensor → shard map.
-/// Shard names must be plain file names beside the index.
-pub(crate) fn read_index(index: &Path) -> Result<(Vec<String>, HashMap<String, String>, Option<u64>)> {
+/// What a sharded checkpoint's index says.
+pub(crate) struct ShardIndex {
+    /// The shard files, in first-seen order.
+    pub(crate) files: Vec<String>,
+    /// Tensor name → the shard file holding it.
+    pub(crate) weight_map: HashMap<String, String>,
+    /// `metadata.total_size`: the shards' tensor bytes as stored.
+    pub(crate) total_size: Option<u64>,
+}
+
+/// Reads a sharded checkpoint's index. Shard names must be plain file names beside the index.
+pub(crate) fn read_index(index: &Path) -> Result<ShardIndex> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| invalid(index, format!("not JSON: {e}")))?;
     let map = v
@@ -57,8 +66,8 @@ pub(crate) fn read_index(index: &Path) -> Result<(Vec<String>, HashMap<String, S
     if files.is_empty() {
         return Err(invalid(index, "the weight map is empty"));
     }
-    let total = v.get("metadata").and_then(|m| m.get("total_size")).and_then(Value::as_u64);
-    Ok((files, names, total))
+    let total_size = v.get("metadata").and_then(|m| m.get("total_size")).and_then(Value::as_u64);
+    Ok(ShardIndex { files, weight_map: names, total_size })
 }
 
 /// One mapped file.
@@ -118,7 +127,7 @@ impl Checkpoint {
             ck.add(Shard::open(path.to_path_buf(), None)?)?;
             return Ok(ck);
         }
-        let (files, names, _) = read_index(path)?;
+        let ShardIndex { files, weight_map: names, .. } = read_index(path)?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut ck = Checkpoint { shards: Vec::with_capacity(files.len()), entries: HashMap::new() };
         for f in &files {
