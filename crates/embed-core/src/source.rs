@@ -279,9 +279,14 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         None => id.to_string(),
     };
     let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
+    let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
     if offline() {
-        let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
         return fetch_model(&mut CacheOnly(cache.repo(repo)), &offline_missing);
+    }
+    // Everything the model needs already cached: no request to the hub (a cached model loads
+    // where the hub cannot be reached, and a load asks nothing for files the repo lacks).
+    if let Ok(dir) = fetch_model(&mut CacheOnly(cache.repo(repo.clone())), &offline_missing) {
+        return Ok(dir);
     }
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)

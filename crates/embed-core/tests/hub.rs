@@ -63,9 +63,16 @@ async fn a_sharded_decoder_loads_by_id_and_then_offline_from_the_cache() {
     for shard in ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json", "config_sentence_transformers.json", "1_Pooling/config.json", "tokenizer_config.json"] {
         assert!(fetched.iter().any(|p| p.ends_with(&format!("/resolve/main/{shard}"))), "{shard} was not fetched: {fetched:?}");
     }
+    let asked = hub.requests().len();
+    // A second load finds everything in the cache and asks the hub nothing.
+    let (again, _) = embed("org/qwen3-sharded", &texts).await;
+    assert_max_abs_diff("from the cache vs the first load", &again, &got, 0.0);
+    assert_eq!(hub.requests().len(), asked, "a fully cached model asked the hub again");
     hub.stop();
 
-    // The hub gone and offline: the cache has everything.
+    // The hub gone, with and without HF_HUB_OFFLINE: the cache has everything.
+    let (again, _) = embed("org/qwen3-sharded", &texts).await;
+    assert_max_abs_diff("the hub unreachable, from the cache vs the first load", &again, &got, 0.0);
     std::env::set_var("HF_HUB_OFFLINE", "1");
     let (again, _) = embed("org/qwen3-sharded", &texts).await;
     assert_max_abs_diff("offline from the cache vs the first load", &again, &got, 0.0);
