@@ -56,9 +56,10 @@ pub use models::{supported_model_types, Family};
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
+pub use worker::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,
-    ModelOptions, ModelSpec, MoveReport, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
+    ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
     TokenizedText,
 };
 pub use source::{estimate_weight_bytes, hub_commit, is_hub_id, ModelSource};

@@ -14,9 +14,9 @@ use crate::text::{to_i64, Prepared, TextPrep};
 use crate::worker::{self, Command, ExitReport, Job, Output, Seq, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
-    MoveReport, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
+    MoveReport, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
 };
-use crate::{Error, Result};
+use crate::{Error, Priority, Result};
 
 /// An embedding service: load a model, embed texts, release everything.
 ///
@@ -238,7 +238,18 @@ impl DenseEmbeddingService {
             offloads: s.offloads.load(Ordering::Relaxed),
             restores: s.restores.load(Ordering::Relaxed),
             auto_restores: s.auto_restores.load(Ordering::Relaxed),
+            interactive: priority_stats(s, Priority::Interactive),
+            bulk: priority_stats(s, Priority::Bulk),
         })
+    }
+}
+
+fn priority_stats(s: &WorkerStats, p: Priority) -> PriorityStats {
+    let i = p as usize;
+    PriorityStats {
+        queued_requests: s.queued[i].load(Ordering::Relaxed),
+        started_requests: s.started[i].load(Ordering::Relaxed),
+        first_batch_wait_us: s.first_batch_wait_us[i].load(Ordering::Relaxed),
     }
 }
 
@@ -294,7 +305,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize).await?;
+        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize, priority).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
 
@@ -323,21 +335,23 @@ impl EmbeddingService for DenseEmbeddingService {
         }
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
         let normalize = options.normalize.unwrap_or(running.info.normalize);
-        let vectors = submit(&running, seqs, Output::Head, normalize).await?;
+        let priority = options.priority.unwrap_or(Priority::for_inputs(inputs.len()));
+        let vectors = submit(&running, seqs, Output::Head, normalize, priority).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
 
     async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
         let running = self.running()?;
         running.require(&[ModelKind::Reranker, ModelKind::Classifier], "classify")?;
-        run_classifier(&running, inputs, options).await
+        run_classifier(&running, inputs, options, Priority::for_inputs(inputs.len())).await
     }
 
     async fn rerank(&self, query: &str, texts: &[String], options: &EmbedOptions) -> Result<Classified> {
         let running = self.running()?;
         running.require(&[ModelKind::Reranker], "rerank")?;
         let inputs: Vec<ClassifyInput> = texts.iter().map(|t| ClassifyInput::Pair(query.to_string(), t.clone())).collect();
-        run_classifier(&running, &inputs, options).await
+        // A rerank serves one query, whatever its number of documents: interactive by default.
+        run_classifier(&running, &inputs, options, Priority::Interactive).await
     }
 
     async fn embed_sparse(&self, texts: &[String], options: &EmbedOptions) -> Result<SparseEmbeddings> {
@@ -349,7 +363,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
+        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
         let vectors = rows
             .into_iter()
             .map(|row| {
@@ -369,7 +384,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let counts: Vec<usize> = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false).await?;
+        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false, priority).await?;
         let vectors = rows
             .into_iter()
             .zip(counts)
@@ -508,7 +524,8 @@ impl Running {
 }
 
 /// Tokenizes classifier inputs (on the blocking pool when many) and runs them.
-async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
+/// `default_priority` applies where `options` names none.
+async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], options: &EmbedOptions, default_priority: Priority) -> Result<Classified> {
     if inputs.is_empty() {
         return Ok(Classified::default());
     }
@@ -516,7 +533,8 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
     let prepared = off_executor(running, inputs, move |text, inputs| text.prepare_inputs(inputs, truncate)).await?;
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
-    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false).await?;
+    let priority = options.priority.unwrap_or(default_priority);
+    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
     Ok(Classified { logits, token_counts, truncated })
 }
 
@@ -533,11 +551,15 @@ async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveRepor
 
 /// Queues `seqs` for the worker and waits for the rows. Dropping this future drops the
 /// reply channel; the worker sees that and skips the work.
-async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool) -> Result<Vec<Vec<f32>>> {
+async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool, priority: Priority) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
-    running.stats.queued_jobs.fetch_add(1, Ordering::SeqCst);
-    if running.intake.send(Command::Embed(Job { seqs, output, normalize, reply })).is_err() {
-        running.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+    if priority == Priority::Interactive {
+        crate::worker::note_interactive();
+    }
+    running.stats.enqueued(priority);
+    let job = Job { seqs, output, normalize, priority, arrived: Instant::now(), reply };
+    if running.intake.send(Command::Embed(job)).is_err() {
+        running.stats.not_enqueued(priority);
         return Err(Error::ShutDown { model: running.info.name.clone() });
     }
     let model = running.info.name.clone();

@@ -74,6 +74,15 @@ pub struct ModelOptions {
     /// activations with int8 weights (a quarter of f32's weight memory, no faster than f32; on
     /// all-MiniLM-L6-v2 as close to f32 as oneDNN's int8, worst cosine 0.9992 against 0.9990).
     pub int8_kernel: Option<crate::Int8Kernel>,
+    /// Serve [`Priority::Interactive`] work ahead of [`Priority::Bulk`] work (the default).
+    /// `Some(false)`: every request in arrival order in full-size batches, whatever its
+    /// priority (for comparison; a query then waits behind whatever indexing is queued).
+    pub priorities: Option<bool>,
+    /// While interactive requests are about (one arrived in the last two seconds, for any model
+    /// of the process), bulk batches are cut so that each takes about this long, by the worker's
+    /// measured speed: a query waits for at most one such batch. `None`: 30 ms on the CPU, 100
+    /// ms on CUDA. Without interactive traffic bulk batches use the full token budget.
+    pub bulk_batch_ms: Option<u64>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -105,6 +114,8 @@ impl Default for ModelOptions {
             cpu_prepack: None,
             int8_calibration: None,
             int8_kernel: None,
+            priorities: None,
+            bulk_batch_ms: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
@@ -169,11 +180,72 @@ pub struct EmbedOptions {
     /// Matryoshka: keep the first N dimensions (1 ≤ N ≤ the model's), re-normalised when the
     /// outputs are normalised. `None` keeps them all.
     pub dimensions: Option<usize>,
+    /// How urgent the request is; `None` picks by size ([`Priority::for_inputs`]).
+    pub priority: Option<Priority>,
 }
 
 impl Default for EmbedOptions {
     fn default() -> Self {
-        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true, dimensions: None }
+        EmbedOptions { mode: None, prompt_name: None, instruction: None, normalize: None, truncate: true, dimensions: None, priority: None }
+    }
+}
+
+/// How urgent a request is. A model's worker batches interactive work first; bulk work gets
+/// at least one batch in every few while interactive work keeps coming (it cannot starve), and
+/// while interactive requests are about its batches are cut short (see
+/// [`ModelOptions::bulk_batch_ms`]) so that a query waits for at most one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    /// A user is waiting: search queries, a single document.
+    Interactive,
+    /// Throughput over latency: indexing, backfills.
+    Bulk,
+}
+
+impl Priority {
+    /// Requests of at most this many inputs default to [`Priority::Interactive`], larger ones to
+    /// [`Priority::Bulk`].
+    pub const INTERACTIVE_MAX_INPUTS: usize = 8;
+
+    /// The priority of a request of `inputs` inputs that names none.
+    pub fn for_inputs(inputs: usize) -> Priority {
+        if inputs <= Self::INTERACTIVE_MAX_INPUTS {
+            Priority::Interactive
+        } else {
+            Priority::Bulk
+        }
+    }
+
+    /// `"interactive"` or `"bulk"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    /// Both, most urgent first.
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Bulk];
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "interactive" => Ok(Priority::Interactive),
+            "bulk" => Ok(Priority::Bulk),
+            other => Err(crate::Error::InvalidOption {
+                name: "priority",
+                reason: format!("{other:?} is not \"interactive\" or \"bulk\""),
+            }),
+        }
     }
 }
 
@@ -494,7 +566,7 @@ impl fmt::Display for ServiceState {
 /// Counters of the dynamic batcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub struct BatchStats {
-    /// Requests waiting for the worker.
+    /// Requests waiting for their first batch.
     pub queued_requests: usize,
     /// Forward passes run.
     pub batches: u64,
@@ -522,4 +594,20 @@ pub struct BatchStats {
     pub restores: u64,
     /// Restores a request caused: it arrived while the weights were in host memory.
     pub auto_restores: u64,
+    /// Interactive requests' queue and waits.
+    pub interactive: PriorityStats,
+    /// Bulk requests' queue and waits.
+    pub bulk: PriorityStats,
+}
+
+/// The queue of one priority (see [`Priority`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct PriorityStats {
+    /// Requests waiting for their first batch.
+    pub queued_requests: usize,
+    /// Requests whose first batch has started.
+    pub started_requests: u64,
+    /// Their summed waits from arrival to their first batch, microseconds (divide by
+    /// `started_requests` for the mean).
+    pub first_batch_wait_us: u64,
 }

@@ -1,10 +1,10 @@
-//! Serving on the model's thread: gathering queued jobs, length-sorted batches under a token
-//! budget, launching forward passes (two in flight on CUDA), OOM split-and-retry, pooling and
-//! normalising, answering each caller.
+//! Serving on the model's thread: taking jobs in, running the batches the queue chooses
+//! (`queue`) under the process's CPU budget (`gate`), launching forward passes (two in flight
+//! on CUDA), OOM split-and-retry, pooling.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 use std::sync::Arc;
 
@@ -16,8 +16,10 @@ use crate::layers::{length_groups, BatchInput};
 use crate::models::Model;
 use crate::config::Pooling;
 use crate::types::FaultInjection;
+use super::gate;
+use super::queue::{Limits, Queue};
 use super::residency::Residence;
-use crate::{memory, panic_message, Error, MoveReport, Residency, ResolvedDevice, Result};
+use crate::{memory, panic_message, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
 
 /// One tokenized input, ready for the model.
 pub(crate) struct Seq {
@@ -43,6 +45,9 @@ pub(crate) struct Job {
     pub(crate) seqs: Vec<Seq>,
     pub(crate) output: Output,
     pub(crate) normalize: bool,
+    pub(crate) priority: Priority,
+    /// When the caller queued it (for the first-batch wait).
+    pub(crate) arrived: Instant,
     pub(crate) reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
 }
 
@@ -71,6 +76,27 @@ pub(crate) struct WorkerStats {
     pub(crate) auto_restores: AtomicU64,
     /// The weights are in host memory.
     pub(crate) on_host: AtomicBool,
+    /// Jobs waiting for their first batch, by priority (index `Priority as usize`).
+    pub(crate) queued: [AtomicUsize; 2],
+    /// Jobs whose first batch has started, by priority.
+    pub(crate) started: [AtomicU64; 2],
+    /// Their summed waits from arrival to their first batch, microseconds, by priority.
+    pub(crate) first_batch_wait_us: [AtomicU64; 2],
+}
+
+impl WorkerStats {
+    /// Counts a job that is about to be queued (the worker counts it out when its first batch
+    /// starts, or when it answers a job that never started).
+    pub(crate) fn enqueued(&self, priority: Priority) {
+        self.queued_jobs.fetch_add(1, Ordering::SeqCst);
+        self.queued[priority as usize].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes back the count of a job that could not be queued.
+    pub(crate) fn not_enqueued(&self, priority: Priority) {
+        self.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+        self.queued[priority as usize].fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub(crate) struct WorkerConfig {
@@ -81,6 +107,12 @@ pub(crate) struct WorkerConfig {
     pub(crate) max_batch_size: usize,
     pub(crate) faults: FaultInjection,
     pub(crate) stats: Arc<WorkerStats>,
+    /// Interactive work ahead of bulk work (`ModelOptions::priorities`).
+    pub(crate) priorities: bool,
+    /// How long a bulk batch should take while interactive work is about.
+    pub(crate) bulk_batch: Duration,
+    /// The worker's libtorch threads (its share of the process's CPU budget per pass).
+    pub(crate) threads: usize,
 }
 
 /// Packed batches run a token stream rounded up to a multiple of this (see `launch`).
@@ -92,87 +124,75 @@ const BUSY_TRIM_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Serves requests until a `Shutdown` arrives or every sender is gone. Jobs queued before
 /// the shutdown are finished; anything that slips in after it is failed with `ShutDown`.
+///
+/// Each turn takes in whatever has arrived, then runs the next batch the queue chooses
+/// (`queue`): batches are formed continuously, interactive work first.
 pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
-    // Gather generously: sorting a large round by length is what keeps padding low.
-    let gather_limit = (cfg.max_batch_size.max(1) * 32).max(1024);
+    let mut queue = Queue::new(&cfg.model_name, !cfg.priorities);
+    let mut run = Runner::default();
     let mut last_trim = Instant::now();
     let mut dirty = false;
     let mut residence = Residence::default();
-    'serve: loop {
-        let first = match rx.recv_timeout(IDLE_TRIM_AFTER) {
-            Ok(Command::Embed(job)) => job,
-            Ok(Command::Move { to, reply }) => {
-                let _ = reply.send(residence.go_guarded(model, to, cfg));
-                continue;
+    // A move waits for the jobs that arrived before it; nothing is taken in meanwhile.
+    let mut then_move: Option<(Residency, oneshot::Sender<Result<MoveReport>>)> = None;
+    let mut stopping = false;
+    loop {
+        if then_move.is_none() && !stopping {
+            if queue.is_empty() && run.pending.is_none() {
+                match rx.recv_timeout(IDLE_TRIM_AFTER) {
+                    Ok(cmd) => accept(cmd, &mut queue, &mut then_move, &mut stopping, cfg),
+                    Err(RecvTimeoutError::Disconnected) => stopping = true,
+                    Err(RecvTimeoutError::Timeout) => {
+                        // Idle: give memory freed by the last passes back to the OS.
+                        if dirty {
+                            memory::trim_cpu_heap();
+                            dirty = false;
+                            last_trim = Instant::now();
+                        }
+                        continue;
+                    }
+                }
             }
-            Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => {
-                // Idle: give memory freed by the last passes back to the OS.
-                if dirty {
-                    memory::trim_cpu_heap();
-                    dirty = false;
-                    last_trim = Instant::now();
+            while then_move.is_none() && !stopping {
+                match rx.try_recv() {
+                    Ok(cmd) => accept(cmd, &mut queue, &mut then_move, &mut stopping, cfg),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => stopping = true,
                 }
-                continue;
-            }
-        };
-        let mut jobs = vec![first];
-        let mut seqs = jobs[0].seqs.len();
-        let mut stop = false;
-        // A move queued behind these jobs runs after them.
-        let mut then_move = None;
-        // Dynamic batching: whatever else is already queued joins this round.
-        while seqs < gather_limit {
-            match rx.try_recv() {
-                Ok(Command::Embed(job)) => {
-                    seqs += job.seqs.len();
-                    jobs.push(job);
-                }
-                Ok(Command::Move { to, reply }) => {
-                    then_move = Some((to, reply));
-                    break;
-                }
-                Ok(Command::Shutdown) => {
-                    stop = true;
-                    break;
-                }
-                Err(_) => break,
             }
         }
-        cfg.stats.queued_jobs.fetch_sub(jobs.len(), Ordering::SeqCst);
-        if residence.on_host() {
+        if residence.on_host() && !queue.is_empty() {
             // Offloaded and asked to work: bring the weights back first.
             cfg.stats.auto_restores.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = residence.go_guarded(model, Residency::Device, cfg) {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone_for_reply()));
-                }
-                jobs = Vec::new();
+                queue.fail_all(&e, &cfg.stats);
             }
         }
-        if !jobs.is_empty() {
-            process(model, jobs, cfg);
+        if run.step(model, &mut queue, cfg) {
+            // glibc keeps freed activation buffers in its arenas; under steady traffic with
+            // shifting batch shapes that retained memory creeps up. Hand it back to the OS at
+            // most once per interval (a trim costs about a millisecond), and when idle.
+            dirty = true;
+            if last_trim.elapsed() >= BUSY_TRIM_INTERVAL {
+                memory::trim_cpu_heap();
+                dirty = false;
+                last_trim = Instant::now();
+            }
+            continue;
         }
-        if let Some((to, reply)) = then_move {
+        // Nothing queued, nothing in flight.
+        if let Some((to, reply)) = then_move.take() {
             let _ = reply.send(residence.go_guarded(model, to, cfg));
+            continue;
         }
-        // glibc keeps freed activation buffers in its arenas; under steady traffic with shifting
-        // batch shapes that retained memory creeps up. Hand it back to the OS at most once per
-        // interval (a trim costs about a millisecond), and when the worker goes idle.
-        dirty = true;
-        if last_trim.elapsed() >= BUSY_TRIM_INTERVAL {
-            memory::trim_cpu_heap();
-            dirty = false;
-            last_trim = Instant::now();
-        }
-        if stop {
-            break 'serve;
+        if stopping {
+            break;
         }
     }
     while let Ok(cmd) = rx.try_recv() {
         match cmd {
             Command::Embed(job) => {
-                cfg.stats.queued_jobs.fetch_sub(1, Ordering::SeqCst);
+                cfg.stats.not_enqueued(job.priority);
                 let _ = job.reply.send(Err(Error::ShutDown { model: cfg.model_name.clone() }));
             }
             Command::Move { reply, .. } => {
@@ -184,6 +204,108 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     // An offloaded model's host copy is freed here, before the model's placeholders.
     drop(residence);
 }
+
+fn accept(
+    cmd: Command,
+    queue: &mut Queue,
+    then_move: &mut Option<(Residency, oneshot::Sender<Result<MoveReport>>)>,
+    stopping: &mut bool,
+    cfg: &WorkerConfig,
+) {
+    match cmd {
+        Command::Embed(job) => queue.push(job, &cfg.stats),
+        Command::Move { to, reply } => *then_move = Some((to, reply)),
+        Command::Shutdown => *stopping = true,
+    }
+}
+
+/// Runs `jobs` to the end on this thread (calibration), in arrival order.
+pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
+    let mut queue = Queue::new(&cfg.model_name, true);
+    for job in jobs {
+        queue.push(job, &cfg.stats);
+    }
+    let mut run = Runner::default();
+    while run.step(model, &mut queue, cfg) {}
+}
+
+/// Launches batches and reads them back, keeping two in flight: the next batch is prepared,
+/// uploaded and queued on the device before the previous one's vectors are read back, so the
+/// GPU never waits for the CPU between batches. (On the CPU, "launching" computes and reading
+/// back only copies.)
+#[derive(Default)]
+struct Runner {
+    pending: Option<(Vec<Item>, Launched, Instant)>,
+    /// Measured speed, padded tokens per millisecond (0: not measured yet).
+    tokens_per_ms: f64,
+}
+
+impl Runner {
+    /// Runs one step: launches the queue's next batch and reads back the one before it, or
+    /// reads back the last one. `false` when there was nothing to do.
+    fn step(&mut self, model: &Model, queue: &mut Queue, cfg: &WorkerConfig) -> bool {
+        let limits = self.limits(cfg);
+        let Some(next) = queue.next_batch(&limits, &cfg.stats) else {
+            return match self.pending.take() {
+                Some(p) => {
+                    self.finish(model, queue, p, cfg);
+                    true
+                }
+                None => false,
+            };
+        };
+        let started = Instant::now();
+        let launched = {
+            // A CPU pass holds its share of the process's thread budget while it computes.
+            let _permit = (!cfg.device.is_cuda()).then(|| gate::acquire(next.priority, cfg.threads));
+            catch_unwind(AssertUnwindSafe(|| launch(model, queue, &next.items, cfg)))
+        };
+        match launched {
+            Ok(l) => {
+                if let Some(p) = self.pending.replace((next.items, l, started)) {
+                    self.finish(model, queue, p, cfg);
+                }
+            }
+            Err(payload) => {
+                if let Some(p) = self.pending.take() {
+                    self.finish(model, queue, p, cfg);
+                }
+                let result = recover(model, queue, &next.items, cfg, panic_message(payload.as_ref()));
+                queue.deliver(&next.items, result, &cfg.stats);
+            }
+        }
+        true
+    }
+
+    fn finish(&mut self, model: &Model, queue: &mut Queue, (items, launched, started): (Vec<Item>, Launched, Instant), cfg: &WorkerConfig) {
+        let result = collect(model, queue, &items, launched, cfg);
+        if result.is_ok() {
+            let padded = items.len() * items.iter().map(|it| it.len).max().unwrap_or(0).max(1);
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            if ms > 0.0 {
+                let speed = padded as f64 / ms;
+                self.tokens_per_ms = if self.tokens_per_ms > 0.0 { 0.7 * self.tokens_per_ms + 0.3 * speed } else { speed };
+            }
+        }
+        queue.deliver(&items, result, &cfg.stats);
+    }
+
+    /// This turn's batch limits: bulk batches cut to `bulk_batch` of measured time while
+    /// interactive work is about.
+    fn limits(&self, cfg: &WorkerConfig) -> Limits {
+        let max_tokens = cfg.max_batch_tokens;
+        let cut = cfg.priorities && self.tokens_per_ms > 0.0 && gate::interactive_within(INTERACTIVE_RECENT);
+        let bulk_tokens = if cut {
+            ((self.tokens_per_ms * cfg.bulk_batch.as_secs_f64() * 1e3) as usize).clamp(1, max_tokens)
+        } else {
+            max_tokens
+        };
+        Limits { max_tokens, max_size: cfg.max_batch_size, bulk_tokens, window: (cfg.max_batch_size.max(1) * 32).max(1024) }
+    }
+}
+
+/// How long after an interactive arrival bulk batches stay cut short.
+const INTERACTIVE_RECENT: Duration = Duration::from_secs(2);
 
 /// How CPU batches run attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,108 +334,15 @@ fn cpu_attention() -> CpuAttention {
     })
 }
 
-#[derive(Clone, Copy)]
-struct Item {
-    job: usize,
-    seq: usize,
-    len: usize,
-}
-
-pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
-    // A caller that went away (cancelled future, disconnected client) gets no work done.
-    let jobs: Vec<Job> = jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
-    let mut items: Vec<Item> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(j, job)| job.seqs.iter().enumerate().map(move |(s, seq)| Item { job: j, seq: s, len: seq.ids.len() }))
-        .collect();
-    // Longest first: batches of similar length waste little on padding.
-    items.sort_by_key(|it| std::cmp::Reverse(it.len));
-
-    let mut out: Vec<Vec<Vec<f32>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
-    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
-    // Two batches in flight: the next batch is prepared, uploaded and queued on the device
-    // before the previous one's vectors are read back, so the GPU never waits for the CPU
-    // between batches. (On the CPU, "launching" computes and finishing only copies.)
-    let mut pending: Option<(&[Item], Launched)> = None;
-    for batch in make_batches(&items, cfg.max_batch_tokens, cfg.max_batch_size) {
-        let wanted = batch.iter().any(|it| failed[it.job].is_none() && !jobs[it.job].reply.is_closed());
-        if !wanted {
-            continue;
-        }
-        match catch_unwind(AssertUnwindSafe(|| launch(model, &jobs, batch, cfg))) {
-            Ok(pooled) => {
-                if let Some((done, pooled)) = pending.replace((batch, pooled)) {
-                    deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
-                }
-            }
-            Err(payload) => {
-                if let Some((done, pooled)) = pending.take() {
-                    deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
-                }
-                deliver(&mut out, &mut failed, batch, recover(model, &jobs, batch, cfg, panic_message(payload.as_ref())));
-            }
-        }
-    }
-    if let Some((done, pooled)) = pending.take() {
-        deliver(&mut out, &mut failed, done, collect(model, &jobs, done, pooled, cfg));
-    }
-
-    for ((job, rows), err) in jobs.into_iter().zip(out).zip(failed) {
-        let result = match err {
-            Some(e) => Err(e),
-            None if job.normalize => Ok(rows.into_iter().map(normalized).collect()),
-            None => Ok(rows),
-        };
-        let _ = job.reply.send(result);
-    }
-}
-
-/// Puts a batch's rows where their jobs expect them, or marks the jobs failed.
-fn deliver(out: &mut [Vec<Vec<f32>>], failed: &mut [Option<Error>], batch: &[Item], result: Result<Vec<Vec<f32>>>) {
-    match result {
-        Ok(rows) => {
-            for (it, row) in batch.iter().zip(rows) {
-                out[it.job][it.seq] = row;
-            }
-        }
-        Err(e) => {
-            for it in batch {
-                if failed[it.job].is_none() {
-                    failed[it.job] = Some(e.clone_for_reply());
-                }
-            }
-        }
-    }
-}
-
-fn normalized(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt().max(1e-12) as f32;
-    v.iter_mut().for_each(|x| *x /= norm);
-    v
-}
-
-/// Greedy token-budget batching over length-sorted items: a batch costs
-/// `items × longest item` tokens after padding.
-fn make_batches(items: &[Item], max_tokens: usize, max_size: usize) -> Vec<&[Item]> {
-    let mut batches = Vec::new();
-    let mut start = 0;
-    let mut longest = 0;
-    for (i, it) in items.iter().enumerate() {
-        let n = i - start;
-        let new_longest = longest.max(it.len);
-        if n > 0 && ((n + 1) * new_longest > max_tokens || n >= max_size) {
-            batches.push(&items[start..i]);
-            start = i;
-            longest = it.len;
-        } else {
-            longest = new_longest;
-        }
-    }
-    if start < items.len() {
-        batches.push(&items[start..]);
-    }
-    batches
+/// One input of a queued job, as batches see it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Item {
+    /// The job's slot in the queue.
+    pub(crate) job: usize,
+    /// The input's index in its job.
+    pub(crate) seq: usize,
+    /// Its tokens.
+    pub(crate) len: usize,
 }
 
 pub(crate) fn is_out_of_memory(msg: &str) -> bool {
@@ -324,7 +353,7 @@ pub(crate) fn is_out_of_memory(msg: &str) -> bool {
 /// Runs `batch` start to finish; on out-of-memory empties the cache and retries each half,
 /// down to single inputs. Any other panic becomes `WorkerPanicked` for the inputs of this
 /// batch only.
-fn run_split(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+fn run_split(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     let attempt = catch_unwind(AssertUnwindSafe(|| {
         let pooled = launch(model, jobs, batch, cfg);
         download(pooled, jobs, batch, cfg)
@@ -337,7 +366,7 @@ fn run_split(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) ->
 
 /// Reads back a launched batch's vectors; a failure there (an error the device reports late)
 /// is handled like a failed launch.
-fn collect(model: &Model, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
+fn collect(model: &Model, jobs: &Queue, batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     match catch_unwind(AssertUnwindSafe(|| download(pooled, jobs, batch, cfg))) {
         Ok(rows) => Ok(rows),
         Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
@@ -346,7 +375,7 @@ fn collect(model: &Model, jobs: &[Job], batch: &[Item], pooled: Launched, cfg: &
 
 /// What a batch whose forward pass panicked with `msg` gets: out of memory is split and
 /// retried, anything else fails the batch's inputs.
-fn recover(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
+fn recover(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
     if !is_out_of_memory(&msg) {
         tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
         return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
@@ -382,7 +411,7 @@ struct Launched {
 
 /// Packs the batch, uploads it and queues the encoder and pooling on the model's device.
 /// Panics (caught by the caller) on libtorch errors, as tch's infallible API does.
-fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Launched {
+fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> Launched {
     let b = batch.len();
     let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
     let tokens: usize = batch.iter().map(|it| it.len).sum();
@@ -412,7 +441,7 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let mut poisoned = false;
     let mut at = 0;
     for (row, it) in batch.iter().enumerate() {
-        let seq = &jobs[it.job].seqs[it.seq];
+        let seq = &jobs.job(it.job).seqs[it.seq];
         let n = seq.ids.len();
         poisoned |= seq.poisoned;
         let base = row * len;
@@ -487,13 +516,13 @@ fn launch(model: &Model, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> La
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups, varlen };
     let hidden = crate::profile::stage("forward", || model.forward(&input));
     let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
-    let tokens = batch.iter().any(|it| jobs[it.job].output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
+    let tokens = batch.iter().any(|it| jobs.job(it.job).output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
     Launched { pooled, tokens, packed: model.attention_path() == AttentionPath::Packed }
 }
 
 /// Waits for a launched batch and returns one un-normalised row per item (its token states,
 /// flattened, for a job that wants them).
-fn download(launched: Launched, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
+fn download(launched: Launched, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> Vec<Vec<f32>> {
     let (pooled, flat) = crate::profile::stage("output", || {
         let pooled = launched.pooled.to_device(tch::Device::Cpu).contiguous();
         let flat: Vec<f32> = Vec::try_from(pooled.view([-1])).expect("pooled output is f32");
@@ -513,7 +542,7 @@ fn download(launched: Launched, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig
     flat.chunks(dim)
         .zip(batch)
         .enumerate()
-        .map(|(row, (head, it))| match (&states, jobs[it.job].output) {
+        .map(|(row, (head, it))| match (&states, jobs.job(it.job).output) {
             (Some(states), Output::Tokens) => {
                 let t = states.get(row as i64).narrow(0, 0, it.len as i64).contiguous();
                 Vec::try_from(t.view([-1])).expect("hidden states are f32")
@@ -526,30 +555,6 @@ fn download(launched: Launched, jobs: &[Job], batch: &[Item], cfg: &WorkerConfig
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn items(lens: &[usize]) -> Vec<Item> {
-        lens.iter().enumerate().map(|(i, &len)| Item { job: 0, seq: i, len }).collect()
-    }
-
-    #[test]
-    fn batches_respect_token_budget_and_size() {
-        let its = items(&[100, 90, 50, 50, 10, 10, 10, 3]);
-        let batches = make_batches(&its, 200, 3);
-        for b in &batches {
-            let longest = b.iter().map(|i| i.len).max().unwrap();
-            assert!(b.len() == 1 || b.len() * longest <= 200, "{:?}", b.len());
-            assert!(b.len() <= 3);
-        }
-        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), its.len());
-        assert_eq!(batches[0].len(), 2); // 100 + 90 fit (2*100), a third would need 300
-    }
-
-    #[test]
-    fn oversized_item_gets_its_own_batch() {
-        let its = items(&[500, 5]);
-        let batches = make_batches(&its, 100, 8);
-        assert_eq!(batches.len(), 2);
-    }
 
     #[test]
     fn oom_messages_are_recognised() {

@@ -4,6 +4,7 @@
 //! `layers::onednn::Int8Weight::quantize`); then the model is quantized.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -12,7 +13,7 @@ use crate::config::Pooling;
 use crate::layers::observe_inputs;
 use crate::models::Model;
 use crate::text::TextPrep;
-use crate::{EmbedOptions, Error, ResolvedDevice, Result};
+use crate::{EmbedOptions, Error, Priority, ResolvedDevice, Result};
 
 /// Texts of many kinds (questions, prose, code, logs, numbers, other scripts; short and
 /// passage-length): what sets the activations' per-channel ranges is the model's own outlier
@@ -84,7 +85,14 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
     let count = texts.len();
     let prepared = text.prepare(&texts, &EmbedOptions { truncate: true, ..Default::default() })?;
     let (tx, mut rx) = oneshot::channel();
-    let job = Job { seqs: prepared.into_iter().map(|p| p.seq).collect(), output: Output::Head, normalize: false, reply: tx };
+    let job = Job {
+        seqs: prepared.into_iter().map(|p| p.seq).collect(),
+        output: Output::Head,
+        normalize: false,
+        priority: Priority::Bulk,
+        arrived: Instant::now(),
+        reply: tx,
+    };
     let cfg = WorkerConfig {
         model_name: String::new(),
         device: ResolvedDevice::Cpu,
@@ -93,7 +101,11 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
         max_batch_size: count.max(1),
         faults: Default::default(),
         stats: Arc::default(),
+        priorities: false,
+        bulk_batch: Duration::ZERO,
+        threads: 1,
     };
+    cfg.stats.enqueued(job.priority);
     let ((), seen) = observe_inputs(|| batch::process(model, vec![job], &cfg));
     match rx.try_recv() {
         Ok(Ok(_)) => {}

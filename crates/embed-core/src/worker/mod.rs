@@ -7,6 +7,8 @@
 
 mod batch;
 mod calibrate;
+mod gate;
+mod queue;
 mod residency;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 pub(crate) use batch::{is_out_of_memory, Command, Job, Output, Seq, WorkerConfig, WorkerStats};
+pub(crate) use gate::note_interactive;
+pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 
 use crate::config::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
@@ -127,6 +131,9 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 max_batch_size: o.max_batch_size.unwrap_or(if device.is_cuda() { 256 } else { 32 }),
                 faults: o.fault_injection(),
                 stats: worker_stats,
+                priorities: o.priorities.unwrap_or(true),
+                bulk_batch: Duration::from_millis(o.bulk_batch_ms.unwrap_or(if device.is_cuda() { 100 } else { 30 })),
+                threads: if device.is_cuda() { 1 } else { tch::get_num_threads().max(1) as usize },
             };
             let weight_bytes = model.weight_bytes;
             if let Some(delay) = o.fault_injection().load_delay {
