@@ -194,7 +194,8 @@ impl Default for EmbedOptions {
 /// at least one batch in every few while interactive work keeps coming (it cannot starve), and
 /// while interactive requests are about its batches are cut short (see
 /// [`ModelOptions::bulk_batch_ms`]) so that a query waits for at most one of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// A user is waiting: search queries, a single document.
     Interactive,

@@ -11,7 +11,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use embed_core::ModelInfo;
+use embed_core::{ModelInfo, Priority};
 use embed_pool::{Lease, Pool};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
@@ -35,6 +35,8 @@ pub struct AppState {
     /// Set when shutdown starts: responses ask clients to close their connections.
     closing: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
+    /// Bulk requests' share of `permits` (see `Limits::max_concurrent_bulk`).
+    bulk_permits: Arc<Semaphore>,
     /// What each model said about itself when it was last leased, so read-only routes such as
     /// `/info` never need a lease (which could load one model and evict another).
     infos: Arc<Mutex<HashMap<String, ModelInfo>>>,
@@ -44,6 +46,7 @@ impl AppState {
     /// State over `pool` (which decides which model names resolve) with `config`.
     pub fn new(pool: Pool, config: ServerConfig) -> Self {
         let permits = Arc::new(Semaphore::new(config.limits.max_concurrent.max(1)));
+        let bulk_permits = Arc::new(Semaphore::new(config.limits.bulk_limit()));
         AppState {
             metrics: Arc::new(Metrics::new(pool.clone())),
             pool,
@@ -51,6 +54,7 @@ impl AppState {
             ready: Arc::new(AtomicBool::new(false)),
             closing: Arc::new(AtomicBool::new(false)),
             permits,
+            bulk_permits,
             infos: Arc::default(),
         }
     }
@@ -273,11 +277,20 @@ fn key_matches(given: &[u8], key: &[u8]) -> bool {
     given.len() == key.len() && bool::from(given.ct_eq(key))
 }
 
-/// At most `max_concurrent` requests at once; the rest get 429 with Retry-After.
+/// At most `max_concurrent` requests at once; the rest get 429 with Retry-After. Also reads
+/// the request's `X-Embed-Priority` header (a validation error when it is neither priority).
 async fn overload(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let priority = match req.headers().get(crate::api::PRIORITY_HEADER).map(|v| v.to_str().ok().map(str::parse::<Priority>)) {
+        None => None,
+        Some(Some(Ok(p))) => Some(p),
+        Some(_) => {
+            return ApiError::invalid("priority", format!("the {} header must be \"interactive\" or \"bulk\"", crate::api::PRIORITY_HEADER))
+                .into_response_for(req.uri().path())
+        }
+    };
     match state.permits.clone().try_acquire_owned() {
         Ok(permit) => {
-            let resp = next.run(req).await;
+            let resp = crate::api::with_header_priority(priority, next.run(req)).await;
             drop(permit);
             resp
         }
@@ -287,6 +300,26 @@ async fn overload(State(state): State<AppState>, req: Request, next: Next) -> Re
         )
         .retry_after(1)
         .into_response_for(req.uri().path()),
+    }
+}
+
+impl AppState {
+    /// Admits a request of `priority`: a bulk one takes one of the bulk permits (429 when none
+    /// is left, while interactive requests are still served), held until it is dropped.
+    pub(crate) fn admit(&self, priority: Priority) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+        if priority != Priority::Bulk {
+            return Ok(None);
+        }
+        self.bulk_permits.clone().try_acquire_owned().map(Some).map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many concurrent bulk requests (limit {}); interactive requests are still served; retry shortly",
+                    self.config.limits.bulk_limit()
+                ),
+            )
+            .retry_after(1)
+        })
     }
 }
 

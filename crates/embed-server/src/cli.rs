@@ -112,6 +112,17 @@ pub(crate) struct Args {
     /// Keep serving (with /ready 503) when a preload fails, instead of exiting non-zero.
     #[arg(long, env = "EMBED_ALLOW_DEGRADED_START")]
     allow_degraded_start: bool,
+    /// Bulk requests served at once, within --max-concurrent (default: three quarters of it);
+    /// more bulk requests get 429 while queries are still admitted.
+    #[arg(long, env = "EMBED_MAX_CONCURRENT_BULK")]
+    max_concurrent_bulk: Option<usize>,
+    /// Serve every request in arrival order in full-size batches, ignoring priorities (for
+    /// comparison: a query then waits behind queued indexing work).
+    #[arg(long, env = "EMBED_NO_PRIORITIES")]
+    no_priorities: bool,
+    /// CPU threads forward passes may use at once, all models together (default: all cores).
+    #[arg(long, env = "EMBED_CPU_THREADS")]
+    cpu_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +153,9 @@ struct FileConfig {
     header_read_timeout: Option<f64>,
     keep_alive_timeout: Option<f64>,
     allow_degraded_start: Option<bool>,
+    max_concurrent_bulk: Option<usize>,
+    no_priorities: Option<bool>,
+    cpu_threads: Option<usize>,
     #[serde(default)]
     models: BTreeMap<String, FileModel>,
 }
@@ -243,6 +257,15 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         }
         base.threads = Some(n);
     }
+    if args.no_priorities || file.no_priorities.unwrap_or(false) {
+        base.priorities = Some(false);
+    }
+    if let Some(n) = args.cpu_threads.or(file.cpu_threads) {
+        if n == 0 {
+            bail!("cpu_threads must be at least 1");
+        }
+        embed_core::set_cpu_thread_budget(n);
+    }
 
     let mut registry = ModelRegistry::new();
     let mut order = Vec::new();
@@ -329,6 +352,9 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     }
     if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
         limits.max_concurrent = positive("max_concurrent", n)?;
+    }
+    if let Some(n) = args.max_concurrent_bulk.or(file.max_concurrent_bulk) {
+        limits.max_concurrent_bulk = Some(positive("max_concurrent_bulk", n)?);
     }
     if let Some(n) = args.max_connections.or(file.max_connections) {
         limits.max_connections = positive("max_connections", n)?;

@@ -13,6 +13,10 @@ pub struct Limits {
     pub max_inputs: usize,
     /// Requests served at once; more get 429 with Retry-After.
     pub max_concurrent: usize,
+    /// Bulk requests (see [`embed_core::Priority`]) served at once, within `max_concurrent`;
+    /// more get 429 while interactive requests are still admitted, so an indexing flood is
+    /// refused before queries are. `None`: three quarters of `max_concurrent` (at least 1).
+    pub max_concurrent_bulk: Option<usize>,
     /// Open client connections at most. At the cap the server stops accepting: new connections
     /// wait in the kernel's listen backlog until one closes, so no descriptor is spent on them.
     pub max_connections: usize,
@@ -20,9 +24,16 @@ pub struct Limits {
     pub truncate_by_default: bool,
 }
 
+impl Limits {
+    /// Bulk requests admitted at once (`max_concurrent_bulk`, or its default).
+    pub fn bulk_limit(&self) -> usize {
+        self.max_concurrent_bulk.unwrap_or(self.max_concurrent * 3 / 4).clamp(1, self.max_concurrent.max(1))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 2 * 1024 * 1024, max_inputs: 512, max_concurrent: 512, max_connections: 1024, truncate_by_default: true }
+        Limits { max_body_bytes: 2 * 1024 * 1024, max_inputs: 512, max_concurrent: 512, max_concurrent_bulk: None, max_connections: 1024, truncate_by_default: true }
     }
 }
 

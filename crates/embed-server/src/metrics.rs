@@ -145,6 +145,10 @@ fn add(to: &mut BatchStats, b: &BatchStats) {
     to.sequences += b.sequences;
     to.padded_tokens += b.padded_tokens;
     to.tokens += b.tokens;
+    for (to, b) in [(&mut to.interactive, &b.interactive), (&mut to.bulk, &b.bulk)] {
+        to.started_requests += b.started_requests;
+        to.first_batch_wait_us += b.first_batch_wait_us;
+    }
 }
 
 impl ModelCounters {
@@ -168,6 +172,10 @@ impl ModelCounters {
             e.last.sequences = e.last.sequences.max(b.sequences);
             e.last.padded_tokens = e.last.padded_tokens.max(b.padded_tokens);
             e.last.tokens = e.last.tokens.max(b.tokens);
+            for (last, b) in [(&mut e.last.interactive, &b.interactive), (&mut e.last.bulk, &b.bulk)] {
+                last.started_requests = last.started_requests.max(b.started_requests);
+                last.first_batch_wait_us = last.first_batch_wait_us.max(b.first_batch_wait_us);
+            }
         }
     }
 }
@@ -232,6 +240,39 @@ impl Collector for PoolCollector {
             forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.sequences))))?;
         per_model(e, "embed_forward_padded_tokens", "Tokens in forward passes, padding included (all loads of the model)", MetricType::Counter,
             forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.padded_tokens))))?;
+        {
+            let mut metric = e.encode_descriptor(
+                "embed_requests_started",
+                "Requests whose first batch has started, by model and priority (all loads of the model)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (model, b) in &forward {
+                for (priority, p) in [("interactive", &b.interactive), ("bulk", &b.bulk)] {
+                    let labels = [("model", model.as_str()), ("priority", priority)];
+                    ConstCounter::new(p.started_requests).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut metric = e.encode_descriptor(
+                "embed_first_batch_wait_seconds",
+                "Summed waits from a request's arrival to its first batch, by model and priority (divide by embed_requests_started_total for the mean)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (model, b) in &forward {
+                for (priority, p) in [("interactive", &b.interactive), ("bulk", &b.bulk)] {
+                    let labels = [("model", model.as_str()), ("priority", priority)];
+                    ConstCounter::new(p.first_batch_wait_us as f64 / 1e6).encode(metric.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let cpu = embed_core::cpu_compute_stats();
+        gauge(e, "embed_cpu_thread_budget", "CPU threads forward passes may use at once, all models together", to_i64(cpu.budget as u64))?;
+        gauge(e, "embed_cpu_threads_in_use", "CPU threads in use by forward passes now", to_i64(cpu.in_use as u64))?;
+        gauge(e, "embed_cpu_threads_peak", "The most CPU threads forward passes ever used at once", to_i64(cpu.peak as u64))?;
+        counter(e, "embed_cpu_passes_waited", "CPU forward passes that waited for another model's pass (the budget was in use)", cpu.waited)?;
         gauge(e, "embed_models_loaded", "Models in the pool", to_i64(status.models.len() as u64))?;
         per_model(e, "embed_model_weight_bytes", "Weight bytes of each model in the pool", MetricType::Gauge,
             status.models.iter().map(|m| (m.name.clone(), ConstGauge::new(to_i64(m.weight_bytes)))))?;

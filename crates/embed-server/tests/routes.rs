@@ -361,3 +361,60 @@ async fn router_nests_in_a_user_app() {
     assert_eq!(s, StatusCode::OK);
     f.state.pool().close().await;
 }
+
+/// An indexing flood is refused before queries are: with one bulk permit, a second bulk request
+/// gets 429 while the first runs, and a query is still served beside it. The priority comes
+/// from the body, the `X-Embed-Priority` header, or the request's size; a bad one is a 422.
+#[tokio::test]
+async fn bulk_requests_have_their_own_limit_and_queries_pass_it() {
+    let faults = FaultInjection { forward_delay: Some(Duration::from_millis(300)), ..Default::default() };
+    let f = fixture_with(|c| c.with_limits(Limits { max_concurrent: 8, max_concurrent_bulk: Some(1), ..Limits::default() }), faults);
+    f.state.preload().await.unwrap();
+    let app = app(&f);
+    let texts: Vec<String> = (0..40).map(|i| format!("document {i}")).collect();
+    let slow = {
+        let (app, texts) = (app.clone(), texts.clone());
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(json!({"inputs": texts})), &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // By size (40 inputs: bulk), by body field, by header: each refused while the first runs.
+    let (s, v, h) = call(&app, "POST", "/embed", Some(json!({"inputs": texts})), &[]).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(h["retry-after"], "1");
+    assert_tei_error(&v, "bulk requests (limit 1)");
+    let (s, v, _) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": "one", "priority": "bulk"})), &[]).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_openai_error(&v, "bulk requests");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "one"})), &[("x-embed-priority", "bulk")]).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // A query is admitted (and a body field wins over the header).
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "a query"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "q", "priority": "interactive"})), &[("x-embed-priority", "bulk")]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": texts, "priority": "interactive"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(slow.await.unwrap().0, StatusCode::OK);
+    // Bad priorities name the problem.
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x"})), &[("x-embed-priority", "urgent")]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_tei_error(&v, "x-embed-priority");
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "x", "priority": "urgent"})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_tei_error(&v, "priority");
+    // The permit came back: a bulk request is admitted again.
+    let (s, v, _) = call(&app, "POST", "/embed", Some(json!({"inputs": "one"})), &[("x-embed-priority", "bulk")]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // Three interactive requests ran and two bulk ones; the refused ones never reached the model.
+    let (_, metrics, _) = call(&app, "GET", "/metrics", None, &[]).await;
+    let text = metrics.as_str().unwrap();
+    for line in [
+        "embed_requests_started_total{model=\"tiny\",priority=\"interactive\"} 3",
+        "embed_requests_started_total{model=\"tiny\",priority=\"bulk\"} 2",
+        "embed_cpu_threads_in_use 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    assert!(text.contains("embed_first_batch_wait_seconds_total{model=\"tiny\",priority=\"bulk\"}"), "{text}");
+    f.state.pool().close().await;
+}

@@ -16,8 +16,29 @@ use axum::response::Response;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use embed_core::Priority;
+
 use crate::error::ApiError;
 use crate::AppState;
+
+/// The request header that sets a request's priority (`interactive` or `bulk`) for clients
+/// that cannot add a body field; a `priority` field in the body wins over it.
+pub(crate) const PRIORITY_HEADER: &str = "x-embed-priority";
+
+tokio::task_local! {
+    /// The priority header of the request being handled.
+    static HEADER_PRIORITY: Option<Priority>;
+}
+
+/// Runs `handler` with the request's priority header in scope.
+pub(crate) async fn with_header_priority<F: std::future::Future>(priority: Option<Priority>, handler: F) -> F::Output {
+    HEADER_PRIORITY.scope(priority, handler).await
+}
+
+/// The priority a request asked for: its body's field, else its header; `None`: the default.
+pub(crate) fn asked_priority(body: Option<Priority>) -> Option<Priority> {
+    body.or_else(|| HEADER_PRIORITY.try_with(|p| *p).ok().flatten())
+}
 
 /// JSON body whose rejections render in the route's error shape: malformed JSON 400; a field of
 /// the wrong type or value 422 (400 on OpenAI routes) naming the field in the message and in

@@ -59,7 +59,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         }
     }
     let (mode, prompt_name) = prompt_for(req.input_type, &info);
-    let options = EmbedOptions { mode, prompt_name, normalize: Some(true), truncate, dimensions: req.output_dimension, ..Default::default() };
+    let options = EmbedOptions { mode, prompt_name, normalize: Some(true), truncate, dimensions: req.output_dimension, priority: super::asked_priority(None), ..Default::default() };
     let out = super::tei::embed_on(&state, &lease, &texts, &options).await?;
 
     let vectors = &out.vectors;

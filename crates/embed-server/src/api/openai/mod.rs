@@ -40,7 +40,13 @@ pub(crate) async fn embeddings(
             .into());
         }
     }
-    let options = EmbedOptions { truncate: state.config.limits.truncate_by_default, dimensions: req.dimensions, ..Default::default() };
+    let options = EmbedOptions {
+        truncate: state.config.limits.truncate_by_default,
+        dimensions: req.dimensions,
+        priority: super::asked_priority(req.priority),
+        ..Default::default()
+    };
+    let _admitted = state.admit(options.priority.unwrap_or(embed_core::Priority::for_inputs(n)))?;
     let queued = state.metrics.queued(&model);
     let out = match req.input {
         Input::Text(t) => lease.embed_texts(&[t], &options).await,

@@ -100,6 +100,9 @@ pub(crate) struct EmbeddingsRequest {
     /// Accepted and logged; not used otherwise.
     #[serde(default)]
     pub(crate) user: Option<String>,
+    /// Extension: `interactive` or `bulk` (default: by size, see `embed_core::Priority`).
+    #[serde(default)]
+    pub(crate) priority: Option<embed_core::Priority>,
 }
 
 /// `POST /v1/embeddings` answer.

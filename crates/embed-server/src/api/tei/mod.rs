@@ -36,12 +36,14 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         normalize: Some(req.normalize.unwrap_or(true)),
         truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
         dimensions: req.dimensions,
+        priority: super::asked_priority(req.priority),
     };
     Ok(Json(embed_on(&state, &lease, &texts, &options).await?.vectors))
 }
 
 /// Embeds `texts` with the leased model, counted in the metrics while queued and when done.
 pub(crate) async fn embed_on(state: &AppState, lease: &Lease, texts: &[String], options: &EmbedOptions) -> Result<Embeddings, ApiError> {
+    let _admitted = state.admit(options.priority.unwrap_or(embed_core::Priority::for_inputs(texts.len())))?;
     let queued = state.metrics.queued(Lease::name(lease));
     let out = lease.embed_texts(texts, options).await?;
     drop(queued);
@@ -74,6 +76,7 @@ pub(crate) async fn similarity(
         mode: None,
         model,
         dimensions: None,
+        priority: None,
     };
     let Json(vectors) = embed(State(state), JsonBody(request)).await?;
     let (source, others) = vectors.split_first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model returned no vectors"))?;

@@ -37,6 +37,9 @@ pub(crate) struct EmbedRequest {
     /// Matryoshka: keep the first N dimensions (re-normalised when normalising).
     #[serde(default)]
     pub(crate) dimensions: Option<usize>,
+    /// Extension: `interactive` or `bulk` (default: by size, see `embed_core::Priority`).
+    #[serde(default)]
+    pub(crate) priority: Option<embed_core::Priority>,
 }
 
 /// `POST /similarity`: TEI's body, the Hugging Face Inference API's sentence-similarity task.
