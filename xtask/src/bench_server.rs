@@ -167,7 +167,7 @@ fn read_raw_vectors(path: &std::path::Path, dim: usize) -> Result<Vec<Vec<f64>>>
 
 /// Reads the server's "listening on http://ADDR" line, then keeps reading (and passing on) what
 /// the server prints after it: a closed pipe would kill the server at its next line.
-fn server_url(server: &mut std::process::Child) -> Result<String> {
+pub(crate) fn server_url(server: &mut std::process::Child) -> Result<String> {
     let stdout = server.stdout.take().context("server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_decoder;
+mod bench_latency;
 mod bench_server;
 mod cluster_test;
 mod leak_check;
@@ -37,6 +38,9 @@ tasks:
   bench --server [--rounds N] [--clients N] [--per-request K]
                     the release server on the CPU, the MiniLM in f32 and in bf16 (prepacked),
                     alternating rounds over HTTP, beside the machine's bf16/f32 linear-layer ratio
+  bench --latency [--seconds S] [--queries N]
+                    single-text query latency beside 4 clients indexing 256 texts per request, over
+                    HTTP: priorities on and off, one model and two (bulk on one, queries on the other)
   cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]
              [--negative-control]
                     nginx in front of N (3) debug embed-server replicas on loopback, 16 clients, while
@@ -63,6 +67,7 @@ fn main() -> Result<()> {
         "cluster-test" => cluster_test::run(rest),
         "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
         "bench" if rest.iter().any(|a| a == "--server") => bench_server::run(rest),
+        "bench" if rest.iter().any(|a| a == "--latency") => bench_latency::run(rest),
         "bench" => bench::run(rest),
         "leak-check" => {
             if leak_check::run(&leak_check::Options::parse(rest)?)? {
