@@ -229,10 +229,10 @@ pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
     while run.step(model, &mut queue, cfg) {}
 }
 
-/// Launches batches and reads them back, keeping two in flight: the next batch is prepared,
-/// uploaded and queued on the device before the previous one's vectors are read back, so the
-/// GPU never waits for the CPU between batches. (On the CPU, "launching" computes and reading
-/// back only copies.)
+/// Launches batches and reads them back. On CUDA two are kept in flight: the next batch is
+/// prepared, uploaded and queued on the device before the previous one's vectors are read back,
+/// so the GPU never waits for the CPU between batches. On the CPU launching computes, and each
+/// batch is read back and answered at once.
 #[derive(Default)]
 struct Runner {
     pending: Option<(Vec<Item>, Launched, Instant)>,
@@ -254,13 +254,16 @@ impl Runner {
                 None => false,
             };
         };
-        let started = Instant::now();
-        let launched = {
-            // A CPU pass holds its share of the process's thread budget while it computes.
+        let (launched, started) = {
+            // A CPU pass holds its share of the process's thread budget while it computes (the
+            // wait for it is not part of the pass's measured time).
             let _permit = (!cfg.device.is_cuda()).then(|| gate::acquire(next.priority, cfg.threads));
-            catch_unwind(AssertUnwindSafe(|| launch(model, queue, &next.items, cfg)))
+            let started = Instant::now();
+            (catch_unwind(AssertUnwindSafe(|| launch(model, queue, &next.items, cfg))), started)
         };
         match launched {
+            // On the CPU the launch computed the batch: answer now, not after the next one.
+            Ok(l) if !cfg.device.is_cuda() => self.finish(model, queue, (next.items, l, started), cfg),
             Ok(l) => {
                 if let Some(p) = self.pending.replace((next.items, l, started)) {
                     self.finish(model, queue, p, cfg);
@@ -300,7 +303,10 @@ impl Runner {
         } else {
             max_tokens
         };
-        Limits { max_tokens, max_size: cfg.max_batch_size, bulk_tokens, window: (cfg.max_batch_size.max(1) * 32).max(1024) }
+        // The window of oldest inputs a batch is chosen from: wide enough to sort by length
+        // (little padding), narrow enough that requests of one priority finish about in
+        // arrival order instead of all together at the end.
+        Limits { max_tokens, max_size: cfg.max_batch_size, bulk_tokens, window: (cfg.max_batch_size.max(1) * 8).max(256) }
     }
 }
 
