@@ -1,5 +1,5 @@
 //! `cargo xtask test`: setup if needed, then every test of the workspace, the CPU leak check and
-//! its proof that a planted leak is caught, the deployment checks, a `--check` of the fixture
+//! its proof that a planted leak is caught, the leak check over a sharded checkpoint, the deployment checks, a `--check` of the fixture
 //! generators, and the cluster test (nginx in front of three replicas through a rolling restart)
 //! with its negative control (without nginx's retries the restarts must lose requests). This is
 //! what CI runs.
@@ -55,6 +55,34 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
         if !status.success() {
             bail!("{} --check failed; rerun with `.venv/bin/python {}`", script[0], script.join(" "));
         }
+    }
+
+    // The leak check over a sharded checkpoint (issue 30): the MiniLM split into three
+    // safetensors shards with an index, churned by the core and pool layers; every shard's
+    // weights must be released after each cycle like a single file's.
+    let sharded = env.root.join("target/leak-check-sharded-minilm");
+    println!("test: the leak check with a 3-shard copy of the MiniLM ({})", sharded.display());
+    let status = Command::new(&bench_env.python)
+        .current_dir(&env.root)
+        .arg("bench/decoder_shape.py")
+        .arg("shard")
+        .arg(&env.model_dir)
+        .arg(&sharded)
+        .arg("3")
+        .status()?;
+    if !status.success() {
+        bail!("sharding the MiniLM for the leak check failed (bench/decoder_shape.py shard)");
+    }
+    let opts = leak_check::Options::parse(&[
+        "--cycles".into(),
+        "2".into(),
+        "--layers".into(),
+        "core,pool".into(),
+        "--model-dir".into(),
+        sharded.display().to_string(),
+    ])?;
+    if !leak_check::run(&opts)? {
+        bail!("the leak check found leaks with a sharded checkpoint; rerun with `cargo xtask leak-check --cycles 2 --layers core,pool --model-dir {}`", sharded.display());
     }
 
     println!("test: three replicas behind nginx through a rolling restart and a kill (cargo xtask cluster-test)");
