@@ -49,7 +49,11 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     // recomputed and compared with the committed files (about 25 s). The generators need the
     // pinned transformers / sentence-transformers of python/requirements-bench.txt.
     let bench_env = setup::run(&setup::Options { bench: true, models: Vec::new() })?;
-    for script in [&["python/make_fixtures.py", "--check", "--only", "bert"][..], &["python/make_reference.py", "--check"]] {
+    for script in [
+        &["python/make_fixtures.py", "--check", "--only", "bert"][..],
+        &["python/make_reference.py", "--check"],
+        &["python/make_st_saved_fixture.py", "--check"],
+    ] {
         println!("test: fixture provenance ({} {})", script[0], script[1..].join(" "));
         let status = Command::new(&bench_env.python).current_dir(&env.root).args(script).status()?;
         if !status.success() {
