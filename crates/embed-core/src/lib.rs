@@ -45,6 +45,7 @@ pub mod memory;
 pub mod profile;
 mod models;
 mod pooling;
+mod rerank;
 mod service;
 mod source;
 mod text;
@@ -55,6 +56,7 @@ pub use config::Pooling;
 pub use models::{supported_model_types, Family};
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
+pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,

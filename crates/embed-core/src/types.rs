@@ -74,6 +74,12 @@ pub struct ModelOptions {
     /// activations with int8 weights (a quarter of f32's weight memory, no faster than f32; on
     /// all-MiniLM-L6-v2 as close to f32 as oneDNN's int8, worst cosine 0.9992 against 0.9990).
     pub int8_kernel: Option<crate::Int8Kernel>,
+    /// Serve a decoder LLM (a `*ForCausalLM` checkpoint: Qwen3-Reranker) as a
+    /// [`ModelKind::Reranker`], scoring each (query, document) pair in this prompt by the logits
+    /// of its answer tokens at the last position. For a converted `*ForSequenceClassification`
+    /// decoder reranker (a reranker already) it replaces the default prompt
+    /// ([`LlmReranker::qwen3`](crate::LlmReranker::qwen3)); any other model refuses it.
+    pub llm_reranker: Option<crate::LlmReranker>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -105,6 +111,7 @@ impl Default for ModelOptions {
             cpu_prepack: None,
             int8_calibration: None,
             int8_kernel: None,
+            llm_reranker: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
