@@ -34,6 +34,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Besides embedders, models of the other retrieval kinds load ([`ModelKind`]): cross-encoders,
+//! classifiers and SPLADE encoders of the BERT line, and decoder LLM rerankers (Qwen3-Reranker:
+//! a `*ForCausalLM` served as a reranker by [`ModelOptions::llm_reranker`], or its converted
+//! `*ForSequenceClassification`, recognised from its config), which score each (query, document)
+//! pair in their prompt by the "yes" and "no" logits at the last position:
+//!
+//! ```no_run
+//! use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec};
+//!
+//! # async fn demo() -> embed_core::Result<()> {
+//! let options = ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() };
+//! let reranker = DenseEmbeddingService::from_spec(ModelSpec::new("Qwen/Qwen3-Reranker-0.6B").with_options(options)).await?;
+//! let docs = ["Paris is the capital of France.".to_string(), "Rust has no garbage collector.".to_string()];
+//! let ask = EmbedOptions { instruction: Some("Find the passage that answers the question".into()), ..Default::default() };
+//! let scores = reranker.rerank("What is the capital of France?", &docs, &ask).await?.scores();
+//! assert!(scores[0][0] > scores[1][0]);
+//! reranker.cleanup().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
