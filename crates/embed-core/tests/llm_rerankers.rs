@@ -195,6 +195,12 @@ async fn the_prompt_and_the_answer_tokens_are_settable() {
     let got = svc.rerank(query, &texts, &with(None)).await.unwrap().logits;
     assert!(worst_diff(&flat(&got), &flat(&explicit)) <= 1e-6, "default instruction {got:?} vs {explicit:?}");
     svc.cleanup().await.unwrap();
+    // The converted form takes the prompt option too (its own row, the same scores).
+    let custom = ModelOptions { llm_reranker: Some(LlmReranker::qwen3().with_default_instruction(other)), ..Default::default() };
+    let svc = load_with(SEQ_CLS, custom).await.unwrap();
+    let got = svc.rerank(query, &texts, &with(None)).await.unwrap().logits;
+    assert!(worst_diff(&flat(&got), &flat(&explicit)) <= 1e-4, "seq-cls, default instruction {got:?} vs {explicit:?}");
+    svc.cleanup().await.unwrap();
 
     // The answer tokens swapped: logit(no) - logit(yes), the reference's negated.
     let swapped = ModelOptions { llm_reranker: Some(LlmReranker::qwen3().with_answer_tokens("no", "yes")), ..Default::default() };
