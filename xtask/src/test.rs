@@ -45,15 +45,18 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
         bail!("deploy/check.py failed; rerun with `.venv/bin/python deploy/check.py`");
     }
 
-    // Fixture provenance: one random family's generator and the real MiniLM's reference, each
-    // recomputed and compared with the committed files (about 25 s). The generators need the
-    // pinned transformers / sentence-transformers of python/requirements-bench.txt.
+    // Fixture provenance: one random family's generator, the decoder rerankers' (transformers'
+    // Qwen3-Reranker scoring, about 15 s) and the real MiniLM's reference, each recomputed and
+    // compared with the committed files (about 40 s). The generators need the pinned
+    // transformers / sentence-transformers of python/requirements-bench.txt.
     let bench_env = setup::run(&setup::Options { bench: true, models: Vec::new() })?;
-    for script in [
+    let scripts = [
         &["python/make_fixtures.py", "--check", "--only", "bert"][..],
+        &["python/make_reranker_fixtures.py", "--check"],
         &["python/make_reference.py", "--check"],
         &["python/make_st_saved_fixture.py", "--check"],
-    ] {
+    ];
+    for script in scripts {
         println!("test: fixture provenance ({} {})", script[0], script[1..].join(" "));
         let status = Command::new(&bench_env.python).current_dir(&env.root).args(script).status()?;
         if !status.success() {

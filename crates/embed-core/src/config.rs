@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::models::{ArchConfig, Family};
+use crate::rerank::LlmReranker;
 use crate::{Error, ModelKind, Result};
 
 /// How token vectors become one sentence vector.
@@ -90,6 +91,22 @@ pub(crate) struct ModelDir {
     pub(crate) weights: PathBuf,
     /// Path of `tokenizer.json`.
     pub(crate) tokenizer: PathBuf,
+    /// Decoder rerankers: the prompt each (query, document) pair is put into.
+    pub(crate) llm_reranker: Option<LlmReranker>,
+    /// Decoder rerankers: where the score comes from.
+    pub(crate) decoder_score: Option<DecoderScore>,
+    /// [`DecoderScore::Answers`]: the ids of the no and yes tokens, from the tokenizer.
+    pub(crate) answer_ids: Option<[i64; 2]>,
+}
+
+/// Where a decoder reranker's score comes from, at the last position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DecoderScore {
+    /// A causal LM (Qwen3-Reranker as published): `logit(yes) - logit(no)`, from the two rows of
+    /// the LM head (or of the tied word embeddings) for the answer tokens.
+    Answers,
+    /// A converted `*ForSequenceClassification`: its one-row `score.weight` (yes row - no row).
+    ScoreRow,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -201,6 +218,12 @@ impl ModelDir {
         }
 
         let (kind, labels) = kind_and_labels(&cfg, &config_path, &arch, splade, has_modules)?;
+        // A decoder with a one-label classification head is a converted LLM reranker
+        // (Qwen3-Reranker-*-seq-cls): Qwen3-Reranker's prompt unless the options give another.
+        let (llm_reranker, decoder_score) = match (kind, arch.family) {
+            (ModelKind::Reranker, Family::Decoder) => (Some(LlmReranker::qwen3()), Some(DecoderScore::ScoreRow)),
+            _ => (None, None),
+        };
 
         let st_config = read_optional_json(&dir.join("sentence_bert_config.json"))?;
         let st_max = st_config.as_ref().and_then(|v| v.get("max_seq_length").and_then(Value::as_u64)).map(|n| n as usize);
@@ -246,13 +269,42 @@ impl ModelDir {
             default_prompt_name,
             weights,
             tokenizer,
+            llm_reranker,
+            decoder_score,
+            answer_ids: None,
         })
+    }
+
+    /// Applies [`ModelOptions::llm_reranker`](crate::ModelOptions::llm_reranker): a decoder
+    /// causal LM becomes a reranker scored by the answer tokens' logits; a converted decoder
+    /// reranker takes the prompt. Any other model refuses it.
+    pub(crate) fn serve_as_reranker(&mut self, r: &LlmReranker) -> Result<()> {
+        let refuse = |what: String| Error::InvalidOption { name: "llm_reranker", reason: format!("{} is {what}", self.dir.display()) };
+        if self.arch.family != Family::Decoder {
+            return Err(refuse(format!(
+                "a {} model ({} family): LLM rerankers are decoder LLMs (qwen3, qwen2, mistral, llama)",
+                self.model_type, self.arch.family
+            )));
+        }
+        match (self.kind, self.decoder_score) {
+            (ModelKind::Reranker, Some(DecoderScore::ScoreRow)) => {}
+            (ModelKind::Embedding, None) => {
+                self.kind = ModelKind::Reranker;
+                self.decoder_score = Some(DecoderScore::Answers);
+                self.labels = vec![r.yes_token.clone()];
+            }
+            (kind, _) => return Err(refuse(format!("a {kind} model, which cannot be served as an LLM reranker"))),
+        }
+        r.body_parts()?;
+        self.llm_reranker = Some(r.clone());
+        Ok(())
     }
 }
 
 /// What the checkpoint computes: a `*ForSequenceClassification` head makes a reranker (one
 /// label) or a classifier, a SPLADE pooling module (or a bare `*ForMaskedLM` checkpoint) a
-/// sparse encoder; anything else is a sentence embedder. Heads exist for the BERT line only.
+/// sparse encoder; anything else is a sentence embedder. Heads exist for the BERT line, and for
+/// decoders a one-label classification head (a converted LLM reranker).
 fn kind_and_labels(cfg: &Value, path: &Path, arch: &ArchConfig, splade: bool, has_modules: bool) -> Result<(ModelKind, Vec<String>)> {
     let class = cfg.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
     let (kind, labels) = if class.ends_with("ForSequenceClassification") {
@@ -263,10 +315,14 @@ fn kind_and_labels(cfg: &Value, path: &Path, arch: &ArchConfig, splade: bool, ha
     } else {
         (ModelKind::Embedding, Vec::new())
     };
-    if kind != ModelKind::Embedding && arch.family != Family::Bert {
+    let decoder_reranker = kind == ModelKind::Reranker && arch.family == Family::Decoder;
+    if kind != ModelKind::Embedding && arch.family != Family::Bert && !decoder_reranker {
         return Err(Error::config(
             path,
-            format!("{kind} models ({class}) are supported for BERT, RoBERTa, XLM-RoBERTa and CamemBERT, not {}", arch.model_type),
+            format!(
+                "{kind} models ({class}) are supported for BERT, RoBERTa, XLM-RoBERTa and CamemBERT (and one-label decoder rerankers), not {}",
+                arch.model_type
+            ),
         ));
     }
     Ok((kind, labels))

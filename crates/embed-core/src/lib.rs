@@ -34,6 +34,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Besides embedders, models of the other retrieval kinds load ([`ModelKind`]): cross-encoders,
+//! classifiers and SPLADE encoders of the BERT line, and decoder LLM rerankers (Qwen3-Reranker:
+//! a `*ForCausalLM` served as a reranker by [`ModelOptions::llm_reranker`], or its converted
+//! `*ForSequenceClassification`, recognised from its config), which score each (query, document)
+//! pair in their prompt by the "yes" and "no" logits at the last position:
+//!
+//! ```no_run
+//! use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec};
+//!
+//! # async fn demo() -> embed_core::Result<()> {
+//! let options = ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() };
+//! let reranker = DenseEmbeddingService::from_spec(ModelSpec::new("Qwen/Qwen3-Reranker-0.6B").with_options(options)).await?;
+//! let docs = ["Paris is the capital of France.".to_string(), "Rust has no garbage collector.".to_string()];
+//! let ask = EmbedOptions { instruction: Some("Find the passage that answers the question".into()), ..Default::default() };
+//! let scores = reranker.rerank("What is the capital of France?", &docs, &ask).await?.scores();
+//! assert!(scores[0][0] > scores[1][0]);
+//! reranker.cleanup().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
@@ -45,6 +65,7 @@ pub mod memory;
 pub mod profile;
 mod models;
 mod pooling;
+mod rerank;
 mod service;
 mod source;
 mod text;
@@ -55,6 +76,7 @@ pub use config::Pooling;
 pub use models::{supported_model_types, Family};
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
+pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use worker::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{

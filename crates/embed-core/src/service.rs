@@ -40,14 +40,19 @@ pub trait EmbeddingService: Send + Sync {
 
     /// Runs a sequence-classification model ([`ModelKind::Reranker`] or
     /// [`ModelKind::Classifier`]) on texts or text pairs: raw logits per label, in input
-    /// order. Only `options.truncate` applies (no prompts).
+    /// order. Only `options.truncate` and, for an LLM reranker (pairs only), `options.instruction`
+    /// apply; a cross-encoder refuses an instruction ([`Error::InvalidOption`]).
     async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
         let _ = (inputs, options);
         Err(unsupported("classify"))
     }
 
-    /// Scores each of `texts` against `query` with a cross-encoder ([`ModelKind::Reranker`]):
-    /// one logit per text, in input order ([`Classified::scores`] gives the sigmoid).
+    /// Scores each of `texts` against `query` with a cross-encoder or an LLM reranker
+    /// ([`ModelKind::Reranker`]): one logit per text, in input order ([`Classified::scores`]
+    /// gives the sigmoid). An LLM reranker (Qwen3-Reranker) puts each pair into its prompt with
+    /// `options.instruction` (its default instruction when `None`) and scores it alone (positions
+    /// from 0, whatever shares its batch); its logit is `logit(yes) - logit(no)`. A cross-encoder
+    /// has no instruction prompt and refuses one ([`Error::InvalidOption`] naming `instruction`).
     async fn rerank(&self, query: &str, texts: &[String], options: &EmbedOptions) -> Result<Classified> {
         let _ = (query, texts, options);
         Err(unsupported("rerank"))
@@ -529,8 +534,8 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
     if inputs.is_empty() {
         return Ok(Classified::default());
     }
-    let truncate = options.truncate;
-    let prepared = off_executor(running, inputs, move |text, inputs| text.prepare_inputs(inputs, truncate)).await?;
+    let (truncate, instruction) = (options.truncate, options.instruction.clone());
+    let prepared = off_executor(running, inputs, move |text, inputs| text.prepare_inputs(inputs, truncate, instruction.as_deref())).await?;
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
     let priority = options.priority.unwrap_or(default_priority);

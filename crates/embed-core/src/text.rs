@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-use crate::config::ModelDir;
+use crate::config::{DecoderScore, ModelDir};
+use crate::rerank::{self, LlmReranker, Part};
 use crate::types::{ClassifyInput, EmbedOptions, InputMode, ModelOptions};
 use crate::worker::Seq;
 use crate::{Error, Result};
@@ -28,6 +29,20 @@ pub(crate) struct TextPrep {
     pub(crate) max_seq_length: usize,
     /// Test hook: an input equal to this makes its forward pass panic.
     panic_on_text: Option<String>,
+    /// Decoder rerankers: the prompt pairs are put into.
+    llm_prompt: Option<LlmPrompt>,
+}
+
+/// A decoder reranker's prompt, tokenized once: the prefix and suffix ids (never truncated), the
+/// body's parts, and a tokenizer that cuts the body to what the limit leaves it.
+struct LlmPrompt {
+    prefix: Vec<i64>,
+    suffix: Vec<i64>,
+    body: Vec<Part>,
+    default_instruction: String,
+    body_tokenizer: Tokenizer,
+    /// `[no, yes]` token ids (causal-LM rerankers).
+    answer_ids: Option<[i64; 2]>,
 }
 
 /// One input, tokenized and truncated.
@@ -64,7 +79,12 @@ impl TextPrep {
         pair_tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_seq_length, strategy: TruncationStrategy::LongestFirst, ..Default::default() }))
             .map_err(tok_err)?;
+        let llm_prompt = match &dir.llm_reranker {
+            Some(r) => Some(llm_prompt(dir, r, &tokenizer, max_seq_length)?),
+            None => None,
+        };
         Ok(TextPrep {
+            llm_prompt,
             tokenizer,
             pair_tokenizer,
             tokenizer_path: dir.tokenizer.clone(),
@@ -78,6 +98,11 @@ impl TextPrep {
             max_seq_length,
             panic_on_text: options.fault_injection().panic_on_text,
         })
+    }
+
+    /// A causal-LM reranker's `[no, yes]` answer token ids.
+    pub(crate) fn answer_ids(&self) -> Option<[i64; 2]> {
+        self.llm_prompt.as_ref().and_then(|p| p.answer_ids)
     }
 
     /// The token string of `id` (empty when the vocabulary has none).
@@ -156,7 +181,19 @@ impl TextPrep {
     /// with the tokenizer's pair template. A pair over the limit is cut as sentence-transformers'
     /// CrossEncoder cuts it (`longest_first`): the longer text loses its end until both are
     /// equally long, then both lose tokens in turn; a short query keeps every token.
-    pub(crate) fn prepare_inputs(&self, inputs: &[ClassifyInput], truncate: bool) -> Result<Vec<Prepared>> {
+    ///
+    /// A decoder reranker puts each pair into its prompt instead (`instruction`, or the prompt's
+    /// default); other models refuse an instruction.
+    pub(crate) fn prepare_inputs(&self, inputs: &[ClassifyInput], truncate: bool, instruction: Option<&str>) -> Result<Vec<Prepared>> {
+        if let Some(prompt) = &self.llm_prompt {
+            return self.prepare_prompted(prompt, inputs, truncate, instruction);
+        }
+        if instruction.is_some() {
+            return Err(Error::InvalidOption {
+                name: "instruction",
+                reason: format!("model {} is a cross-encoder without an instruction prompt (only LLM rerankers such as Qwen3-Reranker take one)", self.model),
+            });
+        }
         let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
         let plain = EmbedOptions { truncate, instruction: Some(String::new()), ..Default::default() };
         let case = |t: &str| if self.lowercase { t.to_lowercase() } else { t.to_string() };
@@ -181,12 +218,80 @@ impl TextPrep {
             .collect()
     }
 
+    /// Pairs in a decoder reranker's prompt: `prefix + body + suffix`, the body (instruction,
+    /// query and document) cut at its end when the whole is over the limit, as the
+    /// Qwen3-Reranker model card does.
+    fn prepare_prompted(&self, prompt: &LlmPrompt, inputs: &[ClassifyInput], truncate: bool, instruction: Option<&str>) -> Result<Vec<Prepared>> {
+        let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
+        let instruction = instruction.unwrap_or(&prompt.default_instruction);
+        let fixed = prompt.prefix.len() + prompt.suffix.len();
+        inputs
+            .iter()
+            .enumerate()
+            .map(|(index, input)| {
+                let ClassifyInput::Pair(query, document) = input else {
+                    return Err(Error::InvalidOption {
+                        name: "inputs",
+                        reason: format!("model {} is an LLM reranker: it scores (query, document) pairs, not single texts (input {index})", self.model),
+                    });
+                };
+                let body = rerank::fill(&prompt.body, instruction, query, document);
+                let enc = prompt.body_tokenizer.encode(body.as_str(), true).map_err(tok_err)?;
+                let truncated = !enc.get_overflowing().is_empty();
+                if truncated && !truncate {
+                    let tokens = fixed + self.tokenizer.encode(body.as_str(), true).map_err(tok_err)?.get_ids().len();
+                    return Err(Error::InputTooLong { index, tokens, limit: self.max_seq_length });
+                }
+                let mut ids = Vec::with_capacity(fixed + enc.get_ids().len());
+                ids.extend_from_slice(&prompt.prefix);
+                ids.extend(enc.get_ids().iter().map(|&x| x as i64));
+                ids.extend_from_slice(&prompt.suffix);
+                let type_ids = vec![0; ids.len()];
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false }, truncated })
+            })
+            .collect()
+    }
+
     /// Token ids back to text, special tokens left out when `skip_special_tokens`.
     pub(crate) fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.tokenizer
             .decode(ids, skip_special_tokens)
             .map_err(|e| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() })
     }
+}
+
+/// Tokenizes `r`'s prefix and suffix (without special tokens, as the Qwen3-Reranker model card
+/// does), checks what room the limit leaves the body, and resolves the answer tokens of a
+/// causal-LM reranker.
+fn llm_prompt(dir: &ModelDir, r: &LlmReranker, tokenizer: &Tokenizer, max_seq_length: usize) -> Result<LlmPrompt> {
+    let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: dir.tokenizer.clone(), reason: e.to_string() };
+    let plain = |text: &str| -> Result<Vec<i64>> { Ok(to_i64(tokenizer.encode(text, false).map_err(tok_err)?.get_ids())) };
+    let (prefix, suffix) = (plain(&r.prefix)?, plain(&r.suffix)?);
+    let room = max_seq_length.checked_sub(prefix.len() + suffix.len()).filter(|&n| n >= 1).ok_or_else(|| Error::InvalidOption {
+        name: "max_seq_length",
+        reason: format!(
+            "{max_seq_length} tokens leave no room for a pair after the reranker prompt's {} prefix and {} suffix tokens",
+            prefix.len(),
+            suffix.len()
+        ),
+    })?;
+    let mut body_tokenizer = tokenizer.clone();
+    body_tokenizer
+        .with_truncation(Some(TruncationParams { max_length: room, strategy: TruncationStrategy::LongestFirst, ..Default::default() }))
+        .map_err(tok_err)?;
+    let answer_ids = match dir.decoder_score {
+        Some(DecoderScore::Answers) => {
+            let id = |token: &str| {
+                tokenizer.token_to_id(token).map(i64::from).ok_or_else(|| Error::Tokenizer {
+                    path: dir.tokenizer.clone(),
+                    reason: format!("the reranker's answer token {token:?} is not a single token of the vocabulary"),
+                })
+            };
+            Some([id(&r.no_token)?, id(&r.yes_token)?])
+        }
+        _ => None,
+    };
+    Ok(LlmPrompt { prefix, suffix, body: r.body_parts()?, default_instruction: r.default_instruction.clone(), body_tokenizer, answer_ids })
 }
 
 pub(crate) fn to_i64(v: &[u32]) -> Vec<i64> {

@@ -83,6 +83,12 @@ pub struct ModelOptions {
     /// measured speed: a query waits for at most one such batch. `None`: 30 ms on the CPU, 100
     /// ms on CUDA. Without interactive traffic bulk batches use the full token budget.
     pub bulk_batch_ms: Option<u64>,
+    /// Serve a decoder LLM (a `*ForCausalLM` checkpoint: Qwen3-Reranker) as a
+    /// [`ModelKind::Reranker`], scoring each (query, document) pair in this prompt by the logits
+    /// of its answer tokens at the last position. For a converted `*ForSequenceClassification`
+    /// decoder reranker (a reranker already) it replaces the default prompt
+    /// ([`LlmReranker::qwen3`](crate::LlmReranker::qwen3)); any other model refuses it.
+    pub llm_reranker: Option<crate::LlmReranker>,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -116,6 +122,7 @@ impl Default for ModelOptions {
             int8_kernel: None,
             priorities: None,
             bulk_batch_ms: None,
+            llm_reranker: None,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }

@@ -253,3 +253,54 @@ async fn bert_large_shaped_offloads_and_restores_20_times_exactly() {
     );
     assert!(ratio <= 0.25, "a restore takes {ratio:.3} of a cold load (goal: at most 0.25)");
 }
+
+/// The decoder-reranker fixtures (a causal Qwen3-Reranker served by `llm_reranker`, and its
+/// seq-cls conversion) on CUDA in f32 and bf16 against CPU f32 logits, the allocator's bytes back
+/// to the baseline exactly after each.
+#[tokio::test]
+#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-core --test cuda -- --ignored"]
+async fn llm_rerankers_on_cuda_match_cpu_and_release_exactly() {
+    require_cuda();
+    let path = embed_testkit::fixture_dir("qwen3-reranker").join("reference.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let pairs: Vec<embed_core::ClassifyInput> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["instruction"].is_null())
+        .map(|i| embed_core::ClassifyInput::Pair(i["query"].as_str().unwrap().into(), i["text"].as_str().unwrap().into()))
+        .collect();
+    assert!(pairs.len() >= 40, "{} pairs", pairs.len());
+    for name in ["qwen3-reranker", "qwen3-reranker-seq-cls"] {
+        let dir = embed_testkit::fixture_dir(name);
+        let llm_reranker = (name == "qwen3-reranker").then(embed_core::LlmReranker::qwen3);
+        let spec = |device, dtype| {
+            let options = ModelOptions { device, dtype: Some(dtype), llm_reranker: llm_reranker.clone(), ..Default::default() };
+            ModelSpec::new(dir.to_string_lossy()).with_options(options)
+        };
+        let logits = |c: embed_core::Classified| c.logits.into_iter().map(|r| r[0]).collect::<Vec<f32>>();
+        let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
+        let expected = logits(cpu.classify(&pairs, &EmbedOptions::default()).await.unwrap());
+        cpu.cleanup().await.unwrap();
+        // Warm-up (CUDA context, cuBLAS handles and workspaces) in both dtypes, then the baseline.
+        for dtype in [DType::F32, DType::Bf16] {
+            let warm = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
+            warm.classify(&pairs, &EmbedOptions::default()).await.unwrap();
+            warm.cleanup().await.unwrap();
+        }
+        let base = cuda_memory(0).unwrap();
+        // CPU bf16 is within 1.4e-2 of CPU f32 on these logits (tests/llm_rerankers.rs).
+        for (dtype, max) in [(DType::F32, 1e-3f32), (DType::Bf16, 0.05)] {
+            let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
+            let got = logits(svc.classify(&pairs, &EmbedOptions::default()).await.unwrap());
+            assert_eq!(got.len(), expected.len(), "{name} {dtype}");
+            let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, |w, d| if d.is_nan() || w.is_nan() { f32::NAN } else { w.max(d) });
+            assert!(worst <= max, "{name} {dtype}: worst logit difference to CPU f32 {worst} (allowed {max})");
+            svc.cleanup().await.unwrap();
+            let after = cuda_memory(0).unwrap();
+            assert_eq!(after.allocated, base.allocated, "{name} {dtype}: allocated bytes back to the baseline exactly");
+            eprintln!("{name:>24} {dtype}: worst logit difference vs CPU f32 {worst:.2e}");
+        }
+    }
+    assert_eq!(live_models(), 0);
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use embed_core::{DType, DeviceSpec, ModelOptions, ModelSpec};
+use embed_core::{DType, DeviceSpec, LlmReranker, ModelOptions, ModelSpec};
 use embed_pool::{HostBudget, ModelRegistry, ModelSettings, PoolConfig, Pressure, WarmMode, WarmTier};
 use embed_server::{Limits, ServerConfig, Timeouts};
 use serde::Deserialize;
@@ -30,6 +30,10 @@ pub(crate) struct Args {
     /// EMBED_MODELS.
     #[arg(long = "model", env = "EMBED_MODELS", value_delimiter = ',')]
     models: Vec<String>,
+    /// A decoder LLM served as a reranker with Qwen3-Reranker's prompt, as NAME=SOURCE (e.g.
+    /// rerank=Qwen/Qwen3-Reranker-0.6B); repeatable. In --config: `kind = "reranker"`.
+    #[arg(long = "reranker", env = "EMBED_RERANKERS", value_delimiter = ',')]
+    rerankers: Vec<String>,
     /// Model used when a request names none (default: the first model).
     #[arg(long, env = "EMBED_DEFAULT_MODEL")]
     default_model: Option<String>,
@@ -179,6 +183,44 @@ struct FileModel {
     int8_kernel: Option<String>,
     ttl: Option<u64>,
     pinned: Option<bool>,
+    /// "reranker": serve a decoder LLM (Qwen3-Reranker) as a reranker; "auto" (the default):
+    /// what the checkpoint is (cross-encoders and converted LLM rerankers are recognised).
+    kind: Option<String>,
+    /// With `kind = "reranker"`: another LLM reranker's prompt and answer tokens, each field
+    /// defaulting to Qwen3-Reranker's (see `embed_core::LlmReranker`).
+    llm_reranker: Option<FileLlmReranker>,
+}
+
+/// `[models.NAME.llm_reranker]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLlmReranker {
+    prefix: Option<String>,
+    body: Option<String>,
+    suffix: Option<String>,
+    default_instruction: Option<String>,
+    yes_token: Option<String>,
+    no_token: Option<String>,
+}
+
+impl FileLlmReranker {
+    fn over_qwen3(self) -> LlmReranker {
+        let q = LlmReranker::qwen3();
+        LlmReranker::qwen3()
+            .with_prompt(self.prefix.unwrap_or(q.prefix), self.body.unwrap_or(q.body), self.suffix.unwrap_or(q.suffix))
+            .with_default_instruction(self.default_instruction.unwrap_or(q.default_instruction))
+            .with_answer_tokens(self.yes_token.unwrap_or(q.yes_token), self.no_token.unwrap_or(q.no_token))
+    }
+}
+
+/// A model's `kind` and `llm_reranker` entries as `ModelOptions::llm_reranker`.
+fn llm_reranker(name: &str, kind: Option<&str>, prompt: Option<FileLlmReranker>) -> Result<Option<LlmReranker>> {
+    match (kind.map(str::trim), prompt) {
+        (Some("reranker"), prompt) => Ok(Some(prompt.map_or_else(LlmReranker::qwen3, FileLlmReranker::over_qwen3))),
+        (None | Some("auto"), None) => Ok(None),
+        (None | Some("auto"), Some(_)) => bail!("model {name}: [models.{name}.llm_reranker] needs kind = \"reranker\""),
+        (Some(other), _) => bail!("model {name}: kind {other:?}: expected \"reranker\" (a decoder LLM served as a reranker) or \"auto\""),
+    }
 }
 
 /// A `--dtype` / `dtype =` value: `auto` (or nothing) leaves the choice to the model's family
@@ -283,6 +325,7 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         o.query_prefix = m.query_prefix;
         o.document_prefix = m.document_prefix;
         o.int8_kernel = m.int8_kernel.map(|k| k.parse()).transpose()?;
+        o.llm_reranker = llm_reranker(&name, m.kind.as_deref(), m.llm_reranker)?;
         if let Some(path) = m.int8_calibration {
             let text = std::fs::read_to_string(&path).with_context(|| format!("model {name}: reading int8_calibration {}", path.display()))?;
             o.int8_calibration = Some(text.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect());
@@ -300,9 +343,11 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         registry.insert(name.clone(), ModelSpec::new(source).named(name.clone()).with_options(o), settings);
         order.push(name);
     }
-    for entry in &args.models {
-        let (name, source) = entry.split_once('=').with_context(|| format!("--model {entry:?}: expected NAME=SOURCE"))?;
-        registry.insert(name, ModelSpec::new(source).named(name).with_options(base.clone()), ModelSettings::default());
+    let flagged = args.models.iter().map(|e| ("--model", e, None)).chain(args.rerankers.iter().map(|e| ("--reranker", e, Some(LlmReranker::qwen3()))));
+    for (flag, entry, llm_reranker) in flagged {
+        let (name, source) = entry.split_once('=').with_context(|| format!("{flag} {entry:?}: expected NAME=SOURCE"))?;
+        let options = ModelOptions { llm_reranker, ..base.clone() };
+        registry.insert(name, ModelSpec::new(source).named(name).with_options(options), ModelSettings::default());
         order.push(name.to_string());
     }
     if registry.is_empty() {
@@ -474,6 +519,38 @@ pinned = true
         assert_eq!(build(args).unwrap().1.get("minilm").unwrap().spec.options.dtype, Some(embed_core::DType::Int8));
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--dtype", "f8"]);
         assert!(build(args).is_err(), "an unknown precision is refused");
+
+        // LLM rerankers: kind = "reranker" (Qwen3-Reranker's prompt), a prompt of another, the
+        // --reranker flag; a prompt without the kind and an unknown kind are refused.
+        std::fs::write(
+            &path,
+            r#"
+[models.qwen]
+source = "Qwen/Qwen3-Reranker-0.6B"
+kind = "reranker"
+
+[models.other]
+source = "/models/other-llm-reranker"
+kind = "reranker"
+[models.other.llm_reranker]
+default_instruction = "Find the answer"
+yes_token = "Yes"
+no_token = "No"
+"#,
+        )
+        .unwrap();
+        let (_, registry, _, _) = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--reranker", "flag=/models/r"])).unwrap();
+        assert_eq!(registry.get("qwen").unwrap().spec.options.llm_reranker, Some(embed_core::LlmReranker::qwen3()));
+        let other = registry.get("other").unwrap().spec.options.llm_reranker.clone().unwrap();
+        assert_eq!((other.default_instruction.as_str(), other.yes_token.as_str(), other.no_token.as_str()), ("Find the answer", "Yes", "No"));
+        assert_eq!(other.prefix, embed_core::LlmReranker::qwen3().prefix, "unset fields are Qwen3-Reranker's");
+        assert_eq!(registry.get("flag").unwrap().spec.options.llm_reranker, Some(embed_core::LlmReranker::qwen3()));
+        std::fs::write(&path, "[models.a]\nsource = \"/m\"\n[models.a.llm_reranker]\nyes_token = \"y\"\n").unwrap();
+        let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("kind = \"reranker\""), "{err:#}");
+        std::fs::write(&path, "[models.a]\nsource = \"/m\"\nkind = \"sparse\"\n").unwrap();
+        let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("\"sparse\""), "{err:#}");
 
         std::fs::write(&path, "bogus_key = 1\n").unwrap();
         let err = build(Args::parse_from(["embed-server", "--config", path.to_str().unwrap()])).unwrap_err();

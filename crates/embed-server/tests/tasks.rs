@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::Router;
 use common::inproc::send;
-use embed_core::ModelSpec;
+use embed_core::{LlmReranker, ModelOptions, ModelSpec};
 use embed_pool::{ModelRegistry, Pool, PoolConfig};
 use embed_server::{router, AppState, ServerConfig};
 use embed_testkit::{fixture_dir, fixture_reference, task_reference, workspace_root};
@@ -24,8 +24,9 @@ fn app(default_model: &str) -> Router {
         .with("bert", spec("bert"))
         .with("reranker", spec("bert-reranker"))
         .with("classifier", spec("bert-classifier"))
-        .with("splade", spec("bert-splade"));
-    router(AppState::new(Pool::new(PoolConfig::default().with_max_models(4), registry), ServerConfig::new(default_model)))
+        .with("splade", spec("bert-splade"))
+        .with("llm-reranker", spec("qwen3-reranker").with_options(ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() }));
+    router(AppState::new(Pool::new(PoolConfig::default().with_max_models(5), registry), ServerConfig::new(default_model)))
 }
 
 async fn post(app: &Router, path: &str, body: Value) -> (StatusCode, Value) {
@@ -117,6 +118,88 @@ async fn each_route_refuses_the_wrong_kind_and_bad_bodies() {
     // Unknown models are 404 on every route.
     let (status, _) = post(&app, "/rerank", json!({"model": "nope", "query": "q", "texts": ["a"]})).await;
     assert_eq!(status, 404);
+}
+
+/// The decoder-reranker fixture's reference items under `instruction` (`None`: the default)
+/// for its first query with that instruction: (query, [(document, score)]).
+fn llm_group(instruction: Option<&str>) -> (String, Vec<(String, f32)>) {
+    let path = fixture_dir("qwen3-reranker").join("reference.json");
+    let v: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let items: Vec<&Value> = v["items"].as_array().unwrap().iter().filter(|i| i["instruction"].as_str() == instruction).collect();
+    let query = items[0]["query"].as_str().unwrap().to_string();
+    let group = items
+        .iter()
+        .filter(|i| i["query"] == query.as_str())
+        .map(|i| (i["text"].as_str().unwrap().to_string(), i["score"].as_f64().unwrap() as f32))
+        .collect();
+    (query, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_rerankers_take_an_instruction_on_every_rerank_route() {
+    let app = app("bert");
+    let instruction = "Given a package name, find the package description that matches it";
+    for which in [None, Some(instruction)] {
+        let (query, group) = llm_group(which);
+        assert!(group.len() >= 3, "{group:?}");
+        let texts: Vec<&str> = group.iter().map(|g| g.0.as_str()).collect();
+        let mut body = json!({"model": "llm-reranker", "query": query, "texts": texts});
+        if let Some(i) = which {
+            body["instruction"] = json!(i);
+        }
+        let (status, v) = post(&app, "/rerank", body).await;
+        assert_eq!(status, 200, "{v}");
+        let ranks = v.as_array().unwrap();
+        assert_eq!(ranks.len(), group.len());
+        for w in ranks.windows(2) {
+            assert!(w[0]["score"].as_f64() >= w[1]["score"].as_f64(), "best first: {v}");
+        }
+        for r in ranks {
+            let expected = group[r["index"].as_u64().unwrap() as usize].1;
+            assert!((r["score"].as_f64().unwrap() as f32 - expected).abs() < 1e-4, "{which:?}: {r} vs the model card's {expected}");
+        }
+        for path in ["/v1/rerank", "/v2/rerank"] {
+            let mut body = json!({"model": "llm-reranker", "query": query, "documents": texts});
+            if let Some(i) = which {
+                body["instruction"] = json!(i);
+            }
+            let (status, v) = post(&app, path, body).await;
+            assert_eq!(status, 200, "{path}: {v}");
+            let results = v["results"].as_array().unwrap();
+            assert_eq!(results.len(), group.len(), "{path}");
+            for r in results {
+                let expected = group[r["index"].as_u64().unwrap() as usize].1;
+                assert!((r["relevance_score"].as_f64().unwrap() as f32 - expected).abs() < 1e-4, "{path} {which:?}: {r} vs {expected}");
+            }
+        }
+    }
+    // The instruction is not ignored: another one gives other scores for the same pairs.
+    let (query, group) = llm_group(Some(instruction));
+    let texts: Vec<&str> = group.iter().map(|g| g.0.as_str()).collect();
+    let (_, with) = post(&app, "/rerank", json!({"model": "llm-reranker", "query": query, "texts": texts, "instruction": instruction})).await;
+    let (_, without) = post(&app, "/rerank", json!({"model": "llm-reranker", "query": query, "texts": texts})).await;
+    let score_of = |v: &Value, k: u64| v.as_array().unwrap().iter().find(|r| r["index"] == k).unwrap()["score"].as_f64().unwrap();
+    assert!((0..texts.len() as u64).any(|k| (score_of(&with, k) - score_of(&without, k)).abs() > 1e-3), "{with} vs {without}");
+
+    // A cross-encoder has no instruction prompt: refused naming the field, in each route's shape
+    // (a bad value: 422 on TEI's route, 400 on the OpenAI-shaped ones).
+    let (status, v) = post(&app, "/rerank", json!({"model": "reranker", "query": "q", "texts": ["a"], "instruction": "x"})).await;
+    assert_eq!(status, 422, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("instruction"), "{v}");
+    assert_eq!(v["error_type"], "Validation", "{v}");
+    for path in ["/v1/rerank", "/v2/rerank"] {
+        let (status, v) = post(&app, path, json!({"model": "reranker", "query": "q", "documents": ["a"], "instruction": "x"})).await;
+        assert_eq!((status, v["error"]["param"].as_str()), (StatusCode::BAD_REQUEST, Some("instruction")), "{path}: {v}");
+    }
+    // An embedder is still the wrong kind, with or without an instruction.
+    for path in ["/v1/rerank", "/v2/rerank"] {
+        let (status, v) = post(&app, path, json!({"model": "bert", "query": "q", "documents": ["a"], "instruction": "x"})).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("wrong_model_kind")), "{path}: {v}");
+    }
+    // The LLM reranker embeds nothing: wrong kind on /embed.
+    let (status, v) = post(&app, "/embed", json!({"model": "llm-reranker", "inputs": "x"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("reranker"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,6 +255,22 @@ impl<'a> Weights<'a> {
 
     /// Takes tensor `name`, checks its shape, moves it to the device in the model's dtype.
     pub(crate) fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let (t, _, _) = self.read_checked(name, shape)?;
+        Ok(self.place(&t))
+    }
+
+    /// Takes only `rows` of the 2-D tensor `name` (of `shape`), in that order: a few rows of a
+    /// vocabulary-sized LM head without ever placing the whole of it on the device.
+    pub(crate) fn take_rows(&mut self, name: &str, shape: &[i64], rows: &[i64]) -> Result<Tensor> {
+        let (t, full, file) = self.read_checked(name, shape)?;
+        if let Some(bad) = rows.iter().find(|&&r| !(0..shape[0]).contains(&r)) {
+            return Err(Error::WeightsMismatch { path: file, reason: format!("row {bad} asked of tensor {full:?}, which has {} rows", shape[0]) });
+        }
+        Ok(self.place(&t.index_select(0, &Tensor::from_slice(rows))))
+    }
+
+    /// Tensor `name` as stored, its full name and its file; checked to have `shape` and a float dtype.
+    fn read_checked(&mut self, name: &str, shape: &[i64]) -> Result<(Tensor, String, PathBuf)> {
         let full = format!("{}{name}", self.prefix);
         let (t, file) = self.ck.read(&full).ok_or_else(|| self.mismatch(format!("tensor {full:?} is missing")))??;
         if t.size() != shape {
@@ -266,9 +282,14 @@ impl<'a> Weights<'a> {
         if !t.is_floating_point() {
             return Err(Error::WeightsMismatch { path: file, reason: format!("tensor {full:?} has non-float dtype {:?}", t.kind()) });
         }
+        Ok((t, full, file))
+    }
+
+    /// `t` on the device in the model's dtype, its bytes counted.
+    fn place(&mut self, t: &Tensor) -> Tensor {
         let t = t.to_device(self.device).to_kind(self.kind).contiguous();
         self.bytes += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
-        Ok(t)
+        t
     }
 
     /// A linear layer `prefix.weight` `[out, inp]` with `prefix.bias` when `bias`.

@@ -4,8 +4,6 @@
 //! final norm. Pooled by their last token (the EOS their tokenizer appends). Configs with
 //! `is_causal: false` (bidirectional embedders) attend both ways.
 
-use std::path::Path;
-
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
@@ -33,6 +31,8 @@ pub(crate) struct Config {
     /// `is_causal: false` (bidirectional embedders such as gte-Qwen2-7B-instruct): every token
     /// sees every other real token.
     causal: bool,
+    /// The LM head is the word embeddings (read only when the model is a causal-LM reranker).
+    pub(crate) tie_word_embeddings: bool,
 }
 
 impl Config {
@@ -72,6 +72,8 @@ impl Config {
             activation: f.activation("hidden_act", "silu")?,
             sliding_window,
             causal: f.bool_or("is_causal", true)?,
+            // Qwen2/Qwen3/Mistral/Llama configs default to an untied head.
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
         };
         if !c.causal && c.sliding_window.is_some() {
             return Err(f.error("a bidirectional (is_causal false) model with a sliding window is not supported"));
@@ -108,8 +110,13 @@ pub(crate) struct Decoder {
 }
 
 impl Decoder {
-    pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(Self, u64)> {
-        let mut w = Weights::read(path, "embed_tokens.weight", device, kind)?;
+    /// The tensors every decoder checkpoint has under its prefix (`model.` in a
+    /// `*ForCausalLM` or `*ForSequenceClassification` one).
+    pub(crate) const ANCHOR: &'static str = "embed_tokens.weight";
+
+    /// Reads the decoder from `w` (opened at [`Decoder::ANCHOR`]); a head beside it (LM head,
+    /// score) is left in `w` for the caller.
+    pub(crate) fn load(w: &mut Weights<'_>, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<Self> {
         let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
         let (heads, kv_heads, head_dim) = (a.num_attention_heads as i64, c.kv_heads as i64, c.head_dim as i64);
         let word = w.take("embed_tokens.weight", &[a.vocab_size as i64, h])?;
@@ -154,9 +161,13 @@ impl Decoder {
             sliding_window: c.sliding_window,
             causal: c.causal,
         };
-        Ok((model, w.bytes))
+        Ok(model)
     }
 
+    /// The word embeddings (a tied LM head's rows).
+    pub(crate) fn word(&self) -> &Tensor {
+        &self.word
+    }
 }
 
 impl Encoder for Decoder {

@@ -1,11 +1,12 @@
 //! What runs after the encoder, by model kind: sentence-transformers pooling and Dense modules
 //! (embedders), a sequence-classification head on the first token (cross-encoders and
-//! classifiers), or the masked-LM head with SPLADE's pooling (sparse encoders).
+//! classifiers), the masked-LM head with SPLADE's pooling (sparse encoders), or a decoder
+//! reranker's score at the last token (two LM-head rows, or a converted classifier's row).
 
 use tch::{Device, Kind, Tensor};
 
 use super::bert;
-use crate::config::{DenseActivation, ModelDir, Pooling};
+use crate::config::{DecoderScore, DenseActivation, ModelDir, Pooling};
 use crate::layers::ffn::Activation;
 use crate::layers::{LayerNorm, Linear, Weights};
 use crate::pooling::pool;
@@ -19,6 +20,9 @@ pub(crate) enum Head {
     Classifier { pre: Linear, out: Linear },
     /// The masked-LM head on every token, `log(1 + relu(logits))`, max over the sequence.
     Splade { transform: Linear, act: Activation, norm: LayerNorm, decoder: Linear },
+    /// Decoder rerankers, at the last token only: `rows` is `[no; yes]` of the LM head
+    /// (`answers`: the output is `yes - no`) or a converted classifier's one score row.
+    LastToken { rows: Linear, answers: bool },
 }
 
 impl crate::layers::Tensors for Head {
@@ -28,6 +32,8 @@ impl crate::layers::Tensors for Head {
             Head::Classifier { pre, out: o } => out.extend([pre, o]),
             // The decoder's weight is the word embeddings (tied): not prepacked.
             Head::Splade { transform, .. } => out.push(transform),
+            // Two rows at most, run on one token per input: left in the model's float kind.
+            Head::LastToken { .. } => {}
         }
     }
 
@@ -43,6 +49,7 @@ impl crate::layers::Tensors for Head {
                 norm.tensors(out);
                 decoder.tensors(out);
             }
+            Head::LastToken { rows, .. } => rows.tensors(out),
         }
     }
 }
@@ -71,7 +78,12 @@ impl Head {
             ModelKind::Reranker | ModelKind::Classifier | ModelKind::Sparse => {
                 let (w, word) = encoder_file.ok_or_else(|| Error::config(&dir.dir, format!("{} heads are supported for the BERT line only", dir.kind)))?;
                 let before = w.bytes;
-                let head = if dir.kind == ModelKind::Sparse { splade(dir, w, word)? } else { classifier(dir, w)? };
+                let head = match (dir.kind, dir.decoder_score) {
+                    (ModelKind::Reranker, Some(score)) => last_token(dir, score, w, word)?,
+                    (_, Some(_)) => return Err(Error::config(&dir.dir, format!("decoder {} heads are not supported", dir.kind))),
+                    (ModelKind::Sparse, None) => splade(dir, w, word)?,
+                    (_, None) => classifier(dir, w)?,
+                };
                 Ok((head, w.bytes - before))
             }
         }
@@ -96,6 +108,47 @@ impl Head {
                     .collect();
                 Tensor::stack(&rows, 0)
             }
+            Head::LastToken { rows, answers } => {
+                // Right padding: input i's last token sits at lens[i] - 1. Only that position is
+                // projected, and only onto the rows the score needs.
+                let (b, _, width) = hidden.size3().expect("hidden is [b, len, hidden]");
+                let last: Vec<i64> = lens.iter().map(|&n| n - 1).collect();
+                let at = Tensor::from_slice(&last).to_device(hidden.device()).view([b, 1, 1]).expand([b, 1, width], false);
+                let x = hidden.gather(1, &at, false).squeeze_dim(1);
+                let logits = rows.forward(&x).to_kind(Kind::Float);
+                if *answers {
+                    (logits.select(1, 1) - logits.select(1, 0)).unsqueeze(1)
+                } else {
+                    logits
+                }
+            }
+        }
+    }
+}
+
+/// A decoder reranker's head: the answer tokens' rows of the LM head (the word embeddings when
+/// tied; only those rows are read), or a converted classifier's `score.weight`.
+fn last_token(dir: &ModelDir, score: DecoderScore, w: &mut Weights, word: &Tensor) -> Result<Head> {
+    let (h, vocab) = (dir.arch.hidden_size as i64, dir.arch.vocab_size as i64);
+    let crate::models::Details::Decoder(c) = &dir.arch.details else {
+        return Err(Error::config(&dir.dir, "LLM reranker heads are supported for decoder LLMs only"));
+    };
+    match score {
+        DecoderScore::Answers => {
+            let [no, yes] = dir.answer_ids.ok_or_else(|| Error::config(&dir.dir, "the reranker's answer tokens were not resolved"))?;
+            let rows = if c.tie_word_embeddings {
+                let picked = word.index_select(0, &Tensor::from_slice(&[no, yes]).to_device(word.device())).contiguous();
+                w.bytes += (picked.numel() * picked.kind().elt_size_in_bytes()) as u64;
+                picked
+            } else {
+                w.top(|w| w.take_rows("lm_head.weight", &[vocab, h], &[no, yes]))?
+            };
+            Ok(Head::LastToken { rows: Linear::new(rows, None), answers: true })
+        }
+        DecoderScore::ScoreRow => {
+            let labels = dir.labels.len() as i64;
+            let rows = w.top(|w| w.take("score.weight", &[labels, h]))?;
+            Ok(Head::LastToken { rows: Linear::new(rows, None), answers: false })
         }
     }
 }

@@ -393,7 +393,8 @@ impl Model {
     pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Model> {
         let (weights, cfg) = (dir.weights.as_path(), &dir.arch);
         // A BERT-line checkpoint may carry a task head beside the encoder (classifier, masked
-        // LM): its tensors are taken from the same read of the file.
+        // LM), a decoder one an LM head or a score row: its tensors are taken from the same read
+        // of the file.
         let mut encoder_file = None;
         let (encoder, mut weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
             Details::Bert(c) => {
@@ -425,7 +426,11 @@ impl Model {
                 (Box::new(m), bytes)
             }
             Details::Decoder(c) => {
-                let (m, bytes) = decoder::Decoder::load(weights, cfg, c, device, kind)?;
+                let mut w = Weights::read(weights, decoder::Decoder::ANCHOR, device, kind)?;
+                let m = decoder::Decoder::load(&mut w, cfg, c, device, kind)?;
+                let bytes = w.bytes;
+                // A reranker's LM head or score row is read from the same file.
+                encoder_file = Some((w, m.word().shallow_clone()));
                 (Box::new(m), bytes)
             }
             Details::Gemma3(c) => {

@@ -216,9 +216,13 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
         }
     }
     let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
-    let dir = ModelDir::read(&dir_path)?;
+    let mut dir = ModelDir::read(&dir_path)?;
+    if let Some(r) = &o.llm_reranker {
+        dir.serve_as_reranker(r)?;
+    }
     let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
+    dir.answer_ids = text.answer_ids();
     let mut model = Model::load(&dir, device.to_tch(), dtype.kind(device))?;
     // Tuned for a full batch under the CPU token budget.
     let rows = o.max_batch_tokens.unwrap_or(2_048) as i64;

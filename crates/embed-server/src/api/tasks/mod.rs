@@ -39,10 +39,11 @@ fn record(state: &AppState, lease: &Lease, inputs: usize, tokens: usize) {
     state.metrics.record_embedding(Lease::name(lease), instance, inputs, tokens, lease.batch_stats());
 }
 
-/// Scores `(query, text)` pairs with `model`'s cross-encoder; `None` texts are an empty list.
-async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String], truncate: bool) -> Result<Classified, ApiError> {
+/// Scores `(query, text)` pairs with `model`'s reranker (an LLM reranker with `instruction`);
+/// `None` texts are an empty list.
+async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String], truncate: bool, instruction: Option<String>) -> Result<Classified, ApiError> {
     let lease = state.lease(model).await?;
-    let options = EmbedOptions { truncate, ..Default::default() };
+    let options = EmbedOptions { truncate, instruction, ..Default::default() };
     let queued = state.metrics.queued(model);
     let out = lease.rerank(query, texts, &options).await?;
     drop(queued);
@@ -57,7 +58,7 @@ pub(crate) async fn rerank(State(state): State<AppState>, JsonBody(req): JsonBod
     check_count(req.texts.len(), &state, "texts")?;
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate_by_default);
-    let out = score_pairs(&state, &model, &req.query, &req.texts, truncate).await?;
+    let out = score_pairs(&state, &model, &req.query, &req.texts, truncate, req.instruction).await?;
     let scores = if req.raw_scores { out.logits.clone() } else { out.scores() };
     let mut ranks: Vec<Rank> = scores
         .into_iter()
@@ -82,7 +83,7 @@ pub(crate) async fn cohere_rerank(
         return Err(ApiError::invalid("top_n", "top_n must be at least 1").into());
     }
     let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
-    let out = score_pairs(&state, &model, &req.query, &texts, state.config.limits.truncate_by_default).await?;
+    let out = score_pairs(&state, &model, &req.query, &texts, state.config.limits.truncate_by_default, req.instruction).await?;
     let mut results: Vec<CohereResult> = out
         .scores()
         .into_iter()

@@ -29,6 +29,10 @@ pub(crate) struct RerankRequest {
     /// Extension: the model to use (default: the server's default model).
     #[serde(default)]
     pub(crate) model: Option<String>,
+    /// Extension: the instruction of an LLM reranker's prompt (Qwen3-Reranker; its default
+    /// when absent). A cross-encoder has none: refused (422) naming `instruction`.
+    #[serde(default)]
+    pub(crate) instruction: Option<String>,
 }
 
 /// One `/rerank` result; the answer lists them best first.
@@ -54,6 +58,10 @@ pub(crate) struct CohereRerankRequest {
     /// Include each document's text in its result.
     #[serde(default)]
     pub(crate) return_documents: Option<bool>,
+    /// The instruction of an LLM reranker's prompt (vLLM and the seed system take it here too);
+    /// refused for a cross-encoder.
+    #[serde(default)]
+    pub(crate) instruction: Option<String>,
 }
 
 /// A document to rerank: a string, or an object with a `text` field.
