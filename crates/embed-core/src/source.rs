@@ -226,7 +226,7 @@ impl hf_hub::api::Progress for LogProgress {
 /// and every shard it names), and every module directory `modules.json` lists (its
 /// `config.json` and weights). Returns the snapshot directory.
 fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<PathBuf> {
-    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE};
+    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE, TORCH_FILE};
     let mut dir = None;
     for file in REQUIRED_FILES {
         let p = f.fetch(file)?.ok_or_else(|| missing(format!("the repo has no {file}")))?;
@@ -236,12 +236,15 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
     for file in OPTIONAL_FILES {
         f.fetch(file)?;
     }
+    // Safetensors where the repo has them; pytorch_model.bin (often beside them in older repos,
+    // the same weights) only where it has none.
     if f.fetch(SINGLE_FILE)?.is_none() {
-        let index = f
-            .fetch(INDEX_FILE)?
-            .ok_or_else(|| missing(format!("the repo has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)")))?;
-        for shard in read_index(&index)?.files {
-            f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
+        if let Some(index) = f.fetch(INDEX_FILE)? {
+            for shard in read_index(&index)?.files {
+                f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
+            }
+        } else if f.fetch(TORCH_FILE)?.is_none() {
+            return Err(missing(format!("the repo has none of {SINGLE_FILE}, {INDEX_FILE}, {TORCH_FILE}")));
         }
     }
     if let Some(modules) = dir.join("modules.json").is_file().then(|| dir.join("modules.json")) {
@@ -257,9 +260,13 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
             let config = f.fetch(&format!("{path}/config.json"))?;
             let dense = kind.rsplit('.').next() == Some("Dense");
             if dense || config.is_some() {
-                let weights = f.fetch(&format!("{path}/{SINGLE_FILE}"))?;
+                let weights = match f.fetch(&format!("{path}/{SINGLE_FILE}"))? {
+                    Some(w) => Some(w),
+                    None if dense => f.fetch(&format!("{path}/{TORCH_FILE}"))?,
+                    None => None,
+                };
                 if dense && (config.is_none() || weights.is_none()) {
-                    return Err(missing(format!("the Dense module {path:?} needs config.json and {SINGLE_FILE}")));
+                    return Err(missing(format!("the Dense module {path:?} needs config.json and {SINGLE_FILE} or {TORCH_FILE}")));
                 }
             }
         }
@@ -296,6 +303,7 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
     fetch_model(&mut online, &not_available)
 }
+
 
 #[cfg(test)]
 mod tests {
@@ -337,8 +345,8 @@ mod tests {
 }
 
 /// What a model's weights will take once loaded in `dtype`, from the headers of `dir`'s
-/// `model.safetensors`, or of every shard its `model.safetensors.index.json` names (no tensor
-/// data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
+/// `model.safetensors`, or of every shard its `model.safetensors.index.json` names, or from the
+/// pickle of its `pytorch_model.bin` (no tensor data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
 /// matrices are 1 byte per element (norms and biases stay f32). `None` for `dtype` counts the
 /// files' own widths. A sharded model whose shards are not all present yet is estimated from the
 /// index's `metadata.total_size`, rescaled from `config.json`'s `torch_dtype`. `None` when
@@ -349,6 +357,14 @@ pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
         return header_estimate(&single, dtype);
+    }
+    let torch = dir.join(crate::layers::weights::TORCH_FILE);
+    if !dir.join(INDEX_FILE).is_file() && torch.is_file() {
+        let tensors = crate::layers::weights::torch_pickle_tensors(&torch).ok()?;
+        return Some(tensors.iter().map(|(kind, shape)| {
+            let numel: u64 = shape.iter().map(|&d| d as u64).product();
+            numel * estimated_width(matches!(kind, tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16), shape.len(), kind.elt_size_in_bytes() as u64, dtype)
+        }).sum());
     }
     let index = read_index(&dir.join(INDEX_FILE)).ok()?;
     let (files, total) = (index.files, index.total_size);
@@ -404,13 +420,18 @@ fn header_estimate(path: &Path, dtype: Option<crate::DType>) -> Option<u64> {
             _ => 1,
         };
         let float = matches!(t.get("dtype")?.as_str()?, "F64" | "F32" | "F16" | "BF16");
-        let width = match dtype {
-            Some(crate::DType::Int8) if float && shape.len() >= 2 => 1,
-            Some(crate::DType::Int8) if float => 4,
-            Some(d) if float => d.size_of() as u64,
-            _ => stored,
-        };
-        total += numel * width;
+        total += numel * estimated_width(float, shape.len(), stored, dtype);
     }
     Some(total)
+}
+
+/// Bytes per element of a tensor of `dims` dimensions stored `stored` bytes wide, once loaded
+/// in `dtype`: floats at `dtype`'s width (in int8, matrices at 1 and the rest at f32's 4).
+fn estimated_width(float: bool, dims: usize, stored: u64, dtype: Option<crate::DType>) -> u64 {
+    match dtype {
+        Some(crate::DType::Int8) if float && dims >= 2 => 1,
+        Some(crate::DType::Int8) if float => 4,
+        Some(d) if float => d.size_of() as u64,
+        _ => stored,
+    }
 }

@@ -1,7 +1,8 @@
 //! Models by hub id, against a loopback stand-in for the hub (`embed_testkit::hub`) pointed at
 //! with `HF_ENDPOINT` and a temporary `HF_HOME`: every file a model needs arrives (shards, the
 //! module folders `modules.json` names, the tokenizer's config), the cache serves a second load
-//! offline, a revision pin fetches that revision, a gated repo needs its token (which appears in
+//! offline, a repo with only `pytorch_model.bin` weights loads (and one with safetensors too
+//! does not fetch the `.bin`), a revision pin fetches that revision, a gated repo needs its token (which appears in
 //! no error or log line), and an unknown id fails naming the id.
 //!
 //! The hub's environment variables are process-wide: every test here holds `serial()` and
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use embed_core::memory::live_weight_bytes;
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
-use embed_testkit::checkpoints::{copy_model_dir, sharded_fixture};
+use embed_testkit::checkpoints::{copy_model_dir, sharded_fixture, torch_pickle_fixture};
 use embed_testkit::hub::StandInHub;
 use embed_testkit::{assert_cosines, assert_max_abs_diff, fixture_dir, fixture_reference, serial};
 
@@ -206,4 +207,36 @@ async fn an_unknown_id_fails_naming_the_id() {
     hub.publish("org/no-weights", "main", COMMIT_A, empty.path());
     let msg = load("org/no-weights").await.err().unwrap().to_string();
     assert!(msg.contains("org/no-weights") && msg.contains("model.safetensors"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pytorch_model_bin_is_fetched_only_where_the_repo_has_no_safetensors() {
+    let _s = serial().await;
+    let hub = StandInHub::start();
+    // distilbert with torch.save'd weights only (the encoder's and the Dense module's).
+    let bin_only = torch_pickle_fixture();
+    hub.publish("org/bin-only", "main", COMMIT_A, bin_only.path());
+    // The same model with safetensors and pytorch_model.bin side by side, as older repos have.
+    let both = tempfile::tempdir().unwrap();
+    copy_model_dir(&fixture_dir("distilbert"), both.path());
+    for sub in ["", "2_Dense"] {
+        std::fs::copy(bin_only.path().join(sub).join("pytorch_model.bin"), both.path().join(sub).join("pytorch_model.bin")).unwrap();
+    }
+    hub.publish("org/both", "main", COMMIT_A, both.path());
+    let _home = hub_env(&hub);
+    let (texts, _) = texts_of("distilbert");
+    let (twin, _) = embed(&fixture_dir("distilbert").to_string_lossy(), &texts).await;
+
+    let (got, dir) = embed("org/bin-only", &texts).await;
+    assert_max_abs_diff("pytorch_model.bin by hub id vs the safetensors twin", &got, &twin, 0.0);
+    assert!(dir.join("pytorch_model.bin").is_file() && dir.join("2_Dense/pytorch_model.bin").is_file(), "{}", dir.display());
+
+    let before = hub.requests().len();
+    let (got, dir) = embed("org/both", &texts).await;
+    assert_max_abs_diff("safetensors by hub id vs the local fixture", &got, &twin, 0.0);
+    let fetched: Vec<String> = hub.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    assert!(fetched.iter().any(|p| p.ends_with("/resolve/main/model.safetensors")), "{fetched:?}");
+    assert!(fetched.iter().any(|p| p.ends_with("/resolve/main/2_Dense/model.safetensors")), "{fetched:?}");
+    assert!(!fetched.iter().any(|p| p.ends_with("pytorch_model.bin")), "a .bin was fetched beside safetensors: {fetched:?}");
+    assert!(!dir.join("pytorch_model.bin").exists(), "{}", dir.display());
 }
