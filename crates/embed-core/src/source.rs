@@ -305,45 +305,6 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
 }
 
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hub_ids() {
-        assert!(is_hub_id("sentence-transformers/all-MiniLM-L6-v2"));
-        assert!(is_hub_id("BAAI/bge-small-en-v1.5"));
-        for bad in ["../../etc", "a/b/c", "/etc/passwd", "a/..", "a/.b", "noslash", "a/", "a/b c"] {
-            assert!(!is_hub_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn parse_sources() {
-        let dir = std::env::temp_dir();
-        assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Local(dir.clone()));
-        assert_eq!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: None });
-        assert_eq!(ModelSource::parse("org/model@v1.2").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: Some("v1.2".into()) });
-        assert_eq!(ModelSource::parse("org/model@refs/pr/1").unwrap().to_string(), "org/model@refs/pr/1");
-        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
-            assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
-        }
-    }
-
-    #[test]
-    fn offline_cache_miss_names_the_id() {
-        let tmp = std::env::temp_dir().join(format!("embed-hf-cache-{}", std::process::id()));
-        // Env vars are process-wide; this test owns HF_HOME/HF_HUB_OFFLINE only inside this process
-        // and no other unit test in this crate reads them.
-        std::env::set_var("HF_HOME", &tmp);
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-        let err = ModelSource::Hub { id: "org/not-cached".into(), revision: None }.resolve().unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::ModelNotAvailable { .. }), "{msg}");
-        assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
-    }
-}
-
 /// What a model's weights will take once loaded in `dtype`, from the headers of `dir`'s
 /// `model.safetensors`, or of every shard its `model.safetensors.index.json` names, or from the
 /// pickle of its `pytorch_model.bin` (no tensor data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
@@ -433,5 +394,44 @@ fn estimated_width(float: bool, dims: usize, stored: u64, dtype: Option<crate::D
         Some(crate::DType::Int8) if float => 4,
         Some(d) if float => d.size_of() as u64,
         _ => stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids() {
+        assert!(is_hub_id("sentence-transformers/all-MiniLM-L6-v2"));
+        assert!(is_hub_id("BAAI/bge-small-en-v1.5"));
+        for bad in ["../../etc", "a/b/c", "/etc/passwd", "a/..", "a/.b", "noslash", "a/", "a/b c"] {
+            assert!(!is_hub_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_sources() {
+        let dir = std::env::temp_dir();
+        assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Local(dir.clone()));
+        assert_eq!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: None });
+        assert_eq!(ModelSource::parse("org/model@v1.2").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: Some("v1.2".into()) });
+        assert_eq!(ModelSource::parse("org/model@refs/pr/1").unwrap().to_string(), "org/model@refs/pr/1");
+        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
+            assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn offline_cache_miss_names_the_id() {
+        let tmp = std::env::temp_dir().join(format!("embed-hf-cache-{}", std::process::id()));
+        // Env vars are process-wide; this test owns HF_HOME/HF_HUB_OFFLINE only inside this process
+        // and no other unit test in this crate reads them.
+        std::env::set_var("HF_HOME", &tmp);
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let err = ModelSource::Hub { id: "org/not-cached".into(), revision: None }.resolve().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::ModelNotAvailable { .. }), "{msg}");
+        assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
     }
 }
