@@ -70,6 +70,19 @@ impl ModelSource {
             ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref()),
         }
     }
+
+    /// What the model's weights will take once loaded in `dtype` ([`estimate_weight_bytes`]),
+    /// for a memory budget to refuse a model before it is downloaded. For a hub id only
+    /// `config.json` and a sharded model's index are fetched (cache first; the cache alone with
+    /// `HF_HUB_OFFLINE=1`), never a weights file: a sharded model is estimated from the index's
+    /// `metadata.total_size`, a single-file one only once its file is in the cache. `None` where
+    /// nothing says. Blocking: call from a worker thread.
+    pub fn estimate_weight_bytes(&self, dtype: Option<crate::DType>) -> Option<u64> {
+        match self {
+            ModelSource::Local(dir) => estimate_weight_bytes(dir, dtype),
+            ModelSource::Hub { id, revision } => hub_estimate(id, revision.as_deref(), dtype),
+        }
+    }
 }
 
 impl std::fmt::Display for ModelSource {
@@ -274,17 +287,44 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
     Ok(dir)
 }
 
+/// The hub repo of `id` at `revision`, and how errors show it (`id` or `id@revision`).
+fn hub_repo(id: &str, revision: Option<&str>) -> (hf_hub::Repo, String) {
+    match revision {
+        Some(r) => (hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()), format!("{id}@{r}")),
+        None => (hf_hub::Repo::model(id.to_string()), id.to_string()),
+    }
+}
+
+fn hub_api(cache: &hf_hub::Cache) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
+    hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).with_token(hub_token(cache)).build()
+}
+
+/// [`ModelSource::estimate_weight_bytes`] for a hub id: `config.json` and (unless the single
+/// weights file is cached) the sharded index, then the estimate from the snapshot folder.
+fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -> Option<u64> {
+    use crate::layers::weights::{INDEX_FILE, SINGLE_FILE};
+    let cache = hf_hub::Cache::from_env();
+    let (repo, shown) = hub_repo(id, revision);
+    let failed = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache.path().clone(), reason };
+    let mut cached = CacheOnly(cache.repo(repo.clone()));
+    let mut online;
+    let f: &mut dyn Fetch = if offline() {
+        &mut cached
+    } else {
+        online = Online { cache: cache.repo(repo.clone()), remote: hub_api(&cache).ok()?.repo(repo), failed: &failed };
+        &mut online
+    };
+    let dir = f.fetch("config.json").ok()??.parent()?.to_path_buf();
+    if !dir.join(SINGLE_FILE).is_file() {
+        f.fetch(INDEX_FILE).ok()?;
+    }
+    estimate_weight_bytes(&dir, dtype)
+}
+
 fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cache_dir = cache.path().clone();
-    let repo = match revision {
-        Some(r) => hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()),
-        None => hf_hub::Repo::model(id.to_string()),
-    };
-    let shown = match revision {
-        Some(r) => format!("{id}@{r}"),
-        None => id.to_string(),
-    };
+    let (repo, shown) = hub_repo(id, revision);
     let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
     let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
     if offline() {
@@ -295,11 +335,7 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if let Ok(dir) = fetch_model(&mut CacheOnly(cache.repo(repo.clone())), &offline_missing) {
         return Ok(dir);
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(hub_token(&cache))
-        .build()
-        .map_err(|e| not_available(e.to_string()))?;
+    let api = hub_api(&cache).map_err(|e| not_available(e.to_string()))?;
     let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
     fetch_model(&mut online, &not_available)
 }
