@@ -157,16 +157,71 @@ trait Fetch {
     fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>>;
 }
 
-struct CacheOnly(hf_hub::CacheRepo);
+/// huggingface_hub's record that a revision lacks a file: an empty
+/// `<repo folder>/.no_exist/<commit>/<file>` in the cache (hf-hub, which shares the cache
+/// layout, neither writes nor reads them). Written when the hub answers 404, read by the cache
+/// pass so that a start tells "the repo lacks it" from "not downloaded yet".
+struct NoExist {
+    repo_dir: PathBuf,
+    revision: String,
+}
+
+impl NoExist {
+    fn new(cache: &hf_hub::Cache, repo: &hf_hub::Repo) -> NoExist {
+        NoExist { repo_dir: cache.path().join(repo.folder_name()), revision: repo.revision().to_string() }
+    }
+
+    /// The marker's path, under the commit the cached revision points at.
+    fn marker(&self, file: &str) -> Option<PathBuf> {
+        let commit = std::fs::read_to_string(self.repo_dir.join("refs").join(&self.revision)).ok()?;
+        let commit = commit.trim();
+        (!commit.is_empty() && !commit.contains(['/', '.'])).then(|| self.repo_dir.join(".no_exist").join(commit).join(file))
+    }
+
+    fn is_marked(&self, file: &str) -> bool {
+        self.marker(file).is_some_and(|p| p.is_file())
+    }
+
+    /// Best effort: without the marker a later start only asks the hub again.
+    fn mark(&self, file: &str) {
+        let Some(path) = self.marker(file) else { return };
+        let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::File::create(&path).map(drop));
+        if let Err(e) = made {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record a file the repo lacks");
+        }
+    }
+}
+
+/// The cache alone. `complete` (the pass before asking the hub): a file neither cached nor
+/// recorded as absent from the repo is an error, so the hub is asked for it; otherwise (offline)
+/// it counts as absent.
+struct CacheOnly {
+    cache: hf_hub::CacheRepo,
+    no_exist: NoExist,
+    complete: bool,
+}
+
+impl CacheOnly {
+    fn new(cache: &hf_hub::Cache, repo: &hf_hub::Repo, complete: bool) -> CacheOnly {
+        CacheOnly { cache: cache.repo(repo.clone()), no_exist: NoExist::new(cache, repo), complete }
+    }
+}
 
 impl Fetch for CacheOnly {
     fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>> {
-        Ok(self.0.get(file))
+        match self.cache.get(file) {
+            Some(p) => Ok(Some(p)),
+            None if self.complete && !self.no_exist.is_marked(file) => {
+                Err(Error::MissingFile { path: file.into(), hint: " (not in the cache; the hub is asked)".into() })
+            }
+            None => Ok(None),
+        }
     }
 }
 
 struct Online<'a> {
     cache: hf_hub::CacheRepo,
+    no_exist: NoExist,
     remote: hf_hub::api::sync::ApiRepo,
     failed: &'a dyn Fn(String) -> Error,
 }
@@ -176,10 +231,16 @@ impl Fetch for Online<'_> {
         if let Some(p) = self.cache.get(file) {
             return Ok(Some(p));
         }
+        if self.no_exist.is_marked(file) {
+            return Ok(None);
+        }
         match self.remote.download_with_progress(file, LogProgress::default()) {
             Ok(p) => Ok(Some(p)),
             Err(e) => match status_of(&e) {
-                Some(404) => Ok(None),
+                Some(404) => {
+                    self.no_exist.mark(file);
+                    Ok(None)
+                }
                 Some(401 | 403) => Err((self.failed)(format!(
                     "the hub refused {file} (HTTP {}): the repo is gated or private, or the revision is not yours to read; \
                      set HF_TOKEN (or HF_TOKEN_PATH, or log in) to a token with access",
@@ -306,12 +367,13 @@ fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -
     let cache = hf_hub::Cache::from_env();
     let (repo, shown) = hub_repo(id, revision);
     let failed = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache.path().clone(), reason };
-    let mut cached = CacheOnly(cache.repo(repo.clone()));
+    let mut cached = CacheOnly::new(&cache, &repo, false);
     let mut online;
     let f: &mut dyn Fetch = if offline() {
         &mut cached
     } else {
-        online = Online { cache: cache.repo(repo.clone()), remote: hub_api(&cache).ok()?.repo(repo), failed: &failed };
+        let no_exist = NoExist::new(&cache, &repo);
+        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache).ok()?.repo(repo), failed: &failed };
         &mut online
     };
     let dir = f.fetch("config.json").ok()??.parent()?.to_path_buf();
@@ -328,15 +390,17 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
     let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
     if offline() {
-        return fetch_model(&mut CacheOnly(cache.repo(repo)), &offline_missing);
+        return fetch_model(&mut CacheOnly::new(&cache, &repo, false), &offline_missing);
     }
-    // Everything the model needs already cached: no request to the hub (a cached model loads
-    // where the hub cannot be reached, and a load asks nothing for files the repo lacks).
-    if let Ok(dir) = fetch_model(&mut CacheOnly(cache.repo(repo.clone())), &offline_missing) {
+    // Everything the model needs already cached, and every file it lacks recorded as absent
+    // from the repo: no request to the hub (a cached model loads where the hub cannot be
+    // reached, and a load asks nothing for files the repo lacks). A file neither cached nor
+    // recorded (a cache another tool filled in part) is asked for.
+    if let Ok(dir) = fetch_model(&mut CacheOnly::new(&cache, &repo, true), &offline_missing) {
         return Ok(dir);
     }
     let api = hub_api(&cache).map_err(|e| not_available(e.to_string()))?;
-    let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
+    let mut online = Online { cache: cache.repo(repo.clone()), no_exist: NoExist::new(&cache, &repo), remote: api.repo(repo), failed: &not_available };
     fetch_model(&mut online, &not_available)
 }
 

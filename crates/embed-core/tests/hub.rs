@@ -240,3 +240,47 @@ async fn pytorch_model_bin_is_fetched_only_where_the_repo_has_no_safetensors() {
     assert!(!fetched.iter().any(|p| p.ends_with("pytorch_model.bin")), "a .bin was fetched beside safetensors: {fetched:?}");
     assert!(!dir.join("pytorch_model.bin").exists(), "{}", dir.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_repo_lacks_are_recorded_and_a_partly_filled_cache_asks_for_the_rest() {
+    let _s = serial().await;
+    let hub = StandInHub::start();
+    let fixture = fixture_dir("bert");
+    hub.publish("org/bert", "main", COMMIT_A, &fixture);
+    let home = hub_env(&hub);
+    let (texts, expected) = texts_of("bert");
+    let (got, dir) = embed("org/bert", &texts).await;
+    assert_cosines("bert by hub id", &got, &expected, 0.99999);
+
+    // Every file asked for that the repo lacks is recorded as huggingface_hub records it; no
+    // file the repo has is.
+    let no_exist = home.path().join("hub/models--org--bert/.no_exist").join(COMMIT_A);
+    let prefix = "/org/bert/resolve/main/";
+    let asked: Vec<String> = hub.requests().iter().filter_map(|r| r.path.strip_prefix(prefix).map(str::to_owned)).collect();
+    let lacked: Vec<&String> = asked.iter().filter(|f| !fixture.join(f).exists()).collect();
+    assert!(lacked.iter().any(|f| *f == "config_sentence_transformers.json") && lacked.iter().any(|f| *f == "2_Normalize/config.json"), "{asked:?}");
+    for f in &asked {
+        assert_eq!(no_exist.join(f).is_file(), lacked.contains(&f), "{f}: marker under {}", no_exist.display());
+    }
+
+    // A cache that lacks a file the repo has (filled in part by another tool): the hub is asked
+    // for that file alone, and the model pools as its 1_Pooling/config.json says (CLS), not by
+    // the mean it would fall back to without it.
+    std::fs::remove_file(dir.join("1_Pooling/config.json")).unwrap();
+    let before = hub.requests().len();
+    let (again, _) = embed("org/bert", &texts).await;
+    let asked: Vec<String> = hub.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    // (hf-hub asks for a file's metadata, then for the file.)
+    assert!(!asked.is_empty() && asked.iter().all(|p| *p == format!("{prefix}1_Pooling/config.json")), "only the missing file is asked for: {asked:?}");
+    assert_max_abs_diff("after refetching the pooling config", &again, &got, 0.0);
+
+    // Fully cached again: no request, with the hub up; and offline with it stopped.
+    let before = hub.requests().len();
+    embed("org/bert", &texts).await;
+    assert_eq!(hub.requests().len(), before, "a fully cached model asked the hub again");
+    hub.stop();
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let (offline, _) = embed("org/bert", &texts).await;
+    std::env::remove_var("HF_HUB_OFFLINE");
+    assert_max_abs_diff("offline from the cache", &offline, &got, 0.0);
+}
