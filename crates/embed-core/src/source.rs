@@ -421,11 +421,8 @@ pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<
     }
     let torch = dir.join(crate::layers::weights::TORCH_FILE);
     if !dir.join(INDEX_FILE).is_file() && torch.is_file() {
-        let tensors = crate::layers::weights::torch_pickle_tensors(&torch).ok()?;
-        return Some(tensors.iter().map(|(kind, shape)| {
-            let numel: u64 = shape.iter().map(|&d| d as u64).product();
-            numel * estimated_width(matches!(kind, tch::Kind::Float | tch::Kind::Double | tch::Kind::Half | tch::Kind::BFloat16), shape.len(), kind.elt_size_in_bytes() as u64, dtype)
-        }).sum());
+        let tensors = crate::layers::weights::torch_pickle_shapes(&torch).ok()?;
+        return Some(tensors.iter().map(|t| t.shape.iter().product::<u64>() * estimated_width(t.float, t.shape.len(), t.width, dtype)).sum());
     }
     let index = read_index(&dir.join(INDEX_FILE)).ok()?;
     let (files, total) = (index.files, index.total_size);

@@ -78,12 +78,27 @@ pub(crate) fn read_index(index: &Path) -> Result<ShardIndex> {
     Ok(ShardIndex { files, weight_map: names, total_size })
 }
 
-/// The dtype and shape of every tensor in torch pickle `path` (for estimates; no tensor data
-/// is read).
-pub(crate) fn torch_pickle_tensors(path: &Path) -> Result<Vec<(Kind, Vec<i64>)>> {
+/// A stored tensor's size, for estimates.
+pub(crate) struct StoredShape {
+    /// Whether it holds floating-point values.
+    pub(crate) float: bool,
+    /// Bytes per element as stored.
+    pub(crate) width: u64,
+    pub(crate) shape: Vec<u64>,
+}
+
+/// The dtype and shape of every tensor in torch pickle `path` (no tensor data is read).
+pub(crate) fn torch_pickle_shapes(path: &Path) -> Result<Vec<StoredShape>> {
     let shard = Shard::open(path.to_path_buf(), None)?;
     let tensors = super::torch_pickle::read_state_dict(path, &shard.map)?;
-    Ok(tensors.into_iter().map(|(_, t)| (t.kind, t.shape)).collect())
+    Ok(tensors
+        .into_iter()
+        .map(|(_, t)| StoredShape {
+            float: matches!(t.kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16),
+            width: t.kind.elt_size_in_bytes() as u64,
+            shape: t.shape.iter().map(|&d| d as u64).collect(),
+        })
+        .collect())
 }
 
 /// One mapped file.
