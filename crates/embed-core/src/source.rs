@@ -224,6 +224,8 @@ struct Online<'a> {
     no_exist: NoExist,
     remote: hf_hub::api::sync::ApiRepo,
     failed: &'a dyn Fn(String) -> Error,
+    /// Set when a request did not reach the hub (no answer at all, as opposed to an HTTP status).
+    unreachable: bool,
 }
 
 impl Fetch for Online<'_> {
@@ -246,10 +248,17 @@ impl Fetch for Online<'_> {
                      set HF_TOKEN (or HF_TOKEN_PATH, or log in) to a token with access",
                     status_of(&e).unwrap_or_default()
                 ))),
-                _ => Err((self.failed)(format!("{file}: {e}"))),
+                _ => {
+                    self.unreachable |= is_transport(&e);
+                    Err((self.failed)(format!("{file}: {e}")))
+                }
             },
         }
     }
+}
+
+fn is_transport(e: &hf_hub::api::sync::ApiError) -> bool {
+    matches!(e, hf_hub::api::sync::ApiError::RequestError(r) if matches!(&**r, ureq::Error::Transport(_)))
 }
 
 fn status_of(e: &hf_hub::api::sync::ApiError) -> Option<u16> {
@@ -373,7 +382,7 @@ fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -
         &mut cached
     } else {
         let no_exist = NoExist::new(&cache, &repo);
-        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache).ok()?.repo(repo), failed: &failed };
+        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache).ok()?.repo(repo), failed: &failed, unreachable: false };
         &mut online
     };
     let dir = f.fetch("config.json").ok()??.parent()?.to_path_buf();
@@ -400,8 +409,21 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
         return Ok(dir);
     }
     let api = hub_api(&cache).map_err(|e| not_available(e.to_string()))?;
-    let mut online = Online { cache: cache.repo(repo.clone()), no_exist: NoExist::new(&cache, &repo), remote: api.repo(repo), failed: &not_available };
-    fetch_model(&mut online, &not_available)
+    let no_exist = NoExist::new(&cache, &repo);
+    let mut online = Online { cache: cache.repo(repo.clone()), no_exist, remote: api.repo(repo.clone()), failed: &not_available, unreachable: false };
+    match fetch_model(&mut online, &not_available) {
+        // The hub cannot be reached and the cache has what the model needs, but does not record
+        // which files the repo lacks (filled by an older version or another tool): load what it
+        // has, as offline.
+        Err(e) if online.unreachable => match fetch_model(&mut CacheOnly::new(&cache, &repo, false), &offline_missing) {
+            Ok(dir) => {
+                tracing::warn!(model = %shown, error = %e, "the hub cannot be reached; loading what the cache has");
+                Ok(dir)
+            }
+            Err(_) => Err(e),
+        },
+        other => other,
+    }
 }
 
 

@@ -283,4 +283,10 @@ async fn files_the_repo_lacks_are_recorded_and_a_partly_filled_cache_asks_for_th
     let (offline, _) = embed("org/bert", &texts).await;
     std::env::remove_var("HF_HUB_OFFLINE");
     assert_max_abs_diff("offline from the cache", &offline, &got, 0.0);
+
+    // A cache without the markers (written before they were, or by another tool) and the hub
+    // unreachable: the files it lacks cannot be asked about, so it loads what the cache has.
+    std::fs::remove_dir_all(home.path().join("hub/models--org--bert/.no_exist")).unwrap();
+    let (unreachable, _) = embed("org/bert", &texts).await;
+    assert_max_abs_diff("the hub unreachable, a cache without markers", &unreachable, &got, 0.0);
 }
