@@ -8,6 +8,7 @@ usage (from the repository root, after `cargo xtask setup` and
     .venv/bin/python python/make_fixtures.py                      # rewrite testdata/fixtures/
     .venv/bin/python python/make_fixtures.py --check              # regenerate in memory and compare
     .venv/bin/python python/make_fixtures.py --only mpnet [--check]   # one family (repeatable)
+    .venv/bin/python python/make_fixtures.py --torch-pickles      # testdata/fixtures/torch-pickle/
 
 The generated directories are committed and the Rust tests read those. This script records how they
 were made and `--check` shows they are reproducible; `cargo xtask test` runs `--check --only bert`.
@@ -1654,13 +1655,69 @@ def check_files(new_dir: pathlib.Path, old_dir: pathlib.Path, tolerance: float) 
     return problems
 
 
+class RunsCode:
+    """Unpickling this calls os.system: a pickle that is code, which the Rust reader must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this pickle ran code",))
+
+
+class CustomClass:
+    """A class of this script (`__main__.CustomClass`), which the Rust reader must refuse."""
+
+
+def write_torch_pickles(out: pathlib.Path) -> None:
+    """Writes out/torch-pickle/: distilbert/pytorch_model.bin and distilbert/2_Dense/pytorch_model.bin
+    (the tests put them in a copy of the distilbert fixture in place of its safetensors), the
+    distilbert fixture's weights written by torch.save of the modules' state_dict(), as transformers'
+    and sentence-transformers' older save methods wrote them (an OrderedDict with `_metadata`); two
+    of its tensors are saved as views (a transposed view, and a view at a storage offset), which
+    torch.save keeps as views of a larger storage. refused/: pickles the Rust reader must refuse
+    (code, a custom class, a value that is not a tensor) and one in torch's legacy non-zip format.
+    The script checks that torch.load(weights_only=True) of every state dict gives back the
+    safetensors tensors exactly."""
+    source = out / "distilbert"
+    target = out / "torch-pickle" / "distilbert"
+    (target / "2_Dense").mkdir(parents=True, exist_ok=True)
+    model = SentenceTransformer(str(source), device="cpu")
+    encoder = model[0].auto_model.state_dict()
+    word = "embeddings.word_embeddings.weight"
+    encoder[word] = encoder[word].t().contiguous().t()
+    assert not encoder[word].is_contiguous()
+    bias = "embeddings.LayerNorm.bias"
+    encoder[bias] = torch.cat([torch.full((3,), float("nan")), encoder[bias]])[3:]
+    assert encoder[bias].storage_offset() == 3
+    torch.save(encoder, target / "pytorch_model.bin")
+    dense = model[2].state_dict()
+    torch.save(dense, target / "2_Dense" / "pytorch_model.bin")
+    for saved, safetensors in [(target / "pytorch_model.bin", source / "model.safetensors"), (target / "2_Dense" / "pytorch_model.bin", source / "2_Dense" / "model.safetensors")]:
+        loaded = torch.load(saved, weights_only=True)
+        with safe_open(str(safetensors), "pt") as f:
+            assert sorted(loaded) == sorted(f.keys()), saved
+            for k in f.keys():
+                assert torch.equal(loaded[k], f.get_tensor(k)), f"{saved}: {k}"
+
+    refused = out / "torch-pickle" / "refused"
+    refused.mkdir(parents=True, exist_ok=True)
+    tensor = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    torch.save({"weight": tensor, "hook": RunsCode()}, refused / "code.bin")
+    torch.save({"weight": tensor, "config": CustomClass()}, refused / "custom-class.bin")
+    torch.save({"weight": tensor, "step": 3}, refused / "not-a-tensor.bin")
+    torch.save({"weight": tensor}, refused / "legacy.bin", _use_new_zipfile_serialization=False)
+    print(f"make_fixtures: wrote {out / 'torch-pickle'}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="regenerate in a temporary folder and compare with the committed fixtures")
     p.add_argument("--only", action="append", choices=sorted(FAMILIES), help="only this family (repeatable)")
     p.add_argument("--tolerance", type=float, default=1e-5, help="largest accepted element difference (--check)")
     p.add_argument("--out", type=pathlib.Path, default=OUT)
+    p.add_argument("--torch-pickles", action="store_true", help="only write <out>/torch-pickle/ from the committed distilbert fixture")
     args = p.parse_args()
+    if args.torch_pickles:
+        write_torch_pickles(args.out)
+        return 0
     torch.manual_seed(0)
     names = args.only or list(FAMILIES)
     failed = False

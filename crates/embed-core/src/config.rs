@@ -13,6 +13,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::layers::weights::{INDEX_FILE, SINGLE_FILE, TORCH_FILE};
 use crate::models::{ArchConfig, Family};
 use crate::rerank::LlmReranker;
 use crate::{Error, ModelKind, Result};
@@ -153,11 +154,8 @@ impl ModelDir {
         }
         let config_path = require_file(dir.join("config.json"), "")?;
         let weights = crate::layers::weights::checkpoint_in(dir).ok_or_else(|| Error::MissingFile {
-            path: dir.join(crate::layers::weights::SINGLE_FILE),
-            hint: format!(
-                " (nor {}: only safetensors weights are supported; convert pytorch_model.bin first)",
-                crate::layers::weights::INDEX_FILE
-            ),
+            path: dir.join(SINGLE_FILE),
+            hint: format!(" (nor {INDEX_FILE} nor {TORCH_FILE}: the model has no weights)"),
         })?;
         let tokenizer = require_file(
             dir.join("tokenizer.json"),
@@ -416,10 +414,11 @@ impl DenseModule {
             "Sigmoid" => DenseActivation::Sigmoid,
             _ => return Err(Error::config(&path, format!("Dense activation {act:?} is not supported (Identity, Tanh, ReLU, GELU, Sigmoid)"))),
         };
-        let weights = require_file(
-            dir.join("model.safetensors"),
-            " (the Dense module's weights must be safetensors; convert pytorch_model.bin first)",
-        )?;
+        // Older sentence-transformers saved a Dense module's weights with torch.save.
+        let weights = [SINGLE_FILE, TORCH_FILE].into_iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| Error::MissingFile {
+            path: dir.join(SINGLE_FILE),
+            hint: format!(" (nor {TORCH_FILE}: the Dense module needs its weights)"),
+        })?;
         Ok(DenseModule { weights, in_features, out_features, bias: v.get("bias").and_then(Value::as_bool).unwrap_or(true), activation })
     }
 }

@@ -75,6 +75,26 @@ pub enum Error {
         /// What libtorch/safetensors said.
         reason: String,
     },
+    /// A `pytorch_model.bin` / `.pt` pickle that holds more than a state dict of tensors (a
+    /// global that is code or a custom class, a value that is not a tensor). Nothing in it was
+    /// run.
+    #[error("refusing weights {path}: {reason}; only a dict of tensor names to tensors is read from a torch pickle (convert the checkpoint to safetensors)")]
+    PickleRefused {
+        /// The pickle file.
+        path: PathBuf,
+        /// What it holds that is not a tensor or a dict of tensors.
+        reason: String,
+    },
+    /// A torch checkpoint in the legacy (before torch 1.6, not zip) serialization.
+    #[error(
+        "weights {path} are in torch's legacy (pre-1.6, non-zip) format, which is not read: re-save them with a current \
+         torch (`torch.save(torch.load(path), path)`) or convert them to safetensors \
+         (`safetensors.torch.save_file(torch.load(path), \"model.safetensors\")`)"
+    )]
+    LegacyTorchFormat {
+        /// The file.
+        path: PathBuf,
+    },
     /// The weights do not fit the config (missing tensor or wrong shape).
     #[error("weights {path} do not match the config: {reason}")]
     WeightsMismatch {

@@ -70,6 +70,19 @@ impl ModelSource {
             ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref()),
         }
     }
+
+    /// What the model's weights will take once loaded in `dtype` ([`estimate_weight_bytes`]),
+    /// for a memory budget to refuse a model before it is downloaded. For a hub id only
+    /// `config.json` and a sharded model's index are fetched (cache first; the cache alone with
+    /// `HF_HUB_OFFLINE=1`), never a weights file: a sharded model is estimated from the index's
+    /// `metadata.total_size`, a single-file one only once its file is in the cache. `None` where
+    /// nothing says. Blocking: call from a worker thread.
+    pub fn estimate_weight_bytes(&self, dtype: Option<crate::DType>) -> Option<u64> {
+        match self {
+            ModelSource::Local(dir) => estimate_weight_bytes(dir, dtype),
+            ModelSource::Hub { id, revision } => hub_estimate(id, revision.as_deref(), dtype),
+        }
+    }
 }
 
 impl std::fmt::Display for ModelSource {
@@ -144,18 +157,75 @@ trait Fetch {
     fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>>;
 }
 
-struct CacheOnly(hf_hub::CacheRepo);
+/// huggingface_hub's record that a revision lacks a file: an empty
+/// `<repo folder>/.no_exist/<commit>/<file>` in the cache (hf-hub, which shares the cache
+/// layout, neither writes nor reads them). Written when the hub answers 404, read by the cache
+/// pass so that a start tells "the repo lacks it" from "not downloaded yet".
+struct NoExist {
+    repo_dir: PathBuf,
+    revision: String,
+}
+
+impl NoExist {
+    fn new(cache: &hf_hub::Cache, repo: &hf_hub::Repo) -> NoExist {
+        NoExist { repo_dir: cache.path().join(repo.folder_name()), revision: repo.revision().to_string() }
+    }
+
+    /// The marker's path, under the commit the cached revision points at.
+    fn marker(&self, file: &str) -> Option<PathBuf> {
+        let commit = std::fs::read_to_string(self.repo_dir.join("refs").join(&self.revision)).ok()?;
+        let commit = commit.trim();
+        (!commit.is_empty() && !commit.contains(['/', '.'])).then(|| self.repo_dir.join(".no_exist").join(commit).join(file))
+    }
+
+    fn is_marked(&self, file: &str) -> bool {
+        self.marker(file).is_some_and(|p| p.is_file())
+    }
+
+    /// Best effort: without the marker a later start only asks the hub again.
+    fn mark(&self, file: &str) {
+        let Some(path) = self.marker(file) else { return };
+        let made = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::File::create(&path).map(drop));
+        if let Err(e) = made {
+            tracing::debug!(path = %path.display(), error = %e, "cannot record a file the repo lacks");
+        }
+    }
+}
+
+/// The cache alone. `complete` (the pass before asking the hub): a file neither cached nor
+/// recorded as absent from the repo is an error, so the hub is asked for it; otherwise (offline)
+/// it counts as absent.
+struct CacheOnly {
+    cache: hf_hub::CacheRepo,
+    no_exist: NoExist,
+    complete: bool,
+}
+
+impl CacheOnly {
+    fn new(cache: &hf_hub::Cache, repo: &hf_hub::Repo, complete: bool) -> CacheOnly {
+        CacheOnly { cache: cache.repo(repo.clone()), no_exist: NoExist::new(cache, repo), complete }
+    }
+}
 
 impl Fetch for CacheOnly {
     fn fetch(&mut self, file: &str) -> Result<Option<PathBuf>> {
-        Ok(self.0.get(file))
+        match self.cache.get(file) {
+            Some(p) => Ok(Some(p)),
+            None if self.complete && !self.no_exist.is_marked(file) => {
+                Err(Error::MissingFile { path: file.into(), hint: " (not in the cache; the hub is asked)".into() })
+            }
+            None => Ok(None),
+        }
     }
 }
 
 struct Online<'a> {
     cache: hf_hub::CacheRepo,
+    no_exist: NoExist,
     remote: hf_hub::api::sync::ApiRepo,
     failed: &'a dyn Fn(String) -> Error,
+    /// Set when a request did not reach the hub (no answer at all, as opposed to an HTTP status).
+    unreachable: bool,
 }
 
 impl Fetch for Online<'_> {
@@ -163,19 +233,32 @@ impl Fetch for Online<'_> {
         if let Some(p) = self.cache.get(file) {
             return Ok(Some(p));
         }
+        if self.no_exist.is_marked(file) {
+            return Ok(None);
+        }
         match self.remote.download_with_progress(file, LogProgress::default()) {
             Ok(p) => Ok(Some(p)),
             Err(e) => match status_of(&e) {
-                Some(404) => Ok(None),
+                Some(404) => {
+                    self.no_exist.mark(file);
+                    Ok(None)
+                }
                 Some(401 | 403) => Err((self.failed)(format!(
                     "the hub refused {file} (HTTP {}): the repo is gated or private, or the revision is not yours to read; \
                      set HF_TOKEN (or HF_TOKEN_PATH, or log in) to a token with access",
                     status_of(&e).unwrap_or_default()
                 ))),
-                _ => Err((self.failed)(format!("{file}: {e}"))),
+                _ => {
+                    self.unreachable |= is_transport(&e);
+                    Err((self.failed)(format!("{file}: {e}")))
+                }
             },
         }
     }
+}
+
+fn is_transport(e: &hf_hub::api::sync::ApiError) -> bool {
+    matches!(e, hf_hub::api::sync::ApiError::RequestError(r) if matches!(&**r, ureq::Error::Transport(_)))
 }
 
 fn status_of(e: &hf_hub::api::sync::ApiError) -> Option<u16> {
@@ -226,7 +309,7 @@ impl hf_hub::api::Progress for LogProgress {
 /// and every shard it names), and every module directory `modules.json` lists (its
 /// `config.json` and weights). Returns the snapshot directory.
 fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<PathBuf> {
-    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE};
+    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE, TORCH_FILE};
     let mut dir = None;
     for file in REQUIRED_FILES {
         let p = f.fetch(file)?.ok_or_else(|| missing(format!("the repo has no {file}")))?;
@@ -236,12 +319,15 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
     for file in OPTIONAL_FILES {
         f.fetch(file)?;
     }
+    // Safetensors where the repo has them; pytorch_model.bin (often beside them in older repos,
+    // the same weights) only where it has none.
     if f.fetch(SINGLE_FILE)?.is_none() {
-        let index = f
-            .fetch(INDEX_FILE)?
-            .ok_or_else(|| missing(format!("the repo has neither {SINGLE_FILE} nor {INDEX_FILE} (only safetensors weights are supported)")))?;
-        for shard in read_index(&index)?.files {
-            f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
+        if let Some(index) = f.fetch(INDEX_FILE)? {
+            for shard in read_index(&index)?.files {
+                f.fetch(&shard)?.ok_or_else(|| missing(format!("{shard}, named by {INDEX_FILE}, is not in the repo")))?;
+            }
+        } else if f.fetch(TORCH_FILE)?.is_none() {
+            return Err(missing(format!("the repo has none of {SINGLE_FILE}, {INDEX_FILE}, {TORCH_FILE}")));
         }
     }
     if let Some(modules) = dir.join("modules.json").is_file().then(|| dir.join("modules.json")) {
@@ -257,9 +343,13 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
             let config = f.fetch(&format!("{path}/config.json"))?;
             let dense = kind.rsplit('.').next() == Some("Dense");
             if dense || config.is_some() {
-                let weights = f.fetch(&format!("{path}/{SINGLE_FILE}"))?;
+                let weights = match f.fetch(&format!("{path}/{SINGLE_FILE}"))? {
+                    Some(w) => Some(w),
+                    None if dense => f.fetch(&format!("{path}/{TORCH_FILE}"))?,
+                    None => None,
+                };
                 if dense && (config.is_none() || weights.is_none()) {
-                    return Err(missing(format!("the Dense module {path:?} needs config.json and {SINGLE_FILE}")));
+                    return Err(missing(format!("the Dense module {path:?} needs config.json and {SINGLE_FILE} or {TORCH_FILE}")));
                 }
             }
         }
@@ -267,78 +357,79 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
     Ok(dir)
 }
 
+/// The hub repo of `id` at `revision`, and how errors show it (`id` or `id@revision`).
+fn hub_repo(id: &str, revision: Option<&str>) -> (hf_hub::Repo, String) {
+    match revision {
+        Some(r) => (hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()), format!("{id}@{r}")),
+        None => (hf_hub::Repo::model(id.to_string()), id.to_string()),
+    }
+}
+
+fn hub_api(cache: &hf_hub::Cache) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
+    hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).with_token(hub_token(cache)).build()
+}
+
+/// [`ModelSource::estimate_weight_bytes`] for a hub id: `config.json` and (unless the single
+/// weights file is cached) the sharded index, then the estimate from the snapshot folder.
+fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -> Option<u64> {
+    use crate::layers::weights::{INDEX_FILE, SINGLE_FILE};
+    let cache = hf_hub::Cache::from_env();
+    let (repo, shown) = hub_repo(id, revision);
+    let failed = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache.path().clone(), reason };
+    let mut cached = CacheOnly::new(&cache, &repo, false);
+    let mut online;
+    let f: &mut dyn Fetch = if offline() {
+        &mut cached
+    } else {
+        let no_exist = NoExist::new(&cache, &repo);
+        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache).ok()?.repo(repo), failed: &failed, unreachable: false };
+        &mut online
+    };
+    let dir = f.fetch("config.json").ok()??.parent()?.to_path_buf();
+    if !dir.join(SINGLE_FILE).is_file() {
+        f.fetch(INDEX_FILE).ok()?;
+    }
+    estimate_weight_bytes(&dir, dtype)
+}
+
 fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cache_dir = cache.path().clone();
-    let repo = match revision {
-        Some(r) => hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()),
-        None => hf_hub::Repo::model(id.to_string()),
-    };
-    let shown = match revision {
-        Some(r) => format!("{id}@{r}"),
-        None => id.to_string(),
-    };
+    let (repo, shown) = hub_repo(id, revision);
     let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
     let offline_missing = |what: String| not_available(format!("HF_HUB_OFFLINE is set and the cache lacks what it needs ({what})"));
     if offline() {
-        return fetch_model(&mut CacheOnly(cache.repo(repo)), &offline_missing);
+        return fetch_model(&mut CacheOnly::new(&cache, &repo, false), &offline_missing);
     }
-    // Everything the model needs already cached: no request to the hub (a cached model loads
-    // where the hub cannot be reached, and a load asks nothing for files the repo lacks).
-    if let Ok(dir) = fetch_model(&mut CacheOnly(cache.repo(repo.clone())), &offline_missing) {
+    // Everything the model needs already cached, and every file it lacks recorded as absent
+    // from the repo: no request to the hub (a cached model loads where the hub cannot be
+    // reached, and a load asks nothing for files the repo lacks). A file neither cached nor
+    // recorded (a cache another tool filled in part) is asked for.
+    if let Ok(dir) = fetch_model(&mut CacheOnly::new(&cache, &repo, true), &offline_missing) {
         return Ok(dir);
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_progress(false)
-        .with_token(hub_token(&cache))
-        .build()
-        .map_err(|e| not_available(e.to_string()))?;
-    let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
-    fetch_model(&mut online, &not_available)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hub_ids() {
-        assert!(is_hub_id("sentence-transformers/all-MiniLM-L6-v2"));
-        assert!(is_hub_id("BAAI/bge-small-en-v1.5"));
-        for bad in ["../../etc", "a/b/c", "/etc/passwd", "a/..", "a/.b", "noslash", "a/", "a/b c"] {
-            assert!(!is_hub_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn parse_sources() {
-        let dir = std::env::temp_dir();
-        assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Local(dir.clone()));
-        assert_eq!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: None });
-        assert_eq!(ModelSource::parse("org/model@v1.2").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: Some("v1.2".into()) });
-        assert_eq!(ModelSource::parse("org/model@refs/pr/1").unwrap().to_string(), "org/model@refs/pr/1");
-        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
-            assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
-        }
-    }
-
-    #[test]
-    fn offline_cache_miss_names_the_id() {
-        let tmp = std::env::temp_dir().join(format!("embed-hf-cache-{}", std::process::id()));
-        // Env vars are process-wide; this test owns HF_HOME/HF_HUB_OFFLINE only inside this process
-        // and no other unit test in this crate reads them.
-        std::env::set_var("HF_HOME", &tmp);
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-        let err = ModelSource::Hub { id: "org/not-cached".into(), revision: None }.resolve().unwrap_err();
-        let msg = err.to_string();
-        assert!(matches!(err, Error::ModelNotAvailable { .. }), "{msg}");
-        assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
+    let api = hub_api(&cache).map_err(|e| not_available(e.to_string()))?;
+    let no_exist = NoExist::new(&cache, &repo);
+    let mut online = Online { cache: cache.repo(repo.clone()), no_exist, remote: api.repo(repo.clone()), failed: &not_available, unreachable: false };
+    match fetch_model(&mut online, &not_available) {
+        // The hub cannot be reached and the cache has what the model needs, but does not record
+        // which files the repo lacks (filled by an older version or another tool): load what it
+        // has, as offline.
+        Err(e) if online.unreachable => match fetch_model(&mut CacheOnly::new(&cache, &repo, false), &offline_missing) {
+            Ok(dir) => {
+                tracing::warn!(model = %shown, error = %e, "the hub cannot be reached; loading what the cache has");
+                Ok(dir)
+            }
+            Err(_) => Err(e),
+        },
+        other => other,
     }
 }
+
 
 /// What a model's weights will take once loaded in `dtype`, from the headers of `dir`'s
-/// `model.safetensors`, or of every shard its `model.safetensors.index.json` names (no tensor
-/// data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
+/// `model.safetensors`, or of every shard its `model.safetensors.index.json` names, or from the
+/// pickle of its `pytorch_model.bin` (no tensor data is read): each floating-point tensor at `dtype`'s width, except that in int8 only
 /// matrices are 1 byte per element (norms and biases stay f32). `None` for `dtype` counts the
 /// files' own widths. A sharded model whose shards are not all present yet is estimated from the
 /// index's `metadata.total_size`, rescaled from `config.json`'s `torch_dtype`. `None` when
@@ -349,6 +440,11 @@ pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
         return header_estimate(&single, dtype);
+    }
+    let torch = dir.join(crate::layers::weights::TORCH_FILE);
+    if !dir.join(INDEX_FILE).is_file() && torch.is_file() {
+        let tensors = crate::layers::weights::torch_pickle_shapes(&torch).ok()?;
+        return Some(tensors.iter().map(|t| t.shape.iter().product::<u64>() * estimated_width(t.float, t.shape.len(), t.width, dtype)).sum());
     }
     let index = read_index(&dir.join(INDEX_FILE)).ok()?;
     let (files, total) = (index.files, index.total_size);
@@ -404,13 +500,57 @@ fn header_estimate(path: &Path, dtype: Option<crate::DType>) -> Option<u64> {
             _ => 1,
         };
         let float = matches!(t.get("dtype")?.as_str()?, "F64" | "F32" | "F16" | "BF16");
-        let width = match dtype {
-            Some(crate::DType::Int8) if float && shape.len() >= 2 => 1,
-            Some(crate::DType::Int8) if float => 4,
-            Some(d) if float => d.size_of() as u64,
-            _ => stored,
-        };
-        total += numel * width;
+        total += numel * estimated_width(float, shape.len(), stored, dtype);
     }
     Some(total)
+}
+
+/// Bytes per element of a tensor of `dims` dimensions stored `stored` bytes wide, once loaded
+/// in `dtype`: floats at `dtype`'s width (in int8, matrices at 1 and the rest at f32's 4).
+fn estimated_width(float: bool, dims: usize, stored: u64, dtype: Option<crate::DType>) -> u64 {
+    match dtype {
+        Some(crate::DType::Int8) if float && dims >= 2 => 1,
+        Some(crate::DType::Int8) if float => 4,
+        Some(d) if float => d.size_of() as u64,
+        _ => stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids() {
+        assert!(is_hub_id("sentence-transformers/all-MiniLM-L6-v2"));
+        assert!(is_hub_id("BAAI/bge-small-en-v1.5"));
+        for bad in ["../../etc", "a/b/c", "/etc/passwd", "a/..", "a/.b", "noslash", "a/", "a/b c"] {
+            assert!(!is_hub_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_sources() {
+        let dir = std::env::temp_dir();
+        assert_eq!(ModelSource::parse(dir.to_str().unwrap()).unwrap(), ModelSource::Local(dir.clone()));
+        assert_eq!(ModelSource::parse("org/model").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: None });
+        assert_eq!(ModelSource::parse("org/model@v1.2").unwrap(), ModelSource::Hub { id: "org/model".into(), revision: Some("v1.2".into()) });
+        assert_eq!(ModelSource::parse("org/model@refs/pr/1").unwrap().to_string(), "org/model@refs/pr/1");
+        for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
+            assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn offline_cache_miss_names_the_id() {
+        let tmp = std::env::temp_dir().join(format!("embed-hf-cache-{}", std::process::id()));
+        // Env vars are process-wide; this test owns HF_HOME/HF_HUB_OFFLINE only inside this process
+        // and no other unit test in this crate reads them.
+        std::env::set_var("HF_HOME", &tmp);
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let err = ModelSource::Hub { id: "org/not-cached".into(), revision: None }.resolve().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::ModelNotAvailable { .. }), "{msg}");
+        assert!(msg.contains("org/not-cached") && msg.contains("local model directory"), "{msg}");
+    }
 }

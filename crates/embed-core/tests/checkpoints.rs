@@ -2,12 +2,14 @@
 //! and its shards) load to the same vectors as the single file, a broken shard set is a typed
 //! error naming the file at fault with nothing left allocated, the pool's estimate reads the
 //! shards' headers, and a `1_Pooling/config.json` in sentence-transformers 6's format reads.
+//! A `pytorch_model.bin` written by `torch.save` gives its safetensors twin's vectors exactly, and
+//! a pickle that is more than a state dict of tensors is refused with nothing left allocated.
 
 use std::path::Path;
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
-use embed_testkit::checkpoints::{copy_model_dir, shard_checkpoint, sharded_fixture};
+use embed_testkit::checkpoints::{copy_model_dir, shard_checkpoint, sharded_fixture, torch_pickle_dir, torch_pickle_fixture};
 use embed_testkit::memory::{assert_weights_freed, settled_snapshot};
 use embed_testkit::{assert_cosines, assert_max_abs_diff, fixture_dir, fixture_query_reference, fixture_reference, serial};
 
@@ -206,4 +208,61 @@ async fn a_pooling_config_in_sentence_transformers_6_format_reads() {
     let (texts, expected) = texts_of("qwen3");
     let (got, _) = embed(tmp.path(), &texts).await;
     assert_cosines("sharded qwen3, sentence-transformers 6 pooling", &got, &expected, 0.99999);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pytorch_model_bin_gives_its_safetensors_twins_vectors_exactly() {
+    let _s = serial().await;
+    // distilbert's encoder and its Dense module, each a torch.save'd state_dict() (an
+    // OrderedDict with `_metadata`, one tensor a transposed view, one at a storage offset).
+    let (texts, expected) = texts_of("distilbert");
+    let (twin, twin_bytes) = embed(&fixture_dir("distilbert"), &texts).await;
+    let tmp = torch_pickle_fixture();
+    assert!(!tmp.path().join("model.safetensors").exists() && !tmp.path().join("2_Dense/model.safetensors").exists());
+    let (got, bytes) = embed(tmp.path(), &texts).await;
+    assert_eq!(bytes, twin_bytes, "weight bytes, pytorch_model.bin vs safetensors");
+    assert_max_abs_diff("pytorch_model.bin vs its safetensors twin", &got, &twin, 0.0);
+    assert_cosines("pytorch_model.bin vs sentence-transformers", &got, &expected, 0.99999);
+    for dtype in [None, Some(DType::F32), Some(DType::Bf16), Some(DType::Int8)] {
+        let from_bin = embed_core::estimate_weight_bytes(tmp.path(), dtype);
+        assert!(from_bin.is_some_and(|b| b > 0), "{dtype:?}: {from_bin:?}");
+        assert_eq!(from_bin, embed_core::estimate_weight_bytes(&fixture_dir("distilbert"), dtype), "{dtype:?}: estimate from the pickle vs the safetensors header");
+    }
+
+    // Both present: safetensors is read and pytorch_model.bin is not (it is garbage here).
+    let both = tempfile::tempdir().unwrap();
+    copy_model_dir(&fixture_dir("distilbert"), both.path());
+    std::fs::write(both.path().join("pytorch_model.bin"), b"not read").unwrap();
+    let (got, _) = embed(both.path(), &texts).await;
+    assert_max_abs_diff("safetensors preferred over pytorch_model.bin", &got, &twin, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pickle_that_is_more_than_tensors_is_refused_naming_the_file() {
+    let _s = serial().await;
+    let (texts, _) = texts_of("distilbert");
+    embed(&fixture_dir("distilbert"), &texts[..2]).await;
+    let refused = torch_pickle_dir().join("refused");
+    let is_bin = |p: &Path| p.ends_with("pytorch_model.bin");
+    type Check<'a> = &'a dyn Fn(&Error) -> bool;
+    let cases: [(&str, &str, Check); 5] = [
+        ("code.bin", "posix.system", &|e| matches!(e, Error::PickleRefused { path, .. } if is_bin(path))),
+        ("custom-class.bin", "__main__.CustomClass", &|e| matches!(e, Error::PickleRefused { path, .. } if is_bin(path))),
+        ("not-a-tensor.bin", "\"step\" is the int 3", &|e| matches!(e, Error::PickleRefused { path, .. } if is_bin(path))),
+        ("legacy.bin", "safetensors", &|e| matches!(e, Error::LegacyTorchFormat { path } if is_bin(path))),
+        ("truncated", "zip archive", &|e| matches!(e, Error::InvalidWeights { path, .. } if is_bin(path))),
+    ];
+    for (file, says, check) in cases {
+        let tmp = torch_pickle_fixture();
+        let bin = tmp.path().join("pytorch_model.bin");
+        if file == "truncated" {
+            // Cut in half (a download that stopped): the zip's directory at its end is gone.
+            let full = std::fs::read(&bin).unwrap();
+            std::fs::write(&bin, &full[..full.len() / 2]).unwrap();
+        } else {
+            std::fs::copy(refused.join(file), &bin).unwrap();
+        }
+        let msg = assert_load_fails(file, tmp.path(), check).await;
+        assert!(msg.contains(&bin.display().to_string()) && msg.contains(says), "{file}: {msg}");
+    }
 }

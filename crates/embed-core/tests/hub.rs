@@ -1,7 +1,8 @@
 //! Models by hub id, against a loopback stand-in for the hub (`embed_testkit::hub`) pointed at
 //! with `HF_ENDPOINT` and a temporary `HF_HOME`: every file a model needs arrives (shards, the
 //! module folders `modules.json` names, the tokenizer's config), the cache serves a second load
-//! offline, a revision pin fetches that revision, a gated repo needs its token (which appears in
+//! offline, a repo with only `pytorch_model.bin` weights loads (and one with safetensors too
+//! does not fetch the `.bin`), a revision pin fetches that revision, a gated repo needs its token (which appears in
 //! no error or log line), and an unknown id fails naming the id.
 //!
 //! The hub's environment variables are process-wide: every test here holds `serial()` and
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use embed_core::memory::live_weight_bytes;
 use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelOptions, ModelSpec};
-use embed_testkit::checkpoints::{copy_model_dir, sharded_fixture};
+use embed_testkit::checkpoints::{copy_model_dir, sharded_fixture, torch_pickle_fixture};
 use embed_testkit::hub::StandInHub;
 use embed_testkit::{assert_cosines, assert_max_abs_diff, fixture_dir, fixture_reference, serial};
 
@@ -101,7 +102,7 @@ async fn every_module_folder_and_the_tokenizers_length_limit_arrive() {
     assert_eq!((info.dimension, info.max_seq_length), (24, 16), "the Dense module's width and the tokenizer's limit");
     let out = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
     svc.cleanup().await.unwrap();
-    assert!(out.token_counts.iter().all(|&n| n <= 16) && out.token_counts.iter().any(|&n| n == 16), "{:?}", out.token_counts);
+    assert!(out.token_counts.iter().all(|&n| n <= 16) && out.token_counts.contains(&16), "{:?}", out.token_counts);
     // The same directory read locally gives the same vectors.
     let (local, _) = embed(&repo.path().to_string_lossy(), &texts).await;
     assert_max_abs_diff("by id vs the same directory", &out.vectors, &local, 0.0);
@@ -162,7 +163,7 @@ async fn a_gated_repo_needs_its_token_and_the_token_is_never_shown() {
     hub.gate("org/gated", token);
     let home = hub_env(&hub);
 
-    let err = load("org/gated").await.err().expect("a gated repo without a token must fail");
+    let err = load("org/gated").await.expect_err("a gated repo without a token must fail");
     let msg = err.to_string();
     assert!(matches!(err, Error::ModelNotAvailable { .. }), "{err:?}");
     assert!(msg.contains("org/gated") && msg.contains("gated or private") && msg.contains("HF_TOKEN"), "{msg}");
@@ -206,4 +207,86 @@ async fn an_unknown_id_fails_naming_the_id() {
     hub.publish("org/no-weights", "main", COMMIT_A, empty.path());
     let msg = load("org/no-weights").await.err().unwrap().to_string();
     assert!(msg.contains("org/no-weights") && msg.contains("model.safetensors"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pytorch_model_bin_is_fetched_only_where_the_repo_has_no_safetensors() {
+    let _s = serial().await;
+    let hub = StandInHub::start();
+    // distilbert with torch.save'd weights only (the encoder's and the Dense module's).
+    let bin_only = torch_pickle_fixture();
+    hub.publish("org/bin-only", "main", COMMIT_A, bin_only.path());
+    // The same model with safetensors and pytorch_model.bin side by side, as older repos have.
+    let both = tempfile::tempdir().unwrap();
+    copy_model_dir(&fixture_dir("distilbert"), both.path());
+    for sub in ["", "2_Dense"] {
+        std::fs::copy(bin_only.path().join(sub).join("pytorch_model.bin"), both.path().join(sub).join("pytorch_model.bin")).unwrap();
+    }
+    hub.publish("org/both", "main", COMMIT_A, both.path());
+    let _home = hub_env(&hub);
+    let (texts, _) = texts_of("distilbert");
+    let (twin, _) = embed(&fixture_dir("distilbert").to_string_lossy(), &texts).await;
+
+    let (got, dir) = embed("org/bin-only", &texts).await;
+    assert_max_abs_diff("pytorch_model.bin by hub id vs the safetensors twin", &got, &twin, 0.0);
+    assert!(dir.join("pytorch_model.bin").is_file() && dir.join("2_Dense/pytorch_model.bin").is_file(), "{}", dir.display());
+
+    let before = hub.requests().len();
+    let (got, dir) = embed("org/both", &texts).await;
+    assert_max_abs_diff("safetensors by hub id vs the local fixture", &got, &twin, 0.0);
+    let fetched: Vec<String> = hub.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    assert!(fetched.iter().any(|p| p.ends_with("/resolve/main/model.safetensors")), "{fetched:?}");
+    assert!(fetched.iter().any(|p| p.ends_with("/resolve/main/2_Dense/model.safetensors")), "{fetched:?}");
+    assert!(!fetched.iter().any(|p| p.ends_with("pytorch_model.bin")), "a .bin was fetched beside safetensors: {fetched:?}");
+    assert!(!dir.join("pytorch_model.bin").exists(), "{}", dir.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_the_repo_lacks_are_recorded_and_a_partly_filled_cache_asks_for_the_rest() {
+    let _s = serial().await;
+    let hub = StandInHub::start();
+    let fixture = fixture_dir("bert");
+    hub.publish("org/bert", "main", COMMIT_A, &fixture);
+    let home = hub_env(&hub);
+    let (texts, expected) = texts_of("bert");
+    let (got, dir) = embed("org/bert", &texts).await;
+    assert_cosines("bert by hub id", &got, &expected, 0.99999);
+
+    // Every file asked for that the repo lacks is recorded as huggingface_hub records it; no
+    // file the repo has is.
+    let no_exist = home.path().join("hub/models--org--bert/.no_exist").join(COMMIT_A);
+    let prefix = "/org/bert/resolve/main/";
+    let asked: Vec<String> = hub.requests().iter().filter_map(|r| r.path.strip_prefix(prefix).map(str::to_owned)).collect();
+    let lacked: Vec<&String> = asked.iter().filter(|f| !fixture.join(f).exists()).collect();
+    assert!(lacked.iter().any(|f| *f == "config_sentence_transformers.json") && lacked.iter().any(|f| *f == "2_Normalize/config.json"), "{asked:?}");
+    for f in &asked {
+        assert_eq!(no_exist.join(f).is_file(), lacked.contains(&f), "{f}: marker under {}", no_exist.display());
+    }
+
+    // A cache that lacks a file the repo has (filled in part by another tool): the hub is asked
+    // for that file alone, and the model pools as its 1_Pooling/config.json says (CLS), not by
+    // the mean it would fall back to without it.
+    std::fs::remove_file(dir.join("1_Pooling/config.json")).unwrap();
+    let before = hub.requests().len();
+    let (again, _) = embed("org/bert", &texts).await;
+    let asked: Vec<String> = hub.requests()[before..].iter().map(|r| r.path.clone()).collect();
+    // (hf-hub asks for a file's metadata, then for the file.)
+    assert!(!asked.is_empty() && asked.iter().all(|p| *p == format!("{prefix}1_Pooling/config.json")), "only the missing file is asked for: {asked:?}");
+    assert_max_abs_diff("after refetching the pooling config", &again, &got, 0.0);
+
+    // Fully cached again: no request, with the hub up; and offline with it stopped.
+    let before = hub.requests().len();
+    embed("org/bert", &texts).await;
+    assert_eq!(hub.requests().len(), before, "a fully cached model asked the hub again");
+    hub.stop();
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let (offline, _) = embed("org/bert", &texts).await;
+    std::env::remove_var("HF_HUB_OFFLINE");
+    assert_max_abs_diff("offline from the cache", &offline, &got, 0.0);
+
+    // A cache without the markers (written before they were, or by another tool) and the hub
+    // unreachable: the files it lacks cannot be asked about, so it loads what the cache has.
+    std::fs::remove_dir_all(home.path().join("hub/models--org--bert/.no_exist")).unwrap();
+    let (unreachable, _) = embed("org/bert", &texts).await;
+    assert_max_abs_diff("the hub unreachable, a cache without markers", &unreachable, &got, 0.0);
 }

@@ -190,7 +190,16 @@ impl Shared {
             bump(&self.counters.hits);
             return Ok(hit);
         }
-        let wanted = self.resolve(name)?;
+        let mut wanted = self.resolve(name)?;
+        if wanted.est_bytes == 0 && self.config.memory_budget.is_some() {
+            // A hub id: config.json and a sharded model's index (not the weights) say what it
+            // will take, so the budget can refuse it before any shard is downloaded.
+            if let Ok(source @ ModelSource::Hub { .. }) = ModelSource::parse(&wanted.spec.source) {
+                let dtype = wanted.spec.options.dtype;
+                let estimate = tokio::task::spawn_blocking(move || source.estimate_weight_bytes(dtype)).await;
+                wanted.est_bytes = estimate.ok().flatten().unwrap_or(0);
+            }
+        }
         self.acquire(&wanted).await
     }
 

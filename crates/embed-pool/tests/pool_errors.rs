@@ -191,3 +191,47 @@ async fn load_timeout_is_typed() {
     assert!(pool.status().models.is_empty());
     assert_eq!(pool.stats().load_failures, 1);
 }
+
+/// A model by hub id under a memory budget: the estimate comes from the sharded index's
+/// `metadata.total_size` (fetched with `config.json`, before any shard), so a model that cannot
+/// fit is refused without downloading its weights, and one that fits loads.
+#[tokio::test]
+async fn a_hub_model_larger_than_the_budget_is_refused_before_any_shard() {
+    use embed_core::{DType, ModelOptions};
+    use embed_pool::ModelRegistry;
+    let _s = embed_testkit::serial().await;
+    let hub = embed_testkit::hub::StandInHub::start();
+    let sharded = embed_testkit::checkpoints::sharded_fixture("qwen3", 3);
+    hub.publish("org/qwen3-sharded", "main", "0123456789abcdef0123456789abcdef01234567", sharded.path());
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sharded.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    let total = index["metadata"]["total_size"].as_u64().unwrap();
+    // Hub environment variables are process-wide; no other test in this binary reads them.
+    let home = tempfile::tempdir().unwrap();
+    std::env::set_var("HF_ENDPOINT", hub.endpoint());
+    std::env::set_var("HF_HOME", home.path());
+    for var in ["HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"] {
+        std::env::remove_var(var);
+    }
+    let spec = |dtype| ModelSpec::new("org/qwen3-sharded").with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
+
+    // The fixture is float32: at f32 it needs `total` bytes, at bf16 half of them.
+    let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(total - 1)), ModelRegistry::new().with("big", spec(DType::F32)));
+    match pool.get("big").await {
+        Err(PoolError::ModelTooLarge { name, bytes, budget }) => assert_eq!((name.as_str(), bytes, budget), ("big", total, total - 1)),
+        other => panic!("expected ModelTooLarge, got {other:?}"),
+    }
+    let fetched: Vec<String> = hub.requests().into_iter().map(|r| r.path).collect();
+    assert!(fetched.iter().any(|p| p.ends_with("/resolve/main/model.safetensors.index.json")), "{fetched:?}");
+    assert!(!fetched.iter().any(|p| p.contains("/model-0000")), "a shard was fetched for a model the budget refuses: {fetched:?}");
+    assert_eq!(live_models(), 0);
+    pool.close().await;
+
+    let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(total - 1)), ModelRegistry::new().with("half", spec(DType::Bf16)));
+    let lease = pool.get("half").await.unwrap_or_else(|e| panic!("bf16 fits in {} bytes: {e}", total - 1));
+    drop(lease);
+    pool.close().await;
+    assert_eq!(live_models(), 0);
+    for var in ["HF_ENDPOINT", "HF_HOME"] {
+        std::env::remove_var(var);
+    }
+}

@@ -206,6 +206,8 @@ fn permanent_load_error(e: &embed_core::Error) -> Option<String> {
         }
         E::InvalidWeights { path, .. } => format!("weights {} are invalid", file(path)),
         E::WeightsMismatch { path, .. } => format!("weights {} do not match its config", file(path)),
+        E::PickleRefused { path, .. } => format!("weights {} are a torch pickle holding more than tensors, which is refused", file(path)),
+        E::LegacyTorchFormat { path } => format!("weights {} are in torch's legacy format; convert them to safetensors", file(path)),
         E::Tokenizer { path, .. } => format!("tokenizer {} cannot be loaded", file(path)),
         E::InvalidDevice(_)
         | E::InvalidDtype(_)

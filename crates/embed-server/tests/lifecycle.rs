@@ -88,27 +88,11 @@ fn sigterm_right_after_start_is_logged_and_handled() {
     assert!(log.contains("signal received"), "{log}");
 }
 
-/// Runs the server to completion, killing it after `limit` (a server that should have exited).
-fn output_within(mut cmd: std::process::Command, limit: Duration) -> std::process::Output {
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if rx.recv_timeout(limit).is_err() {
-            // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let out = child.wait_with_output().unwrap();
-    let _ = tx.send(());
-    out
-}
-
 #[test]
 fn a_preload_that_cannot_succeed_stops_the_server() {
     let missing = std::env::temp_dir().join(format!("embed-no-such-model-{}", std::process::id()));
     let model = format!("gone={}", missing.display());
-    let out = output_within(common::command(&["--model", &model]), Duration::from_secs(60));
+    let out = common::output_within(common::command(&["--model", &model]), Duration::from_secs(60));
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(log.contains("could not be preloaded") && log.contains("gone"), "{log}");
@@ -138,7 +122,7 @@ fn a_preload_that_cannot_succeed_stops_the_server() {
 #[test]
 fn zero_limits_are_refused_at_startup() {
     for flag in ["--max-inputs", "--max-connections", "--max-body-bytes"] {
-        let out = output_within(common::command(&["--model", "x=/nowhere", flag, "0"]), Duration::from_secs(60));
+        let out = common::output_within(common::command(&["--model", "x=/nowhere", flag, "0"]), Duration::from_secs(60));
         let log = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{flag} 0: {log}");
         assert!(log.contains("must be at least 1"), "{log}");

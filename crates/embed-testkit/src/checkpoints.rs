@@ -71,3 +71,22 @@ pub fn sharded_fixture(name: &str, shards: usize) -> tempfile::TempDir {
     shard_checkpoint(tmp.path(), shards);
     tmp
 }
+
+/// The files `python/make_fixtures.py --torch-pickles` writes under `testdata/fixtures/torch-pickle/`.
+pub fn torch_pickle_dir() -> PathBuf {
+    crate::workspace_root().join("testdata/fixtures/torch-pickle")
+}
+
+/// A temporary copy of the distilbert fixture whose weights (the encoder's and its Dense
+/// module's) are `pytorch_model.bin` files written by `torch.save`, in place of its safetensors.
+pub fn torch_pickle_fixture() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("temporary directory");
+    copy_model_dir(&crate::fixture_dir("distilbert"), tmp.path());
+    let bins = torch_pickle_dir().join("distilbert");
+    for sub in ["", "2_Dense"] {
+        let (dst, src) = (tmp.path().join(sub), bins.join(sub));
+        std::fs::remove_file(dst.join("model.safetensors")).expect("remove the safetensors twin");
+        std::fs::copy(src.join("pytorch_model.bin"), dst.join("pytorch_model.bin")).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    }
+    tmp
+}

@@ -6,6 +6,7 @@ pub(crate) mod block;
 pub(crate) mod ffn;
 pub(crate) mod onednn;
 pub(crate) mod rotary;
+pub(crate) mod torch_pickle;
 pub(crate) mod weights;
 
 pub(crate) use weights::Weights;

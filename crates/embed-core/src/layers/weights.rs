@@ -21,11 +21,19 @@ use crate::{Error, Result};
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
 /// A sharded checkpoint's index: `{"metadata": {"total_size": …}, "weight_map": {tensor: shard}}`.
 pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
+/// A checkpoint written by `torch.save(state_dict)`, as older repos ship their weights.
+pub(crate) const TORCH_FILE: &str = "pytorch_model.bin";
 
-/// The weights file of model directory `dir`: `model.safetensors`, else the sharded index
-/// (transformers prefers the single file when both exist; so do we). `None` when neither is there.
+/// The weights file of model directory `dir`: `model.safetensors`, else the sharded index, else
+/// `pytorch_model.bin` (transformers prefers safetensors when both exist; so do we). `None` when
+/// none is there.
 pub(crate) fn checkpoint_in(dir: &Path) -> Option<PathBuf> {
-    [SINGLE_FILE, INDEX_FILE].into_iter().map(|f| dir.join(f)).find(|p| p.is_file())
+    [SINGLE_FILE, INDEX_FILE, TORCH_FILE].into_iter().map(|f| dir.join(f)).find(|p| p.is_file())
+}
+
+/// Whether `path` is read as a torch pickle (`.bin`, `.pt`, `.pth`) rather than safetensors.
+pub(crate) fn is_torch_pickle(path: &Path) -> bool {
+    path.extension().is_some_and(|e| ["bin", "pt", "pth"].iter().any(|x| e == std::ffi::OsStr::new(x)))
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> Error {
@@ -70,6 +78,29 @@ pub(crate) fn read_index(index: &Path) -> Result<ShardIndex> {
     Ok(ShardIndex { files, weight_map: names, total_size })
 }
 
+/// A stored tensor's size, for estimates.
+pub(crate) struct StoredShape {
+    /// Whether it holds floating-point values.
+    pub(crate) float: bool,
+    /// Bytes per element as stored.
+    pub(crate) width: u64,
+    pub(crate) shape: Vec<u64>,
+}
+
+/// The dtype and shape of every tensor in torch pickle `path` (no tensor data is read).
+pub(crate) fn torch_pickle_shapes(path: &Path) -> Result<Vec<StoredShape>> {
+    let shard = Shard::open(path.to_path_buf(), None)?;
+    let tensors = super::torch_pickle::read_state_dict(path, &shard.map)?;
+    Ok(tensors
+        .into_iter()
+        .map(|(_, t)| StoredShape {
+            float: matches!(t.kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16),
+            width: t.kind.elt_size_in_bytes() as u64,
+            shape: t.shape.iter().map(|&d| d as u64).collect(),
+        })
+        .collect())
+}
+
 /// One mapped file.
 struct Shard {
     path: PathBuf,
@@ -104,8 +135,12 @@ impl Shard {
 /// Where one tensor's bytes are.
 struct Entry {
     shard: usize,
-    dtype: Dtype,
+    /// The stored dtype, or the name of one libtorch cannot hold.
+    kind: std::result::Result<Kind, String>,
     shape: Vec<i64>,
+    /// Element strides over the byte range, for a torch pickle's views (a transposed or sliced
+    /// tensor); `None` for safetensors' contiguous tensors.
+    stride: Option<Vec<i64>>,
     /// Byte range in the shard's map.
     start: usize,
     end: usize,
@@ -118,7 +153,8 @@ pub(crate) struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens `path`: a safetensors file, or a sharded index (by its `.index.json` name). Checks
+    /// Opens `path`: a safetensors file, a torch pickle (`pytorch_model.bin`, by its extension),
+    /// or a sharded index (by its `.index.json` name). Checks
     /// every header, that no tensor is in two files, and that the index and the shards agree.
     pub(crate) fn open(path: &Path) -> Result<Checkpoint> {
         let is_index = path.file_name().is_some_and(|f| f.to_string_lossy().ends_with(".index.json"));
@@ -146,18 +182,36 @@ impl Checkpoint {
         Ok(ck)
     }
 
+    /// Adds every tensor of `shard` (safetensors, or a torch pickle by its extension).
     fn add(&mut self, shard: Shard) -> Result<()> {
-        let (header, meta) = SafeTensors::read_metadata(&shard.map).map_err(|e| invalid(&shard.path, format!("{e:?}")))?;
-        let base = 8 + header;
         let index = self.shards.len();
-        for (name, info) in meta.tensors() {
+        let entries: Vec<(String, Entry)> = if is_torch_pickle(&shard.path) {
+            super::torch_pickle::read_state_dict(&shard.path, &shard.map)?
+                .into_iter()
+                .map(|(name, t)| {
+                    let entry = Entry { shard: index, kind: Ok(t.kind), shape: t.shape, stride: Some(t.stride), start: t.start, end: t.end };
+                    (name, entry)
+                })
+                .collect()
+        } else {
+            let (header, meta) = SafeTensors::read_metadata(&shard.map).map_err(|e| invalid(&shard.path, format!("{e:?}")))?;
+            let base = 8 + header;
+            meta.tensors()
+                .into_iter()
+                .map(|(name, info)| {
+                    let (start, end) = info.data_offsets;
+                    let shape = info.shape.iter().map(|&d| d as i64).collect();
+                    let kind = kind_of(info.dtype).ok_or_else(|| format!("{:?}", info.dtype));
+                    (name, Entry { shard: index, kind, shape, stride: None, start: base + start, end: base + end })
+                })
+                .collect()
+        };
+        for (name, entry) in entries {
             if let Some(other) = self.entries.get(&name) {
                 let first = self.shards[other.shard].path.file_name().unwrap_or_default().to_string_lossy().into_owned();
                 return Err(invalid(&shard.path, format!("tensor {name:?} is also in {first}")));
             }
-            let (start, end) = info.data_offsets;
-            let shape = info.shape.iter().map(|&d| d as i64).collect();
-            self.entries.insert(name, Entry { shard: index, dtype: info.dtype, shape, start: base + start, end: base + end });
+            self.entries.insert(name, entry);
         }
         self.shards.push(shard);
         Ok(())
@@ -176,11 +230,20 @@ impl Checkpoint {
     fn read(&mut self, name: &str) -> Option<Result<(Tensor, PathBuf)>> {
         let e = self.entries.remove(name)?;
         let shard = &self.shards[e.shard];
-        let Some(kind) = kind_of(e.dtype) else {
-            return Some(Err(invalid(&shard.path, format!("tensor {name:?} has dtype {:?}, which libtorch cannot hold", e.dtype))));
+        let kind = match e.kind {
+            Ok(kind) => kind,
+            Err(dtype) => return Some(Err(invalid(&shard.path, format!("tensor {name:?} has dtype {dtype}, which libtorch cannot hold")))),
         };
-        let t = Tensor::f_from_data_size(&shard.map[e.start..e.end], &e.shape, kind)
-            .map_err(|err| invalid(&shard.path, format!("tensor {name:?}: {err}")));
+        let bytes = &shard.map[e.start..e.end];
+        let t = match &e.stride {
+            None => Tensor::f_from_data_size(bytes, &e.shape, kind),
+            // A view: the span's elements, then the view copied out of them.
+            Some(stride) => {
+                let span = (bytes.len() / kind.elt_size_in_bytes()) as i64;
+                Tensor::f_from_data_size(bytes, &[span], kind).and_then(|flat| flat.f_as_strided(&e.shape, stride, 0)).and_then(|v| v.f_contiguous())
+            }
+        }
+        .map_err(|err| invalid(&shard.path, format!("tensor {name:?}: {err}")));
         shard.release(e.start, e.end);
         Some(t.map(|t| (t, shard.path.clone())))
     }

@@ -109,3 +109,19 @@ impl Drop for Server {
 
 
 pub mod inproc;
+
+/// Runs `cmd` to completion, killing it after `limit` (a server that should have exited).
+pub fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if rx.recv_timeout(limit).is_err() {
+            // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = tx.send(());
+    out
+}

@@ -100,6 +100,9 @@ struct LoadedModel {
     device: Option<String>,
     /// The dtype it really runs in (`auto` resolved).
     dtype: Option<String>,
+    /// For a model loaded by hub id, the commit its revision resolved to (as `/info`'s
+    /// `model_sha`).
+    model_sha: Option<String>,
     idle_seconds: f64,
 }
 
@@ -111,6 +114,7 @@ impl LoadedModel {
             kind: m.kind,
             dimension: info.as_ref().map(|i| i.dimension),
             dtype: info.as_ref().map(|i| i.dtype.to_string()),
+            model_sha: info.as_ref().and_then(|i| embed_core::hub_commit(&i.dir)),
             state: m.state.as_str(),
             device: m.device.map(|d| d.to_string()),
             idle_seconds: now.saturating_duration_since(m.last_used).as_secs_f64(),
