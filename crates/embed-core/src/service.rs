@@ -558,6 +558,8 @@ async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveRepor
 /// reply channel; the worker sees that and skips the work.
 async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool, priority: Priority) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
+    // Held until this future ends (answered, failed or dropped).
+    let _bulk = (priority == Priority::Bulk).then(crate::worker::BulkInFlight::new);
     if priority == Priority::Interactive {
         crate::worker::note_interactive();
     }

@@ -78,8 +78,8 @@ pub struct ModelOptions {
     /// `Some(false)`: every request in arrival order in full-size batches, whatever its
     /// priority (for comparison; a query then waits behind whatever indexing is queued).
     pub priorities: Option<bool>,
-    /// While interactive requests are about (one arrived in the last two seconds, for any model
-    /// of the process), bulk batches are cut so that each takes about this long, by the worker's
+    /// While interactive requests meet bulk work (one arrived in the last second while a bulk
+    /// request was in flight, for any model of the process), bulk batches are cut so that each takes about this long, by the worker's
     /// measured speed: a query waits for at most one such batch. `None`: 30 ms on the CPU, 100
     /// ms on CUDA. Without interactive traffic bulk batches use the full token budget.
     pub bulk_batch_ms: Option<u64>,

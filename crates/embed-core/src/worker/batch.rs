@@ -310,8 +310,8 @@ impl Runner {
     }
 }
 
-/// How long after an interactive arrival bulk batches stay cut short.
-const INTERACTIVE_RECENT: Duration = Duration::from_secs(2);
+/// How long after an interactive arrival (that met bulk work) bulk batches stay cut short.
+const INTERACTIVE_RECENT: Duration = Duration::from_secs(1);
 
 /// How CPU batches run attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

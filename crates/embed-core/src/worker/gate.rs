@@ -11,7 +11,7 @@
 //! any model has interactive traffic, bulk batches everywhere are cut short.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -144,16 +144,41 @@ pub(crate) fn acquire(priority: Priority, threads: usize) -> Permit {
     }
 }
 
-/// Milliseconds from the process's first note to the last interactive arrival, plus one (0: none yet).
+/// Milliseconds from the process's first note to the last interactive arrival that met bulk
+/// work, plus one (0: none yet).
 static LAST_INTERACTIVE: AtomicU64 = AtomicU64::new(0);
+/// Bulk requests submitted and not yet answered (or dropped), all models together.
+static BULK_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a bulk request while it is in flight (dropped with the caller's future).
+#[must_use = "the request counts as in flight only while this is held"]
+pub(crate) struct BulkInFlight(());
+
+impl BulkInFlight {
+    pub(crate) fn new() -> BulkInFlight {
+        BULK_IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        BulkInFlight(())
+    }
+}
+
+impl Drop for BulkInFlight {
+    fn drop(&mut self) {
+        BULK_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-/// An interactive request arrived (for any model).
+/// An interactive request arrived (for any model). Noted only while bulk work is in flight:
+/// without it there is nothing to cut short, and an idle server batches every request the same
+/// way whatever came before (so results stay reproducible to the bit).
 pub(crate) fn note_interactive() {
+    if BULK_IN_FLIGHT.load(Ordering::SeqCst) == 0 {
+        return;
+    }
     let ms = epoch().elapsed().as_millis() as u64 + 1;
     LAST_INTERACTIVE.fetch_max(ms, Ordering::Relaxed);
 }
