@@ -58,7 +58,7 @@ pub use error::{panic_message, Error, Result};
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use worker::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
-    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,
+    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,
     ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
     TokenizedText,
 };

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::{Error, HubOptions, Result};
 
 /// A model location as given by a user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,9 +65,15 @@ impl ModelSource {
     /// Resolves the source to a local directory, consulting the cache and, unless
     /// `HF_HUB_OFFLINE=1`, the hub. Blocking: call from a worker thread.
     pub fn resolve(&self) -> Result<PathBuf> {
+        self.resolve_with(&HubOptions::default())
+    }
+
+    /// [`ModelSource::resolve`] with this cache directory and token (unset ones from the
+    /// environment).
+    pub fn resolve_with(&self, hub: &HubOptions) -> Result<PathBuf> {
         match self {
             ModelSource::Local(p) => Ok(p.clone()),
-            ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref()),
+            ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref(), hub),
         }
     }
 }
@@ -267,8 +273,11 @@ fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<P
     Ok(dir)
 }
 
-fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
+fn resolve_hub(id: &str, revision: Option<&str>, hub: &HubOptions) -> Result<PathBuf> {
+    let cache = match &hub.cache_dir {
+        Some(dir) => hf_hub::Cache::new(dir.clone()),
+        None => hf_hub::Cache::from_env(),
+    };
     let cache_dir = cache.path().clone();
     let repo = match revision {
         Some(r) => hf_hub::Repo::with_revision(id.to_string(), hf_hub::RepoType::Model, r.to_string()),
@@ -288,9 +297,14 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if let Ok(dir) = fetch_model(&mut CacheOnly(cache.repo(repo.clone())), &offline_missing) {
         return Ok(dir);
     }
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
+    let token = hub.token.as_ref().map(|t| t.expose().to_string()).or_else(|| hub_token(&cache));
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env();
+    if let Some(dir) = &hub.cache_dir {
+        builder = builder.with_cache_dir(dir.clone());
+    }
+    let api = builder
         .with_progress(false)
-        .with_token(hub_token(&cache))
+        .with_token(token)
         .build()
         .map_err(|e| not_available(e.to_string()))?;
     let mut online = Online { cache: cache.repo(repo.clone()), remote: api.repo(repo), failed: &not_available };
@@ -320,6 +334,28 @@ mod tests {
         for bad in ["", "/no/such/dir", "./missing", "../../etc/passwd", "justaname", "org/model@", "org/model@../x", "org/model@a b", "org/model@/x"] {
             assert!(matches!(ModelSource::parse(bad), Err(Error::InvalidSource { .. })), "{bad}");
         }
+    }
+
+    /// A cache directory given in the options is where the model is looked up (TEI's
+    /// `--huggingface-hub-cache`): a model cached there resolves without the hub, and one the
+    /// directory lacks is reported against that directory.
+    #[test]
+    fn cache_dir_from_options() {
+        let cache = tempfile::tempdir().unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let repo = cache.path().join("models--org--cached");
+        let snap = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::write(snap.join(f), "{}").unwrap();
+        }
+        let hub = HubOptions::new(Some(cache.path().to_path_buf()), crate::HubToken::new("hf_secret_never_shown"));
+        let source = ModelSource::Hub { id: "org/cached".into(), revision: None };
+        assert_eq!(source.resolve_with(&hub).unwrap(), snap);
+        assert!(!format!("{hub:?}").contains("hf_secret"), "options' Debug hides the token: {hub:?}");
+        assert!(crate::HubToken::new("  ").is_none(), "a blank token is no token");
     }
 
     #[test]

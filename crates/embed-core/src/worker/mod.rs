@@ -215,7 +215,7 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             });
         }
     }
-    let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
+    let dir_path = ModelSource::parse(&spec.source)?.resolve_with(&o.hub)?;
     let dir = ModelDir::read(&dir_path)?;
     let dtype = o.dtype.unwrap_or_else(|| DType::preferred(dir.arch.family, device));
     let text = TextPrep::new(&dir, &spec.name, o)?;
