@@ -91,6 +91,11 @@ pub struct ServerConfig {
     /// When a preload fails, keep serving (`/ready` stays 503) instead of stopping with
     /// [`crate::ServeError::Preload`]. Default false.
     pub allow_degraded_start: bool,
+    /// Every request reaches the default model, whatever `model` it names, as in TEI, which
+    /// serves one model and ignores the field: clients configured for TEI send any name
+    /// (OpenAI's SDKs require one). Meant for a server with one model; otherwise an unknown
+    /// name is a 404. Default false.
+    pub any_model_name: bool,
 }
 
 impl ServerConfig {
@@ -104,7 +109,23 @@ impl ServerConfig {
             timeouts: Timeouts::default(),
             api_key: None,
             allow_degraded_start: false,
+            any_model_name: false,
         }
+    }
+
+    /// The model a request that names `requested` (or none) is served by.
+    pub fn model_for(&self, requested: Option<String>) -> String {
+        match requested {
+            Some(name) if !self.any_model_name => name,
+            _ => self.default_model.clone(),
+        }
+    }
+
+    /// Serve every request with the default model, whatever it names (see
+    /// [`ServerConfig::any_model_name`]).
+    pub fn with_any_model_name(mut self, any: bool) -> Self {
+        self.any_model_name = any;
+        self
     }
 
     /// Sets the models to preload.

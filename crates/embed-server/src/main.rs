@@ -115,7 +115,7 @@ async fn main() -> Result<()> {
         .init();
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
-    let (pool_config, registry, mut config, bind) = build(Args::parse())?;
+    let (pool_config, registry, mut config, bind) = build(Args::parse().with_tei_env(|k| std::env::var(k).ok()))?;
     fit_connections_to_fd_limit(&mut config.limits);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
