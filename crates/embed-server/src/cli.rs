@@ -197,7 +197,7 @@ pub(crate) struct Args {
     /// TEI: the hub cache directory (where `models--org--name` folders are), for every hub model.
     #[arg(long, env = "HUGGINGFACE_HUB_CACHE", help_heading = TEI)]
     huggingface_hub_cache: Option<PathBuf>,
-    /// TEI: refused. Logs are plain text; JSON output is not built in.
+    /// TEI: log one JSON object per line (level, time, message and fields) instead of text.
     #[arg(long, env = "JSON_OUTPUT", num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new(), help_heading = TEI)]
     json_output: Option<bool>,
@@ -207,8 +207,9 @@ pub(crate) struct Args {
     /// TEI: refused, with --otlp-endpoint.
     #[arg(long, env = "OTLP_SERVICE_NAME", help_heading = TEI)]
     otlp_service_name: Option<String>,
-    /// TEI: refused. No CORS headers are sent; browsers' cross-origin calls need a proxy.
-    #[arg(long, env = "CORS_ALLOW_ORIGIN", help_heading = TEI)]
+    /// TEI: origins whose pages may call the server (CORS), repeatable or comma-separated; `*`
+    /// for any. Without it no CORS headers are sent (TEI allows every origin then).
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',', help_heading = TEI)]
     cors_allow_origin: Vec<String>,
     /// TEI: refused. Metrics are served on the main port at GET /metrics.
     #[arg(long, env = "PROMETHEUS_PORT", help_heading = TEI)]
@@ -247,6 +248,11 @@ impl Args {
         };
         self
     }
+
+    /// Whether logs are JSON lines (TEI's `--json-output`).
+    pub(crate) fn json_output(&self) -> bool {
+        self.json_output == Some(true)
+    }
 }
 
 /// Refuses each TEI flag whose meaning cannot apply here, naming the flag and why.
@@ -263,15 +269,6 @@ fn refuse_inapplicable_tei_flags(args: &Args) -> Result<()> {
     }
     if args.otlp_service_name.is_some() {
         refuse("--otlp-service-name (OTLP_SERVICE_NAME)", "it names the service in OpenTelemetry traces, which this server does not export. Remove the flag")?;
-    }
-    if args.json_output == Some(true) {
-        refuse("--json-output (JSON_OUTPUT)", "logs are written as plain text lines (EMBED_LOG sets their filter); JSON logs are not built in. Remove the flag")?;
-    }
-    if !args.cors_allow_origin.is_empty() {
-        refuse(
-            "--cors-allow-origin (CORS_ALLOW_ORIGIN)",
-            "this server sends no CORS headers, so browsers cannot call it from another origin; put it behind a proxy that adds them. Remove the flag",
-        )?;
     }
     if args.prometheus_port.is_some() {
         refuse("--prometheus-port (PROMETHEUS_PORT)", "metrics are served on the main port at GET /metrics, not on a port of their own; scrape that. Remove the flag")?;
@@ -296,6 +293,20 @@ fn refuse_inapplicable_tei_flags(args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A `--cors-allow-origin` value: `*`, or an origin as browsers send it (`scheme://host[:port]`,
+/// no path).
+fn parse_origin(o: &str) -> Result<axum::http::HeaderValue> {
+    let o = o.trim();
+    let valid = o == "*"
+        || o.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) && !rest.is_empty() && !rest.contains('/')
+        });
+    if !valid {
+        bail!("--cors-allow-origin {o:?}: expected an origin such as https://app.example.com (scheme, host, optional port; no path), or *");
+    }
+    axum::http::HeaderValue::from_str(o).with_context(|| format!("--cors-allow-origin {o:?} is not a valid header value"))
 }
 
 /// TEI's `--pooling` values (cls, mean, splade, last-token) onto ours.
@@ -599,6 +610,7 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     }
     pool = pool.with_default_options(base);
 
+    let cors_origins = args.cors_allow_origin.iter().map(|o| parse_origin(o)).collect::<Result<Vec<_>>>()?;
     let mut limits = Limits::default();
     let positive = |name: &str, n: usize| if n == 0 { bail!("{name} must be at least 1") } else { Ok(n) };
     if let Some(n) = args.max_inputs.or(args.max_client_batch_size).or(file.max_inputs) {
@@ -655,7 +667,8 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false))
         // TEI's start serves one model whatever a request's `model` says; beside other models,
         // names keep their meaning.
-        .with_any_model_name(single_tei_model);
+        .with_any_model_name(single_tei_model)
+        .with_cors_allow_origin(cors_origins);
     // --bind, then TEI's --hostname/--port, then the file, then TEI's defaults in a TEI-style
     // start (HOSTNAME/PORT, 0.0.0.0:3000), then ours.
     let bind = args
@@ -926,8 +939,6 @@ pinned = true
             ("--uds-path", Some("/tmp/tei.sock"), "runs its models in-process"),
             ("--otlp-endpoint", Some("http://collector:4317"), "exports no OpenTelemetry traces"),
             ("--otlp-service-name", Some("tei"), "does not export"),
-            ("--json-output", None, "JSON logs are not built in"),
-            ("--cors-allow-origin", Some("https://app.example"), "sends no CORS headers"),
             ("--prometheus-port", Some("9000"), "GET /metrics"),
             ("--dense-path", Some("2_Dense_1024"), "not implemented"),
         ] {
@@ -935,7 +946,21 @@ pinned = true
             let err = tei_err(&args, &[]);
             assert!(err.starts_with(&format!("{flag} (")) && err.contains("is not supported") && err.contains(why), "{flag}: {err}");
         }
-        assert!(tei(&[&m[..], &["--json-output", "false"]].concat(), &[]).is_ok(), "JSON_OUTPUT=false asks for nothing");
+        let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().json_output();
+        assert!(json(&["--json-output"]) && !json(&["--json-output", "false"]) && !json(&[]), "--json-output [BOOL]");
+    }
+
+    #[test]
+    fn tei_cors_origins() {
+        let m = ["--model-id", "org/model"];
+        let origins = |extra: &[&str]| tei(&[&m[..], extra].concat(), &[]).map(|b| b.2.cors_allow_origin);
+        assert!(origins(&[]).unwrap().is_empty(), "no CORS unless asked");
+        assert_eq!(origins(&["--cors-allow-origin", "https://a.example,http://b.example:8080"]).unwrap(), ["https://a.example", "http://b.example:8080"]);
+        assert_eq!(origins(&["--cors-allow-origin", "*"]).unwrap(), ["*"]);
+        for bad in ["a.example", "https://a.example/path", "https://"] {
+            let err = format!("{:#}", origins(&["--cors-allow-origin", bad]).unwrap_err());
+            assert!(err.contains("--cors-allow-origin") && err.contains(bad), "{err}");
+        }
     }
 
     /// Tokens and keys never reach an error or the options' Debug output.

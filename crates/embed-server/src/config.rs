@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+
 /// Request limits: sizes and counts. Fields are public: change what you need and take the
 /// rest from `..Limits::default()`.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +98,9 @@ pub struct ServerConfig {
     /// (OpenAI's SDKs require one). Meant for a server with one model; otherwise an unknown
     /// name is a 404. Default false.
     pub any_model_name: bool,
+    /// Origins whose browser pages may call the server (CORS; TEI's `--cors-allow-origin`):
+    /// `["*"]` any origin, empty (the default) none, so no CORS headers are sent.
+    pub cors_allow_origin: Vec<HeaderValue>,
 }
 
 impl ServerConfig {
@@ -110,6 +115,7 @@ impl ServerConfig {
             api_key: None,
             allow_degraded_start: false,
             any_model_name: false,
+            cors_allow_origin: Vec::new(),
         }
     }
 
@@ -119,6 +125,12 @@ impl ServerConfig {
             Some(name) if !self.any_model_name => name,
             _ => self.default_model.clone(),
         }
+    }
+
+    /// Lets pages from these origins call the server (see [`ServerConfig::cors_allow_origin`]).
+    pub fn with_cors_allow_origin(mut self, origins: Vec<HeaderValue>) -> Self {
+        self.cors_allow_origin = origins;
+        self
     }
 
     /// Serve every request with the default model, whatever it names (see

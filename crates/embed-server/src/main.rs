@@ -107,15 +107,18 @@ fn fit_connections_to_fd_limit(limits: &mut Limits) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into()))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let args = Args::parse().with_tei_env(|k| std::env::var(k).ok());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.json_output() {
+        // One JSON object per line, the event's fields at the top level beside level and time.
+        logs.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        logs.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
-    let (pool_config, registry, mut config, bind) = build(Args::parse().with_tei_env(|k| std::env::var(k).ok()))?;
+    let (pool_config, registry, mut config, bind) = build(args)?;
     fit_connections_to_fd_limit(&mut config.limits);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;

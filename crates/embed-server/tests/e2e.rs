@@ -99,6 +99,32 @@ async fn tei_style_start() {
     }
 }
 
+/// TEI's `--json-output`: every log line is one JSON object with the level, the time, the
+/// message and the event's fields at the top level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_logs() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let model = format!("tiny={}", dir.display());
+    let server = Server::start(&["--model", &model, "--json-output"]);
+    let client = reqwest::Client::new();
+    server.wait_ready(&client).await;
+    let r = client.post(format!("{}/embed", server.base)).json(&json!({"inputs": "hello"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let addr = server.base.trim_start_matches("http://").to_string();
+    server.signal(libc::SIGTERM);
+    let (code, log) = server.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{log}");
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{log}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["timestamp"].is_string()), "{log}");
+    let listening = lines.iter().find(|l| l["message"] == "listening").unwrap_or_else(|| panic!("no listening event: {log}"));
+    assert_eq!(listening["addr"], json!(addr), "fields flattened beside the message");
+    assert!(lines.iter().any(|l| l["message"] == "stopped" && l["live_models"] == json!(0)), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let model = format!("minilm={}", minilm_dir().display());
