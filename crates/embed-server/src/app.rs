@@ -185,6 +185,12 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
     app.with_state(state)
 }
 
+/// `GET /metrics` alone, for a listener of its own (TEI's `--prometheus-port`): scrapers reach
+/// the metrics there without the API's routes, and the main port keeps its `/metrics` too.
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
+    Router::new().route("/metrics", get(admin::metrics)).fallback(not_found).with_state(state)
+}
+
 /// The CORS layer for `origins` (`*`: any), TEI's: GET and POST, with `Content-Type`, and here
 /// also `Authorization` so a page can send the API key. `None` without origins.
 fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {

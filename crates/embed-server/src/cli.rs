@@ -211,7 +211,8 @@ pub(crate) struct Args {
     /// for any. Without it no CORS headers are sent (TEI allows every origin then).
     #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',', help_heading = TEI)]
     cors_allow_origin: Vec<String>,
-    /// TEI: refused. Metrics are served on the main port at GET /metrics.
+    /// TEI: also serve GET /metrics on this port, on the main address's IP (the main port keeps
+    /// /metrics too). Without it there is no second listener (TEI opens 9000 by default).
     #[arg(long, env = "PROMETHEUS_PORT", help_heading = TEI)]
     prometheus_port: Option<u16>,
     /// TEI's variables that collide with ours or with common environment (see
@@ -249,6 +250,11 @@ impl Args {
         self
     }
 
+    /// The port of the metrics listener (TEI's `--prometheus-port`), if one is asked for.
+    pub(crate) fn prometheus_port(&self) -> Option<u16> {
+        self.prometheus_port
+    }
+
     /// Whether logs are JSON lines (TEI's `--json-output`).
     pub(crate) fn json_output(&self) -> bool {
         self.json_output == Some(true)
@@ -269,9 +275,6 @@ fn refuse_inapplicable_tei_flags(args: &Args) -> Result<()> {
     }
     if args.otlp_service_name.is_some() {
         refuse("--otlp-service-name (OTLP_SERVICE_NAME)", "it names the service in OpenTelemetry traces, which this server does not export. Remove the flag")?;
-    }
-    if args.prometheus_port.is_some() {
-        refuse("--prometheus-port (PROMETHEUS_PORT)", "metrics are served on the main port at GET /metrics, not on a port of their own; scrape that. Remove the flag")?;
     }
     if args.dense_path.is_some() {
         refuse(
@@ -939,7 +942,6 @@ pinned = true
             ("--uds-path", Some("/tmp/tei.sock"), "runs its models in-process"),
             ("--otlp-endpoint", Some("http://collector:4317"), "exports no OpenTelemetry traces"),
             ("--otlp-service-name", Some("tei"), "does not export"),
-            ("--prometheus-port", Some("9000"), "GET /metrics"),
             ("--dense-path", Some("2_Dense_1024"), "not implemented"),
         ] {
             let args: Vec<&str> = m.iter().copied().chain([flag]).chain(value).collect();
@@ -948,6 +950,8 @@ pinned = true
         }
         let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().json_output();
         assert!(json(&["--json-output"]) && !json(&["--json-output", "false"]) && !json(&[]), "--json-output [BOOL]");
+        let port = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().prometheus_port();
+        assert_eq!((port(&["--prometheus-port", "9000"]), port(&[])), (Some(9000), None), "no metrics listener unless asked");
     }
 
     #[test]

@@ -125,6 +125,35 @@ async fn json_output_logs() {
     assert!(lines.iter().any(|l| l["message"] == "stopped" && l["live_models"] == json!(0)), "{log}");
 }
 
+/// TEI's `--prometheus-port`: `/metrics` on a listener of its own (and still on the main port),
+/// and nothing else there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_port_serves_metrics() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let model = format!("tiny={}", dir.display());
+    let server = Server::start(&["--model", &model, "--prometheus-port", "0"]);
+    let client = reqwest::Client::new();
+    server.wait_ready(&client).await;
+    let out = server.stdout();
+    let metrics = out
+        .lines()
+        .find_map(|l| l.strip_prefix("metrics on "))
+        .unwrap_or_else(|| panic!("no metrics address printed: {out}"))
+        .trim()
+        .to_string();
+    assert_ne!(metrics, format!("{}/metrics", server.base), "a port of its own");
+    let r = client.post(format!("{}/embed", server.base)).json(&json!({"inputs": "hello"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.get(&metrics).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("embed_http_requests_total") && text.contains("route=\"/embed\""), "{text}");
+    let main = client.get(format!("{}/metrics", server.base)).send().await.unwrap();
+    assert_eq!(main.status(), 200, "the main port keeps /metrics");
+    let other = client.post(metrics.replace("/metrics", "/embed")).json(&json!({"inputs": "x"})).send().await.unwrap();
+    assert_eq!(other.status(), 404, "only /metrics on the metrics port");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let model = format!("minilm={}", minilm_dir().display());
