@@ -464,8 +464,11 @@ fn parse_thresholds(s: &str, base: Pressure) -> Result<Pressure> {
 /// and the config file (flags win).
 pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketAddr)> {
     refuse_inapplicable_tei_flags(&args)?;
-    let tei_flag_address = (args.bind.is_none() && (args.hostname.is_some() || args.port.is_some())).then(|| tei_address(&args)).transpose()?;
-    let tei_default_address = (args.model_id.is_some() && args.bind.is_none()).then(|| tei_address(&args)).transpose()?;
+    // TEI's address: from its flags (before the config file's `bind`), or in a TEI-style start
+    // from HOSTNAME, PORT and its defaults (after it).
+    let tei_flags = args.hostname.is_some() || args.port.is_some();
+    let tei_bind = (args.bind.is_none() && (tei_flags || args.model_id.is_some())).then(|| tei_address(&args)).transpose()?;
+    let (tei_flag_address, tei_default_address) = if tei_flags { (tei_bind, None) } else { (None, tei_bind) };
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("parsing {}", p.display()))?,
