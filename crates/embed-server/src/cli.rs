@@ -215,6 +215,16 @@ pub(crate) struct Args {
     /// /metrics too). Without it there is no second listener (TEI opens 9000 by default).
     #[arg(long, env = "PROMETHEUS_PORT", help_heading = TEI)]
     prometheus_port: Option<u16>,
+    /// TEI: refused. There is no tokenizer worker pool to size.
+    #[arg(long, env = "TOKENIZATION_WORKERS", help_heading = TEI)]
+    tokenization_workers: Option<usize>,
+    /// TEI: refused. Choose the device with --device cuda:N.
+    #[arg(long, env = "DEVICE_ID", help_heading = TEI)]
+    device_id: Option<usize>,
+    /// TEI: refused (unless false). Log lines always carry their request's span.
+    #[arg(long, env = "DISABLE_SPANS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = TEI)]
+    disable_spans: Option<bool>,
     /// TEI's variables that collide with ours or with common environment (see
     /// [`Args::with_tei_env`]).
     #[arg(skip)]
@@ -275,6 +285,18 @@ fn refuse_inapplicable_tei_flags(args: &Args) -> Result<()> {
     }
     if args.otlp_service_name.is_some() {
         refuse("--otlp-service-name (OTLP_SERVICE_NAME)", "it names the service in OpenTelemetry traces, which this server does not export. Remove the flag")?;
+    }
+    if args.tokenization_workers.is_some() {
+        refuse(
+            "--tokenization-workers (TOKENIZATION_WORKERS)",
+            "there is no tokenizer worker pool to size: a request's inputs are tokenized on its own task (large requests on tokio's blocking pool). Remove the flag",
+        )?;
+    }
+    if args.device_id.is_some() {
+        refuse("--device-id (DEVICE_ID)", "the device is chosen with --device (cpu, cuda, cuda:N, auto); use --device cuda:N instead")?;
+    }
+    if args.disable_spans == Some(true) {
+        refuse("--disable-spans (DISABLE_SPANS)", "log lines always carry the span of the request they belong to (its id, method and path); leaving it out is not implemented. Remove the flag")?;
     }
     if args.dense_path.is_some() {
         refuse(
@@ -946,11 +968,15 @@ pinned = true
             ("--otlp-endpoint", Some("http://collector:4317"), "exports no OpenTelemetry traces"),
             ("--otlp-service-name", Some("tei"), "does not export"),
             ("--dense-path", Some("2_Dense_1024"), "not implemented"),
+            ("--tokenization-workers", Some("4"), "no tokenizer worker pool"),
+            ("--device-id", Some("1"), "--device cuda:N"),
+            ("--disable-spans", None, "always carry the span"),
         ] {
             let args: Vec<&str> = m.iter().copied().chain([flag]).chain(value).collect();
             let err = tei_err(&args, &[]);
             assert!(err.starts_with(&format!("{flag} (")) && err.contains("is not supported") && err.contains(why), "{flag}: {err}");
         }
+        assert!(tei(&[&m[..], &["--disable-spans", "false"]].concat(), &[]).is_ok(), "DISABLE_SPANS=false asks for nothing");
         let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().json_output();
         assert!(json(&["--json-output"]) && !json(&["--json-output", "false"]) && !json(&[]), "--json-output [BOOL]");
         let port = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().prometheus_port();
