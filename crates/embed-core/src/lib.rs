@@ -80,7 +80,7 @@ pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService};
 pub use worker::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
-    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, InputMode, ModelInfo, ModelKind,
+    BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,
     ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
     TokenizedText,
 };

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{Error, Result};
+use crate::{Error, HubOptions, Result};
 
 /// A model location as given by a user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,9 +65,15 @@ impl ModelSource {
     /// Resolves the source to a local directory, consulting the cache and, unless
     /// `HF_HUB_OFFLINE=1`, the hub. Blocking: call from a worker thread.
     pub fn resolve(&self) -> Result<PathBuf> {
+        self.resolve_with(&HubOptions::default())
+    }
+
+    /// [`ModelSource::resolve`] with this cache directory and token (unset ones from the
+    /// environment).
+    pub fn resolve_with(&self, hub: &HubOptions) -> Result<PathBuf> {
         match self {
             ModelSource::Local(p) => Ok(p.clone()),
-            ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref()),
+            ModelSource::Hub { id, revision } => resolve_hub(id, revision.as_deref(), hub),
         }
     }
 
@@ -365,8 +371,22 @@ fn hub_repo(id: &str, revision: Option<&str>) -> (hf_hub::Repo, String) {
     }
 }
 
-fn hub_api(cache: &hf_hub::Cache) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
-    hf_hub::api::sync::ApiBuilder::from_env().with_progress(false).with_token(hub_token(cache)).build()
+/// The hub client for `cache`, with the token from `hub` or else the environment's.
+fn hub_api(cache: &hf_hub::Cache, hub: &HubOptions) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
+    let token = hub.token.as_ref().map(|t| t.expose().to_string()).or_else(|| hub_token(cache));
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_env();
+    if let Some(dir) = &hub.cache_dir {
+        builder = builder.with_cache_dir(dir.clone());
+    }
+    builder.with_progress(false).with_token(token).build()
+}
+
+/// The cache `hub` names, or the environment's.
+fn hub_cache(hub: &HubOptions) -> hf_hub::Cache {
+    match &hub.cache_dir {
+        Some(dir) => hf_hub::Cache::new(dir.clone()),
+        None => hf_hub::Cache::from_env(),
+    }
 }
 
 /// [`ModelSource::estimate_weight_bytes`] for a hub id: `config.json` and (unless the single
@@ -382,7 +402,7 @@ fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -
         &mut cached
     } else {
         let no_exist = NoExist::new(&cache, &repo);
-        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache).ok()?.repo(repo), failed: &failed, unreachable: false };
+        online = Online { cache: cache.repo(repo.clone()), no_exist, remote: hub_api(&cache, &HubOptions::default()).ok()?.repo(repo), failed: &failed, unreachable: false };
         &mut online
     };
     let dir = f.fetch("config.json").ok()??.parent()?.to_path_buf();
@@ -392,8 +412,8 @@ fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -
     estimate_weight_bytes(&dir, dtype)
 }
 
-fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
-    let cache = hf_hub::Cache::from_env();
+fn resolve_hub(id: &str, revision: Option<&str>, hub: &HubOptions) -> Result<PathBuf> {
+    let cache = hub_cache(hub);
     let cache_dir = cache.path().clone();
     let (repo, shown) = hub_repo(id, revision);
     let not_available = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache_dir.clone(), reason };
@@ -408,7 +428,7 @@ fn resolve_hub(id: &str, revision: Option<&str>) -> Result<PathBuf> {
     if let Ok(dir) = fetch_model(&mut CacheOnly::new(&cache, &repo, true), &offline_missing) {
         return Ok(dir);
     }
-    let api = hub_api(&cache).map_err(|e| not_available(e.to_string()))?;
+    let api = hub_api(&cache, hub).map_err(|e| not_available(e.to_string()))?;
     let no_exist = NoExist::new(&cache, &repo);
     let mut online = Online { cache: cache.repo(repo.clone()), no_exist, remote: api.repo(repo.clone()), failed: &not_available, unreachable: false };
     match fetch_model(&mut online, &not_available) {
@@ -519,6 +539,28 @@ fn estimated_width(float: bool, dims: usize, stored: u64, dtype: Option<crate::D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cache directory given in the options is where the model is looked up (TEI's
+    /// `--huggingface-hub-cache`): a model cached there resolves without the hub, and one the
+    /// directory lacks is reported against that directory.
+    #[test]
+    fn cache_dir_from_options() {
+        let cache = tempfile::tempdir().unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let repo = cache.path().join("models--org--cached");
+        let snap = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+            std::fs::write(snap.join(f), "{}").unwrap();
+        }
+        let hub = HubOptions::new(Some(cache.path().to_path_buf()), crate::HubToken::new("hf_secret_never_shown"));
+        let source = ModelSource::Hub { id: "org/cached".into(), revision: None };
+        assert_eq!(source.resolve_with(&hub).unwrap(), snap);
+        assert!(!format!("{hub:?}").contains("hf_secret"), "options' Debug hides the token: {hub:?}");
+        assert!(crate::HubToken::new("  ").is_none(), "a blank token is no token");
+    }
 
     #[test]
     fn hub_ids() {

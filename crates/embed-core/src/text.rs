@@ -20,7 +20,9 @@ pub(crate) struct TextPrep {
     tokenizer_path: PathBuf,
     model: String,
     prompts: BTreeMap<String, String>,
-    default_prompt_name: Option<String>,
+    /// The prompt for inputs given no mode, prompt name or instruction (the options' default
+    /// prompt, else the model's).
+    default_prompt: String,
     query_prefix: Option<String>,
     document_prefix: Option<String>,
     exclude_prompt_from_pooling: bool,
@@ -83,6 +85,15 @@ impl TextPrep {
             Some(r) => Some(llm_prompt(dir, r, &tokenizer, max_seq_length)?),
             None => None,
         };
+        let default_prompt = match (&options.default_prompt, &options.default_prompt_name) {
+            (Some(p), _) => p.clone(),
+            (None, Some(name)) => dir.prompts.get(name).cloned().ok_or_else(|| Error::UnknownPrompt {
+                model: model.to_string(),
+                name: name.clone(),
+                known: if dir.prompts.is_empty() { "none".into() } else { dir.prompts.keys().cloned().collect::<Vec<_>>().join(", ") },
+            })?,
+            (None, None) => dir.default_prompt_name.as_ref().and_then(|n| dir.prompts.get(n)).cloned().unwrap_or_default(),
+        };
         Ok(TextPrep {
             llm_prompt,
             tokenizer,
@@ -90,7 +101,7 @@ impl TextPrep {
             tokenizer_path: dir.tokenizer.clone(),
             model: model.to_string(),
             prompts: dir.prompts.clone(),
-            default_prompt_name: dir.default_prompt_name.clone(),
+            default_prompt,
             query_prefix: options.query_prefix.clone(),
             document_prefix: options.document_prefix.clone(),
             exclude_prompt_from_pooling: dir.exclude_prompt_from_pooling,
@@ -128,7 +139,7 @@ impl TextPrep {
         Ok(match options.mode {
             Some(InputMode::Query) => self.query_prefix.clone().unwrap_or_else(|| model_prompt(&["query"])),
             Some(InputMode::Document) => self.document_prefix.clone().unwrap_or_else(|| model_prompt(&["document", "passage"])),
-            None => self.default_prompt_name.as_ref().and_then(|n| prompts.get(n)).cloned().unwrap_or_default(),
+            None => self.default_prompt.clone(),
         })
     }
 

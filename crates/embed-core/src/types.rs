@@ -27,6 +27,48 @@ pub struct FaultInjection {
     pub load_delay: Option<std::time::Duration>,
 }
 
+/// How hub models are fetched: the cache directory and the token. Unset fields fall back to the
+/// environment (`HF_HOME`, `HF_TOKEN`, `HF_TOKEN_PATH`, the cache's `token` file).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubOptions {
+    /// The hub cache directory itself (where `models--org--name` folders live), as
+    /// `HF_HUB_CACHE` / TEI's `HUGGINGFACE_HUB_CACHE` name it; `None`: `$HF_HOME/hub`.
+    pub cache_dir: Option<PathBuf>,
+    /// The token sent to the hub; `None`: `HF_TOKEN`, `HF_TOKEN_PATH` or the cache's file.
+    pub token: Option<HubToken>,
+}
+
+impl HubOptions {
+    /// Options with this cache directory and token.
+    pub fn new(cache_dir: Option<PathBuf>, token: Option<HubToken>) -> Self {
+        HubOptions { cache_dir, token }
+    }
+}
+
+/// A hub access token. Its `Debug` shows no part of it, so options can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HubToken(String);
+
+impl HubToken {
+    /// Wraps `token`; `None` when it is blank.
+    pub fn new(token: impl Into<String>) -> Option<Self> {
+        let t = token.into().trim().to_string();
+        (!t.is_empty()).then_some(HubToken(t))
+    }
+
+    /// The token itself, for the request that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HubToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HubToken(<redacted>)")
+    }
+}
+
 /// How a model is loaded and run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelOptions {
@@ -89,6 +131,15 @@ pub struct ModelOptions {
     /// decoder reranker (a reranker already) it replaces the default prompt
     /// ([`LlmReranker::qwen3`](crate::LlmReranker::qwen3)); any other model refuses it.
     pub llm_reranker: Option<crate::LlmReranker>,
+    /// The prompt put before every input a request gives no mode, prompt name or instruction
+    /// for, instead of the model's own default prompt (TEI's `--default-prompt`).
+    pub default_prompt: Option<String>,
+    /// The name of one of the model's prompts (`config_sentence_transformers.json`) to use as
+    /// [`ModelOptions::default_prompt`] (TEI's `--default-prompt-name`); a load fails with
+    /// [`crate::Error::UnknownPrompt`] when the model has no such prompt.
+    pub default_prompt_name: Option<String>,
+    /// Where hub models are cached and the token that fetches them.
+    pub hub: HubOptions,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -123,6 +174,9 @@ impl Default for ModelOptions {
             priorities: None,
             bulk_batch_ms: None,
             llm_reranker: None,
+            default_prompt: None,
+            default_prompt_name: None,
+            hub: HubOptions::default(),
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }

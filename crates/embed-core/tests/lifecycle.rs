@@ -232,6 +232,42 @@ async fn prompts_and_modes() {
     svc.cleanup().await.unwrap();
 }
 
+/// TEI's `--default-prompt` / `--default-prompt-name`: the prompt for inputs a request gives
+/// no mode, name or instruction for; an unknown name fails the load, naming the model's prompts.
+#[tokio::test]
+async fn default_prompt_options() {
+    let _s = embed_testkit::serial().await;
+    let tiny = TinyModel {
+        prompts: vec![("query".into(), "query: ".into()), ("document".into(), "passage: ".into())],
+        ..TinyModel::default()
+    };
+    let (_tmp, dir) = tiny.write_temp();
+    let t = texts(&["the cat"]);
+    let with = |o: ModelOptions| spec(&dir).with_options(o);
+    let svc = DenseEmbeddingService::from_spec(spec(&dir)).await.unwrap();
+    let plain = svc.embed_texts(&t, &EmbedOptions::default()).await.unwrap();
+    let query = svc.embed_texts(&texts(&["query: the cat"]), &EmbedOptions::default()).await.unwrap();
+    let literal = svc.embed_texts(&texts(&["search: the cat"]), &EmbedOptions::default()).await.unwrap();
+    let passage = svc.embed_texts(&t, &EmbedOptions::document()).await.unwrap();
+    svc.cleanup().await.unwrap();
+    assert_ne!(plain.vectors, query.vectors);
+
+    let named = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt_name: Some("query".into()), ..Default::default() })).await.unwrap();
+    assert_eq!(named.embed_texts(&t, &EmbedOptions::default()).await.unwrap().vectors, query.vectors, "the named prompt by default");
+    assert_eq!(named.embed_texts(&t, &EmbedOptions::document()).await.unwrap().vectors, passage.vectors, "a mode still picks its own prompt");
+    named.cleanup().await.unwrap();
+
+    let given = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt: Some("search: ".into()), ..Default::default() })).await.unwrap();
+    assert_eq!(given.embed_texts(&t, &EmbedOptions::default()).await.unwrap().vectors, literal.vectors, "the literal prompt by default");
+    given.cleanup().await.unwrap();
+
+    let err = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt_name: Some("classify".into()), ..Default::default() }))
+        .await
+        .err()
+        .expect("an unknown default prompt name fails the load");
+    assert!(matches!(&err, Error::UnknownPrompt { name, known, .. } if name == "classify" && known == "document, query"), "{err}");
+}
+
 #[tokio::test]
 async fn dropping_a_service_frees_its_model() {
     let _s = embed_testkit::serial().await;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{header, HeaderName, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use embed_pool::{Lease, Pool};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -156,7 +157,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
         // once its model is loaded) answers it.
         .route("/ping", get(admin::ready))
         .route("/metrics", get(admin::metrics));
-    Router::new()
+    let app = Router::new()
         .merge(protected)
         .merge(open)
         .fallback(not_found)
@@ -175,8 +176,34 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .with_state(state)
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid));
+    // Outermost, so a browser's preflight is answered before authentication asks for a key.
+    let app = match cors(&state.config.cors_allow_origin) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
+    app.with_state(state)
+}
+
+/// `GET /metrics` alone, for a listener of its own (TEI's `--prometheus-port`): scrapers reach
+/// the metrics there without the API's routes, and the main port keeps its `/metrics` too.
+pub fn metrics_router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
+    Router::new().route("/metrics", get(admin::metrics)).fallback(not_found).with_state(state)
+}
+
+/// The CORS layer for `origins` (`*`: any), TEI's: GET and POST, with `Content-Type`, and here
+/// also `Authorization` so a page can send the API key. `None` without origins.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") { AllowOrigin::any() } else { AllowOrigin::list(origins.iter().cloned()) };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+    )
 }
 
 async fn not_found(req: Request) -> Response {

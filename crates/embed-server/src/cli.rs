@@ -1,14 +1,22 @@
 //! The server binary's configuration: flags, `EMBED_*` environment variables and the TOML file
 //! (`--config`), in that order of precedence, turned into the pool's and the server's settings.
+//!
+//! text-embeddings-inference's (TEI's) flags and environment variables are accepted beside ours
+//! with TEI's meaning (`--model-id`, `--port`, `MAX_CLIENT_BATCH_SIZE`, …), so a TEI deployment's
+//! arguments start this server unchanged; a TEI flag whose meaning cannot apply here is refused
+//! at start with the reason, never ignored. TEI's variables whose names our flags already
+//! carry an `EMBED_*` variable for (`DTYPE`, `MAX_BATCH_TOKENS`, `API_KEY`) and the ambient
+//! `HOSTNAME` and `PORT` are read in one place, [`Args::with_tei_env`].
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::BoolishValueParser;
 use clap::Parser;
-use embed_core::{DType, DeviceSpec, LlmReranker, ModelOptions, ModelSpec};
+use embed_core::{DType, DeviceSpec, HubOptions, HubToken, LlmReranker, ModelOptions, ModelSpec, Pooling};
 use embed_pool::{HostBudget, ModelRegistry, ModelSettings, PoolConfig, Pressure, WarmMode, WarmTier};
 use embed_server::{Limits, ServerConfig, Timeouts};
 use serde::Deserialize;
@@ -23,8 +31,8 @@ pub(crate) struct Args {
     /// TOML config file (keys as the long flags with '_' for '-', models under [models.NAME]).
     #[arg(long, env = "EMBED_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "EMBED_BIND")]
+    /// Address to listen on (default 127.0.0.1:8080; with TEI's flags, see --hostname).
+    #[arg(long, env = "EMBED_BIND", conflicts_with_all = ["hostname", "port"])]
     bind: Option<SocketAddr>,
     /// A model as NAME=SOURCE (a local directory or a hub id); repeatable, or comma-separated in
     /// EMBED_MODELS.
@@ -35,7 +43,7 @@ pub(crate) struct Args {
     #[arg(long = "reranker", env = "EMBED_RERANKERS", value_delimiter = ',')]
     rerankers: Vec<String>,
     /// Model used when a request names none (default: the first model).
-    #[arg(long, env = "EMBED_DEFAULT_MODEL")]
+    #[arg(long, env = "EMBED_DEFAULT_MODEL", conflicts_with = "model_id")]
     default_model: Option<String>,
     /// Models to load before /ready reports ready (default: the default model).
     #[arg(long, env = "EMBED_PRELOAD", value_delimiter = ',')]
@@ -67,10 +75,12 @@ pub(crate) struct Args {
     #[arg(long, env = "EMBED_DEVICE")]
     device: Option<String>,
     /// Precision: f32, f16, bf16, int8 (CPU: int8 linear layers, calibrated at load), or auto
-    /// (the default: bf16 for decoder LLMs on CUDA, f32 otherwise).
+    /// (the default: bf16 for decoder LLMs on CUDA, f32 otherwise). TEI's float32, float16 and
+    /// bfloat16 are the same as f32, f16 and bf16; TEI's DTYPE is read when EMBED_DTYPE is unset.
     #[arg(long, env = "EMBED_DTYPE")]
     dtype: Option<String>,
-    /// Dynamic-batching budget: padded tokens per forward pass.
+    /// Dynamic-batching budget: padded tokens per forward pass (TEI's MAX_BATCH_TOKENS is read
+    /// when EMBED_MAX_BATCH_TOKENS is unset).
     #[arg(long, env = "EMBED_MAX_BATCH_TOKENS")]
     max_batch_tokens: Option<usize>,
     /// libtorch intra-op threads per model on CPU (default: libtorch's, all cores). Set it to
@@ -78,21 +88,22 @@ pub(crate) struct Args {
     #[arg(long, env = "EMBED_THREADS")]
     threads: Option<usize>,
     /// Most inputs in one request.
-    #[arg(long, env = "EMBED_MAX_INPUTS")]
+    #[arg(long, env = "EMBED_MAX_INPUTS", conflicts_with = "max_client_batch_size")]
     max_inputs: Option<usize>,
     /// Largest request body in bytes.
-    #[arg(long, env = "EMBED_MAX_BODY_BYTES")]
+    #[arg(long, env = "EMBED_MAX_BODY_BYTES", conflicts_with = "payload_limit")]
     max_body_bytes: Option<usize>,
     /// Requests served at once; more get 429.
-    #[arg(long, env = "EMBED_MAX_CONCURRENT")]
+    #[arg(long, env = "EMBED_MAX_CONCURRENT", conflicts_with = "max_concurrent_requests")]
     max_concurrent: Option<usize>,
     /// Whole-request timeout in seconds.
     #[arg(long, env = "EMBED_REQUEST_TIMEOUT")]
     request_timeout: Option<u64>,
     /// Reject inputs longer than the model's limit with 422 instead of truncating them.
-    #[arg(long, env = "EMBED_NO_TRUNCATE")]
+    #[arg(long, env = "EMBED_NO_TRUNCATE", conflicts_with = "auto_truncate")]
     no_truncate: bool,
-    /// Require `Authorization: Bearer <key>` (all routes but /health, /ready, /metrics).
+    /// Require `Authorization: Bearer <key>` (all routes but /health, /ready, /metrics). TEI's
+    /// API_KEY is read when EMBED_API_KEY is unset.
     #[arg(long, env = "EMBED_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM; releasing the models
@@ -127,6 +138,240 @@ pub(crate) struct Args {
     /// CPU threads forward passes may use at once, all models together (default: all cores).
     #[arg(long, env = "EMBED_CPU_THREADS")]
     cpu_threads: Option<usize>,
+
+    /// TEI: a model to serve as the default, by hub id (`org/name`, `org/name@revision`) or
+    /// directory; named by --served-model-name, else by the id itself. --model adds others.
+    #[arg(long, env = "MODEL_ID", help_heading = TEI)]
+    model_id: Option<String>,
+    /// TEI: the hub revision (branch, tag or commit) of --model-id.
+    #[arg(long, env = "REVISION", help_heading = TEI)]
+    revision: Option<String>,
+    /// TEI: the name the --model-id model is served under (requests' `model`, /v1/models).
+    #[arg(long, env = "SERVED_MODEL_NAME", help_heading = TEI)]
+    served_model_name: Option<String>,
+    /// TEI: the --model-id model's pooling instead of its own: cls, mean, last-token (and max).
+    /// TEI's splade is refused: SPLADE pooling comes from a sparse model's modules.json.
+    #[arg(long, env = "POOLING", help_heading = TEI)]
+    pooling: Option<String>,
+    /// TEI: the IP address to listen on (default 0.0.0.0 in a TEI-style start). The HOSTNAME
+    /// variable counts only when it is an IP address: containers set it to their host name.
+    #[arg(long, help_heading = TEI)]
+    hostname: Option<String>,
+    /// TEI: the port to listen on (default 3000 in a TEI-style start; PORT is read too).
+    #[arg(long, short = 'p', help_heading = TEI)]
+    port: Option<u16>,
+    /// TEI: refused. TEI's router reaches its Python backend over this socket; this server runs
+    /// its models in-process.
+    #[arg(long, env = "UDS_PATH", help_heading = TEI)]
+    uds_path: Option<String>,
+    /// TEI: the same as --max-concurrent.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", help_heading = TEI)]
+    max_concurrent_requests: Option<usize>,
+    /// TEI: most inputs per forward pass, every model (default: 32 on CPU, 256 on CUDA).
+    #[arg(long, env = "MAX_BATCH_REQUESTS", help_heading = TEI)]
+    max_batch_requests: Option<usize>,
+    /// TEI: the same as --max-inputs (most inputs in one request; 413 above it).
+    #[arg(long, env = "MAX_CLIENT_BATCH_SIZE", help_heading = TEI)]
+    max_client_batch_size: Option<usize>,
+    /// TEI: truncate inputs longer than the model's limit when a request does not say (the
+    /// default here; `false` is --no-truncate).
+    #[arg(long, env = "AUTO_TRUNCATE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = TEI)]
+    auto_truncate: Option<bool>,
+    /// TEI: the name of one of the --model-id model's prompts to put before inputs that carry no
+    /// prompt of their own.
+    #[arg(long, env = "DEFAULT_PROMPT_NAME", conflicts_with = "default_prompt", help_heading = TEI)]
+    default_prompt_name: Option<String>,
+    /// TEI: a prompt to put before the --model-id model's inputs that carry none of their own.
+    #[arg(long, env = "DEFAULT_PROMPT", help_heading = TEI)]
+    default_prompt: Option<String>,
+    /// TEI: refused. Choosing another Dense module than modules.json lists is not implemented.
+    #[arg(long, env = "DENSE_PATH", help_heading = TEI)]
+    dense_path: Option<String>,
+    /// TEI: the same as --max-body-bytes (largest request body in bytes).
+    #[arg(long, env = "PAYLOAD_LIMIT", help_heading = TEI)]
+    payload_limit: Option<usize>,
+    /// TEI: the hub token for gated and private models (else HF_TOKEN_PATH or the cache's
+    /// token file). Never logged.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true, help_heading = TEI)]
+    hf_token: Option<String>,
+    /// TEI's deprecated name of --hf-token.
+    #[arg(long, env = "HF_API_TOKEN", hide_env_values = true, hide = true, conflicts_with = "hf_token")]
+    hf_api_token: Option<String>,
+    /// TEI: the hub cache directory (where `models--org--name` folders are), for every hub model.
+    #[arg(long, env = "HUGGINGFACE_HUB_CACHE", help_heading = TEI)]
+    huggingface_hub_cache: Option<PathBuf>,
+    /// TEI: log one JSON object per line (level, time, message and fields) instead of text.
+    #[arg(long, env = "JSON_OUTPUT", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = TEI)]
+    json_output: Option<bool>,
+    /// TEI: refused. This server exports no OpenTelemetry traces.
+    #[arg(long, env = "OTLP_ENDPOINT", help_heading = TEI)]
+    otlp_endpoint: Option<String>,
+    /// TEI: refused, with --otlp-endpoint.
+    #[arg(long, env = "OTLP_SERVICE_NAME", help_heading = TEI)]
+    otlp_service_name: Option<String>,
+    /// TEI: origins whose pages may call the server (CORS), repeatable or comma-separated; `*`
+    /// for any. Without it no CORS headers are sent (TEI allows every origin then).
+    #[arg(long, env = "CORS_ALLOW_ORIGIN", value_delimiter = ',', help_heading = TEI)]
+    cors_allow_origin: Vec<String>,
+    /// TEI: also serve GET /metrics on this port, on the main address's IP (the main port keeps
+    /// /metrics too). Without it there is no second listener (TEI opens 9000 by default).
+    #[arg(long, env = "PROMETHEUS_PORT", help_heading = TEI)]
+    prometheus_port: Option<u16>,
+    /// TEI: refused. There is no tokenizer worker pool to size.
+    #[arg(long, env = "TOKENIZATION_WORKERS", help_heading = TEI)]
+    tokenization_workers: Option<usize>,
+    /// TEI: refused. Choose the device with --device cuda:N.
+    #[arg(long, env = "DEVICE_ID", help_heading = TEI)]
+    device_id: Option<usize>,
+    /// TEI: refused (unless false). Log lines always carry their request's span.
+    #[arg(long, env = "DISABLE_SPANS", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), help_heading = TEI)]
+    disable_spans: Option<bool>,
+    /// TEI's variables that collide with ours or with common environment (see
+    /// [`Args::with_tei_env`]).
+    #[arg(skip)]
+    tei_env: TeiEnv,
+}
+
+const TEI: &str = "text-embeddings-inference (TEI) compatibility";
+
+/// TEI's environment variables that clap does not read for us: `DTYPE`, `MAX_BATCH_TOKENS` and
+/// `API_KEY` (our flags of those names read `EMBED_*`), and `HOSTNAME` and `PORT`, which are
+/// ambient in containers and only count in a TEI-style start.
+#[derive(Debug, Default, Clone)]
+struct TeiEnv {
+    dtype: Option<String>,
+    max_batch_tokens: Option<String>,
+    api_key: Option<String>,
+    hostname: Option<String>,
+    port: Option<String>,
+}
+
+impl Args {
+    /// Reads TEI's variables that clap does not: `lookup` is `std::env::var` in the binary and
+    /// a fixed map in tests (the test process's own `HOSTNAME` or `PORT` must not leak in).
+    pub(crate) fn with_tei_env(mut self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        self.tei_env = TeiEnv {
+            dtype: get("DTYPE"),
+            max_batch_tokens: get("MAX_BATCH_TOKENS"),
+            api_key: get("API_KEY"),
+            hostname: get("HOSTNAME"),
+            port: get("PORT"),
+        };
+        self
+    }
+
+    /// The port of the metrics listener (TEI's `--prometheus-port`), if one is asked for.
+    pub(crate) fn prometheus_port(&self) -> Option<u16> {
+        self.prometheus_port
+    }
+
+    /// Whether logs are JSON lines (TEI's `--json-output`).
+    pub(crate) fn json_output(&self) -> bool {
+        self.json_output == Some(true)
+    }
+}
+
+/// Refuses each TEI flag whose meaning cannot apply here, naming the flag and why.
+fn refuse_inapplicable_tei_flags(args: &Args) -> Result<()> {
+    let refuse = |flag: &str, why: &str| -> Result<()> { bail!("{flag} is not supported: {why}") };
+    if args.uds_path.is_some() {
+        refuse(
+            "--uds-path (UDS_PATH)",
+            "TEI's router talks to its Python backend over that unix socket; this server runs its models in-process and has no such socket to name. Remove the flag",
+        )?;
+    }
+    if args.otlp_endpoint.is_some() {
+        refuse("--otlp-endpoint (OTLP_ENDPOINT)", "this server exports no OpenTelemetry traces; use its logs and GET /metrics. Remove the flag")?;
+    }
+    if args.otlp_service_name.is_some() {
+        refuse("--otlp-service-name (OTLP_SERVICE_NAME)", "it names the service in OpenTelemetry traces, which this server does not export. Remove the flag")?;
+    }
+    if args.tokenization_workers.is_some() {
+        refuse(
+            "--tokenization-workers (TOKENIZATION_WORKERS)",
+            "there is no tokenizer worker pool to size: a request's inputs are tokenized on its own task (large requests on tokio's blocking pool). Remove the flag",
+        )?;
+    }
+    if args.device_id.is_some() {
+        refuse("--device-id (DEVICE_ID)", "the device is chosen with --device (cpu, cuda, cuda:N, auto); use --device cuda:N instead")?;
+    }
+    if args.disable_spans == Some(true) {
+        refuse("--disable-spans (DISABLE_SPANS)", "log lines always carry the span of the request they belong to (its id, method and path); leaving it out is not implemented. Remove the flag")?;
+    }
+    if args.dense_path.is_some() {
+        refuse(
+            "--dense-path (DENSE_PATH)",
+            "the Dense modules the model's modules.json lists are applied in order, and choosing another Dense directory is not implemented; point --model-id at a directory whose modules.json names the one you want",
+        )?;
+    }
+    if args.model_id.is_none() {
+        for (given, flag) in [
+            (args.revision.is_some(), "--revision (REVISION)"),
+            (args.served_model_name.is_some(), "--served-model-name (SERVED_MODEL_NAME)"),
+            (args.pooling.is_some(), "--pooling (POOLING)"),
+            (args.default_prompt.is_some(), "--default-prompt (DEFAULT_PROMPT)"),
+            (args.default_prompt_name.is_some(), "--default-prompt-name (DEFAULT_PROMPT_NAME)"),
+        ] {
+            if given {
+                bail!("{flag} applies to the --model-id model, and no --model-id is given; for models under --model or --config, set it in [models.NAME] of the config file");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `--cors-allow-origin` value: `*`, or an origin as browsers send it (`scheme://host[:port]`,
+/// no path).
+fn parse_origin(o: &str) -> Result<axum::http::HeaderValue> {
+    let o = o.trim();
+    let valid = o == "*"
+        || o.split_once("://").is_some_and(|(scheme, rest)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) && !rest.is_empty() && !rest.contains('/')
+        });
+    if !valid {
+        bail!("--cors-allow-origin {o:?}: expected an origin such as https://app.example.com (scheme, host, optional port; no path), or *");
+    }
+    axum::http::HeaderValue::from_str(o).with_context(|| format!("--cors-allow-origin {o:?} is not a valid header value"))
+}
+
+/// TEI's `--pooling` values (cls, mean, splade, last-token) onto ours.
+fn parse_tei_pooling(s: &str) -> Result<Pooling> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "last-token" => Ok(Pooling::LastToken),
+        "splade" => bail!(
+            "--pooling splade is not supported: SPLADE pooling is taken from a sparse model's modules.json (SpladePooling, with its masked-LM head), and a model without it cannot be made sparse by a flag"
+        ),
+        other => Ok(other.parse().with_context(|| format!("--pooling {s:?} (TEI's cls, mean, last-token)"))?),
+    }
+}
+
+/// The address in a TEI-style start: `--hostname` (an IP address), else `HOSTNAME` when it is
+/// one, else 0.0.0.0; `--port`, else `PORT`, else 3000 (TEI's defaults).
+fn tei_address(args: &Args) -> Result<SocketAddr> {
+    let ip = match (&args.hostname, &args.tei_env.hostname) {
+        (Some(h), _) => h
+            .trim()
+            .parse::<IpAddr>()
+            .map_err(|_| anyhow::anyhow!("--hostname {h:?}: expected the IP address to listen on (TEI's meaning), such as 0.0.0.0 or ::"))?,
+        (None, Some(h)) => match h.trim().parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                tracing::info!(hostname = %h, "HOSTNAME is not an IP address (a container sets it to its host name); listening on 0.0.0.0");
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+        },
+        (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    };
+    let port = match (args.port, &args.tei_env.port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p.trim().parse::<u16>().with_context(|| format!("PORT={p:?} is not a port number"))?,
+        (None, None) => 3000,
+    };
+    Ok(SocketAddr::new(ip, port))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,17 +527,38 @@ fn parse_thresholds(s: &str, base: Pressure) -> Result<Pressure> {
 /// The pool, the models, the server's settings and the address to listen on, from the flags
 /// and the config file (flags win).
 pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketAddr)> {
+    refuse_inapplicable_tei_flags(&args)?;
+    // TEI's address: from its flags (before the config file's `bind`), or in a TEI-style start
+    // from HOSTNAME, PORT and its defaults (after it).
+    let tei_flags = args.hostname.is_some() || args.port.is_some();
+    let tei_bind = (args.bind.is_none() && (tei_flags || args.model_id.is_some())).then(|| tei_address(&args)).transpose()?;
+    let (tei_flag_address, tei_default_address) = if tei_flags { (tei_bind, None) } else { (None, tei_bind) };
     let file: FileConfig = match &args.config {
         Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("parsing {}", p.display()))?,
         None => FileConfig::default(),
     };
     let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
-    let dtype = args.dtype.or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
+    let dtype = args.dtype.or(args.tei_env.dtype).or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
     let mut base = ModelOptions { device, dtype, ..Default::default() };
-    if let Some(n) = args.max_batch_tokens.or(file.max_batch_tokens) {
+    let tei_max_batch_tokens = args
+        .tei_env
+        .max_batch_tokens
+        .map(|n| n.trim().parse::<usize>().with_context(|| format!("MAX_BATCH_TOKENS={n:?} is not a number")))
+        .transpose()?;
+    if let Some(n) = args.max_batch_tokens.or(tei_max_batch_tokens).or(file.max_batch_tokens) {
         base.max_batch_tokens = Some(n);
     }
+    if let Some(n) = args.max_batch_requests {
+        if n == 0 {
+            bail!("--max-batch-requests must be at least 1");
+        }
+        base.max_batch_size = Some(n);
+    }
+    if args.hf_api_token.is_some() {
+        tracing::warn!("--hf-api-token (HF_API_TOKEN) is TEI's deprecated name of --hf-token (HF_TOKEN)");
+    }
+    base.hub = HubOptions::new(args.huggingface_hub_cache, args.hf_token.or(args.hf_api_token).and_then(HubToken::new));
     if let Some(n) = args.threads.or(file.threads) {
         if n == 0 {
             bail!("threads must be at least 1");
@@ -343,17 +609,47 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         registry.insert(name.clone(), ModelSpec::new(source).named(name.clone()).with_options(o), settings);
         order.push(name);
     }
+    let tei_model = match args.model_id {
+        None => None,
+        Some(id) => {
+            let id = id.trim().to_string();
+            let source = match &args.revision {
+                None => id.clone(),
+                Some(_) if id.contains('@') => bail!("--model-id {id:?} names a revision after '@' and --revision gives another: give one"),
+                Some(_) if std::path::Path::new(&id).is_dir() => bail!("--revision applies to a hub id, and --model-id {id:?} is a directory"),
+                Some(rev) => format!("{id}@{}", rev.trim()),
+            };
+            let name = args.served_model_name.map(|n| n.trim().to_string()).unwrap_or_else(|| id.clone());
+            if name.is_empty() {
+                bail!("--served-model-name is empty");
+            }
+            if registry.contains(&name) {
+                bail!("--model-id is served as {name:?}, and the config file names another model so; pick another --served-model-name");
+            }
+            let mut o = base.clone();
+            o.pooling = args.pooling.as_deref().map(parse_tei_pooling).transpose()?;
+            o.default_prompt = args.default_prompt;
+            o.default_prompt_name = args.default_prompt_name;
+            registry.insert(name.clone(), ModelSpec::new(source).named(name.clone()).with_options(o), ModelSettings::default());
+            order.insert(0, name.clone());
+            Some(name)
+        }
+    };
     let flagged = args.models.iter().map(|e| ("--model", e, None)).chain(args.rerankers.iter().map(|e| ("--reranker", e, Some(LlmReranker::qwen3()))));
     for (flag, entry, llm_reranker) in flagged {
         let (name, source) = entry.split_once('=').with_context(|| format!("{flag} {entry:?}: expected NAME=SOURCE"))?;
+        if tei_model.as_deref() == Some(name) {
+            bail!("{flag} {name}=…: --model-id is already served as {name:?}; pick another name");
+        }
         let options = ModelOptions { llm_reranker, ..base.clone() };
         registry.insert(name, ModelSpec::new(source).named(name).with_options(options), ModelSettings::default());
         order.push(name.to_string());
     }
     if registry.is_empty() {
-        bail!("no models configured: pass --model NAME=SOURCE (or [models.NAME] in --config)");
+        bail!("no models configured: pass --model NAME=SOURCE or --model-id ID (or [models.NAME] in --config)");
     }
-    let default_model = args.default_model.or(file.default_model).unwrap_or_else(|| order[0].clone());
+    let single_tei_model = tei_model.is_some() && registry.len() == 1;
+    let default_model = tei_model.or(args.default_model).or(file.default_model).unwrap_or_else(|| order[0].clone());
     if !registry.contains(&default_model) {
         bail!("default model {default_model:?} is not among the configured models");
     }
@@ -387,15 +683,16 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     }
     pool = pool.with_default_options(base);
 
+    let cors_origins = args.cors_allow_origin.iter().map(|o| parse_origin(o)).collect::<Result<Vec<_>>>()?;
     let mut limits = Limits::default();
     let positive = |name: &str, n: usize| if n == 0 { bail!("{name} must be at least 1") } else { Ok(n) };
-    if let Some(n) = args.max_inputs.or(file.max_inputs) {
+    if let Some(n) = args.max_inputs.or(args.max_client_batch_size).or(file.max_inputs) {
         limits.max_inputs = positive("max_inputs", n)?;
     }
-    if let Some(n) = args.max_body_bytes.or(file.max_body_bytes) {
+    if let Some(n) = args.max_body_bytes.or(args.payload_limit).or(file.max_body_bytes) {
         limits.max_body_bytes = positive("max_body_bytes", n)?;
     }
-    if let Some(n) = args.max_concurrent.or(file.max_concurrent) {
+    if let Some(n) = args.max_concurrent.or(args.max_concurrent_requests).or(file.max_concurrent) {
         limits.max_concurrent = positive("max_concurrent", n)?;
     }
     if let Some(n) = args.max_concurrent_bulk.or(file.max_concurrent_bulk) {
@@ -430,23 +727,39 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         }
         timeouts.shutdown_delay = Duration::from_secs_f64(s);
     }
-    limits.truncate_by_default = !(args.no_truncate || file.no_truncate.unwrap_or(false));
+    limits.truncate_by_default = match args.auto_truncate {
+        Some(auto) => auto,
+        None => !(args.no_truncate || file.no_truncate.unwrap_or(false)),
+    };
     let preload = if !args.preload.is_empty() { args.preload } else { file.preload.unwrap_or_else(|| vec![default_model.clone()]) };
     let config = ServerConfig::new(default_model)
         .with_preload(preload)
         .with_limits(limits)
         .with_timeouts(timeouts)
-        .with_api_key(args.api_key.or(file.api_key))
-        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false));
-    let bind = args.bind.or(file.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        .with_api_key(args.api_key.or(args.tei_env.api_key).or(file.api_key))
+        .with_allow_degraded_start(args.allow_degraded_start || file.allow_degraded_start.unwrap_or(false))
+        // TEI's start serves one model whatever a request's `model` says; beside other models,
+        // names keep their meaning.
+        .with_any_model_name(single_tei_model)
+        .with_cors_allow_origin(cors_origins);
+    // --bind, then TEI's --hostname/--port, then the file, then TEI's defaults in a TEI-style
+    // start (HOSTNAME/PORT, 0.0.0.0:3000), then ours.
+    let bind = args
+        .bind
+        .or(tei_flag_address)
+        .or(file.bind)
+        .or(tei_default_address)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     Ok((pool, registry, config, bind))
 }
 
 #[cfg(test)]
 mod tests {
     use super::{build, parse_bytes, Args};
-    use embed_pool::{HostBudget, WarmMode};
     use clap::Parser;
+    use embed_core::{DType, Pooling};
+    use embed_pool::{HostBudget, WarmMode};
+    use std::net::Ipv4Addr;
 
     #[test]
     fn toml_file_flags_and_precedence() {
@@ -491,6 +804,7 @@ pinned = true
         let args = Args::parse_from(["embed-server", "--config", path.to_str().unwrap(), "--max-inputs", "8"]);
         let (pool, registry, config, bind) = build(args).unwrap();
         assert_eq!(config.default_model, "bge");
+        assert!(!config.any_model_name, "our own start: names are names");
         assert_eq!(config.preload, vec!["bge".to_string()]);
         assert_eq!(bind.port(), 9000);
         assert_eq!(config.limits.max_inputs, 8, "flags win over the file");
@@ -573,6 +887,202 @@ no_token = "No"
         assert_eq!(with(&["--host-budget", "40%"]).unwrap().warm.host_budget, HostBudget::FractionOfRam(0.4));
         for bad in [["--warm-tier", "sometimes"], ["--host-budget", "140%"], ["--pressure-thresholds", "0.9,0.8,0.95"], ["--pressure-thresholds", "0.5,0.8"]] {
             assert!(with(&bad).is_err(), "{bad:?} is refused");
+        }
+    }
+
+    /// A TEI environment for [`Args::with_tei_env`]: only these variables are set.
+    fn tei_env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    type Built = (embed_pool::PoolConfig, embed_pool::ModelRegistry, embed_server::ServerConfig, std::net::SocketAddr);
+
+    fn tei(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Built> {
+        let argv = std::iter::once("embed-server").chain(args.iter().copied());
+        build(Args::try_parse_from(argv)?.with_tei_env(tei_env(env)))
+    }
+
+    fn tei_err(args: &[&str], env: &[(&str, &str)]) -> String {
+        match tei(args, env) {
+            Ok(_) => panic!("{args:?} {env:?} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    /// The `args` of TEI's Kubernetes example, as written there, start this server: the model by
+    /// hub id as the default, TEI's address defaults, the client batch limit and truncation.
+    #[test]
+    fn tei_manifest_args_build() {
+        let args = ["--model-id", "BAAI/bge-base-en-v1.5", "--port", "80", "--max-client-batch-size", "64", "--auto-truncate"];
+        let (_pool, registry, config, bind) = tei(&args, &[]).unwrap();
+        assert_eq!(config.default_model, "BAAI/bge-base-en-v1.5");
+        assert_eq!(config.preload, vec!["BAAI/bge-base-en-v1.5".to_string()]);
+        assert_eq!(registry.get("BAAI/bge-base-en-v1.5").unwrap().spec.source, "BAAI/bge-base-en-v1.5");
+        assert_eq!(registry.len(), 1);
+        assert_eq!(bind, "0.0.0.0:80".parse().unwrap(), "TEI listens on every address");
+        assert_eq!(config.limits.max_inputs, 64);
+        assert!(config.limits.truncate_by_default);
+        assert!(config.any_model_name, "one model: a request's `model` reaches it whatever it says, as in TEI");
+        assert_eq!(config.model_for(Some("text-embedding-3-small".into())), "BAAI/bge-base-en-v1.5");
+        // TEI's docker example: only the model, so TEI's default port; HOSTNAME is the pod's name.
+        let (_, _, _, bind) = tei(&["--model-id", "BAAI/bge-base-en-v1.5"], &[("HOSTNAME", "tei-7c9d8-x2x")]).unwrap();
+        assert_eq!(bind, "0.0.0.0:3000".parse().unwrap());
+        // The TEI image sets PORT=80.
+        let (_, _, _, bind) = tei(&["--model-id", "BAAI/bge-base-en-v1.5"], &[("PORT", "80")]).unwrap();
+        assert_eq!(bind.port(), 80);
+    }
+
+    #[test]
+    fn tei_model_flags() {
+        let (_, registry, config, _) = tei(&["--model-id", "org/model", "--revision", "refs/pr/2", "--served-model-name", "emb"], &[]).unwrap();
+        assert_eq!(config.default_model, "emb");
+        assert_eq!(registry.get("emb").unwrap().spec.source, "org/model@refs/pr/2");
+        assert!(tei_err(&["--model-id", "org/model@v1", "--revision", "v2"], &[]).contains("give one"));
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        assert!(tei_err(&["--model-id", d, "--revision", "v2"], &[]).contains("is a directory"));
+        let (_, registry, config, _) = tei(&["--model-id", d, "--model", "other=org/other"], &[]).unwrap();
+        assert_eq!(config.default_model, d, "--model-id is the default; --model adds more");
+        assert!(registry.contains("other"));
+        assert!(!config.any_model_name, "beside other models, names keep their meaning");
+        assert_eq!(config.model_for(Some("other".into())), "other");
+        assert!(tei_err(&["--model-id", "org/model", "--served-model-name", "x", "--model", "x=org/y"], &[]).contains("pick another name"));
+        assert!(tei(&["--model-id", "org/model", "--default-model", "org/model"], &[]).is_err(), "one default");
+
+        for (value, pooling) in [("cls", Pooling::Cls), ("mean", Pooling::Mean), ("last-token", Pooling::LastToken), ("max", Pooling::Max)] {
+            let (_, registry, _, _) = tei(&["--model-id", "org/model", "--pooling", value], &[]).unwrap();
+            assert_eq!(registry.get("org/model").unwrap().spec.options.pooling, Some(pooling), "{value}");
+        }
+        let err = tei_err(&["--model-id", "org/model", "--pooling", "splade"], &[]);
+        assert!(err.contains("--pooling splade is not supported") && err.contains("modules.json"), "{err}");
+        assert!(tei_err(&["--model-id", "org/model", "--pooling", "median"], &[]).contains("--pooling \"median\""));
+
+        let (_, registry, _, _) = tei(&["--model-id", "org/model", "--default-prompt-name", "query"], &[]).unwrap();
+        let o = &registry.get("org/model").unwrap().spec.options;
+        assert_eq!((o.default_prompt_name.as_deref(), o.default_prompt.as_deref()), (Some("query"), None));
+        let (_, registry, _, _) = tei(&["--model-id", "org/model", "--default-prompt", "query: "], &[]).unwrap();
+        assert_eq!(registry.get("org/model").unwrap().spec.options.default_prompt.as_deref(), Some("query: "));
+        assert!(tei(&["--model-id", "org/model", "--default-prompt", "q: ", "--default-prompt-name", "query"], &[]).is_err(), "TEI: one or the other");
+
+        for flag in [["--revision", "v1"], ["--served-model-name", "x"], ["--pooling", "cls"], ["--default-prompt", "q: "], ["--default-prompt-name", "query"]] {
+            let err = tei_err(&["--model", "m=/models/m", flag[0], flag[1]], &[]);
+            assert!(err.contains(flag[0]) && err.contains("applies to the --model-id model"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tei_limits_and_precision() {
+        let m = ["--model-id", "org/model"];
+        let with = |extra: &[&str], env: &[(&str, &str)]| tei(&[&m[..], extra].concat(), env).unwrap();
+        for (value, dtype) in [("float32", DType::F32), ("float16", DType::F16), ("bfloat16", DType::Bf16)] {
+            assert_eq!(with(&["--dtype", value], &[]).1.get("org/model").unwrap().spec.options.dtype, Some(dtype), "--dtype {value}");
+            assert_eq!(with(&[], &[("DTYPE", value)]).1.get("org/model").unwrap().spec.options.dtype, Some(dtype), "DTYPE={value}");
+        }
+        assert_eq!(with(&["--dtype", "float16"], &[("DTYPE", "float32")]).1.get("org/model").unwrap().spec.options.dtype, Some(DType::F16), "the flag wins");
+        assert!(tei(&[&m[..], &["--dtype", "float8"]].concat(), &[]).is_err());
+
+        let (pool, _, config, _) = with(
+            &["--max-concurrent-requests", "7", "--max-batch-tokens", "4096", "--max-batch-requests", "16", "--payload-limit", "1000000", "--api-key", "k1"],
+            &[],
+        );
+        assert_eq!(config.limits.max_concurrent, 7);
+        assert_eq!((pool.default_options.max_batch_tokens, pool.default_options.max_batch_size), (Some(4096), Some(16)));
+        assert_eq!(config.limits.max_body_bytes, 1_000_000);
+        assert_eq!(config.api_key.as_deref(), Some("k1"));
+        let (pool, registry, config, _) = with(&[], &[("MAX_BATCH_TOKENS", "8192"), ("API_KEY", "k2")]);
+        assert_eq!(pool.default_options.max_batch_tokens, Some(8192));
+        assert_eq!(registry.get("org/model").unwrap().spec.options.max_batch_tokens, Some(8192));
+        assert_eq!(config.api_key.as_deref(), Some("k2"));
+        assert!(tei_err(&m, &[("MAX_BATCH_TOKENS", "lots")]).contains("MAX_BATCH_TOKENS"));
+        assert!(tei_err(&[&m[..], &["--max-batch-requests", "0"]].concat(), &[]).contains("--max-batch-requests"));
+        assert!(tei(&[&m[..], &["--max-concurrent", "3", "--max-concurrent-requests", "4"]].concat(), &[]).is_err(), "ours and TEI's name for one limit");
+        assert!(tei(&[&m[..], &["--max-inputs", "3", "--max-client-batch-size", "4"]].concat(), &[]).is_err());
+        assert!(tei(&[&m[..], &["--max-body-bytes", "3", "--payload-limit", "4"]].concat(), &[]).is_err());
+
+        assert!(!with(&["--auto-truncate", "false"], &[]).2.limits.truncate_by_default);
+        assert!(with(&["--auto-truncate"], &[]).2.limits.truncate_by_default);
+        assert!(with(&[], &[]).2.limits.truncate_by_default, "truncating is this server's default");
+        assert!(tei(&[&m[..], &["--auto-truncate", "--no-truncate"]].concat(), &[]).is_err());
+
+        let cache = tempfile::tempdir().unwrap();
+        let (pool, registry, _, _) = with(&["--hf-token", "hf_abc", "--huggingface-hub-cache", cache.path().to_str().unwrap()], &[]);
+        let hub = &registry.get("org/model").unwrap().spec.options.hub;
+        assert_eq!(hub.token.as_ref().map(|t| t.expose()), Some("hf_abc"));
+        assert_eq!(hub.cache_dir.as_deref(), Some(cache.path()));
+        assert_eq!(&pool.default_options.hub, hub, "every model's hub settings");
+        let (_, registry, _, _) = with(&["--hf-api-token", "hf_old"], &[]);
+        assert_eq!(registry.get("org/model").unwrap().spec.options.hub.token.as_ref().map(|t| t.expose()), Some("hf_old"));
+    }
+
+    #[test]
+    fn tei_address() {
+        let m = ["--model-id", "org/model"];
+        let bind = |extra: &[&str], env: &[(&str, &str)]| tei(&[&m[..], extra].concat(), env).unwrap().3;
+        assert_eq!(bind(&["--hostname", "127.0.0.1", "-p", "8081"], &[]), "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(bind(&["--hostname", "::"], &[]), "[::]:3000".parse().unwrap());
+        assert_eq!(bind(&[], &[("HOSTNAME", "10.1.2.3"), ("PORT", "9090")]), "10.1.2.3:9090".parse().unwrap());
+        assert_eq!(bind(&["--port", "81"], &[("PORT", "9090")]).port(), 81, "the flag wins");
+        assert_eq!(bind(&[], &[("HOSTNAME", "embed-5f7d9-abcde")]).ip(), Ipv4Addr::UNSPECIFIED, "a pod's HOSTNAME is its name");
+        let err = tei_err(&[&m[..], &["--hostname", "my-host"]].concat(), &[]);
+        assert!(err.contains("--hostname \"my-host\"") && err.contains("IP address"), "{err}");
+        assert!(tei_err(&m, &[("PORT", "tcp://10.0.0.1:80")]).contains("PORT="));
+        // Our own start: ambient HOSTNAME and PORT are not ours to follow.
+        let plain = tei(&["--model", "m=/models/m"], &[("HOSTNAME", "10.1.2.3"), ("PORT", "9090")]).unwrap().3;
+        assert_eq!(plain, "127.0.0.1:8080".parse().unwrap());
+        let (_, _, _, b) = tei(&["--model", "m=/models/m", "--port", "9001"], &[("HOSTNAME", "pod")]).unwrap();
+        assert_eq!(b, "0.0.0.0:9001".parse().unwrap(), "TEI's --port alone: TEI's host");
+        let (_, _, _, b) = tei(&["--model-id", "org/model", "--bind", "127.0.0.1:7000"], &[("PORT", "80")]).unwrap();
+        assert_eq!(b, "127.0.0.1:7000".parse().unwrap(), "--bind wins over TEI's environment");
+        assert!(tei(&["--model-id", "org/model", "--bind", "127.0.0.1:7000", "--port", "80"], &[]).is_err(), "--bind or --port");
+    }
+
+    #[test]
+    fn tei_flags_that_cannot_apply_are_refused() {
+        let m = ["--model-id", "org/model"];
+        for (flag, value, why) in [
+            ("--uds-path", Some("/tmp/tei.sock"), "runs its models in-process"),
+            ("--otlp-endpoint", Some("http://collector:4317"), "exports no OpenTelemetry traces"),
+            ("--otlp-service-name", Some("tei"), "does not export"),
+            ("--dense-path", Some("2_Dense_1024"), "not implemented"),
+            ("--tokenization-workers", Some("4"), "no tokenizer worker pool"),
+            ("--device-id", Some("1"), "--device cuda:N"),
+            ("--disable-spans", None, "always carry the span"),
+        ] {
+            let args: Vec<&str> = m.iter().copied().chain([flag]).chain(value).collect();
+            let err = tei_err(&args, &[]);
+            assert!(err.starts_with(&format!("{flag} (")) && err.contains("is not supported") && err.contains(why), "{flag}: {err}");
+        }
+        assert!(tei(&[&m[..], &["--disable-spans", "false"]].concat(), &[]).is_ok(), "DISABLE_SPANS=false asks for nothing");
+        let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().json_output();
+        assert!(json(&["--json-output"]) && !json(&["--json-output", "false"]) && !json(&[]), "--json-output [BOOL]");
+        let port = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().prometheus_port();
+        assert_eq!((port(&["--prometheus-port", "9000"]), port(&[])), (Some(9000), None), "no metrics listener unless asked");
+    }
+
+    #[test]
+    fn tei_cors_origins() {
+        let m = ["--model-id", "org/model"];
+        let origins = |extra: &[&str]| tei(&[&m[..], extra].concat(), &[]).map(|b| b.2.cors_allow_origin);
+        assert!(origins(&[]).unwrap().is_empty(), "no CORS unless asked");
+        assert_eq!(origins(&["--cors-allow-origin", "https://a.example,http://b.example:8080"]).unwrap(), ["https://a.example", "http://b.example:8080"]);
+        assert_eq!(origins(&["--cors-allow-origin", "*"]).unwrap(), ["*"]);
+        for bad in ["a.example", "https://a.example/path", "https://"] {
+            let err = format!("{:#}", origins(&["--cors-allow-origin", bad]).unwrap_err());
+            assert!(err.contains("--cors-allow-origin") && err.contains(bad), "{err}");
+        }
+    }
+
+    /// Tokens and keys never reach an error or the options' Debug output.
+    #[test]
+    fn secrets_stay_out_of_errors() {
+        let args = ["--model-id", "org/model", "--hf-token", "hf_SECRET_token", "--api-key", "SECRET_key"];
+        let (pool, registry, _, _) = tei(&args, &[]).unwrap();
+        let shown = format!("{:?} {:?}", pool.default_options, registry.get("org/model").unwrap().spec);
+        assert!(!shown.contains("hf_SECRET"), "{shown}");
+        for extra in [&["--uds-path", "/x"][..], &["--pooling", "splade"], &["--hostname", "nope"], &["--dtype", "f8"]] {
+            let err = tei_err(&[&args[..], extra].concat(), &[]);
+            assert!(!err.contains("SECRET"), "{err}");
         }
     }
 

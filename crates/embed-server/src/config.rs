@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+
 /// Request limits: sizes and counts. Fields are public: change what you need and take the
 /// rest from `..Limits::default()`.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +93,14 @@ pub struct ServerConfig {
     /// When a preload fails, keep serving (`/ready` stays 503) instead of stopping with
     /// [`crate::ServeError::Preload`]. Default false.
     pub allow_degraded_start: bool,
+    /// Every request reaches the default model, whatever `model` it names, as in TEI, which
+    /// serves one model and ignores the field: clients configured for TEI send any name
+    /// (OpenAI's SDKs require one). Meant for a server with one model; otherwise an unknown
+    /// name is a 404. Default false.
+    pub any_model_name: bool,
+    /// Origins whose browser pages may call the server (CORS; TEI's `--cors-allow-origin`):
+    /// `["*"]` any origin, empty (the default) none, so no CORS headers are sent.
+    pub cors_allow_origin: Vec<HeaderValue>,
 }
 
 impl ServerConfig {
@@ -104,7 +114,30 @@ impl ServerConfig {
             timeouts: Timeouts::default(),
             api_key: None,
             allow_degraded_start: false,
+            any_model_name: false,
+            cors_allow_origin: Vec::new(),
         }
+    }
+
+    /// The model a request that names `requested` (or none) is served by.
+    pub fn model_for(&self, requested: Option<String>) -> String {
+        match requested {
+            Some(name) if !self.any_model_name => name,
+            _ => self.default_model.clone(),
+        }
+    }
+
+    /// Lets pages from these origins call the server (see [`ServerConfig::cors_allow_origin`]).
+    pub fn with_cors_allow_origin(mut self, origins: Vec<HeaderValue>) -> Self {
+        self.cors_allow_origin = origins;
+        self
+    }
+
+    /// Serve every request with the default model, whatever it names (see
+    /// [`ServerConfig::any_model_name`]).
+    pub fn with_any_model_name(mut self, any: bool) -> Self {
+        self.any_model_name = any;
+        self
     }
 
     /// Sets the models to preload.

@@ -45,7 +45,7 @@ mod error;
 mod metrics;
 mod serve;
 
-pub use app::{router, AppState};
+pub use app::{metrics_router, router, AppState};
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{ApiError, OpenAiError, ServeError};
 pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};

@@ -8,7 +8,7 @@ mod cli;
 use anyhow::{Context, Result};
 use clap::Parser;
 use embed_pool::Pool;
-use embed_server::{AppState, Limits};
+use embed_server::{metrics_router, AppState, Limits};
 
 use cli::{build, Args};
 
@@ -107,20 +107,34 @@ fn fit_connections_to_fd_limit(limits: &mut Limits) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into()))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let args = Args::parse().with_tei_env(|k| std::env::var(k).ok());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if args.json_output() {
+        // One JSON object per line, the event's fields at the top level beside level and time.
+        logs.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        logs.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
-    let (pool_config, registry, mut config, bind) = build(Args::parse())?;
+    let prometheus_port = args.prometheus_port();
+    let (pool_config, registry, mut config, bind) = build(args)?;
     fit_connections_to_fd_limit(&mut config.limits);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
     let addr = listener.local_addr()?;
     let default_model = config.default_model.clone();
     let state = AppState::new(Pool::new(pool_config, registry), config);
+    if let Some(port) = prometheus_port {
+        let at = std::net::SocketAddr::new(bind.ip(), port);
+        let metrics = tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding {at} (--prometheus-port)"))?;
+        let at = metrics.local_addr()?;
+        tracing::info!(%at, "metrics listening");
+        println!("metrics on http://{at}/metrics");
+        // Ends with the process: scrapes hold no leases and leave nothing to drain.
+        let app = metrics_router(state.clone());
+        tokio::spawn(async move { axum::serve(metrics, app).await });
+    }
     tracing::info!(%addr, "listening");
     println!("embed-server listening on http://{addr}  (default model: {default_model})");
     println!("try: curl -s http://{addr}/embed -H 'Content-Type: application/json' -d '{{\"inputs\": \"Hello world\"}}'");

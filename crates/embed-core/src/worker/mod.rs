@@ -215,7 +215,7 @@ fn load_blocking(spec: &ModelSpec) -> Result<Loaded> {
             });
         }
     }
-    let dir_path = ModelSource::parse(&spec.source)?.resolve()?;
+    let dir_path = ModelSource::parse(&spec.source)?.resolve_with(&o.hub)?;
     let mut dir = ModelDir::read(&dir_path)?;
     if let Some(r) = &o.llm_reranker {
         dir.serve_as_reranker(r)?;

@@ -10,6 +10,7 @@ pub struct Server {
     child: Child,
     pub base: String,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -21,11 +22,18 @@ impl Server {
     pub fn start_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = command(args);
         adjust(&mut cmd);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (stdout and stderr piped), which must print the address it listens on.
+    pub fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd.spawn().expect("start embed-server");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let base = loop {
             let line = lines.next().expect("server printed its address").unwrap();
+            out.lock().unwrap().push_str(&format!("{line}\n"));
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.split_whitespace().next().unwrap().to_string();
             }
@@ -40,8 +48,18 @@ impl Server {
                 s.push('\n');
             }
         });
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, base, log }
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        Server { child, base, log, out }
+    }
+
+    /// What the server printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
     }
 
     pub async fn wait_ready(&self, client: &reqwest::Client) {

@@ -373,3 +373,36 @@ async fn cohere_embed_refuses_what_it_cannot_do_by_name() {
     let (status, v) = post(&app, "/v2/embed", json!({"texts": [long], "truncate": "END"})).await;
     assert_eq!(status, 200, "END cuts the end: {v}");
 }
+
+/// TEI's `--cors-allow-origin`: a listed origin's preflight is answered before the key is asked
+/// for, with the key's header allowed, and its answers carry the origin; another origin gets no
+/// CORS headers; without the setting none are sent at all.
+#[tokio::test]
+async fn cors_allow_origin() {
+    let origin = axum::http::HeaderValue::from_static("https://app.example");
+    let f = inproc::fixture(2, |c: ServerConfig| c.with_api_key(Some("s3cret".into())).with_cors_allow_origin(vec![origin]), FaultInjection::default(), |r| r);
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "authorization,content-type"),
+    ];
+    let (status, _, h) = send(&f.app, "OPTIONS", "/embed", None, &preflight).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("content-type"), "{allowed}");
+    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    let body = Some(r#"{"inputs": "hello"}"#);
+    let (status, _, h) = send(&f.app, "POST", "/embed", body, &[("origin", "https://app.example"), ("authorization", "Bearer s3cret")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["access-control-allow-origin"], "https://app.example");
+    let (status, _, h) = send(&f.app, "POST", "/embed", body, &[("origin", "https://other.example"), ("authorization", "Bearer s3cret")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(h.get("access-control-allow-origin").is_none(), "another origin is not allowed");
+    let (status, _, _) = send(&f.app, "POST", "/embed", body, &[("origin", "https://app.example")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "CORS does not open the routes");
+
+    let plain = inproc::fixture(2, |c| c, FaultInjection::default(), |r| r);
+    let (status, _, h) = send(&plain.app, "OPTIONS", "/embed", None, &preflight).await;
+    assert!(h.get("access-control-allow-origin").is_none() && status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
+}

@@ -49,7 +49,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         return Err(ApiError::invalid("input_type", "input_type \"image\" is not supported: this server embeds text").into());
     }
 
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     let info = lease.info().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model {model:?} is not ready")))?;
     if let Some(d) = req.output_dimension {

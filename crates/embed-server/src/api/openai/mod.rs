@@ -20,7 +20,7 @@ pub(crate) async fn embeddings(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Result<Json<EmbeddingList>, OpenAiError> {
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     if let Some(user) = &req.user {
         tracing::debug!(user = %user, "embeddings request");
     }

@@ -56,7 +56,7 @@ async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String
 pub(crate) async fn rerank(State(state): State<AppState>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Json<Vec<Rank>>, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     check_count(req.texts.len(), &state, "texts")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let truncate = req.truncate.unwrap_or(state.config.limits.truncate_by_default);
     let out = score_pairs(&state, &model, &req.query, &req.texts, truncate, req.instruction).await?;
     let scores = if req.raw_scores { out.logits.clone() } else { out.scores() };
@@ -82,7 +82,7 @@ pub(crate) async fn cohere_rerank(
     if req.top_n == Some(0) {
         return Err(ApiError::invalid("top_n", "top_n must be at least 1").into());
     }
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let out = score_pairs(&state, &model, &req.query, &texts, state.config.limits.truncate_by_default, req.instruction).await?;
     let mut results: Vec<CohereResult> = out
         .scores()
@@ -106,7 +106,7 @@ pub(crate) async fn cohere_rerank(
 pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBody<PredictRequest>) -> Result<Json<Predictions>, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     check_count(req.inputs.items.len(), &state, "inputs")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     let labels = lease.info().map(|i| i.labels).unwrap_or_default();
     let inputs: Vec<ClassifyInput> = req
@@ -151,7 +151,7 @@ async fn prepare(state: &AppState, req: TextsRequest) -> Result<Prepared, ApiErr
     check_direction(req.truncation_direction.as_deref())?;
     let texts = req.inputs.0;
     check_count(texts.len(), state, "inputs")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     let options = EmbedOptions {
         prompt_name: req.prompt_name,
@@ -195,7 +195,7 @@ pub(crate) async fn embed_all(
 /// Token ids back to text, one string per list of ids.
 pub(crate) async fn decode(State(state): State<AppState>, JsonBody(req): JsonBody<DecodeRequest>) -> Result<Json<Vec<String>>, ApiError> {
     check_count(req.ids.0.len(), &state, "ids")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     Ok(Json(lease.decode(&req.ids.0, req.skip_special_tokens).await?))
 }
@@ -231,7 +231,7 @@ impl Task {
 /// Answers `body` with the route that fits the model it names (the default if none) and its
 /// shape; the model is loaded first if needed, to learn its kind.
 async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError> {
-    let model = body.get("model").and_then(Value::as_str).map_or_else(|| state.config.default_model.clone(), String::from);
+    let model = state.config.model_for(body.get("model").and_then(Value::as_str).map(String::from));
     let kind = state.lease(&model).await?.info().map_or(ModelKind::Embedding, |i| i.kind);
     let state = State(state.clone());
     Ok(match Task::of(kind, &body) {

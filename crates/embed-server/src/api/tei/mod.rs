@@ -25,7 +25,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     }
     let texts = req.inputs.0;
     check_count(texts.len(), &state, "inputs")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     // The lease lives for the whole request: the model cannot be evicted under it, and a
     // client that disconnects drops this future, the lease and the queued work.
     let lease = state.lease(&model).await?;
@@ -107,7 +107,7 @@ pub(crate) async fn tokenize(
 ) -> Result<Json<Vec<Vec<Token>>>, ApiError> {
     let texts = req.inputs.0;
     check_count(texts.len(), &state, "inputs")?;
-    let model = req.model.unwrap_or_else(|| state.config.default_model.clone());
+    let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     let options = EmbedOptions { prompt_name: req.prompt_name, ..Default::default() };
     let tokenized = lease.tokenize(&texts, &options).await?;
