@@ -122,7 +122,7 @@ pub struct ModelOptions {
     pub priorities: Option<bool>,
     /// While interactive requests meet bulk work (one arrived in the last second while a bulk
     /// request was in flight, for any model of the process), bulk batches are cut so that each takes about this long, by the worker's
-    /// measured speed: a query waits for at most one such batch. `None`: 30 ms on the CPU, 100
+    /// measured speed: a query waits for at most one such batch. `None`: 20 ms on the CPU, 100
     /// ms on CUDA. Without interactive traffic bulk batches use the full token budget.
     pub bulk_batch_ms: Option<u64>,
     /// Serve a decoder LLM (a `*ForCausalLM` checkpoint: Qwen3-Reranker) as a

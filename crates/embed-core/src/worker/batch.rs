@@ -235,8 +235,10 @@ pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
 /// batch is read back and answered at once.
 #[derive(Default)]
 struct Runner {
-    pending: Option<(Vec<Item>, Launched, Instant)>,
-    /// Measured speed, padded tokens per millisecond (0: not measured yet).
+    pending: Option<Launch>,
+    /// Measured speed of bulk batches, padded tokens per millisecond (0: not measured yet).
+    /// Interactive batches (often one short text) run far below a full batch's speed and would
+    /// make bulk batches cut from their figure needlessly small.
     tokens_per_ms: f64,
 }
 
@@ -263,9 +265,9 @@ impl Runner {
         };
         match launched {
             // On the CPU the launch computed the batch: answer now, not after the next one.
-            Ok(l) if !cfg.device.is_cuda() => self.finish(model, queue, (next.items, l, started), cfg),
+            Ok(l) if !cfg.device.is_cuda() => self.finish(model, queue, Launch { items: next.items, launched: l, started, priority: next.priority }, cfg),
             Ok(l) => {
-                if let Some(p) = self.pending.replace((next.items, l, started)) {
+                if let Some(p) = self.pending.replace(Launch { items: next.items, launched: l, started, priority: next.priority }) {
                     self.finish(model, queue, p, cfg);
                 }
             }
@@ -280,9 +282,9 @@ impl Runner {
         true
     }
 
-    fn finish(&mut self, model: &Model, queue: &mut Queue, (items, launched, started): (Vec<Item>, Launched, Instant), cfg: &WorkerConfig) {
+    fn finish(&mut self, model: &Model, queue: &mut Queue, Launch { items, launched, started, priority }: Launch, cfg: &WorkerConfig) {
         let result = collect(model, queue, &items, launched, cfg);
-        if result.is_ok() {
+        if result.is_ok() && priority == Priority::Bulk {
             let padded = items.len() * items.iter().map(|it| it.len).max().unwrap_or(0).max(1);
             let ms = started.elapsed().as_secs_f64() * 1e3;
             if ms > 0.0 {
@@ -308,6 +310,14 @@ impl Runner {
         // arrival order instead of all together at the end.
         Limits { max_tokens, max_size: cfg.max_batch_size, bulk_tokens, window: (cfg.max_batch_size.max(1) * 8).max(256) }
     }
+}
+
+/// A launched batch waiting to be read back.
+struct Launch {
+    items: Vec<Item>,
+    launched: Launched,
+    started: Instant,
+    priority: Priority,
 }
 
 /// How long after an interactive arrival (that met bulk work) bulk batches stay cut short.

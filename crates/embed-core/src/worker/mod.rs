@@ -132,7 +132,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 faults: o.fault_injection(),
                 stats: worker_stats,
                 priorities: o.priorities.unwrap_or(true),
-                bulk_batch: Duration::from_millis(o.bulk_batch_ms.unwrap_or(if device.is_cuda() { 100 } else { 30 })),
+                bulk_batch: Duration::from_millis(o.bulk_batch_ms.unwrap_or(if device.is_cuda() { 100 } else { 20 })),
                 threads: if device.is_cuda() { 1 } else { tch::get_num_threads().max(1) as usize },
             };
             let weight_bytes = model.weight_bytes;
