@@ -24,8 +24,10 @@ import sentence_transformers
 import tokenizers
 import torch
 import transformers
-from safetensors import safe_open
 from sentence_transformers import SentenceTransformer
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import make_fixtures as mf  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "testdata/fixtures/mpnet"
@@ -73,24 +75,9 @@ def write(out: pathlib.Path) -> dict:
 
 
 def compare(new_dir: pathlib.Path, new: dict, tolerance: float) -> list:
-    problems = []
-    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p.name != "reference.json")
-    if files(new_dir) != files(OUT):
-        problems.append(f"files: generated {files(new_dir)}, committed {files(OUT)}")
-    for rel in files(new_dir):
-        a, b = new_dir / rel, OUT / rel
-        if not b.exists():
-            continue
-        if rel.endswith(".json") and json.loads(a.read_text(encoding="utf-8")) != json.loads(b.read_text(encoding="utf-8")):
-            problems.append(f"{rel} differs from the committed one")
-        if rel.endswith(".safetensors"):
-            with safe_open(str(a), "pt") as fa, safe_open(str(b), "pt") as fb:
-                if sorted(fa.keys()) != sorted(fb.keys()):
-                    problems.append(f"{rel}: tensor names differ")
-                    continue
-                for k in fa.keys():
-                    if not float((fa.get_tensor(k) - fb.get_tensor(k)).abs().max()) <= tolerance:
-                        problems.append(f"{rel}: {k} differs")
+    # The same file comparison as the family fixtures' (reference.json is compared below).
+    (new_dir / "reference.json").write_text("{}", encoding="utf-8")
+    problems = [p for p in mf.check_files(new_dir, OUT, tolerance) if not p.startswith("reference.json")]
     old = json.loads((OUT / "reference.json").read_text(encoding="utf-8"))
     if len(old["items"]) != len(new["items"]):
         return problems + [f"{len(new['items'])} items computed, {len(old['items'])} committed"]
@@ -98,7 +85,7 @@ def compare(new_dir: pathlib.Path, new: dict, tolerance: float) -> list:
         if (a["text"], a["token_count"]) != (b["text"], b["token_count"]) or len(a["embedding"]) != len(b["embedding"]):
             problems.append(f"item {i}: text, token count or dimension differs")
             continue
-        diff = max(abs(x - y) for x, y in zip(a["embedding"], b["embedding"]))
+        diff = mf.worst_of(abs(x - y) for x, y in zip(a["embedding"], b["embedding"]))
         # `not <=` so that a NaN counts as a mismatch.
         if not diff <= tolerance:
             problems.append(f"item {i}: max abs difference {diff:g} > {tolerance:g}")

@@ -212,6 +212,24 @@ fn per_model<M: EncodeMetric>(
     Ok(())
 }
 
+/// One counter per model and priority, from each model's batch counters.
+fn per_model_priority<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    forward: &[(String, BatchStats)],
+    value: impl Fn(&embed_core::PriorityStats) -> M,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (model, b) in forward {
+        for (priority, p) in [("interactive", &b.interactive), ("bulk", &b.bulk)] {
+            let labels = [("model", model.as_str()), ("priority", priority)];
+            value(p).encode(metric.encode_family(&labels)?)?;
+        }
+    }
+    Ok(())
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -240,34 +258,11 @@ impl Collector for PoolCollector {
             forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.sequences))))?;
         per_model(e, "embed_forward_padded_tokens", "Tokens in forward passes, padding included (all loads of the model)", MetricType::Counter,
             forward.iter().map(|(m, b)| (m.clone(), ConstCounter::new(b.padded_tokens))))?;
-        {
-            let mut metric = e.encode_descriptor(
-                "embed_requests_started",
-                "Requests whose first batch has started, by model and priority (all loads of the model)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (model, b) in &forward {
-                for (priority, p) in [("interactive", &b.interactive), ("bulk", &b.bulk)] {
-                    let labels = [("model", model.as_str()), ("priority", priority)];
-                    ConstCounter::new(p.started_requests).encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut metric = e.encode_descriptor(
-                "embed_first_batch_wait_seconds",
-                "Summed waits from a request's arrival to its first batch, by model and priority (divide by embed_requests_started_total for the mean)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (model, b) in &forward {
-                for (priority, p) in [("interactive", &b.interactive), ("bulk", &b.bulk)] {
-                    let labels = [("model", model.as_str()), ("priority", priority)];
-                    ConstCounter::new(p.first_batch_wait_us as f64 / 1e6).encode(metric.encode_family(&labels)?)?;
-                }
-            }
-        }
+        per_model_priority(e, "embed_requests_started", "Requests whose first batch has started, by model and priority (all loads of the model)",
+            &forward, |p| ConstCounter::new(p.started_requests))?;
+        per_model_priority(e, "embed_first_batch_wait_seconds",
+            "Summed waits from a request's arrival to its first batch, by model and priority (divide by embed_requests_started_total for the mean)",
+            &forward, |p| ConstCounter::new(p.first_batch_wait_us as f64 / 1e6))?;
         let cpu = embed_core::cpu_compute_stats();
         gauge(e, "embed_cpu_thread_budget", "CPU threads forward passes may use at once, all models together", to_i64(cpu.budget as u64))?;
         gauge(e, "embed_cpu_threads_in_use", "CPU threads in use by forward passes now", to_i64(cpu.in_use as u64))?;
