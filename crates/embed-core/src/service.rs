@@ -310,7 +310,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let priority = options.priority_for(texts.len());
         let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize, priority).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
@@ -340,7 +340,7 @@ impl EmbeddingService for DenseEmbeddingService {
         }
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
         let normalize = options.normalize.unwrap_or(running.info.normalize);
-        let priority = options.priority.unwrap_or(Priority::for_inputs(inputs.len()));
+        let priority = options.priority_for(inputs.len());
         let vectors = submit(&running, seqs, Output::Head, normalize, priority).await?;
         Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
     }
@@ -368,7 +368,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let priority = options.priority_for(texts.len());
         let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
         let vectors = rows
             .into_iter()
@@ -389,7 +389,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let counts: Vec<usize> = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
-        let priority = options.priority.unwrap_or(Priority::for_inputs(texts.len()));
+        let priority = options.priority_for(texts.len());
         let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false, priority).await?;
         let vectors = rows
             .into_iter()

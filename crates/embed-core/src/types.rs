@@ -321,6 +321,12 @@ impl EmbedOptions {
     pub fn document() -> Self {
         EmbedOptions { mode: Some(InputMode::Document), ..Default::default() }
     }
+
+    /// The priority of a request of `inputs` inputs under these options: the one asked for, else
+    /// the default by size ([`Priority::for_inputs`]).
+    pub fn priority_for(&self, inputs: usize) -> Priority {
+        self.priority.unwrap_or(Priority::for_inputs(inputs))
+    }
 }
 
 /// The result of [`EmbeddingService::embed_texts`](crate::EmbeddingService::embed_texts).

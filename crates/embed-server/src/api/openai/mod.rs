@@ -46,7 +46,7 @@ pub(crate) async fn embeddings(
         priority: super::asked_priority(req.priority),
         ..Default::default()
     };
-    let _admitted = state.admit(options.priority.unwrap_or(embed_core::Priority::for_inputs(n)))?;
+    let _admitted = state.admit(options.priority_for(n))?;
     let queued = state.metrics.queued(&model);
     let out = match req.input {
         Input::Text(t) => lease.embed_texts(&[t], &options).await,

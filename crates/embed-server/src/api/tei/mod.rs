@@ -43,7 +43,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
 
 /// Embeds `texts` with the leased model, counted in the metrics while queued and when done.
 pub(crate) async fn embed_on(state: &AppState, lease: &Lease, texts: &[String], options: &EmbedOptions) -> Result<Embeddings, ApiError> {
-    let _admitted = state.admit(options.priority.unwrap_or(embed_core::Priority::for_inputs(texts.len())))?;
+    let _admitted = state.admit(options.priority_for(texts.len()))?;
     let queued = state.metrics.queued(Lease::name(lease));
     let out = lease.embed_texts(texts, options).await?;
     drop(queued);
