@@ -202,6 +202,7 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
 pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
     let limited = limited_routes()
         .router
+        .layer(middleware::from_fn(timing_headers))
         .layer(middleware::from_fn_with_state(state.clone(), overload))
         .layer(middleware::from_fn_with_state(state.clone(), deadline));
     let protected = protected_routes()
@@ -400,6 +401,33 @@ impl AppState {
             .retry_after(1)
         })
     }
+}
+
+/// text-embeddings-inference's timing headers on a successful answer that computed something,
+/// from what embed-core measured while the handler ran (`embed_core::timing`), in whole
+/// milliseconds as TEI sends them: `x-tokenization-time`, `x-queue-time` (until the first batch
+/// holding one of the inputs started), `x-inference-time` (from then to the answer),
+/// `x-compute-time` (those three together), `x-total-time` (the handler, parsing and model
+/// lease included), `x-compute-characters` and `x-compute-tokens` (the tokens computed, special
+/// tokens and prompts included). Where a request makes several model calls (`/vertex`), the
+/// figures are their sums.
+async fn timing_headers(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (mut resp, measured) = embed_core::timing::measure(next.run(req)).await;
+    if measured.calls > 0 && resp.status().is_success() {
+        let total = started.elapsed();
+        let ms = |d: std::time::Duration| HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let count = |n: usize| HeaderValue::from(n as u64);
+        let headers = resp.headers_mut();
+        headers.insert(HeaderName::from_static("x-compute-time"), ms(measured.compute()));
+        headers.insert(HeaderName::from_static("x-compute-characters"), count(measured.characters));
+        headers.insert(HeaderName::from_static("x-compute-tokens"), count(measured.tokens));
+        headers.insert(HeaderName::from_static("x-total-time"), ms(total));
+        headers.insert(HeaderName::from_static("x-tokenization-time"), ms(measured.tokenization));
+        headers.insert(HeaderName::from_static("x-queue-time"), ms(measured.queue));
+        headers.insert(HeaderName::from_static("x-inference-time"), ms(measured.inference));
+    }
+    resp
 }
 
 /// Whole-request deadline; dropping the handler future releases its lease and queued work.

@@ -501,3 +501,67 @@ async fn openapi_document_lists_every_route_and_validates() {
     assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
     assert!(page.as_str().is_some_and(|p| p.contains("openapi.json") && p.contains("SwaggerUIBundle")), "{page}");
 }
+
+/// A timing header's value in milliseconds (or a count).
+#[track_caller]
+fn header_number(h: &axum::http::HeaderMap, name: &str) -> u64 {
+    let v = h.get(name).unwrap_or_else(|| panic!("no {name} header: {h:?}"));
+    v.to_str().unwrap().parse().unwrap_or_else(|e| panic!("{name}: {v:?} is not a whole number: {e}"))
+}
+
+/// text-embeddings-inference's timing headers come from embed-core's measurements: the tokens
+/// are the tokens computed, the characters the texts', and with every forward pass delayed
+/// 60 ms the inference time covers the pass, and a request queued behind another one waits
+/// for it in the queue time; compute time is the three stages together, total time covers it.
+#[tokio::test]
+async fn tei_timing_headers_are_measured() {
+    let delay = Duration::from_millis(60);
+    let f = fixture_with(|c| c, FaultInjection { forward_delay: Some(delay), ..Default::default() });
+    let app = app(&f);
+    let texts: Vec<String> = (0..12).map(|i| format!("text number {i}, with a few words to tokenize — ünïcode {}", "x".repeat(i))).collect();
+    let (s, v, h) = call(&app, "POST", "/embed", Some(json!({"inputs": texts})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, toks, th) = call(&app, "POST", "/tokenize", Some(json!({"inputs": texts})), &[]).await;
+    let tokens: u64 = toks.as_array().unwrap().iter().map(|t| t.as_array().unwrap().len() as u64).sum();
+    assert!(tokens > 12 * 5, "{toks}");
+    assert_eq!(header_number(&h, "x-compute-tokens"), tokens);
+    assert_eq!(header_number(&h, "x-compute-characters"), texts.iter().map(|t| t.chars().count() as u64).sum::<u64>());
+    let stages = |h: &axum::http::HeaderMap| {
+        let (tok, queue, inf) = (header_number(h, "x-tokenization-time"), header_number(h, "x-queue-time"), header_number(h, "x-inference-time"));
+        let (compute, total) = (header_number(h, "x-compute-time"), header_number(h, "x-total-time"));
+        // Each is rounded down to whole milliseconds on its own.
+        assert!((tok + queue + inf..=tok + queue + inf + 2).contains(&compute), "compute {compute} vs {tok} + {queue} + {inf}");
+        assert!(total >= compute, "total {total} < compute {compute}");
+        (queue, inf)
+    };
+    let (_, inference) = stages(&h);
+    assert!(inference >= delay.as_millis() as u64, "inference {inference} ms under the forward pass's {delay:?}");
+    assert!(th.get("x-compute-time").is_none(), "/tokenize computes nothing: {th:?}");
+
+    // OpenAI's route: the tokens are its usage.
+    let (s, v, h) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": ["one text", "and another one"]})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(header_number(&h, "x-compute-tokens"), v["usage"]["total_tokens"].as_u64().unwrap());
+    stages(&h);
+
+    // A request queued behind another waits in the queue for the other's pass.
+    let first = tokio::spawn(call_owned(app.clone(), json!({"inputs": "the first request"})));
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let (s, v, h) = call(&app, "POST", "/embed", Some(json!({"inputs": "the second request"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (queue, inference) = stages(&h);
+    assert!(queue >= 20, "the second request's queue time {queue} ms: it waited for the first's 60 ms pass");
+    assert!(inference >= delay.as_millis() as u64, "{inference}");
+    let (s, _, h1) = first.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert!(header_number(&h1, "x-queue-time") < queue, "the first request did not wait behind the second");
+
+    // Errors carry none.
+    let (s, _, h) = call(&app, "POST", "/embed", Some(json!({"inputs": []})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(h.get("x-compute-time").is_none(), "{h:?}");
+}
+
+async fn call_owned(app: Router, body: Value) -> (StatusCode, Value, axum::http::HeaderMap) {
+    call(&app, "POST", "/embed", Some(body), &[]).await
+}
