@@ -13,6 +13,7 @@ use std::time::Duration;
 /// What the service calls of one [`measure`] computed and how long each stage took, summed over
 /// the calls.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Measured {
     /// Service calls that tokenized or computed.
     pub calls: usize,
