@@ -69,6 +69,7 @@ mod rerank;
 mod service;
 mod source;
 mod text;
+pub mod timing;
 mod types;
 mod worker;
 

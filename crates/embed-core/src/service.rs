@@ -564,13 +564,17 @@ async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normaliz
         crate::worker::note_interactive();
     }
     running.stats.enqueued(priority);
-    let job = Job { seqs, output, normalize, priority, arrived: Instant::now(), reply };
+    let tokens = seqs.iter().map(|s| s.ids.len()).sum();
+    let (arrived, first_batch) = (Instant::now(), Arc::default());
+    let job = Job { seqs, output, normalize, priority, arrived, reply, first_batch: Arc::clone(&first_batch) };
     if running.intake.send(Command::Embed(job)).is_err() {
         running.stats.not_enqueued(priority);
         return Err(Error::ShutDown { model: running.info.name.clone() });
     }
     let model = running.info.name.clone();
-    answer.await.map_err(|_| Error::ShutDown { model })?
+    let rows = answer.await.map_err(|_| Error::ShutDown { model })?;
+    crate::timing::record_run(arrived, first_batch.get().copied(), tokens);
+    rows
 }
 
 /// The dimensions to keep (`options.dimensions` checked against the model's `dimension`).
@@ -604,12 +608,13 @@ fn matryoshka(mut vectors: Vec<Vec<f32>>, keep: usize, normalize: bool) -> Vec<V
 
 /// Tokenization is CPU work: `prepare` over `inputs` runs on the blocking pool for large
 /// requests, inline for small ones (and outside a runtime).
-async fn off_executor<T: Clone + Send + 'static>(
+async fn off_executor<T: Clone + Send + 'static + crate::timing::Characters>(
     running: &Arc<Running>,
     inputs: &[T],
     prepare: impl FnOnce(&TextPrep, &[T]) -> Result<Vec<Prepared>> + Send + 'static,
 ) -> Result<Vec<Prepared>> {
     const INLINE_LIMIT: usize = 16;
+    let _measured = crate::timing::Tokenizing::start(inputs);
     if inputs.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
         return crate::profile::stage("tokenize", || prepare(&running.text, inputs));
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::api::{admin, cohere, openai, tasks, tei};
+use crate::api::{admin, cohere, docs, openai, tasks, tei};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::ServerConfig;
@@ -118,45 +119,97 @@ impl AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The API as a `Router` to serve or to `nest` in your own app.
-pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
-    let limited = Router::new()
-        .route("/embed", post(tei::embed))
-        .route("/", post(tasks::root))
-        .route("/rerank", post(tasks::rerank))
-        .route("/predict", post(tasks::predict))
-        .route("/embed_sparse", post(tasks::embed_sparse))
-        .route("/embed_all", post(tasks::embed_all))
-        .route("/decode", post(tasks::decode))
-        .route("/v1/rerank", post(tasks::cohere_rerank))
-        .route("/v2/rerank", post(tasks::cohere_rerank))
-        .route("/v2/embed", post(cohere::embed))
-        .route("/tokenize", post(tei::tokenize))
-        .route("/v1/embeddings", post(openai::embeddings))
+/// Routes as they are added, with the list of what they serve (`(method, path)`): the router and
+/// [`route_table`] come from the same calls, so the OpenAPI test checks the document against
+/// what is really served.
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes { router: Router::new(), table: Vec::new() }
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H) -> Self {
+        self.router = self.router.route(path, post(handler));
+        self.table.push(("post", path));
+        self
+    }
+
+    fn get<H: Handler<T, AppState>, T: 'static>(mut self, path: &'static str, handler: H) -> Self {
+        self.router = self.router.route(path, get(handler));
+        self.table.push(("get", path));
+        self
+    }
+}
+
+/// Routes that compute: under the concurrency limit and the request deadline.
+fn limited_routes() -> Routes {
+    Routes::new()
+        .post("/embed", tei::embed)
+        .post("/", tasks::root)
+        .post("/rerank", tasks::rerank)
+        .post("/predict", tasks::predict)
+        .post("/embed_sparse", tasks::embed_sparse)
+        .post("/embed_all", tasks::embed_all)
+        .post("/decode", tasks::decode)
+        .post("/v1/rerank", tasks::cohere_rerank)
+        .post("/v2/rerank", tasks::cohere_rerank)
+        .post("/v2/embed", cohere::embed)
+        .post("/tokenize", tei::tokenize)
+        .post("/v1/embeddings", openai::embeddings)
         // text-embeddings-inference's other routes: SageMaker's, Vertex AI's, OpenAI's without `/v1`.
-        .route("/similarity", post(tei::similarity))
-        .route("/invocations", post(tasks::root))
-        .route("/vertex", post(tasks::vertex))
-        .route("/embeddings", post(openai::embeddings))
-        .layer(middleware::from_fn_with_state(state.clone(), overload))
-        .layer(middleware::from_fn_with_state(state.clone(), deadline));
-    let protected = Router::new()
-        .merge(limited)
-        .route("/info", get(tei::info))
-        .route("/v1/models", get(openai::models))
-        .route("/models", get(admin::models))
-        .route("/models/events", get(admin::events))
-        .route("/models/{name}/load", post(admin::load))
-        .route("/models/{name}/unload", post(admin::unload))
-        .route("/models/{name}/offload", post(admin::offload))
-        .layer(middleware::from_fn_with_state(state.clone(), auth));
-    let open = Router::new()
-        .route("/health", get(admin::health))
-        .route("/ready", get(admin::ready))
+        .post("/similarity", tei::similarity)
+        .post("/invocations", tasks::root)
+        .post("/vertex", tasks::vertex)
+        .post("/embeddings", openai::embeddings)
+}
+
+/// Routes that read or administer: behind the API key, without the concurrency limit.
+fn protected_routes() -> Routes {
+    Routes::new()
+        .get("/info", tei::info)
+        .get("/v1/models", openai::models)
+        .get("/models", admin::models)
+        .get("/models/events", admin::events)
+        .post("/models/{name}/load", admin::load)
+        .post("/models/{name}/unload", admin::unload)
+        .post("/models/{name}/offload", admin::offload)
+}
+
+/// Routes without the API key: health, readiness, metrics and the API's description.
+fn open_routes() -> Routes {
+    Routes::new()
+        .get("/health", admin::health)
+        .get("/ready", admin::ready)
         // SageMaker's health check: 200 once it may send requests, as TEI (which only listens
         // once its model is loaded) answers it.
-        .route("/ping", get(admin::ready))
-        .route("/metrics", get(admin::metrics));
+        .get("/ping", admin::ready)
+        .get("/metrics", admin::metrics)
+        .get("/openapi.json", docs::openapi_json)
+        .get("/docs", docs::docs_page)
+}
+
+/// Every route [`router`] serves, as `(method, path)` with the method in lower case and path
+/// parameters as `{name}` (OpenAPI's form).
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    [limited_routes(), protected_routes(), open_routes()].into_iter().flat_map(|r| r.table).collect()
+}
+
+/// The API as a `Router` to serve or to `nest` in your own app.
+pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
+    let limited = limited_routes()
+        .router
+        .layer(middleware::from_fn(timing_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), overload))
+        .layer(middleware::from_fn_with_state(state.clone(), deadline));
+    let protected = protected_routes()
+        .router
+        .merge(limited)
+        .layer(middleware::from_fn_with_state(state.clone(), auth));
+    let open = open_routes().router;
     let app = Router::new()
         .merge(protected)
         .merge(open)
@@ -348,6 +401,33 @@ impl AppState {
             .retry_after(1)
         })
     }
+}
+
+/// text-embeddings-inference's timing headers on a successful answer that computed something,
+/// from what embed-core measured while the handler ran (`embed_core::timing`), in whole
+/// milliseconds as TEI sends them: `x-tokenization-time`, `x-queue-time` (until the first batch
+/// holding one of the inputs started), `x-inference-time` (from then to the answer),
+/// `x-compute-time` (those three together), `x-total-time` (the handler, parsing and model
+/// lease included), `x-compute-characters` and `x-compute-tokens` (the tokens computed, special
+/// tokens and prompts included). Where a request makes several model calls (`/vertex`), the
+/// figures are their sums.
+async fn timing_headers(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (mut resp, measured) = embed_core::timing::measure(next.run(req)).await;
+    if measured.calls > 0 && resp.status().is_success() {
+        let total = started.elapsed();
+        let ms = |d: std::time::Duration| HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let count = |n: usize| HeaderValue::from(n as u64);
+        let headers = resp.headers_mut();
+        headers.insert(HeaderName::from_static("x-compute-time"), ms(measured.compute()));
+        headers.insert(HeaderName::from_static("x-compute-characters"), count(measured.characters));
+        headers.insert(HeaderName::from_static("x-compute-tokens"), count(measured.tokens));
+        headers.insert(HeaderName::from_static("x-total-time"), ms(total));
+        headers.insert(HeaderName::from_static("x-tokenization-time"), ms(measured.tokenization));
+        headers.insert(HeaderName::from_static("x-queue-time"), ms(measured.queue));
+        headers.insert(HeaderName::from_static("x-inference-time"), ms(measured.inference));
+    }
+    resp
 }
 
 /// Whole-request deadline; dropping the handler future releases its lease and queued work.

@@ -101,8 +101,10 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct TeiBody<'a> {
+/// TEI's error body (`ErrorResponse` in the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorResponse)]
+pub(crate) struct TeiBody<'a> {
     error: &'a str,
     error_type: &'a str,
 }
@@ -170,13 +172,22 @@ impl From<embed_core::Error> for OpenAiError {
     }
 }
 
-#[derive(Serialize)]
-struct OpenAiBody<'a> {
+/// TEI's error body as the OpenAPI document describes it.
+pub(crate) type TeiErrorDoc = TeiBody<'static>;
+
+/// OpenAI's error body as the OpenAPI document describes it.
+pub(crate) type OpenAiErrorDoc = OpenAiBody<'static>;
+
+/// OpenAI's error body (`OpenAiErrorResponse` in the OpenAPI document).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OpenAiErrorResponse)]
+pub(crate) struct OpenAiBody<'a> {
     error: OpenAiErrorBody<'a>,
 }
 
-#[derive(Serialize)]
-struct OpenAiErrorBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OpenAiErrorDetail)]
+pub(crate) struct OpenAiErrorBody<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,

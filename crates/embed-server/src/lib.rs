@@ -45,7 +45,8 @@ mod error;
 mod metrics;
 mod serve;
 
-pub use app::{metrics_router, router, AppState};
+pub use api::docs::openapi;
+pub use app::{metrics_router, route_table, router, AppState};
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{ApiError, OpenAiError, ServeError};
 pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};

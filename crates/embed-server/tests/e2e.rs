@@ -89,6 +89,7 @@ async fn tei_style_start() {
         assert_eq!(r.status(), 200, "{how}: any model name reaches the one model");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["model"], json!(dir), "{how}: answered as the served model");
+        hf_inference_client_agrees(&client, &base, key, how).await;
         server.signal(libc::SIGTERM);
         let out = server.stdout();
         let (code, log) = server.wait(Duration::from_secs(30));
@@ -97,6 +98,29 @@ async fn tei_style_start() {
             assert!(!log.contains(secret) && !out.contains(secret), "{how}: {secret} printed:\n{out}\n{log}");
         }
     }
+}
+
+/// huggingface_hub's `InferenceClient(base_url, api_key)` (the project's venv) calls
+/// `feature_extraction` and `sentence_similarity` against the server at `base`, and gets the
+/// vectors `/embed` gives and the cosines `/similarity` gives.
+async fn hf_inference_client_agrees(client: &reqwest::Client, base: &str, key: &str, how: &str) {
+    let root = embed_testkit::workspace_root();
+    let python = root.join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing; run `cargo xtask setup`", python.display());
+    let out = std::process::Command::new(python).arg(root.join("python/hf_inference_client_check.py")).args([base, key]).output().unwrap();
+    assert!(out.status.success(), "{how}: the huggingface_hub client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{how}: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let post = |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth(key).json(&body).send();
+    let served: Vec<Vec<f32>> = post("/embed", json!({"inputs": got["texts"]})).await.unwrap().json().await.unwrap();
+    let vectors = |v: &Value| -> Vec<Vec<f32>> { serde_json::from_value(v.clone()).unwrap() };
+    assert_eq!(served.len(), 2);
+    embed_testkit::assert_max_abs_diff(&format!("{how}: feature_extraction of a list"), &vectors(&got["many"]), &served, 1e-6);
+    embed_testkit::assert_max_abs_diff(&format!("{how}: feature_extraction of one text"), &vectors(&got["one"]), &served[..1], 1e-6);
+    let body = json!({"inputs": {"source_sentence": got["source"], "sentences": got["sentences"]}});
+    let expected: Vec<f32> = post("/similarity", body).await.unwrap().json().await.unwrap();
+    let similarity: Vec<f32> = serde_json::from_value(got["similarity"].clone()).unwrap();
+    assert_eq!(similarity.len(), 1, "{how}: {got}");
+    embed_testkit::assert_max_abs_diff(&format!("{how}: sentence_similarity"), &[similarity], &[expected], 1e-6);
 }
 
 /// TEI's `--json-output`: every log line is one JSON object with the level, the time, the

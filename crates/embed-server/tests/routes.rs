@@ -205,6 +205,10 @@ async fn tokenize_info_models_and_admin() {
     let (s, v, _) = call(&app, "GET", "/info", None, &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!((v["dimension"].as_u64(), v["max_input_length"].as_u64()), (Some(32), Some(64)));
+    // Loaded from a temporary directory: named by its configured name, not by the host path.
+    assert_eq!(v["model_source"], "tiny", "{v}");
+    let tmp = f.tmp[0].path().to_string_lossy().into_owned();
+    assert!(!v.to_string().contains(&tmp), "/info shows the host path {tmp}: {v}");
 
     let (s, v, _) = call(&app, "POST", "/models/other/load", None, &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -214,6 +218,13 @@ async fn tokenize_info_models_and_admin() {
     assert!(v["loaded"][0]["weight_bytes"].as_u64().unwrap() > 0);
     assert_eq!(v["loaded"][0]["dtype"], "f32");
     assert_eq!(v["loaded"][0]["device"], "cpu");
+    let sources: Vec<(&str, &str)> =
+        v["registered"].as_array().unwrap().iter().map(|m| (m["name"].as_str().unwrap(), m["source"].as_str().unwrap())).collect();
+    assert!(sources.contains(&("tiny", "tiny")) && sources.contains(&("other", "other")), "{v}");
+    for t in &f.tmp {
+        let tmp = t.path().to_string_lossy().into_owned();
+        assert!(!v.to_string().contains(&tmp), "/models shows the host path {tmp}: {v}");
+    }
     let (s, v, _) = call(&app, "POST", "/models/other/unload", None, &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["model_weight_bytes"].as_u64().unwrap() > 0);
@@ -424,4 +435,133 @@ async fn bulk_requests_have_their_own_limit_and_queries_pass_it() {
     assert!(budget >= 1.0 && in_use <= budget && (1.0..=budget).contains(&peak), "budget {budget}, in use {in_use}, peak {peak}");
     assert!(text.contains("embed_first_batch_wait_seconds_total{model=\"tiny\",priority=\"bulk\"}"), "{text}");
     f.state.pool().close().await;
+}
+
+/// The generated OpenAPI document describes every route the router serves (taken from
+/// `route_table`, the list the router is built from, so a route added without documentation
+/// fails here) and nothing it does not serve; `openapi-spec-validator` (the project's venv)
+/// accepts it; `/docs` renders it.
+#[tokio::test]
+async fn openapi_document_lists_every_route_and_validates() {
+    let f = fixture_with(|c| c.with_api_key(Some("k".into())), FaultInjection::default());
+    let app = app(&f);
+    // Open, like /health: no key.
+    let (s, doc, headers) = call(&app, "GET", "/openapi.json", None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{doc}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{}", doc["openapi"]);
+    assert_eq!(doc, serde_json::to_value(embed_server::openapi()).unwrap(), "the served document is the generated one");
+
+    let table = embed_server::route_table();
+    assert!(table.len() >= 29, "the route table has {} routes", table.len());
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut missing = Vec::new();
+    for (method, path) in &table {
+        match paths.get(*path).and_then(|item| item.get(*method)) {
+            Some(op) => {
+                assert!(op["responses"]["200"].is_object(), "{method} {path}: no 200 answer documented: {op}");
+                if *method == "post" && !path.starts_with("/models/") {
+                    assert!(op["requestBody"]["content"]["application/json"]["schema"].is_object(), "{method} {path}: no JSON body: {op}");
+                }
+            }
+            None => missing.push(format!("{method} {path}")),
+        }
+    }
+    assert!(missing.is_empty(), "routes the OpenAPI document lacks: {missing:?}");
+    let mut documented = 0;
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys().filter(|k| *k != "parameters") {
+            documented += 1;
+            assert!(table.iter().any(|(m, p)| m == method && p == path), "documented but not served: {method} {path}");
+        }
+    }
+    assert_eq!(documented, table.len());
+    // The typed bodies are in it: /embed's fields, TEI's error shape on a TEI route, OpenAI's on an OpenAI route.
+    let schemas = &doc["components"]["schemas"];
+    let embed = &schemas["EmbedRequest"];
+    assert!(embed["properties"]["inputs"].is_object() && embed["properties"]["normalize"].is_object(), "{embed}");
+    assert_eq!(embed["required"], json!(["inputs"]), "{embed}");
+    assert!(schemas["ErrorResponse"]["properties"]["error_type"].is_object(), "{}", schemas["ErrorResponse"]);
+    let schema_of = |path: &str, status: &str| paths[path]["post"]["responses"][status]["content"]["application/json"]["schema"]["$ref"].clone();
+    assert_eq!(schema_of("/embed", "422"), "#/components/schemas/ErrorResponse");
+    assert_eq!(schema_of("/v1/embeddings", "400"), "#/components/schemas/OpenAiErrorResponse");
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let python = embed_testkit::workspace_root().join(".venv/bin/python");
+    assert!(python.exists(), "{} is missing; run `cargo xtask setup`", python.display());
+    let out = std::process::Command::new(&python).args(["-m", "openapi_spec_validator"]).arg(file.path()).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "openapi-spec-validator refused the document: {said}");
+    assert!(said.contains("OK"), "{said}");
+
+    let (s, page, headers) = call(&app, "GET", "/docs", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.as_str().is_some_and(|p| p.contains("openapi.json") && p.contains("SwaggerUIBundle")), "{page}");
+}
+
+/// A timing header's value in milliseconds (or a count).
+#[track_caller]
+fn header_number(h: &axum::http::HeaderMap, name: &str) -> u64 {
+    let v = h.get(name).unwrap_or_else(|| panic!("no {name} header: {h:?}"));
+    v.to_str().unwrap().parse().unwrap_or_else(|e| panic!("{name}: {v:?} is not a whole number: {e}"))
+}
+
+/// text-embeddings-inference's timing headers come from embed-core's measurements: the tokens
+/// are the tokens computed, the characters the texts', and with every forward pass delayed
+/// 60 ms the inference time covers the pass, and a request queued behind another one waits
+/// for it in the queue time; compute time is the three stages together, total time covers it.
+#[tokio::test]
+async fn tei_timing_headers_are_measured() {
+    let delay = Duration::from_millis(60);
+    let f = fixture_with(|c| c, FaultInjection { forward_delay: Some(delay), ..Default::default() });
+    let app = app(&f);
+    let texts: Vec<String> = (0..12).map(|i| format!("text number {i}, with a few words to tokenize — ünïcode {}", "x".repeat(i))).collect();
+    let (s, v, h) = call(&app, "POST", "/embed", Some(json!({"inputs": texts})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, toks, th) = call(&app, "POST", "/tokenize", Some(json!({"inputs": texts})), &[]).await;
+    let tokens: u64 = toks.as_array().unwrap().iter().map(|t| t.as_array().unwrap().len() as u64).sum();
+    assert!(tokens > 12 * 5, "{toks}");
+    assert_eq!(header_number(&h, "x-compute-tokens"), tokens);
+    assert_eq!(header_number(&h, "x-compute-characters"), texts.iter().map(|t| t.chars().count() as u64).sum::<u64>());
+    let stages = |h: &axum::http::HeaderMap| {
+        let (tok, queue, inf) = (header_number(h, "x-tokenization-time"), header_number(h, "x-queue-time"), header_number(h, "x-inference-time"));
+        let (compute, total) = (header_number(h, "x-compute-time"), header_number(h, "x-total-time"));
+        // Each is rounded down to whole milliseconds on its own.
+        assert!((tok + queue + inf..=tok + queue + inf + 2).contains(&compute), "compute {compute} vs {tok} + {queue} + {inf}");
+        assert!(total >= compute, "total {total} < compute {compute}");
+        (queue, inf)
+    };
+    let (_, inference) = stages(&h);
+    assert!(inference >= delay.as_millis() as u64, "inference {inference} ms under the forward pass's {delay:?}");
+    assert!(th.get("x-compute-time").is_none(), "/tokenize computes nothing: {th:?}");
+
+    // OpenAI's route: the tokens are its usage.
+    let (s, v, h) = call(&app, "POST", "/v1/embeddings", Some(json!({"input": ["one text", "and another one"]})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(header_number(&h, "x-compute-tokens"), v["usage"]["total_tokens"].as_u64().unwrap());
+    stages(&h);
+
+    // A request queued behind another waits in the queue for the other's pass.
+    let first = tokio::spawn(call_owned(app.clone(), json!({"inputs": "the first request"})));
+    tokio::time::sleep(Duration::from_millis(15)).await;
+    let (s, v, h) = call(&app, "POST", "/embed", Some(json!({"inputs": "the second request"})), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (queue, inference) = stages(&h);
+    assert!(queue >= 20, "the second request's queue time {queue} ms: it waited for the first's 60 ms pass");
+    assert!(inference >= delay.as_millis() as u64, "{inference}");
+    let (s, _, h1) = first.await.unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert!(header_number(&h1, "x-queue-time") < queue, "the first request did not wait behind the second");
+
+    // Errors carry none.
+    let (s, _, h) = call(&app, "POST", "/embed", Some(json!({"inputs": []})), &[]).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(h.get("x-compute-time").is_none(), "{h:?}");
+}
+
+async fn call_owned(app: Router, body: Value) -> (StatusCode, Value, axum::http::HeaderMap) {
+    call(&app, "POST", "/embed", Some(body), &[]).await
 }

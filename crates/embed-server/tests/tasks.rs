@@ -370,3 +370,40 @@ async fn the_official_cohere_client_reranks_through_the_server() {
     let (code, log) = server.wait(Duration::from_secs(60));
     assert_eq!(code, 0, "{log}");
 }
+
+/// text-embeddings-inference's timing headers on `/rerank` and `/predict`: the tokens are the
+/// pairs' tokens as embed-core itself counts them, the characters both texts of every pair, and
+/// the stages add up to the compute time within the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_and_predict_carry_timing_headers() {
+    use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService};
+    let app = app("classifier");
+    let number = |h: &axum::http::HeaderMap, name: &str| -> u64 {
+        h.get(name).unwrap_or_else(|| panic!("no {name}: {h:?}")).to_str().unwrap().parse().unwrap()
+    };
+    let consistent = |h: &axum::http::HeaderMap| {
+        let stages = number(h, "x-tokenization-time") + number(h, "x-queue-time") + number(h, "x-inference-time");
+        let compute = number(h, "x-compute-time");
+        assert!((stages..=stages + 2).contains(&compute), "{h:?}");
+        assert!(number(h, "x-total-time") >= compute, "{h:?}");
+    };
+    let query = "what is a cat";
+    let texts = vec!["a cat is a small feline".to_string(), "stocks fell sharply".to_string(), "cats purr — ünïcode".to_string()];
+    let body = json!({"model": "reranker", "query": query, "texts": texts}).to_string();
+    let (status, v, h) = send(&app, "POST", "/rerank", Some(&body), &[]).await;
+    assert_eq!(status, 200, "{v}");
+    let lib = DenseEmbeddingService::from_spec(ModelSpec::new(fixture_dir("bert-reranker").to_string_lossy())).await.unwrap();
+    let counted = lib.rerank(query, &texts, &EmbedOptions::default()).await.unwrap();
+    lib.cleanup().await.unwrap();
+    assert_eq!(number(&h, "x-compute-tokens"), counted.token_counts.iter().sum::<usize>() as u64);
+    let characters = texts.iter().map(|t| query.chars().count() + t.chars().count()).sum::<usize>();
+    assert_eq!(number(&h, "x-compute-characters"), characters as u64);
+    consistent(&h);
+
+    let (status, v, h) = send(&app, "POST", "/predict", Some(&json!({"inputs": "a fine day"}).to_string()), &[]).await;
+    assert_eq!(status, 200, "{v}");
+    let (_, tokens, _) = send(&app, "POST", "/tokenize", Some(&json!({"model": "classifier", "inputs": "a fine day"}).to_string()), &[]).await;
+    assert_eq!(number(&h, "x-compute-tokens"), tokens[0].as_array().unwrap().len() as u64, "{tokens}");
+    assert_eq!(number(&h, "x-compute-characters"), 10);
+    consistent(&h);
+}

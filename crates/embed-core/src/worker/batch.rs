@@ -49,6 +49,9 @@ pub(crate) struct Job {
     /// When the caller queued it (for the first-batch wait).
     pub(crate) arrived: Instant,
     pub(crate) reply: oneshot::Sender<Result<Vec<Vec<f32>>>>,
+    /// Set by the queue when the first batch holding one of its inputs starts (the caller's
+    /// queue time and inference time, see `crate::timing`).
+    pub(crate) first_batch: std::sync::Arc<std::sync::OnceLock<Instant>>,
 }
 
 pub(crate) enum Command {

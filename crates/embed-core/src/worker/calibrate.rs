@@ -92,6 +92,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
         priority: Priority::Bulk,
         arrived: Instant::now(),
         reply: tx,
+        first_batch: Default::default(),
     };
     let cfg = WorkerConfig {
         model_name: String::new(),

@@ -186,6 +186,7 @@ impl Queue {
             e.outstanding += 1;
             if !e.started {
                 e.started = true;
+                let _ = e.job.first_batch.set(now);
                 let p = e.job.priority as usize;
                 let waited = now.saturating_duration_since(e.job.arrived).as_micros() as u64;
                 stats.started[p].fetch_add(1, Ordering::Relaxed);
@@ -293,7 +294,7 @@ mod tests {
             .iter()
             .map(|&n| Seq { ids: vec![1; n], type_ids: vec![0; n], pool_skip: 0, poisoned: false })
             .collect();
-        (Job { seqs, output: Output::Head, normalize: false, priority, arrived: Instant::now(), reply }, answer)
+        (Job { seqs, output: Output::Head, normalize: false, priority, arrived: Instant::now(), reply, first_batch: Default::default() }, answer)
     }
 
     fn limits() -> Limits {

@@ -4,6 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod cohere;
+pub(crate) mod docs;
 pub(crate) mod openai;
 pub(crate) mod tasks;
 pub(crate) mod tei;
@@ -142,6 +143,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T>
             ApiError::new(StatusCode::BAD_REQUEST, format!("invalid query string {:?}: {why}", parts.uri.query().unwrap_or("")))
                 .into_response_for(parts.uri.path())
         })
+    }
+}
+
+/// Where a model came from, as answers show it: its hub id (with `@revision` when one was
+/// given), or for a local directory the model's configured name, never a host path.
+pub(crate) fn public_source(source: &str, name: &str) -> String {
+    match embed_core::ModelSource::parse(source) {
+        Ok(embed_core::ModelSource::Hub { .. }) => source.to_string(),
+        _ => name.to_string(),
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 /// `GET /models` answer: what is loaded, what could be, and the pool's limits.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Models {
     loaded: Vec<LoadedModel>,
     registered: Vec<RegistryEntry>,
@@ -22,7 +22,7 @@ pub(crate) struct Models {
 }
 
 /// The warm tier in `/models`: on or off (and why), its host budget and what it holds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct WarmTierBody {
     enabled: bool,
     note: String,
@@ -32,7 +32,7 @@ struct WarmTierBody {
     host_bytes: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PressureBody {
     device: String,
     /// `low`, `moderate`, `high` or `critical`.
@@ -51,7 +51,7 @@ impl Models {
                 let r = registry.get(n).expect("name from the registry");
                 RegistryEntry {
                     name: n.to_string(),
-                    source: r.spec.source.clone(),
+                    source: crate::api::public_source(&r.spec.source, n),
                     device: r.spec.options.device.to_string(),
                     dtype: r.spec.options.dtype.map_or_else(|| "auto".to_string(), |d| d.to_string()),
                 }
@@ -79,12 +79,13 @@ impl Models {
 }
 
 /// A model in the pool (loading, ready or on its way out).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LoadedModel {
     name: String,
     architecture: Option<String>,
     family: Option<String>,
     /// What it computes: `embedding`, `reranker`, `classifier` or `sparse` (once loaded).
+    #[schema(value_type = Option<String>)]
     kind: Option<ModelKind>,
     dimension: Option<usize>,
     /// The pool's `ModelState`: `loading`, `ready`, `draining`, `offloading`, `warm` or
@@ -129,16 +130,17 @@ impl LoadedModel {
 }
 
 /// A model the server may load: its registry entry as configured (`dtype` may be `auto`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RegistryEntry {
     name: String,
+    /// The hub id it loads from, or for a local directory its name (no host paths).
     source: String,
     device: String,
     dtype: String,
 }
 
 /// `POST /models/{name}/load` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Loaded {
     pub(crate) model: String,
     /// Always true: a failed load answers with an error instead.
@@ -146,7 +148,8 @@ pub(crate) struct Loaded {
 }
 
 /// `POST /models/{name}/unload` query string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UnloadQuery {
     /// Fail with 409 instead of waiting for leases to end.
@@ -155,7 +158,7 @@ pub(crate) struct UnloadQuery {
 }
 
 /// `POST /models/{name}/unload` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Unloaded {
     pub(crate) model: String,
     /// False when the model was not loaded.
@@ -165,7 +168,7 @@ pub(crate) struct Unloaded {
 }
 
 /// `POST /models/{name}/offload` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Offloaded {
     pub(crate) model: String,
     /// False when there was nothing to move (not loaded, or warm already).
@@ -175,7 +178,7 @@ pub(crate) struct Offloaded {
 }
 
 /// `GET /health` and `GET /ready` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ServerStatus {
     pub(crate) status: &'static str,
     /// Why the server is not ready; absent when it is.
@@ -184,7 +187,7 @@ pub(crate) struct ServerStatus {
 }
 
 /// `GET /models/events` answer: the pool's recent history, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Events {
     events: Vec<Event>,
 }
@@ -192,7 +195,7 @@ pub(crate) struct Events {
 /// One pool event. `action` is `loaded`, `load_failed`, `offloaded`, `restored`,
 /// `restore_failed` or `unloaded`; `cause` is `capacity`, `memory`, `ttl`, `pressure` or
 /// `explicit` for offloads and releases, null otherwise; `at` is Unix time in seconds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Event {
     model: String,
     action: &'static str,

@@ -20,6 +20,8 @@ use crate::AppState;
 static EMBED_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Embeds `texts` with `model` (default: the server's), normalised, in each requested encoding.
+#[utoipa::path(post, path = "/v2/embed", tag = "cohere", operation_id = "cohere_embed", request_body = types::EmbedRequest,
+    responses((status = 200, description = "The embeddings in each requested encoding", body = types::EmbedResponse), crate::api::docs::OpenAiErrors))]
 pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<EmbedResponse>, OpenAiError> {
     for (field, given) in [("images", &req.images), ("inputs", &req.inputs)] {
         if given.as_ref().is_some_and(|v| !v.is_null()) {

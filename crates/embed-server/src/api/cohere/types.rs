@@ -7,7 +7,8 @@ use crate::api::openai::EmbeddingVector;
 
 /// `POST /v2/embed`. Fields Cohere has that cannot apply here (`images`, `inputs`, `max_tokens`)
 /// are refused by name rather than ignored; others are accepted and ignored, as on `/v2/rerank`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = CohereEmbedRequest)]
 pub(crate) struct EmbedRequest {
     #[serde(default)]
     pub(crate) model: Option<String>,
@@ -32,7 +33,7 @@ pub(crate) struct EmbedRequest {
 }
 
 /// What the texts are for, which picks the model's prompt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum InputType {
     SearchDocument,
@@ -43,7 +44,7 @@ pub(crate) enum InputType {
 }
 
 /// One of the encodings Cohere returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum EmbeddingType {
     Float,
@@ -56,7 +57,8 @@ pub(crate) enum EmbeddingType {
 
 /// What to do with a text over the model's limit: Cohere's `END` (the default) drops its end,
 /// `NONE` makes it an error; `START` (dropping the beginning) is not supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[schema(as = CohereTruncate)]
 #[serde(rename_all = "UPPERCASE")]
 pub(crate) enum Truncate {
     None,
@@ -65,7 +67,8 @@ pub(crate) enum Truncate {
 }
 
 /// The `/v2/embed` answer (Cohere's `embeddings_by_type`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CohereEmbedResponse)]
 pub(crate) struct EmbedResponse {
     pub(crate) id: String,
     pub(crate) embeddings: ByType,
@@ -75,7 +78,7 @@ pub(crate) struct EmbedResponse {
 }
 
 /// Each requested encoding of every text, in input order; the others absent.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub(crate) struct ByType {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) float: Option<Vec<EmbeddingVector>>,
@@ -92,18 +95,19 @@ pub(crate) struct ByType {
 }
 
 /// Cohere's `meta`: the API version and the tokens read.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CohereMeta)]
 pub(crate) struct Meta {
     pub(crate) api_version: ApiVersion,
     pub(crate) billed_units: BilledUnits,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ApiVersion {
     pub(crate) version: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct BilledUnits {
     pub(crate) input_tokens: usize,
 }

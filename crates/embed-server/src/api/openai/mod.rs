@@ -1,6 +1,6 @@
 //! OpenAI-compatible routes: `/v1/embeddings` (also `/embeddings`, as TEI serves it), `/v1/models`.
 
-mod types;
+pub(crate) mod types;
 
 pub(crate) use self::types::{EmbeddingVector, EncodingFormat};
 
@@ -16,6 +16,8 @@ use crate::error::{ApiError, OpenAiError};
 use crate::AppState;
 
 /// Embeds `input` (texts or token ids) with `model`, answering in OpenAI's list shape.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "openai", request_body = types::EmbeddingsRequest,
+    responses((status = 200, description = "The embeddings in OpenAI's list shape", body = types::EmbeddingList), crate::api::docs::OpenAiErrors))]
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
@@ -77,6 +79,15 @@ fn check_not_empty(input: &Input) -> Result<(), ApiError> {
 }
 
 /// Lists the registered models, loaded or not; loads nothing.
+#[utoipa::path(get, path = "/v1/models", tag = "openai", operation_id = "openai_models",
+    responses((status = 200, description = "The registered models", body = types::ModelList), crate::api::docs::OpenAiErrors))]
 pub(crate) async fn models(State(state): State<AppState>) -> Json<ModelList> {
     Json(ModelList::new(state.pool.registry().names().map(|n| (n, state.known_info(n).map(|i| i.kind)))))
 }
+
+/// OpenAI's embeddings route without `/v1` (text-embeddings-inference has both; the same
+/// handler): documented under its own path.
+#[utoipa::path(post, path = "/embeddings", tag = "openai", request_body = types::EmbeddingsRequest,
+    responses((status = 200, description = "The embeddings in OpenAI's list shape", body = types::EmbeddingList), crate::api::docs::OpenAiErrors))]
+#[allow(dead_code)] // a documentation entry: the route is served by `embeddings`
+pub(crate) fn embeddings_without_v1() {}

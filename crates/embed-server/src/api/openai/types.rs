@@ -74,7 +74,7 @@ impl<'de> Deserialize<'de> for Input {
 }
 
 /// How `/v1/embeddings` writes each vector.
-#[derive(Debug, Deserialize, Default, PartialEq, Eq, Clone, Copy)]
+#[derive(Debug, Deserialize, Default, PartialEq, Eq, Clone, Copy, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum EncodingFormat {
     /// An array of numbers.
@@ -85,7 +85,7 @@ pub(crate) enum EncodingFormat {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct EmbeddingsRequest {
     pub(crate) input: Input,
     /// Default: the server's default model.
@@ -102,11 +102,12 @@ pub(crate) struct EmbeddingsRequest {
     pub(crate) user: Option<String>,
     /// Extension: `interactive` or `bulk` (default: by size, see `embed_core::Priority`).
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "interactive")]
     pub(crate) priority: Option<embed_core::Priority>,
 }
 
 /// `POST /v1/embeddings` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct EmbeddingList {
     object: &'static str,
     data: Vec<Embedding>,
@@ -126,7 +127,8 @@ impl EmbeddingList {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OpenAiEmbedding)]
 struct Embedding {
     object: &'static str,
     index: usize,
@@ -134,7 +136,7 @@ struct Embedding {
 }
 
 /// One vector in the requested [`EncodingFormat`] (also Cohere's `float` and `base64`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum EmbeddingVector {
     /// Each number is written as the f64 equal to the f32 (`0.10000000149011612`, not `0.1`),
@@ -160,14 +162,15 @@ fn f32s_as_f64s<S: Serializer>(v: &[f32], s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Tokens read; embeddings have no completion tokens, so both counts are the same.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OpenAiUsage)]
 struct Usage {
     prompt_tokens: usize,
     total_tokens: usize,
 }
 
 /// `GET /v1/models` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {
     object: &'static str,
     data: Vec<Model>,
@@ -183,7 +186,8 @@ impl ModelList {
 }
 
 /// A model card; the registry keeps no creation time, so `created` is 0.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OpenAiModel)]
 struct Model {
     id: String,
     object: &'static str,
@@ -191,6 +195,7 @@ struct Model {
     owned_by: &'static str,
     /// Extension: what the model computes, once it has been loaded.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     kind: Option<ModelKind>,
 }
 

@@ -6,7 +6,7 @@
 //!
 //! A model asked for another kind's work answers 400 naming its kind and what it can do.
 
-mod types;
+pub(crate) mod types;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,6 +53,8 @@ async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String
 
 /// Ranks `texts` by relevance to `query`, best first: sigmoid scores, or the logits with
 /// `raw_scores`.
+#[utoipa::path(post, path = "/rerank", tag = "text-embeddings-inference", request_body = types::RerankRequest,
+    responses((status = 200, description = "The texts' indices and scores, best first", body = Vec<types::Rank>), crate::api::docs::TeiErrors))]
 pub(crate) async fn rerank(State(state): State<AppState>, JsonBody(req): JsonBody<RerankRequest>) -> Result<Json<Vec<Rank>>, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     check_count(req.texts.len(), &state, "texts")?;
@@ -73,6 +75,8 @@ static RERANK_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Cohere's / Jina's rerank: `documents` (strings or `{text}` objects) ranked by relevance to
 /// `query`, the best `top_n`, with sigmoid scores as `relevance_score`.
+#[utoipa::path(post, path = "/v1/rerank", tag = "cohere", request_body = types::CohereRerankRequest,
+    responses((status = 200, description = "The best `top_n` documents, best first", body = types::CohereRerankResponse), crate::api::docs::OpenAiErrors))]
 pub(crate) async fn cohere_rerank(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<CohereRerankRequest>,
@@ -103,6 +107,8 @@ pub(crate) async fn cohere_rerank(
 /// Classifies each input (a text or a pair): every label's probability (softmax; sigmoid for
 /// a one-label cross-encoder), or the logits with `raw_scores`, best first. A batch gets one
 /// list per input.
+#[utoipa::path(post, path = "/predict", tag = "text-embeddings-inference", request_body = types::PredictRequest,
+    responses((status = 200, description = "Every label's score, best first (a list per input for a batch)", body = types::Predictions), crate::api::docs::TeiErrors))]
 pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBody<PredictRequest>) -> Result<Json<Predictions>, ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     check_count(req.inputs.items.len(), &state, "inputs")?;
@@ -162,6 +168,8 @@ async fn prepare(state: &AppState, req: TextsRequest) -> Result<Prepared, ApiErr
 }
 
 /// SPLADE vectors: per input, its non-zero `(index, value)` entries by increasing index.
+#[utoipa::path(post, path = "/embed_sparse", tag = "text-embeddings-inference", request_body = types::TextsRequest,
+    responses((status = 200, description = "Per input, its non-zero entries by increasing index", body = Vec<Vec<types::SparseValue>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn embed_sparse(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<TextsRequest>,
@@ -180,6 +188,8 @@ pub(crate) async fn embed_sparse(
 }
 
 /// Per input, the vector of every token (special tokens and prompt included), unnormalised.
+#[utoipa::path(post, path = "/embed_all", tag = "text-embeddings-inference", request_body = types::TextsRequest,
+    responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn embed_all(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<TextsRequest>,
@@ -193,6 +203,8 @@ pub(crate) async fn embed_all(
 }
 
 /// Token ids back to text, one string per list of ids.
+#[utoipa::path(post, path = "/decode", tag = "text-embeddings-inference", request_body = types::DecodeRequest,
+    responses((status = 200, description = "One text per list of ids", body = Vec<String>), crate::api::docs::TeiErrors))]
 pub(crate) async fn decode(State(state): State<AppState>, JsonBody(req): JsonBody<DecodeRequest>) -> Result<Json<Vec<String>>, ApiError> {
     check_count(req.ids.0.len(), &state, "ids")?;
     let model = state.config.model_for(req.model);
@@ -247,6 +259,9 @@ async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError>
 /// default) is for, with that route's body: `/embed` (or `/similarity`) for an embedder,
 /// `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for
 /// SPLADE.
+#[utoipa::path(post, path = "/", tag = "text-embeddings-inference",
+    request_body(content = serde_json::Value, description = "The body of the model's own route: `/embed` (or `/similarity`) for an embedder, `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for SPLADE"),
+    responses((status = 200, description = "That route's answer", body = types::TaskAnswer), crate::api::docs::TeiErrors))]
 pub(crate) async fn root(State(state): State<AppState>, body: Bytes) -> Result<Json<TaskAnswer>, ApiError> {
     dispatch(&state, parse_json(&body)?).await.map(Json)
 }
@@ -254,6 +269,8 @@ pub(crate) async fn root(State(state): State<AppState>, body: Bytes) -> Result<J
 /// Vertex AI's `POST /vertex`: each of `instances` answered as `POST /` would answer it (run
 /// together, so the model batches them), as `predictions` in order. The first failing instance
 /// fails the request, its message and `param` naming it.
+#[utoipa::path(post, path = "/vertex", tag = "text-embeddings-inference", request_body = types::VertexRequest,
+    responses((status = 200, description = "Each instance's answer, in order", body = types::VertexResponse), crate::api::docs::TeiErrors))]
 pub(crate) async fn vertex(State(state): State<AppState>, JsonBody(req): JsonBody<VertexRequest>) -> Result<Json<VertexResponse>, ApiError> {
     check_count(req.instances.len(), &state, "instances")?;
     let answers = req.instances.into_iter().enumerate().map(|(i, instance)| {
@@ -269,6 +286,19 @@ pub(crate) async fn vertex(State(state): State<AppState>, JsonBody(req): JsonBod
     let predictions = futures::future::try_join_all(answers).await?;
     Ok(Json(VertexResponse { predictions }))
 }
+
+/// SageMaker's name for `POST /` (the same handler): documented under its own path.
+#[utoipa::path(post, path = "/invocations", tag = "text-embeddings-inference",
+    request_body(content = serde_json::Value, description = "As `POST /`"),
+    responses((status = 200, description = "As `POST /`", body = types::TaskAnswer), crate::api::docs::TeiErrors))]
+#[allow(dead_code)] // a documentation entry: the route is served by `root`
+pub(crate) fn invocations() {}
+
+/// Cohere's v2 path of `/v1/rerank` (the same handler): documented under its own path.
+#[utoipa::path(post, path = "/v2/rerank", tag = "cohere", request_body = types::CohereRerankRequest,
+    responses((status = 200, description = "The best `top_n` documents, best first", body = types::CohereRerankResponse), crate::api::docs::OpenAiErrors))]
+#[allow(dead_code)] // a documentation entry: the route is served by `cohere_rerank`
+pub(crate) fn cohere_rerank_v2() {}
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use super::super::kind;
 use super::super::tei::StringOrList;
 
 /// `POST /rerank`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RerankRequest {
     pub(crate) query: String,
@@ -36,7 +36,7 @@ pub(crate) struct RerankRequest {
 }
 
 /// One `/rerank` result; the answer lists them best first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Rank {
     pub(crate) index: usize,
     pub(crate) score: f32,
@@ -46,7 +46,7 @@ pub(crate) struct Rank {
 
 /// `POST /v1/rerank` and `/v2/rerank` (Cohere's API; Jina's is the same). Fields the clients
 /// send that do not apply here (`rank_fields`, `max_chunks_per_doc`, …) are accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct CohereRerankRequest {
     #[serde(default)]
     pub(crate) model: Option<String>,
@@ -82,7 +82,7 @@ impl<'de> Deserialize<'de> for Document {
 }
 
 /// The Cohere / Jina rerank answer: results best first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CohereRerankResponse {
     pub(crate) id: String,
     pub(crate) model: String,
@@ -91,7 +91,7 @@ pub(crate) struct CohereRerankResponse {
 }
 
 /// One result of [`CohereRerankResponse`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct CohereResult {
     pub(crate) index: usize,
     pub(crate) relevance_score: f32,
@@ -100,19 +100,20 @@ pub(crate) struct CohereResult {
 }
 
 /// A returned document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DocumentText {
     pub(crate) text: String,
 }
 
 /// Tokens the request cost (Jina's `usage`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CohereUsage)]
 pub(crate) struct Usage {
     pub(crate) total_tokens: usize,
 }
 
 /// `POST /predict`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PredictRequest {
     pub(crate) inputs: PredictInputs,
@@ -175,14 +176,14 @@ impl<'de> Deserialize<'de> for PredictInputs {
 }
 
 /// One label's score in a `/predict` answer (best first).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Prediction {
     pub(crate) score: f32,
     pub(crate) label: String,
 }
 
 /// A `/predict` answer: one list of labels for one input, a list of them for a batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum Predictions {
     One(Vec<Prediction>),
@@ -191,7 +192,7 @@ pub(crate) enum Predictions {
 
 /// What `POST /`, `POST /invocations` and each `/vertex` instance answer: the body of the route
 /// the request went to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(crate) enum TaskAnswer {
     Embed(Vec<Vec<f32>>),
@@ -203,19 +204,19 @@ pub(crate) enum TaskAnswer {
 
 /// `POST /vertex`: Vertex AI's envelope, each instance a body for `POST /`. Vertex's
 /// `parameters` is accepted and ignored, as TEI does.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct VertexRequest {
     pub(crate) instances: Vec<Value>,
 }
 
 /// The `/vertex` answer: one prediction per instance, in order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct VertexResponse {
     pub(crate) predictions: Vec<TaskAnswer>,
 }
 
 /// `POST /embed_sparse` and `POST /embed_all`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TextsRequest {
     pub(crate) inputs: StringOrList,
@@ -231,14 +232,14 @@ pub(crate) struct TextsRequest {
 }
 
 /// One non-zero entry of a sparse vector.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SparseValue {
     pub(crate) index: u32,
     pub(crate) value: f32,
 }
 
 /// `POST /decode`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DecodeRequest {
     pub(crate) ids: Ids,

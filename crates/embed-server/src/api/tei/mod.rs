@@ -17,6 +17,8 @@ use crate::AppState;
 
 /// Embeds `inputs` with `model` (default: the server's); the answer is one array of numbers per
 /// input, normalised unless `normalize` is false.
+#[utoipa::path(post, path = "/embed", tag = "text-embeddings-inference", request_body = types::EmbedRequest,
+    responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     if let Some(dir) = req.truncation_direction.as_deref() {
         if !dir.eq_ignore_ascii_case("right") {
@@ -55,6 +57,8 @@ pub(crate) async fn embed_on(state: &AppState, lease: &Lease, texts: &[String], 
 /// The cosine similarity of `inputs.source_sentence` to each of `inputs.sentences`, in order.
 /// All of them go to the model in one `/embed` request (its checks, limits and prompts apply,
 /// the source counting as one input).
+#[utoipa::path(post, path = "/similarity", tag = "text-embeddings-inference", request_body = types::SimilarityRequest,
+    responses((status = 200, description = "The cosine of the source sentence with each sentence, in order", body = Vec<f32>), crate::api::docs::TeiErrors))]
 pub(crate) async fn similarity(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<SimilarityRequest>,
@@ -101,6 +105,8 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Splits each input into tokens as `model` would see them (with the prompt's prefix, if named).
+#[utoipa::path(post, path = "/tokenize", tag = "text-embeddings-inference", request_body = types::TokenizeRequest,
+    responses((status = 200, description = "Each input's tokens", body = Vec<Vec<types::Token>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn tokenize(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<TokenizeRequest>,
@@ -116,6 +122,8 @@ pub(crate) async fn tokenize(
 
 /// Describes the default model from what it said when it was last loaded: never loads or
 /// evicts anything (503 while it has never been loaded).
+#[utoipa::path(get, path = "/info", tag = "text-embeddings-inference",
+    responses((status = 200, description = "The default model and the request limits", body = types::Info), crate::api::docs::TeiErrors))]
 pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<Info>, ApiError> {
     let name = &state.config.default_model;
     let info = state.known_info(name).ok_or_else(|| {

@@ -12,7 +12,7 @@ use crate::api::kind;
 use crate::config::Limits;
 
 /// `POST /embed`; unknown fields are refused, as TEI does.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EmbedRequest {
     pub(crate) inputs: StringOrList,
@@ -27,6 +27,7 @@ pub(crate) struct EmbedRequest {
     pub(crate) instruction: Option<String>,
     /// Extension: `query` or `document` prompting.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "query")]
     pub(crate) mode: Option<embed_core::InputMode>,
     /// Extension: the model to use (default: the server's default model).
     #[serde(default)]
@@ -39,11 +40,12 @@ pub(crate) struct EmbedRequest {
     pub(crate) dimensions: Option<usize>,
     /// Extension: `interactive` or `bulk` (default: by size, see `embed_core::Priority`).
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "interactive")]
     pub(crate) priority: Option<embed_core::Priority>,
 }
 
 /// `POST /similarity`: TEI's body, the Hugging Face Inference API's sentence-similarity task.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SimilarityRequest {
     pub(crate) inputs: SimilarityInputs,
@@ -55,7 +57,7 @@ pub(crate) struct SimilarityRequest {
 }
 
 /// The sentence to compare the others with, and the others.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SimilarityInputs {
     pub(crate) source_sentence: String,
@@ -63,7 +65,7 @@ pub(crate) struct SimilarityInputs {
 }
 
 /// `/similarity`'s `parameters`, as in TEI; each means what it means on `/embed`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SimilarityParameters {
     #[serde(default)]
@@ -76,7 +78,7 @@ pub(crate) struct SimilarityParameters {
 }
 
 /// `POST /tokenize`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TokenizeRequest {
     pub(crate) inputs: StringOrList,
@@ -110,7 +112,7 @@ impl<'de> Deserialize<'de> for StringOrList {
 }
 
 /// One token of a `/tokenize` answer, which is a list of these per input.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Token {
     id: u32,
     text: String,
@@ -126,14 +128,17 @@ impl Token {
 /// `GET /info` answer: the default model as it was last loaded, and the request limits. TEI has
 /// `model_id`, `model_type`, `max_input_length`, `max_client_batch_size`,
 /// `max_concurrent_requests` and `version`; the other fields are extensions.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Info {
     model_id: String,
+    /// The hub id (`org/name[@revision]`) it was loaded from, or for a local directory its
+    /// configured name: never a host path.
     model_source: String,
     /// The hub commit the model was resolved to (TEI's field), for a model loaded by hub id.
     model_sha: Option<String>,
     model_type: ModelType,
     /// Extension: `embedding`, `reranker`, `classifier` or `sparse`.
+    #[schema(value_type = String)]
     kind: ModelKind,
     architecture: String,
     family: String,
@@ -158,8 +163,8 @@ impl Info {
             device: info.device.to_string(),
             dtype: info.dtype.to_string(),
             model_sha: embed_core::hub_commit(&info.dir),
+            model_source: crate::api::public_source(&info.source, &info.name),
             model_id: info.name,
-            model_source: info.source,
             architecture: info.architecture,
             dimension: info.dimension,
             max_input_length: info.max_seq_length,
@@ -174,7 +179,7 @@ impl Info {
 
 /// TEI's `model_type`: `{"embedding": {"pooling": …}}` (`"splade"` for sparse models), or
 /// `{"classifier" | "reranker": {"id2label": …, "label2id": …}}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum ModelType {
     Embedding { pooling: String },
@@ -182,7 +187,7 @@ enum ModelType {
     Reranker(Labels),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Labels {
     id2label: BTreeMap<String, String>,
     label2id: BTreeMap<String, usize>,
