@@ -57,10 +57,10 @@
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
-mod config;
 mod device;
 mod error;
 mod layers;
+mod model_dir;
 pub mod memory;
 pub mod profile;
 mod models;
@@ -72,8 +72,8 @@ mod text;
 mod types;
 mod worker;
 
-pub use config::Pooling;
-pub use models::{supported_model_types, Family};
+pub use model_dir::arch::{supported_model_types, Family};
+pub use model_dir::Pooling;
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use rerank::LlmReranker;

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use scopeguard::ScopeGuard;
 use tokio::sync::oneshot;
 
-use crate::text::{to_i64, Prepared, TextPrep};
-use crate::worker::{self, Command, ExitReport, Job, Output, Seq, Started, WorkerStats};
+use crate::text::{to_i64, Prepared, Seq, TextPrep};
+use crate::worker::{self, Command, ExitReport, Job, Output, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
     MoveReport, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
 use crate::{DType, DeviceSpec, ResolvedDevice};
 
 /// Test hooks that make real failures happen on demand (public with feature `test-util`, as

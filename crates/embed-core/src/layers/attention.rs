@@ -279,7 +279,7 @@ pub(crate) fn run_encoder(
     if path.get() == AttentionPath::Packed {
         match encode(Mode::Packed) {
             Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
-            Err(msg) if crate::worker::is_out_of_memory(&msg) => panic!("{msg}"),
+            Err(msg) if super::is_out_of_memory(&msg) => panic!("{msg}"),
             Err(msg) => {
                 tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
                 path.set(AttentionPath::Padded);

@@ -2,33 +2,12 @@
 
 use tch::Tensor;
 
+pub(crate) use crate::model_dir::arch::Activation;
+
 use super::{LayerNorm, Linear};
 use crate::layers::tensor_fields;
 
-/// The hidden activation, as `config.json` names it (`hidden_act`, `activation`,
-/// `hidden_activation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
-    /// Exact GELU (erf).
-    Gelu,
-    /// GELU's tanh approximation.
-    GeluTanh,
-    Relu,
-    /// SiLU / swish.
-    Silu,
-}
-
 impl Activation {
-    pub(crate) fn parse(name: &str) -> Option<Activation> {
-        Some(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            _ => return None,
-        })
-    }
-
     pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => x.gelu("none"),

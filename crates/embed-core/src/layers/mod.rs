@@ -11,6 +11,13 @@ pub(crate) mod weights;
 
 pub(crate) use weights::Weights;
 
+/// Whether libtorch's message `msg` reports memory running out (CUDA's caching allocator, the
+/// CPU allocator): the worker splits such a batch instead of failing it.
+pub(crate) fn is_out_of_memory(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
+}
+
 use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};

@@ -6,7 +6,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::bert;
-use crate::config::{DecoderScore, DenseActivation, ModelDir, Pooling};
+use crate::model_dir::{DecoderScore, DenseActivation, ModelDir, Pooling};
 use crate::layers::ffn::Activation;
 use crate::layers::{LayerNorm, Linear, Weights};
 use crate::pooling::pool;

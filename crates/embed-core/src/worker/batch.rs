@@ -12,24 +12,15 @@ use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::layers::attention::AttentionPath;
-use crate::layers::{length_groups, BatchInput};
+use crate::layers::{is_out_of_memory, length_groups, BatchInput};
 use crate::models::Model;
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
+use crate::text::Seq;
 use crate::types::FaultInjection;
 use super::gate;
 use super::queue::{Limits, Queue};
 use super::residency::Residence;
 use crate::{memory, panic_message, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
-
-/// One tokenized input, ready for the model.
-pub(crate) struct Seq {
-    pub(crate) ids: Vec<i64>,
-    pub(crate) type_ids: Vec<i64>,
-    /// Leading tokens (an instruction prompt) left out of pooling.
-    pub(crate) pool_skip: usize,
-    /// Test hook: makes the forward pass that contains this input panic.
-    pub(crate) poisoned: bool,
-}
 
 /// What a job wants back per input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,11 +350,6 @@ pub(crate) struct Item {
     pub(crate) seq: usize,
     /// Its tokens.
     pub(crate) len: usize,
-}
-
-pub(crate) fn is_out_of_memory(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
 }
 
 /// Runs `batch` start to finish; on out-of-memory empties the cache and retries each half,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::batch::{self, Job, Output, WorkerConfig};
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
 use crate::layers::observe_inputs;
 use crate::models::Model;
 use crate::text::TextPrep;

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub(crate) use batch::{is_out_of_memory, Command, Job, Output, Seq, WorkerConfig, WorkerStats};
+pub(crate) use batch::{Command, Job, Output, WorkerConfig, WorkerStats};
 pub(crate) use gate::{note_interactive, BulkInFlight};
 pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 
-use crate::config::ModelDir;
+use crate::model_dir::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
 use crate::models::Model;
 use crate::text::TextPrep;

@@ -282,7 +282,8 @@ pub(crate) fn first_batch_len(items: &[Item], max_tokens: usize, max_size: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::{Output, Seq};
+    use crate::text::Seq;
+    use crate::worker::Output;
     use tokio::sync::oneshot;
 
     type Answer = oneshot::Receiver<Result<Vec<Vec<f32>>>>;
