@@ -11,7 +11,7 @@ use scopeguard::ScopeGuard;
 use tokio::sync::oneshot;
 
 use crate::text::{to_i64, Prepared, Seq, TextPrep};
-use crate::worker::{self, Command, ExitReport, Job, Output, Started, WorkerStats};
+use crate::runtime::{self, Command, ExitReport, Job, Output, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
     MoveReport, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
@@ -272,7 +272,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let started = Instant::now();
 
         let name = spec.name.clone();
-        let Started { intake, ready, exit, thread, stats } = worker::spawn(spec.clone(), started)?;
+        let Started { intake, ready, exit, thread, stats } = runtime::spawn(spec.clone(), started)?;
         let result = ready.await;
         let (info, text) = match result {
             Ok(Ok(x)) => x,
@@ -559,9 +559,9 @@ async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveRepor
 async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool, priority: Priority) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
     // Held until this future ends (answered, failed or dropped).
-    let _bulk = (priority == Priority::Bulk).then(crate::worker::BulkInFlight::new);
+    let _bulk = (priority == Priority::Bulk).then(crate::runtime::BulkInFlight::new);
     if priority == Priority::Interactive {
-        crate::worker::note_interactive();
+        crate::runtime::note_interactive();
     }
     running.stats.enqueued(priority);
     let job = Job { seqs, output, normalize, priority, arrived: Instant::now(), reply };

@@ -463,7 +463,7 @@ pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<
     }
     let torch = dir.join(crate::model_dir::checkpoint::TORCH_FILE);
     if !dir.join(INDEX_FILE).is_file() && torch.is_file() {
-        let tensors = crate::layers::weights::torch_pickle_shapes(&torch).ok()?;
+        let tensors = crate::nn::weights::torch_pickle_shapes(&torch).ok()?;
         return Some(tensors.iter().map(|t| t.shape.iter().product::<u64>() * estimated_width(t.float, t.shape.len(), t.width, dtype)).sum());
     }
     let index = read_index(&dir.join(INDEX_FILE)).ok()?;

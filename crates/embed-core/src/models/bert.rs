@@ -5,9 +5,9 @@ use tch::{Device, Kind};
 
 use super::PostNorm;
 use crate::model_dir::arch::{bert::Config, ArchConfig};
-use crate::layers::block::{PostNormBlock, PostNormStack};
-use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{Embeddings, Weights};
+use crate::nn::block::{PostNormBlock, PostNormStack};
+use crate::nn::ffn::{Activation, FeedForward, Mlp};
+use crate::nn::{Embeddings, Weights};
 use crate::Result;
 
 

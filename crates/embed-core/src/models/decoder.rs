@@ -8,12 +8,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{decoder::Config, ArchConfig};
-use crate::layers::attention::{key_mask, split_heads, AttentionPath, Reach};
-use crate::layers::ffn::Glu;
-use crate::layers::rotary::Rotary;
-use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
+use crate::nn::attention::{key_mask, split_heads, AttentionPath, Reach};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::Rotary;
+use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 
 struct Layer {
@@ -31,7 +31,7 @@ struct Layer {
 pub(crate) struct Decoder {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     rope: Rotary,
@@ -107,7 +107,7 @@ impl Decoder {
 impl Encoder for Decoder {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let mut x = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
+        let mut x = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let rope = self.rope.table(&t.positions, n, x.kind());
         // Right padding: causal attention never lets a real token see padding. A sliding
         // window narrows it further (key j visible from query i when i - window < j <= i); a
@@ -140,7 +140,7 @@ impl Encoder for Decoder {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

@@ -6,9 +6,9 @@ use tch::{Device, Kind};
 
 use super::PostNorm;
 use crate::model_dir::arch::{distilbert::Config, ArchConfig};
-use crate::layers::block::{PostNormBlock, PostNormStack};
-use crate::layers::ffn::{FeedForward, Mlp};
-use crate::layers::{Embeddings, Weights};
+use crate::nn::block::{PostNormBlock, PostNormStack};
+use crate::nn::ffn::{FeedForward, Mlp};
+use crate::nn::{Embeddings, Weights};
 use crate::Result;
 
 /// DistilBERT's LayerNorms use a fixed epsilon (not in its config).

@@ -11,12 +11,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{gemma3::Config, ArchConfig};
-use crate::layers::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
-use crate::layers::ffn::Glu;
-use crate::layers::rotary::{Rotary, RotaryTable};
-use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
+use crate::nn::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::{Rotary, RotaryTable};
+use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 
 struct Layer {
@@ -37,7 +37,7 @@ struct Layer {
 pub(crate) struct Gemma3 {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     global_rope: Rotary,
@@ -133,7 +133,7 @@ impl Gemma3 {
 impl Encoder for Gemma3 {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let e = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
+        let e = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let kind = e.kind();
         // The scale rounded to the weights' dtype first, as the reference does.
         let scale = Tensor::from((self.hidden as f64).sqrt() as f32).to_kind(kind).to_device(e.device());
@@ -156,7 +156,7 @@ impl Encoder for Gemma3 {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

@@ -13,8 +13,8 @@
 //! | `gemma3_text` | `gemma3.rs` | rotary (global and local base) | bidirectional or causal, sliding windows, grouped-query | GELU-tanh GLU, Gemma RMSNorm before and after |
 //!
 //! Every family runs its projections and feed-forward on the real tokens only and shares the
-//! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
-//! models ([`crate::pooling`]).
+//! attention of [`crate::nn::attention`]; pooling and normalisation happen outside the
+//! models ([`pooling`]).
 
 mod bert;
 mod decoder;
@@ -25,18 +25,18 @@ mod heads;
 mod modernbert;
 mod mpnet;
 mod nomic_bert;
-pub(crate) mod offload;
+mod pooling;
 
 
 use tch::{Device, Kind, Tensor};
 
 use crate::model_dir::arch::Details;
 use crate::model_dir::ModelDir;
-use crate::layers::attention::AttentionPath;
-use crate::layers::block::PostNormStack;
-use crate::layers::{BatchInput, Embeddings, Tensors, Weights};
+use crate::nn::attention::AttentionPath;
+use crate::nn::block::PostNormStack;
+use crate::nn::{BatchInput, Embeddings, Tensors, Weights};
 use crate::{Error, Result};
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 
 /// A loaded encoder of any family. Owns every tensor of the model, and lists them all
@@ -57,7 +57,7 @@ pub(crate) trait Encoder: Tensors {
     fn varlen_attention(&self) -> bool {
         false
     }
-    /// Stores its word table in int8 (`layers::quantize_table`); returns the bytes freed and
+    /// Stores its word table in int8 (`nn::quantize_table`); returns the bytes freed and
     /// held.
     fn quantize_word_table(&self) -> (u64, u64);
     /// The largest tensor (the word embeddings), for the planted-leak test build.
@@ -215,7 +215,7 @@ impl Model {
     /// oneDNN's int8 GEMM at about `batch` rows, and the word embeddings per row (unless a tied
     /// decoder shares them). Embeddings' lookups, norms, attention and pooling stay in f32.
     /// `weight_bytes` becomes what the model holds now.
-    pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::layers::Calibration) -> Result<()> {
+    pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::nn::Calibration) -> Result<()> {
         self.quantize_with(|l| l.quantize(batch, seen.get(&(l as *const _ as usize))))?;
         self.prepacked = true;
         Ok(())
@@ -228,7 +228,7 @@ impl Model {
         self.quantize_with(|l| l.quantize_weight_only())
     }
 
-    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::layers::Linear) -> std::result::Result<(u64, u64), String>) -> Result<()> {
+    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::nn::Linear) -> std::result::Result<(u64, u64), String>) -> Result<()> {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);

@@ -8,12 +8,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{modernbert::Config, ArchConfig};
-use crate::layers::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
-use crate::layers::ffn::Glu;
-use crate::layers::rotary::Rotary;
-use crate::layers::{BatchInput, LayerNorm, Linear, Weights};
+use crate::nn::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::Rotary;
+use crate::nn::{BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 
 struct Layer {
@@ -29,7 +29,7 @@ struct Layer {
 pub(crate) struct ModernBert {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
@@ -83,7 +83,7 @@ impl ModernBert {
 
 impl Encoder for ModernBert {
     fn forward(&self, t: &BatchInput) -> Tensor {
-        let mut x = self.emb_norm.forward(&crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
+        let mut x = self.emb_norm.forward(&crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
         let kind = x.kind();
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
         let local = (self.local_rope.table(&t.positions, t.tokens, kind), window_mask(t, self.half_window));
@@ -109,7 +109,7 @@ impl Encoder for ModernBert {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

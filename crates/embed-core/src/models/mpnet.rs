@@ -8,12 +8,12 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{mpnet::Config, ArchConfig};
-use crate::layers::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
-use crate::layers::block::PostNormBlock;
-use crate::layers::ffn::{FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, Embeddings, Weights};
+use crate::nn::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::block::PostNormBlock;
+use crate::nn::ffn::{FeedForward, Mlp};
+use crate::nn::{embed, BatchInput, Embeddings, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 /// The farthest relative distance with its own buckets (MPNet's fixed value).
 const MAX_DISTANCE: i64 = 128;

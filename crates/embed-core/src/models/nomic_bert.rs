@@ -8,10 +8,10 @@ use tch::{Device, Kind};
 
 use super::PostNorm;
 use crate::model_dir::arch::{nomic_bert::Config, ArchConfig};
-use crate::layers::block::{PostNormBlock, PostNormStack};
-use crate::layers::ffn::{Activation, FeedForward, Glu, Mlp};
-use crate::layers::rotary::Rotary;
-use crate::layers::{Embeddings, Linear, Weights};
+use crate::nn::block::{PostNormBlock, PostNormStack};
+use crate::nn::ffn::{Activation, FeedForward, Glu, Mlp};
+use crate::nn::rotary::Rotary;
+use crate::nn::{Embeddings, Linear, Weights};
 use crate::Result;
 
 

@@ -1,61 +1,17 @@
-//! oneDNN's prepacked linear on the CPU, through the C++ shim (`shim/accel.cpp`): the weight
+//! oneDNN's prepacked linear on the CPU, through the C++ shim (`shim/onednn.cpp`): the weight
 //! is reordered once, at load, into the blocked layout oneDNN's bf16 GEMM wants, instead of on
 //! every call; a following GELU can be fused into the same call. In int8 ([`Int8Weight`]) the
 //! weight is quantized per output channel and prepacked for oneDNN's int8 GEMM, and the
 //! activations are quantized per row on every call, after a block Hadamard transform that the
 //! weight carries the inverse of.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_void, CString};
 
 use tch::Tensor;
 
-use super::{quantize_rows, shim_tensor, Observed};
-
-extern "C" {
-    fn embed_add_layer_norm(
-        x: *const c_void,
-        residual: *const c_void,
-        weight: *const c_void,
-        bias: *const c_void,
-        eps: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-    fn embed_int8_dequant_hadamard(q: *const c_void, scales: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_hadamard_rows(x: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    #[allow(clippy::too_many_arguments)]
-    fn embed_int8_linear(
-        x: *const c_void,
-        x_mul: *const c_void,
-        block: i64,
-        w: *const c_void,
-        w_scales: *const c_void,
-        w_zeros: *const c_void,
-        colsum: *const c_void,
-        bias: *const c_void,
-        gelu: i32,
-        residual: *const c_void,
-        ln_weight: *const c_void,
-        ln_bias: *const c_void,
-        eps: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-    fn embed_onednn_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_onednn_linear(
-        x: *const c_void,
-        w: *const c_void,
-        bias: *const c_void,
-        attr: *const c_char,
-        algorithm: *const c_char,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-}
+use super::{quantize_rows, Observed};
+use crate::ffi::shim_tensor;
+use crate::ffi::{embed_add_layer_norm, embed_hadamard_rows, embed_int8_dequant_hadamard, embed_int8_linear, embed_int8_pack_linear, embed_onednn_linear, embed_onednn_pack_linear};
 
 /// A tensor handle for the shim, or null for an absent optional.
 fn ptr(t: Option<&Tensor>) -> *const c_void {
@@ -186,7 +142,7 @@ fn simulate_weight(w: &Tensor) -> Tensor {
 }
 
 /// `x` rounded as the int8 linear quantizes its input rows (per row, asymmetric, 255 steps
-/// over the row's range widened to hold 0), in f32: what `shim/accel.cpp` computes.
+/// over the row's range widened to hold 0), in f32: what `shim/onednn.cpp` computes.
 fn simulate_activations(x: &Tensor) -> Tensor {
     let lo = x.amin([1], true).clamp_max(0.0);
     let hi = x.amax([1], true).clamp_min(0.0);

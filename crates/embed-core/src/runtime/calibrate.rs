@@ -1,7 +1,7 @@
 //! int8's calibration at load: one f32 forward pass over a fixed set of short, varied texts
 //! records each linear layer's inputs (largest value per channel, and a sample of rows), on
 //! which the layer's smoothing and Hadamard transform are chosen (see
-//! `layers::onednn::Int8Weight::quantize`); then the model is quantized.
+//! `nn::onednn::Int8Weight::quantize`); then the model is quantized.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::batch::{self, Job, Output, WorkerConfig};
 use crate::model_dir::Pooling;
-use crate::layers::observe_inputs;
+use crate::nn::observe_inputs;
 use crate::models::Model;
 use crate::text::TextPrep;
 use crate::{EmbedOptions, Error, Priority, ResolvedDevice, Result};

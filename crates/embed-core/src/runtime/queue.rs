@@ -283,7 +283,7 @@ pub(crate) fn first_batch_len(items: &[Item], max_tokens: usize, max_size: usize
 mod tests {
     use super::*;
     use crate::text::Seq;
-    use crate::worker::Output;
+    use crate::runtime::Output;
     use tokio::sync::oneshot;
 
     type Answer = oneshot::Receiver<Result<Vec<Vec<f32>>>>;

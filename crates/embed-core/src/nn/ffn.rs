@@ -5,7 +5,7 @@ use tch::Tensor;
 pub(crate) use crate::model_dir::arch::Activation;
 
 use super::{LayerNorm, Linear};
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 impl Activation {
     pub(crate) fn apply(self, x: &Tensor) -> Tensor {
@@ -77,8 +77,8 @@ impl FeedForward {
 
 tensor_fields!(Mlp: up, down);
 tensor_fields!(Glu: up, down);
-impl crate::layers::Tensors for FeedForward {
-    fn linears<'a>(&'a self, out: &mut Vec<&'a crate::layers::Linear>) {
+impl crate::nn::Tensors for FeedForward {
+    fn linears<'a>(&'a self, out: &mut Vec<&'a crate::nn::Linear>) {
         match self {
             FeedForward::Mlp(m) => m.linears(out),
             FeedForward::Glu(g) => g.linears(out),

@@ -10,7 +10,7 @@ use super::attention::{key_mask, run_encoder, AttentionPath, Mode, Scores, SelfA
 use super::ffn::FeedForward;
 use super::rotary::{Rotary, RotaryTable};
 use super::{BatchInput, LayerNorm, Linear};
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 pub(crate) struct PostNormBlock {
     /// Q, K and V projections fused into one matmul.

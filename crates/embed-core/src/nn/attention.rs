@@ -21,43 +21,12 @@
 //! path existed).
 
 use std::cell::Cell;
-use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
 
 use super::rotary::RotaryTable;
 use super::{BatchInput, LenGroup};
-
-extern "C" {
-    fn embed_flash_attention_varlen(
-        q: *const c_void,
-        k: *const c_void,
-        v: *const c_void,
-        cu_seqlens: *const c_void,
-        max_len: i64,
-        scale: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> c_int;
-    fn embed_sdp_disable_cudnn();
-    fn embed_cpu_attention_varlen(
-        q: *const c_void,
-        k: *const c_void,
-        v: *const c_void,
-        cu_seqlens: *const c_void,
-        batch: i64,
-        heads: i64,
-        kv_heads: i64,
-        left: i64,
-        right: i64,
-        rel_bias: *const c_void,
-        scale: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> c_int;
-}
+use crate::ffi::{embed_cpu_attention_varlen, embed_flash_attention_varlen, embed_sdp_disable_cudnn};
 
 /// Which attention form a loaded model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +91,7 @@ pub(crate) fn flash_varlen(
 ) -> std::result::Result<Tensor, String> {
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them and catches every
     // C++ exception.
-    super::shim_tensor(|out, err, len| unsafe {
+    crate::ffi::shim_tensor(|out, err, len| unsafe {
         embed_flash_attention_varlen(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), cu_seqlens.as_ptr().cast(), max_len, scale, out, err, len)
     })
 }
@@ -171,7 +140,7 @@ pub(crate) fn cpu_varlen(
     let (left, right) = (reach.left.unwrap_or(-1), reach.right.unwrap_or(-1));
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
     // shape, stride and bound, and catches every C++ exception.
-    super::shim_tensor(|out, err, len| unsafe {
+    crate::ffi::shim_tensor(|out, err, len| unsafe {
         embed_cpu_attention_varlen(
             q.as_ptr().cast(),
             k.as_ptr().cast(),

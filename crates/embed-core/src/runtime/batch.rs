@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use crate::layers::attention::AttentionPath;
-use crate::layers::{is_out_of_memory, length_groups, BatchInput};
+use crate::nn::attention::AttentionPath;
+use crate::nn::{is_out_of_memory, length_groups, BatchInput};
 use crate::models::Model;
 use crate::model_dir::Pooling;
 use crate::text::Seq;

@@ -8,6 +8,7 @@
 mod batch;
 mod calibrate;
 mod gate;
+pub(crate) mod offload;
 mod queue;
 mod residency;
 
