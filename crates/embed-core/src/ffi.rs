@@ -7,18 +7,20 @@ use std::ffi::{c_char, c_int, c_void};
 
 use tch::Tensor;
 
+use crate::error::KernelError;
+
 /// Bytes of the buffer each call gets for its error message.
 const ERROR_BUFFER: usize = 1024;
 
 /// Runs a shim entry point that reports only success: `call(err, err_len)` gets a buffer for
-/// its error message and returns its code (0: success). The message on failure.
-pub(crate) fn status(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), String> {
+/// its error message and returns its code (0: success). On failure its message, classified.
+pub(crate) fn status(call: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<(), KernelError> {
     let mut err = [0 as c_char; ERROR_BUFFER];
     if call(err.as_mut_ptr(), err.len()) == 0 {
         Ok(())
     } else {
         // SAFETY: the shim always NUL-terminates within the buffer (and it starts zeroed).
-        Err(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned())
+        Err(KernelError::from_message(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned()))
     }
 }
 
@@ -37,7 +39,7 @@ fn write_message(err: *mut c_char, len: usize, msg: &str) {
 
 /// Runs a shim entry point that hands over a new tensor: `call(out, err, err_len)` calls it
 /// with the slot for the tensor and a buffer for its error message, and returns its code.
-pub(crate) fn shim_tensor(call: impl FnOnce(*mut *mut c_void, *mut c_char, usize) -> i32) -> Result<Tensor, String> {
+pub(crate) fn shim_tensor(call: impl FnOnce(*mut *mut c_void, *mut c_char, usize) -> i32) -> Result<Tensor, KernelError> {
     let mut out: *mut c_void = std::ptr::null_mut();
     status(|err, len| {
         let rc = call(&mut out, err, len);

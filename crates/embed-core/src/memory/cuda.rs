@@ -7,7 +7,7 @@ use crate::ffi::{RawStats, embed_accel_available, embed_accel_device_stats, embe
 use crate::{Error, Result};
 
 fn call(f: impl FnOnce(*mut c_char, usize) -> c_int) -> Result<()> {
-    crate::ffi::status(f).map_err(Error::Memory)
+    crate::ffi::status(f).map_err(|e| Error::Memory(e.to_string()))
 }
 
 /// Caching-allocator statistics of one CUDA device, in bytes.

@@ -228,11 +228,11 @@ impl Model {
         self.quantize_with(|l| l.quantize_weight_only())
     }
 
-    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::nn::Linear) -> std::result::Result<(u64, u64), String>) -> Result<()> {
+    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::nn::Linear) -> std::result::Result<(u64, u64), crate::nn::KernelError>) -> Result<()> {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
-        let fail = |e: String| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
+        let fail = |e: crate::nn::KernelError| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
         for l in linears {
             let (freed, held) = quantize(l).map_err(fail)?;
             self.weight_bytes = self.weight_bytes - freed + held;

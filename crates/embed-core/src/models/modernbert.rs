@@ -100,7 +100,7 @@ impl Encoder for ModernBert {
             let ctx = self
                 .attn
                 .forward(&layer.qkv.forward(&h), t, Mode::Padded, Some(rope), scores)
-                .unwrap_or_else(|msg| panic!("{msg}"));
+                .unwrap_or_else(|e| e.raise());
             x += layer.attn_out.forward(&ctx);
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }

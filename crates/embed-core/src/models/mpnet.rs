@@ -114,7 +114,7 @@ impl Encoder for MPNet {
         };
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|msg| panic!("{msg}"));
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|e| e.raise());
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&x).view([t.b, t.len, hidden])

@@ -25,7 +25,7 @@ use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
 use super::rotary::RotaryTable;
-use super::{BatchInput, LenGroup};
+use super::{BatchInput, KernelError, LenGroup};
 use crate::ffi::{embed_cpu_attention_varlen, embed_flash_attention_varlen, embed_sdp_disable_cudnn};
 
 /// Which attention form a loaded model runs.
@@ -88,7 +88,7 @@ pub(crate) fn flash_varlen(
     cu_seqlens: &Tensor,
     max_len: i64,
     scale: f64,
-) -> std::result::Result<Tensor, String> {
+) -> Result<Tensor, KernelError> {
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them and catches every
     // C++ exception.
     crate::ffi::shim_tensor(|out, err, len| unsafe {
@@ -135,7 +135,7 @@ pub(crate) fn cpu_varlen(
     reach: Reach,
     rel_bias: Option<&Tensor>,
     scale: f64,
-) -> std::result::Result<Tensor, String> {
+) -> Result<Tensor, KernelError> {
     let bias = rel_bias.map_or(std::ptr::null(), |t| t.as_ptr().cast());
     let (left, right) = (reach.left.unwrap_or(-1), reach.right.unwrap_or(-1));
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
@@ -161,7 +161,7 @@ pub(crate) fn cpu_varlen(
 }
 
 /// [`cpu_varlen`] on one fused projection `[tokens, 3 * hidden]` (Q, K, V in that order).
-fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_bias: Option<&Tensor>, scale: f64) -> std::result::Result<Tensor, String> {
+fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_bias: Option<&Tensor>, scale: f64) -> Result<Tensor, KernelError> {
     let hidden = qkv.size()[1] / 3;
     let part = |i: i64| qkv.narrow(1, i * hidden, hidden);
     cpu_varlen((&part(0), &part(1), &part(2)), (heads, heads), &t.cu_seqlens, t.b, reach, rel_bias, scale)
@@ -179,7 +179,7 @@ pub(crate) fn split_heads(q: &Tensor, k: &Tensor, v: &Tensor, t: &BatchInput, re
         if t.varlen {
             let flat = |x: &Tensor| x.reshape([n, -1]);
             let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-            return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|msg| panic!("{msg}"));
+            return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|e| e.raise());
         }
         let (q, k, v) = (heads_padded(q, t), heads_padded(k, t), heads_padded(v, t));
         let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), scale, heads != kv_heads)
@@ -238,18 +238,19 @@ pub(crate) enum Mode {
 /// `encode(mode)` gets the layout and returns `[n, hidden]`: `n` is the stream (packed) or the
 /// real tokens (padded). Packed runs where `path` says so; if the kernel refuses (a GPU or
 /// dtype it does not support), the model switches to padded for good and the batch is rerun.
-/// Out of memory is not the kernel refusing: it panics, and the worker splits the batch.
+/// Out of memory is not the kernel refusing: it is raised ([`KernelError::raise`]), and the
+/// runtime splits the batch.
 pub(crate) fn run_encoder(
     path: &Cell<AttentionPath>,
     t: &BatchInput,
     hidden: i64,
-    encode: impl Fn(Mode) -> std::result::Result<Tensor, String>,
+    encode: impl Fn(Mode) -> Result<Tensor, KernelError>,
 ) -> Tensor {
     if path.get() == AttentionPath::Packed {
         match encode(Mode::Packed) {
             Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
-            Err(msg) if super::is_out_of_memory(&msg) => panic!("{msg}"),
-            Err(msg) => {
+            Err(e @ KernelError::OutOfMemory(_)) => e.raise(),
+            Err(KernelError::Refused(msg)) => {
                 tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
                 path.set(AttentionPath::Padded);
                 AttentionPath::Padded.prepare();
@@ -258,7 +259,7 @@ pub(crate) fn run_encoder(
     }
     match encode(Mode::Padded) {
         Ok(h) => t.pad(&h).view([t.b, t.len, hidden]),
-        Err(msg) => panic!("{msg}"),
+        Err(e) => e.raise(),
     }
 }
 
@@ -317,7 +318,7 @@ impl SelfAttention {
         mode: Mode,
         rope: Option<&RotaryTable>,
         scores: Scores,
-    ) -> std::result::Result<Tensor, String> {
+    ) -> Result<Tensor, KernelError> {
         let mask = scores.mask();
         let n = qkv.size()[0];
         let hidden = self.heads * self.head_dim;
@@ -341,7 +342,7 @@ impl SelfAttention {
                     return cpu_varlen_fused(&qkv, self.heads, t, reach, bias, scale);
                 }
                 if let Scores::Relative(_) = scores {
-                    return Err("a distance-bias table reached padded attention (the batch is not varlen)".into());
+                    return Err(KernelError::Refused("a distance-bias table reached padded attention (the batch is not varlen)".into()));
                 }
                 let (b, len) = (t.b, t.len);
                 let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
@@ -478,7 +479,7 @@ mod tests {
         let zeros = |n: i64, w: i64| Tensor::zeros([n, w], (Kind::Float, Device::Cpu));
         let (q, kv) = (zeros(10, 16), zeros(10, 16));
         let run = |q: &Tensor, k: &Tensor, heads, lens: &[i64], rel: Option<&Tensor>| {
-            cpu_varlen((q, k, k), heads, &cu_seqlens(lens), lens.len() as i64, Reach::ALL, rel, 1.0).unwrap_err()
+            cpu_varlen((q, k, k), heads, &cu_seqlens(lens), lens.len() as i64, Reach::ALL, rel, 1.0).unwrap_err().to_string()
         };
         let err = run(&q, &kv, (2, 2), &[4, 7], None);
         assert!(err.contains("cu_seqlens spans 11 rows, q has 10"), "{err}");

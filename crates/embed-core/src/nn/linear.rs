@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{ffn, onednn, LayerNorm};
+use super::{ffn, onednn, KernelError, LayerNorm};
 use crate::profile::stage;
 
 /// `x W^T + b`; the bias is absent in the families that drop it (ModernBERT, NomicBERT).
@@ -81,7 +81,7 @@ impl Linear {
 
     /// Reorders the weight once into oneDNN's layout for about `batch` rows and frees the
     /// dense copy. CPU only.
-    pub(crate) fn prepack(&self, batch: i64) -> std::result::Result<(), String> {
+    pub(crate) fn prepack(&self, batch: i64) -> Result<(), KernelError> {
         if self.packed.get().is_some() {
             return Ok(());
         }
@@ -94,11 +94,11 @@ impl Linear {
     /// about `batch` rows and frees the dense copy; returns the bytes freed and the bytes the
     /// int8 weight holds. CPU only; the bias stays as it is (f32).
     /// `seen` is what [`observe_inputs`] recorded for this layer, if it ran.
-    pub(crate) fn quantize(&self, batch: i64, seen: Option<&Observed>) -> std::result::Result<(u64, u64), String> {
+    pub(crate) fn quantize(&self, batch: i64, seen: Option<&Observed>) -> Result<(u64, u64), KernelError> {
         if self.packed.get().is_some() {
-            return Err("the weight is already prepacked".into());
+            return Err(KernelError::Refused("the weight is already prepacked".into()));
         }
-        let (out, inp) = self.weight.size2().map_err(|e| e.to_string())?;
+        let (out, inp) = self.weight.size2()?;
         let freed = (self.weight.numel() * self.weight.kind().elt_size_in_bytes()) as u64;
         let q = onednn::Int8Weight::quantize(&self.weight, batch, seen)?;
         let held = q.bytes(out, inp);
@@ -111,9 +111,9 @@ impl Linear {
     /// activations' kind (on the CPU, transformed back where [`onednn::round_weight_only`]
     /// rounded it in the Hadamard basis). For CUDA, and CPUs without VNNI.
     /// Returns the bytes freed and the bytes held.
-    pub(crate) fn quantize_weight_only(&self) -> std::result::Result<(u64, u64), String> {
+    pub(crate) fn quantize_weight_only(&self) -> Result<(u64, u64), KernelError> {
         if self.packed.get().is_some() {
-            return Err("the weight is already prepacked".into());
+            return Err(KernelError::Refused("the weight is already prepacked".into()));
         }
         let kind = self.weight.kind();
         let freed = (self.weight.numel() * kind.elt_size_in_bytes()) as u64;

@@ -20,15 +20,11 @@ pub(crate) use embedding::{embed, lookup, quantize_table, Embeddings, Int8Table}
 pub(crate) use linear::{observe_inputs, quantize_rows, Calibration, Linear, Observed};
 pub(crate) use norm::{LayerNorm, RmsNorm};
 pub(crate) use weights::Weights;
+/// How a kernel fails (shared with the runtime, which splits a batch on `OutOfMemory`).
+pub(crate) use crate::error::KernelError;
 
 use tch::Tensor;
 
-/// Whether libtorch's message `msg` reports memory running out (CUDA's caching allocator, the
-/// CPU allocator): the worker splits such a batch instead of failing it.
-pub(crate) fn is_out_of_memory(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
-}
 
 /// Every tensor a part of a loaded model holds, as handles: what moving the model between
 /// device and host memory (`crate::runtime::offload`) must move. A part lists each field that

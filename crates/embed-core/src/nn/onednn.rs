@@ -9,7 +9,7 @@ use std::ffi::{c_void, CString};
 
 use tch::Tensor;
 
-use super::{quantize_rows, Observed};
+use super::{quantize_rows, KernelError, Observed};
 use crate::ffi::shim_tensor;
 use crate::ffi::{embed_add_layer_norm, embed_hadamard_rows, embed_int8_dequant_hadamard, embed_int8_linear, embed_int8_pack_linear, embed_onednn_linear, embed_onednn_pack_linear};
 
@@ -19,7 +19,7 @@ fn ptr(t: Option<&Tensor>) -> *const c_void {
 }
 
 /// `w` (`[out, in]`, contiguous, on the CPU) reordered for oneDNN's GEMM at about `batch` rows.
-pub(crate) fn pack(w: &Tensor, batch: i64) -> Result<Tensor, String> {
+pub(crate) fn pack(w: &Tensor, batch: i64) -> Result<Tensor, KernelError> {
     // SAFETY (here and in every call below): tch tensor handles are `at::Tensor*`; the shim
     // only reads them, takes null for an absent optional, and catches every C++ exception.
     shim_tensor(|out, err, len| unsafe { embed_onednn_pack_linear(w.as_ptr().cast(), batch, out, err, len) })
@@ -51,7 +51,7 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     });
     // A failure here is a libtorch error like any other op's: tch panics on those too, and the
     // worker turns a panic into the batch's error.
-    y.unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
+    y.unwrap_or_else(|e| e.context("oneDNN linear failed").raise())
 }
 
 /// `norm(x + residual)` in one pass over each row (f32 or bf16 on the CPU, `norm`'s tensors of
@@ -60,7 +60,7 @@ pub(crate) fn add_layer_norm(x: &Tensor, residual: &Tensor, norm: &super::LayerN
     let (w, b) = (norm.weight.as_ptr().cast(), ptr(norm.bias.as_ref()));
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_add_layer_norm(x.as_ptr().cast(), residual.as_ptr().cast(), w, b, norm.eps, out, err, len) })
-        .unwrap_or_else(|e| panic!("fused residual LayerNorm failed: {e}"))
+        .unwrap_or_else(|e| e.context("fused residual LayerNorm failed").raise())
 }
 
 /// Output channels the smoothing candidates are measured on (at most).
@@ -99,7 +99,7 @@ pub(crate) fn hadamard_rows(x: &Tensor, block: i64) -> Tensor {
     }
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), block, out, err, len) })
-        .unwrap_or_else(|e| panic!("Hadamard transform failed: {e}"))
+        .unwrap_or_else(|e| e.context("Hadamard transform failed").raise())
 }
 
 /// `w` (f32 `[out, in]`) rounded for weight-only int8: `(q, scales [out, 1], block)`, with `w`
@@ -132,7 +132,7 @@ pub(crate) fn round_weight_only(w: &Tensor, cpu: bool) -> (Tensor, Tensor, i64) 
 pub(crate) fn dequant_hadamard(q: &Tensor, scales: &Tensor, block: i64) -> Tensor {
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_int8_dequant_hadamard(q.as_ptr().cast(), scales.as_ptr().cast(), block, out, err, len) })
-        .unwrap_or_else(|e| panic!("int8 dequantization failed: {e}"))
+        .unwrap_or_else(|e| e.context("int8 dequantization failed").raise())
 }
 
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
@@ -193,7 +193,7 @@ impl Int8Weight {
     /// With calibration inputs (`seen`) α (none, 0.25, 0.5, 0.75) and the transform (on, off)
     /// are chosen per layer, as the pair whose quantized output is closest to the f32 output on
     /// the calibration rows. Without them there is no smoothing and the transform is on.
-    pub(crate) fn quantize(w: &Tensor, batch: i64, seen: Option<&Observed>) -> Result<Int8Weight, String> {
+    pub(crate) fn quantize(w: &Tensor, batch: i64, seen: Option<&Observed>) -> Result<Int8Weight, KernelError> {
         let w = w.to_kind(tch::Kind::Float);
         let inp = w.size()[1];
         let ones = || Tensor::ones([inp], (tch::Kind::Float, tch::Device::Cpu));
@@ -229,7 +229,7 @@ impl Int8Weight {
     }
 
     /// `w` (f32) quantized with smoothing `s` (f32 `[in]`) and Hadamard `block`, prepacked.
-    fn quantize_as(w: &Tensor, batch: i64, s: &Tensor, block: i64) -> Result<Int8Weight, String> {
+    fn quantize_as(w: &Tensor, batch: i64, s: &Tensor, block: i64) -> Result<Int8Weight, KernelError> {
         let w = hadamard_rows(&(w * s), block);
         let x_mul = if block > 0 { s.reciprocal() / (block as f64).sqrt() } else { s.reciprocal() };
         let (q, scales) = quantize_rows(&w);
@@ -296,7 +296,7 @@ impl Int8Weight {
                 len,
             )
         });
-        y.unwrap_or_else(|e| panic!("oneDNN int8 linear failed: {e}"))
+        y.unwrap_or_else(|e| e.context("oneDNN int8 linear failed").raise())
     }
 }
 
@@ -431,7 +431,7 @@ mod tests {
             let dense = x.reshape([3, 2, block]).matmul(&h).reshape([3, 2 * block]) / (block as f64).sqrt();
             assert!(max_abs(&hadamard_rows(&x, block), &dense) <= 1e-5, "block {block}");
         }
-        let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err();
+        let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err().to_string();
         assert!(e.contains("block 64 is not a power of two dividing 96"), "{e}");
         // Dequantizing in the shim's one pass is scaling, then the same transform.
         let (q, scales) = quantize_rows(&w);
@@ -493,7 +493,7 @@ mod tests {
         let bad = Int8Weight { block: 32, ..q };
         let x = Tensor::randn([4, 48], (Kind::Float, tch::Device::Cpu));
         let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad.linear(&x, None, Fused::None))).unwrap_err();
-        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        let msg = crate::panic_message(e.as_ref());
         assert!(msg.contains("Hadamard block 32 is not a power of two dividing 48"), "{msg}");
     }
 

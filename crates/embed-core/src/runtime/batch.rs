@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::nn::attention::AttentionPath;
-use crate::nn::{is_out_of_memory, length_groups, BatchInput};
+use crate::nn::{length_groups, BatchInput, KernelError};
 use crate::models::Model;
 use crate::model_dir::Pooling;
 use crate::text::Seq;
@@ -20,7 +20,7 @@ use crate::types::FaultInjection;
 use super::gate;
 use super::queue::{Limits, Queue};
 use super::residency::Residence;
-use crate::{memory, panic_message, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
+use crate::{memory, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
 
 /// What a job wants back per input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -266,7 +266,7 @@ impl Runner {
                 if let Some(p) = self.pending.take() {
                     self.finish(model, queue, p, cfg);
                 }
-                let result = recover(model, queue, &next.items, cfg, panic_message(payload.as_ref()));
+                let result = recover(model, queue, &next.items, cfg, KernelError::from_panic(payload.as_ref()));
                 queue.deliver(&next.items, result, &cfg.stats);
             }
         }
@@ -362,7 +362,7 @@ fn run_split(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) ->
     }));
     match attempt {
         Ok(rows) => Ok(rows),
-        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+        Err(payload) => recover(model, jobs, batch, cfg, KernelError::from_panic(payload.as_ref())),
     }
 }
 
@@ -371,17 +371,20 @@ fn run_split(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) ->
 fn collect(model: &Model, jobs: &Queue, batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     match catch_unwind(AssertUnwindSafe(|| download(pooled, jobs, batch, cfg))) {
         Ok(rows) => Ok(rows),
-        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+        Err(payload) => recover(model, jobs, batch, cfg, KernelError::from_panic(payload.as_ref())),
     }
 }
 
-/// What a batch whose forward pass panicked with `msg` gets: out of memory is split and
+/// What a batch whose forward pass failed with `failure` gets: out of memory is split and
 /// retried, anything else fails the batch's inputs.
-fn recover(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
-    if !is_out_of_memory(&msg) {
-        tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
-        return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
-    }
+fn recover(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig, failure: KernelError) -> Result<Vec<Vec<f32>>> {
+    let msg = match failure {
+        KernelError::OutOfMemory(msg) => msg,
+        KernelError::Refused(msg) => {
+            tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
+            return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
+        }
+    };
     if cfg.device.is_cuda() {
         let _ = memory::empty_cache();
     }
@@ -552,16 +555,4 @@ fn download(launched: Launched, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig
             _ => head.to_vec(),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oom_messages_are_recognised() {
-        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB"));
-        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"));
-        assert!(!is_out_of_memory("shape mismatch"));
-    }
 }

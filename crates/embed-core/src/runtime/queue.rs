@@ -123,7 +123,7 @@ impl Queue {
         let queued: Vec<usize> = self.order.iter_mut().flat_map(std::mem::take).collect();
         for slot in queued {
             if let Some(e) = self.slots[slot].as_mut() {
-                e.failed.get_or_insert_with(|| error.clone_for_reply());
+                e.failed.get_or_insert_with(|| error.clone());
             }
             self.settle(slot, stats);
         }
@@ -223,7 +223,7 @@ impl Queue {
             Err(err) => {
                 for it in batch {
                     let e = self.slots[it.job].as_mut().expect("an item names a live slot");
-                    e.failed.get_or_insert_with(|| err.clone_for_reply());
+                    e.failed.get_or_insert_with(|| err.clone());
                     e.outstanding -= 1;
                 }
             }
