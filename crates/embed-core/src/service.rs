@@ -11,7 +11,7 @@ use scopeguard::ScopeGuard;
 use tokio::sync::oneshot;
 
 use crate::text::{to_i64, Prepared, Seq, TextPrep};
-use crate::runtime::{self, Command, ExitReport, Job, Output, Started, WorkerStats};
+use crate::runtime::{self, Command, ExitReport, Job, Output, RowFinish, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
     MoveReport, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
@@ -311,8 +311,9 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize, priority).await?;
-        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
+        let finish = RowFinish { keep: Some(keep), normalize };
+        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, finish, priority).await?;
+        Ok(Embeddings { vectors, token_counts, truncated })
     }
 
     async fn embed_token_ids(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
@@ -341,8 +342,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let priority = options.priority_for(inputs.len());
-        let vectors = submit(&running, seqs, Output::Head, normalize, priority).await?;
-        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
+        let vectors = submit(&running, seqs, Output::Head, RowFinish { keep: Some(keep), normalize }, priority).await?;
+        Ok(Embeddings { vectors, token_counts, truncated })
     }
 
     async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
@@ -369,7 +370,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, RowFinish::default(), priority).await?;
         let vectors = rows
             .into_iter()
             .map(|row| {
@@ -390,7 +391,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let counts: Vec<usize> = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false, priority).await?;
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, RowFinish::default(), priority).await?;
         let vectors = rows
             .into_iter()
             .zip(counts)
@@ -539,7 +540,7 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
     let priority = options.priority.unwrap_or(default_priority);
-    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
+    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, RowFinish::default(), priority).await?;
     Ok(Classified { logits, token_counts, truncated })
 }
 
@@ -556,7 +557,7 @@ async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveRepor
 
 /// Queues `seqs` for the worker and waits for the rows. Dropping this future drops the
 /// reply channel; the worker sees that and skips the work.
-async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool, priority: Priority) -> Result<Vec<Vec<f32>>> {
+async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, finish: RowFinish, priority: Priority) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
     // Held until this future ends (answered, failed or dropped).
     let _bulk = (priority == Priority::Bulk).then(crate::runtime::BulkInFlight::new);
@@ -564,7 +565,7 @@ async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normaliz
         crate::runtime::note_interactive();
     }
     running.stats.enqueued(priority);
-    let job = Job { seqs, output, normalize, priority, arrived: Instant::now(), reply };
+    let job = Job { seqs, output, finish, priority, arrived: Instant::now(), reply };
     if running.intake.send(Command::Embed(job)).is_err() {
         running.stats.not_enqueued(priority);
         return Err(Error::ShutDown { model: running.info.name.clone() });
@@ -583,23 +584,6 @@ fn dimensions(options: &EmbedOptions, dimension: usize) -> Result<usize> {
             reason: format!("{n} is outside 1..={dimension} (the model's embedding dimension)"),
         }),
     }
-}
-
-/// Keeps the first `keep` dimensions of each vector, re-normalised to unit length when the
-/// vectors were normalised (Matryoshka truncation).
-fn matryoshka(mut vectors: Vec<Vec<f32>>, keep: usize, normalize: bool) -> Vec<Vec<f32>> {
-    for v in &mut vectors {
-        if keep < v.len() {
-            v.truncate(keep);
-            if normalize {
-                let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
-                }
-            }
-        }
-    }
-    vectors
 }
 
 /// Tokenization is CPU work: `prepare` over `inputs` runs on the blocking pool for large

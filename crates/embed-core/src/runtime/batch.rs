@@ -31,11 +31,20 @@ pub(crate) enum Output {
     Tokens,
 }
 
+/// What happens to each of a job's head rows before it is answered: the first `keep`
+/// dimensions are kept (Matryoshka), then the row is L2-normalised when `normalize` says so.
+/// The one place either happens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RowFinish {
+    pub(crate) keep: Option<usize>,
+    pub(crate) normalize: bool,
+}
+
 /// One caller's request.
 pub(crate) struct Job {
     pub(crate) seqs: Vec<Seq>,
     pub(crate) output: Output,
-    pub(crate) normalize: bool,
+    pub(crate) finish: RowFinish,
     pub(crate) priority: Priority,
     /// When the caller queued it (for the first-batch wait).
     pub(crate) arrived: Instant,

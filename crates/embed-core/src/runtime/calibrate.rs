@@ -88,7 +88,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
     let job = Job {
         seqs: prepared.into_iter().map(|p| p.seq).collect(),
         output: Output::Head,
-        normalize: false,
+        finish: batch::RowFinish::default(),
         priority: Priority::Bulk,
         arrived: Instant::now(),
         reply: tx,

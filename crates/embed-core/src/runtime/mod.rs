@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub(crate) use batch::{Command, Job, Output, WorkerConfig, WorkerStats};
+pub(crate) use batch::{Command, Job, Output, RowFinish, WorkerConfig, WorkerStats};
 pub(crate) use gate::{note_interactive, BulkInFlight};
 pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 

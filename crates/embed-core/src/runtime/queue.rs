@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::batch::{Item, Job};
+use super::batch::{Item, Job, RowFinish};
 use super::WorkerStats;
 use crate::{Error, Priority, Result};
 
@@ -251,11 +251,23 @@ impl Queue {
         }
         let result = match e.failed {
             Some(err) => Err(err),
-            None if e.job.normalize => Ok(e.rows.into_iter().map(normalized).collect()),
-            None => Ok(e.rows),
+            None if e.job.finish == RowFinish::default() => Ok(e.rows),
+            None => Ok(e.rows.into_iter().map(|v| finished(v, e.job.finish)).collect()),
         };
         // A caller that went away gets nothing; its reply channel is closed.
         let _ = e.job.reply.send(result);
+    }
+}
+
+/// `v` as its caller gets it (see [`RowFinish`]).
+fn finished(mut v: Vec<f32>, finish: RowFinish) -> Vec<f32> {
+    if let Some(keep) = finish.keep {
+        v.truncate(keep);
+    }
+    if finish.normalize {
+        normalized(v)
+    } else {
+        v
     }
 }
 
@@ -294,7 +306,7 @@ mod tests {
             .iter()
             .map(|&n| Seq { ids: vec![1; n], type_ids: vec![0; n], pool_skip: 0, poisoned: false })
             .collect();
-        (Job { seqs, output: Output::Head, normalize: false, priority, arrived: Instant::now(), reply }, answer)
+        (Job { seqs, output: Output::Head, finish: RowFinish::default(), priority, arrived: Instant::now(), reply }, answer)
     }
 
     fn limits() -> Limits {
