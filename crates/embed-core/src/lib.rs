@@ -78,6 +78,7 @@ pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsuppo
 pub use error::{panic_message, Error, Result};
 pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService};
+pub use nn::tuning::{CpuAttention, CudaAttention, Tuning};
 pub use runtime::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,

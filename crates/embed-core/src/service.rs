@@ -146,6 +146,8 @@ struct Running {
     info: ModelInfo,
     stats: Arc<WorkerStats>,
     exit: Mutex<Option<(oneshot::Receiver<ExitReport>, std::thread::JoinHandle<()>)>>,
+    /// Tokenization is timed into the stage profile (`tuning.profile_stages`).
+    profile: bool,
 }
 
 impl Drop for Running {
@@ -272,6 +274,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let started = Instant::now();
 
         let name = spec.name.clone();
+        let profile = spec.options.tuning.profile_stages;
         let Started { intake, ready, exit, thread, stats } = runtime::spawn(spec.clone(), started)?;
         let result = ready.await;
         let (info, text) = match result {
@@ -291,6 +294,7 @@ impl EmbeddingService for DenseEmbeddingService {
             info: info.clone(),
             stats,
             exit: Mutex::new(Some((exit, thread))),
+            profile,
         });
         *lock(&self.state) = State::Ready(running);
         ScopeGuard::into_inner(guard);
@@ -595,10 +599,10 @@ async fn off_executor<T: Clone + Send + 'static>(
 ) -> Result<Vec<Prepared>> {
     const INLINE_LIMIT: usize = 16;
     if inputs.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
-        return crate::profile::stage("tokenize", || prepare(&running.text, inputs));
+        return crate::profile::stage_when(running.profile, "tokenize", || prepare(&running.text, inputs));
     }
     let (r, inputs) = (running.clone(), inputs.to_vec());
-    tokio::task::spawn_blocking(move || crate::profile::stage("tokenize", || prepare(&r.text, &inputs)))
+    tokio::task::spawn_blocking(move || crate::profile::stage_when(r.profile, "tokenize", || prepare(&r.text, &inputs)))
         .await
         .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
 }

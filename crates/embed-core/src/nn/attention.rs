@@ -16,7 +16,7 @@
 //! for f16/bf16 on CUDA, cuDNN's backend is switched off for the process (flash cannot take a
 //! mask, so memory-efficient attention runs instead).
 //!
-//! `EMBED_CUDA_ATTENTION` overrides the choice for diagnosis and benchmarks: `packed`, `padded`,
+//! The model's `tuning.cuda_attention` (`EMBED_CUDA_ATTENTION` for embed-server) overrides the choice for diagnosis and benchmarks: `packed`, `padded`,
 //! or `sdpa` (libtorch's own dispatch with nothing switched off: the behaviour before the packed
 //! path existed).
 
@@ -25,6 +25,7 @@ use std::cell::Cell;
 use tch::{Device, Kind, Tensor};
 
 use super::rotary::RotaryTable;
+use super::tuning::{CudaAttention, Tuning};
 use super::{BatchInput, KernelError, LenGroup};
 use crate::ffi::{embed_cpu_attention_varlen, embed_flash_attention_varlen, embed_sdp_disable_cudnn};
 
@@ -40,8 +41,8 @@ pub(crate) enum AttentionPath {
 }
 
 impl AttentionPath {
-    /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring
-    /// `EMBED_CUDA_ATTENTION`. `plain` says the family's scores are plain `q·k` with a key
+    /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring the
+    /// model's `tuning.cuda_attention`. `plain` says the family's scores are plain `q·k` with a key
     /// mask (no position bias, no sliding window), which the packed kernel needs.
     pub(crate) fn choose(device: Device, kind: Kind, head_dim: i64, plain: bool) -> AttentionPath {
         let half = matches!(kind, Kind::Half | Kind::BFloat16);
@@ -50,20 +51,11 @@ impl AttentionPath {
         }
         // FlashAttention-2's limits on the head size.
         let flash_fits = plain && head_dim % 8 == 0 && head_dim <= 256;
-        let requested = std::env::var("EMBED_CUDA_ATTENTION").unwrap_or_default();
-        let path = match requested.as_str() {
-            "padded" => AttentionPath::Padded,
-            "sdpa" => AttentionPath::Sdpa,
-            other => {
-                if !other.is_empty() && other != "packed" {
-                    tracing::warn!("EMBED_CUDA_ATTENTION={other:?} is not packed, padded or sdpa; using the default");
-                }
-                if flash_fits {
-                    AttentionPath::Packed
-                } else {
-                    AttentionPath::Padded
-                }
-            }
+        let path = match Tuning::current().cuda_attention {
+            CudaAttention::Padded => AttentionPath::Padded,
+            CudaAttention::Sdpa => AttentionPath::Sdpa,
+            CudaAttention::Packed if flash_fits => AttentionPath::Packed,
+            CudaAttention::Packed => AttentionPath::Padded,
         };
         path.prepare();
         path

@@ -142,11 +142,10 @@ impl Linear {
     }
 }
 
-/// Whether CPU post-norm blocks fuse the residual into LayerNorm (`EMBED_CPU_FUSED_NORM=0`
-/// turns it off, for comparison). Read once.
+/// Whether CPU post-norm blocks fuse the residual into LayerNorm (the model's
+/// `tuning.cpu_fused_norm`; off for comparison).
 fn fused_cpu_norm() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("EMBED_CPU_FUSED_NORM").map_or(true, |v| v != "0"))
+    super::tuning::Tuning::current().cpu_fused_norm
 }
 
 /// What a linear layer saw as input during int8's calibration ([`observe_inputs`]).

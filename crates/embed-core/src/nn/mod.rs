@@ -13,6 +13,7 @@ pub(crate) mod norm;
 pub(crate) mod onednn;
 pub(crate) mod rotary;
 pub(crate) mod torch_pickle;
+pub(crate) mod tuning;
 pub(crate) mod weights;
 
 pub(crate) use batch::{length_groups, BatchInput, LenGroup};

@@ -74,11 +74,14 @@ const HADAMARD_MAX: i64 = 128;
 /// channels to matter.
 const HADAMARD_MIN: i64 = 16;
 
-/// The Hadamard block for an input of `k` channels ([`block_for`]), or 0 where
-/// `EMBED_INT8_HADAMARD=0` turns the transform off (for comparison; read once).
+/// The Hadamard block for an input of `k` channels ([`block_for`]), or 0 where the model's
+/// `tuning.int8_hadamard` turns the transform off (for comparison).
 pub(crate) fn hadamard_block(k: i64) -> i64 {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var("EMBED_INT8_HADAMARD").map_or(true, |v| v != "0")) { block_for(k) } else { 0 }
+    if super::tuning::Tuning::current().int8_hadamard {
+        block_for(k)
+    } else {
+        0
+    }
 }
 
 /// The largest power of two up to [`HADAMARD_MAX`] dividing `k`, or 0 (none) below

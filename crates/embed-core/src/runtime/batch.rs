@@ -12,6 +12,7 @@ use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
 use crate::nn::attention::AttentionPath;
+use crate::nn::tuning::{CpuAttention, Tuning};
 use crate::nn::{length_groups, BatchInput, KernelError};
 use crate::models::Model;
 use crate::model_dir::Pooling;
@@ -323,33 +324,6 @@ struct Launch {
 /// How long after an interactive arrival (that met bulk work) bulk batches stay cut short.
 const INTERACTIVE_RECENT: Duration = Duration::from_secs(1);
 
-/// How CPU batches run attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CpuAttention {
-    /// The shim's variable-length kernel for the families that run it (every one now, see
-    /// `Encoder::varlen_attention`), length groups for any other: the default.
-    Varlen,
-    /// Padded SDPA in runs of similar length.
-    Grouped,
-    /// Padded SDPA over the whole batch at its longest sequence.
-    Padded,
-}
-
-/// `EMBED_CPU_ATTENTION`: unset or `varlen` (the default), `grouped` or `padded` (the earlier
-/// behaviours, for benchmarks and diagnosis). Read once per process.
-fn cpu_attention() -> CpuAttention {
-    static MODE: std::sync::OnceLock<CpuAttention> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default().as_str() {
-        "" | "varlen" => CpuAttention::Varlen,
-        "grouped" => CpuAttention::Grouped,
-        "padded" => CpuAttention::Padded,
-        other => {
-            tracing::warn!("EMBED_CPU_ATTENTION={other:?} is not varlen, grouped or padded; using varlen");
-            CpuAttention::Varlen
-        }
-    })
-}
-
 /// One input of a queued job, as batches see it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
@@ -514,7 +488,7 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     // padding saves).
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
     let on_cpu = !packed && !dev.is_cuda();
-    let mode = cpu_attention();
+    let mode = Tuning::current().cpu_attention;
     let varlen = on_cpu && mode == CpuAttention::Varlen && model.varlen_attention();
     let groups = if on_cpu && !varlen && mode != CpuAttention::Padded && model.groups_by_length() {
         length_groups(&lens)

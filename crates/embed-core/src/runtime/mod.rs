@@ -68,6 +68,8 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
             // Inference only: grad mode is thread-local, so this covers every forward pass.
             let _no_grad = tch::no_grad_guard();
             let spec = thread_spec;
+            // The kernels read the model's switches from its thread.
+            spec.options.tuning.install();
             if let Some(n) = spec.options.threads {
                 tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
             }
@@ -75,11 +77,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 Ok(r) => r,
                 Err(p) => Err(Error::WorkerPanicked {
                     model: spec.name.clone(),
-                    message: p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default(),
+                    message: crate::panic_message(p.as_ref()),
                 }),
             };
             let loaded = match loaded {
