@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 
 
 def builtin_calibration():
-    src = open("crates/embed-core/src/worker/calibrate.rs").read()
+    src = open("crates/embed-core/src/runtime/calibrate.rs").read()
     block = src.split("const CALIBRATION_TEXTS")[1].split("];")[0]
     out = []
     for m in re.finditer(r'"((?:[^"\\]|\\.|\\\n)*)"', block, re.S):

@@ -3,6 +3,9 @@ use std::path::PathBuf;
 
 include!("../../build-support/link_libtorch.rs");
 
+/// The shim, by concern (their entry points are declared in `src/ffi.rs`).
+const SHIM_SOURCES: &[&str] = &["shim/memory.cpp", "shim/onednn.cpp", "shim/attention_cuda.cpp", "shim/attention_cpu.cpp"];
+
 fn main() {
     // torch-sys (links = "tch") tells its direct dependents where libtorch lives.
     let lib_dir = PathBuf::from(
@@ -11,7 +14,7 @@ fn main() {
     );
     let include_dir = lib_dir.join("../include");
 
-    for f in ["shim/accel.cpp", "shim/attention_cpu.cpp", "shim/common.h"] {
+    for f in SHIM_SOURCES.iter().chain(&["shim/common.h"]) {
         println!("cargo:rerun-if-changed={f}");
     }
     cc::Build::new()
@@ -25,8 +28,7 @@ fn main() {
         .flag("-fopenmp")
         .include(&include_dir)
         .include(include_dir.join("torch/csrc/api/include"))
-        .file("shim/accel.cpp")
-        .file("shim/attention_cpu.cpp")
+        .files(SHIM_SOURCES)
         .compile("embed_accel");
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
     println!("cargo:rustc-link-lib=dylib=c10");

@@ -237,7 +237,7 @@ fn the_lease_does_not_know_the_facade() {
 /// families, their layers or pooling.
 #[test]
 fn model_code_is_synchronous() {
-    for path in ["crates/embed-core/src/models", "crates/embed-core/src/layers", "crates/embed-core/src/pooling.rs"] {
+    for path in ["crates/embed-core/src/models", "crates/embed-core/src/nn"] {
         assert_none(path, "tokio", "model code runs on the worker thread");
         assert_none(path, "async ", "model code runs on the worker thread");
     }
@@ -247,9 +247,91 @@ fn model_code_is_synchronous() {
 /// without libtorch doing anything.
 #[test]
 fn config_and_text_preparation_use_no_tensors() {
-    for path in ["crates/embed-core/src/config.rs", "crates/embed-core/src/text.rs", "crates/embed-core/src/source.rs"] {
+    for path in ["crates/embed-core/src/model_dir", "crates/embed-core/src/text.rs", "crates/embed-core/src/source.rs"] {
         assert_none(path, "tch::", "configuration and tokenization are tensor-free");
         assert_none(path, "Tensor", "configuration and tokenization are tensor-free");
+    }
+}
+
+/// Where `source`'s code (not its comments) names module `room` of the crate by path: as
+/// `crate::room`, inside a grouped import (`use crate::{room::X, …}`), or as `super::room`
+/// (not `std::room::`, nor a longer name ending in `room`). As `line: text`.
+fn room_mentions(source: &str, room: &str) -> Vec<String> {
+    let needle = format!("{room}::");
+    let mut hits = Vec::new();
+    for (i, line) in source.lines().enumerate().filter(|(_, l)| !l.trim_start().starts_with("//")) {
+        let named = line.match_indices(&needle).any(|(at, _)| {
+            let before = &line[..at];
+            if before.ends_with("::") {
+                // `crate::room::`, `super::room::`; not `std::ffi::`.
+                before.ends_with("crate::") || before.ends_with("super::")
+            } else {
+                // A segment of its own inside `use crate::{…}`; not the tail of a longer name.
+                !before.chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_') && line.contains("crate::{")
+            }
+        });
+        if named {
+            hits.push(format!("{}: {}", i + 1, line.trim()));
+        }
+    }
+    hits
+}
+
+/// The rooms of embed-core (folders or files under `crates/embed-core/src`) and the rooms each
+/// must not name: every arrow points down, from the service through `runtime/` and `models/`
+/// to `nn/`, then `model_dir/`, with `memory/` and `ffi.rs` at the bottom. `text.rs` prepares
+/// inputs for the runtime and knows none of it.
+const ROOM_RULES: &[(&str, &[&str], &str)] = &[
+    ("model_dir", &["nn", "models", "runtime", "service", "memory", "ffi", "text"], "a model directory is read without tensors or model code"),
+    ("nn", &["models", "runtime", "service", "text", "types"], "the building blocks know no family, worker or request"),
+    ("models", &["runtime", "service", "text"], "a family knows its blocks, not who runs it"),
+    ("text.rs", &["runtime", "models", "nn", "service"], "text preparation hands its sequences up to the runtime"),
+    ("memory", &["nn", "models", "runtime", "model_dir", "service", "text"], "memory accounting sits at the bottom"),
+    ("ffi.rs", &["nn", "models", "runtime", "model_dir", "service", "text", "memory"], "the shim's declarations sit at the bottom"),
+];
+
+/// Every arrow between embed-core's rooms that points up, as `file:line: text (why)`.
+fn room_problems(src: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (room, forbidden, why) in ROOM_RULES {
+        let files = sources(&src.join(room));
+        assert!(!files.is_empty(), "{room}: no sources (moved? update ROOM_RULES)");
+        for file in files {
+            let source = std::fs::read_to_string(&file).unwrap();
+            for other in *forbidden {
+                for hit in room_mentions(&source, other) {
+                    problems.push(format!("{}:{hit} ({room} must not use {other}: {why})", file.display()));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// embed-core's rooms depend downwards only. In particular the three back-edges that once
+/// held twenty files in one import circle stay gone: `nn/attention.rs` (was
+/// `layers/attention.rs`) → `worker::is_out_of_memory`, `model_dir` (was `config.rs`) →
+/// `models::{ArchConfig, Family}`, `text.rs` → `worker::Seq`.
+#[test]
+fn embed_core_rooms_depend_downwards() {
+    let problems = room_problems(&root().join("crates/embed-core/src"));
+    assert!(problems.is_empty(), "arrows between embed-core's rooms pointing up:\n{}", problems.join("\n"));
+}
+
+/// The room check can fail: each way of naming a room (a path, a grouped import, `super::`) is
+/// seen, a longer name ending in the room's is not, and comments are skipped.
+#[test]
+fn the_room_check_sees_every_way_of_naming_a_room() {
+    for planted in [
+        "use crate::runtime::Seq;",
+        "use crate::{Error, runtime::Seq};",
+        "    if crate::runtime::is_out_of_memory(&msg) {",
+        "use super::super::runtime::Seq;",
+    ] {
+        assert_eq!(room_mentions(planted, "runtime").len(), 1, "{planted:?} not seen");
+    }
+    for clean in ["use crate::my_runtime::Seq;", "// crate::runtime::Seq is the worker's", "let runtime = 1;", "let s = std::runtime::x();"] {
+        assert!(room_mentions(clean, "runtime").is_empty(), "{clean:?} taken for a use of runtime");
     }
 }
 

@@ -16,8 +16,10 @@ use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, M
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if !embed_core::profile::is_enabled() {
-        return Err("set EMBED_PROFILE_STAGES=1 (the profile is read from the environment at the first stage)".into());
+    // The example offers the library's switches as the server does, by their variables.
+    let tuning = embed_core::Tuning::from_env();
+    if !tuning.profile_stages {
+        return Err("set EMBED_PROFILE_STAGES=1 (it turns on each model's tuning.profile_stages)".into());
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let model = args.first().ok_or("usage: stage_profile MODEL_DIR CORPUS [ROUNDS] [THREADS]")?;
@@ -29,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtypes = [(DType::F32, None), (DType::Bf16, Some(false)), (DType::Bf16, None), (DType::Int8, None)];
     let mut services = Vec::new();
     for (dtype, cpu_prepack) in dtypes {
-        let options = ModelOptions { dtype: Some(dtype), threads, cpu_prepack, ..Default::default() };
+        let options = ModelOptions { dtype: Some(dtype), threads, cpu_prepack, tuning, ..Default::default() };
         let spec = ModelSpec::new(model.as_str()).with_options(options);
         let svc = DenseEmbeddingService::from_spec(spec).await?;
         svc.embed_texts(&texts, &EmbedOptions::default()).await?;

@@ -8,7 +8,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong while loading a model or embedding text.
 ///
 /// Messages name the file, model or field at fault so that an operator can act on them.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A model source string is neither an existing directory nor a valid hub id.
@@ -45,9 +45,10 @@ pub enum Error {
     Io {
         /// The file that could not be read.
         path: PathBuf,
-        /// The OS error.
+        /// The OS error (shared: the error is `Clone`, so that every waiter of a failed batch
+        /// gets it whole).
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// A JSON config file is malformed or has a field of the wrong type.
     #[error("invalid config {path}: {reason}")]
@@ -249,26 +250,8 @@ impl Error {
         matches!(self, Error::OutOfMemory { .. })
     }
 
-    /// A copy for a second waiter of the same failed batch (`Error` itself is not `Clone`
-    /// because it carries `std::io::Error`).
-    pub(crate) fn clone_for_reply(&self) -> Self {
-        match self {
-            Error::OutOfMemory { device, inputs, max_tokens, detail } => Error::OutOfMemory {
-                device: device.clone(),
-                inputs: *inputs,
-                max_tokens: *max_tokens,
-                detail: detail.clone(),
-            },
-            Error::WorkerPanicked { model, message } => {
-                Error::WorkerPanicked { model: model.clone(), message: message.clone() }
-            }
-            Error::ShutDown { model } => Error::ShutDown { model: model.clone() },
-            other => Error::Inference { model: String::new(), message: other.to_string() },
-        }
-    }
-
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), source: std::sync::Arc::new(source) }
     }
 
     pub(crate) fn config(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
@@ -283,7 +266,90 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
         s.clone()
+    } else if let Some(e) = payload.downcast_ref::<KernelError>() {
+        e.to_string()
     } else {
         "panic with a non-string payload".into()
+    }
+}
+
+/// Why a kernel failed: a libtorch op, a shim entry point, a layer of `nn`. Kernels return it
+/// where they can; inside a forward pass (whose ops panic, as tch's infallible API does) it is
+/// raised as the panic's payload ([`KernelError::raise`]) and the runtime takes it back typed
+/// ([`KernelError::from_panic`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum KernelError {
+    /// Memory ran out on the device (CUDA's caching allocator or the CPU allocator): the
+    /// runtime splits the batch and retries. libtorch's message.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// The kernel refused the inputs (a device, dtype or shape it does not support), or
+    /// libtorch failed for another reason. Its message.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl KernelError {
+    /// Classifies a failure libtorch reported as text (its C++ exceptions reach Rust only as
+    /// messages, through tch and through the shim): the one place such text is read.
+    pub(crate) fn from_message(msg: impl Into<String>) -> Self {
+        let msg = msg.into();
+        let m = msg.to_ascii_lowercase();
+        if m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory") {
+            KernelError::OutOfMemory(msg)
+        } else {
+            KernelError::Refused(msg)
+        }
+    }
+
+    /// The error of a caught panic: a raised `KernelError` as it was, a libtorch panic (tch's
+    /// `String` payload) classified by [`KernelError::from_message`].
+    pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        match payload.downcast_ref::<KernelError>() {
+            Some(e) => e.clone(),
+            None => KernelError::from_message(panic_message(payload)),
+        }
+    }
+
+    /// Unwinds out of a forward pass with this error as the payload (see
+    /// [`KernelError::from_panic`]).
+    pub(crate) fn raise(self) -> ! {
+        std::panic::panic_any(self)
+    }
+
+    /// The same error, its message prefixed with what was being done.
+    pub(crate) fn context(self, what: &str) -> Self {
+        match self {
+            KernelError::OutOfMemory(m) => KernelError::OutOfMemory(format!("{what}: {m}")),
+            KernelError::Refused(m) => KernelError::Refused(format!("{what}: {m}")),
+        }
+    }
+}
+
+impl From<tch::TchError> for KernelError {
+    fn from(e: tch::TchError) -> Self {
+        KernelError::from_message(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KernelError;
+
+    #[test]
+    fn libtorch_messages_are_classified_once() {
+        let oom = |msg: &str| matches!(KernelError::from_message(msg), KernelError::OutOfMemory(_));
+        assert!(oom("CUDA out of memory. Tried to allocate 2.00 GiB"));
+        assert!(oom("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"));
+        assert_eq!(KernelError::from_message("shape mismatch"), KernelError::Refused("shape mismatch".into()));
+    }
+
+    #[test]
+    fn a_raised_error_comes_back_typed_and_a_string_panic_classified() {
+        let raised = std::panic::catch_unwind(|| KernelError::OutOfMemory("no room".into()).raise()).unwrap_err();
+        assert_eq!(KernelError::from_panic(raised.as_ref()), KernelError::OutOfMemory("no room".into()));
+        assert_eq!(super::panic_message(raised.as_ref()), "no room");
+        let tch_style = std::panic::catch_unwind(|| panic!("{}", "CUDA out of memory. Tried to allocate 8 MiB")).unwrap_err();
+        assert!(matches!(KernelError::from_panic(tch_style.as_ref()), KernelError::OutOfMemory(_)));
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! * [`EmbeddingService`] is the async trait the other crates build on; [`DenseEmbeddingService`]
 //!   implements it on `tch`. Each family is written here on libtorch ops (`models/`, one file
-//!   per family, over shared `layers/`: fused projections on the real tokens only, packed or
+//!   per family, over the shared building blocks of `nn/`: fused projections on the real tokens only, packed or
 //!   padded scaled-dot-product attention, rotary positions, MLP and gated feed-forwards); the
 //!   family comes from `config.json` ([`Family`], [`supported_model_types`]); weights are read
 //!   by name from `model.safetensors`, text goes through `tokenizers`, and pooling, `Dense` and
@@ -57,29 +57,30 @@
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
-mod config;
 mod device;
 mod error;
-mod layers;
+mod ffi;
+mod model_dir;
+mod nn;
 pub mod memory;
 pub mod profile;
 mod models;
-mod pooling;
 mod rerank;
 mod service;
 mod source;
 mod text;
 pub mod timing;
 mod types;
-mod worker;
+mod runtime;
 
-pub use config::Pooling;
-pub use models::{supported_model_types, Family};
+pub use model_dir::arch::{supported_model_types, Family};
+pub use model_dir::Pooling;
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService};
-pub use worker::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
+pub use nn::tuning::{CpuAttention, CudaAttention, Tuning};
+pub use runtime::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,
     ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,

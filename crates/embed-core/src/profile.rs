@@ -1,22 +1,45 @@
-//! A stage profile of the forward pass, for finding where CPU time goes (`EMBED_PROFILE_STAGES=1`;
-//! `examples/stage_profile.rs` prints it for f32 beside bf16).
+//! A stage profile of the forward pass, for finding where CPU time goes
+//! ([`Tuning::profile_stages`](crate::Tuning::profile_stages); `examples/stage_profile.rs`
+//! prints it for f32 beside bf16).
 //!
-//! Off unless the variable is set when the first stage runs: then each stage is one
-//! thread-local flag check. On, every stage (each linear layer, attention, norms, activations,
+//! Off unless the model's options turn it on: then each stage is one thread-local flag check. On, every stage (each linear layer, attention, norms, activations,
 //! residual adds, the padding-free index ops, the batch upload, pooling and head, the output
 //! copy) adds its wall time to a process-wide table. On the CPU every libtorch op runs
 //! synchronously, so the times are the ops' own; on CUDA they would only be launch times, so
 //! the profile is a CPU tool.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-static ENABLED: OnceLock<bool> = OnceLock::new();
 static TABLE: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
 
+thread_local! {
+    /// Whether stages run on this thread are timed (a model's worker thread, from its tuning).
+    static ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn enabled() -> bool {
-    *ENABLED.get_or_init(|| std::env::var("EMBED_PROFILE_STAGES").is_ok_and(|v| v == "1"))
+    ENABLED.with(std::cell::Cell::get)
+}
+
+/// Turns timing on or off for the stages the calling thread runs.
+pub(crate) fn set_on_this_thread(on: bool) {
+    ENABLED.with(|e| e.set(on));
+}
+
+/// Runs `f` as stage `name`, timed when `on` (for work a model does off its worker thread:
+/// tokenization).
+pub(crate) fn stage_when<T>(on: bool, name: &'static str, f: impl FnOnce() -> T) -> T {
+    if on {
+        let was = enabled();
+        set_on_this_thread(true);
+        let out = stage(name, f);
+        set_on_this_thread(was);
+        out
+    } else {
+        f()
+    }
 }
 
 /// Runs `f` as stage `name`, timing it when profiling is on.
@@ -49,7 +72,8 @@ pub struct Stage {
     pub calls: u64,
 }
 
-/// Whether profiling is on (`EMBED_PROFILE_STAGES=1` in the environment).
+/// Whether profiling is on for the calling thread (a model's worker thread, where its
+/// `tuning.profile_stages` turned it on).
 pub fn is_enabled() -> bool {
     enabled()
 }

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use scopeguard::ScopeGuard;
 use tokio::sync::oneshot;
 
-use crate::text::{to_i64, Prepared, TextPrep};
-use crate::worker::{self, Command, ExitReport, Job, Output, Seq, Started, WorkerStats};
+use crate::text::{to_i64, Prepared, Seq, TextPrep};
+use crate::runtime::{self, Command, ExitReport, Job, Output, RowFinish, Started, WorkerStats};
 use crate::types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, ModelInfo, ModelKind, ModelSpec,
     MoveReport, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings, TokenizedText,
@@ -146,6 +146,8 @@ struct Running {
     info: ModelInfo,
     stats: Arc<WorkerStats>,
     exit: Mutex<Option<(oneshot::Receiver<ExitReport>, std::thread::JoinHandle<()>)>>,
+    /// Tokenization is timed into the stage profile (`tuning.profile_stages`).
+    profile: bool,
 }
 
 impl Drop for Running {
@@ -272,7 +274,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let started = Instant::now();
 
         let name = spec.name.clone();
-        let Started { intake, ready, exit, thread, stats } = worker::spawn(spec.clone(), started)?;
+        let profile = spec.options.tuning.profile_stages;
+        let Started { intake, ready, exit, thread, stats } = runtime::spawn(spec.clone(), started)?;
         let result = ready.await;
         let (info, text) = match result {
             Ok(Ok(x)) => x,
@@ -291,6 +294,7 @@ impl EmbeddingService for DenseEmbeddingService {
             info: info.clone(),
             stats,
             exit: Mutex::new(Some((exit, thread))),
+            profile,
         });
         *lock(&self.state) = State::Ready(running);
         ScopeGuard::into_inner(guard);
@@ -311,8 +315,9 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, normalize, priority).await?;
-        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
+        let finish = RowFinish { keep: Some(keep), normalize };
+        let vectors = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, finish, priority).await?;
+        Ok(Embeddings { vectors, token_counts, truncated })
     }
 
     async fn embed_token_ids(&self, inputs: &[Vec<u32>], options: &EmbedOptions) -> Result<Embeddings> {
@@ -341,8 +346,8 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = seqs.iter().map(|s| s.ids.len()).collect();
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let priority = options.priority_for(inputs.len());
-        let vectors = submit(&running, seqs, Output::Head, normalize, priority).await?;
-        Ok(Embeddings { vectors: matryoshka(vectors, keep, normalize), token_counts, truncated })
+        let vectors = submit(&running, seqs, Output::Head, RowFinish { keep: Some(keep), normalize }, priority).await?;
+        Ok(Embeddings { vectors, token_counts, truncated })
     }
 
     async fn classify(&self, inputs: &[ClassifyInput], options: &EmbedOptions) -> Result<Classified> {
@@ -369,7 +374,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, RowFinish::default(), priority).await?;
         let vectors = rows
             .into_iter()
             .map(|row| {
@@ -390,7 +395,7 @@ impl EmbeddingService for DenseEmbeddingService {
         let counts: Vec<usize> = prepared.iter().map(|p| p.seq.ids.len()).collect();
         let truncated = prepared.iter().map(|p| p.truncated).collect();
         let priority = options.priority_for(texts.len());
-        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, false, priority).await?;
+        let rows = submit(&running, prepared.into_iter().map(|p| p.seq).collect(), Output::Tokens, RowFinish::default(), priority).await?;
         let vectors = rows
             .into_iter()
             .zip(counts)
@@ -539,7 +544,7 @@ async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInput], option
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
     let priority = options.priority.unwrap_or(default_priority);
-    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, false, priority).await?;
+    let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, RowFinish::default(), priority).await?;
     Ok(Classified { logits, token_counts, truncated })
 }
 
@@ -556,17 +561,17 @@ async fn move_weights(running: &Arc<Running>, to: Residency) -> Result<MoveRepor
 
 /// Queues `seqs` for the worker and waits for the rows. Dropping this future drops the
 /// reply channel; the worker sees that and skips the work.
-async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, normalize: bool, priority: Priority) -> Result<Vec<Vec<f32>>> {
+async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, finish: RowFinish, priority: Priority) -> Result<Vec<Vec<f32>>> {
     let (reply, answer) = oneshot::channel();
     // Held until this future ends (answered, failed or dropped).
-    let _bulk = (priority == Priority::Bulk).then(crate::worker::BulkInFlight::new);
+    let _bulk = (priority == Priority::Bulk).then(crate::runtime::BulkInFlight::new);
     if priority == Priority::Interactive {
-        crate::worker::note_interactive();
+        crate::runtime::note_interactive();
     }
     running.stats.enqueued(priority);
     let tokens = seqs.iter().map(|s| s.ids.len()).sum();
     let (arrived, first_batch) = (Instant::now(), Arc::default());
-    let job = Job { seqs, output, normalize, priority, arrived, reply, first_batch: Arc::clone(&first_batch) };
+    let job = Job { seqs, output, finish, priority, arrived, reply, first_batch: Arc::clone(&first_batch) };
     if running.intake.send(Command::Embed(job)).is_err() {
         running.stats.not_enqueued(priority);
         return Err(Error::ShutDown { model: running.info.name.clone() });
@@ -589,23 +594,6 @@ fn dimensions(options: &EmbedOptions, dimension: usize) -> Result<usize> {
     }
 }
 
-/// Keeps the first `keep` dimensions of each vector, re-normalised to unit length when the
-/// vectors were normalised (Matryoshka truncation).
-fn matryoshka(mut vectors: Vec<Vec<f32>>, keep: usize, normalize: bool) -> Vec<Vec<f32>> {
-    for v in &mut vectors {
-        if keep < v.len() {
-            v.truncate(keep);
-            if normalize {
-                let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
-                }
-            }
-        }
-    }
-    vectors
-}
-
 /// Tokenization is CPU work: `prepare` over `inputs` runs on the blocking pool for large
 /// requests, inline for small ones (and outside a runtime).
 async fn off_executor<T: Clone + Send + 'static + crate::timing::Characters>(
@@ -616,10 +604,10 @@ async fn off_executor<T: Clone + Send + 'static + crate::timing::Characters>(
     const INLINE_LIMIT: usize = 16;
     let _measured = crate::timing::Tokenizing::start(inputs);
     if inputs.len() <= INLINE_LIMIT || tokio::runtime::Handle::try_current().is_err() {
-        return crate::profile::stage("tokenize", || prepare(&running.text, inputs));
+        return crate::profile::stage_when(running.profile, "tokenize", || prepare(&running.text, inputs));
     }
     let (r, inputs) = (running.clone(), inputs.to_vec());
-    tokio::task::spawn_blocking(move || crate::profile::stage("tokenize", || prepare(&r.text, &inputs)))
+    tokio::task::spawn_blocking(move || crate::profile::stage_when(r.profile, "tokenize", || prepare(&r.text, &inputs)))
         .await
         .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
 }

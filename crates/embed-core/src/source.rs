@@ -315,7 +315,7 @@ impl hf_hub::api::Progress for LogProgress {
 /// and every shard it names), and every module directory `modules.json` lists (its
 /// `config.json` and weights). Returns the snapshot directory.
 fn fetch_model(f: &mut dyn Fetch, missing: &dyn Fn(String) -> Error) -> Result<PathBuf> {
-    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE, TORCH_FILE};
+    use crate::model_dir::checkpoint::{read_index, INDEX_FILE, SINGLE_FILE, TORCH_FILE};
     let mut dir = None;
     for file in REQUIRED_FILES {
         let p = f.fetch(file)?.ok_or_else(|| missing(format!("the repo has no {file}")))?;
@@ -392,7 +392,7 @@ fn hub_cache(hub: &HubOptions) -> hf_hub::Cache {
 /// [`ModelSource::estimate_weight_bytes`] for a hub id: `config.json` and (unless the single
 /// weights file is cached) the sharded index, then the estimate from the snapshot folder.
 fn hub_estimate(id: &str, revision: Option<&str>, dtype: Option<crate::DType>) -> Option<u64> {
-    use crate::layers::weights::{INDEX_FILE, SINGLE_FILE};
+    use crate::model_dir::checkpoint::{INDEX_FILE, SINGLE_FILE};
     let cache = hf_hub::Cache::from_env();
     let (repo, shown) = hub_repo(id, revision);
     let failed = |reason: String| Error::ModelNotAvailable { id: shown.clone(), cache: cache.path().clone(), reason };
@@ -456,14 +456,14 @@ fn resolve_hub(id: &str, revision: Option<&str>, hub: &HubOptions) -> Result<Pat
 /// nothing readable is there. Dense modules and a family's own skipped tensors are not counted:
 /// an estimate for budgeting before a load, not the figure a loaded model reports.
 pub fn estimate_weight_bytes(dir: &Path, dtype: Option<crate::DType>) -> Option<u64> {
-    use crate::layers::weights::{read_index, INDEX_FILE, SINGLE_FILE};
+    use crate::model_dir::checkpoint::{read_index, INDEX_FILE, SINGLE_FILE};
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
         return header_estimate(&single, dtype);
     }
-    let torch = dir.join(crate::layers::weights::TORCH_FILE);
+    let torch = dir.join(crate::model_dir::checkpoint::TORCH_FILE);
     if !dir.join(INDEX_FILE).is_file() && torch.is_file() {
-        let tensors = crate::layers::weights::torch_pickle_shapes(&torch).ok()?;
+        let tensors = crate::nn::weights::torch_pickle_shapes(&torch).ok()?;
         return Some(tensors.iter().map(|t| t.shape.iter().product::<u64>() * estimated_width(t.float, t.shape.len(), t.width, dtype)).sum());
     }
     let index = read_index(&dir.join(INDEX_FILE)).ok()?;

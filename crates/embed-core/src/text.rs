@@ -6,11 +6,20 @@ use std::path::PathBuf;
 
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-use crate::config::{DecoderScore, ModelDir};
+use crate::model_dir::{DecoderScore, ModelDir};
 use crate::rerank::{self, LlmReranker, Part};
 use crate::types::{ClassifyInput, EmbedOptions, InputMode, ModelOptions};
-use crate::worker::Seq;
 use crate::{Error, Result};
+
+/// One tokenized input, ready for the model.
+pub(crate) struct Seq {
+    pub(crate) ids: Vec<i64>,
+    pub(crate) type_ids: Vec<i64>,
+    /// Leading tokens (an instruction prompt) left out of pooling.
+    pub(crate) pool_skip: usize,
+    /// Test hook: makes the forward pass that contains this input panic.
+    pub(crate) poisoned: bool,
+}
 
 /// Everything that turns a caller's text into the token ids the model sees.
 pub(crate) struct TextPrep {

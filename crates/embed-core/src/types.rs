@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
 use crate::{DType, DeviceSpec, ResolvedDevice};
 
 /// Test hooks that make real failures happen on demand (public with feature `test-util`, as
@@ -140,6 +140,11 @@ pub struct ModelOptions {
     pub default_prompt_name: Option<String>,
     /// Where hub models are cached and the token that fetches them.
     pub hub: HubOptions,
+    /// The kernels' switches, for comparison and diagnosis (the defaults serve best): how
+    /// attention runs on the CPU and on CUDA, int8's Hadamard rounding, the fused CPU
+    /// LayerNorm, stage profiling. embed-server sets them from its `EMBED_*` variables
+    /// ([`crate::Tuning::from_env`]).
+    pub tuning: crate::Tuning,
     /// Failure injection for tests (feature `test-util`; without it there is none).
     #[cfg(feature = "test-util")]
     pub faults: FaultInjection,
@@ -177,6 +182,7 @@ impl Default for ModelOptions {
             default_prompt: None,
             default_prompt_name: None,
             hub: HubOptions::default(),
+            tuning: crate::Tuning::DEFAULT,
             #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
@@ -650,10 +656,10 @@ pub struct BatchStats {
     /// padding: CUDA in f16/bf16); the others ran padded attention.
     pub packed_attention_batches: u64,
     /// Forward passes whose padded attention ran in several runs of similar length, each at
-    /// its own padded length (CPU encoders with `EMBED_CPU_ATTENTION=grouped`).
+    /// its own padded length (CPU encoders with `tuning.cpu_attention` `Grouped`).
     pub length_grouped_batches: u64,
     /// Forward passes whose attention ran on the CPU without padding, each sequence over its
-    /// own tokens (every encoder family by default; `EMBED_CPU_ATTENTION=grouped` or `padded`
+    /// own tokens (every encoder family by default; `tuning.cpu_attention` `Grouped` or `Padded`
     /// turns it off).
     pub varlen_attention_batches: u64,
     /// Times the weights were offloaded to host memory.

@@ -419,7 +419,8 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     };
     let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
     let dtype = args.dtype.or(args.tei_env.dtype).or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
-    let mut base = ModelOptions { device, dtype, ..Default::default() };
+    // The kernels' switches come from the EMBED_* variables (embed-core reads no environment).
+    let mut base = ModelOptions { device, dtype, tuning: embed_core::Tuning::from_env(), ..Default::default() };
     let tei_max_batch_tokens = args
         .tei_env
         .max_batch_tokens

@@ -4,83 +4,17 @@
 //! final norm. Pooled by their last token (the EOS their tokenizer appends). Configs with
 //! `is_causal: false` (bidirectional embedders) attend both ways.
 
-use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, split_heads, AttentionPath, Reach};
-use crate::layers::ffn::{Activation, Glu};
-use crate::layers::rotary::Rotary;
-use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
+use super::{Encoder};
+use crate::model_dir::arch::{decoder::Config, ArchConfig};
+use crate::nn::attention::{key_mask, split_heads, AttentionPath, Reach};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::Rotary;
+use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    kv_heads: usize,
-    head_dim: usize,
-    eps: f64,
-    rope_theta: f64,
-    qkv_bias: bool,
-    o_bias: bool,
-    mlp_bias: bool,
-    qk_norm: bool,
-    activation: Activation,
-    /// Mistral's causal sliding window: a query sees at most this many keys (itself included).
-    sliding_window: Option<i64>,
-    /// `is_causal: false` (bidirectional embedders such as gte-Qwen2-7B-instruct): every token
-    /// sees every other real token.
-    causal: bool,
-    /// The LM head is the word embeddings (read only when the model is a causal-LM reranker).
-    pub(crate) tie_word_embeddings: bool,
-}
-
-impl Config {
-    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
-        let hidden = f.usize("hidden_size")?;
-        let heads = f.usize("num_attention_heads")?;
-        let kv_heads = f.kv_heads(heads)?;
-        let head_dim = f.usize_or("head_dim", hidden / heads.max(1))?;
-        // transformers 5 writes `rope_parameters`; earlier configs `rope_theta` and `rope_scaling`.
-        let rope = f.v.get("rope_parameters").filter(|v| !v.is_null()).or_else(|| f.v.get("rope_scaling").filter(|v| !v.is_null()));
-        if let Some(r) = rope {
-            let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
-            if kind != "default" {
-                return Err(f.error(format!("rope type {kind:?} is not supported (only \"default\")")));
-            }
-        }
-        let rope_theta = match f.v.get("rope_parameters").and_then(|r| r.get("rope_theta")).and_then(Value::as_f64) {
-            Some(t) => t,
-            None => f.f64_or("rope_theta", 10_000.0)?,
-        };
-        let attention_bias = f.bool_or("attention_bias", false)?;
-        let sliding_window = match model_type.as_str() {
-            // Qwen2/Qwen3 window only with use_sliding_window, which their embedders leave off.
-            "qwen2" | "qwen3" if !f.bool_or("use_sliding_window", false)? => None,
-            _ => f.v.get("sliding_window").and_then(Value::as_u64).map(|w| w as i64),
-        };
-        let c = Config {
-            kv_heads,
-            head_dim,
-            eps: f.f64_or("rms_norm_eps", 1e-6)?,
-            rope_theta,
-            // Qwen2 always has Q/K/V biases (and none on the output projection).
-            qkv_bias: model_type == "qwen2" || attention_bias,
-            o_bias: attention_bias,
-            mlp_bias: f.bool_or("mlp_bias", false)?,
-            qk_norm: model_type == "qwen3",
-            activation: f.activation("hidden_act", "silu")?,
-            sliding_window,
-            causal: f.bool_or("is_causal", true)?,
-            // Qwen2/Qwen3/Mistral/Llama configs default to an untied head.
-            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
-        };
-        if !c.causal && c.sliding_window.is_some() {
-            return Err(f.error("a bidirectional (is_causal false) model with a sliding window is not supported"));
-        }
-        f.standard(Family::Decoder, model_type, f.usize_or("max_position_embeddings", 32_768)?, Details::Decoder(c))
-    }
-}
 
 struct Layer {
     attn_norm: RmsNorm,
@@ -97,7 +31,7 @@ struct Layer {
 pub(crate) struct Decoder {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     rope: Rotary,
@@ -173,7 +107,7 @@ impl Decoder {
 impl Encoder for Decoder {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let mut x = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
+        let mut x = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let rope = self.rope.table(&t.positions, n, x.kind());
         // Right padding: causal attention never lets a real token see padding. A sliding
         // window narrows it further (key j visible from query i when i - window < j <= i); a
@@ -206,7 +140,7 @@ impl Encoder for Decoder {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

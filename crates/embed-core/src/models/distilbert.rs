@@ -4,37 +4,16 @@ use std::path::Path;
 
 use tch::{Device, Kind};
 
-use super::{ArchConfig, Details, Family, Fields, PostNorm};
-use crate::layers::block::{PostNormBlock, PostNormStack};
-use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{Embeddings, Weights};
+use super::PostNorm;
+use crate::model_dir::arch::{distilbert::Config, ArchConfig};
+use crate::nn::block::{PostNormBlock, PostNormStack};
+use crate::nn::ffn::{FeedForward, Mlp};
+use crate::nn::{Embeddings, Weights};
 use crate::Result;
 
 /// DistilBERT's LayerNorms use a fixed epsilon (not in its config).
 const LAYER_NORM_EPS: f64 = 1e-12;
 
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    max_position_embeddings: usize,
-    activation: Activation,
-}
-
-impl Config {
-    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
-        let max_position_embeddings = f.usize("max_position_embeddings")?;
-        Ok(ArchConfig {
-            family: Family::DistilBert,
-            model_type,
-            vocab_size: f.usize("vocab_size")?,
-            hidden_size: f.usize("dim")?,
-            num_hidden_layers: f.usize("n_layers")?,
-            num_attention_heads: f.usize("n_heads")?,
-            intermediate_size: f.usize("hidden_dim")?,
-            max_tokens: max_position_embeddings,
-            details: Details::DistilBert(Config { max_position_embeddings, activation: f.activation("activation", "gelu")? }),
-        })
-    }
-}
 
 /// Loads a DistilBERT; returns it and its weight bytes.
 pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<(PostNorm, u64)> {

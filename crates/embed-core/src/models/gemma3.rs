@@ -7,74 +7,17 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
-use crate::layers::ffn::{Activation, Glu};
-use crate::layers::rotary::{Rotary, RotaryTable};
-use crate::layers::{BatchInput, Linear, RmsNorm, Weights};
+use super::{Encoder};
+use crate::model_dir::arch::{gemma3::Config, ArchConfig};
+use crate::nn::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::{Rotary, RotaryTable};
+use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    kv_heads: usize,
-    head_dim: usize,
-    eps: f64,
-    global_theta: f64,
-    local_theta: f64,
-    /// Per layer: true = sliding-window attention.
-    sliding: Vec<bool>,
-    window: i64,
-    query_scale: f64,
-    activation: Activation,
-    bidirectional: bool,
-    attention_bias: bool,
-}
-
-impl Config {
-    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
-        let layers = f.usize("num_hidden_layers")?;
-        let heads = f.usize("num_attention_heads")?;
-        let kv_heads = f.kv_heads(heads)?;
-        let head_dim = f.usize_or("head_dim", 256)?;
-        if f.v.get("attn_logit_softcapping").is_some_and(|v| !v.is_null()) {
-            return Err(f.error("attn_logit_softcapping is not supported"));
-        }
-        // `layer_types` (transformers >= 4.53) or the older `sliding_window_pattern`: every
-        // pattern-th layer is global.
-        let sliding = match f.sliding_layers(layers)? {
-            Some(sliding) => sliding,
-            None => {
-                let pattern = f.usize_or("sliding_window_pattern", 6)?.max(1);
-                (0..layers).map(|i| (i + 1) % pattern != 0).collect()
-            }
-        };
-        let rope = |kind: &str| f.v.get("rope_parameters").and_then(|p| p.get(kind)).and_then(|p| p.get("rope_theta")).and_then(Value::as_f64);
-        let c = Config {
-            kv_heads,
-            head_dim,
-            eps: f.f64_or("rms_norm_eps", 1e-6)?,
-            global_theta: match rope("full_attention") {
-                Some(t) => t,
-                None => f.f64_or("rope_theta", 1_000_000.0)?,
-            },
-            local_theta: match rope("sliding_attention") {
-                Some(t) => t,
-                None => f.f64_or("rope_local_base_freq", 10_000.0)?,
-            },
-            sliding,
-            window: f.usize_or("sliding_window", 512)? as i64,
-            query_scale: f.f64_or("query_pre_attn_scalar", head_dim as f64)?.powf(-0.5),
-            activation: f.activation("hidden_activation", "gelu_pytorch_tanh")?,
-            bidirectional: f.bool_or("use_bidirectional_attention", false)?,
-            attention_bias: f.bool_or("attention_bias", false)?,
-        };
-        f.standard(Family::Gemma3, model_type, f.usize_or("max_position_embeddings", 2048)?, Details::Gemma3(c))
-    }
-}
 
 struct Layer {
     input_norm: RmsNorm,
@@ -94,7 +37,7 @@ struct Layer {
 pub(crate) struct Gemma3 {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     layers: Vec<Layer>,
     norm: RmsNorm,
     global_rope: Rotary,
@@ -190,7 +133,7 @@ impl Gemma3 {
 impl Encoder for Gemma3 {
     fn forward(&self, t: &BatchInput) -> Tensor {
         let n = t.tokens;
-        let e = crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
+        let e = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let kind = e.kind();
         // The scale rounded to the weights' dtype first, as the reference does.
         let scale = Tensor::from((self.hidden as f64).sqrt() as f32).to_kind(kind).to_device(e.device());
@@ -213,7 +156,7 @@ impl Encoder for Gemma3 {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

@@ -6,10 +6,10 @@
 use tch::{Device, Kind, Tensor};
 
 use super::bert;
-use crate::config::{DecoderScore, DenseActivation, ModelDir, Pooling};
-use crate::layers::ffn::Activation;
-use crate::layers::{LayerNorm, Linear, Weights};
-use crate::pooling::pool;
+use crate::model_dir::{DecoderScore, DenseActivation, ModelDir, Pooling};
+use crate::nn::ffn::Activation;
+use crate::nn::{LayerNorm, Linear, Weights};
+use super::pooling::pool;
 use crate::{Error, ModelKind, Result};
 
 pub(crate) enum Head {
@@ -25,7 +25,7 @@ pub(crate) enum Head {
     LastToken { rows: Linear, answers: bool },
 }
 
-impl crate::layers::Tensors for Head {
+impl crate::nn::Tensors for Head {
     fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
         match self {
             Head::Pooled(dense) => dense.iter().for_each(|(l, _)| out.push(l)),

@@ -13,8 +13,8 @@
 //! | `gemma3_text` | `gemma3.rs` | rotary (global and local base) | bidirectional or causal, sliding windows, grouped-query | GELU-tanh GLU, Gemma RMSNorm before and after |
 //!
 //! Every family runs its projections and feed-forward on the real tokens only and shares the
-//! attention of [`crate::layers::attention`]; pooling and normalisation happen outside the
-//! models ([`crate::pooling`]).
+//! attention of [`crate::nn::attention`]; pooling and normalisation happen outside the
+//! models ([`pooling`]).
 
 mod bert;
 mod decoder;
@@ -25,293 +25,19 @@ mod heads;
 mod modernbert;
 mod mpnet;
 mod nomic_bert;
-pub(crate) mod offload;
+mod pooling;
 
-use std::fmt;
-use std::path::Path;
 
-use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::ModelDir;
-use crate::layers::attention::AttentionPath;
-use crate::layers::block::PostNormStack;
-use crate::layers::{BatchInput, Embeddings, Tensors, Weights};
+use crate::model_dir::arch::Details;
+use crate::model_dir::ModelDir;
+use crate::nn::attention::AttentionPath;
+use crate::nn::block::PostNormStack;
+use crate::nn::{BatchInput, Embeddings, Tensors, Weights};
 use crate::{Error, Result};
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
-/// The architectures embed-core implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Family {
-    /// BERT and the RoBERTa line (RoBERTa, XLM-RoBERTa, CamemBERT): same layers, different
-    /// position ids.
-    Bert,
-    /// DistilBERT: BERT's layers without token types or pooler, under other tensor names.
-    DistilBert,
-    /// MPNet (all-mpnet-base-v2).
-    MPNet,
-    /// ModernBERT: pre-norm, rotary, GeGLU, global and sliding-window layers.
-    ModernBert,
-    /// NomicBERT (nomic-embed-text).
-    NomicBert,
-    /// GTE v1.5 / multilingual (`model_type` "new").
-    Gte,
-    /// Decoder LLMs used as embedders: Qwen3, Qwen2, Mistral, Llama.
-    Decoder,
-    /// Gemma 3 text models (EmbeddingGemma).
-    Gemma3,
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::Bert => "bert",
-            Family::DistilBert => "distilbert",
-            Family::MPNet => "mpnet",
-            Family::ModernBert => "modernbert",
-            Family::NomicBert => "nomic_bert",
-            Family::Gte => "gte",
-            Family::Decoder => "decoder",
-            Family::Gemma3 => "gemma3",
-        })
-    }
-}
-
-/// `model_type` values that load, and their family.
-const MODEL_TYPES: &[(&str, Family)] = &[
-    ("bert", Family::Bert),
-    ("roberta", Family::Bert),
-    ("xlm-roberta", Family::Bert),
-    ("camembert", Family::Bert),
-    ("distilbert", Family::DistilBert),
-    ("mpnet", Family::MPNet),
-    ("modernbert", Family::ModernBert),
-    ("nomic_bert", Family::NomicBert),
-    ("new", Family::Gte),
-    ("qwen3", Family::Decoder),
-    ("qwen2", Family::Decoder),
-    ("mistral", Family::Decoder),
-    ("llama", Family::Decoder),
-    ("gemma3_text", Family::Gemma3),
-];
-
-/// Architecture class names (`architectures` in config.json) for configs without `model_type`.
-const ARCHITECTURES: &[(&str, &str)] = &[
-    ("Bert", "bert"),
-    ("XLMRoberta", "xlm-roberta"),
-    ("Roberta", "roberta"),
-    ("Camembert", "camembert"),
-    ("DistilBert", "distilbert"),
-    ("MPNet", "mpnet"),
-    ("ModernBert", "modernbert"),
-    ("NomicBert", "nomic_bert"),
-    ("NewModel", "new"),
-    ("Qwen3", "qwen3"),
-    ("Qwen2", "qwen2"),
-    ("Mistral", "mistral"),
-    ("Llama", "llama"),
-    ("Gemma3Text", "gemma3_text"),
-];
-
-/// The `model_type` values embed-core loads, comma-separated (for error messages).
-pub fn supported_model_types() -> String {
-    MODEL_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
-}
-
-/// The encoder's shape as read from `config.json`, whatever the family.
-#[derive(Debug, Clone)]
-pub(crate) struct ArchConfig {
-    /// The family that implements it.
-    pub(crate) family: Family,
-    /// `model_type` (or the one implied by `architectures`).
-    pub(crate) model_type: String,
-    /// Vocabulary size.
-    pub(crate) vocab_size: usize,
-    /// Width of the hidden states (the embedding dimension before any projection).
-    pub(crate) hidden_size: usize,
-    /// Encoder layers.
-    pub(crate) num_hidden_layers: usize,
-    /// Attention heads per layer.
-    pub(crate) num_attention_heads: usize,
-    /// Width of the feed-forward block.
-    pub(crate) intermediate_size: usize,
-    /// Tokens one input may have: the position table less the family's position offset.
-    pub(crate) max_tokens: usize,
-    pub(crate) details: Details,
-}
-
-/// What each family needs beyond the common fields.
-#[derive(Debug, Clone)]
-pub(crate) enum Details {
-    Bert(bert::Config),
-    DistilBert(distilbert::Config),
-    MPNet(mpnet::Config),
-    ModernBert(modernbert::Config),
-    NomicBert(nomic_bert::Config),
-    Gte(gte::Config),
-    Decoder(decoder::Config),
-    Gemma3(gemma3::Config),
-}
-
-/// Typed access to `config.json`'s fields, errors naming the file and the field.
-pub(crate) struct Fields<'a> {
-    pub(crate) v: &'a Value,
-    pub(crate) path: &'a Path,
-}
-
-impl Fields<'_> {
-    pub(crate) fn error(&self, reason: impl Into<String>) -> Error {
-        Error::config(self.path, reason.into())
-    }
-
-    pub(crate) fn usize(&self, name: &str) -> Result<usize> {
-        match self.v.get(name) {
-            Some(x) => x
-                .as_u64()
-                .map(|n| n as usize)
-                .ok_or_else(|| self.error(format!("field {name:?} must be a non-negative integer, got {x}"))),
-            None => Err(self.error(format!("missing field {name:?}"))),
-        }
-    }
-
-    pub(crate) fn usize_or(&self, name: &str, default: usize) -> Result<usize> {
-        if self.v.get(name).is_none_or(Value::is_null) {
-            Ok(default)
-        } else {
-            self.usize(name)
-        }
-    }
-
-    pub(crate) fn f64_or(&self, name: &str, default: f64) -> Result<f64> {
-        match self.v.get(name) {
-            None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_f64().ok_or_else(|| self.error(format!("field {name:?} must be a number, got {x}"))),
-        }
-    }
-
-    pub(crate) fn bool_or(&self, name: &str, default: bool) -> Result<bool> {
-        match self.v.get(name) {
-            None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_bool().ok_or_else(|| self.error(format!("field {name:?} must be true or false, got {x}"))),
-        }
-    }
-
-    pub(crate) fn str_or<'v>(&'v self, name: &str, default: &'v str) -> Result<&'v str> {
-        match self.v.get(name) {
-            None | Some(Value::Null) => Ok(default),
-            Some(x) => x.as_str().ok_or_else(|| self.error(format!("field {name:?} must be a string, got {x}"))),
-        }
-    }
-
-    /// The activation named by `name`, one of those [`Activation::parse`] knows.
-    ///
-    /// [`Activation::parse`]: crate::layers::ffn::Activation::parse
-    pub(crate) fn activation(&self, name: &str, default: &str) -> Result<crate::layers::ffn::Activation> {
-        let act = self.str_or(name, default)?;
-        crate::layers::ffn::Activation::parse(act)
-            .ok_or_else(|| self.error(format!("{name} {act:?} is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu, silu)")))
-    }
-
-    /// Tokens an input may have when positions start at `offset` in a table of
-    /// `max_position_embeddings` rows (RoBERTa-style ids start past the padding index).
-    pub(crate) fn positions_after(&self, max_position_embeddings: usize, offset: i64) -> Result<usize> {
-        max_position_embeddings.checked_sub(offset as usize).filter(|&n| n >= 2).ok_or_else(|| {
-            self.error(format!("max_position_embeddings {max_position_embeddings} leaves no room after the position offset {offset}"))
-        })
-    }
-
-    /// `num_key_value_heads` (default: `heads`), which must divide `heads` (grouped-query
-    /// attention).
-    pub(crate) fn kv_heads(&self, heads: usize) -> Result<usize> {
-        let kv_heads = self.usize_or("num_key_value_heads", heads)?;
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(self.error(format!("{heads} attention heads cannot be shared by {kv_heads} key/value heads")));
-        }
-        Ok(kv_heads)
-    }
-
-    /// `layer_types` as "is this a sliding-window layer", one per layer; `None` when the config
-    /// has no such key (older configs describe the pattern another way).
-    pub(crate) fn sliding_layers(&self, layers: usize) -> Result<Option<Vec<bool>>> {
-        let Some(types) = self.v.get("layer_types").and_then(Value::as_array) else { return Ok(None) };
-        if types.len() != layers {
-            return Err(self.error(format!("layer_types has {} entries for {layers} layers", types.len())));
-        }
-        types
-            .iter()
-            .map(|t| match t.as_str() {
-                Some("full_attention") => Ok(false),
-                Some("sliding_attention") => Ok(true),
-                _ => Err(self.error(format!("layer type {t} is not full_attention or sliding_attention"))),
-            })
-            .collect::<Result<Vec<bool>>>()
-            .map(Some)
-    }
-
-    /// An [`ArchConfig`] from the usual Hugging Face keys (`vocab_size`, `hidden_size`,
-    /// `num_hidden_layers`, `num_attention_heads`, `intermediate_size`).
-    pub(crate) fn standard(&self, family: Family, model_type: String, max_tokens: usize, details: Details) -> Result<ArchConfig> {
-        Ok(ArchConfig {
-            family,
-            model_type,
-            vocab_size: self.usize("vocab_size")?,
-            hidden_size: self.usize("hidden_size")?,
-            num_hidden_layers: self.usize("num_hidden_layers")?,
-            num_attention_heads: self.usize("num_attention_heads")?,
-            intermediate_size: self.usize("intermediate_size")?,
-            max_tokens,
-            details,
-        })
-    }
-
-    pub(crate) fn heads_divide(&self, hidden: usize, heads: usize) -> Result<()> {
-        if heads == 0 || hidden % heads != 0 {
-            return Err(self.error(format!("hidden size {hidden} is not divisible by {heads} attention heads")));
-        }
-        Ok(())
-    }
-}
-
-impl ArchConfig {
-    /// Reads the architecture from a parsed `config.json` at `path`.
-    pub(crate) fn parse(v: &Value, path: &Path) -> Result<ArchConfig> {
-        let f = Fields { v, path };
-        let model_type = match v.get("model_type").and_then(Value::as_str) {
-            Some(t) => t.to_string(),
-            None => {
-                let arch = v.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str);
-                match arch {
-                    Some(a) => ARCHITECTURES
-                        .iter()
-                        .find(|(prefix, _)| a.starts_with(prefix))
-                        .map(|(_, t)| t.to_string())
-                        .unwrap_or_else(|| a.to_string()),
-                    None => return Err(f.error("missing field \"model_type\" (and no \"architectures\")")),
-                }
-            }
-        };
-        let Some(&(_, family)) = MODEL_TYPES.iter().find(|(t, _)| *t == model_type) else {
-            return Err(Error::UnsupportedArchitecture {
-                model_type,
-                path: path.into(),
-                supported: supported_model_types(),
-            });
-        };
-        let cfg = match family {
-            Family::Bert => bert::Config::parse(&f, model_type)?,
-            Family::DistilBert => distilbert::Config::parse(&f, model_type)?,
-            Family::MPNet => mpnet::Config::parse(&f, model_type)?,
-            Family::ModernBert => modernbert::Config::parse(&f, model_type)?,
-            Family::NomicBert => nomic_bert::Config::parse(&f, model_type)?,
-            Family::Gte => gte::Config::parse(&f, model_type)?,
-            Family::Decoder => decoder::Config::parse(&f, model_type)?,
-            Family::Gemma3 => gemma3::Config::parse(&f, model_type)?,
-        };
-        f.heads_divide(cfg.hidden_size, cfg.num_attention_heads)?;
-        Ok(cfg)
-    }
-}
 
 /// A loaded encoder of any family. Owns every tensor of the model, and lists them all
 /// ([`Tensors`]).
@@ -331,7 +57,7 @@ pub(crate) trait Encoder: Tensors {
     fn varlen_attention(&self) -> bool {
         false
     }
-    /// Stores its word table in int8 (`layers::quantize_table`); returns the bytes freed and
+    /// Stores its word table in int8 (`nn::quantize_table`); returns the bytes freed and
     /// held.
     fn quantize_word_table(&self) -> (u64, u64);
     /// The largest tensor (the word embeddings), for the planted-leak test build.
@@ -452,7 +178,7 @@ impl Model {
     }
 
     /// The head's output for a batch: one f32 row per input, `[b, out]` (see [`heads::Head::forward`]).
-    pub(crate) fn head(&self, hidden: &Tensor, pool_mask: &Tensor, lens: &[i64], pooling: crate::config::Pooling) -> Tensor {
+    pub(crate) fn head(&self, hidden: &Tensor, pool_mask: &Tensor, lens: &[i64], pooling: crate::model_dir::Pooling) -> Tensor {
         self.head.forward(hidden, pool_mask, lens, pooling)
     }
 
@@ -489,7 +215,7 @@ impl Model {
     /// oneDNN's int8 GEMM at about `batch` rows, and the word embeddings per row (unless a tied
     /// decoder shares them). Embeddings' lookups, norms, attention and pooling stay in f32.
     /// `weight_bytes` becomes what the model holds now.
-    pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::layers::Calibration) -> Result<()> {
+    pub(crate) fn quantize_int8(&mut self, batch: i64, seen: &crate::nn::Calibration) -> Result<()> {
         self.quantize_with(|l| l.quantize(batch, seen.get(&(l as *const _ as usize))))?;
         self.prepacked = true;
         Ok(())
@@ -502,11 +228,11 @@ impl Model {
         self.quantize_with(|l| l.quantize_weight_only())
     }
 
-    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::layers::Linear) -> std::result::Result<(u64, u64), String>) -> Result<()> {
+    fn quantize_with(&mut self, mut quantize: impl FnMut(&crate::nn::Linear) -> std::result::Result<(u64, u64), crate::nn::KernelError>) -> Result<()> {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
-        let fail = |e: String| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
+        let fail = |e: crate::nn::KernelError| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
         for l in linears {
             let (freed, held) = quantize(l).map_err(fail)?;
             self.weight_bytes = self.weight_bytes - freed + held;

@@ -4,71 +4,17 @@
 
 use std::path::Path;
 
-use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
-use crate::layers::ffn::{Activation, Glu};
-use crate::layers::rotary::Rotary;
-use crate::layers::{BatchInput, LayerNorm, Linear, Weights};
+use super::{Encoder};
+use crate::model_dir::arch::{modernbert::Config, ArchConfig};
+use crate::nn::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::ffn::Glu;
+use crate::nn::rotary::Rotary;
+use crate::nn::{BatchInput, LayerNorm, Linear, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    norm_eps: f64,
-    norm_bias: bool,
-    attention_bias: bool,
-    mlp_bias: bool,
-    activation: Activation,
-    /// Per layer: true = local (sliding window) attention.
-    local: Vec<bool>,
-    /// A local layer's query sees keys at most this far away (`local_attention / 2`).
-    half_window: i64,
-    global_theta: f64,
-    local_theta: f64,
-}
-
-impl Config {
-    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
-        let layers = f.usize("num_hidden_layers")?;
-        // transformers 5 writes `layer_types` and `rope_parameters`; Hub checkpoints carry the
-        // original `global_attn_every_n_layers` and `global_rope_theta` / `local_rope_theta`.
-        let local = match f.sliding_layers(layers)? {
-            Some(local) => local,
-            None => {
-                let every = f.usize_or("global_attn_every_n_layers", 3)?.max(1);
-                (0..layers).map(|i| i % every != 0).collect()
-            }
-        };
-        let theta = |kind: &str, old: &str, default: f64| -> Result<f64> {
-            match f.v.get("rope_parameters").and_then(|p| p.get(kind)).and_then(|p| p.get("rope_theta")) {
-                Some(x) => x.as_f64().ok_or_else(|| f.error(format!("rope_parameters.{kind}.rope_theta must be a number"))),
-                None => f.f64_or(old, default),
-            }
-        };
-        for kind in ["full_attention", "sliding_attention"] {
-            if let Some(t) = f.v.get("rope_parameters").and_then(|p| p.get(kind)).and_then(|p| p.get("rope_type")).and_then(Value::as_str) {
-                if t != "default" {
-                    return Err(f.error(format!("rope_type {t:?} is not supported (only \"default\")")));
-                }
-            }
-        }
-        let c = Config {
-            norm_eps: f.f64_or("norm_eps", 1e-5)?,
-            norm_bias: f.bool_or("norm_bias", false)?,
-            attention_bias: f.bool_or("attention_bias", false)?,
-            mlp_bias: f.bool_or("mlp_bias", false)?,
-            activation: f.activation("hidden_activation", "gelu")?,
-            local,
-            half_window: (f.usize_or("local_attention", 128)? / 2) as i64,
-            global_theta: theta("full_attention", "global_rope_theta", 160_000.0)?,
-            local_theta: theta("sliding_attention", "local_rope_theta", 10_000.0)?,
-        };
-        f.standard(Family::ModernBert, model_type, f.usize_or("max_position_embeddings", 8192)?, Details::ModernBert(c))
-    }
-}
 
 struct Layer {
     /// Absent in the first layer (the embeddings' norm precedes it).
@@ -83,7 +29,7 @@ struct Layer {
 pub(crate) struct ModernBert {
     word: Tensor,
     /// The word table in int8 (int8 models).
-    word_int8: crate::layers::Int8Table,
+    word_int8: crate::nn::Int8Table,
     emb_norm: LayerNorm,
     layers: Vec<Layer>,
     final_norm: LayerNorm,
@@ -137,7 +83,7 @@ impl ModernBert {
 
 impl Encoder for ModernBert {
     fn forward(&self, t: &BatchInput) -> Tensor {
-        let mut x = self.emb_norm.forward(&crate::layers::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
+        let mut x = self.emb_norm.forward(&crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
         let kind = x.kind();
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
         let local = (self.local_rope.table(&t.positions, t.tokens, kind), window_mask(t, self.half_window));
@@ -154,7 +100,7 @@ impl Encoder for ModernBert {
             let ctx = self
                 .attn
                 .forward(&layer.qkv.forward(&h), t, Mode::Padded, Some(rope), scores)
-                .unwrap_or_else(|msg| panic!("{msg}"));
+                .unwrap_or_else(|e| e.raise());
             x += layer.attn_out.forward(&ctx);
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }
@@ -163,7 +109,7 @@ impl Encoder for ModernBert {
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
-        crate::layers::quantize_table(&self.word, &self.word_int8)
+        crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
     fn attention_path(&self) -> AttentionPath {

@@ -6,47 +6,18 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Details, Encoder, Family, Fields};
-use crate::layers::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
-use crate::layers::block::PostNormBlock;
-use crate::layers::ffn::{Activation, FeedForward, Mlp};
-use crate::layers::{embed, BatchInput, Embeddings, Weights};
+use super::{Encoder};
+use crate::model_dir::arch::{mpnet::Config, ArchConfig};
+use crate::nn::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::block::PostNormBlock;
+use crate::nn::ffn::{FeedForward, Mlp};
+use crate::nn::{embed, BatchInput, Embeddings, Weights};
 use crate::Result;
-use crate::layers::tensor_fields;
+use crate::nn::tensor_fields;
 
 /// The farthest relative distance with its own buckets (MPNet's fixed value).
 const MAX_DISTANCE: i64 = 128;
 
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    max_position_embeddings: usize,
-    layer_norm_eps: f64,
-    activation: Activation,
-    buckets: i64,
-    position_offset: i64,
-}
-
-impl Config {
-    pub(crate) fn parse(f: &Fields, model_type: String) -> Result<ArchConfig> {
-        let max_position_embeddings = f.usize("max_position_embeddings")?;
-        // transformers' MPNet counts positions from its padding index, fixed at 1 whatever
-        // `pad_token_id` says.
-        let position_offset = 2;
-        let buckets = f.usize_or("relative_attention_num_buckets", 32)? as i64;
-        if buckets < 4 {
-            return Err(f.error(format!("relative_attention_num_buckets {buckets} is too small (at least 4)")));
-        }
-        let max_tokens = f.positions_after(max_position_embeddings, position_offset)?;
-        let c = Config {
-            max_position_embeddings,
-            layer_norm_eps: f.f64_or("layer_norm_eps", 1e-12)?,
-            activation: f.activation("hidden_act", "gelu")?,
-            buckets,
-            position_offset,
-        };
-        f.standard(Family::MPNet, model_type, max_tokens, Details::MPNet(c))
-    }
-}
 
 pub(crate) struct MPNet {
     emb: Embeddings,
@@ -143,7 +114,7 @@ impl Encoder for MPNet {
         };
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|msg| panic!("{msg}"));
+            x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|e| e.raise());
         }
         let hidden = self.attn.heads * self.attn.head_dim;
         t.pad(&x).view([t.b, t.len, hidden])

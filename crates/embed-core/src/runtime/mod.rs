@@ -8,6 +8,7 @@
 mod batch;
 mod calibrate;
 mod gate;
+pub(crate) mod offload;
 mod queue;
 mod residency;
 
@@ -19,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub(crate) use batch::{is_out_of_memory, Command, Job, Output, Seq, WorkerConfig, WorkerStats};
+pub(crate) use batch::{Command, Job, Output, RowFinish, WorkerConfig, WorkerStats};
 pub(crate) use gate::{note_interactive, BulkInFlight};
 pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 
-use crate::config::ModelDir;
+use crate::model_dir::ModelDir;
 use crate::memory::{self, LiveModel, ModelThread};
 use crate::models::Model;
 use crate::text::TextPrep;
@@ -67,6 +68,8 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
             // Inference only: grad mode is thread-local, so this covers every forward pass.
             let _no_grad = tch::no_grad_guard();
             let spec = thread_spec;
+            // The kernels read the model's switches from its thread.
+            spec.options.tuning.install();
             if let Some(n) = spec.options.threads {
                 tch::set_num_threads(n.clamp(1, i32::MAX as usize) as i32);
             }
@@ -74,11 +77,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 Ok(r) => r,
                 Err(p) => Err(Error::WorkerPanicked {
                     model: spec.name.clone(),
-                    message: p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_default(),
+                    message: crate::panic_message(p.as_ref()),
                 }),
             };
             let loaded = match loaded {

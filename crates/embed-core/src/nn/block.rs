@@ -9,8 +9,8 @@ use tch::{Device, Kind, Tensor};
 use super::attention::{key_mask, run_encoder, AttentionPath, Mode, Scores, SelfAttention};
 use super::ffn::FeedForward;
 use super::rotary::{Rotary, RotaryTable};
-use super::{BatchInput, LayerNorm, Linear};
-use crate::layers::tensor_fields;
+use super::{BatchInput, KernelError, LayerNorm, Linear};
+use crate::nn::tensor_fields;
 
 pub(crate) struct PostNormBlock {
     /// Q, K and V projections fused into one matmul.
@@ -32,7 +32,7 @@ impl PostNormBlock {
         mode: Mode,
         rope: Option<&RotaryTable>,
         scores: Scores,
-    ) -> std::result::Result<Tensor, String> {
+    ) -> Result<Tensor, KernelError> {
         let qkv = self.qkv.forward(x);
         let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, scores))?;
         let a = self.attn_out.forward_add_norm(&ctx, x, &self.attn_norm);

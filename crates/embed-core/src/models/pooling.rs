@@ -3,7 +3,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
 
 /// Pools `[batch, len, hidden]` states under `mask` (`[batch, len]`, 1 = token) into
 /// `[batch, hidden]` f32 vectors.

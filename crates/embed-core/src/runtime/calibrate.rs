@@ -1,7 +1,7 @@
 //! int8's calibration at load: one f32 forward pass over a fixed set of short, varied texts
 //! records each linear layer's inputs (largest value per channel, and a sample of rows), on
 //! which the layer's smoothing and Hadamard transform are chosen (see
-//! `layers::onednn::Int8Weight::quantize`); then the model is quantized.
+//! `nn::onednn::Int8Weight::quantize`); then the model is quantized.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::batch::{self, Job, Output, WorkerConfig};
-use crate::config::Pooling;
-use crate::layers::observe_inputs;
+use crate::model_dir::Pooling;
+use crate::nn::observe_inputs;
 use crate::models::Model;
 use crate::text::TextPrep;
 use crate::{EmbedOptions, Error, Priority, ResolvedDevice, Result};
@@ -88,7 +88,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
     let job = Job {
         seqs: prepared.into_iter().map(|p| p.seq).collect(),
         output: Output::Head,
-        normalize: false,
+        finish: batch::RowFinish::default(),
         priority: Priority::Bulk,
         arrived: Instant::now(),
         reply: tx,

@@ -16,48 +16,18 @@
 //! for f16/bf16 on CUDA, cuDNN's backend is switched off for the process (flash cannot take a
 //! mask, so memory-efficient attention runs instead).
 //!
-//! `EMBED_CUDA_ATTENTION` overrides the choice for diagnosis and benchmarks: `packed`, `padded`,
+//! The model's `tuning.cuda_attention` (`EMBED_CUDA_ATTENTION` for embed-server) overrides the choice for diagnosis and benchmarks: `packed`, `padded`,
 //! or `sdpa` (libtorch's own dispatch with nothing switched off: the behaviour before the packed
 //! path existed).
 
 use std::cell::Cell;
-use std::os::raw::{c_char, c_int, c_void};
 
 use tch::{Device, Kind, Tensor};
 
 use super::rotary::RotaryTable;
-use super::{BatchInput, LenGroup};
-
-extern "C" {
-    fn embed_flash_attention_varlen(
-        q: *const c_void,
-        k: *const c_void,
-        v: *const c_void,
-        cu_seqlens: *const c_void,
-        max_len: i64,
-        scale: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> c_int;
-    fn embed_sdp_disable_cudnn();
-    fn embed_cpu_attention_varlen(
-        q: *const c_void,
-        k: *const c_void,
-        v: *const c_void,
-        cu_seqlens: *const c_void,
-        batch: i64,
-        heads: i64,
-        kv_heads: i64,
-        left: i64,
-        right: i64,
-        rel_bias: *const c_void,
-        scale: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> c_int;
-}
+use super::tuning::{CudaAttention, Tuning};
+use super::{BatchInput, KernelError, LenGroup};
+use crate::ffi::{embed_cpu_attention_varlen, embed_flash_attention_varlen, embed_sdp_disable_cudnn};
 
 /// Which attention form a loaded model runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +41,8 @@ pub(crate) enum AttentionPath {
 }
 
 impl AttentionPath {
-    /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring
-    /// `EMBED_CUDA_ATTENTION`. `plain` says the family's scores are plain `q·k` with a key
+    /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring the
+    /// model's `tuning.cuda_attention`. `plain` says the family's scores are plain `q·k` with a key
     /// mask (no position bias, no sliding window), which the packed kernel needs.
     pub(crate) fn choose(device: Device, kind: Kind, head_dim: i64, plain: bool) -> AttentionPath {
         let half = matches!(kind, Kind::Half | Kind::BFloat16);
@@ -81,20 +51,11 @@ impl AttentionPath {
         }
         // FlashAttention-2's limits on the head size.
         let flash_fits = plain && head_dim % 8 == 0 && head_dim <= 256;
-        let requested = std::env::var("EMBED_CUDA_ATTENTION").unwrap_or_default();
-        let path = match requested.as_str() {
-            "padded" => AttentionPath::Padded,
-            "sdpa" => AttentionPath::Sdpa,
-            other => {
-                if !other.is_empty() && other != "packed" {
-                    tracing::warn!("EMBED_CUDA_ATTENTION={other:?} is not packed, padded or sdpa; using the default");
-                }
-                if flash_fits {
-                    AttentionPath::Packed
-                } else {
-                    AttentionPath::Padded
-                }
-            }
+        let path = match Tuning::current().cuda_attention {
+            CudaAttention::Padded => AttentionPath::Padded,
+            CudaAttention::Sdpa => AttentionPath::Sdpa,
+            CudaAttention::Packed if flash_fits => AttentionPath::Packed,
+            CudaAttention::Packed => AttentionPath::Padded,
         };
         path.prepare();
         path
@@ -119,10 +80,10 @@ pub(crate) fn flash_varlen(
     cu_seqlens: &Tensor,
     max_len: i64,
     scale: f64,
-) -> std::result::Result<Tensor, String> {
+) -> Result<Tensor, KernelError> {
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them and catches every
     // C++ exception.
-    super::shim_tensor(|out, err, len| unsafe {
+    crate::ffi::shim_tensor(|out, err, len| unsafe {
         embed_flash_attention_varlen(q.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast(), cu_seqlens.as_ptr().cast(), max_len, scale, out, err, len)
     })
 }
@@ -166,12 +127,12 @@ pub(crate) fn cpu_varlen(
     reach: Reach,
     rel_bias: Option<&Tensor>,
     scale: f64,
-) -> std::result::Result<Tensor, String> {
+) -> Result<Tensor, KernelError> {
     let bias = rel_bias.map_or(std::ptr::null(), |t| t.as_ptr().cast());
     let (left, right) = (reach.left.unwrap_or(-1), reach.right.unwrap_or(-1));
     // SAFETY: tch tensor handles are `at::Tensor*`; the shim only reads them, checks every
     // shape, stride and bound, and catches every C++ exception.
-    super::shim_tensor(|out, err, len| unsafe {
+    crate::ffi::shim_tensor(|out, err, len| unsafe {
         embed_cpu_attention_varlen(
             q.as_ptr().cast(),
             k.as_ptr().cast(),
@@ -192,7 +153,7 @@ pub(crate) fn cpu_varlen(
 }
 
 /// [`cpu_varlen`] on one fused projection `[tokens, 3 * hidden]` (Q, K, V in that order).
-fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_bias: Option<&Tensor>, scale: f64) -> std::result::Result<Tensor, String> {
+fn cpu_varlen_fused(qkv: &Tensor, heads: i64, t: &BatchInput, reach: Reach, rel_bias: Option<&Tensor>, scale: f64) -> Result<Tensor, KernelError> {
     let hidden = qkv.size()[1] / 3;
     let part = |i: i64| qkv.narrow(1, i * hidden, hidden);
     cpu_varlen((&part(0), &part(1), &part(2)), (heads, heads), &t.cu_seqlens, t.b, reach, rel_bias, scale)
@@ -210,7 +171,7 @@ pub(crate) fn split_heads(q: &Tensor, k: &Tensor, v: &Tensor, t: &BatchInput, re
         if t.varlen {
             let flat = |x: &Tensor| x.reshape([n, -1]);
             let scale = scale.unwrap_or(1.0 / (d as f64).sqrt());
-            return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|msg| panic!("{msg}"));
+            return cpu_varlen((&flat(q), &flat(k), &flat(v)), (heads, kv_heads), &t.cu_seqlens, t.b, reach, None, scale).unwrap_or_else(|e| e.raise());
         }
         let (q, k, v) = (heads_padded(q, t), heads_padded(k, t), heads_padded(v, t));
         let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, mask, 0.0, mask.is_none(), scale, heads != kv_heads)
@@ -269,18 +230,19 @@ pub(crate) enum Mode {
 /// `encode(mode)` gets the layout and returns `[n, hidden]`: `n` is the stream (packed) or the
 /// real tokens (padded). Packed runs where `path` says so; if the kernel refuses (a GPU or
 /// dtype it does not support), the model switches to padded for good and the batch is rerun.
-/// Out of memory is not the kernel refusing: it panics, and the worker splits the batch.
+/// Out of memory is not the kernel refusing: it is raised ([`KernelError::raise`]), and the
+/// runtime splits the batch.
 pub(crate) fn run_encoder(
     path: &Cell<AttentionPath>,
     t: &BatchInput,
     hidden: i64,
-    encode: impl Fn(Mode) -> std::result::Result<Tensor, String>,
+    encode: impl Fn(Mode) -> Result<Tensor, KernelError>,
 ) -> Tensor {
     if path.get() == AttentionPath::Packed {
         match encode(Mode::Packed) {
             Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
-            Err(msg) if crate::worker::is_out_of_memory(&msg) => panic!("{msg}"),
-            Err(msg) => {
+            Err(e @ KernelError::OutOfMemory(_)) => e.raise(),
+            Err(KernelError::Refused(msg)) => {
                 tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
                 path.set(AttentionPath::Padded);
                 AttentionPath::Padded.prepare();
@@ -289,7 +251,7 @@ pub(crate) fn run_encoder(
     }
     match encode(Mode::Padded) {
         Ok(h) => t.pad(&h).view([t.b, t.len, hidden]),
-        Err(msg) => panic!("{msg}"),
+        Err(e) => e.raise(),
     }
 }
 
@@ -348,7 +310,7 @@ impl SelfAttention {
         mode: Mode,
         rope: Option<&RotaryTable>,
         scores: Scores,
-    ) -> std::result::Result<Tensor, String> {
+    ) -> Result<Tensor, KernelError> {
         let mask = scores.mask();
         let n = qkv.size()[0];
         let hidden = self.heads * self.head_dim;
@@ -372,7 +334,7 @@ impl SelfAttention {
                     return cpu_varlen_fused(&qkv, self.heads, t, reach, bias, scale);
                 }
                 if let Scores::Relative(_) = scores {
-                    return Err("a distance-bias table reached padded attention (the batch is not varlen)".into());
+                    return Err(KernelError::Refused("a distance-bias table reached padded attention (the batch is not varlen)".into()));
                 }
                 let (b, len) = (t.b, t.len);
                 let qkv = t.pad(&qkv).view([b, len, 3, self.heads, self.head_dim]).permute([2, 0, 3, 1, 4]);
@@ -509,7 +471,7 @@ mod tests {
         let zeros = |n: i64, w: i64| Tensor::zeros([n, w], (Kind::Float, Device::Cpu));
         let (q, kv) = (zeros(10, 16), zeros(10, 16));
         let run = |q: &Tensor, k: &Tensor, heads, lens: &[i64], rel: Option<&Tensor>| {
-            cpu_varlen((q, k, k), heads, &cu_seqlens(lens), lens.len() as i64, Reach::ALL, rel, 1.0).unwrap_err()
+            cpu_varlen((q, k, k), heads, &cu_seqlens(lens), lens.len() as i64, Reach::ALL, rel, 1.0).unwrap_err().to_string()
         };
         let err = run(&q, &kv, (2, 2), &[4, 7], None);
         assert!(err.contains("cu_seqlens spans 11 rows, q has 10"), "{err}");

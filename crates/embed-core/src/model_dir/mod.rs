@@ -13,8 +13,11 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::layers::weights::{INDEX_FILE, SINGLE_FILE, TORCH_FILE};
-use crate::models::{ArchConfig, Family};
+pub(crate) mod arch;
+pub(crate) mod checkpoint;
+
+use arch::{ArchConfig, Family};
+use checkpoint::{INDEX_FILE, SINGLE_FILE, TORCH_FILE};
 use crate::rerank::LlmReranker;
 use crate::{Error, ModelKind, Result};
 
@@ -153,7 +156,7 @@ impl ModelDir {
             });
         }
         let config_path = require_file(dir.join("config.json"), "")?;
-        let weights = crate::layers::weights::checkpoint_in(dir).ok_or_else(|| Error::MissingFile {
+        let weights = checkpoint::checkpoint_in(dir).ok_or_else(|| Error::MissingFile {
             path: dir.join(SINGLE_FILE),
             hint: format!(" (nor {INDEX_FILE} nor {TORCH_FILE}: the model has no weights)"),
         })?;

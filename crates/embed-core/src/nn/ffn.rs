@@ -2,33 +2,12 @@
 
 use tch::Tensor;
 
-use super::{LayerNorm, Linear};
-use crate::layers::tensor_fields;
+pub(crate) use crate::model_dir::arch::Activation;
 
-/// The hidden activation, as `config.json` names it (`hidden_act`, `activation`,
-/// `hidden_activation`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Activation {
-    /// Exact GELU (erf).
-    Gelu,
-    /// GELU's tanh approximation.
-    GeluTanh,
-    Relu,
-    /// SiLU / swish.
-    Silu,
-}
+use super::{LayerNorm, Linear};
+use crate::nn::tensor_fields;
 
 impl Activation {
-    pub(crate) fn parse(name: &str) -> Option<Activation> {
-        Some(match name {
-            "gelu" => Activation::Gelu,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            _ => return None,
-        })
-    }
-
     pub(crate) fn apply(self, x: &Tensor) -> Tensor {
         match self {
             Activation::Gelu => x.gelu("none"),
@@ -98,8 +77,8 @@ impl FeedForward {
 
 tensor_fields!(Mlp: up, down);
 tensor_fields!(Glu: up, down);
-impl crate::layers::Tensors for FeedForward {
-    fn linears<'a>(&'a self, out: &mut Vec<&'a crate::layers::Linear>) {
+impl crate::nn::Tensors for FeedForward {
+    fn linears<'a>(&'a self, out: &mut Vec<&'a crate::nn::Linear>) {
         match self {
             FeedForward::Mlp(m) => m.linears(out),
             FeedForward::Glu(g) => g.linears(out),

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::batch::{Item, Job};
+use super::batch::{Item, Job, RowFinish};
 use super::WorkerStats;
 use crate::{Error, Priority, Result};
 
@@ -123,7 +123,7 @@ impl Queue {
         let queued: Vec<usize> = self.order.iter_mut().flat_map(std::mem::take).collect();
         for slot in queued {
             if let Some(e) = self.slots[slot].as_mut() {
-                e.failed.get_or_insert_with(|| error.clone_for_reply());
+                e.failed.get_or_insert_with(|| error.clone());
             }
             self.settle(slot, stats);
         }
@@ -224,7 +224,7 @@ impl Queue {
             Err(err) => {
                 for it in batch {
                     let e = self.slots[it.job].as_mut().expect("an item names a live slot");
-                    e.failed.get_or_insert_with(|| err.clone_for_reply());
+                    e.failed.get_or_insert_with(|| err.clone());
                     e.outstanding -= 1;
                 }
             }
@@ -252,11 +252,23 @@ impl Queue {
         }
         let result = match e.failed {
             Some(err) => Err(err),
-            None if e.job.normalize => Ok(e.rows.into_iter().map(normalized).collect()),
-            None => Ok(e.rows),
+            None if e.job.finish == RowFinish::default() => Ok(e.rows),
+            None => Ok(e.rows.into_iter().map(|v| finished(v, e.job.finish)).collect()),
         };
         // A caller that went away gets nothing; its reply channel is closed.
         let _ = e.job.reply.send(result);
+    }
+}
+
+/// `v` as its caller gets it (see [`RowFinish`]).
+fn finished(mut v: Vec<f32>, finish: RowFinish) -> Vec<f32> {
+    if let Some(keep) = finish.keep {
+        v.truncate(keep);
+    }
+    if finish.normalize {
+        normalized(v)
+    } else {
+        v
     }
 }
 
@@ -283,7 +295,8 @@ pub(crate) fn first_batch_len(items: &[Item], max_tokens: usize, max_size: usize
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::{Output, Seq};
+    use crate::text::Seq;
+    use crate::runtime::Output;
     use tokio::sync::oneshot;
 
     type Answer = oneshot::Receiver<Result<Vec<Vec<f32>>>>;
@@ -294,7 +307,7 @@ mod tests {
             .iter()
             .map(|&n| Seq { ids: vec![1; n], type_ids: vec![0; n], pool_skip: 0, poisoned: false })
             .collect();
-        (Job { seqs, output: Output::Head, normalize: false, priority, arrived: Instant::now(), reply, first_batch: Default::default() }, answer)
+        (Job { seqs, output: Output::Head, finish: RowFinish::default(), priority, arrived: Instant::now(), reply, first_batch: Default::default() }, answer)
     }
 
     fn limits() -> Limits {

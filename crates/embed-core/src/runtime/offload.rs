@@ -18,7 +18,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::Model;
+use crate::models::Model;
 use crate::{Error, Result};
 
 /// Size of one host buffer (a power of two, so the pinned allocator wastes nothing on it).

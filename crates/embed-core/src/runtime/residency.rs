@@ -1,11 +1,11 @@
 //! The worker's side of offloading: where its model's weights are, and the moves between
-//! the device and host memory (see `crate::models::offload`).
+//! the device and host memory (see `crate::runtime::offload`).
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::batch::WorkerConfig;
-use crate::models::offload::HostCopy;
+use crate::runtime::offload::HostCopy;
 use crate::models::Model;
 use crate::{memory, MoveReport, ResolvedDevice, Residency, Result};
 

@@ -11,25 +11,17 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use crate::layers::attention::AttentionPath;
-use crate::layers::{length_groups, BatchInput};
+use crate::nn::attention::AttentionPath;
+use crate::nn::tuning::{CpuAttention, Tuning};
+use crate::nn::{length_groups, BatchInput, KernelError};
 use crate::models::Model;
-use crate::config::Pooling;
+use crate::model_dir::Pooling;
+use crate::text::Seq;
 use crate::types::FaultInjection;
 use super::gate;
 use super::queue::{Limits, Queue};
 use super::residency::Residence;
-use crate::{memory, panic_message, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
-
-/// One tokenized input, ready for the model.
-pub(crate) struct Seq {
-    pub(crate) ids: Vec<i64>,
-    pub(crate) type_ids: Vec<i64>,
-    /// Leading tokens (an instruction prompt) left out of pooling.
-    pub(crate) pool_skip: usize,
-    /// Test hook: makes the forward pass that contains this input panic.
-    pub(crate) poisoned: bool,
-}
+use crate::{memory, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
 
 /// What a job wants back per input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +32,20 @@ pub(crate) enum Output {
     Tokens,
 }
 
+/// What happens to each of a job's head rows before it is answered: the first `keep`
+/// dimensions are kept (Matryoshka), then the row is L2-normalised when `normalize` says so.
+/// The one place either happens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RowFinish {
+    pub(crate) keep: Option<usize>,
+    pub(crate) normalize: bool,
+}
+
 /// One caller's request.
 pub(crate) struct Job {
     pub(crate) seqs: Vec<Seq>,
     pub(crate) output: Output,
-    pub(crate) normalize: bool,
+    pub(crate) finish: RowFinish,
     pub(crate) priority: Priority,
     /// When the caller queued it (for the first-batch wait).
     pub(crate) arrived: Instant,
@@ -278,7 +279,7 @@ impl Runner {
                 if let Some(p) = self.pending.take() {
                     self.finish(model, queue, p, cfg);
                 }
-                let result = recover(model, queue, &next.items, cfg, panic_message(payload.as_ref()));
+                let result = recover(model, queue, &next.items, cfg, KernelError::from_panic(payload.as_ref()));
                 queue.deliver(&next.items, result, &cfg.stats);
             }
         }
@@ -326,33 +327,6 @@ struct Launch {
 /// How long after an interactive arrival (that met bulk work) bulk batches stay cut short.
 const INTERACTIVE_RECENT: Duration = Duration::from_secs(1);
 
-/// How CPU batches run attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CpuAttention {
-    /// The shim's variable-length kernel for the families that run it (every one now, see
-    /// `Encoder::varlen_attention`), length groups for any other: the default.
-    Varlen,
-    /// Padded SDPA in runs of similar length.
-    Grouped,
-    /// Padded SDPA over the whole batch at its longest sequence.
-    Padded,
-}
-
-/// `EMBED_CPU_ATTENTION`: unset or `varlen` (the default), `grouped` or `padded` (the earlier
-/// behaviours, for benchmarks and diagnosis). Read once per process.
-fn cpu_attention() -> CpuAttention {
-    static MODE: std::sync::OnceLock<CpuAttention> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var("EMBED_CPU_ATTENTION").unwrap_or_default().as_str() {
-        "" | "varlen" => CpuAttention::Varlen,
-        "grouped" => CpuAttention::Grouped,
-        "padded" => CpuAttention::Padded,
-        other => {
-            tracing::warn!("EMBED_CPU_ATTENTION={other:?} is not varlen, grouped or padded; using varlen");
-            CpuAttention::Varlen
-        }
-    })
-}
-
 /// One input of a queued job, as batches see it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Item {
@@ -362,11 +336,6 @@ pub(crate) struct Item {
     pub(crate) seq: usize,
     /// Its tokens.
     pub(crate) len: usize,
-}
-
-pub(crate) fn is_out_of_memory(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out of memory") || m.contains("can't allocate memory") || m.contains("outofmemory")
 }
 
 /// Runs `batch` start to finish; on out-of-memory empties the cache and retries each half,
@@ -379,7 +348,7 @@ fn run_split(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) ->
     }));
     match attempt {
         Ok(rows) => Ok(rows),
-        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+        Err(payload) => recover(model, jobs, batch, cfg, KernelError::from_panic(payload.as_ref())),
     }
 }
 
@@ -388,17 +357,20 @@ fn run_split(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) ->
 fn collect(model: &Model, jobs: &Queue, batch: &[Item], pooled: Launched, cfg: &WorkerConfig) -> Result<Vec<Vec<f32>>> {
     match catch_unwind(AssertUnwindSafe(|| download(pooled, jobs, batch, cfg))) {
         Ok(rows) => Ok(rows),
-        Err(payload) => recover(model, jobs, batch, cfg, panic_message(payload.as_ref())),
+        Err(payload) => recover(model, jobs, batch, cfg, KernelError::from_panic(payload.as_ref())),
     }
 }
 
-/// What a batch whose forward pass panicked with `msg` gets: out of memory is split and
+/// What a batch whose forward pass failed with `failure` gets: out of memory is split and
 /// retried, anything else fails the batch's inputs.
-fn recover(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig, msg: String) -> Result<Vec<Vec<f32>>> {
-    if !is_out_of_memory(&msg) {
-        tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
-        return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
-    }
+fn recover(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig, failure: KernelError) -> Result<Vec<Vec<f32>>> {
+    let msg = match failure {
+        KernelError::OutOfMemory(msg) => msg,
+        KernelError::Refused(msg) => {
+            tracing::error!(model = %cfg.model_name, "forward pass panicked: {msg}");
+            return Err(Error::WorkerPanicked { model: cfg.model_name.clone(), message: msg });
+        }
+    };
     if cfg.device.is_cuda() {
         let _ = memory::empty_cache();
     }
@@ -519,7 +491,7 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     // padding saves).
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
     let on_cpu = !packed && !dev.is_cuda();
-    let mode = cpu_attention();
+    let mode = Tuning::current().cpu_attention;
     let varlen = on_cpu && mode == CpuAttention::Varlen && model.varlen_attention();
     let groups = if on_cpu && !varlen && mode != CpuAttention::Padded && model.groups_by_length() {
         length_groups(&lens)
@@ -569,16 +541,4 @@ fn download(launched: Launched, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig
             _ => head.to_vec(),
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oom_messages_are_recognised() {
-        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 2.00 GiB"));
-        assert!(is_out_of_memory("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"));
-        assert!(!is_out_of_memory("shape mismatch"));
-    }
 }

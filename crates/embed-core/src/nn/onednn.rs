@@ -1,61 +1,17 @@
-//! oneDNN's prepacked linear on the CPU, through the C++ shim (`shim/accel.cpp`): the weight
+//! oneDNN's prepacked linear on the CPU, through the C++ shim (`shim/onednn.cpp`): the weight
 //! is reordered once, at load, into the blocked layout oneDNN's bf16 GEMM wants, instead of on
 //! every call; a following GELU can be fused into the same call. In int8 ([`Int8Weight`]) the
 //! weight is quantized per output channel and prepacked for oneDNN's int8 GEMM, and the
 //! activations are quantized per row on every call, after a block Hadamard transform that the
 //! weight carries the inverse of.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_void, CString};
 
 use tch::Tensor;
 
-use super::{quantize_rows, shim_tensor, Observed};
-
-extern "C" {
-    fn embed_add_layer_norm(
-        x: *const c_void,
-        residual: *const c_void,
-        weight: *const c_void,
-        bias: *const c_void,
-        eps: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-    fn embed_int8_dequant_hadamard(q: *const c_void, scales: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_hadamard_rows(x: *const c_void, block: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_int8_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    #[allow(clippy::too_many_arguments)]
-    fn embed_int8_linear(
-        x: *const c_void,
-        x_mul: *const c_void,
-        block: i64,
-        w: *const c_void,
-        w_scales: *const c_void,
-        w_zeros: *const c_void,
-        colsum: *const c_void,
-        bias: *const c_void,
-        gelu: i32,
-        residual: *const c_void,
-        ln_weight: *const c_void,
-        ln_bias: *const c_void,
-        eps: f64,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-    fn embed_onednn_pack_linear(w: *const c_void, batch: i64, out: *mut *mut c_void, err: *mut c_char, len: usize) -> i32;
-    fn embed_onednn_linear(
-        x: *const c_void,
-        w: *const c_void,
-        bias: *const c_void,
-        attr: *const c_char,
-        algorithm: *const c_char,
-        out: *mut *mut c_void,
-        err: *mut c_char,
-        len: usize,
-    ) -> i32;
-}
+use super::{quantize_rows, KernelError, Observed};
+use crate::ffi::shim_tensor;
+use crate::ffi::{embed_add_layer_norm, embed_hadamard_rows, embed_int8_dequant_hadamard, embed_int8_linear, embed_int8_pack_linear, embed_onednn_linear, embed_onednn_pack_linear};
 
 /// A tensor handle for the shim, or null for an absent optional.
 fn ptr(t: Option<&Tensor>) -> *const c_void {
@@ -63,7 +19,7 @@ fn ptr(t: Option<&Tensor>) -> *const c_void {
 }
 
 /// `w` (`[out, in]`, contiguous, on the CPU) reordered for oneDNN's GEMM at about `batch` rows.
-pub(crate) fn pack(w: &Tensor, batch: i64) -> Result<Tensor, String> {
+pub(crate) fn pack(w: &Tensor, batch: i64) -> Result<Tensor, KernelError> {
     // SAFETY (here and in every call below): tch tensor handles are `at::Tensor*`; the shim
     // only reads them, takes null for an absent optional, and catches every C++ exception.
     shim_tensor(|out, err, len| unsafe { embed_onednn_pack_linear(w.as_ptr().cast(), batch, out, err, len) })
@@ -95,7 +51,7 @@ pub(crate) fn linear(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>, fused: 
     });
     // A failure here is a libtorch error like any other op's: tch panics on those too, and the
     // worker turns a panic into the batch's error.
-    y.unwrap_or_else(|e| panic!("oneDNN linear failed: {e}"))
+    y.unwrap_or_else(|e| e.context("oneDNN linear failed").raise())
 }
 
 /// `norm(x + residual)` in one pass over each row (f32 or bf16 on the CPU, `norm`'s tensors of
@@ -104,7 +60,7 @@ pub(crate) fn add_layer_norm(x: &Tensor, residual: &Tensor, norm: &super::LayerN
     let (w, b) = (norm.weight.as_ptr().cast(), ptr(norm.bias.as_ref()));
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_add_layer_norm(x.as_ptr().cast(), residual.as_ptr().cast(), w, b, norm.eps, out, err, len) })
-        .unwrap_or_else(|e| panic!("fused residual LayerNorm failed: {e}"))
+        .unwrap_or_else(|e| e.context("fused residual LayerNorm failed").raise())
 }
 
 /// Output channels the smoothing candidates are measured on (at most).
@@ -118,11 +74,14 @@ const HADAMARD_MAX: i64 = 128;
 /// channels to matter.
 const HADAMARD_MIN: i64 = 16;
 
-/// The Hadamard block for an input of `k` channels ([`block_for`]), or 0 where
-/// `EMBED_INT8_HADAMARD=0` turns the transform off (for comparison; read once).
+/// The Hadamard block for an input of `k` channels ([`block_for`]), or 0 where the model's
+/// `tuning.int8_hadamard` turns the transform off (for comparison).
 pub(crate) fn hadamard_block(k: i64) -> i64 {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *ON.get_or_init(|| std::env::var("EMBED_INT8_HADAMARD").map_or(true, |v| v != "0")) { block_for(k) } else { 0 }
+    if super::tuning::Tuning::current().int8_hadamard {
+        block_for(k)
+    } else {
+        0
+    }
 }
 
 /// The largest power of two up to [`HADAMARD_MAX`] dividing `k`, or 0 (none) below
@@ -143,7 +102,7 @@ pub(crate) fn hadamard_rows(x: &Tensor, block: i64) -> Tensor {
     }
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), block, out, err, len) })
-        .unwrap_or_else(|e| panic!("Hadamard transform failed: {e}"))
+        .unwrap_or_else(|e| e.context("Hadamard transform failed").raise())
 }
 
 /// `w` (f32 `[out, in]`) rounded for weight-only int8: `(q, scales [out, 1], block)`, with `w`
@@ -176,7 +135,7 @@ pub(crate) fn round_weight_only(w: &Tensor, cpu: bool) -> (Tensor, Tensor, i64) 
 pub(crate) fn dequant_hadamard(q: &Tensor, scales: &Tensor, block: i64) -> Tensor {
     // SAFETY: as in `pack`.
     shim_tensor(|out, err, len| unsafe { embed_int8_dequant_hadamard(q.as_ptr().cast(), scales.as_ptr().cast(), block, out, err, len) })
-        .unwrap_or_else(|e| panic!("int8 dequantization failed: {e}"))
+        .unwrap_or_else(|e| e.context("int8 dequantization failed").raise())
 }
 
 /// `w` rounded as its int8 form holds it (per output channel, symmetric), in f32.
@@ -186,7 +145,7 @@ fn simulate_weight(w: &Tensor) -> Tensor {
 }
 
 /// `x` rounded as the int8 linear quantizes its input rows (per row, asymmetric, 255 steps
-/// over the row's range widened to hold 0), in f32: what `shim/accel.cpp` computes.
+/// over the row's range widened to hold 0), in f32: what `shim/onednn.cpp` computes.
 fn simulate_activations(x: &Tensor) -> Tensor {
     let lo = x.amin([1], true).clamp_max(0.0);
     let hi = x.amax([1], true).clamp_min(0.0);
@@ -237,7 +196,7 @@ impl Int8Weight {
     /// With calibration inputs (`seen`) α (none, 0.25, 0.5, 0.75) and the transform (on, off)
     /// are chosen per layer, as the pair whose quantized output is closest to the f32 output on
     /// the calibration rows. Without them there is no smoothing and the transform is on.
-    pub(crate) fn quantize(w: &Tensor, batch: i64, seen: Option<&Observed>) -> Result<Int8Weight, String> {
+    pub(crate) fn quantize(w: &Tensor, batch: i64, seen: Option<&Observed>) -> Result<Int8Weight, KernelError> {
         let w = w.to_kind(tch::Kind::Float);
         let inp = w.size()[1];
         let ones = || Tensor::ones([inp], (tch::Kind::Float, tch::Device::Cpu));
@@ -273,7 +232,7 @@ impl Int8Weight {
     }
 
     /// `w` (f32) quantized with smoothing `s` (f32 `[in]`) and Hadamard `block`, prepacked.
-    fn quantize_as(w: &Tensor, batch: i64, s: &Tensor, block: i64) -> Result<Int8Weight, String> {
+    fn quantize_as(w: &Tensor, batch: i64, s: &Tensor, block: i64) -> Result<Int8Weight, KernelError> {
         let w = hadamard_rows(&(w * s), block);
         let x_mul = if block > 0 { s.reciprocal() / (block as f64).sqrt() } else { s.reciprocal() };
         let (q, scales) = quantize_rows(&w);
@@ -340,7 +299,7 @@ impl Int8Weight {
                 len,
             )
         });
-        y.unwrap_or_else(|e| panic!("oneDNN int8 linear failed: {e}"))
+        y.unwrap_or_else(|e| e.context("oneDNN int8 linear failed").raise())
     }
 }
 
@@ -475,7 +434,7 @@ mod tests {
             let dense = x.reshape([3, 2, block]).matmul(&h).reshape([3, 2 * block]) / (block as f64).sqrt();
             assert!(max_abs(&hadamard_rows(&x, block), &dense) <= 1e-5, "block {block}");
         }
-        let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err();
+        let e = shim_tensor(|out, err, len| unsafe { embed_hadamard_rows(x.as_ptr().cast(), 64, out, err, len) }).unwrap_err().to_string();
         assert!(e.contains("block 64 is not a power of two dividing 96"), "{e}");
         // Dequantizing in the shim's one pass is scaling, then the same transform.
         let (q, scales) = quantize_rows(&w);
@@ -537,7 +496,7 @@ mod tests {
         let bad = Int8Weight { block: 32, ..q };
         let x = Tensor::randn([4, 48], (Kind::Float, tch::Device::Cpu));
         let e = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bad.linear(&x, None, Fused::None))).unwrap_err();
-        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        let msg = crate::panic_message(e.as_ref());
         assert!(msg.contains("Hadamard block 32 is not a power of two dividing 48"), "{msg}");
     }
 
