@@ -73,6 +73,11 @@ async def test_cancelled_load_releases_what_it_loaded(minilm):
     with pytest.raises(asyncio.CancelledError):
         await task
     wait_for_no_models(timeout=2.0)
+    # And no load is still under way anywhere: every model worker thread has exited.
+    t0 = time.perf_counter()
+    while embed.memory.model_threads() > 0:
+        assert time.perf_counter() - t0 < 2.0, "a cancelled load's worker thread is still running"
+        await asyncio.sleep(0.01)
 
 
 async def test_the_event_loop_keeps_running_while_rust_embeds(minilm):

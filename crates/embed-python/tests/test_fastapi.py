@@ -48,3 +48,31 @@ def test_readme_fastapi_example(minilm, monkeypatch):
     with embed.embedding_service_context(model_name=minilm) as service:
         lone = service.embed_texts(texts)
     np.testing.assert_allclose(got, lone, rtol=0, atol=1e-6)
+
+
+def test_global_service_in_a_lifespan(minilm):
+    """The plan's other lifespan: the process-wide service loaded at start-up, cleaned up at
+    shutdown, used by handlers through get_embedding_service()."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await embed.get_embedding_service(minilm)
+        yield
+        await embed.cleanup()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/dimension")
+    async def dimension():
+        service = await embed.get_embedding_service()
+        return {"dimension": int((await service.embed_texts(["x"])).shape[1])}
+
+    with TestClient(app) as client:
+        assert embed.memory.live_models() == 1
+        assert client.get("/dimension").json() == {"dimension": 384}
+        assert client.get("/dimension").json() == {"dimension": 384}
+        assert embed.memory.live_models() == 1
+    assert embed.memory.live_models() == 0
