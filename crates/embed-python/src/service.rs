@@ -20,7 +20,7 @@ pub(crate) enum Holder {
     /// the model and waits; dropping the service object releases it too.
     Scoped(Mutex<Option<ServiceGuard>>),
     /// A pool lease, shared with the calls in flight: the model stays leased until `close` and
-    /// every call started before it have finished.
+    /// every call started before it have finished (`close` waits for those calls).
     Leased(Mutex<Option<Arc<Lease>>>),
     /// The process-wide service: each call takes a lease on it for its duration.
     Global,
@@ -356,8 +356,24 @@ impl Service {
                 })
             }
             Holder::Leased(l) => {
-                drop(l.lock().unwrap_or_else(PoisonError::into_inner).take());
-                dispatch(py, blocking, async { Ok(None::<Report>) })
+                let lease = l.lock().unwrap_or_else(PoisonError::into_inner).take();
+                // Returns once the lease is back in the pool: calls still holding it (a cancelled
+                // call is dropped by the runtime a moment after its task saw CancelledError)
+                // finish first. Dropped early, this future drops its share and the last call
+                // returns the lease.
+                dispatch(py, blocking, async move {
+                    let mut lease = lease;
+                    while let Some(shared) = lease.take() {
+                        match Arc::try_unwrap(shared) {
+                            Ok(last) => drop(last),
+                            Err(shared) => {
+                                lease = Some(shared);
+                                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                    Ok(None::<Report>)
+                })
             }
             Holder::Global => dispatch(py, blocking, async { Ok(None::<Report>) }),
         }
