@@ -6,6 +6,7 @@ mod bench_latency;
 mod bench_server;
 mod cluster_test;
 mod leak_check;
+mod python;
 mod serve;
 mod setup;
 mod test;
@@ -50,6 +51,12 @@ tasks:
                     Builds embed-server first. Installs nginx-light with apt when nginx is missing
                     (as root). --negative-control: a ~20 s run with nginx not retrying, which must
                     lose requests through the restarts (the proof that the check can fail)
+  python [--release] [--test] [-- PYTEST_ARGS]
+                    build the `embed` Python package (crates/embed-python, PyO3 + maturin) and install
+                    it into the project's venv; --test runs its pytest suite (the real MiniLM)
+  bench --python [--rounds N] [--threads N]
+                    texts/s of the Python package's embed_texts (batches of 32) against
+                    sentence-transformers in the same process, over testdata/corpus.txt (release build)
   serve [-- ARGS]   setup, build, and serve all-MiniLM-L6-v2 on 127.0.0.1:8080 (ARGS go to embed-server)
   help              this text
 ";
@@ -64,10 +71,12 @@ fn main() -> Result<()> {
         "setup" => setup::run(&setup::Options::parse(rest)?).map(drop),
         "test" => test::run(rest),
         "serve" => serve::run(rest),
+        "python" => python::run(rest),
         "cluster-test" => cluster_test::run(rest),
         "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
         "bench" if rest.iter().any(|a| a == "--server") => bench_server::run(rest),
         "bench" if rest.iter().any(|a| a == "--latency") => bench_latency::run(rest),
+        "bench" if rest.iter().any(|a| a == "--python") => python::bench(rest),
         "bench" => bench::run(rest),
         "leak-check" => {
             if leak_check::run(&leak_check::Options::parse(rest)?)? {

@@ -165,7 +165,8 @@ pub(crate) fn run(opts: &Options) -> Result<Env> {
     if Command::new(venv.join("bin/pip")).arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
         bail!("pip is missing from {}; install python3-pip / python3-venv and delete that directory", venv.display());
     }
-    let mut reqs = vec![root.join("python/requirements.txt")];
+    // requirements-python.txt: maturin and the test tools of the `embed` Python package.
+    let mut reqs = vec![root.join("python/requirements.txt"), root.join("python/requirements-python.txt")];
     if opts.bench {
         reqs.push(root.join("python/requirements-bench.txt"));
     }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{cluster_test, leak_check, setup};
+use crate::{cluster_test, leak_check, python, setup};
 
 pub(crate) fn run(extra: &[String]) -> Result<()> {
     let env = setup::run(&setup::Options { bench: false, models: Vec::new() })?;
@@ -26,6 +26,10 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     all.extend(extra.iter().map(String::as_str));
     cargo_step(&all, "unit and integration tests")?;
     cargo_step(&["test", "--workspace", "--doc"], "doc tests")?;
+
+    println!("test: the embed Python package (cargo xtask python --test: debug build, pytest against the real MiniLM)");
+    python::build(&env, false)?;
+    python::run_tests(&env, &[])?;
 
     println!("test: CPU leak check (cargo xtask leak-check --cycles 3)");
     let opts = leak_check::Options::parse(&["--cycles".into(), "3".into()])?;
