@@ -214,8 +214,9 @@ def server_facts_problems() -> Problems:
     if not deadline or int(deadline.group(1)) != DEFAULT_SHUTDOWN_DEADLINE_S:
         p.append(f"config.rs: the default shutdown deadline is not {DEFAULT_SHUTDOWN_DEADLINE_S} s")
     for route in ("/health", "/ready", "/metrics"):
-        if f'.route("{route}"' not in everything:
-            p.append(f"no route {route} (probes and scraping use it)")
+        # The router's route table (`.get(PATH, …)`) or a plain axum `.route(PATH, …)`.
+        if not re.search(rf'\.(?:route|get)\(\s*"{re.escape(route)}"', everything):
+            p.append(f"no route GET {route} (probes and scraping use it)")
     if f'"{QUEUE_METRIC}"' not in src.get("metrics.rs", ""):
         p.append(f"metrics.rs exports no {QUEUE_METRIC} (the HPA scales on it)")
     binary = src.get("main.rs", "") + src.get("cli.rs", "")
