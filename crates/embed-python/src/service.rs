@@ -96,7 +96,7 @@ impl<'py> IntoPyObject<'py> for Matrix {
     }
 }
 
-/// One vector (`embed_single`).
+/// One float32 row (a reranker's scores).
 struct Vector(Vec<f32>);
 
 impl<'py> IntoPyObject<'py> for Vector {
@@ -242,34 +242,6 @@ impl Service {
             }
             let empty_cols = opts.dimensions.or_else(|| svc.dimension()).unwrap_or(0);
             Matrix::pack(out.vectors, empty_cols)
-        })
-    }
-
-    /// One text's vector: a float32 array of shape (dimension,).
-    #[pyo3(signature = (text, *, instruction=None, mode=None, normalize=None, dimensions=None, prompt_name=None, truncate=true, priority=None, blocking=false))]
-    #[allow(clippy::too_many_arguments)]
-    fn embed_single(
-        &self,
-        py: Python<'_>,
-        text: String,
-        instruction: Option<String>,
-        mode: Option<&str>,
-        normalize: Option<bool>,
-        dimensions: Option<usize>,
-        prompt_name: Option<String>,
-        truncate: bool,
-        priority: Option<&str>,
-        blocking: bool,
-    ) -> PyResult<Py<PyAny>> {
-        let opts = options::embed_options(instruction, mode, normalize, dimensions, prompt_name, truncate, priority)?;
-        let source = self.source()?;
-        dispatch(py, blocking, async move {
-            let held = source.acquire().await?;
-            let mut out = held.service().embed_texts(&[text], &opts).await.map_err(errors::core)?;
-            match (out.vectors.pop(), out.vectors.is_empty()) {
-                (Some(v), true) => Ok(Vector(v)),
-                _ => Err(errors::InferenceError::new_err("expected exactly one vector for one text")),
-            }
         })
     }
 

@@ -92,10 +92,11 @@ class AsyncEmbeddingService:
         truncate: bool = True,
     ) -> np.ndarray:
         """One text's vector: float32, shape (dimension,)."""
-        return await self._native.embed_single(
-            text, instruction=instruction, mode=mode, normalize=normalize, dimensions=dimensions,
+        vectors = await self.embed_texts(
+            [text], instruction=instruction, mode=mode, normalize=normalize, dimensions=dimensions,
             prompt_name=prompt_name, truncate=truncate,
         )
+        return vectors[0]
 
     async def rerank(
         self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None, truncate: bool = True,
@@ -155,10 +156,10 @@ class EmbeddingService:
         truncate: bool = True,
     ) -> np.ndarray:
         """One text's vector: float32, shape (dimension,)."""
-        return self._native.embed_single(
-            text, instruction=instruction, mode=mode, normalize=normalize, dimensions=dimensions,
-            prompt_name=prompt_name, truncate=truncate, blocking=True,
-        )
+        return self.embed_texts(
+            [text], instruction=instruction, mode=mode, normalize=normalize, dimensions=dimensions,
+            prompt_name=prompt_name, truncate=truncate,
+        )[0]
 
     def rerank(
         self, query: str, documents: Sequence[str], *, instruction: Optional[str] = None, truncate: bool = True,
