@@ -42,12 +42,9 @@ pub(crate) async fn embeddings(
             .into());
         }
     }
-    let options = EmbedOptions {
-        truncate: state.config.limits.truncate_by_default,
-        dimensions: req.dimensions,
-        priority: super::asked_priority(req.priority),
-        ..Default::default()
-    };
+    let mut options = EmbedOptions::default().with_truncate(state.config.limits.truncate_by_default);
+    options.dimensions = req.dimensions;
+    options.priority = super::asked_priority(req.priority);
     let _admitted = state.admit(options.priority_for(n))?;
     let queued = state.metrics.queued(&model);
     let out = match req.input {
