@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(texts.len() as u64));
     for dtype in [DType::F32, DType::Bf16] {
         let spec = ModelSpec::new(embed_testkit::minilm_dir().to_string_lossy())
-            .with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
+            .with_options(ModelOptions::default().with_dtype(dtype));
         let svc = rt.block_on(DenseEmbeddingService::from_spec(spec)).expect("load MiniLM");
         let tokens = rt.block_on(svc.embed_texts(&texts, &EmbedOptions::default())).unwrap().total_tokens();
         eprintln!("{dtype}: {} texts, {tokens} tokens per iteration", texts.len());

@@ -46,13 +46,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let before = MemorySnapshot::now();
     let peak_resettable = reset_peak();
     let t = Instant::now();
-    let options = ModelOptions {
-        dtype: Some(dtype),
-        threads,
-        max_seq_length: (long_tokens > 0).then_some(long_tokens),
-        tuning: embed_core::Tuning::from_env(),
-        ..Default::default()
-    };
+    let mut options = ModelOptions::default().with_dtype(dtype).with_tuning(embed_core::Tuning::from_env());
+    options.threads = threads;
+    options.max_seq_length = (long_tokens > 0).then_some(long_tokens);
     let svc = DenseEmbeddingService::from_spec(ModelSpec::new(model.as_str()).with_options(options)).await?;
     let load_s = t.elapsed().as_secs_f64();
     let info = svc.info().ok_or("no model info")?;

@@ -31,7 +31,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dtypes = [(DType::F32, None), (DType::Bf16, Some(false)), (DType::Bf16, None), (DType::Int8, None)];
     let mut services = Vec::new();
     for (dtype, cpu_prepack) in dtypes {
-        let options = ModelOptions { dtype: Some(dtype), threads, cpu_prepack, tuning, ..Default::default() };
+        let mut options = ModelOptions::default().with_dtype(dtype).with_tuning(tuning);
+        options.threads = threads;
+        options.cpu_prepack = cpu_prepack;
         let spec = ModelSpec::new(model.as_str()).with_options(options);
         let svc = DenseEmbeddingService::from_spec(spec).await?;
         svc.embed_texts(&texts, &EmbedOptions::default()).await?;

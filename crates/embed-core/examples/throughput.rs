@@ -24,7 +24,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     // The thread count is applied on the worker thread, where the forward passes run.
     // The EMBED_* variables set the kernels' switches, as they do for the server.
-    let mut options = ModelOptions { dtype: Some(dtype), threads, tuning: embed_core::Tuning::from_env(), ..Default::default() };
+    let mut options = ModelOptions::default().with_dtype(dtype).with_tuning(embed_core::Tuning::from_env());
+    options.threads = threads;
     // Batching knobs, for tuning experiments.
     if let Some(n) = std::env::var("EMBED_MAX_BATCH_TOKENS").ok().and_then(|s| s.parse().ok()) {
         options.max_batch_tokens = Some(n);

@@ -44,10 +44,10 @@
 //! use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec};
 //!
 //! # async fn demo() -> embed_core::Result<()> {
-//! let options = ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() };
+//! let options = ModelOptions::default().with_llm_reranker(LlmReranker::qwen3());
 //! let reranker = DenseEmbeddingService::from_spec(ModelSpec::new("Qwen/Qwen3-Reranker-0.6B").with_options(options)).await?;
 //! let docs = ["Paris is the capital of France.".to_string(), "Rust has no garbage collector.".to_string()];
-//! let ask = EmbedOptions { instruction: Some("Find the passage that answers the question".into()), ..Default::default() };
+//! let ask = EmbedOptions::default().with_instruction("Find the passage that answers the question");
 //! let scores = reranker.rerank("What is the capital of France?", &docs, &ask).await?.scores();
 //! assert!(scores[0][0] > scores[1][0]);
 //! reranker.cleanup().await?;
@@ -57,6 +57,8 @@
 //! Higher layers (`embed-scoped`, `embed-pool`) make sure `cleanup` always runs; dropping a
 //! service also frees its model, without blocking.
 
+#[macro_use]
+mod setters;
 mod device;
 mod error;
 mod ffi;

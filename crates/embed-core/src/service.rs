@@ -309,7 +309,7 @@ impl EmbeddingService for DenseEmbeddingService {
         if texts.is_empty() {
             return Ok(Embeddings::default());
         }
-        let keep = dimensions(options, running.info.dimension)?;
+        let keep = dimensions(options, &running.info)?;
         let prepared = prepare_off_executor(&running, texts, options).await?;
         let normalize = options.normalize.unwrap_or(running.info.normalize);
         let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
@@ -326,7 +326,7 @@ impl EmbeddingService for DenseEmbeddingService {
         if inputs.is_empty() {
             return Ok(Embeddings::default());
         }
-        let keep = dimensions(options, running.info.dimension)?;
+        let keep = dimensions(options, &running.info)?;
         let max = running.text.max_seq_length;
         let vocab = running.info.vocab_size;
         let mut seqs = Vec::with_capacity(inputs.len());
@@ -582,14 +582,17 @@ async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, finish: 
     rows
 }
 
-/// The dimensions to keep (`options.dimensions` checked against the model's `dimension`).
-fn dimensions(options: &EmbedOptions, dimension: usize) -> Result<usize> {
+/// The dimensions to keep: `options.dimensions` checked against the model's dimension. The one
+/// check of Matryoshka's `dimensions` (front ends pass the request's value through); its
+/// message names the value, the model and the range, for a client to read as it is.
+fn dimensions(options: &EmbedOptions, info: &ModelInfo) -> Result<usize> {
+    let dimension = info.dimension;
     match options.dimensions {
         None => Ok(dimension),
         Some(n) if (1..=dimension).contains(&n) => Ok(n),
         Some(n) => Err(Error::InvalidOption {
             name: "dimensions",
-            reason: format!("{n} is outside 1..={dimension} (the model's embedding dimension)"),
+            reason: format!("dimensions={n}: model {:?} gives {dimension}-dimensional embeddings; ask for 1 to {dimension}", info.name),
         }),
     }
 }

@@ -215,7 +215,7 @@ impl TextPrep {
             });
         }
         let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
-        let plain = EmbedOptions { truncate, instruction: Some(String::new()), ..Default::default() };
+        let plain = EmbedOptions::default().with_truncate(truncate).with_instruction(String::new());
         let case = |t: &str| if self.lowercase { t.to_lowercase() } else { t.to_string() };
         let max = self.max_seq_length;
         inputs

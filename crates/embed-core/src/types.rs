@@ -9,8 +9,8 @@ use std::time::Duration;
 use crate::model_dir::Pooling;
 use crate::{DType, DeviceSpec, ResolvedDevice};
 
-/// Test hooks that make real failures happen on demand (public with feature `test-util`, as
-/// [`ModelOptions::faults`]). Off by default; cheap when off.
+/// Test hooks that make real failures happen on demand (public with feature `test-util`, set with
+/// `ModelOptions::with_faults`). Off by default; cheap when off.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(not(feature = "test-util"), allow(unreachable_pub))]
 pub struct FaultInjection {
@@ -70,7 +70,18 @@ impl fmt::Debug for HubToken {
 }
 
 /// How a model is loaded and run.
+///
+/// `#[non_exhaustive]`: start from [`ModelOptions::default`] and set what differs with the
+/// `with_*` methods or by assigning fields, so that a new option is not a breaking change.
+///
+/// ```
+/// use embed_core::{DType, DeviceSpec, ModelOptions};
+///
+/// let options = ModelOptions::default().with_device(DeviceSpec::Cpu).with_dtype(DType::Bf16).with_max_batch_tokens(4096);
+/// assert_eq!(options.dtype, Some(DType::Bf16));
+/// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ModelOptions {
     /// Device to run on.
     pub device: DeviceSpec,
@@ -145,20 +156,50 @@ pub struct ModelOptions {
     /// LayerNorm, stage profiling. embed-server sets them from its `EMBED_*` variables
     /// ([`crate::Tuning::from_env`]).
     pub tuning: crate::Tuning,
-    /// Failure injection for tests (feature `test-util`; without it there is none).
-    #[cfg(feature = "test-util")]
-    pub faults: FaultInjection,
+    /// Failure injection for tests. A private field, present with and without feature
+    /// `test-util` (only its setter, `with_faults`, needs the feature): the public field list
+    /// does not change when a dev-dependency turns the feature on, and the hooks travel with the
+    /// options to every load (a pool's reload included). Always the default without the feature.
+    faults: FaultInjection,
 }
 
 impl ModelOptions {
-    /// The failure injection in force: `faults` with feature `test-util`, none without.
+    /// The failure injection in force (none unless a test set it with feature `test-util`).
     pub(crate) fn fault_injection(&self) -> FaultInjection {
-        #[cfg(feature = "test-util")]
-        return self.faults.clone();
-        #[cfg(not(feature = "test-util"))]
-        return FaultInjection::default();
+        self.faults.clone()
+    }
+
+    /// Injects failures into the model these options load (feature `test-util`).
+    #[cfg(feature = "test-util")]
+    #[must_use]
+    pub fn with_faults(mut self, faults: FaultInjection) -> Self {
+        self.faults = faults;
+        self
     }
 }
+
+with_setters!(ModelOptions {
+    plain with_device(device: DeviceSpec) "Sets [`ModelOptions::device`].";
+    some with_dtype(dtype: DType) "Sets [`ModelOptions::dtype`].";
+    some with_max_seq_length(max_seq_length: usize) "Sets [`ModelOptions::max_seq_length`].";
+    some with_pooling(pooling: Pooling) "Sets [`ModelOptions::pooling`].";
+    some with_normalize(normalize: bool) "Sets [`ModelOptions::normalize`].";
+    text with_query_prefix(query_prefix: String) "Sets [`ModelOptions::query_prefix`].";
+    text with_document_prefix(document_prefix: String) "Sets [`ModelOptions::document_prefix`].";
+    some with_max_batch_tokens(max_batch_tokens: usize) "Sets [`ModelOptions::max_batch_tokens`].";
+    some with_max_batch_size(max_batch_size: usize) "Sets [`ModelOptions::max_batch_size`].";
+    some with_threads(threads: usize) "Sets [`ModelOptions::threads`].";
+    some with_cpu_prepack(cpu_prepack: bool) "Sets [`ModelOptions::cpu_prepack`].";
+    some with_int8_calibration(int8_calibration: Vec<String>) "Sets [`ModelOptions::int8_calibration`].";
+    some with_int8_kernel(int8_kernel: crate::Int8Kernel) "Sets [`ModelOptions::int8_kernel`].";
+    some with_priorities(priorities: bool) "Sets [`ModelOptions::priorities`].";
+    some with_bulk_batch_ms(bulk_batch_ms: u64) "Sets [`ModelOptions::bulk_batch_ms`].";
+    some with_llm_reranker(llm_reranker: crate::LlmReranker) "Sets [`ModelOptions::llm_reranker`].";
+    text with_default_prompt(default_prompt: String) "Sets [`ModelOptions::default_prompt`].";
+    text with_default_prompt_name(default_prompt_name: String) "Sets [`ModelOptions::default_prompt_name`].";
+    plain with_hub(hub: HubOptions) "Sets [`ModelOptions::hub`].";
+    plain with_tuning(tuning: crate::Tuning) "Sets [`ModelOptions::tuning`].";
+});
 
 impl Default for ModelOptions {
     fn default() -> Self {
@@ -183,14 +224,15 @@ impl Default for ModelOptions {
             default_prompt_name: None,
             hub: HubOptions::default(),
             tuning: crate::Tuning::DEFAULT,
-            #[cfg(feature = "test-util")]
             faults: FaultInjection::default(),
         }
     }
 }
 
-/// A model to load: a display name, where it comes from, and how to run it.
+/// A model to load: a display name, where it comes from, and how to run it. Built with
+/// [`ModelSpec::new`] and its `named`/`with_options` (`#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ModelSpec {
     /// Name reported in [`ModelInfo`] and errors (a registry name, or the source itself).
     pub name: String,
@@ -232,7 +274,19 @@ pub enum InputMode {
 }
 
 /// Per-call options of [`EmbeddingService::embed_texts`](crate::EmbeddingService::embed_texts).
+///
+/// `#[non_exhaustive]`: start from [`EmbedOptions::default`] (or [`EmbedOptions::query`],
+/// [`EmbedOptions::document`]) and set what differs with the `with_*` methods or by assigning
+/// fields.
+///
+/// ```
+/// use embed_core::{EmbedOptions, Priority};
+///
+/// let options = EmbedOptions::query().with_dimensions(256).with_priority(Priority::Bulk);
+/// assert_eq!(options.dimensions, Some(256));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EmbedOptions {
     /// Query or document prefixing; `None` applies the model's default prompt, if any.
     pub mode: Option<InputMode>,
@@ -334,6 +388,16 @@ impl EmbedOptions {
         self.priority.unwrap_or(Priority::for_inputs(inputs))
     }
 }
+
+with_setters!(EmbedOptions {
+    some with_mode(mode: InputMode) "Sets [`EmbedOptions::mode`].";
+    text with_prompt_name(prompt_name: String) "Sets [`EmbedOptions::prompt_name`].";
+    text with_instruction(instruction: String) "Sets [`EmbedOptions::instruction`].";
+    some with_normalize(normalize: bool) "Sets [`EmbedOptions::normalize`].";
+    plain with_truncate(truncate: bool) "Sets [`EmbedOptions::truncate`].";
+    some with_dimensions(dimensions: usize) "Sets [`EmbedOptions::dimensions`].";
+    some with_priority(priority: Priority) "Sets [`EmbedOptions::priority`].";
+});
 
 /// The result of [`EmbeddingService::embed_texts`](crate::EmbeddingService::embed_texts).
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -469,8 +533,10 @@ pub struct TokenEmbeddings {
     pub truncated: Vec<bool>,
 }
 
-/// What is loaded, where, and how big it is.
+/// What is loaded, where, and how big it is (`#[non_exhaustive]`: the service builds it; read
+/// its fields).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ModelInfo {
     /// Display name.
     pub name: String,
@@ -525,7 +591,7 @@ pub struct ModelInfo {
 impl ModelInfo {
     /// The description a fake service gives (feature `test-util`): a ready CPU f32 embedder
     /// named `name` with `dimension`-wide vectors and `weight_bytes` of weights; everything
-    /// else plain. Tests change what they need with struct update syntax.
+    /// else plain. Tests change what they need by assigning fields.
     pub fn fake(name: &str, source: &str, dimension: usize, weight_bytes: u64) -> ModelInfo {
         ModelInfo {
             name: name.to_string(),

@@ -29,13 +29,7 @@ async fn concurrent_callers_share_batches_and_get_their_own_results() {
     alone.cleanup().await.unwrap();
 
     let faults = FaultInjection { forward_delay: Some(Duration::from_millis(1500)), ..Default::default() };
-    let options = ModelOptions {
-        faults,
-        max_batch_size: Some(MAX_BATCH),
-        max_batch_tokens: Some(1 << 20),
-        cpu_prepack: Some(false),
-        ..Default::default()
-    };
+    let options = ModelOptions::default().with_faults(faults).with_max_batch_size(MAX_BATCH).with_max_batch_tokens(1 << 20).with_cpu_prepack(false);
     let svc = Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap());
     // Occupy the worker. The model is offloaded first, so the busy request's round starts with a
     // restore the counters show (`auto_restores`): from then on the worker sleeps in its pass,
@@ -86,7 +80,7 @@ async fn cancelled_requests_are_skipped() {
     use embed_core::{FaultInjection, ModelOptions};
     let (_tmp, dir) = TinyModel::default().write_temp();
     let faults = FaultInjection { forward_delay: Some(std::time::Duration::from_millis(1500)), ..Default::default() };
-    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { faults, ..Default::default() });
+    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_faults(faults));
     let svc = Arc::new(DenseEmbeddingService::from_spec(spec).await.unwrap());
     // Occupy the worker with one slow forward pass, queue requests behind it, cancel them.
     let busy = {

@@ -14,7 +14,7 @@ use embed_testkit::memory::{assert_weights_freed, settled_snapshot};
 use embed_testkit::{assert_cosines, assert_max_abs_diff, fixture_dir, fixture_query_reference, fixture_reference, serial};
 
 async fn load(dir: &Path) -> embed_core::Result<DenseEmbeddingService> {
-    let options = ModelOptions { dtype: Some(DType::F32), ..Default::default() };
+    let options = ModelOptions::default().with_dtype(DType::F32);
     DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await
 }
 
@@ -56,7 +56,7 @@ async fn sharded_checkpoints_give_the_single_files_vectors() {
     assert!(!queries.is_empty(), "qwen3 has query items");
     let svc = load(tmp.path()).await.unwrap();
     let texts: Vec<String> = queries.iter().map(|i| i.text.clone()).collect();
-    let opts = EmbedOptions { prompt_name: Some("query".into()), ..Default::default() };
+    let opts = EmbedOptions::default().with_prompt_name("query");
     let got = svc.embed_texts(&texts, &opts).await.unwrap().vectors;
     svc.cleanup().await.unwrap();
     let expected: Vec<Vec<f32>> = queries.iter().map(|i| i.embedding.clone()).collect();

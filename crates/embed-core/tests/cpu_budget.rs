@@ -15,13 +15,11 @@ async fn two_busy_models_share_one_thread_budget() {
     let mut dirs = Vec::new();
     for seed in [1, 2] {
         let (tmp, dir) = TinyModel { seed, ..Default::default() }.write_temp();
-        let options = ModelOptions {
-            threads: Some(1),
+        let options = ModelOptions::default()
+            .with_threads(1)
             // Each pass holds its share for at least 20 ms: overlapping passes could not be missed.
-            faults: FaultInjection { forward_delay: Some(Duration::from_millis(20)), ..Default::default() },
-            max_batch_size: Some(4),
-            ..Default::default()
-        };
+            .with_faults(FaultInjection { forward_delay: Some(Duration::from_millis(20)), ..Default::default() })
+            .with_max_batch_size(4);
         let svc = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap();
         services.push(Arc::new(svc));
         dirs.push(tmp);

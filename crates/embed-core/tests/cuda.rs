@@ -29,7 +29,7 @@ fn texts() -> Vec<String> {
 async fn cuda_matches_cpu_and_releases_exactly() {
     require_cuda();
     let (_tmp, dir) = minilm_shaped().write_temp();
-    let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
+    let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(device).with_dtype(dtype));
     let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
     let expected = cpu.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
     cpu.cleanup().await.unwrap();
@@ -72,7 +72,7 @@ async fn cuda_oom_splits_and_recovers() {
     require_cuda();
     let (_tmp, dir) = minilm_shaped().write_temp();
     let spec = |faults| {
-        ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), faults, ..Default::default() })
+        ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(DeviceSpec::Cuda(0)).with_faults(faults))
     };
     // The same model without the fault: the expected vectors, and the warm-up (CUDA context,
     // cuBLAS workspace) before the baseline.
@@ -109,7 +109,7 @@ async fn missing_cuda_device_is_an_error() {
     require_cuda();
     let n = embed_core::cuda_device_count();
     let (_tmp, dir) = TinyModel::default().write_temp();
-    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(n), ..Default::default() });
+    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(DeviceSpec::Cuda(n)));
     let err = DenseEmbeddingService::from_spec(spec).await.unwrap_err();
     assert!(matches!(err, embed_core::Error::DeviceUnavailable { .. }), "{err}");
 }
@@ -121,7 +121,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
     // Warm-up in every dtype (CUDA context, cuBLAS handles and workspaces) before any baseline.
     let warm_dir = embed_testkit::fixture_dir("bert");
     for dtype in [DType::F32, DType::Bf16, DType::F16] {
-        let spec = ModelSpec::new(warm_dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), dtype: Some(dtype), ..Default::default() });
+        let spec = ModelSpec::new(warm_dir.to_string_lossy()).with_options(ModelOptions::default().with_device(DeviceSpec::Cuda(0)).with_dtype(dtype));
         let warm = DenseEmbeddingService::from_spec(spec).await.unwrap();
         warm.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
         warm.cleanup().await.unwrap();
@@ -129,7 +129,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
     for &name in embed_testkit::FIXTURES {
         let dir = embed_testkit::fixture_dir(name);
         let texts: Vec<String> = embed_testkit::fixture_reference(name).into_iter().map(|i| i.text).collect();
-        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
+        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(device).with_dtype(dtype));
         let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
         let expected = cpu.embed_texts(&texts, &EmbedOptions::default()).await.unwrap();
         cpu.cleanup().await.unwrap();
@@ -164,7 +164,11 @@ async fn decoder_0_6b_shaped_defaults_to_bf16_on_cuda_close_to_cpu_f32() {
     let mut inputs: Vec<String> = texts();
     inputs.push("a long document about retrieval, embeddings and memory. ".repeat(600));
     let spec = |device, dtype| {
-        ModelSpec::new(dir.as_str()).with_options(ModelOptions { device, dtype, max_seq_length: Some(4096), ..Default::default() })
+        ModelSpec::new(dir.as_str()).with_options({
+            let mut options = ModelOptions::default().with_device(device).with_max_seq_length(4096);
+            options.dtype = dtype;
+            options
+        })
     };
     let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, Some(DType::F32))).await.unwrap();
     let expected = cpu.embed_texts(&inputs, &EmbedOptions::default()).await.unwrap();
@@ -207,7 +211,7 @@ async fn bert_large_shaped_offloads_and_restores_20_times_exactly() {
     require_cuda();
     let large = TinyModel { hidden: 1024, layers: 24, heads: 16, intermediate: 4096, max_positions: 512, ..Default::default() };
     let (_tmp, dir) = large.write_temp();
-    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device: DeviceSpec::Cuda(0), dtype: Some(DType::F32), ..Default::default() });
+    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(DeviceSpec::Cuda(0)).with_dtype(DType::F32));
     // Warm-up (CUDA context, cuBLAS workspace), then the baselines.
     let warm = DenseEmbeddingService::from_spec(spec.clone()).await.unwrap();
     warm.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
@@ -275,7 +279,8 @@ async fn llm_rerankers_on_cuda_match_cpu_and_release_exactly() {
         let dir = embed_testkit::fixture_dir(name);
         let llm_reranker = (name == "qwen3-reranker").then(embed_core::LlmReranker::qwen3);
         let spec = |device, dtype| {
-            let options = ModelOptions { device, dtype: Some(dtype), llm_reranker: llm_reranker.clone(), ..Default::default() };
+            let mut options = ModelOptions::default().with_device(device).with_dtype(dtype);
+            options.llm_reranker = llm_reranker.clone();
             ModelSpec::new(dir.to_string_lossy()).with_options(options)
         };
         let logits = |c: embed_core::Classified| c.logits.into_iter().map(|r| r[0]).collect::<Vec<f32>>();

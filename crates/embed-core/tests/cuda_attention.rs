@@ -22,7 +22,7 @@ fn texts() -> Vec<String> {
 }
 
 async fn embed(dir: &std::path::Path, device: DeviceSpec, dtype: DType) -> (Vec<Vec<f32>>, embed_core::BatchStats) {
-    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { device, dtype: Some(dtype), tuning: embed_core::Tuning::from_env(), ..Default::default() });
+    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(device).with_dtype(dtype).with_tuning(embed_core::Tuning::from_env()));
     let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
     let out = svc.embed_texts(&texts(), &EmbedOptions::default()).await.unwrap();
     let stats = svc.batch_stats().unwrap();

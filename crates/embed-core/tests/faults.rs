@@ -10,7 +10,7 @@ fn texts(n: usize) -> Vec<String> {
 
 async fn service(faults: FaultInjection) -> (tempfile::TempDir, DenseEmbeddingService) {
     let (tmp, dir) = TinyModel::default().write_temp();
-    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions { faults, ..Default::default() });
+    let spec = ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_faults(faults));
     (tmp, DenseEmbeddingService::from_spec(spec).await.unwrap())
 }
 

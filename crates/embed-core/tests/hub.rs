@@ -31,7 +31,7 @@ fn hub_env(hub: &StandInHub) -> tempfile::TempDir {
 }
 
 async fn load(source: &str) -> embed_core::Result<DenseEmbeddingService> {
-    let options = ModelOptions { dtype: Some(DType::F32), ..Default::default() };
+    let options = ModelOptions::default().with_dtype(DType::F32);
     DenseEmbeddingService::from_spec(ModelSpec::new(source).with_options(options)).await
 }
 

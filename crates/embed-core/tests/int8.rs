@@ -32,7 +32,7 @@ fn require_onednn() {
 }
 
 fn int8_options(kernel: Int8Kernel) -> ModelOptions {
-    ModelOptions { dtype: Some(DType::Int8), int8_kernel: Some(kernel), ..Default::default() }
+    ModelOptions::default().with_dtype(DType::Int8).with_int8_kernel(kernel)
 }
 
 async fn load_with(dir: &std::path::Path, options: ModelOptions) -> DenseEmbeddingService {
@@ -40,7 +40,7 @@ async fn load_with(dir: &std::path::Path, options: ModelOptions) -> DenseEmbeddi
 }
 
 async fn load(dir: &std::path::Path, dtype: DType) -> DenseEmbeddingService {
-    load_with(dir, ModelOptions { dtype: Some(dtype), ..Default::default() }).await
+    load_with(dir, ModelOptions::default().with_dtype(dtype)).await
 }
 
 /// Embeds `texts` with `dir`'s model loaded in `dtype`, releases it, and returns the vectors
@@ -253,7 +253,7 @@ async fn weight_only_int8_matches_f32_for_every_family() {
 async fn onednn_int8_without_prepacking_is_refused() {
     let _s = serial().await;
     require_onednn();
-    let options = ModelOptions { cpu_prepack: Some(false), ..int8_options(Int8Kernel::OneDnn) };
+    let options = int8_options(Int8Kernel::OneDnn).with_cpu_prepack(false);
     let err = DenseEmbeddingService::from_spec(ModelSpec::new(minilm_dir().to_string_lossy()).with_options(options)).await.unwrap_err();
     assert!(matches!(err, Error::InvalidOption { name: "cpu_prepack", .. }), "{err}");
     assert_eq!(live_weight_bytes(), 0);
@@ -263,7 +263,7 @@ async fn onednn_int8_without_prepacking_is_refused() {
 async fn weight_only_int8_runs_without_prepacking() {
     let _s = serial().await;
     // Weight-only dequantizes plain weights: prepacking off is no reason to refuse it.
-    let options = ModelOptions { cpu_prepack: Some(false), ..int8_options(Int8Kernel::WeightOnly) };
+    let options = int8_options(Int8Kernel::WeightOnly).with_cpu_prepack(false);
     let svc = load_with(&fixture_dir("bert"), options).await;
     let info = svc.info().unwrap();
     assert_eq!((info.int8_kernel, info.cpu_prepacked), (Some(Int8Kernel::WeightOnly), false));
@@ -322,7 +322,7 @@ async fn onednn_int8_calibrates_on_the_callers_texts_when_given() {
     let builtin = load_with(&dir, int8_options(Int8Kernel::OneDnn)).await;
     let with_builtin = builtin.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
     builtin.cleanup().await.unwrap();
-    let options = ModelOptions { int8_calibration: Some(texts[5..].to_vec()), ..int8_options(Int8Kernel::OneDnn) };
+    let options = int8_options(Int8Kernel::OneDnn).with_int8_calibration(texts[5..].to_vec());
     let own = load_with(&dir, options).await;
     let with_own = own.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
     own.cleanup().await.unwrap();
@@ -377,10 +377,10 @@ async fn int8_options_that_cannot_work_are_refused() {
     }
     // The kernel is for int8 models; calibration is for oneDNN's, and needs a text.
     for (options, name) in [
-        (ModelOptions { dtype: Some(DType::F32), int8_kernel: Some(Int8Kernel::WeightOnly), ..Default::default() }, "int8_kernel"),
-        (ModelOptions { int8_calibration: Some(vec!["a text".to_string()]), ..int8_options(Int8Kernel::WeightOnly) }, "int8_calibration"),
-        (ModelOptions { dtype: Some(DType::F32), int8_calibration: Some(vec!["a text".to_string()]), ..Default::default() }, "int8_calibration"),
-        (ModelOptions { dtype: Some(DType::Int8), int8_calibration: Some(vec![" ".to_string()]), ..Default::default() }, "int8_calibration"),
+        (ModelOptions::default().with_dtype(DType::F32).with_int8_kernel(Int8Kernel::WeightOnly), "int8_kernel"),
+        (int8_options(Int8Kernel::WeightOnly).with_int8_calibration(vec!["a text".to_string()]), "int8_calibration"),
+        (ModelOptions::default().with_dtype(DType::F32).with_int8_calibration(vec!["a text".to_string()]), "int8_calibration"),
+        (ModelOptions::default().with_dtype(DType::Int8).with_int8_calibration(vec![" ".to_string()]), "int8_calibration"),
     ] {
         let err = refused(options).await;
         assert!(matches!(&err, Error::InvalidOption { name: n, .. } if *n == name), "{err}");

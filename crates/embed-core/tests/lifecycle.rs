@@ -130,7 +130,7 @@ async fn failed_loads_are_typed_and_leave_nothing() {
 async fn devices_and_dtypes() {
     let _s = embed_testkit::serial().await;
     let (_tmp, dir) = TinyModel::default().write_temp();
-    let with = |device, dtype| spec(&dir).with_options(ModelOptions { device, dtype: Some(dtype), ..Default::default() });
+    let with = |device, dtype| spec(&dir).with_options(ModelOptions::default().with_device(device).with_dtype(dtype));
     if embed_core::cuda_device_count() == 0 {
         // No silent CPU fallback: explicit CUDA without CUDA is an error that says why.
         let err = DenseEmbeddingService::from_spec(with(DeviceSpec::Cuda(0), DType::F32)).await.unwrap_err();
@@ -178,11 +178,11 @@ async fn bad_input() {
     let e = svc.embed_texts(&texts(&[&long, "cat"]), &o).await.unwrap();
     assert_eq!(e.token_counts[0], 64);
     assert_eq!(e.truncated, vec![true, false]);
-    let no_trunc = EmbedOptions { truncate: false, ..Default::default() };
+    let no_trunc = EmbedOptions::default().with_truncate(false);
     let err = svc.embed_texts(&texts(&["cat", &long]), &no_trunc).await.unwrap_err();
     assert!(matches!(err, Error::InputTooLong { index: 1, limit: 64, .. }), "{err}");
 
-    let err = svc.embed_texts(&texts(&["x"]), &EmbedOptions { prompt_name: Some("nope".into()), ..Default::default() }).await.unwrap_err();
+    let err = svc.embed_texts(&texts(&["x"]), &EmbedOptions::default().with_prompt_name("nope")).await.unwrap_err();
     assert!(matches!(err, Error::UnknownPrompt { .. }), "{err}");
 
     // Pre-tokenized input gives the same vector as the text it came from.
@@ -195,7 +195,7 @@ async fn bad_input() {
     assert!(matches!(svc.embed_token_ids(&[vec![]], &o).await, Err(Error::InvalidTokens { .. })));
 
     // normalize=false gives the raw pooled vector.
-    let raw = svc.embed_texts(&texts(&["hello"]), &EmbedOptions { normalize: Some(false), ..Default::default() }).await.unwrap();
+    let raw = svc.embed_texts(&texts(&["hello"]), &EmbedOptions::default().with_normalize(false)).await.unwrap();
     let norm: f32 = raw.vectors[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() > 1e-3, "raw vector unexpectedly unit-norm");
     svc.cleanup().await.unwrap();
@@ -219,10 +219,10 @@ async fn prompts_and_modes() {
     assert_ne!(q.vectors, d.vectors);
     assert_ne!(q.vectors, plain.vectors);
     assert_eq!(q.token_counts[0], plain.token_counts[0] + 2);
-    let named = svc.embed_texts(&t, &EmbedOptions { prompt_name: Some("document".into()), ..Default::default() }).await.unwrap();
+    let named = svc.embed_texts(&t, &EmbedOptions::default().with_prompt_name("document")).await.unwrap();
     assert_eq!(named.vectors, d.vectors);
     let instr = svc
-        .embed_texts(&t, &EmbedOptions { instruction: Some("query: ".into()), mode: Some(InputMode::Document), ..Default::default() })
+        .embed_texts(&t, &EmbedOptions::default().with_instruction("query: ").with_mode(InputMode::Document))
         .await
         .unwrap();
     assert_eq!(instr.vectors, q.vectors, "a literal instruction wins over the mode");
@@ -252,16 +252,16 @@ async fn default_prompt_options() {
     svc.cleanup().await.unwrap();
     assert_ne!(plain.vectors, query.vectors);
 
-    let named = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt_name: Some("query".into()), ..Default::default() })).await.unwrap();
+    let named = DenseEmbeddingService::from_spec(with(ModelOptions::default().with_default_prompt_name("query"))).await.unwrap();
     assert_eq!(named.embed_texts(&t, &EmbedOptions::default()).await.unwrap().vectors, query.vectors, "the named prompt by default");
     assert_eq!(named.embed_texts(&t, &EmbedOptions::document()).await.unwrap().vectors, passage.vectors, "a mode still picks its own prompt");
     named.cleanup().await.unwrap();
 
-    let given = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt: Some("search: ".into()), ..Default::default() })).await.unwrap();
+    let given = DenseEmbeddingService::from_spec(with(ModelOptions::default().with_default_prompt("search: "))).await.unwrap();
     assert_eq!(given.embed_texts(&t, &EmbedOptions::default()).await.unwrap().vectors, literal.vectors, "the literal prompt by default");
     given.cleanup().await.unwrap();
 
-    let err = DenseEmbeddingService::from_spec(with(ModelOptions { default_prompt_name: Some("classify".into()), ..Default::default() }))
+    let err = DenseEmbeddingService::from_spec(with(ModelOptions::default().with_default_prompt_name("classify")))
         .await
         .err()
         .expect("an unknown default prompt name fails the load");
@@ -288,7 +288,7 @@ async fn cancelled_load_leaves_nothing() {
     // cancellation below always finds a model to release, however slow the machine.
     let faults = FaultInjection { load_delay: Some(Duration::from_secs(3600)), ..Default::default() };
     {
-        let load = svc.load(spec(&dir).with_options(ModelOptions { faults, ..Default::default() }));
+        let load = svc.load(spec(&dir).with_options(ModelOptions::default().with_faults(faults)));
         tokio::pin!(load);
         while live_models() == 0 {
             tokio::select! {

@@ -59,7 +59,9 @@ fn reference(name: &str) -> (Value, Vec<Item>) {
 /// The options that serve fixture `name`: the causal LM needs `llm_reranker`, the seq-cls
 /// conversion is recognised without it.
 fn options(name: &str) -> ModelOptions {
-    ModelOptions { llm_reranker: (name == CAUSAL).then(LlmReranker::qwen3), ..Default::default() }
+    let mut options = ModelOptions::default();
+    options.llm_reranker = (name == CAUSAL).then(LlmReranker::qwen3);
+    options
 }
 
 async fn load_with(name: &str, options: ModelOptions) -> embed_core::Result<DenseEmbeddingService> {
@@ -103,7 +105,8 @@ async fn rerank_all(name: &str, svc: &DenseEmbeddingService, items: &[Item]) -> 
     let mut order = Vec::new();
     for group in groups(items) {
         let texts: Vec<String> = group.iter().map(|i| i.text.clone()).collect();
-        let opts = EmbedOptions { instruction: group[0].instruction.clone(), ..Default::default() };
+        let mut opts = EmbedOptions::default();
+        opts.instruction = group[0].instruction.clone();
         let out = svc.rerank(&group[0].query, &texts, &opts).await.unwrap();
         let n = group.len();
         assert_eq!((out.logits.len(), out.token_counts.len(), out.truncated.len()), (n, n, n), "{name}: one row per pair");
@@ -182,7 +185,11 @@ async fn the_prompt_and_the_answer_tokens_are_settable() {
     assert!(group.iter().all(|i| i.query == *query), "the first four items share a query");
     let base = load(CAUSAL).await;
     let other = "Judge whether the document is about Python packaging";
-    let with = |instruction: Option<&str>| EmbedOptions { instruction: instruction.map(String::from), ..Default::default() };
+    let with = |instruction: Option<&str>| {
+        let mut options = EmbedOptions::default();
+        options.instruction = instruction.map(String::from);
+        options
+    };
     let explicit = base.rerank(query, &texts, &with(Some(other))).await.unwrap().logits;
     let default = base.rerank(query, &texts, &with(None)).await.unwrap().logits;
     assert!(worst_diff(&flat(&explicit), &flat(&default)) > 1e-3, "the instruction changes the scores");
@@ -190,20 +197,20 @@ async fn the_prompt_and_the_answer_tokens_are_settable() {
 
     // The default instruction is the prompt's: a prompt whose default is `other` scores as the
     // explicit instruction did.
-    let custom = ModelOptions { llm_reranker: Some(LlmReranker::qwen3().with_default_instruction(other)), ..Default::default() };
+    let custom = ModelOptions::default().with_llm_reranker(LlmReranker::qwen3().with_default_instruction(other));
     let svc = load_with(CAUSAL, custom).await.unwrap();
     let got = svc.rerank(query, &texts, &with(None)).await.unwrap().logits;
     assert!(worst_diff(&flat(&got), &flat(&explicit)) <= 1e-6, "default instruction {got:?} vs {explicit:?}");
     svc.cleanup().await.unwrap();
     // The converted form takes the prompt option too (its own row, the same scores).
-    let custom = ModelOptions { llm_reranker: Some(LlmReranker::qwen3().with_default_instruction(other)), ..Default::default() };
+    let custom = ModelOptions::default().with_llm_reranker(LlmReranker::qwen3().with_default_instruction(other));
     let svc = load_with(SEQ_CLS, custom).await.unwrap();
     let got = svc.rerank(query, &texts, &with(None)).await.unwrap().logits;
     assert!(worst_diff(&flat(&got), &flat(&explicit)) <= 1e-4, "seq-cls, default instruction {got:?} vs {explicit:?}");
     svc.cleanup().await.unwrap();
 
     // The answer tokens swapped: logit(no) - logit(yes), the reference's negated.
-    let swapped = ModelOptions { llm_reranker: Some(LlmReranker::qwen3().with_answer_tokens("no", "yes")), ..Default::default() };
+    let swapped = ModelOptions::default().with_llm_reranker(LlmReranker::qwen3().with_answer_tokens("no", "yes"));
     let svc = load_with(CAUSAL, swapped).await.unwrap();
     let got = flat(&svc.rerank(query, &texts, &with(None)).await.unwrap().logits);
     let negated: Vec<f32> = flat(&default).iter().map(|x| -x).collect();
@@ -218,7 +225,7 @@ async fn the_prompt_and_the_answer_tokens_are_settable() {
         "<Document>: {document}\n<Query>: {query}\n<Instruct>: {instruction}",
         LlmReranker::qwen3().suffix,
     );
-    let svc = load_with(CAUSAL, ModelOptions { llm_reranker: Some(reordered), ..Default::default() }).await.unwrap();
+    let svc = load_with(CAUSAL, ModelOptions::default().with_llm_reranker(reordered)).await.unwrap();
     let out = svc.rerank(query, &texts, &with(None)).await.unwrap();
     assert!(worst_diff(&flat(&out.logits), &flat(&default)) > 1e-3, "a reordered body scores otherwise");
     assert_eq!(out.token_counts.len(), texts.len());
@@ -258,7 +265,7 @@ async fn an_untied_lm_head_gives_its_own_rows() {
     tch::Tensor::write_safetensors(&tensors, dir.path().join("model.safetensors")).unwrap();
 
     let svc = DenseEmbeddingService::from_spec(
-        ModelSpec::new(dir.path().to_string_lossy()).with_options(ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() }),
+        ModelSpec::new(dir.path().to_string_lossy()).with_options(ModelOptions::default().with_llm_reranker(LlmReranker::qwen3())),
     )
     .await
     .unwrap();
@@ -287,7 +294,7 @@ async fn misuse_is_refused_by_name() {
 
     // A cross-encoder has no instruction prompt: an instruction is refused, not ignored.
     let bert = load_with("bert-reranker", ModelOptions::default()).await.unwrap();
-    let with_instruction = EmbedOptions { instruction: Some("Find it".into()), ..Default::default() };
+    let with_instruction = EmbedOptions::default().with_instruction("Find it");
     let err = bert.rerank("q", &["d".to_string()], &with_instruction).await.unwrap_err();
     assert!(matches!(err, Error::InvalidOption { name: "instruction", .. }) && err.to_string().contains("bert-reranker"), "{err}");
     assert_eq!(bert.rerank("q", &["d".to_string()], &EmbedOptions::default()).await.unwrap().logits.len(), 1);
@@ -303,19 +310,19 @@ async fn misuse_is_refused_by_name() {
     // Over the limit without truncation: the whole prompt's tokens against the limit.
     let (_, items) = reference(CAUSAL);
     let long = items.iter().find(|i| i.truncated && i.instruction.is_none()).expect("a truncated pair");
-    let strict = EmbedOptions { truncate: false, ..Default::default() };
+    let strict = EmbedOptions::default().with_truncate(false);
     let err = svc.rerank(&long.query, std::slice::from_ref(&long.text), &strict).await.unwrap_err();
     assert!(matches!(err, Error::InputTooLong { index: 0, limit: 192, tokens } if tokens > 192), "{err}");
     svc.cleanup().await.unwrap();
 
     // Answer tokens that are not single tokens, a body without its placeholders, a limit the
     // prompt fills: refused at load, naming the problem.
-    let bad = |r: LlmReranker| ModelOptions { llm_reranker: Some(r), ..Default::default() };
+    let bad = |r: LlmReranker| ModelOptions::default().with_llm_reranker(r);
     let err = load_with(CAUSAL, bad(LlmReranker::qwen3().with_answer_tokens("absolutely", "no"))).await.unwrap_err();
     assert!(matches!(&err, Error::Tokenizer { reason, .. } if reason.contains("\"absolutely\"")), "{err}");
     let err = load_with(CAUSAL, bad(LlmReranker::qwen3().with_prompt("", "{query}", ""))).await.unwrap_err();
     assert!(matches!(err, Error::InvalidOption { name: "llm_reranker", .. }) && err.to_string().contains("{document} 0 times"), "{err}");
-    let short = ModelOptions { max_seq_length: Some(40), ..options(SEQ_CLS) };
+    let short = options(SEQ_CLS).with_max_seq_length(40);
     let err = load_with(SEQ_CLS, short).await.unwrap_err();
     assert!(matches!(err, Error::InvalidOption { name: "max_seq_length", .. }) && err.to_string().contains("prefix"), "{err}");
     assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0));
@@ -336,7 +343,7 @@ async fn every_form_frees_its_weights() {
             // The first cycle warms up what stays for the process; the second is measured.
             for _ in 0..2 {
                 let before = settled_snapshot();
-                let svc = load_with(name, ModelOptions { dtype: Some(dtype), ..options(name) }).await.unwrap();
+                let svc = load_with(name, options(name).with_dtype(dtype)).await.unwrap();
                 bytes = svc.info().unwrap().weight_bytes;
                 let out = svc.classify(&pair, &EmbedOptions::default()).await.unwrap();
                 assert!(out.logits[0][0].is_finite(), "{name} {dtype}: {:?}", out.logits);
@@ -368,7 +375,7 @@ async fn offload_bf16_and_int8_keep_the_scores() {
         // Bitwise needs the same batches both times: interactive batches are never cut short,
         // whereas a bulk request's batches are while interactive traffic is about (any model
         // of the process), and another batch composition moves the logits by rounding (~1e-7).
-        let same_batches = EmbedOptions { priority: Some(Priority::Interactive), ..Default::default() };
+        let same_batches = EmbedOptions::default().with_priority(Priority::Interactive);
         let before = flat(&svc.classify(&pairs, &same_batches).await.unwrap().logits);
         let report = svc.offload().await.unwrap();
         assert!(report.moved && report.tensor_bytes == svc.info().unwrap().weight_bytes, "{name}: {report:?}");
@@ -380,7 +387,11 @@ async fn offload_bf16_and_int8_keep_the_scores() {
             // int8 weight-only on every CPU: oneDNN's int8 (the default where the CPU has VNNI)
             // calibrates on plain texts, not prompted pairs, and is not measured here.
             let kernel = (dtype == DType::Int8).then_some(Int8Kernel::WeightOnly);
-            let svc = load_with(name, ModelOptions { dtype: Some(dtype), int8_kernel: kernel, ..options(name) }).await.unwrap();
+            let svc = load_with(name, {
+                let mut options = options(name).with_dtype(dtype);
+                options.int8_kernel = kernel;
+                options
+            }).await.unwrap();
             let got = flat(&svc.classify(&pairs, &EmbedOptions::default()).await.unwrap().logits);
             let d = worst_diff(&got, &before);
             eprintln!("{name} {dtype}: worst logit difference to f32 {d:.3e} over {} pairs", got.len());

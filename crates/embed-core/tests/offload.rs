@@ -17,7 +17,7 @@ const CHUNK: u64 = 64 << 20;
 async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
     let spec = ModelSpec::new(fixture_dir(name).to_string_lossy())
         .named(name)
-        .with_options(ModelOptions { dtype: Some(dtype), cpu_prepack: Some(false), ..Default::default() });
+        .with_options(ModelOptions::default().with_dtype(dtype).with_cpu_prepack(false));
     DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
 }
 
@@ -146,7 +146,7 @@ async fn requests_racing_offloads_all_get_the_same_vectors() {
 #[cfg_attr(not(embed_cpu_bf16_prepack), ignore = "oneDNN bf16 prepacking needs AVX-512 BW/VL/DQ, which the CPU that built these tests lacks")]
 async fn a_prepacked_cpu_model_refuses_to_offload_and_keeps_serving() {
     let _s = serial().await;
-    let spec = ModelSpec::new(fixture_dir("bert").to_string_lossy()).with_options(ModelOptions { dtype: Some(DType::Bf16), ..Default::default() });
+    let spec = ModelSpec::new(fixture_dir("bert").to_string_lossy()).with_options(ModelOptions::default().with_dtype(DType::Bf16));
     let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
     let texts: Vec<String> = fixture_reference("bert").into_iter().take(4).map(|i| i.text).collect();
     let before = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;

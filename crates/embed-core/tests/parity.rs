@@ -43,7 +43,7 @@ async fn batch_invariance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bf16_stays_close_to_reference() {
     let spec = ModelSpec::new(minilm_dir().to_string_lossy())
-        .with_options(embed_core::ModelOptions { dtype: Some(embed_core::DType::Bf16), ..Default::default() });
+        .with_options(embed_core::ModelOptions::default().with_dtype(embed_core::DType::Bf16));
     let svc = DenseEmbeddingService::from_spec(spec).await.unwrap();
     let items = reference();
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();

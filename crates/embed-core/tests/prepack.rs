@@ -9,7 +9,8 @@ use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, E
 use embed_testkit::{assert_cosines, fixture_dir, fixture_reference, serial, FIXTURES};
 
 async fn load(name: &str, dtype: DType, prepack: Option<bool>) -> DenseEmbeddingService {
-    let options = ModelOptions { dtype: Some(dtype), cpu_prepack: prepack, ..Default::default() };
+    let mut options = ModelOptions::default().with_dtype(dtype);
+    options.cpu_prepack = prepack;
     DenseEmbeddingService::from_spec(ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(options)).await.unwrap()
 }
 
@@ -49,7 +50,7 @@ async fn bf16_prepacks_by_default_where_the_cpu_can_and_asking_where_it_cannot_i
     let got = by_default.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
     by_default.cleanup().await.unwrap();
     assert_cosines("bf16 by default vs f32", &got, &reference, 0.99);
-    let options = ModelOptions { dtype: Some(DType::Bf16), cpu_prepack: Some(true), ..Default::default() };
+    let options = ModelOptions::default().with_dtype(DType::Bf16).with_cpu_prepack(true);
     let asked = DenseEmbeddingService::from_spec(ModelSpec::new(fixture_dir("bert").to_string_lossy()).with_options(options)).await;
     match (can, asked) {
         (true, Ok(svc)) => {

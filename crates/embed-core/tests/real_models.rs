@@ -47,7 +47,8 @@ async fn all_mpnet_base_v2_in_int8(kernel: Int8Kernel, min_mean: f64, min_worst:
     let texts: Vec<String> = items.iter().map(|i| i.text.clone()).collect();
     let expected: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone()).collect();
     let load = |dtype, int8_kernel| {
-        let options = ModelOptions { dtype: Some(dtype), int8_kernel, ..Default::default() };
+        let mut options = ModelOptions::default().with_dtype(dtype);
+        options.int8_kernel = int8_kernel;
         DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options))
     };
     let f32_bytes = {

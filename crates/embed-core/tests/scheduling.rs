@@ -19,11 +19,7 @@ fn texts(n: usize, tag: &str) -> Vec<String> {
 }
 
 async fn service(dir: &std::path::Path, delay_ms: u64) -> Arc<DenseEmbeddingService> {
-    let options = ModelOptions {
-        faults: FaultInjection { forward_delay: Some(Duration::from_millis(delay_ms)), ..Default::default() },
-        cpu_prepack: Some(false),
-        ..Default::default()
-    };
+    let options = ModelOptions::default().with_faults(FaultInjection { forward_delay: Some(Duration::from_millis(delay_ms)), ..Default::default() }).with_cpu_prepack(false);
     Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap())
 }
 
@@ -136,9 +132,9 @@ async fn a_cancelled_request_stops_its_remaining_batches() {
 async fn an_explicit_priority_wins_over_the_size_default() {
     let (_tmp, dir) = TinyModel::default().write_temp();
     let svc = service(&dir, 0).await;
-    let bulk = EmbedOptions { priority: Some(Priority::Bulk), ..Default::default() };
+    let bulk = EmbedOptions::default().with_priority(Priority::Bulk);
     svc.embed_texts(&["one".to_string()], &bulk).await.unwrap();
-    let interactive = EmbedOptions { priority: Some(Priority::Interactive), ..Default::default() };
+    let interactive = EmbedOptions::default().with_priority(Priority::Interactive);
     svc.embed_texts(&texts(50, "many"), &interactive).await.unwrap();
     svc.embed_texts(&texts(Priority::INTERACTIVE_MAX_INPUTS, "few"), &EmbedOptions::default()).await.unwrap();
     svc.embed_texts(&texts(Priority::INTERACTIVE_MAX_INPUTS + 1, "more"), &EmbedOptions::default()).await.unwrap();

@@ -21,7 +21,7 @@ async fn a_directory_saved_by_sentence_transformers_6_loads_and_matches_it() {
     let sbert: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("sentence_bert_config.json")).unwrap()).unwrap();
     assert!(sbert.get("max_seq_length").is_none(), "{sbert}");
 
-    let options = ModelOptions { dtype: Some(DType::F32), ..Default::default() };
+    let options = ModelOptions::default().with_dtype(DType::F32);
     let svc = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap();
     let info = svc.info().unwrap();
     assert_eq!((info.pooling, info.normalize, info.dimension, info.max_seq_length), (Pooling::Mean, true, 32, 96));

@@ -90,7 +90,7 @@ async fn a_pair_over_the_limit_is_refused_without_truncation() {
     let _s = serial().await;
     let svc = load("bert-reranker").await;
     let long = task_reference("bert-reranker").into_iter().find(|i| i.truncated).expect("a truncated pair");
-    let no_truncation = EmbedOptions { truncate: false, ..Default::default() };
+    let no_truncation = EmbedOptions::default().with_truncate(false);
     let err = svc.rerank(long.query.as_deref().unwrap(), std::slice::from_ref(&long.text), &no_truncation).await.unwrap_err();
     assert!(matches!(err, Error::InputTooLong { index: 0, limit: 64, .. }), "{err}");
     svc.cleanup().await.unwrap();

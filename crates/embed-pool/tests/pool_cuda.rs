@@ -34,7 +34,7 @@ async fn cuda_budget_evicts_for_device_memory_and_releases_it() {
     let (_ta, dir_a) = big_model(1).write_temp();
     let (_tb, dir_b) = big_model(2).write_temp();
     let file_bytes = std::fs::metadata(dir_a.join("model.safetensors")).unwrap().len();
-    let cuda = ModelOptions { device: DeviceSpec::Cuda(0), ..Default::default() };
+    let cuda = ModelOptions::default().with_device(DeviceSpec::Cuda(0));
     let registry = ModelRegistry::new()
         .with("a", ModelSpec::new(dir_a.to_string_lossy()).with_options(cuda.clone()))
         .with("b", ModelSpec::new(dir_b.to_string_lossy()).with_options(cuda));
@@ -123,7 +123,7 @@ async fn pressure_offloads_idle_cuda_models_not_leased_ones() {
     use embed_pool::{ModelState, Pressure, PressureLevel};
     embed_testkit::memory::require_cuda();
     let dirs: Vec<_> = (1..=3).map(|s| big_model(s).write_temp()).collect();
-    let cuda = ModelOptions { device: DeviceSpec::Cuda(0), ..Default::default() };
+    let cuda = ModelOptions::default().with_device(DeviceSpec::Cuda(0));
     let registry = ["a", "b", "c"]
         .iter()
         .zip(&dirs)

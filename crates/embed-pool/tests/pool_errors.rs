@@ -212,7 +212,7 @@ async fn a_hub_model_larger_than_the_budget_is_refused_before_any_shard() {
     for var in ["HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"] {
         std::env::remove_var(var);
     }
-    let spec = |dtype| ModelSpec::new("org/qwen3-sharded").with_options(ModelOptions { dtype: Some(dtype), ..Default::default() });
+    let spec = |dtype| ModelSpec::new("org/qwen3-sharded").with_options(ModelOptions::default().with_dtype(dtype));
 
     // The fixture is float32: at f32 it needs `total` bytes, at bf16 half of them.
     let pool = Pool::new(PoolConfig::default().with_memory_budget(Some(total - 1)), ModelRegistry::new().with("big", spec(DType::F32)));

@@ -263,7 +263,7 @@ async fn close_during_a_load_releases_it() {
 async fn the_budget_counts_int8_models_at_their_quantized_size() {
     let _s = embed_testkit::serial().await;
     let dir = embed_testkit::minilm_dir();
-    let spec = |dtype| embed_core::ModelSpec::new(dir.to_string_lossy()).with_options(embed_core::ModelOptions { dtype: Some(dtype), ..Default::default() });
+    let spec = |dtype| embed_core::ModelSpec::new(dir.to_string_lossy()).with_options(embed_core::ModelOptions::default().with_dtype(dtype));
     let registry = embed_pool::ModelRegistry::new()
         .with("a", spec(embed_core::DType::Int8))
         .with("b", spec(embed_core::DType::Int8))

@@ -66,5 +66,12 @@ pub(crate) fn embed_options(
         }
     };
     let priority = priority.map(Priority::from_str).transpose().map_err(errors::core)?;
-    Ok(EmbedOptions { mode, prompt_name, instruction, normalize, truncate, dimensions, priority })
+    let mut options = EmbedOptions::default().with_truncate(truncate);
+    options.mode = mode;
+    options.prompt_name = prompt_name;
+    options.instruction = instruction;
+    options.normalize = normalize;
+    options.dimensions = dimensions;
+    options.priority = priority;
+    Ok(options)
 }

@@ -259,7 +259,8 @@ impl Service {
         raw_scores: bool,
         blocking: bool,
     ) -> PyResult<Py<PyAny>> {
-        let opts = embed_core::EmbedOptions { instruction, truncate, ..Default::default() };
+        let mut opts = embed_core::EmbedOptions::default().with_truncate(truncate);
+        opts.instruction = instruction;
         let source = self.source()?;
         dispatch(py, blocking, async move {
             let held = source.acquire().await?;
@@ -279,7 +280,7 @@ impl Service {
     /// SPLADE vectors: a list of (indices uint32, values float32) pairs.
     #[pyo3(signature = (texts, *, truncate=true, blocking=false))]
     fn embed_sparse(&self, py: Python<'_>, texts: Vec<String>, truncate: bool, blocking: bool) -> PyResult<Py<PyAny>> {
-        let opts = embed_core::EmbedOptions { truncate, ..Default::default() };
+        let opts = embed_core::EmbedOptions::default().with_truncate(truncate);
         let source = self.source()?;
         dispatch(py, blocking, async move {
             let held = source.acquire().await?;
@@ -424,7 +425,7 @@ pub(crate) fn rust_api_seconds(
         return Err(InvalidInput::new_err("batch must be at least 1 and texts non-empty"));
     }
     crate::runtime::block_on(py, async move {
-        let options = embed_core::ModelOptions { threads: Some(threads), ..Default::default() };
+        let options = embed_core::ModelOptions::default().with_threads(threads);
         let spec = embed_core::ModelSpec::new(source).with_options(options);
         let svc = DenseEmbeddingService::from_spec(spec).await.map_err(errors::core)?;
         let opts = embed_core::EmbedOptions::default();

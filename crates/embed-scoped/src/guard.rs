@@ -95,7 +95,7 @@ impl<S: EmbeddingService + 'static> std::fmt::Debug for ServiceGuard<S> {
 /// use embed_core::{DType, EmbedOptions, EmbeddingService, ModelOptions};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let f32 = embed_scoped::temporary_model(&source, ModelOptions::default()).await?;
-/// let bf16 = embed_scoped::temporary_model(&source, ModelOptions { dtype: Some(DType::Bf16), ..Default::default() }).await?;
+/// let bf16 = embed_scoped::temporary_model(&source, ModelOptions::default().with_dtype(DType::Bf16)).await?;
 /// let t = vec!["compare me".to_string()];
 /// let (a, b) = (f32.embed_texts(&t, &EmbedOptions::default()).await?, bf16.embed_texts(&t, &EmbedOptions::default()).await?);
 /// assert_eq!(a.vectors[0].len(), b.vectors[0].len());

@@ -120,7 +120,7 @@ async fn aborting_the_task_releases_the_model() {
 async fn worker_panic_reaches_the_caller_and_the_scope_still_cleans_up() {
     let _s = embed_testkit::serial().await;
     let (_t, mut spec) = tiny();
-    spec.options = ModelOptions { faults: FaultInjection { panic_on_text: Some("boom".into()), ..Default::default() }, ..Default::default() };
+    spec.options = ModelOptions::default().with_faults(FaultInjection { panic_on_text: Some("boom".into()), ..Default::default() });
     let err = scope(spec, |svc| async move { svc.embed_texts(&["boom".to_string()], &EmbedOptions::default()).await })
         .await
         .unwrap_err();
@@ -166,7 +166,7 @@ async fn guard_close_reports_and_drop_releases() {
     // fault keeps it there until the open is dropped): it is released and the worker exits.
     let faults = FaultInjection { load_delay: Some(Duration::from_secs(3600)), ..Default::default() };
     {
-        let open = ServiceGuard::open(spec.with_options(ModelOptions { faults, ..Default::default() }));
+        let open = ServiceGuard::open(spec.with_options(ModelOptions::default().with_faults(faults)));
         tokio::pin!(open);
         while live_models() == 0 {
             tokio::select! {

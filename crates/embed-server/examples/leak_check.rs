@@ -32,7 +32,7 @@ fn args() -> Args {
 /// (the GPU script writes a MiniLM-shaped random model there, so no weights travel).
 fn spec(device: DeviceSpec) -> ModelSpec {
     let dir = std::env::var("EMBED_LEAK_MODEL_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| minilm_dir());
-    ModelSpec::new(dir.to_string_lossy()).named("minilm").with_options(ModelOptions { device, ..Default::default() })
+    ModelSpec::new(dir.to_string_lossy()).named("minilm").with_options(ModelOptions::default().with_device(device))
 }
 
 fn texts() -> Vec<String> {
@@ -72,7 +72,8 @@ async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     svc.offload().await.expect("offload");
     svc.cleanup().await.expect("cleanup");
     // bf16 (on the CPU its linear weights are prepacked for oneDNN: opaque tensors of their own).
-    let bf16 = ModelSpec { options: ModelOptions { dtype: Some(embed_core::DType::Bf16), ..spec(device).options }, ..spec(device) };
+    let mut bf16 = spec(device);
+    bf16.options.dtype = Some(embed_core::DType::Bf16);
     let svc = embed_core::DenseEmbeddingService::from_spec(bf16).await.expect("load bf16");
     svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed bf16");
     note_peak(peak);
@@ -80,7 +81,8 @@ async fn core_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
     // int8: on a CPU with VNNI quantized, prepacked weights and the calibration pass's buffers;
     // on CUDA (and other CPUs) weight-only int8.
     {
-        let int8 = ModelSpec { options: ModelOptions { dtype: Some(embed_core::DType::Int8), ..spec(device).options }, ..spec(device) };
+        let mut int8 = spec(device);
+        int8.options.dtype = Some(embed_core::DType::Int8);
         let svc = embed_core::DenseEmbeddingService::from_spec(int8).await.expect("load int8");
         svc.embed_texts(&texts(), &EmbedOptions::default()).await.expect("embed int8");
         note_peak(peak);
@@ -116,19 +118,19 @@ async fn scoped_cycle(device: DeviceSpec, peak: &mut MemorySnapshot) {
 }
 
 async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut MemorySnapshot) {
-    let fixture = |name: &str| ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { device, ..Default::default() });
+    let fixture = |name: &str| ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions::default().with_device(device));
     let registry = ModelRegistry::new()
         .with("minilm", spec(device))
         .with_settings(
             "tiny",
-            ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions { device, ..Default::default() }),
+            ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions::default().with_device(device)),
             ModelSettings::default().with_ttl(Duration::from_millis(50)),
         )
         // A cross-encoder, an LLM reranker and a SPLADE encoder churn beside the embedders.
         .with("reranker", fixture("bert-reranker"))
         .with("llm-reranker", {
             let spec = fixture("qwen3-reranker");
-            let options = ModelOptions { llm_reranker: Some(embed_core::LlmReranker::qwen3()), ..spec.options.clone() };
+            let options = spec.options.clone().with_llm_reranker(embed_core::LlmReranker::qwen3());
             spec.with_options(options)
         })
         .with("splade", fixture("bert-splade"));
@@ -147,7 +149,7 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
             match name {
                 "reranker" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
                 "llm-reranker" => {
-                    let ask = EmbedOptions { instruction: Some("Find the passage".into()), ..Default::default() };
+                    let ask = EmbedOptions::default().with_instruction("Find the passage");
                     drop(lease.rerank("a query", &churn, &ask).await.expect("LLM rerank"))
                 }
                 "splade" => drop(lease.embed_sparse(&churn, &opts).await.expect("embed_sparse")),

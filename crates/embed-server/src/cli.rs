@@ -420,7 +420,8 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
     let dtype = args.dtype.or(args.tei_env.dtype).or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
     // The kernels' switches come from the EMBED_* variables (embed-core reads no environment).
-    let mut base = ModelOptions { device, dtype, tuning: embed_core::Tuning::from_env(), ..Default::default() };
+    let mut base = ModelOptions::default().with_device(device).with_tuning(embed_core::Tuning::from_env());
+    base.dtype = dtype;
     let tei_max_batch_tokens = args
         .tei_env
         .max_batch_tokens
@@ -521,7 +522,8 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
         if tei_model.as_deref() == Some(name) {
             bail!("{flag} {name}=…: --model-id is already served as {name:?}; pick another name");
         }
-        let options = ModelOptions { llm_reranker, ..base.clone() };
+        let mut options = base.clone();
+        options.llm_reranker = llm_reranker;
         registry.insert(name, ModelSpec::new(source).named(name).with_options(options), ModelSettings::default());
         order.push(name.to_string());
     }

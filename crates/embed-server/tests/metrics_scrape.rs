@@ -50,7 +50,7 @@ async fn scrape(app: &axum::Router) -> Vec<(String, serde_json::Map<String, Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrapes_parse_and_counters_survive_reloads() {
     let (tmp, dir) = TinyModel::default().write_temp();
-    let slow = ModelOptions { faults: FaultInjection { forward_delay: Some(Duration::from_millis(1500)), ..Default::default() }, ..Default::default() };
+    let slow = ModelOptions::default().with_faults(FaultInjection { forward_delay: Some(Duration::from_millis(1500)), ..Default::default() });
     // max_models 1: loading `other` evicts the weird one, and the next request reloads it.
     let f = fixture(1, |c| c, FaultInjection::default(), |r| {
         r.with(WEIRD, ModelSpec::new(dir.to_string_lossy()).named(WEIRD)).with("slow", ModelSpec::new(dir.to_string_lossy()).named("slow").with_options(slow))

@@ -44,7 +44,7 @@ async fn permanent_load_errors_are_not_retryable_and_hide_paths() {
     let (t, no_weights) = embed_testkit::TinyModel::default().write_temp();
     std::fs::remove_file(no_weights.join("model.safetensors")).unwrap();
     let (t2, tiny) = embed_testkit::TinyModel::default().write_temp();
-    let f16 = ModelOptions { dtype: Some(DType::F16), ..Default::default() };
+    let f16 = ModelOptions::default().with_dtype(DType::F16);
     let f = fixture(2, |c| c, FaultInjection::default(), |r| {
         r.with("gone", ModelSpec::new(gone.to_string_lossy()).named("gone"))
             .with("noweights", ModelSpec::new(no_weights.to_string_lossy()).named("noweights"))

@@ -25,7 +25,7 @@ fn app(default_model: &str) -> Router {
         .with("reranker", spec("bert-reranker"))
         .with("classifier", spec("bert-classifier"))
         .with("splade", spec("bert-splade"))
-        .with("llm-reranker", spec("qwen3-reranker").with_options(ModelOptions { llm_reranker: Some(LlmReranker::qwen3()), ..Default::default() }));
+        .with("llm-reranker", spec("qwen3-reranker").with_options(ModelOptions::default().with_llm_reranker(LlmReranker::qwen3())));
     router(AppState::new(Pool::new(PoolConfig::default().with_max_models(5), registry), ServerConfig::new(default_model)))
 }
 

@@ -202,11 +202,9 @@ impl EmbeddingService for FakeService {
             // The guard releases the model and leaves the fake unloaded.
             return Err(Error::InvalidSource { source_str: spec.source, reason: "the fake was told to fail".into() });
         }
-        let info = ModelInfo {
-            dir: std::path::PathBuf::new(),
-            load_duration: self.load_delay,
-            ..ModelInfo::fake(&spec.name, &spec.source, self.dim, (self.dim * 4) as u64)
-        };
+        let mut info = ModelInfo::fake(&spec.name, &spec.source, self.dim, (self.dim * 4) as u64);
+        info.dir = std::path::PathBuf::new();
+        info.load_duration = self.load_delay;
         scopeguard::ScopeGuard::into_inner(guard);
         let mut st = self.lock();
         st.state = ServiceState::Ready;

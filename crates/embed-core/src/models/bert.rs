@@ -1,8 +1,6 @@
 //! BERT and the RoBERTa line: RoBERTa, XLM-RoBERTa and CamemBERT have BERT's layers and
 //! differ only in their position ids, which start at `pad_token_id + 1`.
 
-use tch::{Device, Kind};
-
 use super::PostNorm;
 use crate::model_dir::arch::{bert::Config, ArchConfig};
 use crate::nn::block::{PostNormBlock, PostNormStack};
@@ -22,7 +20,7 @@ pub(crate) const ANCHOR: &str = "embeddings.word_embeddings.weight";
 
 /// Loads BERT or a RoBERTa-line encoder from `w` (read with [`ANCHOR`]); what it takes is
 /// counted in `w.bytes`, and a task head may take its own tensors from `w` afterwards.
-pub(crate) fn load(w: &mut Weights, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<PostNorm> {
+pub(crate) fn load(w: &mut Weights, a: &ArchConfig, c: &Config) -> Result<PostNorm> {
     let h = a.hidden_size as i64;
     let inter = a.intermediate_size as i64;
     let eps = c.layer_norm_eps;
@@ -50,6 +48,6 @@ pub(crate) fn load(w: &mut Weights, a: &ArchConfig, c: &Config, device: Device, 
         });
     }
     let heads = a.num_attention_heads as i64;
-    let stack = PostNormStack::new(layers, heads, h / heads, None, device, kind);
+    let stack = PostNormStack::new(layers, heads, h / heads, None);
     Ok(PostNorm { emb, stack })
 }

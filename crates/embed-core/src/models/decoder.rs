@@ -4,11 +4,11 @@
 //! final norm. Pooled by their last token (the EOS their tokenizer appends). Configs with
 //! `is_causal: false` (bidirectional embedders) attend both ways.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{decoder::Config, ArchConfig};
-use crate::nn::attention::{key_mask, split_heads, AttentionPath, Reach};
+use crate::nn::attention::{key_mask, split_heads, AttentionPlan, AttentionSupport, Reach};
 use crate::nn::ffn::Glu;
 use crate::nn::rotary::Rotary;
 use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
@@ -50,7 +50,7 @@ impl Decoder {
 
     /// Reads the decoder from `w` (opened at [`Decoder::ANCHOR`]); a head beside it (LM head,
     /// score) is left in `w` for the caller.
-    pub(crate) fn load(w: &mut Weights<'_>, a: &ArchConfig, c: &Config, device: Device, kind: Kind) -> Result<Self> {
+    pub(crate) fn load(w: &mut Weights<'_>, a: &ArchConfig, c: &Config) -> Result<Self> {
         let (h, inter, eps) = (a.hidden_size as i64, a.intermediate_size as i64, c.eps);
         let (heads, kv_heads, head_dim) = (a.num_attention_heads as i64, c.kv_heads as i64, c.head_dim as i64);
         let word = w.take("embed_tokens.weight", &[a.vocab_size as i64, h])?;
@@ -80,8 +80,6 @@ impl Decoder {
             });
         }
         let norm = w.rms_norm("norm", h, eps)?;
-        // Causal attention is not given to the packed kernel: padded attention on every device.
-        AttentionPath::choose(device, kind, head_dim, false);
         let model = Decoder {
             word,
             word_int8: Default::default(),
@@ -105,7 +103,7 @@ impl Decoder {
 }
 
 impl Encoder for Decoder {
-    fn forward(&self, t: &BatchInput) -> Tensor {
+    fn forward(&self, t: &BatchInput, _plan: &AttentionPlan) -> Tensor {
         let n = t.tokens;
         let mut x = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let rope = self.rope.table(&t.positions, n, x.kind());
@@ -143,17 +141,14 @@ impl Encoder for Decoder {
         crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
-    fn attention_path(&self) -> AttentionPath {
-        AttentionPath::Padded
-    }
-
-    fn varlen_attention(&self) -> bool {
-        true
+    fn attention_support(&self) -> AttentionSupport {
+        // Causal attention is not given to the packed kernel: padded attention on CUDA.
+        AttentionSupport { packed_head_dim: None, cpu_varlen: true, length_groups: false }
     }
 
     #[cfg(feature = "planted-leak")]
     fn take_largest_tensor(&mut self) -> Tensor {
-        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, Device::Cpu)))
+        std::mem::replace(&mut self.word, Tensor::zeros([1], (Kind::Float, tch::Device::Cpu)))
     }
 }
 

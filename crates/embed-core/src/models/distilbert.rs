@@ -43,6 +43,6 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
         });
     }
     let heads = a.num_attention_heads as i64;
-    let stack = PostNormStack::new(layers, heads, h / heads, None, device, kind);
+    let stack = PostNormStack::new(layers, heads, h / heads, None);
     Ok((PostNorm { emb, stack }, w.bytes))
 }

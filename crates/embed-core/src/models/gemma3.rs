@@ -11,7 +11,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{gemma3::Config, ArchConfig};
-use crate::nn::attention::{key_mask, split_heads, window_mask, AttentionPath, Reach};
+use crate::nn::attention::{key_mask, split_heads, window_mask, AttentionPlan, AttentionSupport, Reach};
 use crate::nn::ffn::Glu;
 use crate::nn::rotary::{Rotary, RotaryTable};
 use crate::nn::{BatchInput, Linear, RmsNorm, Weights};
@@ -84,8 +84,6 @@ impl Gemma3 {
             });
         }
         let final_norm = norm(&mut w, "norm".to_string(), h)?;
-        // Sliding windows and a custom score scale: padded attention on every device.
-        AttentionPath::choose(device, kind, head_dim, false);
         let model = Gemma3 {
             word,
             word_int8: Default::default(),
@@ -131,7 +129,7 @@ impl Gemma3 {
 }
 
 impl Encoder for Gemma3 {
-    fn forward(&self, t: &BatchInput) -> Tensor {
+    fn forward(&self, t: &BatchInput, _plan: &AttentionPlan) -> Tensor {
         let n = t.tokens;
         let e = crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, n);
         let kind = e.kind();
@@ -159,12 +157,9 @@ impl Encoder for Gemma3 {
         crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
-    fn attention_path(&self) -> AttentionPath {
-        AttentionPath::Padded
-    }
-
-    fn varlen_attention(&self) -> bool {
-        true
+    fn attention_support(&self) -> AttentionSupport {
+        // Sliding windows and a custom score scale: padded attention on CUDA.
+        AttentionSupport { packed_head_dim: None, cpu_varlen: true, length_groups: false }
     }
 
     #[cfg(feature = "planted-leak")]

@@ -49,6 +49,6 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
         None => Rotary::new(head_dim, c.rope_theta),
         Some(f) => Rotary::new(head_dim, c.rope_theta * f).scaled(f.powf(2.0 / head_dim as f64)),
     };
-    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope));
     Ok((PostNorm { emb, stack }, w.bytes))
 }

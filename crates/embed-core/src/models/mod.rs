@@ -32,7 +32,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::model_dir::arch::Details;
 use crate::model_dir::ModelDir;
-use crate::nn::attention::AttentionPath;
+use crate::nn::attention::{AttentionPlan, AttentionSupport};
+use crate::nn::tuning::Tuning;
 use crate::nn::block::PostNormStack;
 use crate::nn::{BatchInput, Embeddings, Tensors, Weights};
 use crate::{Error, Result};
@@ -43,20 +44,14 @@ use crate::nn::tensor_fields;
 /// ([`Tensors`]).
 pub(crate) trait Encoder: Tensors {
     /// Runs the encoder on a batch and returns the last hidden state padded, `[b, len, hidden]`.
-    fn forward(&self, t: &BatchInput) -> Tensor;
-    /// The attention form the next forward pass runs (after a pass: the form it ran).
-    fn attention_path(&self) -> AttentionPath;
-    /// Whether its padded attention honours [`BatchInput::groups`] (the families on
-    /// `SelfAttention`); the others are given none.
-    fn groups_by_length(&self) -> bool {
-        false
-    }
-    /// Whether its forward pass runs the CPU's variable-length kernel on a batch marked
-    /// [`BatchInput::varlen`] (key masks, sliding windows, MPNet's distance bias, the decoders'
-    /// causal and grouped-query heads).
-    fn varlen_attention(&self) -> bool {
-        false
-    }
+    /// `plan` is the model's attention plan; only a family that can run packed reads it (the
+    /// batch's CPU layout is already in `t`).
+    fn forward(&self, t: &BatchInput, plan: &AttentionPlan) -> Tensor;
+    /// What its attention can run: the packed kernel, the CPU's variable-length kernel on a
+    /// batch marked [`BatchInput::varlen`] (key masks, sliding windows, MPNet's distance bias,
+    /// the decoders' causal and grouped-query heads), length groups ([`BatchInput::groups`]).
+    /// [`AttentionPlan::choose`] picks from it once at load.
+    fn attention_support(&self) -> AttentionSupport;
     /// Stores its word table in int8 (`nn::quantize_table`); returns the bytes freed and
     /// held.
     fn quantize_word_table(&self) -> (u64, u64);
@@ -73,20 +68,12 @@ pub(crate) struct PostNorm {
 }
 
 impl Encoder for PostNorm {
-    fn forward(&self, t: &BatchInput) -> Tensor {
-        self.stack.forward(&self.emb.forward(t), t)
+    fn forward(&self, t: &BatchInput, plan: &AttentionPlan) -> Tensor {
+        self.stack.forward(&self.emb.forward(t), t, plan)
     }
 
-    fn attention_path(&self) -> AttentionPath {
-        self.stack.attention_path()
-    }
-
-    fn groups_by_length(&self) -> bool {
-        true
-    }
-
-    fn varlen_attention(&self) -> bool {
-        true
+    fn attention_support(&self) -> AttentionSupport {
+        self.stack.attention_support()
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
@@ -103,6 +90,8 @@ impl Encoder for PostNorm {
 /// SPLADE's masked-LM head), where it lives and what it holds.
 pub(crate) struct Model {
     encoder: Box<dyn Encoder>,
+    /// How its attention runs, chosen at load.
+    attention: AttentionPlan,
     head: heads::Head,
     device: Device,
     /// Bytes held by the weights on the model's device (encoder and head).
@@ -114,8 +103,9 @@ pub(crate) struct Model {
 }
 
 impl Model {
-    /// Loads the encoder of `dir`'s family and its Dense modules onto `device` in `kind`. On
-    /// any error, every tensor read so far is dropped before returning.
+    /// Loads the encoder of `dir`'s family and its Dense modules onto `device` in `kind`, and
+    /// plans its attention under the calling (worker) thread's [`Tuning`]. On any error, every
+    /// tensor read so far is dropped before returning.
     pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<Model> {
         let (weights, cfg) = (dir.weights.as_path(), &dir.arch);
         // A BERT-line checkpoint may carry a task head beside the encoder (classifier, masked
@@ -125,7 +115,7 @@ impl Model {
         let (encoder, mut weight_bytes): (Box<dyn Encoder>, u64) = match &cfg.details {
             Details::Bert(c) => {
                 let mut w = Weights::read(weights, bert::ANCHOR, device, kind)?;
-                let m = bert::load(&mut w, cfg, c, device, kind)?;
+                let m = bert::load(&mut w, cfg, c)?;
                 let bytes = w.bytes;
                 // A masked-LM decoder tied to the word embeddings shares them.
                 encoder_file = Some((w, m.emb.word.shallow_clone()));
@@ -153,7 +143,7 @@ impl Model {
             }
             Details::Decoder(c) => {
                 let mut w = Weights::read(weights, decoder::Decoder::ANCHOR, device, kind)?;
-                let m = decoder::Decoder::load(&mut w, cfg, c, device, kind)?;
+                let m = decoder::Decoder::load(&mut w, cfg, c)?;
                 let bytes = w.bytes;
                 // A reranker's LM head or score row is read from the same file.
                 encoder_file = Some((w, m.word().shallow_clone()));
@@ -166,7 +156,8 @@ impl Model {
         };
         let (head, head_bytes) = heads::Head::load(dir, device, kind, encoder_file.as_mut().map(|(w, word)| (w, &*word)))?;
         weight_bytes += head_bytes;
-        Ok(Model { encoder, head, device, weight_bytes, prepacked: false, int8: false })
+        let attention = AttentionPlan::choose(device, kind, encoder.attention_support(), Tuning::current());
+        Ok(Model { encoder, attention, head, device, weight_bytes, prepacked: false, int8: false })
     }
 
     pub(crate) fn device(&self) -> Device {
@@ -174,7 +165,7 @@ impl Model {
     }
 
     pub(crate) fn forward(&self, t: &BatchInput) -> Tensor {
-        self.encoder.forward(t)
+        self.encoder.forward(t, &self.attention)
     }
 
     /// The head's output for a batch: one f32 row per input, `[b, out]` (see [`heads::Head::forward`]).
@@ -182,18 +173,9 @@ impl Model {
         self.head.forward(hidden, pool_mask, lens, pooling)
     }
 
-    pub(crate) fn attention_path(&self) -> AttentionPath {
-        self.encoder.attention_path()
-    }
-
-    /// See [`Encoder::groups_by_length`].
-    pub(crate) fn groups_by_length(&self) -> bool {
-        self.encoder.groups_by_length()
-    }
-
-    /// See [`Encoder::varlen_attention`].
-    pub(crate) fn varlen_attention(&self) -> bool {
-        self.encoder.varlen_attention()
+    /// How its attention runs (chosen at load).
+    pub(crate) fn attention(&self) -> &AttentionPlan {
+        &self.attention
     }
 
     /// Reorders every linear layer's weight once into oneDNN's layout (CPU; worth it in bf16,

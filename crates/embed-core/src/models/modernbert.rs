@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{modernbert::Config, ArchConfig};
-use crate::nn::attention::{key_mask, window_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::attention::{key_mask, window_mask, AttentionPlan, AttentionSupport, Mode, Scores, SelfAttention};
 use crate::nn::ffn::Glu;
 use crate::nn::rotary::Rotary;
 use crate::nn::{BatchInput, LayerNorm, Linear, Weights};
@@ -64,8 +64,6 @@ impl ModernBert {
         }
         let final_norm = w.layer_norm("final_norm", h, eps, c.norm_bias)?;
         let head_dim = h / heads;
-        // Local layers need a sliding window the packed kernel is not given: padded attention.
-        AttentionPath::choose(device, kind, head_dim, false);
         let model = ModernBert {
             word,
             word_int8: Default::default(),
@@ -82,7 +80,7 @@ impl ModernBert {
 }
 
 impl Encoder for ModernBert {
-    fn forward(&self, t: &BatchInput) -> Tensor {
+    fn forward(&self, t: &BatchInput, _plan: &AttentionPlan) -> Tensor {
         let mut x = self.emb_norm.forward(&crate::nn::lookup(&self.word, &self.word_int8, &t.ids).narrow(0, 0, t.tokens));
         let kind = x.kind();
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
@@ -112,16 +110,9 @@ impl Encoder for ModernBert {
         crate::nn::quantize_table(&self.word, &self.word_int8)
     }
 
-    fn attention_path(&self) -> AttentionPath {
-        AttentionPath::Padded
-    }
-
-    fn groups_by_length(&self) -> bool {
-        true
-    }
-
-    fn varlen_attention(&self) -> bool {
-        true
+    fn attention_support(&self) -> AttentionSupport {
+        // Local layers need a sliding window the packed kernel is not given: padded attention on CUDA.
+        AttentionSupport { packed_head_dim: None, cpu_varlen: true, length_groups: true }
     }
 
     #[cfg(feature = "planted-leak")]

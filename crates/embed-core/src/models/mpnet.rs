@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::{Encoder};
 use crate::model_dir::arch::{mpnet::Config, ArchConfig};
-use crate::nn::attention::{key_mask, AttentionPath, Mode, Scores, SelfAttention};
+use crate::nn::attention::{key_mask, AttentionPlan, AttentionSupport, Mode, Scores, SelfAttention};
 use crate::nn::block::PostNormBlock;
 use crate::nn::ffn::{FeedForward, Mlp};
 use crate::nn::{embed, BatchInput, Embeddings, Weights};
@@ -57,8 +57,6 @@ impl MPNet {
                 mlp_norm: w.layer_norm(&format!("{p}.output.LayerNorm"), h, eps, true)?,
             });
         }
-        // The score bias rules out the packed kernel: MPNet always runs padded attention.
-        AttentionPath::choose(device, kind, h / heads, false);
         let model = MPNet { emb, layers, relative_bias, attn: SelfAttention { heads, head_dim: h / heads }, buckets: c.buckets };
         Ok((model, w.bytes))
     }
@@ -100,7 +98,7 @@ fn relative_buckets(relative: Tensor, buckets: i64) -> Tensor {
 }
 
 impl Encoder for MPNet {
-    fn forward(&self, t: &BatchInput) -> Tensor {
+    fn forward(&self, t: &BatchInput, _plan: &AttentionPlan) -> Tensor {
         let x = self.emb.forward(t).narrow(0, 0, t.tokens);
         // The CPU's variable-length attention takes the bias per distance; padded attention
         // takes it laid out over the batch.
@@ -120,20 +118,13 @@ impl Encoder for MPNet {
         t.pad(&x).view([t.b, t.len, hidden])
     }
 
-    fn attention_path(&self) -> AttentionPath {
-        AttentionPath::Padded
+    fn attention_support(&self) -> AttentionSupport {
+        // The score bias rules out the packed kernel: padded attention on CUDA.
+        AttentionSupport { packed_head_dim: None, cpu_varlen: true, length_groups: true }
     }
 
     fn quantize_word_table(&self) -> (u64, u64) {
         self.emb.quantize_words()
-    }
-
-    fn groups_by_length(&self) -> bool {
-        true
-    }
-
-    fn varlen_attention(&self) -> bool {
-        true
     }
 
     #[cfg(feature = "planted-leak")]

@@ -56,6 +56,6 @@ pub(crate) fn load(path: &Path, a: &ArchConfig, c: &Config, device: Device, kind
     }
     let head_dim = h / heads;
     let rope = Rotary::new(head_dim, c.rotary_base);
-    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope), device, kind);
+    let stack = PostNormStack::new(layers, heads, head_dim, Some(rope));
     Ok((PostNorm { emb, stack }, w.bytes))
 }

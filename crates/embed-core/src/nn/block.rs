@@ -2,11 +2,9 @@
 //! MPNet, and with rotary positions and a gated feed-forward NomicBERT and GTE): attention,
 //! residual, LayerNorm, feed-forward, residual, LayerNorm.
 
-use std::cell::Cell;
+use tch::Tensor;
 
-use tch::{Device, Kind, Tensor};
-
-use super::attention::{key_mask, run_encoder, AttentionPath, Mode, Scores, SelfAttention};
+use super::attention::{key_mask, run_encoder, AttentionPlan, AttentionSupport, Mode, Scores, SelfAttention};
 use super::ffn::FeedForward;
 use super::rotary::{Rotary, RotaryTable};
 use super::{BatchInput, KernelError, LayerNorm, Linear};
@@ -47,21 +45,25 @@ pub(crate) struct PostNormStack {
     pub(crate) layers: Vec<PostNormBlock>,
     pub(crate) attn: SelfAttention,
     pub(crate) rope: Option<Rotary>,
-    attention: Cell<AttentionPath>,
 }
 
 impl PostNormStack {
-    /// `heads` of `head_dim` each; the attention path is chosen for `device` and `kind`.
-    pub(crate) fn new(layers: Vec<PostNormBlock>, heads: i64, head_dim: i64, rope: Option<Rotary>, device: Device, kind: Kind) -> Self {
-        let attention = Cell::new(AttentionPath::choose(device, kind, head_dim, true));
-        PostNormStack { layers, attn: SelfAttention { heads, head_dim }, rope, attention }
+    /// `heads` of `head_dim` each.
+    pub(crate) fn new(layers: Vec<PostNormBlock>, heads: i64, head_dim: i64, rope: Option<Rotary>) -> Self {
+        PostNormStack { layers, attn: SelfAttention { heads, head_dim }, rope }
+    }
+
+    /// Plain attention under a key mask: packed where the device allows, the CPU's
+    /// variable-length kernel, length groups.
+    pub(crate) fn attention_support(&self) -> AttentionSupport {
+        AttentionSupport { packed_head_dim: Some(self.attn.head_dim), cpu_varlen: true, length_groups: true }
     }
 
     /// Runs the layers on the embeddings of the whole token stream (`[stream, hidden]`, already
     /// normed); returns the last hidden state padded, `[b, len, hidden]`.
-    pub(crate) fn forward(&self, x: &Tensor, t: &BatchInput) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor, t: &BatchInput, plan: &AttentionPlan) -> Tensor {
         let hidden = self.attn.heads * self.attn.head_dim;
-        run_encoder(&self.attention, t, hidden, |mode| {
+        run_encoder(plan, t, hidden, |mode| {
             let (mut x, mask) = match mode {
                 Mode::Packed => (x.shallow_clone(), Tensor::new()),
                 Mode::Padded => (x.narrow(0, 0, t.tokens), key_mask(t)),
@@ -72,10 +74,6 @@ impl PostNormStack {
             }
             Ok(x)
         })
-    }
-
-    pub(crate) fn attention_path(&self) -> AttentionPath {
-        self.attention.get()
     }
 }
 

@@ -36,8 +36,10 @@ pub enum CudaAttention {
     Sdpa,
 }
 
-/// The kernels' switches of one model (see the module's documentation).
+/// The kernels' switches of one model (see the module's documentation). `#[non_exhaustive]`:
+/// start from [`Tuning::DEFAULT`] or [`Tuning::from_env`] and set what differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Tuning {
     /// How CPU batches run attention (`EMBED_CPU_ATTENTION`: `varlen`, `grouped`, `padded`).
     pub cpu_attention: CpuAttention,
@@ -109,6 +111,14 @@ impl Tuning {
         TUNING.with(Cell::get)
     }
 }
+
+with_setters!(Tuning {
+    plain with_cpu_attention(cpu_attention: CpuAttention) "Sets [`Tuning::cpu_attention`].";
+    plain with_cuda_attention(cuda_attention: CudaAttention) "Sets [`Tuning::cuda_attention`].";
+    plain with_int8_hadamard(int8_hadamard: bool) "Sets [`Tuning::int8_hadamard`].";
+    plain with_cpu_fused_norm(cpu_fused_norm: bool) "Sets [`Tuning::cpu_fused_norm`].";
+    plain with_profile_stages(profile_stages: bool) "Sets [`Tuning::profile_stages`].";
+});
 
 impl Default for Tuning {
     fn default() -> Self {

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use crate::nn::attention::AttentionPath;
-use crate::nn::tuning::{CpuAttention, Tuning};
+use crate::nn::attention::CpuLayout;
 use crate::nn::{length_groups, BatchInput, KernelError};
 use crate::models::Model;
 use crate::model_dir::Pooling;
@@ -410,7 +409,7 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     // CPU time per GEMM the first time it meets a new row count in f16/bf16 (measured on an
     // H200), and length-sorted batches almost never repeat one; so the stream is rounded up to
     // a multiple of TOKEN_BUCKET with one filler sequence, whose output is dropped.
-    let packed = model.attention_path() == AttentionPath::Packed;
+    let packed = model.attention().packed();
     let filler = if packed { tokens.div_ceil(TOKEN_BUCKET) * TOKEN_BUCKET - tokens } else { 0 };
     let stream = tokens + filler;
     let bounds = b + 1 + usize::from(filler > 0);
@@ -490,10 +489,9 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     // similar lengths at its own length (on a GPU the extra launches would cost more than the
     // padding saves).
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
-    let on_cpu = !packed && !dev.is_cuda();
-    let mode = Tuning::current().cpu_attention;
-    let varlen = on_cpu && mode == CpuAttention::Varlen && model.varlen_attention();
-    let groups = if on_cpu && !varlen && mode != CpuAttention::Padded && model.groups_by_length() {
+    let layout = model.attention().cpu_layout();
+    let varlen = layout == Some(CpuLayout::Varlen);
+    let groups = if layout == Some(CpuLayout::Grouped) {
         length_groups(&lens)
     } else {
         Vec::new()
@@ -508,7 +506,7 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     let hidden = crate::profile::stage("forward", || model.forward(&input));
     let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
     let tokens = batch.iter().any(|it| jobs.job(it.job).output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
-    Launched { pooled, tokens, packed: model.attention_path() == AttentionPath::Packed }
+    Launched { pooled, tokens, packed: model.attention().packed() }
 }
 
 /// Waits for a launched batch and returns one un-normalised row per item (its token states,

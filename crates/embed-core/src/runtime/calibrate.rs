@@ -83,7 +83,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
         None => CALIBRATION_TEXTS.iter().map(|t| t.to_string()).collect(),
     };
     let count = texts.len();
-    let prepared = text.prepare(&texts, &EmbedOptions { truncate: true, ..Default::default() })?;
+    let prepared = text.prepare(&texts, &EmbedOptions::default().with_truncate(true))?;
     let (tx, mut rx) = oneshot::channel();
     let job = Job {
         seqs: prepared.into_iter().map(|p| p.seq).collect(),

@@ -5,7 +5,7 @@ use embed_core::{BatchStats, DType, DenseEmbeddingService, EmbedOptions, Embeddi
 use embed_testkit::{assert_cosines, fixture_dir, fixture_model_type_and_family, fixture_query_reference, fixture_reference, FIXTURES};
 
 pub(crate) async fn load(name: &str, dtype: DType) -> DenseEmbeddingService {
-    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions { dtype: Some(dtype), tuning: embed_core::Tuning::from_env(), ..Default::default() });
+    let spec = ModelSpec::new(fixture_dir(name).to_string_lossy()).with_options(ModelOptions::default().with_dtype(dtype).with_tuning(embed_core::Tuning::from_env()));
     DenseEmbeddingService::from_spec(spec).await.unwrap_or_else(|e| panic!("{name}: load failed: {e}"))
 }
 

@@ -26,7 +26,7 @@ pub fn fixture(
 ) -> Fixture {
     let (t1, tiny) = TinyModel::default().write_temp();
     let (t2, other) = TinyModel { seed: 9, hidden: 16, heads: 2, ..TinyModel::default() }.write_temp();
-    let opts = ModelOptions { faults, ..Default::default() };
+    let opts = ModelOptions::default().with_faults(faults);
     let registry = ModelRegistry::new()
         .with("tiny", ModelSpec::new(tiny.to_string_lossy()).named("tiny").with_options(opts))
         .with("other", ModelSpec::new(other.to_string_lossy()).named("other"));

@@ -61,7 +61,11 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
         }
     }
     let (mode, prompt_name) = prompt_for(req.input_type, &info);
-    let options = EmbedOptions { mode, prompt_name, normalize: Some(true), truncate, dimensions: req.output_dimension, priority: super::asked_priority(None), ..Default::default() };
+    let mut options = EmbedOptions::default().with_normalize(true).with_truncate(truncate);
+    options.mode = mode;
+    options.prompt_name = prompt_name;
+    options.dimensions = req.output_dimension;
+    options.priority = super::asked_priority(None);
     let out = super::tei::embed_on(&state, &lease, &texts, &options).await?;
 
     let vectors = &out.vectors;

@@ -32,22 +32,11 @@ pub(crate) async fn embeddings(
     check_not_empty(&req.input)?;
     let encoding_format = req.encoding_format.unwrap_or_default();
     let lease = state.lease(&model).await?;
-    let info = lease.info().ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model {model:?} is not ready")))?;
-    if let Some(d) = req.dimensions {
-        if !(1..=info.dimension).contains(&d) {
-            return Err(ApiError::invalid(
-                "dimensions",
-                format!("dimensions={d}: model {model:?} gives {}-dimensional embeddings; ask for 1 to {0}", info.dimension),
-            )
-            .into());
-        }
-    }
-    let options = EmbedOptions {
-        truncate: state.config.limits.truncate_by_default,
-        dimensions: req.dimensions,
-        priority: super::asked_priority(req.priority),
-        ..Default::default()
-    };
+    // `dimensions` is checked by the model's service (one check for every API): an invalid
+    // value is `InvalidOption`, a 400 naming the parameter.
+    let mut options = EmbedOptions::default().with_truncate(state.config.limits.truncate_by_default);
+    options.dimensions = req.dimensions;
+    options.priority = super::asked_priority(req.priority);
     let _admitted = state.admit(options.priority_for(n))?;
     let queued = state.metrics.queued(&model);
     let out = match req.input {

@@ -43,7 +43,8 @@ fn record(state: &AppState, lease: &Lease, inputs: usize, tokens: usize) {
 /// `None` texts are an empty list.
 async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String], truncate: bool, instruction: Option<String>) -> Result<Classified, ApiError> {
     let lease = state.lease(model).await?;
-    let options = EmbedOptions { truncate, instruction, ..Default::default() };
+    let mut options = EmbedOptions::default().with_truncate(truncate);
+    options.instruction = instruction;
     let queued = state.metrics.queued(model);
     let out = lease.rerank(query, texts, &options).await?;
     drop(queued);
@@ -124,7 +125,7 @@ pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBo
             None => ClassifyInput::Text(a),
         })
         .collect();
-    let options = EmbedOptions { truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default), ..Default::default() };
+    let options = EmbedOptions::default().with_truncate(req.truncate.unwrap_or(state.config.limits.truncate_by_default));
     let queued = state.metrics.queued(&model);
     let out = lease.classify(&inputs, &options).await?;
     drop(queued);
@@ -159,11 +160,8 @@ async fn prepare(state: &AppState, req: TextsRequest) -> Result<Prepared, ApiErr
     check_count(texts.len(), state, "inputs")?;
     let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
-    let options = EmbedOptions {
-        prompt_name: req.prompt_name,
-        truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
-        ..Default::default()
-    };
+    let mut options = EmbedOptions::default().with_truncate(req.truncate.unwrap_or(state.config.limits.truncate_by_default));
+    options.prompt_name = req.prompt_name;
     Ok(Prepared { texts, model, lease, options })
 }
 

@@ -31,15 +31,12 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     // The lease lives for the whole request: the model cannot be evicted under it, and a
     // client that disconnects drops this future, the lease and the queued work.
     let lease = state.lease(&model).await?;
-    let options = EmbedOptions {
-        mode: req.mode,
-        prompt_name: req.prompt_name,
-        instruction: req.instruction,
-        normalize: Some(req.normalize.unwrap_or(true)),
-        truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
-        dimensions: req.dimensions,
-        priority: super::asked_priority(req.priority),
-    };
+    let mut options = EmbedOptions::default().with_normalize(req.normalize.unwrap_or(true)).with_truncate(req.truncate.unwrap_or(state.config.limits.truncate_by_default));
+    options.mode = req.mode;
+    options.prompt_name = req.prompt_name;
+    options.instruction = req.instruction;
+    options.dimensions = req.dimensions;
+    options.priority = super::asked_priority(req.priority);
     Ok(Json(embed_on(&state, &lease, &texts, &options).await?.vectors))
 }
 
@@ -115,7 +112,8 @@ pub(crate) async fn tokenize(
     check_count(texts.len(), &state, "inputs")?;
     let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
-    let options = EmbedOptions { prompt_name: req.prompt_name, ..Default::default() };
+    let mut options = EmbedOptions::default();
+    options.prompt_name = req.prompt_name;
     let tokenized = lease.tokenize(&texts, &options).await?;
     Ok(Json(tokenized.into_iter().map(Token::list).collect()))
 }

@@ -20,16 +20,17 @@
 //! or `sdpa` (libtorch's own dispatch with nothing switched off: the behaviour before the packed
 //! path existed).
 
-use std::cell::Cell;
-
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::rotary::RotaryTable;
-use super::tuning::{CudaAttention, Tuning};
 use super::{BatchInput, KernelError, LenGroup};
+
+mod plan;
+
+pub(crate) use plan::{AttentionPlan, AttentionSupport, CpuLayout};
 use crate::ffi::{embed_cpu_attention_varlen, embed_flash_attention_varlen, embed_sdp_disable_cudnn};
 
-/// Which attention form a loaded model runs.
+/// Which attention form a loaded model runs on its device (its [`AttentionPlan`] holds it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttentionPath {
     /// Variable-length flash attention over packed sequences.
@@ -41,26 +42,6 @@ pub(crate) enum AttentionPath {
 }
 
 impl AttentionPath {
-    /// The path for a model on `device` in `kind` with heads of `head_dim`, honouring the
-    /// model's `tuning.cuda_attention`. `plain` says the family's scores are plain `q·k` with a key
-    /// mask (no position bias, no sliding window), which the packed kernel needs.
-    pub(crate) fn choose(device: Device, kind: Kind, head_dim: i64, plain: bool) -> AttentionPath {
-        let half = matches!(kind, Kind::Half | Kind::BFloat16);
-        if !device.is_cuda() || !half {
-            return AttentionPath::Padded;
-        }
-        // FlashAttention-2's limits on the head size.
-        let flash_fits = plain && head_dim % 8 == 0 && head_dim <= 256;
-        let path = match Tuning::current().cuda_attention {
-            CudaAttention::Padded => AttentionPath::Padded,
-            CudaAttention::Sdpa => AttentionPath::Sdpa,
-            CudaAttention::Packed if flash_fits => AttentionPath::Packed,
-            CudaAttention::Packed => AttentionPath::Padded,
-        };
-        path.prepare();
-        path
-    }
-
     /// Process-wide settings the path needs (CUDA, half precision only).
     pub(crate) fn prepare(self) {
         if self == AttentionPath::Padded {
@@ -228,25 +209,21 @@ pub(crate) enum Mode {
 /// Runs an encoder over a batch and returns the last hidden state padded, `[b, len, hidden]`.
 ///
 /// `encode(mode)` gets the layout and returns `[n, hidden]`: `n` is the stream (packed) or the
-/// real tokens (padded). Packed runs where `path` says so; if the kernel refuses (a GPU or
-/// dtype it does not support), the model switches to padded for good and the batch is rerun.
+/// real tokens (padded). Packed runs where `plan` says so; if the kernel refuses (a GPU or
+/// dtype it does not support), the plan turns padded for good and the batch is rerun.
 /// Out of memory is not the kernel refusing: it is raised ([`KernelError::raise`]), and the
 /// runtime splits the batch.
 pub(crate) fn run_encoder(
-    path: &Cell<AttentionPath>,
+    plan: &AttentionPlan,
     t: &BatchInput,
     hidden: i64,
     encode: impl Fn(Mode) -> Result<Tensor, KernelError>,
 ) -> Tensor {
-    if path.get() == AttentionPath::Packed {
+    if plan.packed() {
         match encode(Mode::Packed) {
             Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
             Err(e @ KernelError::OutOfMemory(_)) => e.raise(),
-            Err(KernelError::Refused(msg)) => {
-                tracing::warn!("packed flash attention failed, using padded attention from now on: {msg}");
-                path.set(AttentionPath::Padded);
-                AttentionPath::Padded.prepare();
-            }
+            Err(KernelError::Refused(msg)) => plan.fall_back_to_padded(&msg),
         }
     }
     match encode(Mode::Padded) {
@@ -363,6 +340,7 @@ impl SelfAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     /// Reference: each sequence alone through libtorch's SDPA under an explicit mask (and the
     /// distance bias as a float mask), key-value heads repeated for their query heads.
