@@ -4,8 +4,8 @@
 //! reference pairs (`testdata/fixtures/qwen3-reranker*`, written by
 //! `python/make_reranker_fixtures.py`) within 1e-4 of transformers; evictions move the weights to
 //! the warm tier and gets restore them, with the same scores bitwise; live weights are exactly the
-//! leased model's, and nothing is live once the pool closes. The CUDA variant (an evicted CUDA
-//! model goes warm under the default `auto` mode) is gated like the other CUDA tests.
+//! leased model's, and nothing is live once the pool closes. The CUDA variant is in `pool_cuda.rs`
+//! (run by `scripts/gpu-check.sh`).
 
 use embed_core::memory::{live_models, live_weight_bytes};
 use embed_core::{DeviceSpec, EmbedOptions, Error, LlmReranker, ModelKind, ModelOptions, ModelSpec};
@@ -116,13 +116,4 @@ async fn without_a_warm_tier_each_swap_frees_the_llm_reranker_exactly() {
     }
     pool.close().await;
     assert_eq!((live_models(), live_weight_bytes()), (0, 0));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-pool --test pool_llm_rerankers -- --ignored"]
-async fn llm_rerankers_on_cuda_go_warm_and_come_back() {
-    embed_testkit::memory::require_cuda();
-    let _s = serial().await;
-    // The default mode: an evicted CUDA model goes warm.
-    cycle(DeviceSpec::Cuda(0), WarmTier { mode: WarmMode::Auto, host_budget: HostBudget::Bytes(64 << 20) }).await;
 }
