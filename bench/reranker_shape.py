@@ -17,7 +17,8 @@ usage:
       softmax over the last position's "no"/"yes" logits, the whole vocabulary's logits computed
       at every position as the card's code does), one group per batch, with one change the card
       needs for batches: position ids from the attention mask, so that a pair's score does not
-      depend on the padding its batch adds (what embed and vLLM compute). Warms up on one pair,
+      depend on the padding its batch adds (what embed and vLLM compute), and the softmax over
+      the two logits in f32. Warms up on one pair,
       then times all groups; prints one JSON line (time, tokens, peak RSS) and writes the scores.
 """
 import json
@@ -170,8 +171,10 @@ def ref(model_dir: str, pairs_path: str, threads: int, scores_out: str) -> None:
 
     @torch.no_grad()
     def compute_logits(inputs):
-        # The model card's compute_logits.
-        batch_scores = model(**inputs).logits[:, -1, :]
+        # The model card's compute_logits, the two logits taken to f32 before the softmax (in
+        # bf16 a score near 0.5 would be rounded to steps of 0.002 to 0.004, coarser than the
+        # differences being compared).
+        batch_scores = model(**inputs).logits[:, -1, :].float()
         true_vector = batch_scores[:, token_true_id]
         false_vector = batch_scores[:, token_false_id]
         batch_scores = torch.stack([false_vector, true_vector], dim=1)

@@ -444,4 +444,12 @@ async fn embed_sparse_return_text_names_each_index() {
     assert!(err["error"].as_str().unwrap().contains("return_text"), "{err}");
     let (status, err) = post(&app, "/embed_sparse", json!({"inputs": "a", "return_text": "yes"})).await;
     assert_eq!(status, 422, "{err}");
+    // The OpenAPI document has the option and the field.
+    let doc = serde_json::to_value(embed_server::openapi()).unwrap();
+    let body = &doc["paths"]["/embed_sparse"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(body, "#/components/schemas/SparseRequest");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["SparseRequest"]["properties"]["return_text"]["default"], json!(false), "{}", schemas["SparseRequest"]);
+    assert!(schemas["SparseValue"]["properties"]["text"].is_object(), "{}", schemas["SparseValue"]);
+    assert_eq!(schemas["SparseValue"]["required"], json!(["index", "value"]), "{}", schemas["SparseValue"]);
 }
