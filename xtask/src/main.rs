@@ -3,6 +3,7 @@
 mod bench;
 mod bench_decoder;
 mod bench_latency;
+mod bench_rerank;
 mod bench_server;
 mod cluster_test;
 mod leak_check;
@@ -36,6 +37,10 @@ tasks:
                     a Qwen3-Embedding-0.6B-shaped random model on CPU: load, one 4096-token input
                     and 64 short texts in bf16 (time, peak RSS), f32 and sentence-transformers
                     beside it, then the leak check with that model
+  bench --rerank [--threads N] [--tokens N] [--groups G]
+                    a Qwen3-Reranker-0.6B-shaped random model on CPU in bf16: G (10) queries of 10
+                    documents each (N = 300 tokens per pair) reranked by embed-core and by transformers' model-card
+                    scoring in the same run (time, peak RSS; worst score difference, same ranking)
   bench --server [--rounds N] [--clients N] [--per-request K]
                     the release server on the CPU, the MiniLM in f32 and in bf16 (prepacked),
                     alternating rounds over HTTP, beside the machine's bf16/f32 linear-layer ratio
@@ -74,6 +79,7 @@ fn main() -> Result<()> {
         "python" => python::run(rest),
         "cluster-test" => cluster_test::run(rest),
         "bench" if rest.iter().any(|a| a == "--decoder") => bench_decoder::run(rest),
+        "bench" if rest.iter().any(|a| a == "--rerank") => bench_rerank::run(rest),
         "bench" if rest.iter().any(|a| a == "--server") => bench_server::run(rest),
         "bench" if rest.iter().any(|a| a == "--latency") => bench_latency::run(rest),
         "bench" if rest.iter().any(|a| a == "--python") => python::bench(rest),

@@ -77,6 +77,18 @@ pub trait EmbeddingService: Send + Sync {
         Err(unsupported("decode"))
     }
 
+    /// The vocabulary entry of each id, as the tokenizer stores it (its `id_to_token`:
+    /// `##ing` for WordPiece, `Ġthe` for byte-level BPE; the strings [`tokenize`](Self::tokenize)
+    /// gives): the token a sparse vector's index stands for
+    /// ([`SparseVector::indices`](crate::SparseVector::indices)), as sentence-transformers'
+    /// `SparseEncoder.decode` names them. An id of the model's vocabulary that the tokenizer has
+    /// no entry for (a padded embedding row) gives an empty string; an id outside the model's
+    /// vocabulary is [`Error::InvalidTokens`].
+    async fn vocab_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let _ = ids;
+        Err(unsupported("vocab_tokens"))
+    }
+
     /// Dynamic-batching counters, for services that batch.
     fn batch_stats(&self) -> Option<BatchStats> {
         None
@@ -417,6 +429,12 @@ impl EmbeddingService for DenseEmbeddingService {
                 running.text.decode(seq, skip_special_tokens)
             })
             .collect()
+    }
+
+    async fn vocab_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
+        let running = self.running()?;
+        check_vocabulary(0, ids, running.info.vocab_size)?;
+        Ok(ids.iter().map(|&id| running.text.token(id)).collect())
     }
 
     fn batch_stats(&self) -> Option<BatchStats> {

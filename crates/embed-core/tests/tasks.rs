@@ -223,3 +223,47 @@ async fn decode_inverts_tokenize() {
     assert!(matches!(err, Error::InvalidTokens { index: 0, .. }), "{err}");
     svc.cleanup().await.unwrap();
 }
+
+/// The vocabulary of a fixture's `tokenizer.json`, by id, read from the file itself (its
+/// `model.vocab` map and its `added_tokens`), not through the tokenizers crate.
+fn vocabulary_by_id(name: &str) -> std::collections::BTreeMap<u32, String> {
+    let text = std::fs::read_to_string(fixture_dir(name).join("tokenizer.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let vocab = json["model"]["vocab"].as_object().expect("a WordPiece vocabulary map");
+    let mut by_id: std::collections::BTreeMap<u32, String> = vocab.iter().map(|(t, id)| (id.as_u64().unwrap() as u32, t.clone())).collect();
+    for added in json["added_tokens"].as_array().into_iter().flatten() {
+        by_id.insert(added["id"].as_u64().unwrap() as u32, added["content"].as_str().unwrap().to_string());
+    }
+    by_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splade_indices_name_their_vocabulary_tokens() {
+    let _s = serial().await;
+    let svc = load("bert-splade").await;
+    let vocab = vocabulary_by_id("bert-splade");
+    let info = svc.info().unwrap();
+    assert_eq!(vocab.len(), info.vocab_size, "the fixture's tokenizer covers the model's vocabulary");
+    let texts: Vec<String> = task_reference("bert-splade").iter().take(3).map(|i| i.text.clone()).collect();
+    let out = svc.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap();
+    let mut checked = 0;
+    for v in &out.vectors {
+        let tokens = svc.vocab_tokens(&v.indices).await.unwrap();
+        assert_eq!(tokens.len(), v.indices.len(), "one token per index");
+        for (id, token) in v.indices.iter().zip(&tokens) {
+            assert_eq!(Some(token), vocab.get(id), "token of id {id}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} entries checked");
+    // Word pieces keep their continuation marker, as SparseEncoder.decode gives them.
+    let piece = vocab.iter().find(|(_, t)| t.starts_with("##")).expect("the fixture's vocabulary has word pieces");
+    assert_eq!(svc.vocab_tokens(&[*piece.0]).await.unwrap(), vec![piece.1.clone()]);
+    let outside = info.vocab_size as u32;
+    let err = svc.vocab_tokens(&[3, outside]).await.unwrap_err();
+    assert!(matches!(&err, Error::InvalidTokens { reason, .. } if reason.contains(&outside.to_string())), "{err}");
+    assert_eq!(svc.vocab_tokens(&[]).await.unwrap(), Vec::<String>::new());
+    svc.cleanup().await.unwrap();
+    let err = svc.vocab_tokens(&[3]).await.unwrap_err();
+    assert!(matches!(err, Error::NotReady { .. }), "{err}");
+}

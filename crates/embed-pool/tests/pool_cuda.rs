@@ -170,3 +170,48 @@ async fn pressure_offloads_idle_cuda_models_not_leased_ones() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(allocated() <= base + WORKSPACE_SLACK, "allocated {} after close, baseline {}", mib(allocated()), mib(base));
 }
+
+/// The decoder-reranker kind on a GPU: a Qwen3-Reranker causal LM (`llm_reranker`) and its
+/// seq-cls conversion in a one-slot pool under the default warm tier (`auto`: an evicted CUDA
+/// model goes warm). Five swaps each way: each get restores the model from host memory with the
+/// same logits bitwise, device memory stays flat across swaps, and closing the pool returns it
+/// to the baseline. (Their scores against transformers on CUDA: embed-core's `tests/cuda.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-pool --test pool_cuda -- --ignored"]
+async fn llm_rerankers_swap_through_the_warm_tier_on_cuda() {
+    embed_testkit::memory::require_cuda();
+    let spec = |name: &str| {
+        let mut options = ModelOptions::default();
+        options.device = DeviceSpec::Cuda(0);
+        options.llm_reranker = (name == "qwen3-reranker").then(embed_core::LlmReranker::qwen3);
+        ModelSpec::new(embed_testkit::fixture_dir(name).to_string_lossy()).with_options(options)
+    };
+    let registry = ModelRegistry::new().with("llm", spec("qwen3-reranker")).with("seq-cls", spec("qwen3-reranker-seq-cls"));
+    let pool = Pool::new(PoolConfig::default().with_max_models(1), registry);
+    let docs: Vec<String> = vec!["a passage about GPUs".into(), "an unrelated passage about gardening".into()];
+    let base = allocated();
+    let mut first: std::collections::HashMap<&str, Vec<Vec<f32>>> = Default::default();
+    let mut levels = Vec::new();
+    for round in 0..5 {
+        for name in ["llm", "seq-cls"] {
+            let lease = pool.get(name).await.unwrap();
+            assert_eq!(lease.info().unwrap().device, ResolvedDevice::Cuda(0));
+            let logits = lease.rerank("which passage is about GPUs?", &docs, &EmbedOptions::default()).await.unwrap().logits;
+            assert!(logits.iter().all(|l| l.len() == 1 && l[0].is_finite()), "{name}: {logits:?}");
+            match first.get(name) {
+                Some(before) => assert_eq!(&logits, before, "round {round}: {name} after a restore"),
+                None => drop(first.insert(name, logits)),
+            }
+            drop(lease);
+            levels.push(allocated().saturating_sub(base));
+        }
+    }
+    let stats = pool.stats();
+    assert!(stats.offloads >= 9 && stats.restores >= 8, "evictions go warm and gets restore: {stats:?}");
+    eprintln!("llm rerankers: allocated above base after each swap (bytes): {levels:?}");
+    assert!(levels[2..].iter().all(|l| *l <= levels[2] + MIB), "device memory grows across swaps: {levels:?}");
+    pool.close().await;
+    assert_eq!(embed_testkit::memory::wait_for_no_live_models(Duration::from_secs(10)), 0);
+    let left = allocated().saturating_sub(base);
+    assert!(left <= WORKSPACE_SLACK, "device memory left after close: {:.1} MiB", mib(left));
+}

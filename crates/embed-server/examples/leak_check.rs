@@ -126,13 +126,15 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
             ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions::default().with_device(device)),
             ModelSettings::default().with_ttl(Duration::from_millis(50)),
         )
-        // A cross-encoder, an LLM reranker and a SPLADE encoder churn beside the embedders.
+        // A cross-encoder, an LLM reranker (both forms) and a SPLADE encoder churn beside the embedders.
         .with("reranker", fixture("bert-reranker"))
         .with("llm-reranker", {
             let spec = fixture("qwen3-reranker");
             let options = spec.options.clone().with_llm_reranker(embed_core::LlmReranker::qwen3());
             spec.with_options(options)
         })
+        // Its seq-cls conversion, recognised from its config (the seq-cls head's load path).
+        .with("llm-reranker-seq-cls", fixture("qwen3-reranker-seq-cls"))
         .with("splade", fixture("bert-splade"));
     // The warm tier on, CPU models too, with room for the MiniLM's copy (90 MB) beside a small
     // one: evictions go warm, gets restore, and the host budget unloads the least recently used
@@ -144,10 +146,10 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
     let churn = vec!["churn".to_string(), "a second text to score".to_string()];
     let opts = EmbedOptions::default();
     for _ in 0..3 {
-        for name in ["minilm", "reranker", "tiny", "llm-reranker", "splade"] {
+        for name in ["minilm", "reranker", "tiny", "llm-reranker", "llm-reranker-seq-cls", "splade"] {
             let lease = pool.get(name).await.expect("lease");
             match name {
-                "reranker" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
+                "reranker" | "llm-reranker-seq-cls" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
                 "llm-reranker" => {
                     let ask = EmbedOptions::default().with_instruction("Find the passage");
                     drop(lease.rerank("a query", &churn, &ask).await.expect("LLM rerank"))

@@ -407,3 +407,49 @@ async fn rerank_and_predict_carry_timing_headers() {
     assert_eq!(number(&h, "x-compute-characters"), 10);
     consistent(&h);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embed_sparse_return_text_names_each_index() {
+    let app = app("splade");
+    // The fixture's vocabulary by id, read from tokenizer.json itself.
+    let tokenizer: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir("bert-splade").join("tokenizer.json")).unwrap()).unwrap();
+    let vocab: std::collections::HashMap<u64, String> =
+        tokenizer["model"]["vocab"].as_object().unwrap().iter().map(|(t, id)| (id.as_u64().unwrap(), t.clone())).collect();
+    let items = task_reference("bert-splade");
+    let texts: Vec<&str> = items.iter().take(3).map(|i| i.text.as_str()).collect();
+    let (status, plain) = post(&app, "/embed_sparse", json!({"inputs": texts})).await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain[0][0].get("text").is_none(), "no text unless asked: {}", plain[0][0]);
+    let (status, v) = post(&app, "/embed_sparse", json!({"inputs": texts, "return_text": true})).await;
+    assert_eq!(status, 200, "{v}");
+    let vectors = v.as_array().unwrap();
+    assert_eq!(vectors.len(), texts.len());
+    let mut checked = 0;
+    for (with, without) in vectors.iter().zip(plain.as_array().unwrap()) {
+        let (with, without) = (with.as_array().unwrap(), without.as_array().unwrap());
+        assert_eq!(with.len(), without.len());
+        for (e, p) in with.iter().zip(without) {
+            assert_eq!((&e["index"], &e["value"]), (&p["index"], &p["value"]), "the same entries");
+            let id = e["index"].as_u64().unwrap();
+            assert_eq!(e["text"].as_str(), vocab.get(&id).map(String::as_str), "token of {id}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} entries checked");
+    // A single string too, and the option is refused on /embed_all (not a field there).
+    let (status, one) = post(&app, "/embed_sparse", json!({"inputs": texts[0], "return_text": true})).await;
+    assert_eq!((status, &one[0]), (StatusCode::OK, &v[0]));
+    let (status, err) = post(&app, "/embed_all", json!({"model": "bert", "inputs": "a", "return_text": true})).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("return_text"), "{err}");
+    let (status, err) = post(&app, "/embed_sparse", json!({"inputs": "a", "return_text": "yes"})).await;
+    assert_eq!(status, 422, "{err}");
+    // The OpenAPI document has the option and the field.
+    let doc = serde_json::to_value(embed_server::openapi()).unwrap();
+    let body = &doc["paths"]["/embed_sparse"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+    assert_eq!(body, "#/components/schemas/SparseRequest");
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["SparseRequest"]["properties"]["return_text"]["default"], json!(false), "{}", schemas["SparseRequest"]);
+    assert!(schemas["SparseValue"]["properties"]["text"].is_object(), "{}", schemas["SparseValue"]);
+    assert_eq!(schemas["SparseValue"]["required"], json!(["index", "value"]), "{}", schemas["SparseValue"]);
+}

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use self::types::{
     CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, PredictRequest, Prediction, Predictions,
-    Rank, RerankRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
+    Rank, RerankRequest, SparseRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
 };
 use super::{check_count, from_value, parse_json, JsonBody};
 use crate::error::{ApiError, OpenAiError};
@@ -165,22 +165,42 @@ async fn prepare(state: &AppState, req: TextsRequest) -> Result<Prepared, ApiErr
     Ok(Prepared { texts, model, lease, options })
 }
 
-/// SPLADE vectors: per input, its non-zero `(index, value)` entries by increasing index.
-#[utoipa::path(post, path = "/embed_sparse", tag = "text-embeddings-inference", request_body = types::TextsRequest,
-    responses((status = 200, description = "Per input, its non-zero entries by increasing index", body = Vec<Vec<types::SparseValue>>), crate::api::docs::TeiErrors))]
+/// SPLADE vectors: per input, its non-zero `(index, value)` entries by increasing index; with
+/// `return_text`, each entry's vocabulary token as `text`.
+#[utoipa::path(post, path = "/embed_sparse", tag = "text-embeddings-inference", request_body = types::SparseRequest,
+    responses((status = 200, description = "Per input, its non-zero entries by increasing index (with `text` when `return_text` is set)", body = Vec<Vec<types::SparseValue>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn embed_sparse(
     State(state): State<AppState>,
-    JsonBody(req): JsonBody<TextsRequest>,
+    JsonBody(req): JsonBody<SparseRequest>,
 ) -> Result<Json<Vec<Vec<SparseValue>>>, ApiError> {
+    let (req, return_text) = req.split();
     let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
     let queued = state.metrics.queued(&model);
     let out = lease.embed_sparse(&texts, &options).await?;
     drop(queued);
     record(&state, &lease, texts.len(), out.token_counts.iter().sum());
+    // The vocabulary tokens of every index that occurs, looked up once each.
+    let tokens: std::collections::HashMap<u32, String> = if return_text {
+        let ids: Vec<u32> = out.vectors.iter().flat_map(|v| v.indices.iter().copied()).collect::<std::collections::BTreeSet<u32>>().into_iter().collect();
+        let strings = lease.vocab_tokens(&ids).await?;
+        if strings.len() != ids.len() {
+            let message = format!("the model gave {} token strings for {} ids", strings.len(), ids.len());
+            return Err(ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, message));
+        }
+        ids.into_iter().zip(strings).collect()
+    } else {
+        Default::default()
+    };
     Ok(Json(
         out.vectors
             .into_iter()
-            .map(|v| v.indices.into_iter().zip(v.values).map(|(index, value)| SparseValue { index, value }).collect())
+            .map(|v| {
+                v.indices
+                    .into_iter()
+                    .zip(v.values)
+                    .map(|(index, value)| SparseValue { index, value, text: tokens.get(&index).cloned() })
+                    .collect()
+            })
             .collect(),
     ))
 }

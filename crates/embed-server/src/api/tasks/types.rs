@@ -215,7 +215,7 @@ pub(crate) struct VertexResponse {
     pub(crate) predictions: Vec<TaskAnswer>,
 }
 
-/// `POST /embed_sparse` and `POST /embed_all`.
+/// `POST /embed_all` (and `POST /embed_sparse`, as [`SparseRequest`]).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TextsRequest {
@@ -231,11 +231,44 @@ pub(crate) struct TextsRequest {
     pub(crate) model: Option<String>,
 }
 
+/// `POST /embed_sparse`: [`TextsRequest`]'s fields and `return_text`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SparseRequest {
+    pub(crate) inputs: StringOrList,
+    #[serde(default)]
+    pub(crate) truncate: Option<bool>,
+    /// Accepted for compatibility; only `right` is supported.
+    #[serde(default)]
+    pub(crate) truncation_direction: Option<String>,
+    #[serde(default)]
+    pub(crate) prompt_name: Option<String>,
+    #[serde(default)]
+    pub(crate) model: Option<String>,
+    /// Give each entry the vocabulary token its index stands for (`text`), as the tokenizer
+    /// stores it (`##ing` for WordPiece), as sentence-transformers' `SparseEncoder.decode` does.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub(crate) return_text: bool,
+}
+
+impl SparseRequest {
+    /// The texts request and whether token strings are wanted.
+    pub(crate) fn split(self) -> (TextsRequest, bool) {
+        let SparseRequest { inputs, truncate, truncation_direction, prompt_name, model, return_text } = self;
+        (TextsRequest { inputs, truncate, truncation_direction, prompt_name, model }, return_text)
+    }
+}
+
 /// One non-zero entry of a sparse vector.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct SparseValue {
     pub(crate) index: u32,
     pub(crate) value: f32,
+    /// The vocabulary token of `index` (`return_text: true` only; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "##ing")]
+    pub(crate) text: Option<String>,
 }
 
 /// `POST /decode`.
