@@ -596,7 +596,7 @@ async fn submit(running: &Arc<Running>, seqs: Vec<Seq>, output: Output, finish: 
     }
     let model = running.info.name.clone();
     let rows = answer.await.map_err(|_| Error::ShutDown { model })?;
-    crate::timing::record_run(arrived, first_batch.get().copied(), tokens);
+    crate::timing::record_run(running.info.device, arrived, first_batch.get().copied(), tokens);
     rows
 }
 

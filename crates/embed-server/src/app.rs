@@ -17,7 +17,7 @@ use embed_pool::{Lease, Pool};
 use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer, ExposeHeaders};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -192,6 +192,25 @@ fn open_routes() -> Routes {
         .get("/docs", docs::docs_page)
 }
 
+/// The routes that compute, as [`route_table`] lists them: their successful answers carry the
+/// timing headers ([`TIMING_HEADERS`]).
+pub(crate) fn timed_routes() -> Vec<(&'static str, &'static str)> {
+    limited_routes().table
+}
+
+/// The response headers of a successful answer of a computing route, with what each says (see
+/// [`timing_headers`]): exposed to browsers under CORS and listed in the OpenAPI document.
+pub(crate) const TIMING_HEADERS: [(&str, &str); 8] = [
+    ("x-compute-type", "Where the work ran: `cpu` or `gpu`"),
+    ("x-compute-time", "Milliseconds of tokenization, queue wait and inference together"),
+    ("x-compute-characters", "Unicode characters of the inputs computed"),
+    ("x-compute-tokens", "Tokens computed (special tokens and prompts included, after truncation)"),
+    ("x-total-time", "Milliseconds from the handler's start to the answer (parsing and model lease included)"),
+    ("x-tokenization-time", "Milliseconds spent tokenizing"),
+    ("x-queue-time", "Milliseconds in the model's queue before the first batch holding an input started"),
+    ("x-inference-time", "Milliseconds from that first batch to the answer"),
+];
+
 /// Every route [`router`] serves, as `(method, path)` with the method in lower case and path
 /// parameters as `{name}` (OpenAPI's form).
 pub fn route_table() -> Vec<(&'static str, &'static str)> {
@@ -224,7 +243,16 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: AppState) -> Router<S> {
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
                     let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
-                    tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        otel.name = tracing::field::Empty,
+                        otel.kind = tracing::field::Empty,
+                    );
+                    crate::otel::describe_request(&span, req);
+                    span
                 })
                 .on_response(DefaultOnResponse::new().level(Level::DEBUG))
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
@@ -245,7 +273,8 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>(state: AppState) -> Rout
 }
 
 /// The CORS layer for `origins` (`*`: any), TEI's: GET and POST, with `Content-Type`, and here
-/// also `Authorization` so a page can send the API key. `None` without origins.
+/// also `Authorization` so a page can send the API key; the timing headers and `x-request-id`
+/// are exposed, so a page's script can read them. `None` without origins.
 fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
     if origins.is_empty() {
         return None;
@@ -255,7 +284,8 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]),
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+            .expose_headers(ExposeHeaders::list(TIMING_HEADERS.iter().map(|&(name, _)| HeaderName::from_static(name)).chain([REQUEST_ID]))),
     )
 }
 
@@ -411,9 +441,13 @@ impl AppState {
 /// lease included), `x-compute-characters` and `x-compute-tokens` (the tokens computed, special
 /// tokens and prompts included). Where a request makes several model calls (`/vertex`), the
 /// figures are their sums.
+///
+/// Also `x-compute-type`, where the work ran: `cpu` or `gpu` (TEI always says `gpu+optimized`),
+/// and, under OpenTelemetry, a child span of the request's per stage with its real times.
 async fn timing_headers(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let (mut resp, measured) = embed_core::timing::measure(next.run(req)).await;
+    let (mut resp, measured, phases) = embed_core::timing::measure_phases(next.run(req)).await;
+    crate::otel::export_phases(&tracing::Span::current(), &phases);
     if measured.calls > 0 && resp.status().is_success() {
         let total = started.elapsed();
         let ms = |d: std::time::Duration| HeaderValue::from(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -426,6 +460,10 @@ async fn timing_headers(req: Request, next: Next) -> Response {
         headers.insert(HeaderName::from_static("x-tokenization-time"), ms(measured.tokenization));
         headers.insert(HeaderName::from_static("x-queue-time"), ms(measured.queue));
         headers.insert(HeaderName::from_static("x-inference-time"), ms(measured.inference));
+        if let Some(device) = measured.device {
+            let kind = if matches!(device, embed_core::ResolvedDevice::Cpu) { "cpu" } else { "gpu" };
+            headers.insert(HeaderName::from_static("x-compute-type"), HeaderValue::from_static(kind));
+        }
     }
     resp
 }

@@ -209,10 +209,14 @@ pub(crate) struct Args {
     #[arg(long, env = "JSON_OUTPUT", num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new(), help_heading = TEI)]
     json_output: Option<bool>,
-    /// TEI: refused. This server exports no OpenTelemetry traces.
+    /// TEI: export traces to this OpenTelemetry collector, as OTLP over gRPC without TLS (e.g.
+    /// http://localhost:4317): a span per request, with child spans for tokenization, queue
+    /// wait and inference, its parent taken from the request's `traceparent` header.
     #[arg(long, env = "OTLP_ENDPOINT", help_heading = TEI)]
     otlp_endpoint: Option<String>,
-    /// TEI: refused, with --otlp-endpoint.
+    /// TEI: the service name of the exported traces (default: embed-server; in a --model-id
+    /// start TEI's text-embeddings-inference.server, so a TEI deployment's dashboards keep
+    /// matching).
     #[arg(long, env = "OTLP_SERVICE_NAME", help_heading = TEI)]
     otlp_service_name: Option<String>,
     /// TEI: origins whose pages may call the server (CORS), repeatable or comma-separated; `*`
@@ -247,10 +251,50 @@ impl Args {
         self.prometheus_port
     }
 
-    /// Whether logs are JSON lines (TEI's `--json-output`).
-    pub(crate) fn json_output(&self) -> bool {
-        self.json_output == Some(true)
+    /// How the binary logs and traces (`--json-output`, `--otlp-endpoint`,
+    /// `--otlp-service-name`; with the config file's keys of those names after
+    /// [`Args::with_config_file_tei_keys`]). Read before [`build`], which logs.
+    pub(crate) fn telemetry(&self) -> Result<TelemetrySettings> {
+        let endpoint = self.otlp_endpoint.as_deref().map(|e| e.trim().to_string());
+        let service_name = self.otlp_service_name.as_deref().map(|n| n.trim().to_string());
+        let otlp = match (endpoint, service_name) {
+            (None, Some(_)) => bail!("--otlp-service-name names the service of exported traces: give --otlp-endpoint too"),
+            (None, None) => None,
+            (Some(endpoint), service_name) => {
+                if endpoint.starts_with("https://") {
+                    bail!("--otlp-endpoint {endpoint:?}: TLS to the collector is not built in; give an http:// address (a collector or agent beside the server)");
+                }
+                if !endpoint.strip_prefix("http://").is_some_and(|rest| !rest.is_empty()) {
+                    bail!("--otlp-endpoint {endpoint:?}: expected the collector's gRPC address as http://HOST:PORT");
+                }
+                let default_name = if self.model_id.is_some() { "text-embeddings-inference.server" } else { "embed-server" };
+                let service_name = service_name.unwrap_or_else(|| default_name.to_string());
+                if service_name.is_empty() {
+                    bail!("--otlp-service-name is empty");
+                }
+                Some(OtlpSettings { endpoint, service_name })
+            }
+        };
+        Ok(TelemetrySettings { json: self.json_output == Some(true), otlp })
     }
+}
+
+/// How the binary logs and traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TelemetrySettings {
+    /// Logs as one JSON object per line (`--json-output`).
+    pub(crate) json: bool,
+    /// Traces exported, when asked for (`--otlp-endpoint`).
+    pub(crate) otlp: Option<OtlpSettings>,
+}
+
+/// Where traces go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtlpSettings {
+    /// The collector's OTLP/gRPC endpoint (`http://HOST:PORT`).
+    pub(crate) endpoint: String,
+    /// The `service.name` of the exported spans.
+    pub(crate) service_name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +328,57 @@ struct FileConfig {
     max_concurrent_bulk: Option<usize>,
     no_priorities: Option<bool>,
     cpu_threads: Option<usize>,
+    // TEI's flags by their names: read into the flags by `Args::with_config_file_tei_keys`.
+    #[serde(rename = "model_id")]
+    _model_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "revision")]
+    _revision: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "served_model_name")]
+    _served_model_name: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "pooling")]
+    _pooling: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "hostname")]
+    _hostname: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "port")]
+    _port: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "uds_path")]
+    _uds_path: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "max_concurrent_requests")]
+    _max_concurrent_requests: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "max_batch_requests")]
+    _max_batch_requests: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "max_client_batch_size")]
+    _max_client_batch_size: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "auto_truncate")]
+    _auto_truncate: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "default_prompt_name")]
+    _default_prompt_name: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "default_prompt")]
+    _default_prompt: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "dense_path")]
+    _dense_path: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "payload_limit")]
+    _payload_limit: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "hf_token")]
+    _hf_token: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "huggingface_hub_cache")]
+    _huggingface_hub_cache: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "json_output")]
+    _json_output: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "otlp_endpoint")]
+    _otlp_endpoint: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "otlp_service_name")]
+    _otlp_service_name: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "cors_allow_origin")]
+    _cors_allow_origin: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "prometheus_port")]
+    _prometheus_port: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "tokenization_workers")]
+    _tokenization_workers: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "device_id")]
+    _device_id: Option<serde::de::IgnoredAny>,
+    #[serde(rename = "disable_spans")]
+    _disable_spans: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     models: BTreeMap<String, FileModel>,
 }
@@ -406,6 +501,7 @@ fn parse_thresholds(s: &str, base: Pressure) -> Result<Pressure> {
 /// The pool, the models, the server's settings and the address to listen on, from the flags
 /// and the config file (flags win).
 pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConfig, SocketAddr)> {
+    let args = args.with_config_file_tei_keys()?;
     refuse_inapplicable_tei_flags(&args)?;
     // TEI's address: from its flags (before the config file's `bind`), or in a TEI-style start
     // from HOSTNAME, PORT and its defaults (after it).
@@ -637,7 +733,7 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
 
 #[cfg(test)]
 mod tests {
-    use super::{build, parse_bytes, Args};
+    use super::{build, parse_bytes, Args, OtlpSettings, TelemetrySettings};
     use clap::Parser;
     use embed_core::{DType, Pooling};
     use embed_pool::{HostBudget, WarmMode};
@@ -924,8 +1020,6 @@ no_token = "No"
         let m = ["--model-id", "org/model"];
         for (flag, value, why) in [
             ("--uds-path", Some("/tmp/tei.sock"), "runs its models in-process"),
-            ("--otlp-endpoint", Some("http://collector:4317"), "exports no OpenTelemetry traces"),
-            ("--otlp-service-name", Some("tei"), "does not export"),
             ("--dense-path", Some("2_Dense_1024"), "not implemented"),
             ("--tokenization-workers", Some("4"), "no tokenizer worker pool"),
             ("--device-id", Some("1"), "--device cuda:N"),
@@ -936,10 +1030,116 @@ no_token = "No"
             assert!(err.starts_with(&format!("{flag} (")) && err.contains("is not supported") && err.contains(why), "{flag}: {err}");
         }
         assert!(tei(&[&m[..], &["--disable-spans", "false"]].concat(), &[]).is_ok(), "DISABLE_SPANS=false asks for nothing");
-        let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().json_output();
+        let json = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().telemetry().unwrap().json;
         assert!(json(&["--json-output"]) && !json(&["--json-output", "false"]) && !json(&[]), "--json-output [BOOL]");
         let port = |extra: &[&str]| Args::try_parse_from([&["embed-server"][..], &m[..], extra].concat()).unwrap().prometheus_port();
         assert_eq!((port(&["--prometheus-port", "9000"]), port(&[])), (Some(9000), None), "no metrics listener unless asked");
+    }
+
+    /// TEI's OTLP flags are taken, with TEI's default service name in a TEI-style start; the
+    /// config file gives the same keys, below the flags.
+    #[test]
+    fn telemetry_flags_and_file() {
+        let settings = |args: &[&str]| Args::try_parse_from([&["embed-server"][..], args].concat()).unwrap().telemetry();
+        assert_eq!(settings(&["--model", "m=/m"]).unwrap(), TelemetrySettings { json: false, otlp: None });
+        let otlp = |endpoint: &str, name: &str| Some(OtlpSettings { endpoint: endpoint.into(), service_name: name.into() });
+        let tei_start = settings(&["--model-id", "org/m", "--otlp-endpoint", "http://collector:4317", "--json-output"]).unwrap();
+        assert_eq!(tei_start, TelemetrySettings { json: true, otlp: otlp("http://collector:4317", "text-embeddings-inference.server") });
+        let ours = settings(&["--model", "m=/m", "--otlp-endpoint", "http://c:4317", "--otlp-service-name", "emb"]).unwrap();
+        assert_eq!(ours.otlp, otlp("http://c:4317", "emb"));
+        assert_eq!(settings(&["--model", "m=/m", "--otlp-endpoint", "http://c:4317"]).unwrap().otlp, otlp("http://c:4317", "embed-server"));
+        for (args, says) in [
+            (&["--otlp-endpoint", "collector:4317"][..], "http://HOST:PORT"),
+            (&["--otlp-endpoint", "http://"], "http://HOST:PORT"),
+            (&["--otlp-endpoint", "https://c:4317"], "TLS to the collector is not built in"),
+            (&["--otlp-service-name", "emb"], "give --otlp-endpoint too"),
+            (&["--otlp-endpoint", "http://c:4317", "--otlp-service-name", " "], "is empty"),
+        ] {
+            let err = format!("{:#}", settings(&[&["--model", "m=/m"][..], args].concat()).unwrap_err());
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("embed.toml");
+        std::fs::write(&file, "json_output = true\notlp_endpoint = \"http://file:4317\"\notlp_service_name = \"from-file\"\n[models.m]\nsource = \"/m\"\n").unwrap();
+        let f = file.to_str().unwrap();
+        let settings = |args: &[&str]| {
+            let args = Args::try_parse_from([&["embed-server"][..], args].concat()).unwrap();
+            args.with_config_file_tei_keys().unwrap().telemetry()
+        };
+        assert_eq!(settings(&["--config", f]).unwrap(), TelemetrySettings { json: true, otlp: otlp("http://file:4317", "from-file") });
+        let flags_win = settings(&["--config", f, "--json-output", "false", "--otlp-service-name", "flag"]).unwrap();
+        assert_eq!(flags_win, TelemetrySettings { json: false, otlp: otlp("http://file:4317", "flag") });
+        assert!(build(Args::parse_from(["embed-server", "--config", f])).is_ok(), "build accepts the keys it leaves to telemetry()");
+    }
+
+    /// TEI's flags as config-file keys mean what the flags mean, below the flags; refusals and
+    /// one setting under both names are refused.
+    #[test]
+    fn tei_keys_in_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let file = write(
+            "tei.toml",
+            r#"
+model_id = "BAAI/bge-base-en-v1.5"
+revision = "v1"
+served_model_name = "bge"
+pooling = "cls"
+hostname = "127.0.0.1"
+port = 8088
+max_concurrent_requests = 9
+max_batch_requests = 8
+max_client_batch_size = 7
+auto_truncate = false
+default_prompt_name = "query"
+payload_limit = 123456
+hf_token = "hf_from_file"
+cors_allow_origin = "https://a.example,https://b.example"
+prometheus_port = 9100
+json_output = true
+otlp_endpoint = "http://collector:4317"
+"#,
+        );
+        let args = Args::try_parse_from(["embed-server", "--config", &file]).unwrap().with_config_file_tei_keys().unwrap();
+        assert_eq!(args.prometheus_port(), Some(9100));
+        let telemetry = args.telemetry().unwrap();
+        assert!(telemetry.json);
+        assert_eq!(telemetry.otlp.unwrap().service_name, "text-embeddings-inference.server", "a TEI-style start");
+        let (pool, registry, config, bind) = build(args).unwrap();
+        assert_eq!(bind, "127.0.0.1:8088".parse().unwrap());
+        assert_eq!(config.default_model, "bge");
+        let spec = &registry.get("bge").unwrap().spec;
+        assert_eq!(spec.source, "BAAI/bge-base-en-v1.5@v1");
+        assert_eq!(spec.options.pooling, Some(Pooling::Cls));
+        assert_eq!(spec.options.default_prompt_name.as_deref(), Some("query"));
+        assert_eq!(spec.options.hub.token.as_ref().map(|t| t.expose()), Some("hf_from_file"));
+        assert_eq!(pool.default_options.max_batch_size, Some(8));
+        assert_eq!((config.limits.max_concurrent, config.limits.max_inputs, config.limits.max_body_bytes), (9, 7, 123456));
+        assert!(!config.limits.truncate_by_default);
+        assert_eq!(config.cors_allow_origin, ["https://a.example", "https://b.example"]);
+
+        // The flags win over the file.
+        let (_, _, config, bind) = build(Args::parse_from(["embed-server", "--config", &file, "--port", "9001", "--max-concurrent", "2"])).unwrap();
+        assert_eq!((bind.port(), config.limits.max_concurrent), (9001, 2));
+
+        let model = "[models.m]\nsource = \"/m\"\n";
+        for (text, says) in [
+            ("uds_path = \"/tmp/s\"\n", "--uds-path (UDS_PATH) is not supported"),
+            ("max_inputs = 3\nmax_client_batch_size = 4\n", "`max_inputs` and `max_client_batch_size`"),
+            ("bind = \"127.0.0.1:1\"\nport = 2\n", "`bind` and `port`"),
+            ("port = \"eighty\"\n", "port"),
+        ] {
+            let path = write("bad.toml", &format!("{text}{model}"));
+            let err = format!("{:#}", build(Args::parse_from(["embed-server", "--config", &path])).map(|_| ()).unwrap_err());
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let path = write("both.toml", "model_id = \"org/m\"\n");
+        assert!(build(Args::parse_from(["embed-server", "--config", &path, "--default-model", "x"])).is_err(), "one default");
     }
 
     #[test]

@@ -43,6 +43,7 @@ mod config;
 mod conn;
 mod error;
 mod metrics;
+mod otel;
 mod serve;
 
 pub use api::docs::openapi;

@@ -4,6 +4,7 @@
 //! (`--config`), in that order of precedence. See `embed-server --help`.
 
 mod cli;
+mod telemetry;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -107,15 +108,8 @@ fn fit_connections_to_fd_limit(limits: &mut Limits) {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse().with_tei_env(|k| std::env::var(k).ok());
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EMBED_LOG").unwrap_or_else(|_| "info,tower_http=info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if args.json_output() {
-        // One JSON object per line, the event's fields at the top level beside level and time.
-        logs.json().flatten_event(true).with_current_span(false).init();
-    } else {
-        logs.with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
-    }
+    let args = Args::parse().with_tei_env(|k| std::env::var(k).ok()).with_config_file_tei_keys()?;
+    let telemetry = telemetry::init(&args.telemetry()?)?;
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
     let prometheus_port = args.prometheus_port();
@@ -148,6 +142,8 @@ async fn main() -> Result<()> {
         live_models = embed_core::memory::live_models(),
         "stopped"
     );
+    // Before any exit: the spans of the last requests are still in the exporter's batch.
+    telemetry.shutdown();
     if !report.pool_closed {
         // A model's worker may still be in a forward pass: skip the static destructors.
         // SAFETY: _exit has no preconditions; it ends the process at once.

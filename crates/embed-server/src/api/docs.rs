@@ -39,7 +39,7 @@ use crate::error::{OpenAiErrorDoc, TeiErrorDoc};
     ),
     // The error bodies `TeiErrors` and `OpenAiErrors` refer to (responses do not collect them).
     components(schemas(TeiErrorDoc, OpenAiErrorDoc)),
-    modifiers(&BearerKey),
+    modifiers(&BearerKey, &TimingHeaders),
 )]
 struct ApiDoc;
 
@@ -50,6 +50,31 @@ impl utoipa::Modify for BearerKey {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+    }
+}
+
+/// The timing headers (`crate::app::TIMING_HEADERS`) on the successful answer of every route
+/// that computes.
+struct TimingHeaders;
+
+impl utoipa::Modify for TimingHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::ObjectBuilder;
+        for (method, path) in crate::app::timed_routes() {
+            let Some(item) = openapi.paths.paths.get_mut(path) else { continue };
+            let operation = match method {
+                "get" => item.get.as_mut(),
+                "post" => item.post.as_mut(),
+                _ => None,
+            };
+            let Some(RefOr::T(ok)) = operation.and_then(|o| o.responses.responses.get_mut("200")) else { continue };
+            for (name, description) in crate::app::TIMING_HEADERS {
+                let ty = if name == "x-compute-type" { Type::String } else { Type::Integer };
+                let mut header = utoipa::openapi::header::Header::new(ObjectBuilder::new().schema_type(ty));
+                header.description = Some(description.to_string());
+                ok.headers.insert(name.to_string(), header);
+            }
+        }
     }
 }
 

@@ -406,3 +406,43 @@ async fn cors_allow_origin() {
     let (status, _, h) = send(&plain.app, "OPTIONS", "/embed", None, &preflight).await;
     assert!(h.get("access-control-allow-origin").is_none() && status == StatusCode::METHOD_NOT_ALLOWED, "{status}");
 }
+
+/// The timing headers (TEI's, and `x-compute-type`, here `cpu`) are exposed to a page's script
+/// under CORS, and the OpenAPI document lists them on every computing route's answer (only
+/// there).
+#[tokio::test]
+async fn timing_headers_are_exposed_and_documented() {
+    const TIMING: [&str; 8] = [
+        "x-compute-type",
+        "x-compute-time",
+        "x-compute-characters",
+        "x-compute-tokens",
+        "x-total-time",
+        "x-tokenization-time",
+        "x-queue-time",
+        "x-inference-time",
+    ];
+    let origin = axum::http::HeaderValue::from_static("https://app.example");
+    let f = inproc::fixture(2, |c: ServerConfig| c.with_cors_allow_origin(vec![origin]), FaultInjection::default(), |r| r);
+    let (status, _, h) = send(&f.app, "POST", "/embed", Some(r#"{"inputs": "hello"}"#), &[("origin", "https://app.example")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h["x-compute-type"], "cpu");
+    let exposed: Vec<String> = h["access-control-expose-headers"].to_str().unwrap().split(',').map(|s| s.trim().to_ascii_lowercase()).collect();
+    for name in TIMING.iter().chain(&["x-request-id"]) {
+        assert!(exposed.iter().any(|e| e == name), "{name} is not exposed: {exposed:?}");
+        assert!(h.contains_key(*name), "{name} is not sent: {h:?}");
+    }
+
+    let doc = serde_json::to_value(embed_server::openapi()).unwrap();
+    for path in ["/embed", "/v1/embeddings", "/rerank", "/v2/embed", "/similarity"] {
+        let headers = doc["paths"][path]["post"]["responses"]["200"]["headers"].as_object().unwrap_or_else(|| panic!("{path}: no headers"));
+        let mut names: Vec<&str> = headers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        let mut want = TIMING.to_vec();
+        want.sort_unstable();
+        assert_eq!(names, want, "{path}");
+        assert_eq!(headers["x-compute-time"]["schema"]["type"], "integer", "{path}");
+        assert!(headers["x-queue-time"]["description"].as_str().is_some_and(|d| !d.is_empty()), "{path}");
+    }
+    assert!(doc["paths"]["/info"]["get"]["responses"]["200"].get("headers").is_none(), "/info computes nothing");
+}
