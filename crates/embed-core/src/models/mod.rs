@@ -104,6 +104,8 @@ impl Encoder for PostNorm {
 pub(crate) struct Model {
     encoder: Box<dyn Encoder>,
     head: heads::Head,
+    /// Per-token heads (multi-vector, lexical weights), run for the inputs that ask.
+    tokens: heads::TokenHeads,
     device: Device,
     /// Bytes held by the weights on the model's device (encoder and head).
     pub(crate) weight_bytes: u64,
@@ -166,7 +168,9 @@ impl Model {
         };
         let (head, head_bytes) = heads::Head::load(dir, device, kind, encoder_file.as_mut().map(|(w, word)| (w, &*word)))?;
         weight_bytes += head_bytes;
-        Ok(Model { encoder, head, device, weight_bytes, prepacked: false, int8: false })
+        let (tokens, token_bytes) = heads::TokenHeads::load(dir, device, kind)?;
+        weight_bytes += token_bytes;
+        Ok(Model { encoder, head, tokens, device, weight_bytes, prepacked: false, int8: false })
     }
 
     pub(crate) fn device(&self) -> Device {
@@ -180,6 +184,11 @@ impl Model {
     /// The head's output for a batch: one f32 row per input, `[b, out]` (see [`heads::Head::forward`]).
     pub(crate) fn head(&self, hidden: &Tensor, pool_mask: &Tensor, lens: &[i64], pooling: crate::model_dir::Pooling) -> Tensor {
         self.head.forward(hidden, pool_mask, lens, pooling)
+    }
+
+    /// The per-token heads (multi-vector, lexical).
+    pub(crate) fn token_heads(&self) -> &heads::TokenHeads {
+        &self.tokens
     }
 
     pub(crate) fn attention_path(&self) -> AttentionPath {
@@ -203,6 +212,7 @@ impl Model {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
+        self.tokens.linears(&mut linears);
         for l in linears {
             l.prepack(batch).map_err(|e| Error::Inference { model: String::new(), message: format!("prepacking a linear layer for oneDNN failed: {e}") })?;
         }
@@ -232,6 +242,7 @@ impl Model {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
+        self.tokens.linears(&mut linears);
         let fail = |e: crate::nn::KernelError| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
         for l in linears {
             let (freed, held) = quantize(l).map_err(fail)?;
@@ -251,6 +262,7 @@ impl Model {
         let mut all = Vec::new();
         self.encoder.tensors(&mut all);
         self.head.tensors(&mut all);
+        self.tokens.tensors(&mut all);
         all.into_iter().map(Tensor::shallow_clone).collect()
     }
 

@@ -18,7 +18,7 @@ use embed_pool::Lease;
 use serde_json::Value;
 
 use self::types::{
-    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, PredictRequest, Prediction, Predictions,
+    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, MultiRequest, PredictRequest, Prediction, Predictions,
     Rank, RerankRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
 };
 use super::{check_count, from_value, parse_json, JsonBody};
@@ -202,6 +202,35 @@ pub(crate) async fn embed_all(
     Ok(Json(out.vectors))
 }
 
+/// Per input, its late-interaction token vectors, each L2-normalised: BGE-M3's ColBERT
+/// vectors (every token after `[CLS]`), a PyLate / ColBERT model's (a query's every token,
+/// `[MASK]` expansion included; a document's without punctuation). As arrays of numbers, or
+/// with `encoding_format: "base64"` each vector as its little-endian f32 bytes in base64.
+#[utoipa::path(post, path = "/embed_multi", tag = "text-embeddings-inference", request_body = types::MultiRequest,
+    responses((status = 200, description = "Per input, one vector per kept token", body = Vec<Vec<crate::api::openai::types::EmbeddingVector>>), crate::api::docs::TeiErrors))]
+pub(crate) async fn embed_multi(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<MultiRequest>,
+) -> Result<Json<Vec<Vec<crate::api::openai::types::EmbeddingVector>>>, ApiError> {
+    use crate::api::openai::types::EmbeddingVector;
+    check_direction(req.truncation_direction.as_deref())?;
+    let texts = req.inputs.0;
+    check_count(texts.len(), &state, "inputs")?;
+    let model = state.config.model_for(req.model);
+    let lease = state.lease(&model).await?;
+    let options = EmbedOptions {
+        mode: req.input_type,
+        truncate: req.truncate.unwrap_or(state.config.limits.truncate_by_default),
+        ..Default::default()
+    };
+    let queued = state.metrics.queued(&model);
+    let out = lease.embed_multi(&texts, &options).await?;
+    drop(queued);
+    record(&state, &lease, texts.len(), out.total_tokens());
+    let format = req.encoding_format.unwrap_or_default();
+    Ok(Json(out.vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect()))
+}
+
 /// Token ids back to text, one string per list of ids.
 #[utoipa::path(post, path = "/decode", tag = "text-embeddings-inference", request_body = types::DecodeRequest,
     responses((status = 200, description = "One text per list of ids", body = Vec<String>), crate::api::docs::TeiErrors))]
@@ -234,6 +263,8 @@ impl Task {
         match kind {
             ModelKind::Reranker | ModelKind::Classifier => Task::Predict,
             ModelKind::Sparse => Task::EmbedSparse,
+            // A multi-vector model's main task is ranking (its vectors are /embed_multi's).
+            ModelKind::MultiVector => Task::Rerank,
             ModelKind::Embedding if body.get("inputs").is_some_and(Value::is_object) => Task::Similarity,
             ModelKind::Embedding => Task::Embed,
         }
