@@ -77,12 +77,6 @@ pub trait EmbeddingService: Send + Sync {
 
     /// The last hidden state of every token of `texts` (prompt and special tokens included),
     /// from an embedding model, unnormalised.
-    async fn embed_multi(&self, texts: &[String], options: &EmbedOptions) -> Result<MultiVectorEmbeddings> {
-        let running = self.running()?;
-        running.require(&[ModelKind::MultiVector], "embed_multi")?;
-        multi_vectors(&running, texts, options, options.priority_for(texts.len())).await
-    }
-
     async fn embed_tokens(&self, texts: &[String], options: &EmbedOptions) -> Result<TokenEmbeddings> {
         let _ = (texts, options);
         Err(unsupported("embed_tokens"))

@@ -750,3 +750,22 @@ pub struct PriorityStats {
     /// `started_requests` for the mean).
     pub first_batch_wait_us: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::max_sim;
+
+    #[test]
+    fn max_sim_sums_each_query_vectors_best_match() {
+        let q = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let d = vec![vec![0.5, 0.5], vec![0.9, 0.1], vec![0.2, 0.7]];
+        // Best for [1, 0]: 0.9; for [0, 1]: 0.7.
+        assert!((max_sim(&q, &d).unwrap() - 1.6).abs() < 1e-6);
+        // A NaN product is never the best; an empty document adds 0 per query vector.
+        let with_nan = vec![vec![f32::NAN, 0.0], vec![0.9, 0.1]];
+        assert!((max_sim(&q[..1], &with_nan).unwrap() - 0.9).abs() < 1e-6);
+        assert_eq!(max_sim(&q, &[]), Some(0.0));
+        // Widths must agree.
+        assert_eq!(max_sim(&q, &[vec![1.0, 0.0, 0.0]]), None);
+    }
+}

@@ -159,7 +159,7 @@ async fn pylate_colbert_query_and_document_vectors_and_max_sim() {
             checked += 1;
         }
     }
-    assert!(checked >= 30, "{checked} texts checked");
+    assert!(checked >= 25, "{checked} texts checked");
     // Without a mode, queries (PyLate's default).
     let q = reference["query"][0]["text"].as_str().unwrap().to_string();
     let plain = svc.embed_multi(std::slice::from_ref(&q), &EmbedOptions::default()).await.unwrap();

@@ -634,8 +634,26 @@ fn pooling_from_config(pc: &Value, path: &Path) -> Result<Pooling> {
 
 #[cfg(test)]
 mod tests {
-    use super::{pooling_from_config, Pooling};
+    use super::{pooling_from_config, ColbertConfig, Pooling};
     use serde_json::json;
+
+    #[test]
+    fn colbert_settings_take_pylates_defaults() {
+        let path = std::path::Path::new("config_sentence_transformers.json");
+        let c = ColbertConfig::read(&json!({"model_type": "ColBERT"}), path).unwrap();
+        assert_eq!((c.query_prefix.as_str(), c.document_prefix.as_str(), c.query_length, c.document_length), ("[Q] ", "[D] ", 32, 180));
+        assert!(c.do_query_expansion && !c.attend_to_expansion_tokens);
+        // Python's string.punctuation, one word per character.
+        assert_eq!(c.skiplist_words.concat(), "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~");
+        assert_eq!(c.skiplist_words.len(), 32);
+        // No expansion: nothing to attend to, whatever the file says.
+        let c = ColbertConfig::read(&json!({"do_query_expansion": false, "attend_to_expansion_tokens": true, "query_length": 8}), path).unwrap();
+        assert!(!c.do_query_expansion && !c.attend_to_expansion_tokens && c.query_length == 8);
+        let err = ColbertConfig::read(&json!({"query_length": 1}), path).unwrap_err().to_string();
+        assert!(err.contains("query_length"), "{err}");
+        let err = ColbertConfig::read(&json!({"skiplist_words": [1]}), path).unwrap_err().to_string();
+        assert!(err.contains("skiplist_words"), "{err}");
+    }
 
     fn pool(v: serde_json::Value) -> Result<Pooling, String> {
         pooling_from_config(&v, std::path::Path::new("1_Pooling/config.json")).map_err(|e| e.to_string())

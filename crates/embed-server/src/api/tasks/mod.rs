@@ -252,6 +252,7 @@ enum Task {
     Rerank,
     Predict,
     EmbedSparse,
+    EmbedMulti,
 }
 
 impl Task {
@@ -263,8 +264,8 @@ impl Task {
         match kind {
             ModelKind::Reranker | ModelKind::Classifier => Task::Predict,
             ModelKind::Sparse => Task::EmbedSparse,
-            // A multi-vector model's main task is ranking (its vectors are /embed_multi's).
-            ModelKind::MultiVector => Task::Rerank,
+            // A rerank body was answered above; anything else asks for its token vectors.
+            ModelKind::MultiVector => Task::EmbedMulti,
             ModelKind::Embedding if body.get("inputs").is_some_and(Value::is_object) => Task::Similarity,
             ModelKind::Embedding => Task::Embed,
         }
@@ -283,13 +284,14 @@ async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError>
         Task::Rerank => TaskAnswer::Rerank(rerank(state, JsonBody(from_value(body)?)).await?.0),
         Task::Predict => TaskAnswer::Predict(predict(state, JsonBody(from_value(body)?)).await?.0),
         Task::EmbedSparse => TaskAnswer::EmbedSparse(embed_sparse(state, JsonBody(from_value(body)?)).await?.0),
+        Task::EmbedMulti => TaskAnswer::EmbedMulti(embed_multi(state, JsonBody(from_value(body)?)).await?.0),
     })
 }
 
 /// `POST /` and SageMaker's `POST /invocations`: what the model (the body's `model`, else the
 /// default) is for, with that route's body: `/embed` (or `/similarity`) for an embedder,
 /// `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for
-/// SPLADE.
+/// SPLADE, `/rerank` or `/embed_multi` for a multi-vector model.
 #[utoipa::path(post, path = "/", tag = "text-embeddings-inference",
     request_body(content = serde_json::Value, description = "The body of the model's own route: `/embed` (or `/similarity`) for an embedder, `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for SPLADE"),
     responses((status = 200, description = "That route's answer", body = types::TaskAnswer), crate::api::docs::TeiErrors))]
@@ -353,5 +355,7 @@ mod tests {
         assert_eq!(Task::of(ModelKind::Classifier, &rerank), Task::Rerank);
         assert_eq!(Task::of(ModelKind::Sparse, &embed), Task::EmbedSparse);
         assert_eq!(Task::of(ModelKind::Sparse, &json!("not an object")), Task::EmbedSparse);
+        assert_eq!(Task::of(ModelKind::MultiVector, &rerank), Task::Rerank);
+        assert_eq!(Task::of(ModelKind::MultiVector, &embed), Task::EmbedMulti);
     }
 }

@@ -200,6 +200,7 @@ pub(crate) enum TaskAnswer {
     Rerank(Vec<Rank>),
     Predict(Predictions),
     EmbedSparse(Vec<Vec<SparseValue>>),
+    EmbedMulti(Vec<Vec<crate::api::openai::types::EmbeddingVector>>),
 }
 
 /// `POST /vertex`: Vertex AI's envelope, each instance a body for `POST /`. Vertex's
