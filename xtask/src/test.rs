@@ -50,13 +50,15 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     }
 
     // Fixture provenance: one random family's generator, the decoder rerankers' (transformers'
-    // Qwen3-Reranker scoring, about 15 s) and the real MiniLM's reference, each recomputed and
-    // compared with the committed files (about 40 s). The generators need the pinned
+    // Qwen3-Reranker scoring, about 15 s), the multi-vector ones (BGE-M3 and PyLate layouts,
+    // about 30 s on a busy 2-core machine) and the real MiniLM's reference, each recomputed and
+    // compared with the committed files (about 70 s). The generators need the pinned
     // transformers / sentence-transformers of python/requirements-bench.txt.
     let bench_env = setup::run(&setup::Options { bench: true, models: Vec::new() })?;
     let scripts = [
         &["python/make_fixtures.py", "--check", "--only", "bert"][..],
         &["python/make_reranker_fixtures.py", "--check"],
+        &["python/make_multivector_fixtures.py", "--check"],
         &["python/make_reference.py", "--check"],
         &["python/make_st_saved_fixture.py", "--check"],
     ];

@@ -241,6 +241,7 @@ fn kind_hint(kind: crate::ModelKind) -> &'static str {
         crate::ModelKind::Reranker => " (it scores query/passage pairs: use rerank or predict)",
         crate::ModelKind::Classifier => " (it classifies: use predict)",
         crate::ModelKind::Sparse => " (it returns sparse vectors: use embed_sparse)",
+        crate::ModelKind::MultiVector => " (it returns token vectors: use embed_multi or rerank)",
     }
 }
 

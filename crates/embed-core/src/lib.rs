@@ -86,7 +86,7 @@ pub use runtime::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,
     ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,
-    TokenizedText,
+    TokenizedText, MultiVectorEmbeddings, max_sim,
 };
 pub use source::{estimate_weight_bytes, hub_commit, is_hub_id, ModelSource};
 /// Test hooks (feature `test-util`): failures on demand.

@@ -19,6 +19,9 @@ pub(crate) struct Seq {
     pub(crate) pool_skip: usize,
     /// Test hook: makes the forward pass that contains this input panic.
     pub(crate) poisoned: bool,
+    /// Trailing tokens no token attends to (a ColBERT query's `[MASK]` expansion when
+    /// `attend_to_expansion_tokens` is off): they are computed, attending to the others.
+    pub(crate) expansion: usize,
 }
 
 /// Everything that turns a caller's text into the token ids the model sees.
@@ -42,6 +45,25 @@ pub(crate) struct TextPrep {
     panic_on_text: Option<String>,
     /// Decoder rerankers: the prompt pairs are put into.
     llm_prompt: Option<LlmPrompt>,
+    /// PyLate / ColBERT models: markers, lengths, expansion and skiplist.
+    colbert: Option<ColbertPrep>,
+    /// BGE-M3: the token ids left out of the lexical weights (cls, eos, pad, unk).
+    pub(crate) lexical_unused: Vec<u32>,
+}
+
+/// A ColBERT model's text settings, resolved to token ids.
+struct ColbertPrep {
+    /// The query / document marker ids (PyLate's `[Q] ` / `[D] `), put after the first token.
+    query_marker: Option<i64>,
+    document_marker: Option<i64>,
+    /// What queries are padded with (the tokenizer's mask token).
+    mask_id: i64,
+    query_length: usize,
+    document_length: usize,
+    expansion: bool,
+    attend_to_expansion: bool,
+    /// Sorted ids whose vectors documents drop.
+    skiplist: Vec<u32>,
 }
 
 /// A decoder reranker's prompt, tokenized once: the prefix and suffix ids (never truncated), the
@@ -103,7 +125,14 @@ impl TextPrep {
             })?,
             (None, None) => dir.default_prompt_name.as_ref().and_then(|n| dir.prompts.get(n)).cloned().unwrap_or_default(),
         };
+        let colbert = match &dir.colbert {
+            Some(c) => Some(colbert_prep(dir, c, &tokenizer)?),
+            None => None,
+        };
+        let lexical_unused = dir.m3.as_ref().map_or_else(Vec::new, |m| m.unused_tokens.iter().filter_map(|t| tokenizer.token_to_id(t)).collect());
         Ok(TextPrep {
+            colbert,
+            lexical_unused,
             llm_prompt,
             tokenizer,
             pair_tokenizer,
@@ -155,9 +184,16 @@ impl TextPrep {
     /// Tokenizes `texts` with the prefix applied, truncating (or refusing, when
     /// `options.truncate` is false) inputs over the limit.
     pub(crate) fn prepare(&self, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+        match &self.colbert {
+            Some(c) => self.prepare_colbert(c, texts, options),
+            None => self.prepare_at(texts, options, self.max_seq_length),
+        }
+    }
+
+    /// [`TextPrep::prepare`] without the ColBERT steps, at token limit `max`.
+    fn prepare_at(&self, texts: &[String], options: &EmbedOptions, max: usize) -> Result<Vec<Prepared>> {
         let prefix = self.prefix(options)?;
         let tok_err = |e: tokenizers::Error| Error::Tokenizer { path: self.tokenizer_path.clone(), reason: e.to_string() };
-        let max = self.max_seq_length;
         // Tokens of the prompt that pooling leaves out (include_prompt = false), as
         // sentence-transformers counts them: the prompt's tokens without its trailing specials.
         let pool_skip = if self.exclude_prompt_from_pooling && !prefix.is_empty() {
@@ -190,10 +226,78 @@ impl TextPrep {
                     type_ids.drain(keep..n - trailing);
                 }
                 let poisoned = self.panic_on_text.as_deref() == Some(text.as_str());
-                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip, poisoned }, truncated })
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip, poisoned, expansion: 0 }, truncated })
             })
             .collect()
     }
+
+    /// A ColBERT model's inputs as PyLate's `ColBERT.tokenize` makes them: truncated to the
+    /// side's length less the marker (trailing special tokens kept), the marker put after the
+    /// first token, a query padded with the mask token to `query_length` (expansion). Queries
+    /// unless `options.mode` says documents (PyLate's `is_query=True` default).
+    fn prepare_colbert(&self, c: &ColbertPrep, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+        let query = options.mode != Some(InputMode::Document);
+        let (marker, length) = if query { (c.query_marker, c.query_length) } else { (c.document_marker, c.document_length) };
+        let max = length - usize::from(marker.is_some());
+        let mut out = self.prepare_at(texts, options, max)?;
+        for p in &mut out {
+            let seq = &mut p.seq;
+            if let Some(m) = marker {
+                seq.ids.insert(1.min(seq.ids.len()), m);
+                seq.type_ids.insert(1.min(seq.type_ids.len()), 0);
+            }
+            if query && c.expansion && seq.ids.len() < length {
+                let pad = length - seq.ids.len();
+                seq.ids.extend(std::iter::repeat_n(c.mask_id, pad));
+                seq.type_ids.extend(std::iter::repeat_n(0, pad));
+                seq.expansion = if c.attend_to_expansion { 0 } else { pad };
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a document's token `id` keeps its vector (not in the skiplist); always for a
+    /// query, and for models without a skiplist.
+    pub(crate) fn keeps_vector(&self, id: u32, query: bool) -> bool {
+        match &self.colbert {
+            Some(c) if !query => c.skiplist.binary_search(&id).is_err(),
+            _ => true,
+        }
+    }
+
+    /// Whether the model is a PyLate / ColBERT one (query and document sides differ).
+    pub(crate) fn is_colbert(&self) -> bool {
+        self.colbert.is_some()
+    }
+}
+
+/// Resolves a ColBERT model's markers, mask token and skiplist to ids. PyLate adds missing
+/// markers to the vocabulary with fresh random embeddings; a checkpoint without them is refused.
+fn colbert_prep(dir: &ModelDir, c: &crate::model_dir::ColbertConfig, tokenizer: &Tokenizer) -> Result<ColbertPrep> {
+    let refuse = |reason: String| Error::Tokenizer { path: dir.tokenizer.clone(), reason };
+    let marker = |m: &str| -> Result<Option<i64>> {
+        if m.is_empty() {
+            return Ok(None);
+        }
+        tokenizer.token_to_id(m).map(|id| Some(i64::from(id))).ok_or_else(|| refuse(format!("the ColBERT marker {m:?} is not a token of the vocabulary")))
+    };
+    let find = |names: &[&str]| names.iter().find_map(|n| tokenizer.token_to_id(n));
+    let mask_id = find(&["[MASK]", "<mask>"]).ok_or_else(|| refuse("no mask token ([MASK] or <mask>) for query expansion".into()))?;
+    let unk = find(&["[UNK]", "<unk>"]);
+    // As transformers' convert_tokens_to_ids: a word outside the vocabulary is the unknown token.
+    let mut skiplist: Vec<u32> = c.skiplist_words.iter().filter_map(|w| tokenizer.token_to_id(w).or(unk)).collect();
+    skiplist.sort_unstable();
+    skiplist.dedup();
+    Ok(ColbertPrep {
+        query_marker: marker(&c.query_prefix)?,
+        document_marker: marker(&c.document_prefix)?,
+        mask_id: i64::from(mask_id),
+        query_length: c.query_length,
+        document_length: c.document_length,
+        expansion: c.do_query_expansion,
+        attend_to_expansion: c.attend_to_expansion_tokens,
+        skiplist,
+    })
 }
 
 impl TextPrep {
@@ -233,7 +337,7 @@ impl TextPrep {
                     return Err(Error::InputTooLong { index, tokens, limit: max });
                 }
                 let (ids, type_ids) = (to_i64(enc.get_ids()), to_i64(enc.get_type_ids()));
-                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false }, truncated })
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false, expansion: 0 }, truncated })
             })
             .collect()
     }
@@ -267,7 +371,7 @@ impl TextPrep {
                 ids.extend(enc.get_ids().iter().map(|&x| x as i64));
                 ids.extend_from_slice(&prompt.suffix);
                 let type_ids = vec![0; ids.len()];
-                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false }, truncated })
+                Ok(Prepared { seq: Seq { ids, type_ids, pool_skip: 0, poisoned: false, expansion: 0 }, truncated })
             })
             .collect()
     }

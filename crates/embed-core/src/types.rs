@@ -446,6 +446,10 @@ pub enum ModelKind {
     /// SPLADE: one weight per vocabulary entry, mostly zero
     /// ([`EmbeddingService::embed_sparse`](crate::EmbeddingService::embed_sparse)).
     Sparse,
+    /// Late interaction (ColBERT, PyLate checkpoints): one normalised vector per token
+    /// ([`EmbeddingService::embed_multi`](crate::EmbeddingService::embed_multi)); it reranks by
+    /// MaxSim.
+    MultiVector,
 }
 
 impl fmt::Display for ModelKind {
@@ -455,6 +459,7 @@ impl fmt::Display for ModelKind {
             ModelKind::Reranker => "reranker",
             ModelKind::Classifier => "classifier",
             ModelKind::Sparse => "sparse",
+            ModelKind::MultiVector => "multi_vector",
         })
     }
 }
@@ -478,12 +483,18 @@ pub struct Classified {
     pub token_counts: Vec<usize>,
     /// Whether each input was truncated.
     pub truncated: Vec<bool>,
+    /// The `logits` are similarities already (a multi-vector model's MaxSim), which
+    /// [`Classified::scores`] returns unchanged.
+    pub similarities: bool,
 }
 
 impl Classified {
     /// Scores per input: the sigmoid of the logit for one-label models (rerankers), the
-    /// softmax over the labels otherwise.
+    /// softmax over the labels otherwise; MaxSim similarities as they are.
     pub fn scores(&self) -> Vec<Vec<f32>> {
+        if self.similarities {
+            return self.logits.clone();
+        }
         self.logits.iter().map(|l| activate(l)).collect()
     }
 
@@ -521,6 +532,49 @@ pub struct SparseEmbeddings {
     pub token_counts: Vec<usize>,
     /// Whether each input was truncated.
     pub truncated: Vec<bool>,
+}
+
+/// The result of [`EmbeddingService::embed_multi`](crate::EmbeddingService::embed_multi): per
+/// input, its token vectors, each L2-normalised (BGE-M3's ColBERT vectors: every token after
+/// `[CLS]`; a PyLate model's: a query's every token, expansion included, a document's without
+/// its skiplist's punctuation).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MultiVectorEmbeddings {
+    /// Per input, one vector per kept token.
+    pub vectors: Vec<Vec<Vec<f32>>>,
+    /// Tokens per input after truncation (the model's input, special tokens and markers included).
+    pub token_counts: Vec<usize>,
+    /// Whether each input was truncated.
+    pub truncated: Vec<bool>,
+}
+
+impl MultiVectorEmbeddings {
+    /// Sum of `token_counts`.
+    pub fn total_tokens(&self) -> usize {
+        self.token_counts.iter().sum()
+    }
+}
+
+/// Late interaction's score: for each query vector the best dot product with a document
+/// vector, summed. A NaN product is never the best; a query vector against an empty document
+/// adds 0. `None` when the vectors' widths differ.
+pub fn max_sim(query: &[Vec<f32>], document: &[Vec<f32>]) -> Option<f32> {
+    let width = query.first().or(document.first()).map_or(0, Vec::len);
+    if query.iter().chain(document).any(|v| v.len() != width) {
+        return None;
+    }
+    let mut total = 0.0f32;
+    for q in query {
+        let mut best: Option<f32> = None;
+        for d in document {
+            let x: f32 = q.iter().zip(d).map(|(a, b)| a * b).sum();
+            if !x.is_nan() && best.is_none_or(|b| x > b) {
+                best = Some(x);
+            }
+        }
+        total += best.unwrap_or(0.0);
+    }
+    Some(total)
 }
 
 /// The result of [`EmbeddingService::embed_tokens`](crate::EmbeddingService::embed_tokens): the
@@ -585,6 +639,16 @@ pub struct ModelInfo {
     pub cpu_prepacked: bool,
     /// For an int8 model, how it computes: oneDNN's int8 GEMM or weight-only.
     pub int8_kernel: Option<crate::Int8Kernel>,
+    /// Outputs beside its kind's own: BGE-M3 (an embedder) also gives
+    /// [`ModelKind::Sparse`] lexical weights and [`ModelKind::MultiVector`] ColBERT vectors.
+    pub extra_outputs: Vec<ModelKind>,
+}
+
+impl ModelInfo {
+    /// Whether the model gives `kind`'s output (its own kind, or one of `extra_outputs`).
+    pub fn serves(&self, kind: ModelKind) -> bool {
+        self.kind == kind || self.extra_outputs.contains(&kind)
+    }
 }
 
 #[cfg(feature = "test-util")]
@@ -616,6 +680,7 @@ impl ModelInfo {
             threads: 1,
             cpu_prepacked: false,
             int8_kernel: None,
+            extra_outputs: Vec::new(),
         }
     }
 }
@@ -750,4 +815,23 @@ pub struct PriorityStats {
     /// Their summed waits from arrival to their first batch, microseconds (divide by
     /// `started_requests` for the mean).
     pub first_batch_wait_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_sim;
+
+    #[test]
+    fn max_sim_sums_each_query_vectors_best_match() {
+        let q = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let d = vec![vec![0.5, 0.5], vec![0.9, 0.1], vec![0.2, 0.7]];
+        // Best for [1, 0]: 0.9; for [0, 1]: 0.7.
+        assert!((max_sim(&q, &d).unwrap() - 1.6).abs() < 1e-6);
+        // A NaN product is never the best; an empty document adds 0 per query vector.
+        let with_nan = vec![vec![f32::NAN, 0.0], vec![0.9, 0.1]];
+        assert!((max_sim(&q[..1], &with_nan).unwrap() - 0.9).abs() < 1e-6);
+        assert_eq!(max_sim(&q, &[]), Some(0.0));
+        // Widths must agree.
+        assert_eq!(max_sim(&q, &[vec![1.0, 0.0, 0.0]]), None);
+    }
 }

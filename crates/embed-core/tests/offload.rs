@@ -29,6 +29,10 @@ async fn outputs(svc: &DenseEmbeddingService, name: &str) -> Vec<Vec<u32>> {
             let texts: Vec<String> = fixture_reference(name).into_iter().take(12).map(|i| i.text).collect();
             svc.embed_texts(&texts, &o).await.unwrap().vectors
         }
+        ModelKind::MultiVector => {
+            let texts = vec!["late interaction".to_string(), "token vectors".to_string()];
+            svc.embed_multi(&texts, &o).await.unwrap().vectors.concat()
+        }
         ModelKind::Sparse => {
             let texts: Vec<String> = task_reference(name).into_iter().take(8).map(|i| i.text).collect();
             svc.embed_sparse(&texts, &o).await.unwrap().vectors.into_iter().map(|v| v.values).collect()

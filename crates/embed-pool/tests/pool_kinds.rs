@@ -1,4 +1,4 @@
-//! A sentence embedder, a cross-encoder and a SPLADE encoder in one pool: each lease does its
+//! A sentence embedder, a cross-encoder, a SPLADE encoder and a multi-vector (ColBERT) model in one pool: each lease does its
 //! model's work and refuses the others', the pool status tells them apart, eviction between
 //! them frees each one's weights exactly, and closing the pool leaves nothing live.
 
@@ -10,6 +10,7 @@ use embed_testkit::{fixture_dir, serial};
 fn registry() -> ModelRegistry {
     let spec = |name: &str| ModelSpec::new(fixture_dir(name).to_string_lossy());
     ModelRegistry::new().with("dense", spec("bert")).with("reranker", spec("bert-reranker")).with("sparse", spec("bert-splade"))
+        .with("multi", spec("bert-colbert"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,20 +47,22 @@ async fn a_one_slot_pool_swaps_between_kinds_and_frees_each() {
     let texts = vec!["swap me".to_string()];
     let opts = EmbedOptions::default();
     for round in 0..3 {
-        for name in ["dense", "reranker", "sparse"] {
+        for name in ["dense", "reranker", "sparse", "multi"] {
             let lease = pool.get(name).await.unwrap();
             let info = lease.info().unwrap();
             match info.kind {
                 ModelKind::Embedding => drop(lease.embed_texts(&texts, &opts).await.unwrap()),
                 ModelKind::Reranker => drop(lease.rerank("q", &texts, &opts).await.unwrap()),
                 ModelKind::Sparse => drop(lease.embed_sparse(&texts, &opts).await.unwrap()),
+                ModelKind::MultiVector => drop(lease.embed_multi(&texts, &opts).await.unwrap()),
                 ModelKind::Classifier => unreachable!(),
             }
             // Only this model is live: the one before it was evicted and freed to the byte.
             assert_eq!((live_models(), live_weight_bytes()), (1, info.weight_bytes), "round {round}: {name}");
         }
     }
-    assert_eq!(pool.stats().evictions.capacity, 8);
+    // Four kinds, three rounds: every get but the first evicts the one before it.
+    assert_eq!(pool.stats().evictions.capacity, 11);
     pool.close().await;
     assert_eq!((live_models(), live_weight_bytes()), (0, 0));
 }

@@ -126,7 +126,8 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
             ModelSpec::new(tiny.to_string_lossy()).with_options(ModelOptions::default().with_device(device)),
             ModelSettings::default().with_ttl(Duration::from_millis(50)),
         )
-        // A cross-encoder, an LLM reranker (both forms) and a SPLADE encoder churn beside the embedders.
+        // A cross-encoder, an LLM reranker (both forms), a SPLADE encoder, BGE-M3 (three heads) and a
+        // PyLate ColBERT model churn beside the embedders.
         .with("reranker", fixture("bert-reranker"))
         .with("llm-reranker", {
             let spec = fixture("qwen3-reranker");
@@ -135,7 +136,9 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
         })
         // Its seq-cls conversion, recognised from its config (the seq-cls head's load path).
         .with("llm-reranker-seq-cls", fixture("qwen3-reranker-seq-cls"))
-        .with("splade", fixture("bert-splade"));
+        .with("splade", fixture("bert-splade"))
+        .with("m3", fixture("xlm-roberta-m3"))
+        .with("colbert", fixture("bert-colbert"));
     // The warm tier on, CPU models too, with room for the MiniLM's copy (90 MB) beside a small
     // one: evictions go warm, gets restore, and the host budget unloads the least recently used
     // warm models. (Before this child froze its malloc thresholds, a MiniLM copy held here made
@@ -146,7 +149,7 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
     let churn = vec!["churn".to_string(), "a second text to score".to_string()];
     let opts = EmbedOptions::default();
     for _ in 0..3 {
-        for name in ["minilm", "reranker", "tiny", "llm-reranker", "llm-reranker-seq-cls", "splade"] {
+        for name in ["minilm", "reranker", "tiny", "llm-reranker", "llm-reranker-seq-cls", "splade", "m3", "colbert"] {
             let lease = pool.get(name).await.expect("lease");
             match name {
                 "reranker" | "llm-reranker-seq-cls" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
@@ -155,6 +158,12 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
                     drop(lease.rerank("a query", &churn, &ask).await.expect("LLM rerank"))
                 }
                 "splade" => drop(lease.embed_sparse(&churn, &opts).await.expect("embed_sparse")),
+                "m3" => {
+                    drop(lease.embed_texts(&churn, &opts).await.expect("M3 dense"));
+                    drop(lease.embed_sparse(&churn, &opts).await.expect("M3 sparse"));
+                    drop(lease.embed_multi(&churn, &opts).await.expect("M3 multi-vector"));
+                }
+                "colbert" => drop(lease.rerank("a query", &churn, &opts).await.expect("MaxSim rerank")),
                 _ => drop(lease.embed_texts(&churn, &opts).await.expect("embed")),
             }
             note_peak(peak);

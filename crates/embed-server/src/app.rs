@@ -154,6 +154,7 @@ fn limited_routes() -> Routes {
         .post("/predict", tasks::predict)
         .post("/embed_sparse", tasks::embed_sparse)
         .post("/embed_all", tasks::embed_all)
+        .post("/embed_multi", tasks::embed_multi)
         .post("/decode", tasks::decode)
         .post("/v1/rerank", tasks::cohere_rerank)
         .post("/v2/rerank", tasks::cohere_rerank)

@@ -101,7 +101,88 @@ pub(crate) struct ModelDir {
     pub(crate) decoder_score: Option<DecoderScore>,
     /// [`DecoderScore::Answers`]: the ids of the no and yes tokens, from the tokenizer.
     pub(crate) answer_ids: Option<[i64; 2]>,
+    /// BGE-M3: the ColBERT and sparse heads beside the weights.
+    pub(crate) m3: Option<M3Heads>,
+    /// A PyLate / ColBERT checkpoint's settings (kind [`ModelKind::MultiVector`]; its Dense
+    /// modules project every token).
+    pub(crate) colbert: Option<ColbertConfig>,
 }
+
+/// BGE-M3's extra heads, as FlagEmbedding saves them beside the XLM-R weights: `torch.save` of
+/// an `nn.Linear`'s state dict each (`weight`, `bias`).
+#[derive(Debug, Clone)]
+pub(crate) struct M3Heads {
+    /// `colbert_linear.pt`: `[colbert_dim, hidden]`, over every token after `[CLS]`.
+    pub(crate) colbert: PathBuf,
+    /// `sparse_linear.pt`: `[1, hidden]`, `relu` of it is each token's lexical weight.
+    pub(crate) sparse: PathBuf,
+    /// The tokens FlagEmbedding leaves out of the lexical weights: the tokenizer's cls, eos,
+    /// pad and unk tokens (as `special_tokens_map.json` / `tokenizer_config.json` name them).
+    pub(crate) unused_tokens: Vec<String>,
+}
+
+/// PyLate's ColBERT settings from `config_sentence_transformers.json`, with PyLate's defaults
+/// for what is absent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ColbertConfig {
+    /// The marker token put after the first token of a query (`"[Q] "`); empty: none.
+    pub(crate) query_prefix: String,
+    /// The marker token of a document (`"[D] "`); empty: none.
+    pub(crate) document_prefix: String,
+    /// Tokens of a query, marker included; with expansion, queries are padded to it with `[MASK]`.
+    pub(crate) query_length: usize,
+    /// Tokens of a document at most, marker included.
+    pub(crate) document_length: usize,
+    /// Pad queries with the mask token to `query_length` (query augmentation).
+    pub(crate) do_query_expansion: bool,
+    /// Whether the query's real tokens attend to the expansion tokens.
+    pub(crate) attend_to_expansion_tokens: bool,
+    /// Tokens whose vectors a document drops (punctuation by default).
+    pub(crate) skiplist_words: Vec<String>,
+}
+
+impl ColbertConfig {
+    /// Reads PyLate's fields of `config_sentence_transformers.json` (`v`), PyLate's defaults
+    /// for the missing ones.
+    fn read(v: &Value, path: &Path) -> Result<ColbertConfig> {
+        let text = |name: &str, default: &str| -> Result<String> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default.to_string()),
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(other) => Err(Error::config(path, format!("{name:?} must be a string, not {other}"))),
+            }
+        };
+        let count = |name: &str, default: usize| -> Result<usize> {
+            match v.get(name) {
+                None | Some(Value::Null) => Ok(default),
+                Some(x) => x.as_u64().filter(|&n| n >= 2).map(|n| n as usize).ok_or_else(|| Error::config(path, format!("{name:?} must be an integer of at least 2, not {x}"))),
+            }
+        };
+        let flag = |name: &str, default: bool| v.get(name).and_then(Value::as_bool).unwrap_or(default);
+        let skiplist_words = match v.get("skiplist_words") {
+            None | Some(Value::Null) => PUNCTUATION.chars().map(String::from).collect(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|w| w.as_str().map(String::from).ok_or_else(|| Error::config(path, "\"skiplist_words\" must hold strings")))
+                .collect::<Result<_>>()?,
+            Some(other) => return Err(Error::config(path, format!("\"skiplist_words\" must be a list, not {other}"))),
+        };
+        let do_query_expansion = flag("do_query_expansion", true);
+        Ok(ColbertConfig {
+            query_prefix: text("query_prefix", "[Q] ")?,
+            document_prefix: text("document_prefix", "[D] ")?,
+            query_length: count("query_length", 32)?,
+            document_length: count("document_length", 180)?,
+            do_query_expansion,
+            // PyLate: no expansion, nothing to attend to.
+            attend_to_expansion_tokens: do_query_expansion && flag("attend_to_expansion_tokens", false),
+            skiplist_words,
+        })
+    }
+}
+
+/// Python's `string.punctuation`, PyLate's default skiplist.
+const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 /// Where a decoder reranker's score comes from, at the last position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +257,7 @@ impl ModelDir {
         let mut normalize = false;
         let mut dense = Vec::new();
         let mut splade = false;
+        let mut pylate_dense = false;
         let modules_path = dir.join("modules.json");
         let modules_json = read_optional_json(&modules_path)?;
         let has_modules = modules_json.is_some();
@@ -195,6 +277,7 @@ impl ModelDir {
                     // which is why published models (MiniLM among them) often lack it.
                     "Normalize" => normalize = true,
                     "Dense" => {
+                        pylate_dense |= m.kind.starts_with("pylate.");
                         if normalize {
                             return Err(Error::config(&modules_path, "a Dense module after Normalize is not supported"));
                         }
@@ -218,7 +301,7 @@ impl ModelDir {
             }
         }
 
-        let (kind, labels) = kind_and_labels(&cfg, &config_path, &arch, splade, has_modules)?;
+        let (mut kind, labels) = kind_and_labels(&cfg, &config_path, &arch, splade, has_modules)?;
         // A decoder with a one-label classification head is a converted LLM reranker
         // (Qwen3-Reranker-*-seq-cls): Qwen3-Reranker's prompt unless the options give another.
         let (llm_reranker, decoder_score) = match (kind, arch.family) {
@@ -242,7 +325,28 @@ impl ModelDir {
         let prompts_path = dir.join("config_sentence_transformers.json");
         let mut prompts = BTreeMap::new();
         let mut default_prompt_name = None;
+        let mut colbert = None;
+        let mut max_seq_length = max_seq_length;
         if let Some(v) = read_optional_json(&prompts_path)? {
+            // PyLate writes its settings here (and "model_type": "ColBERT"); its Dense modules
+            // run on every token, with no Pooling module.
+            let pylate = pylate_dense || v.get("model_type").and_then(Value::as_str) == Some("ColBERT") || v.get("query_prefix").is_some();
+            if pylate && kind == ModelKind::Embedding {
+                let c = ColbertConfig::read(&v, &prompts_path)?;
+                if arch.family != Family::Bert {
+                    return Err(Error::config(&prompts_path, format!("PyLate / ColBERT models are supported for the BERT line (BERT, RoBERTa, XLM-R), not {}", arch.model_type)));
+                }
+                if normalize || has_pooling(dir, &modules_path)? {
+                    return Err(Error::config(&modules_path, "a PyLate / ColBERT model has no Pooling or Normalize module (its Dense modules project every token)"));
+                }
+                let longest = c.query_length.max(c.document_length);
+                if longest > arch.max_tokens {
+                    return Err(Error::config(&prompts_path, format!("query_length / document_length {longest} exceed the model's {} positions", arch.max_tokens)));
+                }
+                max_seq_length = longest;
+                kind = ModelKind::MultiVector;
+                colbert = Some(c);
+            }
             if let Some(map) = v.get("prompts").and_then(Value::as_object) {
                 for (k, p) in map {
                     let p = p.as_str().ok_or_else(|| {
@@ -254,7 +358,16 @@ impl ModelDir {
             default_prompt_name = v.get("default_prompt_name").and_then(Value::as_str).map(String::from);
         }
 
+        let m3 = m3_heads(dir, kind, &arch)?;
+        if m3.is_some() && !has_modules {
+            // FlagEmbedding's dense output: [CLS], normalised (bge-m3 ships these modules too).
+            pooling = Pooling::Cls;
+            normalize = true;
+        }
+
         Ok(ModelDir {
+            m3,
+            colbert,
             dir: dir.to_path_buf(),
             model_type,
             arch,
@@ -300,6 +413,49 @@ impl ModelDir {
         self.llm_reranker = Some(r.clone());
         Ok(())
     }
+}
+
+/// BGE-M3's heads when `colbert_linear.pt` and `sparse_linear.pt` lie beside an XLM-R
+/// embedder's weights; one without the other is refused (FlagEmbedding would draw the missing
+/// one at random).
+fn m3_heads(dir: &Path, kind: ModelKind, arch: &ArchConfig) -> Result<Option<M3Heads>> {
+    let (colbert, sparse) = (dir.join("colbert_linear.pt"), dir.join("sparse_linear.pt"));
+    match (colbert.is_file(), sparse.is_file()) {
+        (false, false) => return Ok(None),
+        (true, true) => {}
+        (has_colbert, _) => {
+            let missing = if has_colbert { sparse } else { colbert };
+            return Err(Error::MissingFile { path: missing, hint: " (a BGE-M3 checkpoint needs colbert_linear.pt and sparse_linear.pt both)".into() });
+        }
+    }
+    if kind != ModelKind::Embedding || arch.family != Family::Bert {
+        return Err(Error::config(dir, format!("BGE-M3 heads (colbert_linear.pt, sparse_linear.pt) are supported on a BERT-line embedder, not a {kind} {} model", arch.model_type)));
+    }
+    let mut unused_tokens = Vec::new();
+    for file in ["special_tokens_map.json", "tokenizer_config.json"] {
+        let Some(v) = read_optional_json(&dir.join(file))? else { continue };
+        for key in ["cls_token", "eos_token", "pad_token", "unk_token"] {
+            let token = match v.get(key) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).map(String::from),
+                _ => None,
+            };
+            if let Some(t) = token.filter(|t| !unused_tokens.contains(t)) {
+                unused_tokens.push(t);
+            }
+        }
+    }
+    if unused_tokens.is_empty() {
+        // XLM-R's, as bge-m3's tokenizer names them.
+        unused_tokens = ["<s>", "</s>", "<pad>", "<unk>"].map(String::from).to_vec();
+    }
+    Ok(Some(M3Heads { colbert, sparse, unused_tokens }))
+}
+
+/// Whether `modules.json` lists a Pooling module.
+fn has_pooling(_dir: &Path, modules_path: &Path) -> Result<bool> {
+    let Some(v) = read_optional_json(modules_path)? else { return Ok(false) };
+    Ok(v.as_array().is_some_and(|a| a.iter().any(|m| m.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with("Pooling")))))
 }
 
 /// What the checkpoint computes: a `*ForSequenceClassification` head makes a reranker (one
@@ -405,6 +561,9 @@ impl DenseModule {
                 .ok_or_else(|| Error::config(&path, format!("missing or non-integer field {name:?}")))
         };
         let (in_features, out_features) = (field("in_features")?, field("out_features")?);
+        if v.get("use_residual").and_then(Value::as_bool) == Some(true) {
+            return Err(Error::config(&path, "a Dense module with use_residual (PyLate) is not supported"));
+        }
         if in_features != width {
             return Err(Error::config(&path, format!("in_features {in_features} does not match the {width}-wide vectors it receives")));
         }
@@ -475,8 +634,26 @@ fn pooling_from_config(pc: &Value, path: &Path) -> Result<Pooling> {
 
 #[cfg(test)]
 mod tests {
-    use super::{pooling_from_config, Pooling};
+    use super::{pooling_from_config, ColbertConfig, Pooling};
     use serde_json::json;
+
+    #[test]
+    fn colbert_settings_take_pylates_defaults() {
+        let path = std::path::Path::new("config_sentence_transformers.json");
+        let c = ColbertConfig::read(&json!({"model_type": "ColBERT"}), path).unwrap();
+        assert_eq!((c.query_prefix.as_str(), c.document_prefix.as_str(), c.query_length, c.document_length), ("[Q] ", "[D] ", 32, 180));
+        assert!(c.do_query_expansion && !c.attend_to_expansion_tokens);
+        // Python's string.punctuation, one word per character.
+        assert_eq!(c.skiplist_words.concat(), "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~");
+        assert_eq!(c.skiplist_words.len(), 32);
+        // No expansion: nothing to attend to, whatever the file says.
+        let c = ColbertConfig::read(&json!({"do_query_expansion": false, "attend_to_expansion_tokens": true, "query_length": 8}), path).unwrap();
+        assert!(!c.do_query_expansion && !c.attend_to_expansion_tokens && c.query_length == 8);
+        let err = ColbertConfig::read(&json!({"query_length": 1}), path).unwrap_err().to_string();
+        assert!(err.contains("query_length"), "{err}");
+        let err = ColbertConfig::read(&json!({"skiplist_words": [1]}), path).unwrap_err().to_string();
+        assert!(err.contains("skiplist_words"), "{err}");
+    }
 
     fn pool(v: serde_json::Value) -> Result<Pooling, String> {
         pooling_from_config(&v, std::path::Path::new("1_Pooling/config.json")).map_err(|e| e.to_string())

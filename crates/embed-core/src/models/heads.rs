@@ -65,6 +65,8 @@ impl Head {
     /// with the encoder's word embeddings (which a tied masked-LM decoder shares).
     pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind, encoder_file: Option<(&mut Weights, &Tensor)>) -> Result<(Head, u64)> {
         match dir.kind {
+            // A ColBERT model's Dense modules run on each token (`TokenHeads`).
+            ModelKind::MultiVector => Ok((Head::Pooled(Vec::new()), 0)),
             ModelKind::Embedding => {
                 let mut head = Vec::with_capacity(dir.dense.len());
                 let mut bytes = 0;
@@ -206,4 +208,72 @@ fn splade(dir: &ModelDir, w: &mut Weights, word: &Tensor) -> Result<Head> {
     };
     let bias = w.top(|w| w.take(&bias_name, &[vocab]))?;
     Ok(Head::Splade { transform, act, norm, decoder: Linear::new(weight, Some(bias)) })
+}
+
+/// Heads that run on each token rather than on a pooled vector: a multi-vector projection
+/// (BGE-M3's `colbert_linear`, a PyLate model's Dense modules) and BGE-M3's lexical weight
+/// (`sparse_linear`). Each runs only on the tokens of the inputs that asked for it.
+#[derive(Default)]
+pub(crate) struct TokenHeads {
+    /// The multi-vector projection, in order; empty: the model has none.
+    multi: Vec<(Linear, DenseActivation)>,
+    /// Tokens left out at the start of each input (BGE-M3 drops `[CLS]`).
+    pub(crate) multi_from: usize,
+    /// BGE-M3's `sparse_linear`, `[1, hidden]`.
+    lexical: Option<Linear>,
+}
+
+impl crate::nn::Tensors for TokenHeads {
+    fn linears<'a>(&'a self, out: &mut Vec<&'a Linear>) {
+        out.extend(self.multi.iter().map(|(l, _)| l));
+        // One output row: left in the model's float kind.
+    }
+
+    fn tensors<'a>(&'a self, out: &mut Vec<&'a Tensor>) {
+        self.multi.iter().for_each(|(l, _)| l.tensors(out));
+        if let Some(l) = &self.lexical {
+            l.tensors(out);
+        }
+    }
+}
+
+impl TokenHeads {
+    /// Reads BGE-M3's two `.pt` heads or a ColBERT model's Dense modules; returns them and
+    /// their weight bytes.
+    pub(crate) fn load(dir: &ModelDir, device: Device, kind: Kind) -> Result<(TokenHeads, u64)> {
+        let h = dir.arch.hidden_size as i64;
+        if let Some(m3) = &dir.m3 {
+            let mut c = Weights::read(&m3.colbert, "weight", device, kind)?;
+            // BGEM3FlagModel builds nn.Linear(hidden, hidden) (its colbert_dim -1).
+            let colbert = Linear::new(c.take("weight", &[h, h])?, Some(c.take("bias", &[h])?));
+            let mut s = Weights::read(&m3.sparse, "weight", device, kind)?;
+            let sparse = Linear::new(s.take("weight", &[1, h])?, Some(s.take("bias", &[1])?));
+            let heads = TokenHeads { multi: vec![(colbert, DenseActivation::Identity)], multi_from: 1, lexical: Some(sparse) };
+            return Ok((heads, c.bytes + s.bytes));
+        }
+        if dir.kind != ModelKind::MultiVector {
+            return Ok((TokenHeads::default(), 0));
+        }
+        let mut multi = Vec::with_capacity(dir.dense.len());
+        let mut bytes = 0;
+        for d in &dir.dense {
+            let mut w = Weights::read(&d.weights, "linear.weight", device, kind)?;
+            multi.push((w.linear("linear", d.out_features as i64, d.in_features as i64, d.bias)?, d.activation));
+            bytes += w.bytes;
+        }
+        Ok((TokenHeads { multi, multi_from: 0, lexical: None }, bytes))
+    }
+
+    /// Token states `[n, hidden]` to normalised multi-vectors, f32 `[n, dim]` (F.normalize's
+    /// eps 1e-12).
+    pub(crate) fn multi(&self, x: &Tensor) -> Tensor {
+        let y = if self.multi.is_empty() { x.to_kind(Kind::Float) } else { project(&self.multi, x.shallow_clone()) };
+        let norm = y.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+        y / norm
+    }
+
+    /// Token states `[n, hidden]` to lexical weights `relu(sparse_linear(x))`, f32 `[n]`.
+    pub(crate) fn lexical(&self, x: &Tensor) -> Option<Tensor> {
+        self.lexical.as_ref().map(|l| l.forward(x).to_kind(Kind::Float).relu().view([-1]))
+    }
 }

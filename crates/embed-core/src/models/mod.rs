@@ -93,6 +93,8 @@ pub(crate) struct Model {
     /// How its attention runs, chosen at load.
     attention: AttentionPlan,
     head: heads::Head,
+    /// Per-token heads (multi-vector, lexical weights), run for the inputs that ask.
+    tokens: heads::TokenHeads,
     device: Device,
     /// Bytes held by the weights on the model's device (encoder and head).
     pub(crate) weight_bytes: u64,
@@ -156,8 +158,10 @@ impl Model {
         };
         let (head, head_bytes) = heads::Head::load(dir, device, kind, encoder_file.as_mut().map(|(w, word)| (w, &*word)))?;
         weight_bytes += head_bytes;
+        let (tokens, token_bytes) = heads::TokenHeads::load(dir, device, kind)?;
+        weight_bytes += token_bytes;
         let attention = AttentionPlan::choose(device, kind, encoder.attention_support(), Tuning::current());
-        Ok(Model { encoder, attention, head, device, weight_bytes, prepacked: false, int8: false })
+        Ok(Model { encoder, attention, head, tokens, device, weight_bytes, prepacked: false, int8: false })
     }
 
     pub(crate) fn device(&self) -> Device {
@@ -178,6 +182,11 @@ impl Model {
         &self.attention
     }
 
+    /// The per-token heads (multi-vector, lexical).
+    pub(crate) fn token_heads(&self) -> &heads::TokenHeads {
+        &self.tokens
+    }
+
     /// Reorders every linear layer's weight once into oneDNN's layout (CPU; worth it in bf16,
     /// where oneDNN's GEMM would otherwise reorder the weight on every call). `batch` is the
     /// number of rows the layout is tuned for. Tied weights (SPLADE's decoder) stay as they are.
@@ -185,6 +194,7 @@ impl Model {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
+        self.tokens.linears(&mut linears);
         for l in linears {
             l.prepack(batch).map_err(|e| Error::Inference { model: String::new(), message: format!("prepacking a linear layer for oneDNN failed: {e}") })?;
         }
@@ -214,6 +224,7 @@ impl Model {
         let mut linears = Vec::new();
         self.encoder.linears(&mut linears);
         self.head.linears(&mut linears);
+        self.tokens.linears(&mut linears);
         let fail = |e: crate::nn::KernelError| Error::Inference { model: String::new(), message: format!("quantizing a linear layer to int8 failed: {e}") };
         for l in linears {
             let (freed, held) = quantize(l).map_err(fail)?;
@@ -233,6 +244,7 @@ impl Model {
         let mut all = Vec::new();
         self.encoder.tensors(&mut all);
         self.head.tensors(&mut all);
+        self.tokens.tensors(&mut all);
         all.into_iter().map(Tensor::shallow_clone).collect()
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct BatchInput {
     /// CPU attention runs the variable-length kernel (`attention::cpu_varlen`) where the
     /// scores allow it.
     pub(crate) varlen: bool,
+    /// Some tokens are no one's keys (`mask` 0 on a real token: a ColBERT query's expansion):
+    /// attention must run padded under the key mask, never packed.
+    pub(crate) masked_keys: bool,
 }
 
 /// Consecutive rows `first..first + count` of a padded batch, the longest `len` tokens.

@@ -29,6 +29,11 @@ pub(crate) enum Output {
     Head,
     /// The last hidden state of every token, `[tokens × hidden]` flattened.
     Tokens,
+    /// The per-token multi-vector head's normalised vectors (after the tokens it leaves out at
+    /// the start), `[vectors × dim]` flattened.
+    Multi,
+    /// The per-token lexical weight (BGE-M3's sparse head), one per token.
+    Lexical,
 }
 
 /// What happens to each of a job's head rows before it is answered: the first `keep`
@@ -395,6 +400,12 @@ struct Launched {
     pooled: Tensor,
     /// The `[b, len, hidden]` f32 states, when an input of the batch wants its tokens.
     tokens: Option<Tensor>,
+    /// The multi-vector rows of the inputs that want them, in batch order, `[n, dim]` f32.
+    multi: Option<Tensor>,
+    /// The lexical weights of the inputs that want them, in batch order, `[n]` f32.
+    lexical: Option<Tensor>,
+    /// Tokens the multi-vector head leaves out at the start of each input.
+    multi_from: usize,
     /// Whether its attention ran packed.
     packed: bool,
 }
@@ -443,7 +454,8 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
         for (i, r) in rows[at..at + n].iter_mut().enumerate() {
             *r = (base + i) as i64;
         }
-        mask[base..base + n].fill(1);
+        // Expansion tokens are computed but are no one's keys.
+        mask[base..base + n - seq.expansion.min(n)].fill(1);
         // Never pool over nothing: keep at least the last token if the prompt covered it all.
         let skip = seq.pool_skip.min(n.saturating_sub(1));
         pool_mask[base + skip..base + n].fill(1);
@@ -489,8 +501,10 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     // similar lengths at its own length (on a GPU the extra launches would cost more than the
     // padding saves).
     let lens: Vec<i64> = batch.iter().map(|it| it.len as i64).collect();
+    // Tokens that are no one's keys need the padded key mask (not packed, not varlen).
+    let masked_keys = batch.iter().any(|it| jobs.job(it.job).seqs[it.seq].expansion > 0);
     let layout = model.attention().cpu_layout();
-    let varlen = layout == Some(CpuLayout::Varlen);
+    let varlen = !masked_keys && layout == Some(CpuLayout::Varlen);
     let groups = if layout == Some(CpuLayout::Grouped) {
         length_groups(&lens)
     } else {
@@ -502,11 +516,32 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     if !groups.is_empty() {
         cfg.stats.grouped_batches.fetch_add(1, Ordering::Relaxed);
     }
-    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups, varlen };
+    let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups, varlen, masked_keys };
     let hidden = crate::profile::stage("forward", || model.forward(&input));
-    let pooled = crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling));
-    let tokens = batch.iter().any(|it| jobs.job(it.job).output == Output::Tokens).then(|| hidden.to_kind(Kind::Float));
-    Launched { pooled, tokens, packed: model.attention().packed() }
+    let wants = |o: Output| batch.iter().any(|it| jobs.job(it.job).output == o);
+    // Each head runs only for the inputs that asked for it.
+    let pooled = if wants(Output::Head) {
+        crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling))
+    } else {
+        Tensor::zeros([b, 1], (Kind::Float, dev))
+    };
+    let tokens = wants(Output::Tokens).then(|| hidden.to_kind(Kind::Float));
+    let heads = model.token_heads();
+    let multi_from = heads.multi_from;
+    // The padded rows of the tokens of the inputs that want `output`, from `from` on.
+    let picked = |output: Output, from: usize| -> Option<Tensor> {
+        let at: Vec<i64> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, it)| jobs.job(it.job).output == output)
+            .flat_map(|(row, it)| (row * len as usize + from.min(it.len)..row * len as usize + it.len).map(|i| i as i64))
+            .collect();
+        let width = hidden.size()[2];
+        (!at.is_empty()).then(|| hidden.reshape([-1, width]).index_select(0, &Tensor::from_slice(&at).to_device(dev)))
+    };
+    let multi = picked(Output::Multi, multi_from).map(|x| crate::profile::stage("head", || heads.multi(&x)));
+    let lexical = picked(Output::Lexical, 0).and_then(|x| heads.lexical(&x));
+    Launched { pooled, tokens, multi, lexical, multi_from, packed: model.attention().packed() }
 }
 
 /// Waits for a launched batch and returns one un-normalised row per item (its token states,
@@ -528,6 +563,17 @@ fn download(launched: Launched, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig
     if launched.packed {
         cfg.stats.packed_batches.fetch_add(1, Ordering::Relaxed);
     }
+    let to_host = |t: Option<Tensor>| -> Vec<f32> {
+        t.map(|t| Vec::try_from(t.to_device(tch::Device::Cpu).contiguous().view([-1])).expect("token head output is f32")).unwrap_or_default()
+    };
+    let multi_dim = launched.multi.as_ref().map_or(0, |t| t.size()[1] as usize);
+    let (multi, lexical) = (to_host(launched.multi), to_host(launched.lexical));
+    let (mut multi_at, mut lexical_at) = (0, 0);
+    let take = |from: &[f32], at: &mut usize, n: usize| {
+        let row = from[*at..*at + n].to_vec();
+        *at += n;
+        row
+    };
     flat.chunks(dim)
         .zip(batch)
         .enumerate()
@@ -536,6 +582,8 @@ fn download(launched: Launched, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig
                 let t = states.get(row as i64).narrow(0, 0, it.len as i64).contiguous();
                 Vec::try_from(t.view([-1])).expect("hidden states are f32")
             }
+            (_, Output::Multi) => take(&multi, &mut multi_at, it.len.saturating_sub(launched.multi_from) * multi_dim),
+            (_, Output::Lexical) => take(&lexical, &mut lexical_at, it.len),
             _ => head.to_vec(),
         })
         .collect()

@@ -104,6 +104,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                     ModelKind::Embedding => dir.dense.last().map_or(dir.arch.hidden_size, |d| d.out_features),
                     ModelKind::Reranker | ModelKind::Classifier => dir.labels.len(),
                     ModelKind::Sparse => dir.arch.vocab_size,
+                    ModelKind::MultiVector => dir.dense.last().map_or(dir.arch.hidden_size, |d| d.out_features),
                 },
                 labels: dir.labels.clone(),
                 max_seq_length,
@@ -121,6 +122,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 threads: tch::get_num_threads().max(0) as usize,
                 cpu_prepacked: model.prepacked,
                 int8_kernel,
+                extra_outputs: if dir.m3.is_some() { vec![ModelKind::Sparse, ModelKind::MultiVector] } else { Vec::new() },
             };
             let cfg = WorkerConfig {
                 model_name: spec.name.clone(),

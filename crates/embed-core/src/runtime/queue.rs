@@ -305,7 +305,7 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         let seqs = lens
             .iter()
-            .map(|&n| Seq { ids: vec![1; n], type_ids: vec![0; n], pool_skip: 0, poisoned: false })
+            .map(|&n| Seq { ids: vec![1; n], type_ids: vec![0; n], pool_skip: 0, poisoned: false, expansion: 0 })
             .collect();
         (Job { seqs, output: Output::Head, finish: RowFinish::default(), priority, arrived: Instant::now(), reply, first_batch: Default::default() }, answer)
     }

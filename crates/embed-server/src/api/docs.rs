@@ -29,7 +29,7 @@ use crate::error::{OpenAiErrorDoc, TeiErrorDoc};
     ),
     paths(
         tei::embed, tei::similarity, tei::tokenize, tei::info,
-        tasks::root, tasks::invocations, tasks::rerank, tasks::predict, tasks::embed_sparse, tasks::embed_all,
+        tasks::root, tasks::invocations, tasks::rerank, tasks::predict, tasks::embed_sparse, tasks::embed_all, tasks::embed_multi,
         tasks::decode, tasks::vertex, tasks::cohere_rerank, tasks::cohere_rerank_v2,
         cohere::embed,
         openai::embeddings, openai::embeddings_without_v1, openai::models,

@@ -219,7 +219,7 @@ pub(crate) fn run_encoder(
     hidden: i64,
     encode: impl Fn(Mode) -> Result<Tensor, KernelError>,
 ) -> Tensor {
-    if plan.packed() {
+    if plan.packed() && !t.masked_keys {
         match encode(Mode::Packed) {
             Ok(h) => return t.pad(&h.narrow(0, 0, t.tokens)).view([t.b, t.len, hidden]),
             Err(e @ KernelError::OutOfMemory(_)) => e.raise(),

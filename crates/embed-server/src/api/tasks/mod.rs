@@ -18,8 +18,8 @@ use embed_pool::Lease;
 use serde_json::Value;
 
 use self::types::{
-    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, PredictRequest, Prediction, Predictions,
-    Rank, RerankRequest, SparseRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
+    CohereRerankRequest, CohereRerankResponse, CohereResult, DecodeRequest, DocumentText, MultiRequest, PredictRequest, Prediction,
+    Predictions, Rank, RerankRequest, SparseRequest, SparseValue, TaskAnswer, TextsRequest, Usage, VertexRequest, VertexResponse,
 };
 use super::{check_count, from_value, parse_json, JsonBody};
 use crate::error::{ApiError, OpenAiError};
@@ -220,6 +220,33 @@ pub(crate) async fn embed_all(
     Ok(Json(out.vectors))
 }
 
+/// Per input, its late-interaction token vectors, each L2-normalised: BGE-M3's ColBERT
+/// vectors (every token after `[CLS]`), a PyLate / ColBERT model's (a query's every token,
+/// `[MASK]` expansion included; a document's without punctuation). As arrays of numbers, or
+/// with `encoding_format: "base64"` each vector as its little-endian f32 bytes in base64.
+#[utoipa::path(post, path = "/embed_multi", tag = "text-embeddings-inference", request_body = types::MultiRequest,
+    responses((status = 200, description = "Per input, one vector per kept token", body = Vec<Vec<crate::api::openai::types::EmbeddingVector>>), crate::api::docs::TeiErrors))]
+pub(crate) async fn embed_multi(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<MultiRequest>,
+) -> Result<Json<Vec<Vec<crate::api::openai::types::EmbeddingVector>>>, ApiError> {
+    use crate::api::openai::types::EmbeddingVector;
+    check_direction(req.truncation_direction.as_deref())?;
+    let texts = req.inputs.0;
+    check_count(texts.len(), &state, "inputs")?;
+    let model = state.config.model_for(req.model);
+    let lease = state.lease(&model).await?;
+    let mut options = EmbedOptions::default();
+    options.mode = req.input_type;
+    options.truncate = req.truncate.unwrap_or(state.config.limits.truncate_by_default);
+    let queued = state.metrics.queued(&model);
+    let out = lease.embed_multi(&texts, &options).await?;
+    drop(queued);
+    record(&state, &lease, texts.len(), out.total_tokens());
+    let format = req.encoding_format.unwrap_or_default();
+    Ok(Json(out.vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect()))
+}
+
 /// Token ids back to text, one string per list of ids.
 #[utoipa::path(post, path = "/decode", tag = "text-embeddings-inference", request_body = types::DecodeRequest,
     responses((status = 200, description = "One text per list of ids", body = Vec<String>), crate::api::docs::TeiErrors))]
@@ -241,6 +268,7 @@ enum Task {
     Rerank,
     Predict,
     EmbedSparse,
+    EmbedMulti,
 }
 
 impl Task {
@@ -252,6 +280,8 @@ impl Task {
         match kind {
             ModelKind::Reranker | ModelKind::Classifier => Task::Predict,
             ModelKind::Sparse => Task::EmbedSparse,
+            // A rerank body was answered above; anything else asks for its token vectors.
+            ModelKind::MultiVector => Task::EmbedMulti,
             ModelKind::Embedding if body.get("inputs").is_some_and(Value::is_object) => Task::Similarity,
             ModelKind::Embedding => Task::Embed,
         }
@@ -270,13 +300,14 @@ async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError>
         Task::Rerank => TaskAnswer::Rerank(rerank(state, JsonBody(from_value(body)?)).await?.0),
         Task::Predict => TaskAnswer::Predict(predict(state, JsonBody(from_value(body)?)).await?.0),
         Task::EmbedSparse => TaskAnswer::EmbedSparse(embed_sparse(state, JsonBody(from_value(body)?)).await?.0),
+        Task::EmbedMulti => TaskAnswer::EmbedMulti(embed_multi(state, JsonBody(from_value(body)?)).await?.0),
     })
 }
 
 /// `POST /` and SageMaker's `POST /invocations`: what the model (the body's `model`, else the
 /// default) is for, with that route's body: `/embed` (or `/similarity`) for an embedder,
 /// `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for
-/// SPLADE.
+/// SPLADE, `/rerank` or `/embed_multi` for a multi-vector model.
 #[utoipa::path(post, path = "/", tag = "text-embeddings-inference",
     request_body(content = serde_json::Value, description = "The body of the model's own route: `/embed` (or `/similarity`) for an embedder, `/rerank` or `/predict` for a cross-encoder, `/predict` for a classifier, `/embed_sparse` for SPLADE"),
     responses((status = 200, description = "That route's answer", body = types::TaskAnswer), crate::api::docs::TeiErrors))]
@@ -340,5 +371,7 @@ mod tests {
         assert_eq!(Task::of(ModelKind::Classifier, &rerank), Task::Rerank);
         assert_eq!(Task::of(ModelKind::Sparse, &embed), Task::EmbedSparse);
         assert_eq!(Task::of(ModelKind::Sparse, &json!("not an object")), Task::EmbedSparse);
+        assert_eq!(Task::of(ModelKind::MultiVector, &rerank), Task::Rerank);
+        assert_eq!(Task::of(ModelKind::MultiVector, &embed), Task::EmbedMulti);
     }
 }

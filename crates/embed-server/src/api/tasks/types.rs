@@ -200,6 +200,7 @@ pub(crate) enum TaskAnswer {
     Rerank(Vec<Rank>),
     Predict(Predictions),
     EmbedSparse(Vec<Vec<SparseValue>>),
+    EmbedMulti(Vec<Vec<crate::api::openai::types::EmbeddingVector>>),
 }
 
 /// `POST /vertex`: Vertex AI's envelope, each instance a body for `POST /`. Vertex's
@@ -258,6 +259,30 @@ impl SparseRequest {
         let SparseRequest { inputs, truncate, truncation_direction, prompt_name, model, return_text } = self;
         (TextsRequest { inputs, truncate, truncation_direction, prompt_name, model }, return_text)
     }
+}
+
+/// `POST /embed_multi`: late-interaction token vectors.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MultiRequest {
+    pub(crate) inputs: StringOrList,
+    /// `query` (the default, as PyLate's) or `document`: a PyLate / ColBERT model marks and
+    /// pads queries (`[Q]`, `[MASK]` expansion) and drops punctuation from documents; BGE-M3
+    /// treats both alike.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "document")]
+    pub(crate) input_type: Option<embed_core::InputMode>,
+    /// `float` (default): each vector an array of numbers; `base64`: each vector its
+    /// little-endian f32 bytes, base64-encoded.
+    #[serde(default)]
+    pub(crate) encoding_format: Option<crate::api::openai::types::EncodingFormat>,
+    #[serde(default)]
+    pub(crate) truncate: Option<bool>,
+    /// Accepted for compatibility; only `right` is supported.
+    #[serde(default)]
+    pub(crate) truncation_direction: Option<String>,
+    #[serde(default)]
+    pub(crate) model: Option<String>,
 }
 
 /// One non-zero entry of a sparse vector.

@@ -202,6 +202,11 @@ impl ModelType {
         match info.kind {
             ModelKind::Embedding => ModelType::Embedding { pooling: info.pooling.to_string() },
             ModelKind::Sparse => ModelType::Embedding { pooling: "splade".into() },
+            // No TEI counterpart: late interaction scores pairs, as a reranker does.
+            ModelKind::MultiVector => ModelType::Reranker(Labels {
+                id2label: BTreeMap::from([("0".to_string(), "max_sim".to_string())]),
+                label2id: BTreeMap::from([("max_sim".to_string(), 0)]),
+            }),
             ModelKind::Classifier => ModelType::Classifier(labels()),
             ModelKind::Reranker => ModelType::Reranker(labels()),
         }
