@@ -36,7 +36,7 @@ pub struct AppState {
     ready: Arc<AtomicBool>,
     /// Set when shutdown starts: responses ask clients to close their connections.
     closing: Arc<AtomicBool>,
-    permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<Semaphore>,
     /// Bulk requests' share of `permits` (see `Limits::max_concurrent_bulk`).
     bulk_permits: Arc<Semaphore>,
     /// What each model said about itself when it was last leased, so read-only routes such as
@@ -372,7 +372,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
 }
 
 /// The token of an `Authorization: Bearer <token>` value, any case of the scheme.
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let space = value.iter().position(|&b| b == b' ')?;
     let (scheme, rest) = value.split_at(space);
     if !scheme.eq_ignore_ascii_case(b"bearer") {
@@ -384,7 +384,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 
 /// Whether `given` is exactly `key`. The bytes are compared in constant time; a different
 /// length fails at once (the length of the configured key is not treated as secret).
-fn key_matches(given: &[u8], key: &[u8]) -> bool {
+pub(crate) fn key_matches(given: &[u8], key: &[u8]) -> bool {
     given.len() == key.len() && bool::from(given.ct_eq(key))
 }
 

@@ -142,6 +142,10 @@ pub(crate) struct Args {
     /// CPU threads forward passes may use at once, all models together (default: all cores).
     #[arg(long, env = "EMBED_CPU_THREADS")]
     cpu_threads: Option<usize>,
+    /// Also serve text-embeddings-inference's gRPC API (package tei.v1) on this port, on the main
+    /// address's IP, with the HTTP server's models, limits and API key. Off by default.
+    #[arg(long, env = "GRPC_PORT")]
+    grpc_port: Option<u16>,
 
     /// TEI: a model to serve as the default, by hub id (`org/name`, `org/name@revision`) or
     /// directory; named by --served-model-name, else by the id itself. --model adds others.
@@ -249,6 +253,15 @@ impl Args {
     /// The port of the metrics listener (TEI's `--prometheus-port`), if one is asked for.
     pub(crate) fn prometheus_port(&self) -> Option<u16> {
         self.prometheus_port
+    }
+
+    /// The port of the gRPC listener (`--grpc-port`, else the config file's `grpc_port`), if
+    /// one is asked for.
+    pub(crate) fn grpc_port(&self) -> Result<Option<u16>> {
+        Ok(match self.grpc_port {
+            Some(port) => Some(port),
+            None => read_file_config(self.config.as_deref())?.grpc_port,
+        })
     }
 
     /// How the binary logs and traces (`--json-output`, `--otlp-endpoint`,
@@ -379,8 +392,18 @@ struct FileConfig {
     _device_id: Option<serde::de::IgnoredAny>,
     #[serde(rename = "disable_spans")]
     _disable_spans: Option<serde::de::IgnoredAny>,
+    grpc_port: Option<u16>,
     #[serde(default)]
     models: BTreeMap<String, FileModel>,
+}
+
+/// The config file at `path`, or the empty one.
+fn read_file_config(path: Option<&std::path::Path>) -> Result<FileConfig> {
+    Ok(match path {
+        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("parsing {}", p.display()))?,
+        None => FileConfig::default(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -508,11 +531,7 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     let tei_flags = args.hostname.is_some() || args.port.is_some();
     let tei_bind = (args.bind.is_none() && (tei_flags || args.model_id.is_some())).then(|| tei_address(&args)).transpose()?;
     let (tei_flag_address, tei_default_address) = if tei_flags { (tei_bind, None) } else { (None, tei_bind) };
-    let file: FileConfig = match &args.config {
-        Some(p) => toml::from_str(&std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("parsing {}", p.display()))?,
-        None => FileConfig::default(),
-    };
+    let file = read_file_config(args.config.as_deref())?;
     let device: DeviceSpec = args.device.or(file.device).map(|d| d.parse()).transpose()?.unwrap_or_default();
     let dtype = args.dtype.or(args.tei_env.dtype).or(file.dtype).map(|d| parse_dtype(&d)).transpose()?.flatten();
     // The kernels' switches come from the EMBED_* variables (embed-core reads no environment).

@@ -42,6 +42,7 @@ mod app;
 mod config;
 mod conn;
 mod error;
+mod grpc;
 mod metrics;
 mod otel;
 mod serve;
@@ -50,6 +51,7 @@ pub use api::docs::openapi;
 pub use app::{metrics_router, route_table, router, AppState};
 pub use config::{Limits, ServerConfig, Timeouts};
 pub use error::{ApiError, OpenAiError, ServeError};
+pub use grpc::{serve_grpc, MODEL_METADATA, STREAM_PARALLELISM};
 pub use serve::{serve, ShutdownReport, CLOSE_MARGIN};
 pub use metrics::Metrics;
 

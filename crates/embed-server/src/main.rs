@@ -113,6 +113,7 @@ async fn main() -> Result<()> {
     // Before anything slow: from here on SIGTERM is logged and handled, never fatal.
     let signals = Signals::install()?;
     let prometheus_port = args.prometheus_port();
+    let grpc_port = args.grpc_port()?;
     let (pool_config, registry, mut config, bind) = build(args)?;
     fit_connections_to_fd_limit(&mut config.limits);
     let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("binding {bind}"))?;
@@ -129,12 +130,42 @@ async fn main() -> Result<()> {
         let app = metrics_router(state.clone());
         tokio::spawn(async move { axum::serve(metrics, app).await });
     }
+    // One shutdown signal for both servers: the gRPC one stops accepting and drains its calls
+    // while the HTTP one drains; the pool closes after the HTTP drain and waits (up to its close
+    // timeout) for the leases gRPC calls still hold.
+    let shutdown = futures::FutureExt::shared(signals.shutdown());
+    let grpc = match grpc_port {
+        Some(port) => {
+            let at = std::net::SocketAddr::new(bind.ip(), port);
+            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding {at} (--grpc-port)"))?;
+            let at = listener.local_addr()?;
+            tracing::info!(%at, "gRPC listening");
+            println!("gRPC (tei.v1) on {at}");
+            // After the shutdown delay, as the HTTP listener: balancers see both stop together.
+            let (signal, delay) = (shutdown.clone(), state.config().timeouts.shutdown_delay);
+            let stop = async move {
+                signal.await;
+                tokio::time::sleep(delay).await;
+            };
+            Some(tokio::spawn(embed_server::serve_grpc(listener, state.clone(), stop)))
+        }
+        None => None,
+    };
     tracing::info!(%addr, "listening");
     println!("embed-server listening on http://{addr}  (default model: {default_model})");
     println!("try: curl -s http://{addr}/embed -H 'Content-Type: application/json' -d '{{\"inputs\": \"Hello world\"}}'");
-    let report = embed_server::serve(listener, state, signals.shutdown())
+    let shutdown_deadline = state.config().timeouts.shutdown;
+    let report = embed_server::serve(listener, state, shutdown)
         .await
         .context("the server stopped because a model could not be preloaded (pass --allow-degraded-start to serve anyway)")?;
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout(shutdown_deadline, grpc).await {
+            Ok(Ok(Ok(()))) => tracing::info!("gRPC server stopped"),
+            Ok(Ok(Err(e))) => tracing::error!("gRPC server failed: {e}"),
+            Ok(Err(e)) => tracing::error!("gRPC server task failed: {e}"),
+            Err(_) => tracing::warn!("gRPC calls still running after {shutdown_deadline:?}; cut short"),
+        }
+    }
     tracing::info!(
         drained = report.drained,
         cut_short = report.cut_short,

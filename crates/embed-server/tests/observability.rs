@@ -25,12 +25,12 @@ struct Collector {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
 }
 
-#[tonic::async_trait]
+#[tonic_otlp::async_trait]
 impl TraceService for Collector {
     async fn export(
         &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        request: tonic_otlp::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic_otlp::Response<ExportTraceServiceResponse>, tonic_otlp::Status> {
         let mut spans = self.spans.lock().unwrap();
         for resource_spans in request.into_inner().resource_spans {
             let service = resource_spans
@@ -48,7 +48,7 @@ impl TraceService for Collector {
                 spans.extend(scope.spans.into_iter().map(|s| (service.clone(), s)));
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        Ok(tonic_otlp::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }
 
@@ -63,9 +63,9 @@ async fn each_request_is_one_trace_with_its_stages_and_the_callers_parent() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let service = TraceServiceServer::new(collector.clone());
     let receiver = tokio::spawn(
-        tonic::transport::Server::builder()
+        tonic_otlp::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+            .serve_with_incoming(tonic_otlp::transport::server::TcpIncoming::from(listener)),
     );
 
     let (_dir, model) = TinyModel::default().write_temp();

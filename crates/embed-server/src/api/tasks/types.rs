@@ -254,6 +254,12 @@ pub(crate) struct SparseRequest {
 }
 
 impl SparseRequest {
+    /// A texts request without token strings (gRPC's `EmbedSparse`, which has no such field).
+    pub(crate) fn without_text(t: TextsRequest) -> Self {
+        let TextsRequest { inputs, truncate, truncation_direction, prompt_name, model } = t;
+        SparseRequest { inputs, truncate, truncation_direction, prompt_name, model, return_text: false }
+    }
+
     /// The texts request and whether token strings are wanted.
     pub(crate) fn split(self) -> (TextsRequest, bool) {
         let SparseRequest { inputs, truncate, truncation_direction, prompt_name, model, return_text } = self;

@@ -1,6 +1,6 @@
 //! text-embeddings-inference compatible routes: `/embed`, `/similarity`, `/tokenize`, `/info`.
 
-mod types;
+pub(crate) mod types;
 
 pub(crate) use self::types::StringOrList;
 

@@ -114,8 +114,8 @@ impl<'de> Deserialize<'de> for StringOrList {
 /// One token of a `/tokenize` answer, which is a list of these per input.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Token {
-    id: u32,
-    text: String,
+    pub(crate) id: u32,
+    pub(crate) text: String,
 }
 
 impl Token {
@@ -130,27 +130,27 @@ impl Token {
 /// `max_concurrent_requests` and `version`; the other fields are extensions.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Info {
-    model_id: String,
+    pub(crate) model_id: String,
     /// The hub id (`org/name[@revision]`) it was loaded from, or for a local directory its
     /// configured name: never a host path.
-    model_source: String,
+    pub(crate) model_source: String,
     /// The hub commit the model was resolved to (TEI's field), for a model loaded by hub id.
-    model_sha: Option<String>,
+    pub(crate) model_sha: Option<String>,
     model_type: ModelType,
     /// Extension: `embedding`, `reranker`, `classifier` or `sparse`.
     #[schema(value_type = String)]
-    kind: ModelKind,
-    architecture: String,
-    family: String,
-    dimension: usize,
-    max_input_length: usize,
-    max_client_batch_size: usize,
-    max_concurrent_requests: usize,
-    device: String,
-    dtype: String,
-    normalize: bool,
-    prompts: BTreeMap<String, String>,
-    version: &'static str,
+    pub(crate) kind: ModelKind,
+    pub(crate) architecture: String,
+    pub(crate) family: String,
+    pub(crate) dimension: usize,
+    pub(crate) max_input_length: usize,
+    pub(crate) max_client_batch_size: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) device: String,
+    pub(crate) dtype: String,
+    pub(crate) normalize: bool,
+    pub(crate) prompts: BTreeMap<String, String>,
+    pub(crate) version: &'static str,
 }
 
 impl Info {
