@@ -151,3 +151,48 @@ async fn an_explicit_priority_wins_over_the_size_default() {
     assert!(err.contains("priority") && err.contains("urgent"), "{err}");
     svc.cleanup().await.unwrap();
 }
+
+/// Layer preemption (CPU): a query that arrives while a bulk request's single pass runs is
+/// served between that pass's encoder layers, before the pass ends; with it off, the query
+/// waits for the whole pass. Each pass sleeps 400 ms before its layers, so the query is
+/// certainly queued when the bulk pass reaches its first layer boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_during_one_long_bulk_pass_runs_between_its_layers() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let bulk_texts = texts(12, "document");
+    let query = vec!["what is the capital of france".to_string()];
+    let alone = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap();
+    let bulk_alone = alone.embed_texts(&bulk_texts, &EmbedOptions::default()).await.unwrap();
+    let query_alone = alone.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    alone.cleanup().await.unwrap();
+    let mut bulk_options = EmbedOptions::default();
+    bulk_options.priority = Some(Priority::Bulk);
+    for preempt in [true, false] {
+        let mut options = ModelOptions::default();
+        options.faults.forward_delay = Some(Duration::from_millis(400));
+        options.cpu_prepack = Some(false);
+        options.layer_preemption = Some(preempt);
+        let svc = Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap());
+        let bulk = {
+            let (svc, t, o) = (svc.clone(), bulk_texts.clone(), bulk_options.clone());
+            tokio::spawn(async move { svc.embed_texts(&t, &o).await.unwrap() })
+        };
+        bulk_started(&svc).await;
+        let got = svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+        let stats = svc.batch_stats().unwrap();
+        if preempt {
+            // Run from inside the bulk pass, which was still running when the query was answered.
+            assert_eq!(stats.preempting_batches, 1, "{stats:?}");
+        } else {
+            assert_eq!(stats.preempting_batches, 0, "{stats:?}");
+            // The bulk pass was answered first, 400 ms before the query's own pass ended.
+            assert!(bulk.is_finished(), "without preemption the query waits for the whole bulk pass");
+        }
+        let bulk = bulk.await.unwrap();
+        let stats = svc.batch_stats().unwrap();
+        assert_eq!(stats.batches, 2, "one bulk pass (12 short texts fit one batch) and the query's: {stats:?}");
+        embed_testkit::assert_max_abs_diff("query between layers vs alone", &got.vectors, &query_alone.vectors, 1e-5);
+        embed_testkit::assert_max_abs_diff("preempted bulk pass vs alone", &bulk.vectors, &bulk_alone.vectors, 1e-5);
+        svc.cleanup().await.unwrap();
+    }
+}
