@@ -196,3 +196,38 @@ async fn a_query_during_one_long_bulk_pass_runs_between_its_layers() {
         svc.cleanup().await.unwrap();
     }
 }
+
+/// CUDA fairness between models on one device: model A's 10,000-text bulk load (passes of at
+/// least 20 ms each, over 6 s in all) cannot hold model B's query behind its backlog; B's pass
+/// waits for at most the two batches A has in flight (`runtime::gate::cuda_gate`). The ordering
+/// rules themselves are unit-tested on the CPU (`runtime::gate::tests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs CUDA: cargo test -p embed-core --test scheduling -- --ignored cuda_ on a GPU machine"]
+async fn cuda_one_models_bulk_load_does_not_hold_another_models_query() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let load = |delay_ms: u64| {
+        let mut options = ModelOptions::default();
+        options.device = embed_core::DeviceSpec::Cuda(0);
+        options.faults.forward_delay = Some(Duration::from_millis(delay_ms));
+        DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options))
+    };
+    let bulk_svc = Arc::new(load(20).await.unwrap());
+    let query_svc = load(0).await.unwrap();
+    let query = vec!["what is the capital of france".to_string()];
+    let query_alone = query_svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    let bulk = {
+        let (svc, t) = (bulk_svc.clone(), texts(BULK, "document"));
+        tokio::spawn(async move { svc.embed_texts(&t, &EmbedOptions::default()).await.unwrap() })
+    };
+    bulk_started(&bulk_svc).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let got = query_svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    let waited = t0.elapsed();
+    assert!(!bulk.is_finished(), "the query waited for the other model's whole bulk request");
+    assert!(waited < Duration::from_secs(1), "the query took {waited:?} behind the other model's bulk load");
+    embed_testkit::assert_max_abs_diff("query beside another model's bulk vs alone", &got.vectors, &query_alone.vectors, 1e-5);
+    assert_eq!(bulk.await.unwrap().vectors.len(), BULK);
+    bulk_svc.cleanup().await.unwrap();
+    query_svc.cleanup().await.unwrap();
+}
