@@ -268,6 +268,7 @@ impl DenseEmbeddingService {
             offloads: s.offloads.load(Ordering::Relaxed),
             restores: s.restores.load(Ordering::Relaxed),
             auto_restores: s.auto_restores.load(Ordering::Relaxed),
+            preempting_batches: s.preemptions.load(Ordering::Relaxed),
             interactive: priority_stats(s, Priority::Interactive),
             bulk: priority_stats(s, Priority::Bulk),
         })

@@ -136,6 +136,12 @@ pub struct ModelOptions {
     /// measured speed: a query waits for at most one such batch. `None`: 20 ms on the CPU, 100
     /// ms on CUDA. Without interactive traffic bulk batches use the full token budget.
     pub bulk_batch_ms: Option<u64>,
+    /// CPU: a bulk forward pass stops between encoder layers to run waiting interactive
+    /// batches to completion, and for another model's waiting interactive pass, so bulk
+    /// batches keep their full size and a query waits for about one layer of one (the default,
+    /// with priorities on). `Some(false)`: bulk batches are cut to `bulk_batch_ms` instead.
+    /// CUDA passes are queued on the device and never stop between layers.
+    pub layer_preemption: Option<bool>,
     /// Serve a decoder LLM (a `*ForCausalLM` checkpoint: Qwen3-Reranker) as a
     /// [`ModelKind::Reranker`], scoring each (query, document) pair in this prompt by the logits
     /// of its answer tokens at the last position. For a converted `*ForSequenceClassification`
@@ -194,6 +200,7 @@ with_setters!(ModelOptions {
     some with_int8_kernel(int8_kernel: crate::Int8Kernel) "Sets [`ModelOptions::int8_kernel`].";
     some with_priorities(priorities: bool) "Sets [`ModelOptions::priorities`].";
     some with_bulk_batch_ms(bulk_batch_ms: u64) "Sets [`ModelOptions::bulk_batch_ms`].";
+    some with_layer_preemption(layer_preemption: bool) "Sets [`ModelOptions::layer_preemption`].";
     some with_llm_reranker(llm_reranker: crate::LlmReranker) "Sets [`ModelOptions::llm_reranker`].";
     text with_default_prompt(default_prompt: String) "Sets [`ModelOptions::default_prompt`].";
     text with_default_prompt_name(default_prompt_name: String) "Sets [`ModelOptions::default_prompt_name`].";
@@ -219,6 +226,7 @@ impl Default for ModelOptions {
             int8_kernel: None,
             priorities: None,
             bulk_batch_ms: None,
+            layer_preemption: None,
             llm_reranker: None,
             default_prompt: None,
             default_prompt_name: None,
@@ -799,6 +807,9 @@ pub struct BatchStats {
     pub restores: u64,
     /// Restores a request caused: it arrived while the weights were in host memory.
     pub auto_restores: u64,
+    /// Interactive batches run between the encoder layers of a bulk pass (CPU,
+    /// [`ModelOptions::layer_preemption`]).
+    pub preempting_batches: u64,
     /// Interactive requests' queue and waits.
     pub interactive: PriorityStats,
     /// Bulk requests' queue and waits.

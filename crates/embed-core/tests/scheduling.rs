@@ -147,3 +147,80 @@ async fn an_explicit_priority_wins_over_the_size_default() {
     assert!(err.contains("priority") && err.contains("urgent"), "{err}");
     svc.cleanup().await.unwrap();
 }
+
+/// Layer preemption (CPU): a query that arrives while a bulk request's single pass runs is
+/// served between that pass's encoder layers, before the pass ends; with it off, the query
+/// waits for the whole pass. Each pass sleeps 400 ms before its layers, so the query is
+/// certainly queued when the bulk pass reaches its first layer boundary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_during_one_long_bulk_pass_runs_between_its_layers() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let bulk_texts = texts(12, "document");
+    let query = vec!["what is the capital of france".to_string()];
+    let alone = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap();
+    let bulk_alone = alone.embed_texts(&bulk_texts, &EmbedOptions::default()).await.unwrap();
+    let query_alone = alone.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    alone.cleanup().await.unwrap();
+    let mut bulk_options = EmbedOptions::default();
+    bulk_options.priority = Some(Priority::Bulk);
+    for preempt in [true, false] {
+        let delay = FaultInjection { forward_delay: Some(Duration::from_millis(400)), ..Default::default() };
+        let options = ModelOptions::default().with_faults(delay).with_cpu_prepack(false).with_layer_preemption(preempt);
+        let svc = Arc::new(DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options)).await.unwrap());
+        let bulk = {
+            let (svc, t, o) = (svc.clone(), bulk_texts.clone(), bulk_options.clone());
+            tokio::spawn(async move { svc.embed_texts(&t, &o).await.unwrap() })
+        };
+        bulk_started(&svc).await;
+        let got = svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+        let stats = svc.batch_stats().unwrap();
+        if preempt {
+            // Run from inside the bulk pass, which was still running when the query was answered.
+            assert_eq!(stats.preempting_batches, 1, "{stats:?}");
+        } else {
+            assert_eq!(stats.preempting_batches, 0, "{stats:?}");
+            // The bulk pass was answered first, 400 ms before the query's own pass ended.
+            assert!(bulk.is_finished(), "without preemption the query waits for the whole bulk pass");
+        }
+        let bulk = bulk.await.unwrap();
+        let stats = svc.batch_stats().unwrap();
+        assert_eq!(stats.batches, 2, "one bulk pass (12 short texts fit one batch) and the query's: {stats:?}");
+        embed_testkit::assert_max_abs_diff("query between layers vs alone", &got.vectors, &query_alone.vectors, 1e-5);
+        embed_testkit::assert_max_abs_diff("preempted bulk pass vs alone", &bulk.vectors, &bulk_alone.vectors, 1e-5);
+        svc.cleanup().await.unwrap();
+    }
+}
+
+/// CUDA fairness between models on one device: model A's 10,000-text bulk load (passes of at
+/// least 20 ms each, over 6 s in all) cannot hold model B's query behind its backlog; B's pass
+/// waits for at most the two batches A has in flight (`runtime::gate::cuda_gate`). The ordering
+/// rules themselves are unit-tested on the CPU (`runtime::gate::tests`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs CUDA: cargo test -p embed-core --test scheduling -- --ignored cuda_ on a GPU machine"]
+async fn cuda_one_models_bulk_load_does_not_hold_another_models_query() {
+    let (_tmp, dir) = TinyModel::default().write_temp();
+    let load = |delay_ms: u64| {
+        let delay = FaultInjection { forward_delay: Some(Duration::from_millis(delay_ms)), ..Default::default() };
+        let options = ModelOptions::default().with_device(embed_core::DeviceSpec::Cuda(0)).with_faults(delay);
+        DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy()).with_options(options))
+    };
+    let bulk_svc = Arc::new(load(20).await.unwrap());
+    let query_svc = load(0).await.unwrap();
+    let query = vec!["what is the capital of france".to_string()];
+    let query_alone = query_svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    let bulk = {
+        let (svc, t) = (bulk_svc.clone(), texts(BULK, "document"));
+        tokio::spawn(async move { svc.embed_texts(&t, &EmbedOptions::default()).await.unwrap() })
+    };
+    bulk_started(&bulk_svc).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    let got = query_svc.embed_texts(&query, &EmbedOptions::default()).await.unwrap();
+    let waited = t0.elapsed();
+    assert!(!bulk.is_finished(), "the query waited for the other model's whole bulk request");
+    assert!(waited < Duration::from_secs(1), "the query took {waited:?} behind the other model's bulk load");
+    embed_testkit::assert_max_abs_diff("query beside another model's bulk vs alone", &got.vectors, &query_alone.vectors, 1e-5);
+    assert_eq!(bulk.await.unwrap().vectors.len(), BULK);
+    bulk_svc.cleanup().await.unwrap();
+    query_svc.cleanup().await.unwrap();
+}

@@ -139,6 +139,10 @@ pub(crate) struct Args {
     /// comparison: a query then waits behind queued indexing work).
     #[arg(long, env = "EMBED_NO_PRIORITIES")]
     no_priorities: bool,
+    /// CPU: cut bulk batches short while queries are about instead of stopping full-size bulk
+    /// passes between encoder layers for them (for comparison).
+    #[arg(long, env = "EMBED_NO_LAYER_PREEMPTION")]
+    no_layer_preemption: bool,
     /// CPU threads forward passes may use at once, all models together (default: all cores).
     #[arg(long, env = "EMBED_CPU_THREADS")]
     cpu_threads: Option<usize>,
@@ -563,6 +567,9 @@ pub(crate) fn build(args: Args) -> Result<(PoolConfig, ModelRegistry, ServerConf
     }
     if args.no_priorities || file.no_priorities.unwrap_or(false) {
         base.priorities = Some(false);
+    }
+    if args.no_layer_preemption {
+        base.layer_preemption = Some(false);
     }
     if let Some(n) = args.cpu_threads.or(file.cpu_threads) {
         if n == 0 {

@@ -121,6 +121,7 @@ impl Encoder for Decoder {
         };
         let reach = if self.causal { Reach::causal(self.sliding_window) } else { Reach::ALL };
         for layer in &self.layers {
+            crate::nn::preempt::between_layers();
             let h = layer.attn_norm.forward(&x);
             let mut q = layer.q.forward(&h).view([n, self.heads, self.head_dim]);
             let mut k = layer.k.forward(&h).view([n, self.kv_heads, self.head_dim]);

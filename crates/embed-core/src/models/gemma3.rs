@@ -139,6 +139,7 @@ impl Encoder for Gemma3 {
         let global: (RotaryTable, Tensor) = (self.global_rope.table(&t.positions, n, kind), self.mask(t, false));
         let local: (RotaryTable, Tensor) = (self.local_rope.table(&t.positions, n, kind), self.mask(t, true));
         for layer in &self.layers {
+            crate::nn::preempt::between_layers();
             let (rope, mask) = if layer.sliding { (&local.0, &local.1) } else { (&global.0, &global.1) };
             let reach = self.reach(layer.sliding);
             let h = layer.input_norm.forward(&x);

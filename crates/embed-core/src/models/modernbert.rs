@@ -86,6 +86,7 @@ impl Encoder for ModernBert {
         let global = (self.global_rope.table(&t.positions, t.tokens, kind), key_mask(t));
         let local = (self.local_rope.table(&t.positions, t.tokens, kind), window_mask(t, self.half_window));
         for layer in &self.layers {
+            crate::nn::preempt::between_layers();
             let (rope, scores) = if layer.local {
                 (&local.0, Scores::Window(&local.1, self.half_window))
             } else {

@@ -112,6 +112,7 @@ impl Encoder for MPNet {
         };
         let mut x = x;
         for layer in &self.layers {
+            crate::nn::preempt::between_layers();
             x = layer.forward(&x, &self.attn, t, Mode::Padded, None, scores).unwrap_or_else(|e| e.raise());
         }
         let hidden = self.attn.heads * self.attn.head_dim;

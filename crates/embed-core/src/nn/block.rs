@@ -70,6 +70,7 @@ impl PostNormStack {
             };
             let rope = self.rope.as_ref().map(|r| r.table(&t.positions, x.size()[0], x.kind()));
             for layer in &self.layers {
+                crate::nn::preempt::between_layers();
                 x = layer.forward(&x, &self.attn, t, mode, rope.as_ref(), Scores::Keys(&mask))?;
             }
             Ok(x)

@@ -11,6 +11,7 @@ pub(crate) mod ffn;
 pub(crate) mod linear;
 pub(crate) mod norm;
 pub(crate) mod onednn;
+pub(crate) mod preempt;
 pub(crate) mod rotary;
 pub(crate) mod torch_pickle;
 pub(crate) mod tuning;

@@ -18,7 +18,8 @@ use crate::model_dir::Pooling;
 use crate::text::Seq;
 use crate::types::FaultInjection;
 use super::gate;
-use super::queue::{Limits, Queue};
+use super::queue::{Limits, Queue, INTERACTIVE_RUN};
+use crate::nn::preempt;
 use super::residency::Residence;
 use crate::{memory, Error, MoveReport, Priority, Residency, ResolvedDevice, Result};
 
@@ -90,6 +91,8 @@ pub(crate) struct WorkerStats {
     pub(crate) started: [AtomicU64; 2],
     /// Their summed waits from arrival to their first batch, microseconds, by priority.
     pub(crate) first_batch_wait_us: [AtomicU64; 2],
+    /// Interactive batches run between the layers of a bulk pass.
+    pub(crate) preemptions: AtomicU64,
 }
 
 impl WorkerStats {
@@ -121,6 +124,9 @@ pub(crate) struct WorkerConfig {
     pub(crate) bulk_batch: Duration,
     /// The worker's libtorch threads (its share of the process's CPU budget per pass).
     pub(crate) threads: usize,
+    /// CPU bulk passes stop between encoder layers to run waiting interactive work
+    /// (`ModelOptions::layer_preemption`), so bulk batches keep their full size.
+    pub(crate) preempt: bool,
 }
 
 /// Packed batches run a token stream rounded up to a multiple of this (see `launch`).
@@ -145,6 +151,10 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
     let mut then_move: Option<(Residency, oneshot::Sender<Result<MoveReport>>)> = None;
     let mut stopping = false;
     loop {
+        // A command met between a bulk pass's layers after the jobs it took in.
+        if let Some(cmd) = run.deferred.take() {
+            accept(cmd, &mut queue, &mut then_move, &mut stopping, cfg);
+        }
         if then_move.is_none() && !stopping {
             if queue.is_empty() && run.pending.is_none() {
                 match rx.recv_timeout(IDLE_TRIM_AFTER) {
@@ -176,7 +186,7 @@ pub(crate) fn serve(model: &Model, rx: &Receiver<Command>, cfg: &WorkerConfig) {
                 queue.fail_all(&e, &cfg.stats);
             }
         }
-        if run.step(model, &mut queue, cfg) {
+        if run.step(model, &mut queue, cfg, Some(rx)) {
             // glibc keeps freed activation buffers in its arenas; under steady traffic with
             // shifting batch shapes that retained memory creeps up. Hand it back to the OS at
             // most once per interval (a trim costs about a millisecond), and when idle.
@@ -234,7 +244,7 @@ pub(crate) fn process(model: &Model, jobs: Vec<Job>, cfg: &WorkerConfig) {
         queue.push(job, &cfg.stats);
     }
     let mut run = Runner::default();
-    while run.step(model, &mut queue, cfg) {}
+    while run.step(model, &mut queue, cfg, None) {}
 }
 
 /// Launches batches and reads them back. On CUDA two are kept in flight: the next batch is
@@ -248,12 +258,14 @@ struct Runner {
     /// Interactive batches (often one short text) run far below a full batch's speed and would
     /// make bulk batches cut from their figure needlessly small.
     tokens_per_ms: f64,
+    /// A non-job command taken from the intake between a bulk pass's layers, for `serve`.
+    deferred: Option<Command>,
 }
 
 impl Runner {
     /// Runs one step: launches the queue's next batch and reads back the one before it, or
     /// reads back the last one. `false` when there was nothing to do.
-    fn step(&mut self, model: &Model, queue: &mut Queue, cfg: &WorkerConfig) -> bool {
+    fn step(&mut self, model: &Model, queue: &mut Queue, cfg: &WorkerConfig, intake: Option<&Receiver<Command>>) -> bool {
         let limits = self.limits(cfg);
         let Some(next) = queue.next_batch(&limits, &cfg.stats) else {
             return match self.pending.take() {
@@ -264,18 +276,41 @@ impl Runner {
                 None => false,
             };
         };
+        // A CUDA batch holds one of its device's places in flight from launch until it is read
+        // back (see `gate::cuda_gate`): models on one GPU take turns, interactive first.
+        let slot = match cfg.device {
+            ResolvedDevice::Cuda(i) => Some(self.cuda_slot(gate::cuda_gate(i), next.priority, model, queue, cfg)),
+            ResolvedDevice::Cpu => None,
+        };
         let (launched, started) = {
             // A CPU pass holds its share of the process's thread budget while it computes (the
             // wait for it is not part of the pass's measured time).
-            let _permit = (!cfg.device.is_cuda()).then(|| gate::acquire(next.priority, cfg.threads));
-            let started = Instant::now();
-            (catch_unwind(AssertUnwindSafe(|| launch(model, queue, &next.items, cfg))), started)
+            let mut permit = (!cfg.device.is_cuda()).then(|| gate::acquire(next.priority, cfg.threads));
+            let mut started = Instant::now();
+            let launched = match intake {
+                Some(rx) if cfg.preempt && permit.is_some() && next.priority == Priority::Bulk => {
+                    let mut detour = Duration::ZERO;
+                    let deferred = &mut self.deferred;
+                    let items = &next.items;
+                    let launched = catch_unwind(AssertUnwindSafe(|| {
+                        let prepared = prepare(model, queue, items, cfg);
+                        let mut hook = || detour += run_interactive_between_layers(model, queue, rx, deferred, cfg, &limits, &mut permit);
+                        preempt::with_hook(&mut hook, || compute(model, prepared, cfg))
+                    }));
+                    // The detours are not the bulk batch's time.
+                    started += detour;
+                    launched
+                }
+                _ => catch_unwind(AssertUnwindSafe(|| launch(model, queue, &next.items, cfg))),
+            };
+            drop(permit);
+            (launched, started)
         };
         match launched {
             // On the CPU the launch computed the batch: answer now, not after the next one.
-            Ok(l) if !cfg.device.is_cuda() => self.finish(model, queue, Launch { items: next.items, launched: l, started, priority: next.priority }, cfg),
+            Ok(l) if !cfg.device.is_cuda() => self.finish(model, queue, Launch { items: next.items, launched: l, started, priority: next.priority, slot }, cfg),
             Ok(l) => {
-                if let Some(p) = self.pending.replace(Launch { items: next.items, launched: l, started, priority: next.priority }) {
+                if let Some(p) = self.pending.replace(Launch { items: next.items, launched: l, started, priority: next.priority, slot }) {
                     self.finish(model, queue, p, cfg);
                 }
             }
@@ -290,8 +325,23 @@ impl Runner {
         true
     }
 
-    fn finish(&mut self, model: &Model, queue: &mut Queue, Launch { items, launched, started, priority }: Launch, cfg: &WorkerConfig) {
+    /// A place in flight on a CUDA device for a batch of `priority`. When none is free at once
+    /// this worker's own batch in flight is read back first (so that two workers each holding
+    /// one place and waiting for a second cannot wait for each other), then it waits its turn.
+    fn cuda_slot(&mut self, gate: &'static gate::Gate, priority: Priority, model: &Model, queue: &mut Queue, cfg: &WorkerConfig) -> gate::Permit {
+        if let Some(p) = gate.try_acquire(priority, 1) {
+            return p;
+        }
+        if let Some(p) = self.pending.take() {
+            self.finish(model, queue, p, cfg);
+        }
+        gate.acquire(priority, 1)
+    }
+
+    fn finish(&mut self, model: &Model, queue: &mut Queue, Launch { items, launched, started, priority, slot }: Launch, cfg: &WorkerConfig) {
         let result = collect(model, queue, &items, launched, cfg);
+        // Read back: the device's place is free for the next batch of any model.
+        drop(slot);
         if result.is_ok() && priority == Priority::Bulk {
             let padded = items.len() * items.iter().map(|it| it.len).max().unwrap_or(0).max(1);
             let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -304,10 +354,11 @@ impl Runner {
     }
 
     /// This turn's batch limits: bulk batches cut to `bulk_batch` of measured time while
-    /// interactive work is about.
+    /// interactive work is about, unless bulk passes stop between layers for it.
     fn limits(&self, cfg: &WorkerConfig) -> Limits {
         let max_tokens = cfg.max_batch_tokens;
-        let cut = cfg.priorities && self.tokens_per_ms > 0.0 && gate::interactive_within(INTERACTIVE_RECENT);
+        let preempted = cfg.preempt && !cfg.device.is_cuda();
+        let cut = cfg.priorities && !preempted && self.tokens_per_ms > 0.0 && gate::interactive_within(INTERACTIVE_RECENT);
         let bulk_tokens = if cut {
             ((self.tokens_per_ms * cfg.bulk_batch.as_secs_f64() * 1e3) as usize).clamp(1, max_tokens)
         } else {
@@ -326,6 +377,8 @@ struct Launch {
     launched: Launched,
     started: Instant,
     priority: Priority,
+    /// Its place in flight on a CUDA device.
+    slot: Option<gate::Permit>,
 }
 
 /// How long after an interactive arrival (that met bulk work) bulk batches stay cut short.
@@ -413,6 +466,60 @@ struct Launched {
 /// Packs the batch, uploads it and queues the encoder and pooling on the model's device.
 /// Panics (caught by the caller) on libtorch errors, as tch's infallible API does.
 fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> Launched {
+    compute(model, prepare(model, jobs, batch, cfg), cfg)
+}
+
+/// Between the layers of a CPU bulk pass (see `nn::preempt`): lets another model's waiting
+/// interactive pass have the CPU first (this pass gives its share back and queues for it again
+/// as bulk), then takes in what has arrived and runs up to [`INTERACTIVE_RUN`] of this model's
+/// interactive batches to completion (a bound per layer, so a stream of queries cannot hold a
+/// bulk pass forever). Returns the time spent.
+fn run_interactive_between_layers(
+    model: &Model,
+    queue: &mut Queue,
+    rx: &Receiver<Command>,
+    deferred: &mut Option<Command>,
+    cfg: &WorkerConfig,
+    limits: &Limits,
+    permit: &mut Option<gate::Permit>,
+) -> Duration {
+    let t0 = Instant::now();
+    if permit.is_some() && gate::interactive_waiting() {
+        *permit = None;
+        *permit = Some(gate::acquire(Priority::Bulk, cfg.threads));
+    }
+    // Counted by the caller before its job is sent: nothing to take in or run without one.
+    if cfg.stats.queued[Priority::Interactive as usize].load(Ordering::SeqCst) > 0 {
+        // Take in jobs up to the first other command (a move or a shutdown waits for what came
+        // before it; `serve` takes it from `deferred`).
+        while deferred.is_none() {
+            match rx.try_recv() {
+                Ok(Command::Embed(job)) => queue.push(job, &cfg.stats),
+                Ok(other) => *deferred = Some(other),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..INTERACTIVE_RUN {
+            let Some(next) = queue.next_interactive(limits, &cfg.stats) else { break };
+            cfg.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            let result = run_split(model, queue, &next.items, cfg);
+            queue.deliver(&next.items, result, &cfg.stats);
+        }
+    }
+    t0.elapsed()
+}
+
+/// A batch packed for the device, not yet run (holds nothing of the queue).
+struct Prepared {
+    input: BatchInput,
+    pool_mask: Tensor,
+    lens: Vec<i64>,
+    /// What each row's input asked for, in batch order.
+    outputs: Vec<Output>,
+}
+
+/// Packs the batch and uploads it.
+fn prepare(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> Prepared {
     let b = batch.len();
     let len = batch.iter().map(|it| it.len).max().unwrap_or(0).max(1);
     let tokens: usize = batch.iter().map(|it| it.len).sum();
@@ -461,9 +568,6 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
         pool_mask[base + skip..base + n].fill(1);
         at += n;
         cu_seqlens[row + 1] = at as i64;
-    }
-    if let Some(d) = cfg.faults.forward_delay {
-        std::thread::sleep(d);
     }
     if poisoned {
         panic!("injected panic: an input matched FaultInjection::panic_on_text");
@@ -517,8 +621,22 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
         cfg.stats.grouped_batches.fetch_add(1, Ordering::Relaxed);
     }
     let input = BatchInput { ids, type_ids, positions, rows, mask, cu_seqlens, tokens, max_seqlen, b, len, groups, varlen, masked_keys };
+    let outputs = batch.iter().map(|it| jobs.job(it.job).output).collect();
+    Prepared { input, pool_mask, lens, outputs }
+}
+
+/// Queues the encoder and the heads of a prepared batch on the model's device (computes them on
+/// the CPU).
+fn compute(model: &Model, Prepared { input, pool_mask, lens, outputs }: Prepared, cfg: &WorkerConfig) -> Launched {
+    if let Some(d) = cfg.faults.forward_delay {
+        std::thread::sleep(d);
+    }
+    // One output and one length per row, both from the same batch.
+    assert_eq!(outputs.len(), lens.len(), "a prepared batch has one output per row");
+    let dev = model.device();
+    let (b, len) = (input.b, input.len);
     let hidden = crate::profile::stage("forward", || model.forward(&input));
-    let wants = |o: Output| batch.iter().any(|it| jobs.job(it.job).output == o);
+    let wants = |o: Output| outputs.contains(&o);
     // Each head runs only for the inputs that asked for it.
     let pooled = if wants(Output::Head) {
         crate::profile::stage("head", || model.head(&hidden, &pool_mask, &lens, cfg.pooling))
@@ -530,11 +648,15 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     let multi_from = heads.multi_from;
     // The padded rows of the tokens of the inputs that want `output`, from `from` on.
     let picked = |output: Output, from: usize| -> Option<Tensor> {
-        let at: Vec<i64> = batch
+        let at: Vec<i64> = outputs
             .iter()
+            .zip(&lens)
             .enumerate()
-            .filter(|(_, it)| jobs.job(it.job).output == output)
-            .flat_map(|(row, it)| (row * len as usize + from.min(it.len)..row * len as usize + it.len).map(|i| i as i64))
+            .filter(|(_, (o, _))| **o == output)
+            .flat_map(|(row, (_, &n))| {
+                let (start, n) = (row as i64 * len, n.max(0) as usize);
+                (start + from.min(n) as i64..start + n as i64).collect::<Vec<i64>>()
+            })
             .collect();
         let width = hidden.size()[2];
         (!at.is_empty()).then(|| hidden.reshape([-1, width]).index_select(0, &Tensor::from_slice(&at).to_device(dev)))

@@ -105,6 +105,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
         priorities: false,
         bulk_batch: Duration::ZERO,
         threads: 1,
+        preempt: false,
     };
     cfg.stats.enqueued(job.priority);
     let ((), seen) = observe_inputs(|| batch::process(model, vec![job], &cfg));

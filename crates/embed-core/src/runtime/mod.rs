@@ -135,6 +135,7 @@ pub(crate) fn spawn(spec: ModelSpec, started: Instant) -> Result<Started> {
                 priorities: o.priorities.unwrap_or(true),
                 bulk_batch: Duration::from_millis(o.bulk_batch_ms.unwrap_or(if device.is_cuda() { 100 } else { 20 })),
                 threads: if device.is_cuda() { 1 } else { tch::get_num_threads().max(1) as usize },
+                preempt: o.priorities.unwrap_or(true) && !device.is_cuda() && o.layer_preemption.unwrap_or(true),
             };
             let weight_bytes = model.weight_bytes;
             if let Some(delay) = o.fault_injection().load_delay {

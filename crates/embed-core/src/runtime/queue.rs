@@ -132,6 +132,17 @@ impl Queue {
     /// Chooses the next batch, or `None` when no input waits. Jobs whose caller went away, or
     /// that already failed, get no more batches.
     pub(crate) fn next_batch(&mut self, limits: &Limits, stats: &WorkerStats) -> Option<Next> {
+        self.next_in(limits, stats, false)
+    }
+
+    /// The next interactive batch, or `None` when no interactive input waits (between the
+    /// layers of a bulk pass; these batches do not count towards the run that lets bulk work
+    /// go next, since the bulk pass is already running).
+    pub(crate) fn next_interactive(&mut self, limits: &Limits, stats: &WorkerStats) -> Option<Next> {
+        self.next_in(limits, stats, true)
+    }
+
+    fn next_in(&mut self, limits: &Limits, stats: &WorkerStats, interactive_only: bool) -> Option<Next> {
         for line in 0..2 {
             let slots: Vec<usize> = self.order[line].iter().copied().collect();
             for slot in slots {
@@ -144,6 +155,8 @@ impl Queue {
         }
         let (has_interactive, has_bulk) = (!self.order[0].is_empty(), !self.order[1].is_empty());
         let line = match (has_interactive, has_bulk) {
+            (false, _) if interactive_only => return None,
+            (true, _) if interactive_only => 0,
             (false, false) => return None,
             (true, false) => 0,
             (false, true) => 1,
