@@ -277,11 +277,22 @@ codes["a stream's bad message"] = code_of(lambda: list(embed_stub.EmbedStream(it
 # Over the concurrency limit (1): an HTTP request whose body is still on its way holds the one
 # slot, so a unary call is refused with RESOURCE_EXHAUSTED (HTTP's 429), as TEI maps it.
 host, port = HTTP_BASE.removeprefix("http://").split(":")
-slow = socket.create_connection((host, int(port)))
-slow.sendall(
-    f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode()
-)
 deadline = time.monotonic() + 20
+while True:
+    slow = socket.create_connection((host, int(port)))
+    slow.sendall(
+        f"POST /embed HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    # Held once the server has admitted it and waits for the rest of the body: no answer comes.
+    # An answer (a 429 because another call held the slot just then) means try again.
+    slow.settimeout(0.5)
+    try:
+        answered = slow.recv(64)
+    except socket.timeout:
+        break
+    slow.close()
+    check(time.monotonic() < deadline, f"the slow HTTP request was never admitted (last answer: {answered!r})")
+    time.sleep(0.05)
 while (c := code_of(lambda: embed_stub.Embed(req, metadata=md()))) != grpc.StatusCode.RESOURCE_EXHAUSTED:
     check(time.monotonic() < deadline, f"never RESOURCE_EXHAUSTED while the slot is held (last: {c})")
     time.sleep(0.05)
