@@ -35,6 +35,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if !(seconds > 0.0) || queries == 0 {
         bail!("--seconds and --queries must be positive");
     }
+    // `--no-layer-preemption`: the servers run without it (bulk passes cut to `bulk_batch_ms`
+    // while queries are about, the behaviour before layer preemption), for a side-by-side run.
+    let preempt = !args.iter().any(|a| a == "--no-layer-preemption");
+    let extra: &[&str] = if preempt { &[] } else { &["--no-layer-preemption"] };
     let env = setup::run(&setup::Options { bench: true, models: Vec::new() })?;
     let root = &env.root;
     let out_dir = root.join("bench-results");
@@ -84,7 +88,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let expect_s = expect.display().to_string();
 
     println!("bench --latency: one model, priorities on");
-    let on = with_server(root, &one, &[], |url| {
+    let on = with_server(root, &one, extra, |url| {
         let idle = client(url, "idle", &["--write", &expect_s])?;
         let bulk = client(url, "bulk", &[])?;
         let mixed = client(url, "mixed", &["--expect", &expect_s])?;
@@ -97,7 +101,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         Ok(json!({"idle": idle, "mixed": mixed}))
     })?;
     println!("bench --latency: two models, bulk on one, queries on the other");
-    let pair = with_server(root, &two, &[], |url| {
+    let pair = with_server(root, &two, extra, |url| {
         let models = ["--query-model", "search", "--bulk-model", "bulk"];
         let idle = client(url, "idle", &models)?;
         let mixed = client(url, "mixed", &[&models[..], &["--expect", &expect_s]].concat())?;
@@ -164,10 +168,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         (None, true) => "met".to_string(),
         (None, false) => format!("MISSED: {}", missed.join("; ")),
     };
-    let json = json!({"cpu": cpu, "seconds": seconds, "priorities": on, "no_priorities": off, "two_models": pair, "verdict": verdict});
-    std::fs::write(out_dir.join("latency.json"), serde_json::to_string_pretty(&json)?)?;
+    let json = json!({"cpu": cpu, "seconds": seconds, "layer_preemption": preempt, "priorities": on, "no_priorities": off, "two_models": pair, "verdict": verdict});
+    let name = if preempt { "latency.json" } else { "latency-no-layer-preemption.json" };
+    std::fs::write(out_dir.join(name), serde_json::to_string_pretty(&json)?)?;
     if verdict != "met" {
-        bail!("bench --latency: {verdict}; see bench-results/latency.json");
+        bail!("bench --latency: {verdict}; see bench-results/{name}");
     }
     Ok(())
 }
