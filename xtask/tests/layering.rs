@@ -280,7 +280,8 @@ fn room_mentions(source: &str, room: &str) -> Vec<String> {
 /// The rooms of embed-core (folders or files under `crates/embed-core/src`) and the rooms each
 /// must not name: every arrow points down, from the service through `runtime/` and `models/`
 /// to `nn/`, then `model_dir/`, with `memory/` and `ffi.rs` at the bottom. `text.rs` prepares
-/// inputs for the runtime and knows none of it.
+/// inputs for the runtime and knows none of it; `types/` (the API's value types) names no room
+/// that computes.
 const ROOM_RULES: &[(&str, &[&str], &str)] = &[
     ("model_dir", &["nn", "models", "runtime", "service", "memory", "ffi", "text"], "a model directory is read without tensors or model code"),
     ("nn", &["models", "runtime", "service", "text", "types"], "the building blocks know no family, worker or request"),
@@ -288,6 +289,8 @@ const ROOM_RULES: &[(&str, &[&str], &str)] = &[
     ("text.rs", &["runtime", "models", "nn", "service"], "text preparation hands its sequences up to the runtime"),
     ("memory", &["nn", "models", "runtime", "model_dir", "service", "text"], "memory accounting sits at the bottom"),
     ("ffi.rs", &["nn", "models", "runtime", "model_dir", "service", "text", "memory"], "the shim's declarations sit at the bottom"),
+    ("runtime", &["service"], "the worker serves jobs; the service submits them and the worker knows none of its callers"),
+    ("types", &["service", "runtime", "models", "nn", "text", "memory"], "the API's value types are data: no service, worker or tensor"),
 ];
 
 /// Every arrow between embed-core's rooms that points up, as `file:line: text (why)`.

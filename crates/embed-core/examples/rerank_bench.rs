@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use embed_core::memory::{live_models, live_weight_bytes, process_resident_bytes, trim_cpu_heap, MemorySnapshot};
-use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec};
+use embed_core::{DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec, RetrievalTasks};
 
 /// Peak resident set size since the last [`reset_peak`] (`VmHWM`), in bytes.
 fn peak_resident() -> u64 {

@@ -4,8 +4,10 @@
 //! RoBERTa / XLM-RoBERTa / CamemBERT, DistilBERT, MPNet, ModernBERT, NomicBERT and GTE — with
 //! results matching sentence-transformers, and a lifecycle that frees every byte it allocated.
 //!
-//! * [`EmbeddingService`] is the async trait the other crates build on; [`DenseEmbeddingService`]
-//!   implements it on `tch`. Each family is written here on libtorch ops (`models/`, one file
+//! * [`EmbeddingService`] is the async trait the other crates build on (load, embed, tokenize,
+//!   clean up), with two capabilities a service may offer: [`RetrievalTasks`] (rerank,
+//!   classify, sparse, multi-vector, token states) and [`Offload`] (weights to host memory and
+//!   back); [`DenseEmbeddingService`] implements all three on `tch`. Each family is written here on libtorch ops (`models/`, one file
 //!   per family, over the shared building blocks of `nn/`: fused projections on the real tokens only, packed or
 //!   padded scaled-dot-product attention, rotary positions, MLP and gated feed-forwards); the
 //!   family comes from `config.json` ([`Family`], [`supported_model_types`]); weights are read
@@ -41,7 +43,7 @@
 //! pair in their prompt by the "yes" and "no" logits at the last position:
 //!
 //! ```no_run
-//! use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec};
+//! use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, LlmReranker, ModelOptions, ModelSpec, RetrievalTasks};
 //!
 //! # async fn demo() -> embed_core::Result<()> {
 //! let options = ModelOptions::default().with_llm_reranker(LlmReranker::qwen3());
@@ -80,7 +82,7 @@ pub use model_dir::Pooling;
 pub use device::{cpu_prepack_unsupported_reason, cuda_device_count, int8_unsupported_reason, DType, DeviceSpec, Int8Kernel, ResolvedDevice};
 pub use error::{panic_message, Error, Result};
 pub use rerank::LlmReranker;
-pub use service::{DenseEmbeddingService, EmbeddingService};
+pub use service::{DenseEmbeddingService, EmbeddingService, Offload, RetrievalTasks};
 pub use nn::tuning::{CpuAttention, CudaAttention, Tuning};
 pub use runtime::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 pub use types::{

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelSpec};
+use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelSpec, Offload};
 use embed_testkit::TinyModel;
 
 /// While the worker is busy with one slow forward pass, 48 requests (120 inputs) queue behind

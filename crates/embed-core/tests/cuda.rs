@@ -11,7 +11,7 @@
 //!   exactly after each.
 
 use embed_core::memory::{cuda_memory, live_models};
-use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, FaultInjection, ModelOptions, ModelSpec};
+use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, FaultInjection, ModelOptions, ModelSpec, Offload, RetrievalTasks};
 use embed_testkit::memory::require_cuda;
 use embed_testkit::{assert_cosines, TinyModel};
 

@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
-use embed_core::{
-    DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, Error, FaultInjection, InputMode,
-    ModelOptions, ModelSpec, ServiceState,
-};
+use embed_core::{DType, DenseEmbeddingService, DeviceSpec, EmbedOptions, EmbeddingService, Error, FaultInjection, InputMode, ModelOptions, ModelSpec, ServiceState, RetrievalTasks};
 use embed_testkit::memory::wait_for_no_live_models;
 use embed_testkit::{corrupt_weights, TinyModel};
 

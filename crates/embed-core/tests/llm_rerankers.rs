@@ -8,10 +8,7 @@
 //! weight byte is freed (the C allocator back to its level before the load).
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
-use embed_core::{
-    ClassifyInput, DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Int8Kernel, LlmReranker, ModelKind, ModelOptions,
-    ModelSpec, Priority,
-};
+use embed_core::{ClassifyInput, DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, Int8Kernel, LlmReranker, ModelKind, ModelOptions, ModelSpec, Priority, Offload, RetrievalTasks};
 use embed_testkit::memory::settled_snapshot;
 use embed_testkit::{fixture_dir, serial};
 use serde_json::Value;

@@ -10,7 +10,7 @@
 //! PyLate's MaxSim. Wrong kinds are refused, and a load/cleanup cycle frees every weight.
 
 use embed_core::memory::{live_models, live_weight_bytes, model_threads};
-use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, InputMode, ModelKind, ModelSpec};
+use embed_core::{DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, InputMode, ModelKind, ModelSpec, Offload, RetrievalTasks};
 use embed_testkit::{fixture_dir, serial};
 use serde_json::Value;
 

@@ -5,9 +5,7 @@
 //! cleanup of an offloaded model frees the host copy.
 
 use embed_core::memory::{live_models, live_weight_bytes, offloaded_host_bytes};
-use embed_core::{
-    ClassifyInput, DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelKind, ModelOptions, ModelSpec, Residency,
-};
+use embed_core::{ClassifyInput, DType, DenseEmbeddingService, EmbedOptions, EmbeddingService, ModelKind, ModelOptions, ModelSpec, Residency, Offload, RetrievalTasks};
 use embed_testkit::{fixture_dir, fixture_reference, serial, task_reference, FIXTURES, TASK_FIXTURES};
 
 const CHUNK: u64 = 64 << 20;

@@ -6,7 +6,7 @@
 //! with a typed error, and every weight byte is freed on cleanup.
 
 use embed_core::memory::{live_models, live_weight_bytes};
-use embed_core::{ClassifyInput, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelKind, ModelSpec};
+use embed_core::{ClassifyInput, DenseEmbeddingService, EmbedOptions, EmbeddingService, Error, ModelKind, ModelSpec, RetrievalTasks};
 use embed_testkit::{assert_max_abs_diff, fixture_dir, fixture_reference, max_abs_diff, serial, task_reference, TaskItem};
 
 async fn load(name: &str) -> DenseEmbeddingService {
@@ -266,4 +266,25 @@ async fn splade_indices_name_their_vocabulary_tokens() {
     svc.cleanup().await.unwrap();
     let err = svc.vocab_tokens(&[3]).await.unwrap_err();
     assert!(matches!(err, Error::NotReady { .. }), "{err}");
+}
+
+/// The service surface is capabilities, not methods that fail: a service that only embeds (the
+/// testkit's fake) offers no [`RetrievalTasks`], and a generic caller asking for them gets a
+/// typed error naming the operation; the libtorch service offers both capabilities, the fake
+/// only offloading.
+#[test]
+fn services_say_what_they_offer_through_capabilities() {
+    let fake: std::sync::Arc<dyn EmbeddingService> = std::sync::Arc::new(embed_testkit::FakeService::new(8));
+    assert!(fake.tasks().is_none(), "the fake only embeds");
+    match fake.tasks_for("rerank") {
+        Err(e @ Error::InvalidOption { name: "operation", .. }) => assert!(e.to_string().contains("rerank"), "{e}"),
+        Err(other) => panic!("expected InvalidOption naming the operation, got {other:?}"),
+        Ok(_) => panic!("the fake must not offer retrieval tasks"),
+    }
+    assert!(fake.offload_for("offload").is_ok(), "the fake offloads (the pool's warm-tier tests use it)");
+    let dense: std::sync::Arc<dyn EmbeddingService> = std::sync::Arc::new(DenseEmbeddingService::new());
+    assert!(dense.tasks().is_some() && dense.offloading().is_some());
+    // Unloaded, the capability is there and the call says why it cannot run.
+    let unloaded = tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(dense.tasks_for("rerank").unwrap().rerank("q", &["d".to_string()], &EmbedOptions::default()));
+    assert!(matches!(unloaded, Err(Error::NotReady { .. })), "{unloaded:?}");
 }

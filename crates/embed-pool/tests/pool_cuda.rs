@@ -196,7 +196,7 @@ async fn llm_rerankers_swap_through_the_warm_tier_on_cuda() {
         for name in ["llm", "seq-cls"] {
             let lease = pool.get(name).await.unwrap();
             assert_eq!(lease.info().unwrap().device, ResolvedDevice::Cuda(0));
-            let logits = lease.rerank("which passage is about GPUs?", &docs, &EmbedOptions::default()).await.unwrap().logits;
+            let logits = lease.tasks_for("rerank").unwrap().rerank("which passage is about GPUs?", &docs, &EmbedOptions::default()).await.unwrap().logits;
             assert!(logits.iter().all(|l| l.len() == 1 && l[0].is_finite()), "{name}: {logits:?}");
             match first.get(name) {
                 Some(before) => assert_eq!(&logits, before, "round {round}: {name} after a restore"),

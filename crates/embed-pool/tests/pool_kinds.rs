@@ -23,11 +23,11 @@ async fn three_kinds_share_a_pool_and_leave_nothing_behind() {
     let dense = pool.get("dense").await.unwrap();
     assert_eq!(dense.embed_texts(&texts, &opts).await.unwrap().vectors.len(), 2);
     let reranker = pool.get("reranker").await.unwrap();
-    assert_eq!(reranker.rerank("memory", &texts, &opts).await.unwrap().logits.len(), 2);
+    assert_eq!(reranker.tasks_for("rerank").unwrap().rerank("memory", &texts, &opts).await.unwrap().logits.len(), 2);
     let sparse = pool.get("sparse").await.unwrap();
-    assert!(sparse.embed_sparse(&texts, &opts).await.unwrap().vectors.iter().all(|v| !v.indices.is_empty()));
+    assert!(sparse.tasks_for("embed_sparse").unwrap().embed_sparse(&texts, &opts).await.unwrap().vectors.iter().all(|v| !v.indices.is_empty()));
     assert!(matches!(reranker.embed_texts(&texts, &opts).await, Err(Error::WrongKind { kind: ModelKind::Reranker, .. })));
-    assert!(matches!(dense.rerank("q", &texts, &opts).await, Err(Error::WrongKind { kind: ModelKind::Embedding, .. })));
+    assert!(matches!(dense.tasks_for("rerank").unwrap().rerank("q", &texts, &opts).await, Err(Error::WrongKind { kind: ModelKind::Embedding, .. })));
 
     let bytes: u64 = [&dense, &reranker, &sparse].iter().map(|l| l.info().unwrap().weight_bytes).sum();
     assert_eq!((live_models(), live_weight_bytes()), (3, bytes));
@@ -52,9 +52,9 @@ async fn a_one_slot_pool_swaps_between_kinds_and_frees_each() {
             let info = lease.info().unwrap();
             match info.kind {
                 ModelKind::Embedding => drop(lease.embed_texts(&texts, &opts).await.unwrap()),
-                ModelKind::Reranker => drop(lease.rerank("q", &texts, &opts).await.unwrap()),
-                ModelKind::Sparse => drop(lease.embed_sparse(&texts, &opts).await.unwrap()),
-                ModelKind::MultiVector => drop(lease.embed_multi(&texts, &opts).await.unwrap()),
+                ModelKind::Reranker => drop(lease.tasks_for("rerank").unwrap().rerank("q", &texts, &opts).await.unwrap()),
+                ModelKind::Sparse => drop(lease.tasks_for("embed_sparse").unwrap().embed_sparse(&texts, &opts).await.unwrap()),
+                ModelKind::MultiVector => drop(lease.tasks_for("embed_multi").unwrap().embed_multi(&texts, &opts).await.unwrap()),
                 ModelKind::Classifier => unreachable!(),
             }
             // Only this model is live: the one before it was evicted and freed to the byte.

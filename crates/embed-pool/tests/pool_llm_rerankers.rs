@@ -56,16 +56,16 @@ async fn cycle(device: DeviceSpec, warm: WarmTier) {
             let info = lease.info().unwrap();
             assert_eq!(info.kind, ModelKind::Reranker, "{name}");
             let logits = if fixture == "bert-reranker" {
-                let out = lease.rerank("a query", &["one text".to_string(), "another".to_string()], &opts).await.unwrap();
+                let out = lease.tasks_for("rerank").unwrap().rerank("a query", &["one text".to_string(), "another".to_string()], &opts).await.unwrap();
                 // A cross-encoder has no instruction prompt.
                 let mut ask = EmbedOptions::default();
                 ask.instruction = Some("x".into());
-                assert!(matches!(lease.rerank("q", &["t".to_string()], &ask).await, Err(Error::InvalidOption { name: "instruction", .. })));
+                assert!(matches!(lease.tasks_for("rerank").unwrap().rerank("q", &["t".to_string()], &ask).await, Err(Error::InvalidOption { name: "instruction", .. })));
                 out.logits
             } else {
                 let (query, texts, reference) = default_group(fixture);
                 assert!(texts.len() >= 2, "{fixture}: a group of documents");
-                let out = lease.rerank(&query, &texts, &opts).await.unwrap();
+                let out = lease.tasks_for("rerank").unwrap().rerank(&query, &texts, &opts).await.unwrap();
                 let got: Vec<f32> = out.logits.iter().map(|l| l[0]).collect();
                 let d = max_abs_diff(&got, &reference);
                 assert!(d <= 1e-4, "round {round}: {name}: worst logit difference {d} to transformers");
@@ -109,7 +109,7 @@ async fn without_a_warm_tier_each_swap_frees_the_llm_reranker_exactly() {
         for name in ["llm", "seq-cls", "cross"] {
             let lease = pool.get(name).await.unwrap();
             let info = lease.info().unwrap();
-            drop(lease.rerank("q", &["a document".to_string()], &opts).await.unwrap());
+            drop(lease.tasks_for("rerank").unwrap().rerank("q", &["a document".to_string()], &opts).await.unwrap());
             // Only this model is live: the one before it was unloaded and freed to the byte.
             assert_eq!((live_models(), live_weight_bytes()), (1, info.weight_bytes), "round {round}: {name}");
         }

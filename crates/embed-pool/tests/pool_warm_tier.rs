@@ -747,7 +747,7 @@ fn check(pool: &Pool, r: &Reference, held: &[(usize, Lease)], budget: Option<u64
     }
     for (m, lease) in held {
         prop_assert_eq!(st.model(NAMES[*m]).map(|s| s.state), Some(ModelState::Ready), "leased {} moved", NAMES[*m]);
-        prop_assert_eq!(lease.residency(), Some(embed_core::Residency::Device));
+        prop_assert_eq!(lease.offload_for("residency").unwrap().residency(), Some(embed_core::Residency::Device));
     }
     prop_assert_eq!(live_fakes(), st.models.len(), "each model in the pool holds one service, warm ones too");
     Ok(())
@@ -771,7 +771,7 @@ async fn run_case(max: usize, host_budget: u64, budget: Option<u64>, sizes: [u64
                 let expected = r.get(m);
                 if let Some(lease) = outcome(op, expected, pool.get(NAMES[m]).await)? {
                     // A lease always finds its model on the device.
-                    prop_assert_eq!(lease.residency(), Some(embed_core::Residency::Device), "{:?}", op);
+                    prop_assert_eq!(lease.offload_for("residency").unwrap().residency(), Some(embed_core::Residency::Device), "{:?}", op);
                     prop_assert!(lease.embed_texts(&["t".into()], &EmbedOptions::default()).await.is_ok());
                     held.push((m, lease));
                 }

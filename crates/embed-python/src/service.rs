@@ -264,7 +264,7 @@ impl Service {
         let source = self.source()?;
         dispatch(py, blocking, async move {
             let held = source.acquire().await?;
-            let out = held.service().rerank(&query, &documents, &opts).await.map_err(errors::core)?;
+            let out = held.service().tasks_for("rerank").map_err(errors::core)?.rerank(&query, &documents, &opts).await.map_err(errors::core)?;
             let rows = if raw_scores { out.logits } else { out.scores() };
             if rows.len() != documents.len() || rows.iter().any(|r| r.len() != 1) {
                 return Err(errors::InferenceError::new_err(format!(
@@ -284,7 +284,7 @@ impl Service {
         let source = self.source()?;
         dispatch(py, blocking, async move {
             let held = source.acquire().await?;
-            let out = held.service().embed_sparse(&texts, &opts).await.map_err(errors::core)?;
+            let out = held.service().tasks_for("embed_sparse").map_err(errors::core)?.embed_sparse(&texts, &opts).await.map_err(errors::core)?;
             if out.vectors.len() != texts.len() {
                 return Err(errors::InferenceError::new_err(format!("{} vectors for {} texts", out.vectors.len(), texts.len())));
             }

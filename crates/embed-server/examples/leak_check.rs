@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use embed_core::memory::{self, MemorySnapshot};
-use embed_core::{DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec};
+use embed_core::{DeviceSpec, EmbedOptions, EmbeddingService, ModelOptions, ModelSpec, Offload};
 use embed_pool::{HostBudget, ModelRegistry, ModelSettings, Pool, PoolConfig, UnloadMode, WarmMode, WarmTier};
 use embed_testkit::{fixture_dir, minilm_dir, reference, TinyModel};
 
@@ -152,18 +152,18 @@ async fn pool_cycle(device: DeviceSpec, tiny: &std::path::Path, peak: &mut Memor
         for name in ["minilm", "reranker", "tiny", "llm-reranker", "llm-reranker-seq-cls", "splade", "m3", "colbert"] {
             let lease = pool.get(name).await.expect("lease");
             match name {
-                "reranker" | "llm-reranker-seq-cls" => drop(lease.rerank("a query", &churn, &opts).await.expect("rerank")),
+                "reranker" | "llm-reranker-seq-cls" => drop(lease.tasks_for("rerank").unwrap().rerank("a query", &churn, &opts).await.expect("rerank")),
                 "llm-reranker" => {
                     let ask = EmbedOptions::default().with_instruction("Find the passage");
-                    drop(lease.rerank("a query", &churn, &ask).await.expect("LLM rerank"))
+                    drop(lease.tasks_for("rerank").unwrap().rerank("a query", &churn, &ask).await.expect("LLM rerank"))
                 }
-                "splade" => drop(lease.embed_sparse(&churn, &opts).await.expect("embed_sparse")),
+                "splade" => drop(lease.tasks_for("embed_sparse").unwrap().embed_sparse(&churn, &opts).await.expect("embed_sparse")),
                 "m3" => {
                     drop(lease.embed_texts(&churn, &opts).await.expect("M3 dense"));
-                    drop(lease.embed_sparse(&churn, &opts).await.expect("M3 sparse"));
-                    drop(lease.embed_multi(&churn, &opts).await.expect("M3 multi-vector"));
+                    drop(lease.tasks_for("embed_sparse").unwrap().embed_sparse(&churn, &opts).await.expect("M3 sparse"));
+                    drop(lease.tasks_for("embed_multi").unwrap().embed_multi(&churn, &opts).await.expect("M3 multi-vector"));
                 }
-                "colbert" => drop(lease.rerank("a query", &churn, &opts).await.expect("MaxSim rerank")),
+                "colbert" => drop(lease.tasks_for("rerank").unwrap().rerank("a query", &churn, &opts).await.expect("MaxSim rerank")),
                 _ => drop(lease.embed_texts(&churn, &opts).await.expect("embed")),
             }
             note_peak(peak);

@@ -383,8 +383,9 @@ impl GrpcService {
             // tokens (and that are not empty when decoded with them).
             let ids: Vec<Vec<u32>> = tokens.iter().map(|t| vec![t.id]).collect();
             let lease = state.lease(&state.config.model_for(model)).await?;
-            let plain = lease.decode(&ids, true).await?;
-            let with_special = lease.decode(&ids, false).await?;
+            let tasks = lease.tasks_for("decode")?;
+            let plain = tasks.decode(&ids, true).await?;
+            let with_special = tasks.decode(&ids, false).await?;
             if plain.len() != tokens.len() || with_special.len() != tokens.len() {
                 return Err(internal("the tokenizer decoded a different number of tokens".into()));
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::Router;
 use common::inproc::send;
-use embed_core::{LlmReranker, ModelOptions, ModelSpec};
+use embed_core::{LlmReranker, ModelOptions, ModelSpec, RetrievalTasks};
 use embed_pool::{ModelRegistry, Pool, PoolConfig};
 use embed_server::{router, AppState, ServerConfig};
 use embed_testkit::{fixture_dir, fixture_reference, task_reference, workspace_root};

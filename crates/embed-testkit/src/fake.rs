@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use embed_core::{
-    CleanupReport, EmbedOptions, EmbeddingService, Embeddings, Error, ModelInfo, ModelSpec, MoveReport, Residency,
+    CleanupReport, EmbedOptions, EmbeddingService, Embeddings, Error, ModelInfo, ModelSpec, MoveReport, Offload, Residency,
     ResolvedDevice, ServiceState, TokenizedText,
 };
 
@@ -240,16 +240,8 @@ impl EmbeddingService for FakeService {
         self.lock().info.clone()
     }
 
-    async fn offload(&self) -> Result<MoveReport, Error> {
-        self.go(Residency::Host)
-    }
-
-    async fn restore(&self) -> Result<MoveReport, Error> {
-        self.go(Residency::Device)
-    }
-
-    fn residency(&self) -> Option<Residency> {
-        (self.state() == ServiceState::Ready).then(|| if self.on_host.load(Ordering::SeqCst) { Residency::Host } else { Residency::Device })
+    fn offloading(&self) -> Option<&dyn Offload> {
+        Some(self)
     }
 
     fn state(&self) -> ServiceState {
@@ -271,6 +263,21 @@ impl EmbeddingService for FakeService {
 
     fn begin_cleanup(&self) -> bool {
         self.state() == ServiceState::Ready && self.release(ServiceState::Closed)
+    }
+}
+
+#[async_trait]
+impl Offload for FakeService {
+    async fn offload(&self) -> Result<MoveReport, Error> {
+        self.go(Residency::Host)
+    }
+
+    async fn restore(&self) -> Result<MoveReport, Error> {
+        self.go(Residency::Device)
+    }
+
+    fn residency(&self) -> Option<Residency> {
+        (self.state() == ServiceState::Ready).then(|| if self.on_host.load(Ordering::SeqCst) { Residency::Host } else { Residency::Device })
     }
 }
 

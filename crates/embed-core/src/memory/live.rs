@@ -7,7 +7,7 @@ static LIVE_MODELS: AtomicUsize = AtomicUsize::new(0);
 static OFFLOADED_HOST_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Host bytes held by the copies of offloaded models' weights (process-wide; see
-/// [`crate::EmbeddingService::offload`]). Pinned memory on CUDA. Zero once every offloaded
+/// [`crate::Offload::offload`]). Pinned memory on CUDA. Zero once every offloaded
 /// model is restored or released.
 pub fn offloaded_host_bytes() -> u64 {
     OFFLOADED_HOST_BYTES.load(Ordering::SeqCst)

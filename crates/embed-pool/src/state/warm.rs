@@ -28,7 +28,7 @@ impl WarmPolicy {
         };
         // A CPU model prepacked for oneDNN refuses to offload: do not even try.
         let prepacked = || slot.service.info().is_some_and(|i| i.cpu_prepacked);
-        device_ok && slot.weight_bytes <= self.host_budget && slot.service.residency().is_some() && !prepacked()
+        device_ok && slot.weight_bytes <= self.host_budget && slot.service.offloading().and_then(|o| o.residency()).is_some() && !prepacked()
     }
 }
 

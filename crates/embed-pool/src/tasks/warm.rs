@@ -20,7 +20,7 @@ impl Shared {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = match AssertUnwindSafe(r.slot.service.offload()).catch_unwind().await {
+            let result = match AssertUnwindSafe(async { r.slot.service.offload_for("offload")?.offload().await }).catch_unwind().await {
                 Ok(r) => r,
                 Err(panic) => Err(embed_core::Error::WorkerPanicked { model: r.name.clone(), message: panic_message(panic.as_ref()) }),
             };
@@ -73,7 +73,7 @@ impl Shared {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = AssertUnwindSafe(slot.service.restore()).catch_unwind().await;
+            let result = AssertUnwindSafe(async { slot.service.offload_for("restore")?.restore().await }).catch_unwind().await;
             let failure = match result {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(LoadFailure::Error(Arc::new(e))),

@@ -46,7 +46,7 @@ async fn score_pairs(state: &AppState, model: &str, query: &str, texts: &[String
     let mut options = EmbedOptions::default().with_truncate(truncate);
     options.instruction = instruction;
     let queued = state.metrics.queued(model);
-    let out = lease.rerank(query, texts, &options).await?;
+    let out = lease.tasks_for("rerank")?.rerank(query, texts, &options).await?;
     drop(queued);
     record(state, &lease, texts.len(), out.total_tokens());
     Ok(out)
@@ -127,7 +127,7 @@ pub(crate) async fn predict(State(state): State<AppState>, JsonBody(req): JsonBo
         .collect();
     let options = EmbedOptions::default().with_truncate(req.truncate.unwrap_or(state.config.limits.truncate_by_default));
     let queued = state.metrics.queued(&model);
-    let out = lease.classify(&inputs, &options).await?;
+    let out = lease.tasks_for("classify")?.classify(&inputs, &options).await?;
     drop(queued);
     record(&state, &lease, inputs.len(), out.total_tokens());
     let scores = if req.raw_scores { out.logits.clone() } else { out.scores() };
@@ -176,13 +176,13 @@ pub(crate) async fn embed_sparse(
     let (req, return_text) = req.split();
     let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
     let queued = state.metrics.queued(&model);
-    let out = lease.embed_sparse(&texts, &options).await?;
+    let out = lease.tasks_for("embed_sparse")?.embed_sparse(&texts, &options).await?;
     drop(queued);
     record(&state, &lease, texts.len(), out.token_counts.iter().sum());
     // The vocabulary tokens of every index that occurs, looked up once each.
     let tokens: std::collections::HashMap<u32, String> = if return_text {
         let ids: Vec<u32> = out.vectors.iter().flat_map(|v| v.indices.iter().copied()).collect::<std::collections::BTreeSet<u32>>().into_iter().collect();
-        let strings = lease.vocab_tokens(&ids).await?;
+        let strings = lease.tasks_for("vocab_tokens")?.vocab_tokens(&ids).await?;
         if strings.len() != ids.len() {
             let message = format!("the model gave {} token strings for {} ids", strings.len(), ids.len());
             return Err(ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, message));
@@ -214,7 +214,7 @@ pub(crate) async fn embed_all(
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
     let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
     let queued = state.metrics.queued(&model);
-    let out = lease.embed_tokens(&texts, &options).await?;
+    let out = lease.tasks_for("embed_tokens")?.embed_tokens(&texts, &options).await?;
     drop(queued);
     record(&state, &lease, texts.len(), out.vectors.iter().map(Vec::len).sum());
     Ok(Json(out.vectors))
@@ -240,7 +240,7 @@ pub(crate) async fn embed_multi(
     options.mode = req.input_type;
     options.truncate = req.truncate.unwrap_or(state.config.limits.truncate_by_default);
     let queued = state.metrics.queued(&model);
-    let out = lease.embed_multi(&texts, &options).await?;
+    let out = lease.tasks_for("embed_multi")?.embed_multi(&texts, &options).await?;
     drop(queued);
     record(&state, &lease, texts.len(), out.total_tokens());
     let format = req.encoding_format.unwrap_or_default();
@@ -254,7 +254,7 @@ pub(crate) async fn decode(State(state): State<AppState>, JsonBody(req): JsonBod
     check_count(req.ids.0.len(), &state, "ids")?;
     let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
-    Ok(Json(lease.decode(&req.ids.0, req.skip_special_tokens).await?))
+    Ok(Json(lease.tasks_for("decode")?.decode(&req.ids.0, req.skip_special_tokens).await?))
 }
 
 /// The route a body for `POST /`, `/invocations` or a `/vertex` instance goes to. TEI picks by
