@@ -219,10 +219,12 @@ def server_facts_problems() -> Problems:
             p.append(f"no route GET {route} (probes and scraping use it)")
     if f'"{QUEUE_METRIC}"' not in src.get("metrics.rs", ""):
         p.append(f"metrics.rs exports no {QUEUE_METRIC} (the HPA scales on it)")
-    binary = src.get("main.rs", "") + src.get("cli.rs", "")
+    # The binary's own modules: main.rs and what it declares (cli.rs; telemetry.rs installs the
+    # log subscriber that reads EMBED_LOG).
+    binary = src.get("main.rs", "") + src.get("cli.rs", "") + src.get("telemetry.rs", "")
     for env in ("EMBED_API_KEY", "EMBED_CONFIG", "EMBED_BIND", "EMBED_LOG"):
         if f'"{env}"' not in binary:
-            p.append(f"the server binary (main.rs, cli.rs) does not read {env} (the image or the chart sets it)")
+            p.append(f"the server binary (main.rs, cli.rs, telemetry.rs) does not read {env} (the image or the chart sets it)")
     return p
 
 
