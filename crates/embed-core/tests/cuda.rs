@@ -309,3 +309,58 @@ async fn llm_rerankers_on_cuda_match_cpu_and_release_exactly() {
     }
     assert_eq!(live_models(), 0);
 }
+
+/// The multi-vector kinds (BGE-M3's three heads, a PyLate ColBERT) on CUDA in f32 and bf16
+/// against CPU f32: dense vectors, lexical weights (the same token ids) and token vectors per
+/// text, the allocator's bytes back to the baseline exactly after each.
+#[tokio::test]
+#[ignore = "needs a CUDA GPU; run with EMBED_TEST_CUDA=1 cargo test -p embed-core --test cuda -- --ignored"]
+async fn multi_vector_models_on_cuda_match_cpu_and_release_exactly() {
+    require_cuda();
+    let texts: Vec<String> = (0..12).map(|i| format!("late interaction scores every token {i} of ").repeat(1 + i % 4)).collect();
+    for name in ["xlm-roberta-m3", "bert-colbert"] {
+        let dir = embed_testkit::fixture_dir(name);
+        let spec = |device, dtype| ModelSpec::new(dir.to_string_lossy()).with_options(ModelOptions::default().with_device(device).with_dtype(dtype));
+        let cpu = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cpu, DType::F32)).await.unwrap();
+        let want_multi = cpu.embed_multi(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        let m3 = name == "xlm-roberta-m3";
+        let want_dense = if m3 { Some(cpu.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors) } else { None };
+        let want_sparse = if m3 { Some(cpu.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap().vectors) } else { None };
+        cpu.cleanup().await.unwrap();
+        for dtype in [DType::F32, DType::Bf16] {
+            let warm = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
+            warm.embed_multi(&texts, &EmbedOptions::default()).await.unwrap();
+            warm.cleanup().await.unwrap();
+        }
+        let base = cuda_memory(0).unwrap();
+        for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::Bf16, 0.99)] {
+            let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
+            let got = svc.embed_multi(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+            assert_eq!(got.len(), want_multi.len(), "{name} {dtype}: texts");
+            let mut compared = 0;
+            for (i, (g, w)) in got.iter().zip(&want_multi).enumerate() {
+                assert_eq!(g.len(), w.len(), "{name} {dtype}: text {i}'s token vectors");
+                assert_cosines(&format!("{name} {dtype} on CUDA, text {i}'s token vectors vs CPU f32"), g, w, min_cos);
+                compared += g.len();
+            }
+            assert!(compared > 0, "{name}: no token vectors compared");
+            if let (Some(dense), Some(sparse)) = (&want_dense, &want_sparse) {
+                let got_dense = svc.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+                assert_cosines(&format!("{name} {dtype} dense on CUDA vs CPU f32"), &got_dense, dense, min_cos);
+                let got_sparse = svc.embed_sparse(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+                assert_eq!(got_sparse.len(), sparse.len(), "{name} {dtype}: sparse texts");
+                if dtype == DType::F32 {
+                    for (i, (g, w)) in got_sparse.iter().zip(sparse).enumerate() {
+                        assert_eq!(g.indices, w.indices, "{name} f32: text {i}'s lexical token ids");
+                        let worst = g.values.iter().zip(&w.values).map(|(a, b)| (a - b).abs()).fold(0.0f32, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) });
+                        assert!(worst <= 1e-4, "{name} f32: text {i}'s lexical weights differ by {worst}");
+                    }
+                }
+            }
+            svc.cleanup().await.unwrap();
+            let after = cuda_memory(0).unwrap();
+            assert_eq!(after.allocated, base.allocated, "{name} {dtype}: allocated bytes back to the baseline exactly");
+        }
+    }
+    assert_eq!(live_models(), 0);
+}
