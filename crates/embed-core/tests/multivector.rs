@@ -215,3 +215,50 @@ async fn offload_and_restore_move_the_token_heads_too() {
     svc.cleanup().await.unwrap();
     assert_eq!((live_models(), model_threads(), live_weight_bytes()), (0, 0, 0), "after cleanup");
 }
+
+/// int8 (weight-only, which every CPU runs) applies to the multi-vector kinds as to the
+/// embedders: the encoder's linear weights in int8, the token heads as loaded. Each text's token
+/// vectors (and BGE-M3's dense vector) stay within the fixture family's int8 bound of f32's,
+/// in under half of f32's weight bytes, and a cleanup frees every weight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int8_keeps_token_vectors_close_to_f32() {
+    let _s = serial().await;
+    let texts: Vec<String> = (0..10).map(|i| format!("late interaction keeps a vector for token {i} of ").repeat(1 + i % 3)).collect();
+    for name in [M3, COLBERT] {
+        let spec = |dtype| {
+            let options = embed_core::ModelOptions::default().with_dtype(dtype).with_int8_kernel(embed_core::Int8Kernel::WeightOnly);
+            let options = if dtype == embed_core::DType::Int8 { options } else { embed_core::ModelOptions::default().with_dtype(dtype) };
+            ModelSpec::new(fixture_dir(name).to_string_lossy()).named(name).with_options(options)
+        };
+        let f32 = DenseEmbeddingService::from_spec(spec(embed_core::DType::F32)).await.unwrap();
+        let (want, want_dense) = (f32.embed_multi(&texts, &EmbedOptions::default()).await.unwrap().vectors, f32.embed_texts(&texts, &EmbedOptions::default()).await);
+        let f32_bytes = f32.info().unwrap().weight_bytes;
+        f32.cleanup().await.unwrap();
+        let int8 = DenseEmbeddingService::from_spec(spec(embed_core::DType::Int8)).await.unwrap();
+        let info = int8.info().unwrap();
+        assert_eq!((info.dtype, info.int8_kernel), (embed_core::DType::Int8, Some(embed_core::Int8Kernel::WeightOnly)), "{name}");
+        assert!(info.weight_bytes * 2 < f32_bytes, "{name}: int8 keeps {} of f32's {f32_bytes} weight bytes", info.weight_bytes);
+        let got = int8.embed_multi(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+        let min = embed_testkit::fixture_int8_min_cosine(name);
+        assert_eq!(got.len(), want.len(), "{name}: texts");
+        let mut worst = 1.0f64;
+        let mut compared = 0;
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.len(), w.len(), "{name}: text {i}'s token vectors");
+            worst = worst.min(embed_testkit::assert_cosines(&format!("{name} int8, text {i}'s token vectors vs f32"), g, w, min));
+            compared += g.len();
+        }
+        assert!(compared > 0, "{name}: no token vectors compared");
+        // BGE-M3 is an embedder too; a PyLate model refuses embed_texts in both precisions.
+        match want_dense {
+            Ok(dense) => {
+                let got_dense = int8.embed_texts(&texts, &EmbedOptions::default()).await.unwrap().vectors;
+                embed_testkit::assert_cosines(&format!("{name} int8 dense vs f32"), &got_dense, &dense.vectors, min);
+            }
+            Err(_) => assert!(int8.embed_texts(&texts, &EmbedOptions::default()).await.is_err(), "{name}: int8 embeds where f32 refused"),
+        }
+        eprintln!("{name} int8 (weight-only): {compared} token vectors, worst cosine vs f32 {worst:.5}; weights {} of {f32_bytes} bytes", info.weight_bytes);
+        int8.cleanup().await.unwrap();
+        assert_eq!((live_models(), live_weight_bytes()), (0, 0), "{name}: after cleanup");
+    }
+}
