@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::batch::{self, Job, Output, WorkerConfig};
+use super::batch;
+use super::job::{Job, Output, RowFinish, WorkerConfig};
 use crate::model_dir::Pooling;
 use crate::nn::observe_inputs;
 use crate::models::Model;
@@ -88,7 +89,7 @@ pub(crate) fn quantize_int8(model: &mut Model, text: &TextPrep, pooling: Pooling
     let job = Job {
         seqs: prepared.into_iter().map(|p| p.seq).collect(),
         output: Output::Head,
-        finish: batch::RowFinish::default(),
+        finish: RowFinish::default(),
         priority: Priority::Bulk,
         arrived: Instant::now(),
         reply: tx,

@@ -8,6 +8,7 @@
 mod batch;
 mod calibrate;
 mod gate;
+mod job;
 pub(crate) mod offload;
 mod queue;
 mod residency;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-pub(crate) use batch::{Command, Job, Output, RowFinish, WorkerConfig, WorkerStats};
+pub(crate) use job::{Command, Job, Output, RowFinish, WorkerConfig, WorkerStats};
 pub(crate) use gate::{note_interactive, BulkInFlight};
 pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::batch::{Item, Job, RowFinish};
+use super::job::{Item, Job, RowFinish};
 use super::WorkerStats;
 use crate::{Error, Priority, Result};
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::batch::WorkerConfig;
+use super::job::WorkerConfig;
 use crate::runtime::offload::HostCopy;
 use crate::models::Model;
 use crate::{memory, MoveReport, ResolvedDevice, Residency, Result};

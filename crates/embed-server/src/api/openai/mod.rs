@@ -42,14 +42,8 @@ pub(crate) async fn embeddings(
     let out = match req.input {
         Input::Text(t) => lease.embed_texts(&[t], &options).await,
         Input::Texts(v) => lease.embed_texts(&v, &options).await,
-        Input::Tokens(ids) => match lease.tasks_for("embed token ids") {
-            Ok(tasks) => tasks.embed_token_ids(&[ids], &options).await,
-            Err(e) => Err(e),
-        },
-        Input::TokenLists(v) => match lease.tasks_for("embed token ids") {
-            Ok(tasks) => tasks.embed_token_ids(&v, &options).await,
-            Err(e) => Err(e),
-        },
+        Input::Tokens(ids) => lease.tasks_for("embed token ids")?.embed_token_ids(&[ids], &options).await,
+        Input::TokenLists(v) => lease.tasks_for("embed token ids")?.embed_token_ids(&v, &options).await,
     }?;
     drop(queued);
     let tokens = out.total_tokens();
