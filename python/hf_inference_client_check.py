@@ -4,7 +4,7 @@ Usage: hf_inference_client_check.py BASE_URL API_KEY
 
 Calls `feature_extraction` (one text, then a list) and `sentence_similarity` through the
 client's own request code (it posts to BASE_URL itself, as it does for a TEI endpoint) and
-prints what came back as one JSON object; embed-server's tests/e2e.rs compares it with the
+prints what came back as one JSON object; embed-server's tests/it/e2e.rs compares it with the
 server's /embed and /similarity answers.
 """
 

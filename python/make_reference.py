@@ -1,6 +1,6 @@
 """Generates testdata/minilm-l6-v2.json (and, with --model all-mpnet-base-v2,
 testdata/all-mpnet-base-v2.json): sentence-transformers' embeddings of a fixed set of texts, the
-references embed-core's parity tests (crates/embed-core/tests/parity.rs, real_models.rs) compare
+references embed-core's parity tests (crates/embed-core/tests/it/parity.rs, real_models.rs) compare
 against.
 
 usage (from the repository root, after `cargo xtask setup` and

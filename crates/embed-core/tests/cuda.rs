@@ -135,7 +135,7 @@ async fn every_family_on_cuda_matches_cpu_and_releases_exactly() {
         cpu.cleanup().await.unwrap();
         let base = cuda_memory(0).unwrap();
         // bf16 keeps 8 bits of mantissa: on CPU these deliberately sensitive fixtures reach
-        // 0.9999 only for the BERT-shaped ones (tests/families.rs), so bf16 gets the CPU test's
+        // 0.9999 only for the BERT-shaped ones (tests/it/families.rs), so bf16 gets the CPU test's
         // bounds; f16 (11 bits) must reach 0.9999 everywhere.
         let bf16_min = embed_testkit::fixture_bf16_min_cosine(name);
         for (dtype, min_cos) in [(DType::F32, 0.99999), (DType::Bf16, bf16_min), (DType::F16, 0.9999)] {
@@ -294,7 +294,7 @@ async fn llm_rerankers_on_cuda_match_cpu_and_release_exactly() {
             warm.cleanup().await.unwrap();
         }
         let base = cuda_memory(0).unwrap();
-        // CPU bf16 is within 1.4e-2 of CPU f32 on these logits (tests/llm_rerankers.rs).
+        // CPU bf16 is within 1.4e-2 of CPU f32 on these logits (tests/it/llm_rerankers.rs).
         for (dtype, max) in [(DType::F32, 1e-3f32), (DType::Bf16, 0.05)] {
             let svc = DenseEmbeddingService::from_spec(spec(DeviceSpec::Cuda(0), dtype)).await.unwrap();
             let got = logits(svc.classify(&pairs, &EmbedOptions::default()).await.unwrap());

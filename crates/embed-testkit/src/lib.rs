@@ -20,7 +20,8 @@
 //! * [`checkpoints`]: fixtures laid out as the Hub ships larger models (sharded safetensors).
 //! * [`hub::StandInHub`]: a loopback stand-in for the Hugging Face hub's file endpoints.
 //! * [`serial`]: one test at a time in a binary whose tests read process-wide counters;
-//!   [`eventually`]: wait for a condition with a deadline.
+//!   [`module_gate`]: the tests of one module at a time in a binary that holds several (each
+//!   crate's `tests/it`); [`eventually`]: wait for a condition with a deadline.
 
 pub mod checkpoints;
 pub mod cleanup;
@@ -46,6 +47,86 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 /// [`serial`] for synchronous tests (outside any async runtime); the same lock.
 pub fn serial_blocking() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.blocking_lock()
+}
+
+/// Which module's tests are running in this process, and who waits for a turn.
+struct Turns {
+    module: Option<&'static str>,
+    /// The module whose test entered last (to see when the turn passes to another).
+    last: Option<&'static str>,
+    inside: usize,
+    queue: std::collections::VecDeque<u64>,
+    next_ticket: u64,
+}
+
+static TURNS: std::sync::Mutex<Turns> =
+    std::sync::Mutex::new(Turns { module: None, last: None, inside: 0, queue: std::collections::VecDeque::new(), next_ticket: 0 });
+static TURN_CHANGED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Held by a test of a module while it runs; see [`module_gate`].
+#[must_use = "the gate is held while the guard lives"]
+pub struct ModuleGate(());
+
+impl Drop for ModuleGate {
+    fn drop(&mut self) {
+        let mut t = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        t.inside -= 1;
+        if t.inside == 0 {
+            t.module = None;
+        }
+        TURN_CHANGED.notify_all();
+    }
+}
+
+/// Lets the tests of one module run at a time (several of them in parallel, as libtest runs
+/// them) in a test binary that holds the modules of many former binaries (each crate's
+/// `tests/it/main.rs`). Every test there takes it first, with `module_path!()`: tests of another
+/// module wait until the running ones are done, so a module's assertions on process-wide figures
+/// (live models, allocator bytes, environment variables) see what they saw in a binary of their
+/// own. Turns are first come, first served, so no module waits forever. Blocks the calling
+/// thread (a test's runtime has nothing else to run before its body starts).
+pub fn module_gate(module: &'static str) -> ModuleGate {
+    let mut t = TURNS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ticket = t.next_ticket;
+    t.next_ticket += 1;
+    t.queue.push_back(ticket);
+    while !(t.queue.front() == Some(&ticket) && (t.inside == 0 || t.module == Some(module))) {
+        t = TURN_CHANGED.wait(t).unwrap_or_else(std::sync::PoisonError::into_inner);
+    }
+    t.queue.pop_front();
+    t.module = Some(module);
+    t.inside += 1;
+    let previous = t.last.replace(module).filter(|p| *p != module);
+    TURN_CHANGED.notify_all();
+    drop(t);
+    // Held from here, so that a failed wait below gives the turn back as it unwinds.
+    let gate = ModuleGate(());
+    if let Some(previous) = previous {
+        settle_after(previous, module);
+    }
+    gate
+}
+
+/// Waits until the models and fakes of `previous`, whose tests are all done, are gone: a
+/// service dropped with work queued finishes it on its own thread, which in a binary of its own
+/// the process's exit would have cut short. Fails, naming `previous`, if they are still there
+/// after two minutes.
+fn settle_after(previous: &str, module: &str) {
+    const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+    let started = std::time::Instant::now();
+    let models = memory::wait_for_no_live_models(LIMIT);
+    while live_fakes() > 0 && started.elapsed() < LIMIT {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let fakes = live_fakes();
+    assert!(
+        models == 0 && fakes == 0,
+        "the tests of {previous} left {models} model(s) and {fakes} fake service(s) alive for {LIMIT:?} after they were done; {module} cannot start"
+    );
+    if std::env::var_os("EMBED_TEST_GATE_TRACE").is_some() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        eprintln!("module_gate: {:.3} {previous} -> {module}; waited {:?} for its models to go", now.as_secs_f64(), started.elapsed());
+    }
 }
 
 /// Polls `cond` every 5 ms (tokio time: a paused clock advances) until it holds; panics with

@@ -19,15 +19,37 @@ use embed_testkit::{assert_cosines, assert_max_abs_diff, fixture_dir, fixture_re
 const COMMIT_A: &str = "0123456789abcdef0123456789abcdef01234567";
 const COMMIT_B: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
-/// Points the hub client at `hub` with an empty cache; returns the cache (removed on drop).
-fn hub_env(hub: &StandInHub) -> tempfile::TempDir {
+/// The hub client's variables, pointing at a stand-in hub, and its cache.
+struct HubEnv(tempfile::TempDir);
+
+const HUB_VARS: [&str; 5] = ["HF_ENDPOINT", "HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"];
+
+impl HubEnv {
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for HubEnv {
+    /// Unsets the variables again: the tests after these (in this binary) meet no stand-in hub
+    /// that has gone.
+    fn drop(&mut self) {
+        for var in HUB_VARS {
+            std::env::remove_var(var);
+        }
+    }
+}
+
+/// Points the hub client at `hub` with an empty cache; the cache is removed and the variables
+/// unset on drop.
+fn hub_env(hub: &StandInHub) -> HubEnv {
     let home = tempfile::tempdir().unwrap();
-    std::env::set_var("HF_ENDPOINT", hub.endpoint());
-    std::env::set_var("HF_HOME", home.path());
-    for var in ["HF_HUB_OFFLINE", "HF_TOKEN", "HF_TOKEN_PATH"] {
+    for var in HUB_VARS {
         std::env::remove_var(var);
     }
-    home
+    std::env::set_var("HF_ENDPOINT", hub.endpoint());
+    std::env::set_var("HF_HOME", home.path());
+    HubEnv(home)
 }
 
 async fn load(source: &str) -> embed_core::Result<DenseEmbeddingService> {
@@ -156,10 +178,26 @@ async fn a_gated_repo_needs_its_token_and_the_token_is_never_shown() {
     let _s = serial().await;
     // The process-wide subscriber (the load runs on the model's own thread), with `log` records
     // (hf-hub's) bridged in; only this test installs one.
+    // It captures at TRACE while this test runs and is switched off when it ends (also on a
+    // panic), so the tests after it in this binary neither pay for it nor fill its buffer.
     let logs = Captured::default();
     let writer = logs.clone();
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).finish().try_init().expect("the only subscriber");
+    let (level, level_handle) = tracing_subscriber::reload::Layer::new(LevelFilter::TRACE);
+    tracing_subscriber::registry()
+        .with(level)
+        .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()))
+        .try_init()
+        .expect("the only subscriber");
+    struct Off<F: Fn()>(F);
+    impl<F: Fn()> Drop for Off<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _off = Off(move || level_handle.reload(LevelFilter::OFF).expect("the subscriber is installed"));
 
     let token = "hf_standin_secret_4711";
     let hub = StandInHub::start();

@@ -2,7 +2,7 @@
 //! response types (`#[derive(ToSchema)]` beside their serde derives) and each handler's
 //! `#[utoipa::path]`; and the page that renders it (`GET /docs`).
 //!
-//! A route the router serves but the document lacks fails `tests/routes.rs`
+//! A route the router serves but the document lacks fails `tests/it/routes.rs`
 //! (`openapi_document_lists_every_route_and_validates`), which compares the document with
 //! [`crate::route_table`], the list the router is built from.
 

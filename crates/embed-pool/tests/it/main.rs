@@ -1,0 +1,17 @@
+//! The integration tests of embed-pool in one binary (one link against libtorch instead of one per file).
+//! Each module was a binary of its own; every test takes `embed_testkit::module_gate(module_path!())`
+//! first, so the tests of one module run together and never beside another module's (their
+//! assertions on process-wide figures hold as they did alone). The files that change process-wide
+//! state for good, measure resident memory, or are carried to a GPU machine stay binaries of their own
+//! (see the README's "Tests").
+
+#[path = "../common/mod.rs"]
+mod common;
+mod pool_concurrency;
+mod pool_errors;
+mod pool_history;
+mod pool_kinds;
+mod pool_lifecycle;
+mod pool_llm_rerankers;
+mod pool_state_machine;
+mod pool_warm_tier;

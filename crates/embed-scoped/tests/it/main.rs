@@ -1,0 +1,12 @@
+//! The integration tests of embed-scoped in one binary (one link against libtorch instead of one per file).
+//! Each module was a binary of its own; every test takes `embed_testkit::module_gate(module_path!())`
+//! first, so the tests of one module run together and never beside another module's (their
+//! assertions on process-wide figures hold as they did alone). The files that change process-wide
+//! state for good, measure resident memory, or are carried to a GPU machine stay binaries of their own
+//! (see the README's "Tests").
+
+mod blocking;
+mod concurrent_scopes;
+mod fake_service;
+mod global;
+mod scope_cleanup;
