@@ -572,4 +572,50 @@ mod tests {
         let t = same_top_k(&close, &far, 1);
         assert!(t.same_set < 1.0 && t.near_tie < 1.0, "{t:?}");
     }
+
+    #[test]
+    fn module_gate_lets_one_module_in_at_a_time_and_several_of_its_tests_together() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        // Per module: tests inside now, the most at once; and tests of other modules inside.
+        let inside = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let most = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+        let overlaps = Arc::new(AtomicUsize::new(0));
+        let names = ["gate_test::a", "gate_test::b", "gate_test::c"];
+        let threads: Vec<_> = (0..12)
+            .map(|i| {
+                let (inside, most, overlaps) = (inside.clone(), most.clone(), overlaps.clone());
+                std::thread::spawn(move || {
+                    for round in 0..5 {
+                        let m = (i + round) % 3;
+                        let _gate = module_gate(names[m]);
+                        let now = inside[m].fetch_add(1, Ordering::SeqCst) + 1;
+                        most[m].fetch_max(now, Ordering::SeqCst);
+                        if (0..3).any(|o| o != m && inside[o].load(Ordering::SeqCst) > 0) {
+                            overlaps.fetch_add(1, Ordering::SeqCst);
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        inside[m].fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(overlaps.load(Ordering::SeqCst), 0, "tests of two modules ran at once");
+        assert!(most.iter().all(|m| m.load(Ordering::SeqCst) >= 1), "a module never got in");
+        // Not a plain mutex: a second test of the module inside gets in beside the first.
+        let first = module_gate("gate_test::a");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let second = std::thread::spawn(move || {
+            let _gate = module_gate("gate_test::a");
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30)).expect("a test of the module inside waited for the turn");
+        second.join().unwrap();
+        drop(first);
+        let t = TURNS.lock().unwrap();
+        assert_eq!((t.inside, t.module, t.queue.len()), (0, None, 0), "the gate is left held");
+    }
 }
