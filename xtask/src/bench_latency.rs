@@ -32,6 +32,16 @@ const THROUGHPUT_GOAL: f64 = 0.9;
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let seconds: f64 = flag(args, "--seconds").unwrap_or(30.0);
     let queries: usize = flag(args, "--queries").unwrap_or(200);
+    // `--query-rate R`: the query client of the loaded phases sends R queries per second instead
+    // of back to back, so runs of two schedulers are asked the same query load (see
+    // `examples/latency_bench.rs`).
+    let query_rate: Option<f64> = match args.iter().any(|a| a == "--query-rate") {
+        true => Some(flag(args, "--query-rate").context("--query-rate needs a number of queries per second")?),
+        false => None,
+    };
+    if query_rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--query-rate must be a positive number of queries per second");
+    }
     if !(seconds > 0.0) || queries == 0 {
         bail!("--seconds and --queries must be positive");
     }
@@ -79,6 +89,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let client = |url: &str, phase: &str, extra: &[&str]| -> Result<Value> {
         let mut cmd = Command::new(root.join("target/release/examples/latency_bench"));
         cmd.arg(url).args(common(phase)).args(extra);
+        if let (Some(rate), "mixed") = (query_rate, phase) {
+            cmd.arg("--query-rate").arg(rate.to_string());
+        }
         let out = run_capture(&mut cmd)?;
         let line = out.lines().last().context("latency_bench printed nothing")?;
         let v: Value = serde_json::from_str(line).with_context(|| format!("latency_bench printed {line:?}"))?;
@@ -132,7 +145,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         ("cpu thread budget", num(&pair, &["cpu_thread_budget"])),
     ];
     let cpu = cpu_model();
-    println!("\nlatency on {cpu}: all-MiniLM-L6-v2 f32, 4 bulk clients x 256 texts, 1 query client, {seconds} s per loaded phase");
+    let pace = query_rate.map_or("back to back".to_string(), |r| format!("{r} queries/s"));
+    println!("\nlatency on {cpu}: all-MiniLM-L6-v2 f32, 4 bulk clients x 256 texts, 1 query client ({pace}), {seconds} s per loaded phase");
     for (name, v) in &figures {
         println!("  {name:<36} {v:>9.1}");
     }
@@ -168,9 +182,14 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         (None, true) => "met".to_string(),
         (None, false) => format!("MISSED: {}", missed.join("; ")),
     };
-    let json = json!({"cpu": cpu, "seconds": seconds, "layer_preemption": preempt, "priorities": on, "no_priorities": off, "two_models": pair, "verdict": verdict});
-    let name = if preempt { "latency.json" } else { "latency-no-layer-preemption.json" };
-    std::fs::write(out_dir.join(name), serde_json::to_string_pretty(&json)?)?;
+    let json = json!({"cpu": cpu, "seconds": seconds, "layer_preemption": preempt, "query_rate": query_rate, "priorities": on, "no_priorities": off, "two_models": pair, "verdict": verdict});
+    let name = match (preempt, query_rate) {
+        (true, None) => "latency.json".to_string(),
+        (false, None) => "latency-no-layer-preemption.json".to_string(),
+        (true, Some(r)) => format!("latency-rate-{r}.json"),
+        (false, Some(r)) => format!("latency-no-layer-preemption-rate-{r}.json"),
+    };
+    std::fs::write(out_dir.join(&name), serde_json::to_string_pretty(&json)?)?;
     if verdict != "met" {
         bail!("bench --latency: {verdict}; see bench-results/{name}");
     }

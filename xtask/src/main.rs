@@ -46,10 +46,12 @@ tasks:
   bench --server [--rounds N] [--clients N] [--per-request K]
                     the release server on the CPU, the MiniLM in f32 and in bf16 (prepacked),
                     alternating rounds over HTTP, beside the machine's bf16/f32 linear-layer ratio
-  bench --latency [--seconds S] [--queries N] [--no-layer-preemption]
+  bench --latency [--seconds S] [--queries N] [--no-layer-preemption] [--query-rate R]
                     single-text query latency beside 4 clients indexing 256 texts per request, over
                     HTTP: priorities on and off, one model and two (bulk on one, queries on the other);
-                    --no-layer-preemption runs the servers without it (latency-no-layer-preemption.json)
+                    --no-layer-preemption runs the servers without it (latency-no-layer-preemption.json);
+                    --query-rate R paces the loaded phases' queries at R/s instead of back to back, so
+                    two runs are asked the same query load (latency-rate-R.json)
   cluster-test [--phase-secs S] [--steady-secs S] [--settle-secs S] [--clients N] [--replicas N] [--keep-logs]
              [--negative-control]
                     nginx in front of N (3) debug embed-server replicas on loopback, 16 clients, while

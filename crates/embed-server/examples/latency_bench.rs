@@ -7,6 +7,11 @@
 //!   `--seconds`; texts/s;
 //! - `mixed`: both at once for `--seconds`: the queries' latencies and the bulk texts/s.
 //!
+//! With `--query-rate R` the query client of `mixed` starts a query every 1/R s (right after the
+//! last answer when that came later) instead of back to back, so two schedulers compared are
+//! asked the same query load and their bulk throughputs can be compared; a back-to-back client
+//! sends more queries to the one that answers faster, which takes CPU from bulk.
+//!
 //! Queries go to `/embed` with one text and bulk requests with many, neither naming a priority:
 //! the server's default by size applies (one text interactive, 256 bulk). Every answer is
 //! checked: one vector per text, all finite, of one dimension; with `--expect PATH` (the
@@ -15,7 +20,7 @@
 //!
 //! usage: latency_bench URL TEXTS_FILE --phase idle|bulk|mixed [--queries N] [--seconds S]
 //!        [--bulk-clients N] [--per-request K] [--query-model NAME] [--bulk-model NAME]
-//!        [--write PATH] [--expect PATH]
+//!        [--write PATH] [--expect PATH] [--query-rate R]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,11 +40,13 @@ struct Args {
     bulk_model: Option<String>,
     write: Option<String>,
     expect: Option<String>,
+    /// Queries per second in `mixed` (None: back to back).
+    query_rate: Option<f64>,
 }
 
 fn parse() -> Args {
     let usage = "usage: latency_bench URL TEXTS_FILE --phase idle|bulk|mixed [--queries N] [--seconds S] [--bulk-clients N] \
-                 [--per-request K] [--query-model NAME] [--bulk-model NAME] [--write PATH] [--expect PATH]";
+                 [--per-request K] [--query-model NAME] [--bulk-model NAME] [--write PATH] [--expect PATH] [--query-rate R]";
     let mut it = std::env::args().skip(1);
     let url = it.next().expect(usage);
     let path = it.next().expect(usage);
@@ -62,6 +69,7 @@ fn parse() -> Args {
         bulk_model: None,
         write: None,
         expect: None,
+        query_rate: None,
     };
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value; {usage}"));
@@ -75,11 +83,13 @@ fn parse() -> Args {
             "--bulk-model" => a.bulk_model = Some(value),
             "--write" => a.write = Some(value),
             "--expect" => a.expect = Some(value),
+            "--query-rate" => a.query_rate = Some(value.parse().expect("--query-rate is a number")),
             other => panic!("unknown flag {other}; {usage}"),
         }
     }
     assert!(["idle", "bulk", "mixed"].contains(&a.phase.as_str()), "{usage}");
     assert!(a.queries > 0 && a.bulk_clients > 0 && a.per_request > 0 && a.seconds > 0.0, "{usage}");
+    assert!(a.query_rate.is_none_or(|r| r > 0.0 && r.is_finite()), "--query-rate must be positive; {usage}");
     a
 }
 
@@ -120,11 +130,24 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
-/// One client sending single-text queries back to back, `count` of them or until `stop`.
-async fn queries(client: reqwest::Client, a: Arc<Args>, count: Option<usize>, stop: Arc<AtomicBool>, expect: Option<Arc<Vec<Vec<f32>>>>) -> (Vec<f64>, Vec<Vec<f32>>, f64) {
+/// One client sending single-text queries back to back (or `rate` per second), `count` of them
+/// or until `stop`.
+async fn queries(
+    client: reqwest::Client,
+    a: Arc<Args>,
+    count: Option<usize>,
+    stop: Arc<AtomicBool>,
+    expect: Option<Arc<Vec<Vec<f32>>>>,
+    rate: Option<f64>,
+) -> (Vec<f64>, Vec<Vec<f32>>, f64) {
     let (mut latencies, mut vectors, mut worst) = (Vec::new(), Vec::new(), 1.0f64);
     let mut i = 0;
+    let mut next = tokio::time::Instant::now();
     while count.is_none_or(|n| i < n) && !stop.load(Ordering::Relaxed) {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until(next).await;
+            next = next.max(tokio::time::Instant::now() - Duration::from_secs_f64(1.0 / rate)) + Duration::from_secs_f64(1.0 / rate);
+        }
         // With idle vectors to match, only the texts they cover.
         let cycle = expect.as_ref().map_or(a.texts.len(), |e| e.len().min(a.texts.len()));
         let text = a.texts[i % cycle].clone();
@@ -175,8 +198,8 @@ async fn main() {
     let out: Value = match a.phase.as_str() {
         "idle" => {
             // Warm-up: the first requests pay for connection set-up and first-touch allocations.
-            let _ = queries(client.clone(), a.clone(), Some(10), stop.clone(), None).await;
-            let (mut lat, vectors, _) = queries(client.clone(), a.clone(), Some(a.queries), stop.clone(), None).await;
+            let _ = queries(client.clone(), a.clone(), Some(10), stop.clone(), None, None).await;
+            let (mut lat, vectors, _) = queries(client.clone(), a.clone(), Some(a.queries), stop.clone(), None, None).await;
             if let Some(p) = &a.write {
                 std::fs::write(p, serde_json::to_string(&vectors).expect("vectors serialize")).expect("writing --write");
             }
@@ -190,7 +213,7 @@ async fn main() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let base = done.load(Ordering::Relaxed);
             let started = Instant::now();
-            let q = (phase == "mixed").then(|| tokio::spawn(queries(client.clone(), a.clone(), None, stop.clone(), expect.clone())));
+            let q = (phase == "mixed").then(|| tokio::spawn(queries(client.clone(), a.clone(), None, stop.clone(), expect.clone(), a.query_rate)));
             tokio::time::sleep(Duration::from_secs_f64(a.seconds)).await;
             let texts = done.load(Ordering::Relaxed) - base;
             let elapsed = started.elapsed().as_secs_f64();
@@ -206,7 +229,7 @@ async fn main() {
             json!({
                 "phase": phase, "seconds": elapsed, "bulk_texts_per_s": texts as f64 / elapsed,
                 "queries": lat.len(), "p50_ms": percentile(&lat, 50.0), "p99_ms": percentile(&lat, 99.0),
-                "worst_query_cosine_vs_idle": worst,
+                "worst_query_cosine_vs_idle": worst, "query_rate": a.query_rate.filter(|_| phase == "mixed"),
             })
         }
     };
