@@ -146,7 +146,7 @@ async fn queries(
     while count.is_none_or(|n| i < n) && !stop.load(Ordering::Relaxed) {
         if let Some(rate) = rate {
             tokio::time::sleep_until(next).await;
-            next = next.max(tokio::time::Instant::now() - Duration::from_secs_f64(1.0 / rate)) + Duration::from_secs_f64(1.0 / rate);
+            next = (next + Duration::from_secs_f64(1.0 / rate)).max(tokio::time::Instant::now());
         }
         // With idle vectors to match, only the texts they cover.
         let cycle = expect.as_ref().map_or(a.texts.len(), |e| e.len().min(a.texts.len()));

@@ -191,13 +191,7 @@ async fn a_gated_repo_needs_its_token_and_the_token_is_never_shown() {
         .with(tracing_subscriber::fmt::layer().with_writer(move || writer.clone()))
         .try_init()
         .expect("the only subscriber");
-    struct Off<F: Fn()>(F);
-    impl<F: Fn()> Drop for Off<F> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let _off = Off(move || level_handle.reload(LevelFilter::OFF).expect("the subscriber is installed"));
+    let _off = scopeguard::guard(level_handle, |h| h.reload(LevelFilter::OFF).expect("the subscriber is installed"));
 
     let token = "hf_standin_secret_4711";
     let hub = StandInHub::start();
