@@ -84,7 +84,7 @@ pub use error::{panic_message, Error, Result};
 pub use rerank::LlmReranker;
 pub use service::{DenseEmbeddingService, EmbeddingService, Offload, RetrievalTasks};
 pub use nn::tuning::{CpuAttention, CudaAttention, Tuning};
-pub use runtime::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
+pub use runtime::{bulk_host_stats, cpu_compute_stats, run_bulk, set_cpu_thread_budget, BulkHostStats, CpuComputeStats, BULK_NICE};
 pub use types::{
     BatchStats, Classified, ClassifyInput, CleanupReport, EmbedOptions, Embeddings, HubOptions, HubToken, InputMode, ModelInfo, ModelKind,
     ModelOptions, ModelSpec, MoveReport, Priority, PriorityStats, Residency, ServiceState, SparseEmbeddings, SparseVector, TokenEmbeddings,

@@ -300,7 +300,8 @@ impl GrpcService {
             dimensions: None,
             priority: None,
         };
-        let work = tei::embed(State(self.state.clone()), JsonBody(body));
+        let state = self.state.clone();
+        let work = async move { tei::embed_vectors(&state, body).await };
         self.call("/tei.v1.Embed/Embed", cx.priority, admission, work, |vectors, metadata| {
             Ok(pb::EmbedResponse { embeddings: only(vectors.0)?, metadata })
         })
@@ -319,7 +320,8 @@ impl GrpcService {
 
     async fn embed_all_one(self, req: pb::EmbedAllRequest, cx: Cx, admission: Admission) -> Answer<pb::EmbedAllResponse> {
         let body = texts_request(req.inputs, req.truncate, req.truncation_direction, req.prompt_name, cx.model.clone());
-        let work = tasks::embed_all(State(self.state.clone()), JsonBody(body));
+        let state = self.state.clone();
+        let work = async move { tasks::embed_all_vectors(&state, body).await };
         self.call("/tei.v1.Embed/EmbedAll", cx.priority, admission, work, |vectors, metadata| {
             let token_embeddings = only(vectors.0)?.into_iter().map(|embeddings| pb::TokenEmbedding { embeddings }).collect();
             Ok(pb::EmbedAllResponse { token_embeddings, metadata })

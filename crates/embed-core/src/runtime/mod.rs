@@ -5,6 +5,7 @@
 //! model lives on one OS thread for the model's whole life. Callers talk to it through a channel
 //! and get answers through oneshots.
 
+pub(crate) mod background;
 mod batch;
 mod calibrate;
 mod gate;
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use job::{Command, Job, Output, RowFinish, WorkerConfig, WorkerStats};
 pub(crate) use gate::{note_interactive, BulkInFlight};
+pub use background::{bulk_host_stats, run_bulk, BulkHostStats, BULK_NICE};
 pub use gate::{cpu_compute_stats, set_cpu_thread_budget, CpuComputeStats};
 
 use crate::model_dir::ModelDir;

@@ -92,11 +92,14 @@ pub(super) fn dimensions(options: &EmbedOptions, info: &ModelInfo) -> Result<usi
     }
 }
 
-/// Tokenization is CPU work: `prepare` over `inputs` runs on the blocking pool for large
-/// requests, inline for small ones (and outside a runtime).
+/// Tokenization is CPU work: `prepare` over `inputs` runs inline for small requests (and outside
+/// a runtime); large ones go to the blocking pool, or for bulk work to the lower-priority bulk
+/// host pool (`runtime::background`), so tokenizing an indexing request does not take a core
+/// from the forward passes.
 pub(super) async fn off_executor<T: Clone + Send + 'static + crate::timing::Characters>(
     running: &Arc<Running>,
     inputs: &[T],
+    priority: Priority,
     prepare: impl FnOnce(&TextPrep, &[T]) -> Result<Vec<Prepared>> + Send + 'static,
 ) -> Result<Vec<Prepared>> {
     const INLINE_LIMIT: usize = 16;
@@ -105,15 +108,19 @@ pub(super) async fn off_executor<T: Clone + Send + 'static + crate::timing::Char
         return crate::profile::stage_when(running.profile, "tokenize", || prepare(&running.text, inputs));
     }
     let (r, inputs) = (running.clone(), inputs.to_vec());
-    tokio::task::spawn_blocking(move || crate::profile::stage_when(r.profile, "tokenize", || prepare(&r.text, &inputs)))
-        .await
-        .map_err(|e| Error::Inference { model: running.info.name.clone(), message: e.to_string() })?
+    let work = move || crate::profile::stage_when(r.profile, "tokenize", || prepare(&r.text, &inputs));
+    let failed = |message: String| Error::Inference { model: running.info.name.clone(), message };
+    match priority {
+        Priority::Bulk => crate::runtime::run_bulk(work).await.map_err(failed)?,
+        Priority::Interactive => tokio::task::spawn_blocking(work).await.map_err(|e| failed(e.to_string()))?,
+    }
 }
 
 /// Texts tokenized with `options` (prompt and truncation), off the executor when many.
 pub(super) async fn prepare_off_executor(running: &Arc<Running>, texts: &[String], options: &EmbedOptions) -> Result<Vec<Prepared>> {
+    let priority = options.priority_for(texts.len());
     let options = options.clone();
-    off_executor(running, texts, move |text, texts| text.prepare(texts, &options)).await
+    off_executor(running, texts, priority, move |text, texts| text.prepare(texts, &options)).await
 }
 
 /// Fails with [`Error::InvalidTokens`] for input `index` when an id is outside the vocabulary.

@@ -15,10 +15,10 @@ pub(super) async fn run_classifier(running: &Arc<Running>, inputs: &[ClassifyInp
         return Ok(Classified::default());
     }
     let (truncate, instruction) = (options.truncate, options.instruction.clone());
-    let prepared = off_executor(running, inputs, move |text, inputs| text.prepare_inputs(inputs, truncate, instruction.as_deref())).await?;
+    let priority = options.priority.unwrap_or(default_priority);
+    let prepared = off_executor(running, inputs, priority, move |text, inputs| text.prepare_inputs(inputs, truncate, instruction.as_deref())).await?;
     let token_counts = prepared.iter().map(|p| p.seq.ids.len()).collect();
     let truncated = prepared.iter().map(|p| p.truncated).collect();
-    let priority = options.priority.unwrap_or(default_priority);
     let logits = submit(running, prepared.into_iter().map(|p| p.seq).collect(), Output::Head, RowFinish::default(), priority).await?;
     Ok(Classified { logits, token_counts, truncated, similarities: false })
 }

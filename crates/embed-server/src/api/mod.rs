@@ -181,3 +181,41 @@ pub(crate) fn check_count(n: usize, state: &AppState, field: &'static str) -> Re
     }
     Ok(())
 }
+
+/// A JSON answer already encoded, sent as `application/json`.
+pub(crate) struct EncodedJson(Vec<u8>);
+
+impl axum::response::IntoResponse for EncodedJson {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"))], self.0).into_response()
+    }
+}
+
+/// Builds an answer with `make` and encodes it as JSON into a buffer of `size_hint` bytes (so a
+/// large answer is not copied through repeated growth). A bulk request's answer is built and
+/// encoded on the lower-priority bulk host pool (`embed_core::run_bulk`): encoding 256 vectors
+/// takes milliseconds of one core, which at the compute threads' priority would stall whichever
+/// forward pass runs then, a query's included. An interactive answer is encoded at once on the
+/// calling thread.
+pub(crate) async fn encode_json<T, F>(priority: Priority, size_hint: usize, make: F) -> Result<EncodedJson, ApiError>
+where
+    T: serde::Serialize,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let encode = move || {
+        let mut buf = Vec::with_capacity(size_hint.min(1 << 30));
+        serde_json::to_writer(&mut buf, &make()).map(|()| EncodedJson(buf))
+    };
+    let failed = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the answer failed: {m}"));
+    let encoded = match priority {
+        Priority::Bulk => embed_core::run_bulk(encode).await.map_err(failed)?,
+        Priority::Interactive => encode(),
+    };
+    encoded.map_err(|e| failed(e.to_string()))
+}
+
+/// About how many bytes `rows` vectors of `dim` numbers take as JSON arrays when a number takes
+/// up to `per_number` characters with its comma.
+pub(crate) fn vectors_json_size(rows: usize, dim: usize, per_number: usize) -> usize {
+    rows.saturating_mul(dim.saturating_mul(per_number).saturating_add(64)).saturating_add(256)
+}

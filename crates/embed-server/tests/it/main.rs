@@ -7,6 +7,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod bulk_host;
 mod connections;
 mod e2e;
 mod families;

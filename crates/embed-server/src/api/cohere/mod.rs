@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use embed_core::{EmbedOptions, InputMode, ModelInfo};
 
 use self::types::{binary, int8, ubinary, uint8, ApiVersion, BilledUnits, ByType, EmbedRequest, EmbedResponse, EmbeddingType, InputType, Meta, Truncate};
 use super::openai::{EmbeddingVector, EncodingFormat};
-use super::{check_count, JsonBody};
+use super::{check_count, EncodedJson, JsonBody};
 use crate::error::{ApiError, OpenAiError};
 use crate::AppState;
 
@@ -22,7 +21,7 @@ static EMBED_IDS: AtomicU64 = AtomicU64::new(0);
 /// Embeds `texts` with `model` (default: the server's), normalised, in each requested encoding.
 #[utoipa::path(post, path = "/v2/embed", tag = "cohere", operation_id = "cohere_embed", request_body = types::EmbedRequest,
     responses((status = 200, description = "The embeddings in each requested encoding", body = types::EmbedResponse), crate::api::docs::OpenAiErrors))]
-pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<EmbedResponse>, OpenAiError> {
+pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<EncodedJson, OpenAiError> {
     for (field, given) in [("images", &req.images), ("inputs", &req.inputs)] {
         if given.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::invalid(field, format!("`{field}` is not supported: this server embeds text; send `texts`")).into());
@@ -67,27 +66,33 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     options.dimensions = req.output_dimension;
     options.priority = super::asked_priority(None);
     let out = super::tei::embed_on(&state, &lease, &texts, &options).await?;
-
-    let vectors = &out.vectors;
-    let encoded = |format| Some(vectors.iter().map(|v| EmbeddingVector::new(v.clone(), format)).collect());
-    let mut embeddings = ByType::default();
-    for t in types {
-        match t {
-            EmbeddingType::Float => embeddings.float = encoded(EncodingFormat::Float),
-            EmbeddingType::Int8 => embeddings.int8 = each(vectors, int8),
-            EmbeddingType::Uint8 => embeddings.uint8 = each(vectors, uint8),
-            EmbeddingType::Binary => embeddings.binary = each(vectors, binary),
-            EmbeddingType::Ubinary => embeddings.ubinary = each(vectors, ubinary),
-            EmbeddingType::Base64 => embeddings.base64 = encoded(EncodingFormat::Base64),
+    let priority = options.priority_for(texts.len());
+    // Up to 23 characters a number for floats (as f64), fewer for the other types.
+    let size = super::vectors_json_size(out.vectors.len(), out.vectors.first().map_or(0, Vec::len), 23 * types.len());
+    let id = format!("embed-{}", EMBED_IDS.fetch_add(1, Ordering::Relaxed));
+    Ok(super::encode_json(priority, size, move || {
+        let vectors = &out.vectors;
+        let encoded = |format| Some(vectors.iter().map(|v| EmbeddingVector::new(v.clone(), format)).collect());
+        let mut embeddings = ByType::default();
+        for t in types {
+            match t {
+                EmbeddingType::Float => embeddings.float = encoded(EncodingFormat::Float),
+                EmbeddingType::Int8 => embeddings.int8 = each(vectors, int8),
+                EmbeddingType::Uint8 => embeddings.uint8 = each(vectors, uint8),
+                EmbeddingType::Binary => embeddings.binary = each(vectors, binary),
+                EmbeddingType::Ubinary => embeddings.ubinary = each(vectors, ubinary),
+                EmbeddingType::Base64 => embeddings.base64 = encoded(EncodingFormat::Base64),
+            }
         }
-    }
-    Ok(Json(EmbedResponse {
-        id: format!("embed-{}", EMBED_IDS.fetch_add(1, Ordering::Relaxed)),
-        embeddings,
-        texts,
-        meta: Meta { api_version: ApiVersion { version: "2" }, billed_units: BilledUnits { input_tokens: out.total_tokens() } },
-        response_type: "embeddings_by_type",
-    }))
+        EmbedResponse {
+            id,
+            embeddings,
+            texts,
+            meta: Meta { api_version: ApiVersion { version: "2" }, billed_units: BilledUnits { input_tokens: out.total_tokens() } },
+            response_type: "embeddings_by_type",
+        }
+    })
+    .await?)
 }
 
 /// `encode` applied to every vector.

@@ -11,7 +11,7 @@ use embed_core::EmbedOptions;
 use embed_pool::Lease;
 
 use self::types::{EmbeddingList, EmbeddingsRequest, Input, ModelList};
-use super::{check_count, JsonBody};
+use super::{check_count, EncodedJson, JsonBody};
 use crate::error::{ApiError, OpenAiError};
 use crate::AppState;
 
@@ -21,7 +21,7 @@ use crate::AppState;
 pub(crate) async fn embeddings(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
-) -> Result<Json<EmbeddingList>, OpenAiError> {
+) -> Result<EncodedJson, OpenAiError> {
     let model = state.config.model_for(req.model);
     if let Some(user) = &req.user {
         tracing::debug!(user = %user, "embeddings request");
@@ -37,7 +37,8 @@ pub(crate) async fn embeddings(
     let mut options = EmbedOptions::default().with_truncate(state.config.limits.truncate_by_default);
     options.dimensions = req.dimensions;
     options.priority = super::asked_priority(req.priority);
-    let _admitted = state.admit(options.priority_for(n))?;
+    let priority = options.priority_for(n);
+    let _admitted = state.admit(priority)?;
     let queued = state.metrics.queued(&model);
     let out = match req.input {
         Input::Text(t) => lease.embed_texts(&[t], &options).await,
@@ -49,7 +50,14 @@ pub(crate) async fn embeddings(
     let tokens = out.total_tokens();
     let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
     state.metrics.record_embedding(Lease::name(&lease), instance, n, tokens, lease.batch_stats());
-    Ok(Json(EmbeddingList::new(model, out.vectors, encoding_format, tokens)))
+    // Floats print as the f64 equal to the f32 ("-0.012345678918361664,"); base64 takes 4
+    // characters per 3 bytes.
+    let per_number = match encoding_format {
+        EncodingFormat::Float => 23,
+        EncodingFormat::Base64 => 6,
+    };
+    let size = super::vectors_json_size(out.vectors.len(), out.vectors.first().map_or(0, Vec::len), per_number);
+    Ok(super::encode_json(priority, size, move || EmbeddingList::new(model, out.vectors, encoding_format, tokens)).await?)
 }
 
 /// OpenAI rejects empty strings and empty token lists.

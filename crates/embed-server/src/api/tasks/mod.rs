@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::Json;
-use embed_core::{Classified, ClassifyInput, EmbedOptions, ModelKind};
+use embed_core::{Classified, ClassifyInput, EmbedOptions, ModelKind, Priority};
 use embed_pool::Lease;
 use serde_json::Value;
 
@@ -23,6 +23,7 @@ use self::types::{
 };
 use super::{check_count, from_value, parse_json, JsonBody};
 use crate::error::{ApiError, OpenAiError};
+use crate::api::openai::types::EmbeddingVector;
 use crate::AppState;
 
 fn check_direction(direction: Option<&str>) -> Result<(), ApiError> {
@@ -211,13 +212,21 @@ pub(crate) async fn embed_sparse(
 pub(crate) async fn embed_all(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<TextsRequest>,
-) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
-    let Prepared { texts, model, lease, options } = prepare(&state, req).await?;
+) -> Result<super::EncodedJson, ApiError> {
+    let (vectors, priority) = embed_all_vectors(&state, req).await?;
+    let rows = vectors.iter().map(Vec::len).sum();
+    let size = super::vectors_json_size(rows, vectors.iter().flatten().next().map_or(0, Vec::len), 13);
+    super::encode_json(priority, size, move || vectors).await
+}
+
+/// `/embed_all`'s token vectors, and the priority the request ran at.
+pub(crate) async fn embed_all_vectors(state: &AppState, req: TextsRequest) -> Result<(Vec<Vec<Vec<f32>>>, Priority), ApiError> {
+    let Prepared { texts, model, lease, options } = prepare(state, req).await?;
     let queued = state.metrics.queued(&model);
     let out = lease.tasks_for("embed_tokens")?.embed_tokens(&texts, &options).await?;
     drop(queued);
-    record(&state, &lease, texts.len(), out.vectors.iter().map(Vec::len).sum());
-    Ok(Json(out.vectors))
+    record(state, &lease, texts.len(), out.vectors.iter().map(Vec::len).sum());
+    Ok((out.vectors, options.priority_for(texts.len())))
 }
 
 /// Per input, its late-interaction token vectors, each L2-normalised: BGE-M3's ColBERT
@@ -229,11 +238,22 @@ pub(crate) async fn embed_all(
 pub(crate) async fn embed_multi(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<MultiRequest>,
-) -> Result<Json<Vec<Vec<crate::api::openai::types::EmbeddingVector>>>, ApiError> {
-    use crate::api::openai::types::EmbeddingVector;
+) -> Result<super::EncodedJson, ApiError> {
+    use crate::api::openai::types::EncodingFormat;
+    let format = req.encoding_format.unwrap_or_default();
+    let (vectors, priority) = embed_multi_vectors(&state, req).await?;
+    let per_number = if format == EncodingFormat::Float { 23 } else { 6 };
+    let rows = vectors.iter().map(Vec::len).sum();
+    let size = super::vectors_json_size(rows, vectors.iter().flatten().next().map_or(0, Vec::len), per_number);
+    let answer = move || -> Vec<Vec<EmbeddingVector>> { vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect() };
+    super::encode_json(priority, size, answer).await
+}
+
+/// `/embed_multi`'s vectors (each input's, as numbers), and the priority the request ran at.
+pub(crate) async fn embed_multi_vectors(state: &AppState, req: MultiRequest) -> Result<(Vec<Vec<Vec<f32>>>, Priority), ApiError> {
     check_direction(req.truncation_direction.as_deref())?;
     let texts = req.inputs.0;
-    check_count(texts.len(), &state, "inputs")?;
+    check_count(texts.len(), state, "inputs")?;
     let model = state.config.model_for(req.model);
     let lease = state.lease(&model).await?;
     let mut options = EmbedOptions::default();
@@ -242,9 +262,8 @@ pub(crate) async fn embed_multi(
     let queued = state.metrics.queued(&model);
     let out = lease.tasks_for("embed_multi")?.embed_multi(&texts, &options).await?;
     drop(queued);
-    record(&state, &lease, texts.len(), out.total_tokens());
-    let format = req.encoding_format.unwrap_or_default();
-    Ok(Json(out.vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect()))
+    record(state, &lease, texts.len(), out.total_tokens());
+    Ok((out.vectors, options.priority_for(texts.len())))
 }
 
 /// Token ids back to text, one string per list of ids.
@@ -295,12 +314,17 @@ async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError>
     let kind = state.lease(&model).await?.info().map_or(ModelKind::Embedding, |i| i.kind);
     let state = State(state.clone());
     Ok(match Task::of(kind, &body) {
-        Task::Embed => TaskAnswer::Embed(super::tei::embed(state, JsonBody(from_value(body)?)).await?.0),
+        Task::Embed => TaskAnswer::Embed(super::tei::embed_vectors(&state, from_value(body)?).await?.0),
         Task::Similarity => TaskAnswer::Similarity(super::tei::similarity(state, JsonBody(from_value(body)?)).await?.0),
         Task::Rerank => TaskAnswer::Rerank(rerank(state, JsonBody(from_value(body)?)).await?.0),
         Task::Predict => TaskAnswer::Predict(predict(state, JsonBody(from_value(body)?)).await?.0),
         Task::EmbedSparse => TaskAnswer::EmbedSparse(embed_sparse(state, JsonBody(from_value(body)?)).await?.0),
-        Task::EmbedMulti => TaskAnswer::EmbedMulti(embed_multi(state, JsonBody(from_value(body)?)).await?.0),
+        Task::EmbedMulti => {
+            let req: MultiRequest = from_value(body)?;
+            let format = req.encoding_format.unwrap_or_default();
+            let vectors = embed_multi_vectors(&state, req).await?.0;
+            TaskAnswer::EmbedMulti(vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect())
+        }
     })
 }
 

@@ -7,11 +7,11 @@ pub(crate) use self::types::StringOrList;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use embed_core::{EmbedOptions, Embeddings};
+use embed_core::{EmbedOptions, Embeddings, Priority};
 use embed_pool::Lease;
 
 use self::types::{EmbedRequest, Info, SimilarityRequest, Token, TokenizeRequest};
-use super::{check_count, JsonBody};
+use super::{check_count, EncodedJson, JsonBody};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -19,14 +19,22 @@ use crate::AppState;
 /// input, normalised unless `normalize` is false.
 #[utoipa::path(post, path = "/embed", tag = "text-embeddings-inference", request_body = types::EmbedRequest,
     responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>), crate::api::docs::TeiErrors))]
-pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<EncodedJson, ApiError> {
+    let (vectors, priority) = embed_vectors(&state, req).await?;
+    // An f32 prints in up to 15 characters ("-0.0123456785,"), most in 11 to 13.
+    let size = super::vectors_json_size(vectors.len(), vectors.first().map_or(0, Vec::len), 13);
+    super::encode_json(priority, size, move || vectors).await
+}
+
+/// `/embed`'s vectors, and the priority the request ran at.
+pub(crate) async fn embed_vectors(state: &AppState, req: EmbedRequest) -> Result<(Vec<Vec<f32>>, Priority), ApiError> {
     if let Some(dir) = req.truncation_direction.as_deref() {
         if !dir.eq_ignore_ascii_case("right") {
             return Err(ApiError::invalid("truncation_direction", format!("truncation_direction {dir:?} is not supported (only \"right\")")));
         }
     }
     let texts = req.inputs.0;
-    check_count(texts.len(), &state, "inputs")?;
+    check_count(texts.len(), state, "inputs")?;
     let model = state.config.model_for(req.model);
     // The lease lives for the whole request: the model cannot be evicted under it, and a
     // client that disconnects drops this future, the lease and the queued work.
@@ -37,7 +45,8 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     options.instruction = req.instruction;
     options.dimensions = req.dimensions;
     options.priority = super::asked_priority(req.priority);
-    Ok(Json(embed_on(&state, &lease, &texts, &options).await?.vectors))
+    let vectors = embed_on(state, &lease, &texts, &options).await?.vectors;
+    Ok((vectors, options.priority_for(texts.len())))
 }
 
 /// Embeds `texts` with the leased model, counted in the metrics while queued and when done.
@@ -79,7 +88,7 @@ pub(crate) async fn similarity(
         dimensions: None,
         priority: None,
     };
-    let Json(vectors) = embed(State(state), JsonBody(request)).await?;
+    let (vectors, _) = embed_vectors(&state, request).await?;
     let (source, others) = vectors.split_first().ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model returned no vectors"))?;
     Ok(Json(others.iter().map(|v| cosine(source, v)).collect()))
 }
