@@ -34,6 +34,7 @@ impl PostNormBlock {
         let qkv = self.qkv.forward(x);
         let ctx = crate::profile::stage("attention", || attn.forward(&qkv, t, mode, rope, scores))?;
         let a = self.attn_out.forward_add_norm(&ctx, x, &self.attn_norm);
+        crate::nn::preempt::within_layer();
         Ok(self.mlp.forward_add_norm(&a, &self.mlp_norm))
     }
 }

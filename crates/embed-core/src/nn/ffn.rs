@@ -67,11 +67,14 @@ pub(crate) enum FeedForward {
 impl FeedForward {
     /// `norm(ffn(x) + x)`, the post-norm block's second half (fused where the down
     /// projection is int8; see [`Linear::forward_add_norm`]).
+    /// A preemption point (`nn::preempt`) sits between the two projections.
     pub(crate) fn forward_add_norm(&self, x: &Tensor, norm: &LayerNorm) -> Tensor {
-        match self {
-            FeedForward::Mlp(m) => m.down.forward_add_norm(&m.hidden(x), x, norm),
-            FeedForward::Glu(g) => g.down.forward_add_norm(&g.hidden(x), x, norm),
-        }
+        let (h, down) = match self {
+            FeedForward::Mlp(m) => (m.hidden(x), &m.down),
+            FeedForward::Glu(g) => (g.hidden(x), &g.down),
+        };
+        crate::nn::preempt::within_layer();
+        down.forward_add_norm(&h, x, norm)
     }
 }
 

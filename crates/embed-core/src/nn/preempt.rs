@@ -1,12 +1,14 @@
-//! Layer-boundary preemption: a point between an encoder's layers where the thread running a
-//! long forward pass may run other, more urgent work first.
+//! Preemption points: places in an encoder's forward pass where the thread running a long pass
+//! may run other, more urgent work first.
 //!
-//! A bulk batch of full size takes tens of milliseconds per layer on a CPU; a query that
+//! A bulk batch of full size takes several milliseconds per layer on a CPU; a query that
 //! arrives meanwhile should not wait for all of it. The model's worker installs a hook for the
 //! length of a bulk pass ([`with_hook`]); every encoder calls [`between_layers`] before each
-//! layer, and the hook runs waiting interactive batches to completion there, on the same
-//! thread, with the same weights. The bulk pass's state between layers is just its hidden
-//! tensor, which nothing else touches, so its results are the same as without the detour.
+//! layer, the post-norm block (BERT and its kin) also [`within_layer`] after its attention half
+//! and between its feed-forward's two projections (so a query waits for about a third of a
+//! layer), and the hook runs waiting interactive batches to completion there, on the same
+//! thread, with the same weights. The bulk pass's state at a point is just its tensors in hand,
+//! which nothing else touches, so its results are the same as without the detour.
 //!
 //! The hook is taken out of its slot while it runs: a pass started from the hook meets no hook
 //! and runs straight through (no nesting beyond one level). Without a hook installed (CUDA,
@@ -37,6 +39,12 @@ pub(crate) fn between_layers() {
     // The pointer is taken out of the slot while the hook runs, so no second `&mut` to the same
     // closure can be made from here while this one lives.
     unsafe { hook.as_mut()() }
+}
+
+/// A point inside a layer (between its attention and feed-forward halves, and between the
+/// feed-forward's two projections): the same as [`between_layers`], named for where it sits.
+pub(crate) fn within_layer() {
+    between_layers();
 }
 
 /// Runs `f` with `hook` installed for this thread's encoder layer boundaries.

@@ -350,7 +350,8 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     compute(model, prepare(model, jobs, batch, cfg), cfg)
 }
 
-/// Between the layers of a CPU bulk pass (see `nn::preempt`): lets another model's waiting
+/// At a preemption point of a CPU bulk pass (before each encoder layer, and inside the layers
+/// of the post-norm families; see `nn::preempt`): lets another model's waiting
 /// interactive pass have the CPU first (this pass gives its share back and queues for it again
 /// as bulk), then takes in what has arrived and runs up to [`INTERACTIVE_RUN`] of this model's
 /// interactive batches to completion (a bound per layer, so a stream of queries cannot hold a
@@ -365,6 +366,7 @@ fn run_interactive_between_layers(
     permit: &mut Option<gate::Permit>,
 ) -> Duration {
     let t0 = Instant::now();
+    cfg.stats.preemption_points.fetch_add(1, Ordering::Relaxed);
     if permit.is_some() && gate::interactive_waiting() {
         *permit = None;
         *permit = Some(gate::acquire(Priority::Bulk, cfg.threads));

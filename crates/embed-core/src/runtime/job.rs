@@ -83,6 +83,8 @@ pub(crate) struct WorkerStats {
     pub(crate) first_batch_wait_us: [AtomicU64; 2],
     /// Interactive batches run between the layers of a bulk pass.
     pub(crate) preemptions: AtomicU64,
+    /// Preemption points bulk passes passed.
+    pub(crate) preemption_points: AtomicU64,
 }
 
 impl WorkerStats {

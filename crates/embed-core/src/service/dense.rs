@@ -108,6 +108,7 @@ impl DenseEmbeddingService {
             restores: s.restores.load(Ordering::Relaxed),
             auto_restores: s.auto_restores.load(Ordering::Relaxed),
             preempting_batches: s.preemptions.load(Ordering::Relaxed),
+            preemption_points: s.preemption_points.load(Ordering::Relaxed),
             interactive: priority_stats(s, Priority::Interactive),
             bulk: priority_stats(s, Priority::Bulk),
         })

@@ -259,6 +259,10 @@ pub struct BatchStats {
     /// Interactive batches run between the encoder layers of a bulk pass (CPU,
     /// [`ModelOptions::layer_preemption`]).
     pub preempting_batches: u64,
+    /// Preemption points that CPU bulk passes passed, where waiting interactive work could run:
+    /// one before each encoder layer and, in the post-norm families (BERT and its kin), two
+    /// inside it (after the attention half, between the feed-forward's projections).
+    pub preemption_points: u64,
     /// Interactive requests' queue and waits.
     pub interactive: PriorityStats,
     /// Bulk requests' queue and waits.

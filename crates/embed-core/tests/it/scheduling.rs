@@ -190,6 +190,10 @@ async fn a_query_during_one_long_bulk_pass_runs_between_its_layers() {
         let bulk = bulk.await.unwrap();
         let stats = svc.batch_stats().unwrap();
         assert_eq!(stats.batches, 2, "one bulk pass (12 short texts fit one batch) and the query's: {stats:?}");
+        // BERT's post-norm layers: a point before each layer and two inside it, on the bulk
+        // pass only (the query's pass, run from a point, meets none).
+        let points = if preempt { 3 * TinyModel::default().layers as u64 } else { 0 };
+        assert_eq!(stats.preemption_points, points, "{stats:?}");
         embed_testkit::assert_max_abs_diff("query between layers vs alone", &got.vectors, &query_alone.vectors, 1e-5);
         embed_testkit::assert_max_abs_diff("preempted bulk pass vs alone", &bulk.vectors, &bulk_alone.vectors, 1e-5);
         svc.cleanup().await.unwrap();
