@@ -104,7 +104,12 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let on = with_server(root, &one, extra, |url| {
         let idle = client(url, "idle", &["--write", &expect_s])?;
         let bulk = client(url, "bulk", &[])?;
-        let mixed = client(url, "mixed", &["--expect", &expect_s])?;
+        // The queries' passes' share of the machine in the mixed phase (a CPU pass holds all of
+        // the budget, all cores here): the most bulk could keep beside them is the rest.
+        let before = metric(url, "embed_compute_seconds_total{model=\"minilm\",priority=\"interactive\"}")?;
+        let mut mixed = client(url, "mixed", &["--expect", &expect_s])?;
+        let spent = metric(url, "embed_compute_seconds_total{model=\"minilm\",priority=\"interactive\"}")? - before;
+        mixed["query_compute_share"] = json!(spent / mixed["seconds"].as_f64().unwrap_or(f64::NAN));
         Ok(json!({"idle": idle, "bulk": bulk, "mixed": mixed}))
     })?;
     println!("bench --latency: one model, --no-priorities (arrival order, full batches)");
@@ -118,16 +123,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let models = ["--query-model", "search", "--bulk-model", "bulk"];
         let idle = client(url, "idle", &models)?;
         let mixed = client(url, "mixed", &[&models[..], &["--expect", &expect_s]].concat())?;
-        let metrics = ureq::get(&format!("{url}/metrics")).call().context("scraping /metrics")?.into_string()?;
-        let gauge = |name: &str| -> Result<f64> {
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-                .and_then(|v| v.trim().parse().ok())
-                .with_context(|| format!("no {name} in /metrics"))
-        };
-        Ok(json!({"idle": idle, "mixed": mixed, "cpu_thread_budget": gauge("embed_cpu_thread_budget")?,
-                  "cpu_threads_peak": gauge("embed_cpu_threads_peak")?}))
+        Ok(json!({"idle": idle, "mixed": mixed, "cpu_thread_budget": metric(url, "embed_cpu_thread_budget")?,
+                  "cpu_threads_peak": metric(url, "embed_cpu_threads_peak")?}))
     })?;
 
     let num = |v: &Value, path: &[&str]| path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(f64::NAN);
@@ -150,6 +147,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     for (name, v) in &figures {
         println!("  {name:<36} {v:>9.1}");
     }
+    let share = num(&on, &["mixed", "query_compute_share"]);
+    println!(
+        "  the {:.0} queries' passes took {:.1} % of the machine's time in the mixed phase: bulk beside them can keep at most {:.2}x",
+        num(&on, &["mixed", "queries"]),
+        share * 1e2,
+        1.0 - share
+    );
     let broken = figures.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)).map(|(n, _)| *n);
     let peak = num(&pair, &["cpu_threads_peak"]);
     let budget = num(&pair, &["cpu_thread_budget"]);
@@ -194,6 +198,16 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("bench --latency: {verdict}; see bench-results/{name}");
     }
     Ok(())
+}
+
+/// The value of the sample named `name` (with its labels) in the server's `/metrics`.
+fn metric(url: &str, name: &str) -> Result<f64> {
+    let metrics = ureq::get(&format!("{url}/metrics")).call().context("scraping /metrics")?.into_string()?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no {name} in /metrics"))
 }
 
 /// Starts the release server with `config` and `flags`, runs `f` with its URL, stops it.

@@ -148,6 +148,7 @@ fn add(to: &mut BatchStats, b: &BatchStats) {
     for (to, b) in [(&mut to.interactive, &b.interactive), (&mut to.bulk, &b.bulk)] {
         to.started_requests += b.started_requests;
         to.first_batch_wait_us += b.first_batch_wait_us;
+        to.compute_us += b.compute_us;
     }
 }
 
@@ -175,6 +176,7 @@ impl ModelCounters {
             for (last, b) in [(&mut e.last.interactive, &b.interactive), (&mut e.last.bulk, &b.bulk)] {
                 last.started_requests = last.started_requests.max(b.started_requests);
                 last.first_batch_wait_us = last.first_batch_wait_us.max(b.first_batch_wait_us);
+                last.compute_us = last.compute_us.max(b.compute_us);
             }
         }
     }
@@ -263,6 +265,9 @@ impl Collector for PoolCollector {
         per_model_priority(e, "embed_first_batch_wait_seconds",
             "Summed waits from a request's arrival to its first batch, by model and priority (divide by embed_requests_started_total for the mean)",
             &forward, |p| ConstCounter::new(p.first_batch_wait_us as f64 / 1e6))?;
+        per_model_priority(e, "embed_compute_seconds",
+            "Wall time of forward passes, by model and priority (a CPU pass holds its worker's threads: per second, the share of the CPU budget it took)",
+            &forward, |p| ConstCounter::new(p.compute_us as f64 / 1e6))?;
         let cpu = embed_core::cpu_compute_stats();
         gauge(e, "embed_cpu_thread_budget", "CPU threads forward passes may use at once, all models together", to_i64(cpu.budget as u64))?;
         gauge(e, "embed_cpu_threads_in_use", "CPU threads in use by forward passes now", to_i64(cpu.in_use as u64))?;

@@ -233,6 +233,7 @@ impl Runner {
         let result = collect(model, queue, &items, launched, cfg);
         // Read back: the device's place is free for the next batch of any model.
         drop(slot);
+        cfg.stats.compute_us[priority as usize].fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         if result.is_ok() && priority == Priority::Bulk {
             let padded = items.len() * items.iter().map(|it| it.len).max().unwrap_or(0).max(1);
             let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -385,7 +386,9 @@ fn run_interactive_between_layers(
         for _ in 0..INTERACTIVE_RUN {
             let Some(next) = queue.next_interactive(limits, &cfg.stats) else { break };
             cfg.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+            let pass = Instant::now();
             let result = run_split(model, queue, &next.items, cfg);
+            cfg.stats.compute_us[Priority::Interactive as usize].fetch_add(pass.elapsed().as_micros() as u64, Ordering::Relaxed);
             queue.deliver(&next.items, result, &cfg.stats);
         }
     }

@@ -81,6 +81,9 @@ pub(crate) struct WorkerStats {
     pub(crate) started: [AtomicU64; 2],
     /// Their summed waits from arrival to their first batch, microseconds, by priority.
     pub(crate) first_batch_wait_us: [AtomicU64; 2],
+    /// Wall time of finished passes, microseconds, by priority (a CPU bulk pass's detours to
+    /// interactive work excluded).
+    pub(crate) compute_us: [AtomicU64; 2],
     /// Interactive batches run between the layers of a bulk pass.
     pub(crate) preemptions: AtomicU64,
     /// Preemption points bulk passes passed.

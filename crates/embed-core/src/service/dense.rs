@@ -121,6 +121,7 @@ fn priority_stats(s: &WorkerStats, p: Priority) -> PriorityStats {
         queued_requests: s.queued[i].load(Ordering::Relaxed),
         started_requests: s.started[i].load(Ordering::Relaxed),
         first_batch_wait_us: s.first_batch_wait_us[i].load(Ordering::Relaxed),
+        compute_us: s.compute_us[i].load(Ordering::Relaxed),
     }
 }
 

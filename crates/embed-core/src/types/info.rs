@@ -279,5 +279,10 @@ pub struct PriorityStats {
     /// Their summed waits from arrival to their first batch, microseconds (divide by
     /// `started_requests` for the mean).
     pub first_batch_wait_us: u64,
+    /// Wall time of this priority's forward passes, microseconds, from launch to read-back (a
+    /// CPU bulk pass's detours to interactive work counted as interactive). A CPU pass holds
+    /// its worker's threads, so with one model using the whole budget this over a span of time
+    /// is the share of the CPU the priority took; CUDA passes overlap in flight.
+    pub compute_us: u64,
 }
 

@@ -194,6 +194,10 @@ async fn a_query_during_one_long_bulk_pass_runs_between_its_layers() {
         // pass only (the query's pass, run from a point, meets none).
         let points = if preempt { 3 * TinyModel::default().layers as u64 } else { 0 };
         assert_eq!(stats.preemption_points, points, "{stats:?}");
+        // Each pass sleeps 400 ms before its layers; the bulk pass's compute time leaves out the
+        // query's detour (400 ms and more) when the query ran inside it.
+        assert!(stats.interactive.compute_us >= 400_000 && stats.bulk.compute_us >= 400_000, "{stats:?}");
+        assert!(stats.bulk.compute_us < 750_000, "the detour counted as bulk: {stats:?}");
         embed_testkit::assert_max_abs_diff("query between layers vs alone", &got.vectors, &query_alone.vectors, 1e-5);
         embed_testkit::assert_max_abs_diff("preempted bulk pass vs alone", &bulk.vectors, &bulk_alone.vectors, 1e-5);
         svc.cleanup().await.unwrap();

@@ -446,6 +446,7 @@ async fn bulk_requests_have_their_own_limit_and_queries_pass_it() {
     let (budget, in_use, peak) = (gauge("embed_cpu_thread_budget"), gauge("embed_cpu_threads_in_use"), gauge("embed_cpu_threads_peak"));
     assert!(budget >= 1.0 && in_use <= budget && (1.0..=budget).contains(&peak), "budget {budget}, in use {in_use}, peak {peak}");
     assert!(text.contains("embed_first_batch_wait_seconds_total{model=\"tiny\",priority=\"bulk\"}"), "{text}");
+    assert!(text.contains("embed_compute_seconds_total{model=\"tiny\",priority=\"bulk\"}"), "{text}");
     f.state.pool().close().await;
 }
 
