@@ -143,3 +143,49 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output 
     let _ = tx.send(());
     out
 }
+
+/// `embed_server::serve` in-process on a free loopback port, the tiny model as `tiny` (the
+/// default model), ready when returned; [`Served::stop`] asks it to stop, [`Served::finish`]
+/// waits for its report.
+pub struct Served {
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<embed_server::ShutdownReport, embed_server::ServeError>>,
+    _model: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts it with `config` applied to the tiny model's `ServerConfig`.
+    pub async fn tiny(config: impl FnOnce(embed_server::ServerConfig) -> embed_server::ServerConfig) -> Served {
+        use embed_pool::{ModelRegistry, Pool, PoolConfig};
+        let (tmp, dir) = embed_testkit::TinyModel::default().write_temp();
+        let registry = ModelRegistry::new().with("tiny", embed_core::ModelSpec::new(dir.to_string_lossy()));
+        let state = embed_server::AppState::new(Pool::new(PoolConfig::default(), registry), config(embed_server::ServerConfig::new("tiny")));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(embed_server::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        let served = Served { base: format!("http://{addr}"), addr, stop: Some(stop), task, _model: tmp };
+        let client = reqwest::Client::new();
+        while !client.get(format!("{}/ready", served.base)).send().await.is_ok_and(|r| r.status() == 200) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        served
+    }
+
+    /// Asks the server to stop (its shutdown future completes).
+    pub fn stop(&mut self) {
+        self.stop.take().expect("stop asked once").send(()).unwrap();
+    }
+
+    /// Waits for `serve` to return (asking it to stop first if not yet asked).
+    pub async fn finish(mut self) -> embed_server::ShutdownReport {
+        if self.stop.is_some() {
+            self.stop();
+        }
+        (&mut self.task).await.unwrap().unwrap()
+    }
+}

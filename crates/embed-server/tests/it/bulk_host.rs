@@ -2,29 +2,16 @@
 //! lower-priority bulk host pool (`embed_core::run_bulk`), an interactive request's does not, and
 //! the answers are the same either way. One test: it reads the pool's process-wide task count.
 
-use std::time::Duration;
-
-use embed_core::{bulk_host_stats, ModelSpec, BULK_NICE};
-use embed_testkit::TinyModel;
+use embed_core::{bulk_host_stats, BULK_NICE};
 use serde_json::{json, Value};
+
+use crate::common::Served;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_answers_are_tokenized_and_encoded_on_the_bulk_host_pool() {
     let _gate = embed_testkit::module_gate(module_path!());
-    use embed_pool::{ModelRegistry, Pool, PoolConfig};
-    let (_tmp, dir) = TinyModel::default().write_temp();
-    let registry = ModelRegistry::new().with("tiny", ModelSpec::new(dir.to_string_lossy()));
-    let state = embed_server::AppState::new(Pool::new(PoolConfig::default(), registry), embed_server::ServerConfig::new("tiny"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(embed_server::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    let client = reqwest::Client::new();
-    while !client.get(format!("{base}/ready")).send().await.is_ok_and(|r| r.status() == 200) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let served = Served::tiny(|c| c).await;
+    let (base, client) = (served.base.clone(), reqwest::Client::new());
     // 40 texts: bulk by default (more than 8), and tokenized off the executor (more than 16).
     let texts: Vec<String> = (0..40).map(|i| format!("document number {i} about cats and dogs")).collect();
     let post = |path: &'static str, body: Value| {
@@ -70,6 +57,5 @@ async fn bulk_answers_are_tokenized_and_encoded_on_the_bulk_host_pool() {
     assert!(stats.threads >= 1, "{stats:?}");
     #[cfg(target_os = "linux")]
     assert_eq!(stats.lowered, stats.threads, "every bulk host thread runs {BULK_NICE} nice steps lower: {stats:?}");
-    stop.send(()).unwrap();
-    assert!(server.await.unwrap().unwrap().drained);
+    assert!(served.finish().await.drained);
 }
