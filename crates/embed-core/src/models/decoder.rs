@@ -133,6 +133,7 @@ impl Encoder for Decoder {
             let (q, k) = (rope.apply(&q), rope.apply(&k));
             let ctx = split_heads(&q, &k, &v, t, reach, mask.as_ref(), None);
             x += layer.o.forward(&ctx);
+            crate::nn::preempt::within_layer();
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])

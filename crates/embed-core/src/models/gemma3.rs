@@ -149,6 +149,7 @@ impl Encoder for Gemma3 {
             let (q, k) = (rope.apply(&q), rope.apply(&k));
             let ctx = split_heads(&q, &k, &v, t, reach, Some(mask), Some(self.query_scale));
             x += layer.post_attn_norm.forward(&layer.o.forward(&ctx));
+            crate::nn::preempt::within_layer();
             x = &x + layer.post_mlp_norm.forward(&layer.mlp.forward(&layer.pre_mlp_norm.forward(&x)));
         }
         t.pad(&self.norm.forward(&x)).view([t.b, t.len, self.hidden])

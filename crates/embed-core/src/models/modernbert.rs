@@ -101,6 +101,7 @@ impl Encoder for ModernBert {
                 .forward(&layer.qkv.forward(&h), t, Mode::Padded, Some(rope), scores)
                 .unwrap_or_else(|e| e.raise());
             x += layer.attn_out.forward(&ctx);
+            crate::nn::preempt::within_layer();
             x = &x + layer.mlp.forward(&layer.mlp_norm.forward(&x));
         }
         let hidden = self.attn.heads * self.attn.head_dim;

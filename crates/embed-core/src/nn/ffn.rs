@@ -47,8 +47,11 @@ pub(crate) struct Glu {
 }
 
 impl Glu {
+    /// A preemption point (`nn::preempt`) sits between the two projections.
     pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
-        self.down.forward(&self.hidden(x))
+        let h = self.hidden(x);
+        crate::nn::preempt::within_layer();
+        self.down.forward(&h)
     }
 
     fn hidden(&self, x: &Tensor) -> Tensor {

@@ -351,8 +351,7 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     compute(model, prepare(model, jobs, batch, cfg), cfg)
 }
 
-/// At a preemption point of a CPU bulk pass (before each encoder layer, and inside the layers
-/// of the post-norm families; see `nn::preempt`): lets another model's waiting
+/// At a preemption point of a CPU bulk pass (three per encoder layer; see `nn::preempt`): lets another model's waiting
 /// interactive pass have the CPU first (this pass gives its share back and queues for it again
 /// as bulk), then takes in what has arrived and runs up to [`INTERACTIVE_RUN`] of this model's
 /// interactive batches to completion (a bound per layer, so a stream of queries cannot hold a

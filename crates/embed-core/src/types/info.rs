@@ -260,8 +260,8 @@ pub struct BatchStats {
     /// [`ModelOptions::layer_preemption`]).
     pub preempting_batches: u64,
     /// Preemption points that CPU bulk passes passed, where waiting interactive work could run:
-    /// one before each encoder layer and, in the post-norm families (BERT and its kin), two
-    /// inside it (after the attention half, between the feed-forward's projections).
+    /// three per encoder layer (before it, after its attention half, between its feed-forward's
+    /// two projections).
     pub preemption_points: u64,
     /// Interactive requests' queue and waits.
     pub interactive: PriorityStats,

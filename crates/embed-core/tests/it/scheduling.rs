@@ -238,3 +238,25 @@ async fn cuda_one_models_bulk_load_does_not_hold_another_models_query() {
     bulk_svc.cleanup().await.unwrap();
     query_svc.cleanup().await.unwrap();
 }
+
+/// Every family's bulk pass offers three preemption points per layer on the CPU: before it,
+/// after its attention half, and between its feed-forward's two projections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_passes_of_every_family_offer_three_points_per_layer() {
+    let _gate = embed_testkit::module_gate(module_path!());
+    let mut bulk = EmbedOptions::default();
+    bulk.priority = Some(Priority::Bulk);
+    let families = ["bert", "distilbert", "gte", "nomic-bert", "mpnet", "modernbert", "qwen3", "mistral", "gemma3"];
+    for name in families {
+        let dir = embed_testkit::fixture_dir(name);
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let layers = ["num_hidden_layers", "n_layers", "n_layer"].iter().find_map(|k| config[*k].as_u64()).unwrap_or_else(|| panic!("{name}: no layer count"));
+        let svc = DenseEmbeddingService::from_spec(ModelSpec::new(dir.to_string_lossy())).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let out = svc.embed_texts(&texts(12, name), &bulk).await.unwrap();
+        assert_eq!(out.vectors.len(), 12, "{name}");
+        let stats = svc.batch_stats().unwrap();
+        assert!(stats.batches >= 1, "{name}: {stats:?}");
+        assert_eq!(stats.preemption_points, 3 * layers * stats.batches, "{name} ({layers} layers): {stats:?}");
+        svc.cleanup().await.unwrap();
+    }
+}
