@@ -5,8 +5,8 @@
 //! arrives meanwhile should not wait for all of it. The model's worker installs a hook for the
 //! length of a bulk pass ([`with_hook`]); every encoder calls [`between_layers`] before each
 //! layer and [`within_layer`] after its attention half and between its feed-forward's two
-//! projections (so a query waits for about a third of a layer), and the hook runs waiting interactive batches to completion there, on the same
-//! thread, with the same weights. The bulk pass's state at a point is just its tensors in hand,
+//! projections (so a query waits for about a third of a layer), and the hook runs waiting
+//! interactive batches to completion there, on the same thread, with the same weights. The bulk pass's state at a point is just its tensors in hand,
 //! which nothing else touches, so its results are the same as without the detour.
 //!
 //! The hook is taken out of its slot while it runs: a pass started from the hook meets no hook

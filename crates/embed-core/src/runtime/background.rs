@@ -139,34 +139,25 @@ where
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
+    /// The calling thread's nice level (0 where threads have none of their own).
     fn my_nice() -> i32 {
+        #[cfg(target_os = "linux")]
         // SAFETY: plain system calls on the calling thread.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) }
+        return unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::syscall(libc::SYS_gettid) as libc::id_t) };
+        #[cfg(not(target_os = "linux"))]
+        0
     }
 
     #[tokio::test]
     async fn closures_run_on_lower_priority_threads_and_panics_come_back_as_messages() {
         let before = bulk_host_stats().tasks;
-        let (name, nice) = run_bulk(|| (std::thread::current().name().map(str::to_string), {
-            #[cfg(target_os = "linux")]
-            {
-                my_nice()
-            }
-            #[cfg(not(target_os = "linux"))]
-            {
-                0
-            }
-        }))
-        .await
-        .expect("the closure ran");
+        let (name, nice) = run_bulk(|| (std::thread::current().name().map(str::to_string), my_nice())).await.expect("the closure ran");
         assert!(name.as_deref().is_some_and(|n| n.starts_with("embed-bulk-")), "ran on {name:?}");
         #[cfg(target_os = "linux")]
         {
             let base = my_nice();
             assert_eq!(nice, (base + BULK_NICE).min(19), "bulk host thread at nice {nice}, the test's thread at {base}");
         }
-        let _ = nice;
         let err = run_bulk(|| -> u8 { panic!("encoding failed") }).await.expect_err("a panic is an error");
         assert!(err.contains("encoding failed"), "{err}");
         // The pool survives a panicking closure.

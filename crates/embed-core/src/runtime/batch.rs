@@ -185,7 +185,7 @@ impl Runner {
                     let items = &next.items;
                     let launched = catch_unwind(AssertUnwindSafe(|| {
                         let prepared = prepare(model, queue, items, cfg);
-                        let mut hook = || detour += run_interactive_between_layers(model, queue, rx, deferred, cfg, &limits, &mut permit);
+                        let mut hook = || detour += run_interactive_at_point(model, queue, rx, deferred, cfg, &limits, &mut permit);
                         preempt::with_hook(&mut hook, || compute(model, prepared, cfg))
                     }));
                     // The detours are not the bulk batch's time.
@@ -233,10 +233,11 @@ impl Runner {
         let result = collect(model, queue, &items, launched, cfg);
         // Read back: the device's place is free for the next batch of any model.
         drop(slot);
-        cfg.stats.compute_us[priority as usize].fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let took = started.elapsed();
+        cfg.stats.compute_us[priority as usize].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         if result.is_ok() && priority == Priority::Bulk {
             let padded = items.len() * items.iter().map(|it| it.len).max().unwrap_or(0).max(1);
-            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let ms = took.as_secs_f64() * 1e3;
             if ms > 0.0 {
                 let speed = padded as f64 / ms;
                 self.tokens_per_ms = if self.tokens_per_ms > 0.0 { 0.7 * self.tokens_per_ms + 0.3 * speed } else { speed };
@@ -351,12 +352,12 @@ fn launch(model: &Model, jobs: &Queue, batch: &[Item], cfg: &WorkerConfig) -> La
     compute(model, prepare(model, jobs, batch, cfg), cfg)
 }
 
-/// At a preemption point of a CPU bulk pass (three per encoder layer; see `nn::preempt`): lets another model's waiting
-/// interactive pass have the CPU first (this pass gives its share back and queues for it again
-/// as bulk), then takes in what has arrived and runs up to [`INTERACTIVE_RUN`] of this model's
-/// interactive batches to completion (a bound per layer, so a stream of queries cannot hold a
-/// bulk pass forever). Returns the time spent.
-fn run_interactive_between_layers(
+/// At a preemption point of a CPU bulk pass (three per encoder layer; see `nn::preempt`): lets
+/// another model's waiting interactive pass have the CPU first (this pass gives its share back
+/// and queues for it again as bulk), then takes in what has arrived and runs up to
+/// [`INTERACTIVE_RUN`] of this model's interactive batches to completion (a bound per point, so
+/// a stream of queries cannot hold a bulk pass forever). Returns the time spent.
+fn run_interactive_at_point(
     model: &Model,
     queue: &mut Queue,
     rx: &Receiver<Command>,

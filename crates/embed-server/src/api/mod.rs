@@ -214,8 +214,9 @@ where
     encoded.map_err(|e| failed(e.to_string()))
 }
 
-/// About how many bytes `rows` vectors of `dim` numbers take as JSON arrays when a number takes
-/// up to `per_number` characters with its comma.
-pub(crate) fn vectors_json_size(rows: usize, dim: usize, per_number: usize) -> usize {
-    rows.saturating_mul(dim.saturating_mul(per_number).saturating_add(64)).saturating_add(256)
+/// About how many bytes `rows` take as JSON arrays when a number takes up to `per_number`
+/// characters with its comma (an f32 up to 15, most 11 to 13; see also
+/// `EncodingFormat::json_chars_per_number`).
+pub(crate) fn vectors_json_size<'a>(rows: impl IntoIterator<Item = &'a Vec<f32>>, per_number: usize) -> usize {
+    rows.into_iter().map(|r| r.len().saturating_mul(per_number).saturating_add(64)).fold(256, usize::saturating_add)
 }

@@ -68,7 +68,7 @@ pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody
     let out = super::tei::embed_on(&state, &lease, &texts, &options).await?;
     let priority = options.priority_for(texts.len());
     // Up to 23 characters a number for floats (as f64), fewer for the other types.
-    let size = super::vectors_json_size(out.vectors.len(), out.vectors.first().map_or(0, Vec::len), 23 * types.len());
+    let size = super::vectors_json_size(&out.vectors, EncodingFormat::Float.json_chars_per_number() * types.len());
     let id = format!("embed-{}", EMBED_IDS.fetch_add(1, Ordering::Relaxed));
     Ok(super::encode_json(priority, size, move || {
         let vectors = &out.vectors;

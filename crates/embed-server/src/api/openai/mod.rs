@@ -50,13 +50,7 @@ pub(crate) async fn embeddings(
     let tokens = out.total_tokens();
     let instance = std::sync::Arc::as_ptr(&Lease::service(&lease)) as *const () as usize;
     state.metrics.record_embedding(Lease::name(&lease), instance, n, tokens, lease.batch_stats());
-    // Floats print as the f64 equal to the f32 ("-0.012345678918361664,"); base64 takes 4
-    // characters per 3 bytes.
-    let per_number = match encoding_format {
-        EncodingFormat::Float => 23,
-        EncodingFormat::Base64 => 6,
-    };
-    let size = super::vectors_json_size(out.vectors.len(), out.vectors.first().map_or(0, Vec::len), per_number);
+    let size = super::vectors_json_size(&out.vectors, encoding_format.json_chars_per_number());
     Ok(super::encode_json(priority, size, move || EmbeddingList::new(model, out.vectors, encoding_format, tokens)).await?)
 }
 

@@ -84,6 +84,17 @@ pub(crate) enum EncodingFormat {
     Base64,
 }
 
+impl EncodingFormat {
+    /// Characters a number takes at most in the answer: a float prints as the f64 equal to the
+    /// f32 (`-0.012345678918361664,`), base64 takes 4 characters per 3 bytes.
+    pub(crate) fn json_chars_per_number(self) -> usize {
+        match self {
+            EncodingFormat::Float => 23,
+            EncodingFormat::Base64 => 6,
+        }
+    }
+}
+
 /// `POST /v1/embeddings`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct EmbeddingsRequest {

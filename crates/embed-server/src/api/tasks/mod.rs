@@ -23,7 +23,7 @@ use self::types::{
 };
 use super::{check_count, from_value, parse_json, JsonBody};
 use crate::error::{ApiError, OpenAiError};
-use crate::api::openai::types::EmbeddingVector;
+use crate::api::openai::types::{EmbeddingVector, EncodingFormat};
 use crate::AppState;
 
 fn check_direction(direction: Option<&str>) -> Result<(), ApiError> {
@@ -214,8 +214,7 @@ pub(crate) async fn embed_all(
     JsonBody(req): JsonBody<TextsRequest>,
 ) -> Result<super::EncodedJson, ApiError> {
     let (vectors, priority) = embed_all_vectors(&state, req).await?;
-    let rows = vectors.iter().map(Vec::len).sum();
-    let size = super::vectors_json_size(rows, vectors.iter().flatten().next().map_or(0, Vec::len), 13);
+    let size = super::vectors_json_size(vectors.iter().flatten(), 13);
     super::encode_json(priority, size, move || vectors).await
 }
 
@@ -239,14 +238,15 @@ pub(crate) async fn embed_multi(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<MultiRequest>,
 ) -> Result<super::EncodedJson, ApiError> {
-    use crate::api::openai::types::EncodingFormat;
     let format = req.encoding_format.unwrap_or_default();
     let (vectors, priority) = embed_multi_vectors(&state, req).await?;
-    let per_number = if format == EncodingFormat::Float { 23 } else { 6 };
-    let rows = vectors.iter().map(Vec::len).sum();
-    let size = super::vectors_json_size(rows, vectors.iter().flatten().next().map_or(0, Vec::len), per_number);
-    let answer = move || -> Vec<Vec<EmbeddingVector>> { vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect() };
-    super::encode_json(priority, size, answer).await
+    let size = super::vectors_json_size(vectors.iter().flatten(), format.json_chars_per_number());
+    super::encode_json(priority, size, move || multi_answer(vectors, format)).await
+}
+
+/// Each input's vectors in `format`.
+fn multi_answer(vectors: Vec<Vec<Vec<f32>>>, format: EncodingFormat) -> Vec<Vec<EmbeddingVector>> {
+    vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect()
 }
 
 /// `/embed_multi`'s vectors (each input's, as numbers), and the priority the request ran at.
@@ -322,8 +322,7 @@ async fn dispatch(state: &AppState, body: Value) -> Result<TaskAnswer, ApiError>
         Task::EmbedMulti => {
             let req: MultiRequest = from_value(body)?;
             let format = req.encoding_format.unwrap_or_default();
-            let vectors = embed_multi_vectors(&state, req).await?.0;
-            TaskAnswer::EmbedMulti(vectors.into_iter().map(|vs| vs.into_iter().map(|v| EmbeddingVector::new(v, format)).collect()).collect())
+            TaskAnswer::EmbedMulti(multi_answer(embed_multi_vectors(&state, req).await?.0, format))
         }
     })
 }

@@ -21,8 +21,7 @@ use crate::AppState;
     responses((status = 200, description = "One vector per input", body = Vec<Vec<f32>>), crate::api::docs::TeiErrors))]
 pub(crate) async fn embed(State(state): State<AppState>, JsonBody(req): JsonBody<EmbedRequest>) -> Result<EncodedJson, ApiError> {
     let (vectors, priority) = embed_vectors(&state, req).await?;
-    // An f32 prints in up to 15 characters ("-0.0123456785,"), most in 11 to 13.
-    let size = super::vectors_json_size(vectors.len(), vectors.first().map_or(0, Vec::len), 13);
+    let size = super::vectors_json_size(&vectors, 13);
     super::encode_json(priority, size, move || vectors).await
 }
 
